@@ -1,0 +1,28 @@
+"""LLaDA-family models (native, no remote code), family specs and loading."""
+
+from align.models.configuration_llada import LLaDAConfig
+from align.models.family import FamilySpec, family_spec, model_logits
+from align.models.loading import load_model, load_tokenizer
+from align.models.modeling_llada import LLaDAModel, LLaDAModelLM, LLaDAOutput
+
+__all__ = [
+    "FamilySpec",
+    "LLaDAConfig",
+    "LLaDAModel",
+    "LLaDAModelLM",
+    "LLaDAOutput",
+    "family_spec",
+    "load_model",
+    "load_tokenizer",
+    "model_logits",
+    "register_auto_classes",
+]
+
+
+def register_auto_classes() -> None:
+    """Register the native LLaDA classes with AutoConfig / AutoModel (idempotent)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+    AutoConfig.register("llada", LLaDAConfig, exist_ok=True)
+    AutoModel.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+    AutoModelForMaskedLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)

@@ -1,0 +1,66 @@
+"""Loading models, tokenizers and LoRA adapters for diffusion LMs.
+
+LLaDA-family checkpoints (``model_type == "llada"``) load into the native ``LLaDAModelLM`` without remote
+code; any other family needs ``trust_remote_code=True`` explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from align.models.modeling_llada import LLaDAModelLM
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype | None = "bfloat16",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    adapter: str | None = None,
+    **kwargs,
+):
+    """Load a diffusion LM (native class for the LLaDA family) and optionally a PEFT adapter on top."""
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    torch_dtype = resolve_dtype(dtype)
+    if config.model_type == "llada" and not trust_remote_code:
+        model = LLaDAModelLM.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
+    else:
+        if not trust_remote_code:
+            raise ValueError(
+                f"{name_or_path} has model_type {config.model_type!r}, which has no native implementation "
+                "here; pass trust_remote_code=True (--trust_remote_code) to run the checkpoint's own code."
+            )
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModel.from_pretrained(
+            name_or_path, dtype=torch_dtype, trust_remote_code=True, **extra, **kwargs
+        )
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """Load the tokenizer; left padding, since prompts are left-padded before the generation canvas."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,338 @@
+"""The one home of masked-diffusion decoding: LLaDA's reference sampler and the Fast-dLLM speedups.
+
+Reference mode (``threshold=None, cache=None``) is the algorithm of LLaDA's ``generate.py``
+(Nie et al. 2025, Alg. 4 semi-autoregressive remasking):
+
+* canvas = left-padded prompt + ``gen_length`` mask tokens, split into ``gen_length / block_length``
+  blocks decoded left to right, ``steps / num_blocks`` steps each;
+* per block and row, ``n`` masked tokens are committed on a uniform schedule: ``n // s`` per step plus one
+  for the first ``n % s`` steps;
+* each step proposes ``x0 = argmax(exp(logits) / (-log u)^T)`` in float64 (Gumbel-max at temperature T,
+  plain argmax at T = 0); the confidence is the *untempered* softmax probability of ``x0``
+  (``low_confidence``) or ``u ~ U(0, 1)`` (``random``); committed positions and positions beyond the
+  current block get confidence -inf and the top-k per row are committed; committed tokens never change;
+* classifier-free guidance: ``logits = un + (cfg_scale + 1) * (cond - un)`` where the unconditional copy
+  has its (real) prompt tokens replaced by masks.
+
+Two deliberate differences from the official script, neither changing the distribution of outputs:
+proposals (and their Gumbel noise) are computed for the current block only, since nothing outside it
+can be committed; and the mask token's own logit is excluded, so the sampler never emits a mask.
+
+Fast modes (Wu et al. 2025, Fast-dLLM): ``threshold`` commits every masked position of the block whose
+confidence is >= threshold (at least as many as needed to finish the block within its ``steps`` budget,
+and at least one); ``cache="prefix"`` re-encodes the canvas at each block start and reuses the prefix
+keys/values inside the block; ``cache="dual"`` also reuses the (stale) suffix. ``variable_length=True``
+grows the canvas block by block until every row has emitted EOS or ``gen_length`` is reached (iLLaDA);
+finished rows stop costing compute.
+
+Not covered: Dream's own ``diffusion_generate`` schedules (entropy/top-p remasking), block diffusion
+models with block-causal attention (SDAR/TraDo), KV caches for models other than the native LLaDA class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from align.models.family import FamilySpec, family_spec, model_logits
+
+REMASKING = ("low_confidence", "random")
+CACHE_MODES = (None, "prefix", "dual")
+
+
+@dataclass
+class GenerationOutput:
+    """Result of :func:`generate`.
+
+    sequences:      [B, P + G] prompt (as given, left-padded) followed by the generated tokens.
+    attention_mask: [B, P + G] the prompt mask extended with ones.
+    commit_step:    [B, G] global step at which each generated token was committed (-1: never, i.e. the
+                    EOS padding after a variable-length row finished). Feeds trace-replay estimators.
+    nfe:            model forward calls (a CFG call runs the doubled batch once and counts once).
+    prompt_length:  P.
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    commit_step: torch.Tensor
+    nfe: int
+    prompt_length: int
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_length :]
+
+
+def num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
+    """Uniform commit schedule [B, steps]: ``n // steps`` per step, +1 for the first ``n % steps`` steps.
+
+    mask_index: [B, n] bool, the masked positions of the block.
+    """
+    n = mask_index.sum(dim=1, keepdim=True)
+    base, rem = n // steps, n % steps
+    schedule = base.expand(-1, steps).clone()
+    schedule += (torch.arange(steps, device=mask_index.device)[None] < rem).long()
+    return schedule
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    remasking: str,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Propose tokens and confidences from logits [B, S, V] -> (x0 [B, S], confidence [B, S] float64).
+
+    Gumbel-max in float64: ``argmax(exp(logits) / (-log u)^T)`` (LLaDA's formulation of sampling from
+    softmax(logits / T)); ``temperature == 0`` is argmax. Confidence is the untempered probability of
+    x0 (``low_confidence``) or a uniform draw (``random``).
+    """
+    logits64 = logits.to(torch.float64)
+    if temperature > 0:
+        u = torch.rand(logits64.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        x0 = torch.argmax(logits64.exp() / (-torch.log(u)) ** temperature, dim=-1)
+    else:
+        x0 = torch.argmax(logits64, dim=-1)
+    if remasking == "low_confidence":
+        probs = torch.softmax(logits64, dim=-1)
+        confidence = torch.gather(probs, -1, x0[..., None]).squeeze(-1)
+    elif remasking == "random":
+        confidence = torch.rand(x0.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    else:
+        raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}.")
+    return x0, confidence
+
+
+def select_transfer(
+    confidence: torch.Tensor,
+    num_to_commit: torch.Tensor,
+    threshold: float | None = None,
+) -> torch.Tensor:
+    """Boolean [B, S] of positions to commit: top-k per row, or (threshold) all >= threshold, k at least.
+
+    confidence: [B, S] with -inf at positions that must not be committed. num_to_commit: [B] long.
+    """
+    k = num_to_commit.clone()
+    if threshold is not None:
+        k = torch.maximum(k, (confidence >= threshold).sum(-1))
+    available = torch.isfinite(confidence).sum(-1)
+    k = torch.minimum(k, available)
+    order = torch.argsort(confidence, dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return rank < k[:, None]
+
+
+def check_settings(gen_length: int, steps: int, block_length: int, spec: FamilySpec, remasking: str) -> None:
+    if gen_length <= 0 or block_length <= 0 or steps <= 0:
+        raise ValueError(
+            f"gen_length ({gen_length}), block_length ({block_length}) and steps ({steps}) must be positive."
+        )
+    if gen_length % block_length:
+        raise ValueError(
+            f"gen_length {gen_length} is not a multiple of block_length {block_length}; use e.g. "
+            f"gen_length {math.ceil(gen_length / block_length) * block_length}."
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(
+            f"steps {steps} is not divisible by the number of blocks {num_blocks} "
+            f"(gen_length {gen_length} / block_length {block_length}); use e.g. steps "
+            f"{max(1, steps // num_blocks) * num_blocks}."
+        )
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}.")
+    if spec.pad_token_id is not None and spec.pad_token_id == spec.mask_token_id:
+        raise ValueError(
+            f"pad id equals mask id ({spec.mask_token_id}): padded prompt positions would read as masks. "
+            "Pad with the EOS id instead (tokenizer.pad_token = tokenizer.eos_token)."
+        )
+
+
+class _Denoiser:
+    """Computes the (guided, shifted, suppressed) logits of one block, with optional KV caching."""
+
+    def __init__(self, model, spec: FamilySpec, cfg_scale: float, cache: str | None, suppress: list[int]):
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache {cache!r} is not one of {CACHE_MODES}.")
+        if cache is not None and spec.shift_logits:
+            raise ValueError(f"cache={cache!r} is not supported for shifted-logit families ({spec.model_type}).")
+        self.model, self.spec, self.cfg_scale, self.cache = model, spec, cfg_scale, cache
+        self.suppress = suppress
+        self.nfe = 0
+        self._kv = None
+
+    def _inputs(self, x: torch.Tensor, attn: torch.Tensor | None, prompt_real: torch.Tensor):
+        if self.cfg_scale <= 0:
+            return x, attn
+        un_x = x.clone()
+        un_x[prompt_real] = self.spec.mask_token_id
+        return torch.cat([x, un_x]), (None if attn is None else torch.cat([attn, attn]))
+
+    def block_logits(self, x, attn, prompt_real, start: int, end: int, first_step: bool) -> torch.Tensor:
+        """Logits [B, end - start, V] of the block positions for canvas x [B, L]."""
+        inp, mask = self._inputs(x, attn, prompt_real)
+        self.nfe += 1
+        if self.cache is None or first_step:
+            out = model_logits(self.model, inp, mask, self.spec, use_cache=self.cache is not None)
+            if self.cache == "prefix":
+                self._kv = [(k[:, :, :start], v[:, :, :start]) for k, v in out.kv_cache]
+            elif self.cache == "dual":
+                self._kv = out.kv_cache
+            logits = out.logits[:, start:end]
+        else:
+            seg_end = inp.shape[1] if self.cache == "prefix" else end
+            out = self.model(
+                input_ids=inp[:, start:seg_end], attention_mask=mask, kv_cache=self._kv, cache_start=start
+            )
+            logits = out.logits[:, : end - start]
+        if self.cfg_scale > 0:
+            cond, un = logits.chunk(2)
+            logits = un + (self.cfg_scale + 1) * (cond - un)
+        logits = logits.clone()
+        logits[..., self.spec.mask_token_id] = -math.inf
+        if self.suppress:
+            logits[..., self.suppress] = -math.inf
+        return logits
+
+
+def _decode_block(
+    den: _Denoiser,
+    x: torch.Tensor,
+    attn: torch.Tensor | None,
+    prompt_real: torch.Tensor,
+    commit: torch.Tensor,
+    start: int,
+    end: int,
+    steps: int,
+    step_offset: int,
+    opts: dict,
+) -> None:
+    """Unmask x[:, start:end] in at most ``steps`` steps (in place); commit[:, start:end] gets step ids."""
+    mask_id = den.spec.mask_token_id
+    schedule = num_transfer_tokens(x[:, start:end] == mask_id, steps)
+    for i in range(steps):
+        masked = x[:, start:end] == mask_id
+        if not masked.any():
+            break
+        logits = den.block_logits(x, attn, prompt_real, start, end, first_step=i == 0)
+        x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"])
+        if opts["deprioritize"]:
+            conf = conf.masked_fill(torch.isin(x0, opts["deprioritize"]), 0.0)
+        conf = conf.masked_fill(~masked, -math.inf)
+        if opts["threshold"] is None:
+            k = schedule[:, i]
+        else:
+            remaining = masked.sum(-1)
+            k = torch.clamp(torch.div(remaining + (steps - i) - 1, steps - i, rounding_mode="floor"), min=1)
+        transfer = select_transfer(conf, k, opts["threshold"]) & masked
+        block = x[:, start:end]
+        block[transfer] = x0[transfer]
+        commit[:, start:end][transfer] = step_offset + i
+
+
+def _finished(x: torch.Tensor, p: int, end: int, stop_ids: torch.Tensor) -> torch.Tensor:
+    return torch.isin(x[:, p:end], stop_ids).any(-1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    mask_token_id: int | None = None,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+    cache: str | None = None,
+    variable_length: bool = False,
+    suppress_token_ids: list[int] | None = None,
+    deprioritize_token_ids: list[int] | None = None,
+    spec: FamilySpec | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Decode ``gen_length`` tokens after each (left-padded) prompt of input_ids [B, P].
+
+    ``suppress_token_ids`` get logit -inf (e.g. forbid EOS); ``deprioritize_token_ids`` get confidence 0
+    so they are committed last (e.g. EOS/EoT). With ``variable_length`` ``gen_length`` is the budget and
+    ``steps`` counts steps per ``gen_length`` as in fixed mode. Returns a :class:`GenerationOutput`.
+    """
+    if spec is None:
+        spec = family_spec(model, mask_token_id=mask_token_id)
+    elif mask_token_id is not None and mask_token_id != spec.mask_token_id:
+        raise ValueError(f"mask_token_id {mask_token_id} disagrees with the family spec ({spec.mask_token_id}).")
+    check_settings(gen_length, steps, block_length, spec, remasking)
+    device = input_ids.device
+    b, p = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    num_blocks = gen_length // block_length
+    steps_per_block = steps // num_blocks
+    opts = {
+        "temperature": temperature,
+        "remasking": remasking,
+        "generator": generator,
+        "threshold": threshold,
+        "deprioritize": torch.tensor(deprioritize_token_ids or [], dtype=torch.long, device=device),
+    }
+    if not len(opts["deprioritize"]):
+        opts["deprioritize"] = None
+    den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []))
+    total = p + gen_length
+    x = torch.full((b, total), spec.mask_token_id, dtype=torch.long, device=device)
+    x[:, :p] = input_ids
+    attn = torch.cat([attention_mask.long(), torch.ones(b, gen_length, dtype=torch.long, device=device)], 1)
+    commit = torch.full((b, total), -1, dtype=torch.long, device=device)
+    prompt_real = torch.zeros(b, total, dtype=torch.bool, device=device)
+    prompt_real[:, :p] = attention_mask.bool()
+    if not variable_length:
+        model_attn = None if bool(attention_mask.all()) else attn
+        for blk in range(num_blocks):
+            start = p + blk * block_length
+            _decode_block(
+                den, x, model_attn, prompt_real, commit, start, start + block_length,
+                steps_per_block, blk * steps_per_block, opts,
+            )  # fmt: skip
+    else:
+        _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length, steps_per_block, opts)
+    return GenerationOutput(
+        sequences=x, attention_mask=attn, commit_step=commit[:, p:], nfe=den.nfe, prompt_length=p
+    )
+
+
+def _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length, steps_per_block, opts):
+    """Grow the canvas block by block for the rows that have not emitted a stop token yet (in place).
+
+    Each block is decoded on the canvas cut at the block's end (no future masks), like iLLaDA. Rows that
+    finish are filled with EOS after their last block and leave the batch.
+    """
+    spec = den.spec
+    stop = torch.tensor(spec.stop_token_ids, dtype=torch.long, device=x.device)
+    if not len(stop):
+        raise ValueError("variable_length=True needs an EOS/EoT id in the family spec to know when to stop.")
+    fill = spec.eos_token_id if spec.eos_token_id is not None else int(stop[0])
+    active = torch.arange(x.shape[0], device=x.device)
+    num_blocks = (x.shape[1] - p) // block_length
+    for blk in range(num_blocks):
+        start, end = p + blk * block_length, p + (blk + 1) * block_length
+        sub_x, sub_commit = x[active, :end], commit[active, :end]
+        sub_attn = attn[active, :end]
+        model_attn = None if bool(sub_attn.all()) else sub_attn
+        _decode_block(
+            den, sub_x, model_attn, prompt_real[active, :end], sub_commit, start, end,
+            steps_per_block, blk * steps_per_block, opts,
+        )  # fmt: skip
+        x[active, :end], commit[active, :end] = sub_x, sub_commit
+        done = _finished(sub_x, p, end, stop)
+        if done.any():
+            x[active[done], end:] = fill
+            active = active[~done]
+        if not len(active):
+            break
