@@ -1,0 +1,223 @@
+"""Monte Carlo masking estimators of per-token and sequence log-likelihoods of a masked diffusion LM.
+
+Notation: x = prompt, y = completion of length L (the positions where ``completion_mask`` is 1), S = set
+of masked completion positions. Every estimator is split in two steps so that masks are *data*:
+
+1. ``plan = make_plan(estimator, completion_mask, num_samples=K, ...)`` draws the masks and the weight of
+   every scored token, as tensors ``masked`` [K', B, T] (bool) and ``weights`` [K', B, T] (K' = forward
+   passes). The plan is drawn once per rollout and inner iteration and reused for the policy, the old
+   policy and the reference, so that at identical weights every ratio is exactly 1.
+2. ``token_logprobs(model, input_ids, plan, ...)`` [B, T] = (1 / K) * sum over the plan's passes of
+   ``weights * log p(y_i | masked input)``; the sequence estimate is its sum over the completion.
+
+Estimators (registered by name; add one with ``@register_estimator("name")``):
+
+* ``one_step`` (d1, Zhao et al. 2025): the whole completion masked, each prompt token masked with
+  probability ``p_mask_prompt``; one pass per sample; value ``log p(y_i | x', M...M)`` per token. Biased
+  (mean-field) but cheap.
+* ``elbo`` (LLaDA, Nie et al. 2025, Eq. 12, exact-count form): l ~ U{1..L}, S a uniform subset of size l,
+  weight L / l on each masked token: unbiased for
+  ``B(y|x) = sum_{k=1..L} (1/k) * mean_{|S|=k} sum_{i in S} log p(y_i | y_S masked, x)``.
+  Mask counts are stratified across the K samples (l = floor(u L) + 1 with u = (k + U) / K).
+* ``coupled`` (DiffuCoder / ESPO, complementary masks): each sample is a pair (S, S^c) with
+  l = |S| ~ U{1..L} (stratified), so every completion token is predicted exactly once per pair. The pair
+  averages two estimates of B: A = (L/l) F(S) and C = (L/(L-l)) F(S^c) (each unbiased over
+  |S^c| in {1..L-1}); when l = L the complement is empty and C reuses F(S) for the missing k = L term.
+  Per-token weights: L / (2 l) on S, L / (2 (L - l)) on S^c, and 1 on S when l = L. Two passes per sample
+  (the second is empty, and still run, when l = L).
+
+Rows may have different completion lengths; each row's L is its own. Not covered here: trace replay
+(TraceRL) and block-diffusion likelihoods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from align.models.family import FamilySpec, model_logits
+
+
+@dataclass
+class MaskPlan:
+    """The masks and weights of one estimate: ``masked``/``weights`` [P, B, T]; ``num_samples`` = K.
+
+    ``masked`` also covers prompt positions (one_step's prompt masking); ``weights`` is nonzero only on
+    scored (masked completion) positions. Estimates are sum over P of weights * logp, divided by K.
+    """
+
+    masked: torch.Tensor
+    weights: torch.Tensor
+    num_samples: int
+
+    @property
+    def num_passes(self) -> int:
+        return self.masked.shape[0]
+
+    def to(self, device) -> MaskPlan:
+        return MaskPlan(self.masked.to(device), self.weights.to(device), self.num_samples)
+
+
+PlanFn = Callable[..., MaskPlan]
+ESTIMATORS: dict[str, PlanFn] = {}
+
+
+def register_estimator(name: str) -> Callable[[PlanFn], PlanFn]:
+    def wrap(fn: PlanFn) -> PlanFn:
+        ESTIMATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _stratified_uniform(k: int, b: int, generator, device) -> torch.Tensor:
+    """[k, b] uniforms, sample j of each row in [j/k, (j+1)/k)."""
+    u = torch.rand(k, b, generator=generator, device=device)
+    return (torch.arange(k, device=device)[:, None] + u) / k
+
+
+def _random_subset(completion_mask: torch.Tensor, sizes: torch.Tensor, generator) -> torch.Tensor:
+    """Bool [B, T]: for each row a uniform subset of its completion positions of size sizes[b]."""
+    scores = torch.rand(completion_mask.shape, generator=generator, device=completion_mask.device)
+    scores = scores.masked_fill(~completion_mask, 2.0)  # non-completion positions rank last
+    rank = scores.argsort(-1).argsort(-1)
+    return (rank < sizes[:, None]) & completion_mask
+
+
+def _prompt_masking(prompt_mask: torch.Tensor | None, p_mask_prompt: float, k: int, generator) -> torch.Tensor | None:
+    if prompt_mask is None or p_mask_prompt <= 0:
+        return None
+    u = torch.rand((k, *prompt_mask.shape), generator=generator, device=prompt_mask.device)
+    return (u < p_mask_prompt) & prompt_mask[None]
+
+
+@register_estimator("one_step")
+def one_step_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0) -> MaskPlan:
+    cm = completion_mask.bool()
+    masked = cm[None].expand(num_samples, -1, -1).clone()
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt
+    weights = cm[None].float().expand(num_samples, -1, -1).clone()
+    return MaskPlan(masked, weights, num_samples)
+
+
+@register_estimator("elbo")
+def elbo_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0) -> MaskPlan:
+    cm = completion_mask.bool()
+    length = cm.sum(-1)  # [B]
+    u = _stratified_uniform(num_samples, cm.shape[0], generator, cm.device)
+    sizes = torch.minimum((u * length).floor().long() + 1, length)  # l in {1..L}
+    masked = torch.stack([_random_subset(cm, sizes[j], generator) for j in range(num_samples)])
+    weights = masked.float() * (length.float() / sizes.clamp(min=1).float())[..., None]
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt
+    return MaskPlan(masked, weights, num_samples)
+
+
+@register_estimator("coupled")
+def coupled_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0) -> MaskPlan:
+    cm = completion_mask.bool()
+    length = cm.sum(-1).float()
+    u = _stratified_uniform(num_samples, cm.shape[0], generator, cm.device)
+    sizes = torch.minimum((u * length).floor() + 1, length)  # l in {1..L}
+    first = torch.stack([_random_subset(cm, sizes[j].long(), generator) for j in range(num_samples)])
+    second = cm[None] & ~first
+    full = sizes >= length
+    w_first = torch.where(full, torch.ones_like(sizes), length / (2 * sizes.clamp(min=1)))
+    w_second = length / (2 * (length - sizes).clamp(min=1))
+    weights = torch.stack([first.float() * w_first[..., None], second.float() * w_second[..., None]], 1)
+    masked = torch.stack([first, second], 1).flatten(0, 1)  # pass order: S_1, S_1^c, S_2, S_2^c, ...
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt.repeat_interleave(2, dim=0)
+    return MaskPlan(masked, weights.flatten(0, 1), num_samples)
+
+
+def make_plan(
+    estimator: str,
+    completion_mask: torch.Tensor,
+    *,
+    num_samples: int = 1,
+    prompt_mask: torch.Tensor | None = None,
+    p_mask_prompt: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> MaskPlan:
+    """Draw the masks of ``estimator`` for completion_mask [B, T] (1 = completion token to score)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator {estimator!r} is not one of {sorted(ESTIMATORS)}.")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    if not 0.0 <= p_mask_prompt < 1.0:
+        raise ValueError(f"p_mask_prompt must be in [0, 1), got {p_mask_prompt}.")
+    pm = None if prompt_mask is None else prompt_mask.bool() & ~completion_mask.bool()
+    return ESTIMATORS[estimator](
+        completion_mask.bool(), num_samples, generator=generator, prompt_mask=pm, p_mask_prompt=p_mask_prompt
+    )
+
+
+def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[targets] in float32: logits [..., V], targets [...] -> [...]."""
+    return -F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def token_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    plan: MaskPlan,
+    *,
+    mask_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+    spec: FamilySpec | None = None,
+    chunk_size: int = 1,
+) -> torch.Tensor:
+    """Per-token estimates [B, T] (zero off the completion) for input_ids [B, T] under ``plan``.
+
+    Passes are run ``chunk_size`` at a time (stacked along the batch) and only the scored positions'
+    log-probabilities are kept, so without grad the peak memory does not grow with the number of
+    passes. With grad, each chunk's graph is kept until backward.
+    """
+    b, t = input_ids.shape
+    total = torch.zeros(b, t, dtype=torch.float32, device=input_ids.device)
+    for start in range(0, plan.num_passes, chunk_size):
+        masked = plan.masked[start : start + chunk_size]
+        weights = plan.weights[start : start + chunk_size]
+        n = masked.shape[0]
+        noisy = torch.where(masked, mask_token_id, input_ids[None]).flatten(0, 1)
+        attn = None if attention_mask is None else attention_mask.repeat(n, 1)
+        logits = model_logits(model, noisy, attn, spec).logits.view(n, b, t, -1)
+        scored = weights != 0
+        values = torch.zeros(n, b, t, dtype=torch.float32, device=input_ids.device)
+        values = values.masked_scatter(scored, gather_logprobs(logits[scored], input_ids[None].expand(n, -1, -1)[scored]))
+        total = total + (values * weights).sum(0)
+    return total / plan.num_samples
+
+
+def sequence_logprob(
+    model,
+    input_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    estimator: str = "elbo",
+    num_samples: int = 1,
+    mask_token_id: int,
+    p_mask_prompt: float = 0.0,
+    attention_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 1,
+    spec: FamilySpec | None = None,
+) -> torch.Tensor:
+    """Sequence log-likelihood estimate [B] of the completion tokens (completion_mask [B, T] == 1)."""
+    plan = make_plan(
+        estimator, completion_mask, num_samples=num_samples, prompt_mask=attention_mask,
+        p_mask_prompt=p_mask_prompt, generator=generator,
+    )  # fmt: skip
+    values = token_logprobs(
+        model, input_ids, plan, mask_token_id=mask_token_id, attention_mask=attention_mask, spec=spec,
+        chunk_size=chunk_size,
+    )  # fmt: skip
+    return values.sum(-1)

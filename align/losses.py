@@ -1,0 +1,167 @@
+"""Policy losses of the GRPO family as pure tensor functions, with TRL's names and semantics.
+
+Inputs are per-token log-probability *estimates* [B, T] from ``align.logprob`` (for ELBO estimators the
+per-token values sum to the sequence ELBO), so TRL's formulas carry over unchanged:
+
+* ratio ``r = exp(logp - old)`` per token (``importance_sampling_level="token"``) or
+  ``exp(mean_t(logp - old))`` per sequence (``"sequence"``, GSPO; with ELBO estimates this is ESPO's
+  ``exp((B_new - B_old) / L)``);
+* clipped surrogate ``-min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A)``, with ``delta`` capping r
+  (two-sided clipping);
+* KL to the reference: k3 ``exp(ref - logp) - (ref - logp) - 1`` (TRL) or k2 ``(logp - ref)^2 / 2``;
+* aggregation by ``loss_type``: ``grpo`` (mean per sequence, then over sequences), ``bnpo`` (mean over
+  tokens of the batch), ``dr_grpo`` (sum / (B * max_completion_length)), ``dapo`` (sum / tokens of the
+  global batch, passed as ``normalizer``);
+* ``wd1`` (Tang et al. 2025): ratio-free, ``-sum_i (softmax_g(psi A) - softmax_g(-psi A))_i * mean_t logp_i``
+  over each group g of ``num_generations`` completions (plus the KL term when beta > 0).
+
+Advantages (``compute_advantages``) follow TRL: group mean subtracted, divided by std + 1e-4 for
+``scale_rewards`` ``group`` / ``batch``, not divided for ``none`` (d1's mean-centring); rows whose
+reward is NaN (every reward function returned None) get advantage 0.
+
+Not covered: TRL's cispo/sapo/vespo/luspo loss types, entropy bonuses, vLLM importance correction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Bessel-corrected std ignoring NaNs (NaN where fewer than 2 values)."""
+    mean = torch.nanmean(x, dim=dim, keepdim=True)
+    var = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True)
+    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
+    var = var * torch.where(count > 1, count / (count - 1), torch.full_like(var, float("nan")))
+    std = var.sqrt()
+    return std.squeeze() if dim is None else std.squeeze(dim)
+
+
+def compute_advantages(
+    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards [N] (N = prompts * num_generations, grouped contiguously; NaN = unscorable).
+
+    Returns (advantages [N], std_is_zero [N] bool for the ``frac_reward_zero_std`` metric).
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards {scale_rewards!r} is not one of {SCALE_REWARDS}.")
+    if rewards.numel() % num_generations:
+        raise ValueError(f"{rewards.numel()} rewards cannot be split into groups of {num_generations}.")
+    grouped = rewards.view(-1, num_generations)
+    mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations)
+    if scale_rewards == "batch":
+        std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+    elif num_generations > 1:
+        std = nanstd(grouped, dim=1).repeat_interleave(num_generations)
+    else:
+        std = torch.zeros_like(rewards)
+    advantages = rewards - mean
+    if scale_rewards != "none":
+        advantages = advantages / (std + 1e-4)
+    advantages = torch.nan_to_num(advantages, nan=0.0)
+    return advantages, torch.isclose(std, torch.zeros_like(std))
+
+
+def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL estimate of policy from reference: k3 (TRL's, >= 0) or k2."""
+    if kind == "k3":
+        diff = ref_logps - logps
+        return torch.exp(diff) - diff - 1
+    if kind == "k2":
+        return 0.5 * (logps - ref_logps) ** 2
+    raise ValueError(f"kl estimator {kind!r} is not one of ('k3', 'k2').")
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _wd1_weights(advantages: torch.Tensor, num_generations: int, psi: float) -> torch.Tensor:
+    grouped = advantages.view(-1, num_generations)
+    w = torch.softmax(psi * grouped, dim=1) - torch.softmax(-psi * grouped, dim=1)
+    return w.view(-1)
+
+
+def policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str = "dapo",
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    delta: float | None = None,
+    importance_sampling_level: str = "token",
+    kl_estimator: str = "k3",
+    max_completion_length: int | None = None,
+    normalizer: float | torch.Tensor | None = None,
+    num_generations: int | None = None,
+    wd1_psi: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss (scalar) and detached metrics for per-token log-probs [B, T].
+
+    old_logps: [B, T] or None (on-policy: ``logps.detach()``); ref_logps: [B, T], needed when beta > 0;
+    advantages: [B] or [B, T]; mask: [B, T] completion mask. ``normalizer`` is the token count of the
+    global batch for ``dapo`` (default: this batch's). ``num_generations`` groups rows for ``wd1``.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r} is not one of {LOSS_TYPES}.")
+    if importance_sampling_level not in ("token", "sequence"):
+        raise ValueError(f"importance_sampling_level {importance_sampling_level!r} is not 'token' or 'sequence'.")
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta != 0 needs ref_logps (the reference model's estimates).")
+    mask = mask.to(logps.dtype)
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    old_logps = logps.detach() if old_logps is None else old_logps
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
+    log_ratio = logps - old_logps
+    if importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0))[:, None]
+    ratio = torch.exp(log_ratio)
+    metrics: dict[str, torch.Tensor] = {}
+
+    if loss_type == "wd1":
+        if num_generations is None:
+            raise ValueError("loss_type 'wd1' needs num_generations to form the groups.")
+        weights = _wd1_weights(adv[:, 0], num_generations, wd1_psi)[:, None]
+        per_token = -weights * logps
+    else:
+        clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+        capped = ratio if delta is None else torch.clamp(ratio, max=delta)
+        per_token = -torch.min(capped * adv, clipped * adv)
+    if beta != 0.0:
+        per_token_kl = kl_penalty(logps, ref_logps, kl_estimator)
+        per_token = per_token + beta * per_token_kl
+        metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
+
+    if loss_type in ("grpo", "wd1"):
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        if loss_type == "wd1":
+            loss = loss * num_generations  # sum of group weights, averaged over groups
+    elif loss_type == "bnpo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    elif loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("loss_type 'dr_grpo' needs max_completion_length.")
+        loss = (per_token * mask).sum() / (per_token.shape[0] * max_completion_length)
+    else:  # dapo
+        norm = mask.sum() if normalizer is None else normalizer
+        loss = (per_token * mask).sum() / torch.as_tensor(norm, dtype=per_token.dtype).clamp(min=1.0)
+
+    if loss_type != "wd1":
+        low = ((ratio < 1 - epsilon) & (adv < 0)).float()
+        high = ((ratio > 1 + epsilon_high) & (adv > 0)).float()
+        metrics["clip_ratio/low_mean"] = _masked_mean(low, mask).detach()
+        metrics["clip_ratio/high_mean"] = _masked_mean(high, mask).detach()
+        metrics["clip_ratio/region_mean"] = _masked_mean(torch.maximum(low, high), mask).detach()
+    metrics["ratio/mean"] = _masked_mean(ratio, mask).detach()
+    return loss, metrics
