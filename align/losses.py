@@ -116,7 +116,9 @@ def policy_loss(
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {LOSS_TYPES}.")
     if importance_sampling_level not in ("token", "sequence"):
-        raise ValueError(f"importance_sampling_level {importance_sampling_level!r} is not 'token' or 'sequence'.")
+        raise ValueError(
+            f"importance_sampling_level {importance_sampling_level!r} is not 'token' or 'sequence'."
+        )
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps (the reference model's estimates).")
     mask = mask.to(logps.dtype)

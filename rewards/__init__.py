@@ -1,1 +1,72 @@
-"""Reward functions for dllm-align (TRL convention: f(prompts, completions, **columns) -> list[float | None])."""
+"""Reward functions: ``f(prompts, completions, **columns) -> list[float | None]`` (TRL's convention).
+
+``rewards.get(spec)`` returns a callable for a built-in name (see ``BUILTINS``), a
+``package.module:function`` or a ``path/to/file.py:function``. Completions are strings or chat-message
+lists; ``None`` means "not applicable" and is skipped in the weighted sum. Rewards never see tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+
+from rewards.code import code_execution
+from rewards.format import length_penalty, python_block_format, reasoning_answer_format, think_answer_format
+from rewards.math import math_accuracy
+
+RewardFn = Callable[..., list]
+
+BUILTINS: dict[str, RewardFn] = {
+    "math_accuracy": math_accuracy,
+    "code_execution": code_execution,
+    "think_answer_format": think_answer_format,
+    "reasoning_answer_format": reasoning_answer_format,
+    "python_block_format": python_block_format,
+    "length_penalty": length_penalty,
+}
+
+
+def _from_file(path: str, name: str) -> RewardFn:
+    if not os.path.isfile(path):
+        raise ValueError(f"reward spec: file {path!r} does not exist (expected 'path/to/file.py:function').")
+    module_name = "align_user_reward_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name, None)
+
+
+def get(spec: str | RewardFn) -> RewardFn:
+    """Resolve a reward spec: built-in name, ``package.module:function`` or ``path/to/file.py:function``."""
+    if callable(spec):
+        return spec
+    if spec in BUILTINS:
+        return BUILTINS[spec]
+    if ":" not in spec:
+        raise ValueError(
+            f"unknown reward {spec!r}: use a built-in ({', '.join(sorted(BUILTINS))}), 'package.module:function' "
+            "or 'path/to/file.py:function'."
+        )
+    target, name = spec.rsplit(":", 1)
+    if target.endswith(".py"):
+        fn = _from_file(target, name)
+    else:
+        try:
+            fn = getattr(importlib.import_module(target), name, None)
+        except ImportError as exc:
+            raise ValueError(f"reward spec {spec!r}: cannot import module {target!r} ({exc}).") from exc
+    if not callable(fn):
+        raise ValueError(f"reward spec {spec!r}: {target!r} has no function {name!r}.")
+    return fn
+
+
+def name_of(spec: str | RewardFn) -> str:
+    """Metric name of a reward (``rewards/<name>/mean``)."""
+    if callable(spec):
+        return getattr(spec, "__name__", type(spec).__name__)
+    return spec.rsplit(":", 1)[-1]
+
+
+__all__ = ["BUILTINS", "get", "name_of"]

@@ -81,7 +81,9 @@ def test_one_step_equals_its_definition(setup):
 
 def test_coupled_pairs_predict_every_token_once(setup):
     _, _, completion = setup
-    plan = make_plan("coupled", completion.expand(64, -1), num_samples=3, generator=torch.Generator().manual_seed(0))
+    plan = make_plan(
+        "coupled", completion.expand(64, -1), num_samples=3, generator=torch.Generator().manual_seed(0)
+    )
     assert plan.num_passes == 6
     pair_counts = plan.masked.view(3, 2, 64, -1).sum(1)  # per pair, how often each position is masked
     assert torch.equal(pair_counts.bool(), completion.expand(3, 64, -1)) and pair_counts.max() == 1

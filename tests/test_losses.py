@@ -24,7 +24,9 @@ class _Accelerator:
     gather_for_metrics = gather
 
 
-def trl_loss(logps, old, ref, adv, mask, *, loss_type, beta, epsilon, epsilon_high, delta, level, max_len, items):
+def trl_loss(
+    logps, old, ref, adv, mask, *, loss_type, beta, epsilon, epsilon_high, delta, level, max_len, items
+):
     """Call TRL's real loss code on a minimal stand-in for the trainer state it reads."""
     fake = SimpleNamespace(
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level=level, beta=beta,
@@ -75,7 +77,9 @@ def test_loss_and_gradients_match_trl(loss_type, level, beta, epsilon_high, delt
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-6, atol=1e-7)
     assert grad_ours.abs().sum() > 0
-    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean") + (("kl",) if beta else ()):
+    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean") + (
+        ("kl",) if beta else ()
+    ):
         assert metrics[key].item() == pytest.approx(trl_metrics[key][0], abs=1e-6), key
 
 
@@ -86,7 +90,12 @@ def test_advantages_match_trl_formula(scale):
     groups = rewards.view(3, 3)
     mean = groups.nanmean(1).repeat_interleave(3)
     if scale == "group":
-        expected = (rewards - mean) / (torch.tensor([groups[0].std().item(), torch.tensor([0.5, 1.0]).std().item(), 0.0]).repeat_interleave(3) + 1e-4)
+        expected = (rewards - mean) / (
+            torch.tensor(
+                [groups[0].std().item(), torch.tensor([0.5, 1.0]).std().item(), 0.0]
+            ).repeat_interleave(3)
+            + 1e-4
+        )
     elif scale == "batch":
         expected = (rewards - mean) / (rewards[~rewards.isnan()].std() + 1e-4)
     else:

@@ -26,7 +26,17 @@ OFFICIAL_CONFIG = {
 
 
 def official_names(n_layers: int, tied: bool) -> set[str]:
-    per_block = ["attn_norm", "ff_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"]
+    per_block = [
+        "attn_norm",
+        "ff_norm",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "attn_out",
+        "ff_proj",
+        "up_proj",
+        "ff_out",
+    ]
     names = {f"model.transformer.blocks.{i}.{p}.weight" for i in range(n_layers) for p in per_block}
     names |= {"model.transformer.wte.weight", "model.transformer.ln_f.weight"}
     if not tied:
@@ -44,7 +54,12 @@ def test_official_config_json_loads_unchanged(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(OFFICIAL_CONFIG))
     config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(config, LLaDAConfig)
-    assert (config.d_model, config.n_kv_heads, config.mask_token_id, config.rope_theta) == (32, 4, 39, 500000.0)
+    assert (config.d_model, config.n_kv_heads, config.mask_token_id, config.rope_theta) == (
+        32,
+        4,
+        39,
+        500000.0,
+    )
     model = LLaDAModelLM(config)
     model.save_pretrained(tmp_path / "ckpt")
     reloaded = AutoModel.from_pretrained(tmp_path / "ckpt")

@@ -11,7 +11,9 @@ from torch import nn
 from align.sampling import generate, num_transfer_tokens
 
 
-def reference_generate(model, prompt, gen_length, steps, block_length, temperature, cfg_scale, remasking, gen):
+def reference_generate(
+    model, prompt, gen_length, steps, block_length, temperature, cfg_scale, remasking, gen
+):
     """LLaDA's generate.py written out plainly: one row, full canvas each step, a Python loop for top-k.
 
     Noise is drawn for the current block only ([1, block_length, V] per step), in the same order as the
@@ -58,7 +60,9 @@ SETTINGS = [(8, 8, 8), (16, 4, 8), (16, 8, 16), (10, 10, 4), (15, 5, 6)]
 @pytest.mark.parametrize("temperature,cfg_scale,remasking", [
     (0.0, 0.0, "low_confidence"), (1.0, 0.0, "low_confidence"), (0.7, 0.0, "random"), (0.0, 1.5, "low_confidence"),
 ])  # fmt: skip
-def test_reference_mode_equals_literal_llada(gen_length, block_length, steps, temperature, cfg_scale, remasking):
+def test_reference_mode_equals_literal_llada(
+    gen_length, block_length, steps, temperature, cfg_scale, remasking
+):
     model = tiny_model(seed=gen_length + steps)
     prompt = torch.randint(2, 38, (1, 5), generator=torch.Generator().manual_seed(steps))
     ours = generate(
@@ -77,7 +81,9 @@ def test_left_padded_batch_equals_single_prompt_runs(model):
     prompts = [torch.randint(2, 38, (1, n), generator=torch.Generator().manual_seed(n)) for n in (3, 6, 9)]
     width = 9
     ids = torch.cat([torch.cat([torch.full((1, width - p.shape[1]), EOS_ID), p], 1) for p in prompts])
-    mask = torch.cat([torch.cat([torch.zeros(1, width - p.shape[1]), torch.ones(1, p.shape[1])], 1) for p in prompts])
+    mask = torch.cat(
+        [torch.cat([torch.zeros(1, width - p.shape[1]), torch.ones(1, p.shape[1])], 1) for p in prompts]
+    )
     for extra in ({}, {"cfg_scale": 1.0}, {"cache": "prefix"}, {"threshold": 0.5}):
         batched = generate(model, ids, mask.long(), gen_length=16, steps=8, block_length=8, **extra)
         for row, p in enumerate(prompts):
@@ -120,7 +126,9 @@ class ScriptedDenoiser(nn.Module):
 
     def __init__(self, target, conf):
         super().__init__()
-        self.config = SimpleNamespace(model_type="llada", mask_token_id=MASK_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+        self.config = SimpleNamespace(
+            model_type="llada", mask_token_id=MASK_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID
+        )
         self.target, self.conf = target, conf
         self.calls = 0
 
@@ -130,7 +138,11 @@ class ScriptedDenoiser(nn.Module):
         logits = torch.zeros(b, length, VOCAB)
         rest = (1 - self.conf[:length]) / (VOCAB - 2)  # spread over the others, mask excluded
         logits += torch.log(rest)[None, :, None]
-        logits.scatter_(-1, self.target[:length].expand(b, -1)[..., None], torch.log(self.conf[:length])[None, :, None].expand(b, -1, -1))
+        logits.scatter_(
+            -1,
+            self.target[:length].expand(b, -1)[..., None],
+            torch.log(self.conf[:length])[None, :, None].expand(b, -1, -1),
+        )
         return SimpleNamespace(logits=logits)
 
 
@@ -154,7 +166,10 @@ def test_cache_with_one_step_per_block_is_exact_and_reports_agreement(model):
     prompt = torch.randint(2, 38, (4, 6))
     base = generate(model, prompt, gen_length=16, steps=2, block_length=8)
     for mode in ("prefix", "dual"):
-        assert torch.equal(generate(model, prompt, gen_length=16, steps=2, block_length=8, cache=mode).sequences, base.sequences)
+        assert torch.equal(
+            generate(model, prompt, gen_length=16, steps=2, block_length=8, cache=mode).sequences,
+            base.sequences,
+        )
     # With several steps per block the cache is an approximation: measure it, demand most tokens agree.
     base = generate(model, prompt, gen_length=32, steps=32, block_length=8)
     for mode in ("prefix", "dual"):

@@ -87,7 +87,9 @@ def _random_subset(completion_mask: torch.Tensor, sizes: torch.Tensor, generator
     return (rank < sizes[:, None]) & completion_mask
 
 
-def _prompt_masking(prompt_mask: torch.Tensor | None, p_mask_prompt: float, k: int, generator) -> torch.Tensor | None:
+def _prompt_masking(
+    prompt_mask: torch.Tensor | None, p_mask_prompt: float, k: int, generator
+) -> torch.Tensor | None:
     if prompt_mask is None or p_mask_prompt <= 0:
         return None
     u = torch.rand((k, *prompt_mask.shape), generator=generator, device=prompt_mask.device)
@@ -95,7 +97,9 @@ def _prompt_masking(prompt_mask: torch.Tensor | None, p_mask_prompt: float, k: i
 
 
 @register_estimator("one_step")
-def one_step_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0) -> MaskPlan:
+def one_step_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0
+) -> MaskPlan:
     cm = completion_mask.bool()
     masked = cm[None].expand(num_samples, -1, -1).clone()
     prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
@@ -120,7 +124,9 @@ def elbo_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_
 
 
 @register_estimator("coupled")
-def coupled_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0) -> MaskPlan:
+def coupled_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0
+) -> MaskPlan:
     cm = completion_mask.bool()
     length = cm.sum(-1).float()
     u = _stratified_uniform(num_samples, cm.shape[0], generator, cm.device)
@@ -162,7 +168,9 @@ def make_plan(
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[targets] in float32: logits [..., V], targets [...] -> [...]."""
-    return -F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+    return -F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(
+        targets.shape
+    )
 
 
 def token_logprobs(
@@ -192,7 +200,9 @@ def token_logprobs(
         logits = model_logits(model, noisy, attn, spec).logits.view(n, b, t, -1)
         scored = weights != 0
         values = torch.zeros(n, b, t, dtype=torch.float32, device=input_ids.device)
-        values = values.masked_scatter(scored, gather_logprobs(logits[scored], input_ids[None].expand(n, -1, -1)[scored]))
+        values = values.masked_scatter(
+            scored, gather_logprobs(logits[scored], input_ids[None].expand(n, -1, -1)[scored])
+        )
         total = total + (values * weights).sum(0)
     return total / plan.num_samples
 

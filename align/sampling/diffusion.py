@@ -158,7 +158,9 @@ class _Denoiser:
         if cache not in CACHE_MODES:
             raise ValueError(f"cache {cache!r} is not one of {CACHE_MODES}.")
         if cache is not None and spec.shift_logits:
-            raise ValueError(f"cache={cache!r} is not supported for shifted-logit families ({spec.model_type}).")
+            raise ValueError(
+                f"cache={cache!r} is not supported for shifted-logit families ({spec.model_type})."
+            )
         self.model, self.spec, self.cfg_scale, self.cache = model, spec, cfg_scale, cache
         self.suppress = suppress
         self.nfe = 0
@@ -267,7 +269,9 @@ def generate(
     if spec is None:
         spec = family_spec(model, mask_token_id=mask_token_id)
     elif mask_token_id is not None and mask_token_id != spec.mask_token_id:
-        raise ValueError(f"mask_token_id {mask_token_id} disagrees with the family spec ({spec.mask_token_id}).")
+        raise ValueError(
+            f"mask_token_id {mask_token_id} disagrees with the family spec ({spec.mask_token_id})."
+        )
     check_settings(gen_length, steps, block_length, spec, remasking)
     device = input_ids.device
     b, p = input_ids.shape

@@ -1,0 +1,94 @@
+"""The ``align`` command. Today: ``align generate``; ``train``, ``sft`` and ``eval`` arrive with their issues."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_PLANNED = {
+    "train": "GRPO training (the trainer issue)",
+    "sft": "masked-diffusion SFT (the embedded-model issue)",
+    "eval": "benchmark evaluation (the evaluation issue)",
+}
+
+
+def _generate(args) -> int:
+    import torch
+
+    from align.models import family_spec, load_model, load_tokenizer
+    from align.sampling import generate
+
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_model(
+        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, adapter=args.adapter
+    )
+    model.eval().to(args.device)
+    spec = family_spec(model, tokenizer)
+    prompts = args.prompt
+    if args.chat_template:
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not args.chat_template)
+    out = generate(
+        model,
+        batch["input_ids"].to(args.device),
+        batch["attention_mask"].to(args.device),
+        gen_length=args.gen_length,
+        steps=args.steps,
+        block_length=args.block_length,
+        temperature=args.temperature,
+        remasking=args.remasking,
+        cfg_scale=args.cfg_scale,
+        threshold=args.threshold,
+        cache=args.cache,
+        spec=spec,
+        generator=torch.Generator(args.device).manual_seed(args.seed),
+    )
+    texts = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+    for prompt, text in zip(args.prompt, texts):
+        print(json.dumps({"prompt": prompt, "completion": text, "nfe": out.nfe}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="align", description="RL alignment for masked diffusion LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="decode prompts with the diffusion sampler; one JSON line each")
+    gen.add_argument("--model", required=True, help="hub id or local path (LLaDA family loads natively)")
+    gen.add_argument("--adapter", default=None, help="optional PEFT adapter path")
+    gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    gen.add_argument("--gen_length", type=int, default=256)
+    gen.add_argument("--steps", type=int, default=256)
+    gen.add_argument("--block_length", type=int, default=32)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    gen.add_argument("--cfg_scale", type=float, default=0.0)
+    gen.add_argument("--threshold", type=float, default=None)
+    gen.add_argument("--cache", default=None, choices=["prefix", "dual"])
+    gen.add_argument("--chat_template", action=argparse.BooleanOptionalAction, default=True)
+    gen.add_argument("--dtype", default="bfloat16")
+    gen.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--trust_remote_code", action="store_true")
+    for name, what in _PLANNED.items():
+        sub.add_parser(name, help=f"{what}: not implemented yet")
+    args, _rest = parser.parse_known_args(argv)
+    if args.command in _PLANNED:
+        print(f"align {args.command}: {_PLANNED[args.command]} is not implemented yet.", file=sys.stderr)
+        return 2
+    return _generate(args)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

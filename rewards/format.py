@@ -1,0 +1,72 @@
+"""Format and length rewards (pure string checks; no model, no sandbox).
+
+* ``think_answer_format``: 1.0 when the completion is ``<think>...</think>`` followed by
+  ``<answer>...</answer>`` (iLLaDA / R1 style), else 0.
+* ``reasoning_answer_format``: d1's layout, ``<reasoning>...</reasoning>`` then ``<answer>...</answer>``:
+  1.0 for the strict layout (each tag on its own line), 0.5 for the tags in order anywhere, else 0.
+* ``python_block_format``: 1.0 when the completion has a fenced python block that parses, else 0.
+* ``length_penalty``: 0 up to ``soft_limit`` characters, falling linearly to -1 at ``hard_limit``,
+  minus the fraction of repeated lines (iLLaDA's "Wait, let me check again" loops) beyond the first
+  occurrence; always in [-2, 0].
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from rewards.code import extract_code
+from rewards.math import completion_text
+
+_THINK_ANSWER = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.S)
+_REASONING_STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.S)
+_REASONING_SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.S)
+
+
+def think_answer_format(prompts, completions, **_columns) -> list[float]:
+    return [1.0 if _THINK_ANSWER.match(completion_text(c)) else 0.0 for c in completions]
+
+
+def reasoning_answer_format(prompts, completions, **_columns) -> list[float]:
+    scores = []
+    for c in completions:
+        text = completion_text(c).strip()
+        scores.append(
+            1.0 if _REASONING_STRICT.match(text + "\n") else 0.5 if _REASONING_SOFT.search(text) else 0.0
+        )
+    return scores
+
+
+def python_block_format(prompts, completions, **_columns) -> list[float]:
+    scores = []
+    for c in completions:
+        text = completion_text(c)
+        if "```" not in text:
+            scores.append(0.0)
+            continue
+        try:
+            ast.parse(extract_code(text))
+            scores.append(1.0)
+        except (SyntaxError, ValueError):
+            scores.append(0.0)
+    return scores
+
+
+def repeated_line_fraction(text: str) -> float:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return 0.0
+    return 1.0 - len(set(lines)) / len(lines)
+
+
+def length_penalty(
+    prompts, completions, soft_limit: int = 2000, hard_limit: int = 4000, **_columns
+) -> list[float]:
+    if hard_limit <= soft_limit:
+        raise ValueError(f"length_penalty: hard_limit ({hard_limit}) must exceed soft_limit ({soft_limit}).")
+    scores = []
+    for c in completions:
+        text = completion_text(c)
+        over = min(max(len(text) - soft_limit, 0) / (hard_limit - soft_limit), 1.0)
+        scores.append(-over - repeated_line_fraction(text))
+    return scores

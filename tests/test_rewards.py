@@ -1,0 +1,122 @@
+import time
+
+import pytest
+
+import rewards
+from rewards.code import extract_code
+from rewards.format import length_penalty, python_block_format, reasoning_answer_format, think_answer_format
+from rewards.math import extract_answer, math_accuracy
+
+GSM8K_GOLD = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether she sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+MATH_GOLD = "We have $\\frac{1}{2} + \\frac{1}{4} = \\boxed{\\frac{3}{4}}$."
+
+CASES = [  # (gold, completion, expected score)
+    ("72", "#### 72", 1.0),
+    ("72", "The answer is 72.", 1.0),
+    ("72", "<answer>72</answer>", 1.0),
+    (GSM8K_GOLD, "She sold 72 in total.\n#### 72", 1.0),
+    (GSM8K_GOLD, "so \\boxed{72}", 1.0),
+    ("1000", "#### 1,000", 1.0),
+    ("18", "The answer is $18.00", 1.0),
+    ("\\$18", "#### $18", 1.0),
+    ("50\\%", "#### 50%", 1.0),
+    (MATH_GOLD, "\\boxed{0.75}", 1.0),
+    (MATH_GOLD, "<answer>\\dfrac{3}{4}</answer>", 1.0),
+    ("\\frac{1}{2}", "\\boxed{0.5}", 1.0),
+    ("(1,2)", "\\boxed{(1, 2)}", 1.0),
+    ("[0,1)", "\\boxed{[0, 1)}", 1.0),
+    ("\\{1,2\\}", "\\boxed{\\{2,1\\}}", 1.0),
+    ("x^2+2x", "\\boxed{x(x+2)}", 1.0),
+    ("3", "first \\boxed{1}, then finally \\boxed{3}", 1.0),  # the last boxed counts
+    ("1", "first \\boxed{1}, then finally \\boxed{3}", 0.0),
+    ("72", "#### 73", 0.0),
+    ("72", "I think it is 72 but I am not sure", 0.0),  # no final-answer marker
+    ("72", "", 0.0),
+    ("\\frac{1}{2}", "\\boxed{\\frac{1}{3}}", 0.0),
+    ("5", "\\boxed{9^{9^{9^{9^9}}}}", 0.0),  # pathological: must come back bounded
+]
+
+
+def test_answer_equivalence_table():
+    start = time.monotonic()
+    scores = math_accuracy(None, [c for _, c, _ in CASES], answer=[g for g, _, _ in CASES])
+    assert scores == [s for _, _, s in CASES]
+    assert time.monotonic() - start < 60
+
+
+def test_unparseable_gold_gives_none_and_warns(caplog):
+    scores = math_accuracy(None, ["#### 1", "#### 1"], answer=["", "1"])
+    assert scores == [None, 1.0]
+    assert "cannot be parsed" in caplog.text
+
+
+def test_solution_column_and_chat_completions():
+    chat = [
+        [{"role": "assistant", "content": "It is \\boxed{4}."}],
+        [{"role": "assistant", "content": "\\boxed{5}"}],
+    ]
+    assert math_accuracy(None, chat, solution=["$\\boxed{4}$", "$\\boxed{4}$"]) == [1.0, 0.0]
+    with pytest.raises(KeyError, match="'answer' or 'solution'"):
+        math_accuracy(None, ["#### 1"], question=["q"])
+
+
+def test_extract_answer_forms():
+    assert extract_answer("<answer>\\boxed{7}</answer>") == "7"
+    assert extract_answer("\\boxed{\\frac{1}{\\sqrt{2}}}") == "\\frac{1}{\\sqrt{2}}"
+    assert extract_answer("nothing") is None
+
+
+def test_format_rewards():
+    assert think_answer_format(None, ["<think>hmm</think>\n<answer>4</answer>", "<answer>4</answer>"]) == [
+        1.0,
+        0.0,
+    ]
+    strict = "<reasoning>\n2+2\n</reasoning>\n<answer>\n4\n</answer>"
+    assert reasoning_answer_format(None, [strict, "x <reasoning>a</reasoning> <answer>4</answer>", "4"]) == [
+        1.0,
+        0.5,
+        0.0,
+    ]
+    assert python_block_format(None, ["```python\nx = 1\n```", "```python\nx = = 1\n```", "x = 1"]) == [
+        1.0,
+        0.0,
+        0.0,
+    ]
+    assert extract_code("text\n```python\na = 1\n```\nmore\n```python\nb = 2\n```") == "b = 2\n"
+
+
+def test_length_penalty_hits_long_and_looping_outputs():
+    short, long = "fine answer", "x" * 3000
+    loop = "\n".join(["Wait, let me check again."] * 9 + ["So 4."])
+    scores = length_penalty(None, [short, long, loop], soft_limit=2000, hard_limit=4000)
+    assert scores[0] == 0.0 and scores[1] == pytest.approx(-0.5) and scores[2] == pytest.approx(-0.8)
+
+
+def test_reward_specs_by_name_module_and_path():
+    assert rewards.get("math_accuracy") is math_accuracy
+    assert rewards.get("rewards.format:think_answer_format") is think_answer_format
+    shout = rewards.get("tests/fixtures/my_reward.py:shout")
+    assert shout(None, ["HI", "hi"]) == [1.0, 0.0]
+    assert rewards.name_of("tests/fixtures/my_reward.py:shout") == "shout"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("no_such_reward", "unknown reward 'no_such_reward'"),
+    ("tests/fixtures/missing.py:f", "does not exist"),
+    ("tests/fixtures/my_reward.py:nope", "has no function 'nope'"),
+    ("no_such_pkg.mod:f", "cannot import module 'no_such_pkg.mod'"),
+])  # fmt: skip
+def test_bad_reward_specs_say_what_to_fix(spec, message):
+    with pytest.raises(ValueError, match=message):
+        rewards.get(spec)
+
+
+def test_code_execution_reward_on_chat_completions():
+    from rewards.code import code_execution
+
+    good = [{"role": "assistant", "content": "Here:\n```python\ndef add(a, b):\n    return a + b\n```"}]
+    half = [{"role": "assistant", "content": "```python\ndef add(a, b):\n    return 3\n```"}]
+    tests = ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]
+    assert code_execution(None, [good, half, "def add(a, b) return"], tests=[tests] * 3) == [1.0, 0.5, 0.0]
+    with pytest.raises(KeyError, match="'tests'"):
+        code_execution(None, ["x"])
