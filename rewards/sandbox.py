@@ -152,9 +152,12 @@ class Sandbox:
 
     def _command(self, workdir: str, uid: int | None) -> list[str]:
         lim = self.limits
+        nproc = lim.processes
+        if uid is None and os.geteuid() != 0:  # shared uid: RLIMIT_NPROC counts the caller's processes too
+            nproc += len(live_pids_of_uids(range(os.geteuid(), os.geteuid() + 1)))
         limits = [
             "prlimit", f"--cpu={lim.cpu_s}", f"--as={lim.memory_mb * 2**20}",
-            f"--fsize={lim.file_size_mb * 2**20}", f"--nofile={lim.open_files}", f"--nproc={lim.processes}",
+            f"--fsize={lim.file_size_mb * 2**20}", f"--nofile={lim.open_files}", f"--nproc={nproc}",
             "--core=0", "--",
         ]  # fmt: skip
         prefix = []

@@ -1,0 +1,48 @@
+import pytest
+
+from align.config import GRPOConfig, load_config
+
+BASE = ["--output_dir", "out", "--dataset_files", "train.jsonl", "--report_to", "none"]
+
+
+def test_yaml_then_command_line_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "output_dir: runs/x\ndataset_files: [a.jsonl]\nnum_generations: 4\nper_device_train_batch_size: 8\n"
+        "reward_funcs: [math_accuracy, reasoning_answer_format]\nreward_weights: [2.0, 0.5]\nbeta: 0.04\n"
+        "report_to: none\n"
+    )
+    config = load_config(str(recipe), ["--beta", "0.01", "--estimator", "coupled"])
+    assert isinstance(config, GRPOConfig)
+    assert config.num_generations == 4 and config.beta == 0.01 and config.estimator == "coupled"
+    assert config.reward_funcs == ["math_accuracy", "reasoning_answer_format"] and config.reward_weights == [
+        2.0,
+        0.5,
+    ]
+    assert config.generation_batch_size == 8 and config.steps_per_generation == 1
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--num_generations", "3", "--per_device_train_batch_size", "8"], "generation_batch_size 8 .* not divisible by num_generations 3"),
+    (["--max_completion_length", "250"], "max_completion_length 250 is not a multiple of block_length 32"),
+    (["--diffusion_steps", "100"], "diffusion_steps 100 is not divisible by the number of blocks 8"),
+    (["--estimator", "exact"], "estimator 'exact' is not one of"),
+    (["--reward_weights", "1.0", "2.0"], "reward_weights has 2 values but reward_funcs has 1"),
+    (["--loss_type", "ppo"], "loss_type 'ppo'"),
+])  # fmt: skip
+def test_cross_field_errors_state_the_arithmetic(extra, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, BASE + extra)
+
+
+def test_malformed_and_unknown_yaml_fields(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("beta: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("num_generation: 8\n")
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['num_generation'\]"):
+        load_config(str(typo))
+    with pytest.raises(ValueError, match="No training data"):
+        load_config(None, ["--output_dir", "out", "--report_to", "none"])
