@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from align.logprob import ESTIMATORS
 from align.losses import LOSS_TYPES, SCALE_REWARDS
+from align.sampling.diffusion import check_schedule
 
 
 def _help(text: str, **kwargs):
@@ -161,17 +162,12 @@ class GRPOConfig(TrainingArguments):
                 f"divisible by num_generations {self.num_generations}; each prompt's group must fit in one rollout "
                 "batch."
             )
-        if self.max_completion_length % self.block_length:
-            raise ValueError(
-                f"max_completion_length {self.max_completion_length} is not a multiple of block_length "
-                f"{self.block_length}."
-            )
-        blocks = self.max_completion_length // self.block_length
-        if self.diffusion_steps % blocks:
-            raise ValueError(
-                f"diffusion_steps {self.diffusion_steps} is not divisible by the number of blocks {blocks} "
-                f"(max_completion_length {self.max_completion_length} / block_length {self.block_length})."
-            )
+        check_schedule(
+            self.max_completion_length,
+            self.diffusion_steps,
+            self.block_length,
+            names=("max_completion_length", "diffusion_steps", "block_length"),
+        )
         if self.beta == 0.0 and self.sync_ref_model:
             raise ValueError("sync_ref_model needs a reference model, but beta is 0 (no reference is kept).")
 

@@ -25,19 +25,10 @@ Not covered: TRL's cispo/sapo/vespo/luspo loss types, entropy bonuses, vLLM impo
 from __future__ import annotations
 
 import torch
+from trl.trainer.utils import nanstd
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
 SCALE_REWARDS = ("group", "batch", "none")
-
-
-def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Bessel-corrected std ignoring NaNs (NaN where fewer than 2 values)."""
-    mean = torch.nanmean(x, dim=dim, keepdim=True)
-    var = torch.nanmean((x - mean) ** 2, dim=dim, keepdim=True)
-    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
-    var = var * torch.where(count > 1, count / (count - 1), torch.full_like(var, float("nan")))
-    std = var.sqrt()
-    return std.squeeze() if dim is None else std.squeeze(dim)
 
 
 def compute_advantages(

@@ -67,18 +67,6 @@ class SandboxLimits:
     max_output_bytes: int = 64_000
 
 
-def _bwrap_works(python: str) -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", *_ro_system_binds(), "--proc", "/proc",
-           "--dev", "/dev", python, "-c", "print(1)"]  # fmt: skip
-    try:
-        out = subprocess.run(cmd, capture_output=True, timeout=20, text=True)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and out.stdout.strip() == "1"
-
-
 def _ro_system_binds() -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for path in ("/lib", "/lib64", "/lib32", "/bin", "/sbin"):
@@ -113,17 +101,21 @@ class Sandbox:
         self.limits = limits or SandboxLimits()
         self.python = python or default_python()
         self.workers = workers or max(1, os.cpu_count() or 1)
-        if backend == "auto":
-            backend = "bwrap" if _bwrap_works(self.python) else "process"
-        if backend not in ("bwrap", "process"):
+        if backend not in ("auto", "bwrap", "process"):
             raise ValueError(f"sandbox backend {backend!r} is not one of 'auto', 'bwrap', 'process'.")
         if backend == "bwrap" and shutil.which("bwrap") is None:
             raise RuntimeError(
                 "sandbox backend 'bwrap' requested but bwrap is not installed (apt-get install bubblewrap)."
             )
-        self.backend = backend
         self.switch_uid = os.geteuid() == 0 and shutil.which("setpriv") is not None
-        if backend == "process":
+        self._slots: queue.Queue[int] = queue.Queue()
+        for slot in range(self.workers):
+            self._slots.put(slot)
+        self._runs = [0] * self.workers
+        self.backend = "bwrap" if backend == "auto" else backend
+        if backend == "auto" and self.run("print(1)").stdout.strip() != "1":  # probe the real command chain
+            self.backend = "process"
+        if self.backend == "process":
             logger.warning(
                 "Code sandbox backend 'process': generated code runs with rlimits, a cleared environment%s and a "
                 "timeout, but WITHOUT filesystem, network or PID isolation: it can read any file its uid can "
@@ -133,10 +125,6 @@ class Sandbox:
             )
         else:
             logger.info("Code sandbox backend: bwrap (%d slots)", self.workers)
-        self._slots: queue.Queue[int] = queue.Queue()
-        for slot in range(self.workers):
-            self._slots.put(slot)
-        self._runs = [0] * self.workers
         self._executor = ThreadPoolExecutor(self.workers)
 
     def run_many(self, programs: list[tuple[str, str]]) -> list[ExecResult]:

@@ -57,9 +57,6 @@ class MaskPlan:
     def num_passes(self) -> int:
         return self.masked.shape[0]
 
-    def to(self, device) -> MaskPlan:
-        return MaskPlan(self.masked.to(device), self.weights.to(device), self.num_samples)
-
 
 PlanFn = Callable[..., MaskPlan]
 ESTIMATORS: dict[str, PlanFn] = {}

@@ -125,23 +125,31 @@ def select_transfer(
     return rank < k[:, None]
 
 
-def check_settings(gen_length: int, steps: int, block_length: int, spec: FamilySpec, remasking: str) -> None:
+def check_schedule(
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    names: tuple[str, str, str] = ("gen_length", "steps", "block_length"),
+) -> None:
+    """Block/step arithmetic of the sampler; ``names`` are the caller's field names for the messages."""
+    g, s, b = names
     if gen_length <= 0 or block_length <= 0 or steps <= 0:
-        raise ValueError(
-            f"gen_length ({gen_length}), block_length ({block_length}) and steps ({steps}) must be positive."
-        )
+        raise ValueError(f"{g} ({gen_length}), {b} ({block_length}) and {s} ({steps}) must be positive.")
     if gen_length % block_length:
         raise ValueError(
-            f"gen_length {gen_length} is not a multiple of block_length {block_length}; use e.g. "
-            f"gen_length {math.ceil(gen_length / block_length) * block_length}."
+            f"{g} {gen_length} is not a multiple of {b} {block_length}; use e.g. "
+            f"{g} {math.ceil(gen_length / block_length) * block_length}."
         )
     num_blocks = gen_length // block_length
     if steps % num_blocks:
         raise ValueError(
-            f"steps {steps} is not divisible by the number of blocks {num_blocks} "
-            f"(gen_length {gen_length} / block_length {block_length}); use e.g. steps "
-            f"{max(1, steps // num_blocks) * num_blocks}."
+            f"{s} {steps} is not divisible by the number of blocks {num_blocks} "
+            f"({g} {gen_length} / {b} {block_length}); use e.g. {s} {max(1, steps // num_blocks) * num_blocks}."
         )
+
+
+def check_settings(gen_length: int, steps: int, block_length: int, spec: FamilySpec, remasking: str) -> None:
+    check_schedule(gen_length, steps, block_length)
     if remasking not in REMASKING:
         raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}.")
     if spec.pad_token_id is not None and spec.pad_token_id == spec.mask_token_id:
