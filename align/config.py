@@ -5,8 +5,9 @@ logging/saving, ``report_to``, seed, bf16, ...) and documents every field once. 
 recipe YAML and applies ``--field value`` overrides from the command line (the command line wins).
 Cross-field checks in ``__post_init__`` state the arithmetic when something does not fit.
 
-The trainer that consumes this config is not built yet (see the trainer issue); the fields and checks
-are the contract it will follow.
+Batch sizes are per device and count completions (TRL's meaning): one rollout phase generates
+``generation_batch_size`` completions (``/ num_generations`` prompts) per device and serves
+``steps_per_generation`` micro-batches of ``per_device_train_batch_size``, ``num_iterations`` times.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class GRPOConfig(TrainingArguments):
     # ---- generation (the diffusion sampler) ---------------------------------------------------------
     num_generations: int = _help("Completions per prompt (the GRPO group size G).", default=8)
     generation_batch_size: int | None = _help(
-        "Completions generated per rollout phase per device; default per_device_train_batch_size * "
-        "steps_per_generation.",
+        "Completions generated per rollout phase per device (= per_device_train_batch_size x "
+        "steps_per_generation; set one of the two).",
         default=None,
     )
     steps_per_generation: int | None = _help(
@@ -104,8 +105,9 @@ class GRPOConfig(TrainingArguments):
         "Advantage scaling: group, batch or none (mean-centring only).", default="group"
     )
     wd1_psi: float = _help("Temperature of wd1's advantage softmax.", default=1.0)
-    sync_ref_model: bool = _help("Periodically copy policy weights into the reference.", default=False)
+    sync_ref_model: bool = _help("Periodically mix policy weights into the reference.", default=False)
     ref_model_sync_steps: int = _help("Steps between reference syncs.", default=512)
+    ref_model_mixup_alpha: float = _help("ref <- (1 - alpha) ref + alpha policy at each sync.", default=0.6)
     # ---- rewards ------------------------------------------------------------------------------------
     reward_funcs: list[str] = _help(
         "Reward specs: built-in names, package.module:function or path/file.py:function.",
@@ -120,11 +122,27 @@ class GRPOConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        self.steps_per_generation = self.steps_per_generation or self.gradient_accumulation_steps
-        if self.generation_batch_size is None:
-            self.generation_batch_size = self.per_device_train_batch_size * self.steps_per_generation
+        self._resolve_generation_batch()
         self._check_choices()
         self._check_arithmetic()
+
+    def _resolve_generation_batch(self) -> None:
+        per_device = self.per_device_train_batch_size
+        if self.steps_per_generation is None and self.generation_batch_size is not None:
+            if self.generation_batch_size % per_device:
+                raise ValueError(
+                    f"generation_batch_size {self.generation_batch_size} is not a multiple of "
+                    f"per_device_train_batch_size {per_device}."
+                )
+            self.steps_per_generation = self.generation_batch_size // per_device
+        self.steps_per_generation = self.steps_per_generation or self.gradient_accumulation_steps
+        if self.generation_batch_size is None:
+            self.generation_batch_size = per_device * self.steps_per_generation
+        if self.generation_batch_size != per_device * self.steps_per_generation:
+            raise ValueError(
+                f"generation_batch_size {self.generation_batch_size} != per_device_train_batch_size {per_device} x "
+                f"steps_per_generation {self.steps_per_generation}; set only one of the two."
+            )
 
     def _check_choices(self) -> None:
         choices = {

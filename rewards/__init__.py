@@ -13,7 +13,13 @@ import os
 from collections.abc import Callable
 
 from rewards.code import code_execution
-from rewards.format import length_penalty, python_block_format, reasoning_answer_format, think_answer_format
+from rewards.format import (
+    answer_tag_format,
+    length_penalty,
+    python_block_format,
+    reasoning_answer_format,
+    think_answer_format,
+)
 from rewards.math import math_accuracy
 
 RewardFn = Callable[..., list]
@@ -22,6 +28,7 @@ BUILTINS: dict[str, RewardFn] = {
     "math_accuracy": math_accuracy,
     "code_execution": code_execution,
     "think_answer_format": think_answer_format,
+    "answer_tag_format": answer_tag_format,
     "reasoning_answer_format": reasoning_answer_format,
     "python_block_format": python_block_format,
     "length_penalty": length_penalty,

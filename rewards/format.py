@@ -4,6 +4,8 @@
   ``<answer>...</answer>`` (iLLaDA / R1 style), else 0.
 * ``reasoning_answer_format``: d1's layout, ``<reasoning>...</reasoning>`` then ``<answer>...</answer>``:
   1.0 for the strict layout (each tag on its own line), 0.5 for the tags in order anywhere, else 0.
+* ``answer_tag_format``: 1.0 when the completion holds exactly one non-empty ``<answer>...</answer>`` and
+  nothing after it, else 0 (the answer-only layout of short tasks such as the embedded tiny task).
 * ``python_block_format``: 1.0 when the completion has a fenced python block that parses, else 0.
 * ``length_penalty``: 0 up to ``soft_limit`` characters, falling linearly to -1 at ``hard_limit``,
   minus the fraction of repeated lines (iLLaDA's "Wait, let me check again" loops) beyond the first
@@ -21,6 +23,7 @@ from rewards.math import completion_text
 _THINK_ANSWER = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.S)
 _REASONING_STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.S)
 _REASONING_SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.S)
+_ANSWER_ONLY = re.compile(r"^(?:(?!<answer>).)*<answer>(?:(?!</?answer>).)+</answer>\s*$", re.S)
 
 
 def think_answer_format(prompts, completions, **_columns) -> list[float]:
@@ -35,6 +38,10 @@ def reasoning_answer_format(prompts, completions, **_columns) -> list[float]:
             1.0 if _REASONING_STRICT.match(text + "\n") else 0.5 if _REASONING_SOFT.search(text) else 0.0
         )
     return scores
+
+
+def answer_tag_format(prompts, completions, **_columns) -> list[float]:
+    return [1.0 if _ANSWER_ONLY.match(completion_text(c)) else 0.0 for c in completions]
 
 
 def python_block_format(prompts, completions, **_columns) -> list[float]:

@@ -1,0 +1,443 @@
+"""GRPO for masked diffusion LMs, on ``transformers.Trainer`` + accelerate (DeepSpeed ZeRO-2/3, DDP).
+
+One rollout phase serves ``steps_per_generation x num_iterations`` micro-steps (TRL's schedule)::
+
+    prompts -> align.sampling.generate (G per prompt) -> completion mask up to the first EOS -> decode
+    -> rewards (weighted, None skipped) -> group advantages -> per inner iteration one MaskPlan, with
+    old-policy / reference estimates under no grad -> shuffled buffer of steps_per_generation micro-batches
+
+and each micro-step estimates the policy's per-token log-probs with grad under that iteration's plan
+(Decision 5: policy, old policy and reference share masks) and applies ``align.losses.policy_loss``.
+
+Groups never straddle processes: each process draws its own prompts and generates all G completions of
+each, so advantages are local; ``scale_rewards: batch`` therefore uses the per-process batch std.
+The rollout and mask RNGs are seeded from (seed, rollout index, process), so a resumed run draws what
+the uninterrupted run drew; a checkpoint taken mid-buffer stores the buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.trainer.callbacks import SyncRefModelCallback
+
+import rewards as reward_registry
+from align.config import GRPOConfig
+from align.logprob import make_plan, token_logprobs
+from align.logprob.estimators import MaskPlan
+from align.losses import compute_advantages, policy_loss
+from align.models import family_spec
+from align.sampling import generate
+
+logger = logging.getLogger(__name__)
+
+BUFFER_FILE = "rollout_buffer_rank{rank}.pt"
+_RESERVED = ("prompts", "completions", "completion_ids", "trainer_state")  # reward arguments, not columns
+
+
+class RolloutBatchSampler:
+    """Prompt indices per rollout for one process, each batch repeated ``repeats`` times in a row.
+
+    Every ``repeats`` consecutive batches are one rollout phase (steps_per_generation x num_iterations
+    micro-steps); the permutation depends only on (seed, epoch), so all processes agree on it and
+    take disjoint slices.
+    """
+
+    def __init__(self, num_rows: int, prompts_per_rollout: int, repeats: int, *, num_processes: int,
+                 process_index: int, seed: int):  # fmt: skip
+        self.num_rows, self.per, self.repeats = num_rows, prompts_per_rollout, repeats
+        self.num_processes, self.process_index, self.seed = num_processes, process_index, seed
+        self.epoch = 0
+        self.rollouts = num_rows // (prompts_per_rollout * num_processes)
+        if self.rollouts == 0:
+            raise ValueError(
+                f"the dataset has {num_rows} prompts but one rollout phase needs {prompts_per_rollout} per "
+                f"process x {num_processes} processes; use more data or a smaller generation_batch_size."
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.rollouts * self.repeats
+
+    def __iter__(self):
+        order = torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        for r in range(self.rollouts):
+            start = (r * self.num_processes + self.process_index) * self.per
+            batch = order[start : start + self.per].tolist()
+            for _ in range(self.repeats):
+                yield batch
+
+
+class _RolloutLoader(DataLoader):
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+def _rows(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+class DiffusionGRPOTrainer(Trainer):
+    """GRPO trainer whose policy is a bidirectional denoiser (see the module docstring)."""
+
+    def __init__(self, model, args: GRPOConfig, train_dataset, processing_class, reward_funcs=None,
+                 ref_model=None, callbacks=None):  # fmt: skip
+        args.remove_unused_columns = False
+        if args.prompt_column not in train_dataset.column_names:
+            raise ValueError(
+                f"prompt_column {args.prompt_column!r} is not a dataset column; the dataset has "
+                f"{train_dataset.column_names}. Set prompt_column to the column holding the prompts."
+            )
+        specs = reward_funcs if reward_funcs is not None else args.reward_funcs
+        self.reward_funcs = [reward_registry.get(s) for s in specs]
+        self.reward_names = [reward_registry.name_of(s) for s in specs]
+        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+        if len(weights) != len(self.reward_funcs):
+            raise ValueError(f"{len(weights)} reward_weights for {len(self.reward_funcs)} reward functions.")
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        self.spec = family_spec(model, processing_class, args.mask_token_id)
+        self.stop_ids = torch.tensor(self.spec.stop_token_ids, dtype=torch.long)
+        super().__init__(model=model, args=args, train_dataset=train_dataset,
+                         processing_class=processing_class, callbacks=callbacks)  # fmt: skip
+        self.use_peft = hasattr(self.model, "disable_adapter")
+        self.ref_model = None
+        if args.beta != 0.0 and not self.use_peft:
+            if ref_model is None:
+                raise ValueError(
+                    "beta != 0 under full fine-tuning needs ref_model (a frozen copy of the policy)."
+                )
+            ref_model.requires_grad_(False).eval()
+            if self.is_deepspeed_enabled:
+                self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
+            else:
+                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            if args.sync_ref_model:
+                self.add_callback(
+                    SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator)
+                )
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._samples: list[dict] = []
+        self._buffer: dict | None = None
+        self._resume_dir: str | None = None
+        self._micro = 0
+        self._last_global_step = -1
+        self._rollout_time_s = 0.0
+
+    # ---- data: one dataloader item = one micro-step's prompts --------------------------------------
+    def get_train_dataloader(self) -> DataLoader:
+        args = self.args
+        sampler = RolloutBatchSampler(
+            len(self.train_dataset),
+            args.generation_batch_size // args.num_generations,
+            args.steps_per_generation * args.num_iterations,
+            num_processes=self.accelerator.num_processes,
+            process_index=self.accelerator.process_index,
+            seed=args.seed,
+        )
+        return _RolloutLoader(self.train_dataset, batch_sampler=sampler, collate_fn=_rows)
+
+    def floating_point_ops(self, inputs) -> int:
+        return 0
+
+    # ---- the step ----------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        self._resume_dir = resume_from_checkpoint or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        start = time.perf_counter()
+        self._rollout_time_s = 0.0
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._metrics["time/update_s"].append(time.perf_counter() - start - self._rollout_time_s)
+        return loss
+
+    def _micro_index(self) -> int:
+        if self.state.global_step != self._last_global_step:
+            self._last_global_step, self._accum = self.state.global_step, 0
+        index = self.state.global_step * self.args.gradient_accumulation_steps + self._accum
+        self._accum += 1
+        return index
+
+    def _prepare_inputs(self, rows: list[dict]) -> dict:
+        """Rollout at the start of each phase; then the micro-batch of this step from the buffer."""
+        args = self.args
+        per_phase = args.steps_per_generation * args.num_iterations
+        micro = self._micro_index()
+        if micro % per_phase == 0:
+            start = time.perf_counter()
+            self._buffer = self._rollout(rows, rollout_index=micro // per_phase)
+            self._rollout_time_s = time.perf_counter() - start
+        elif self._buffer is None:
+            self._buffer = self._load_buffer(micro // per_phase)
+        iteration = (micro % per_phase) // args.steps_per_generation
+        part = micro % args.steps_per_generation
+        return self._micro_batch(self._buffer, part, iteration)
+
+    def _seeded(self, rollout_index: int, stream: int) -> torch.Generator:
+        seed = (
+            self.args.seed * 1_000_003 + rollout_index * 7919 + self.accelerator.process_index * 131 + stream
+        )
+        return torch.Generator(self.accelerator.device).manual_seed(seed % (2**63))
+
+    @torch.no_grad()
+    def _rollout(self, rows: list[dict], rollout_index: int) -> dict:
+        args, device = self.args, self.accelerator.device
+        g = args.num_generations
+        prompts = [self._prompt_text(row) for row in rows]
+        enc = self._tokenize(prompts)
+        prompt_ids = enc["input_ids"].repeat_interleave(g, 0).to(device)
+        prompt_attn = enc["attention_mask"].repeat_interleave(g, 0).to(device)
+        start = time.perf_counter()
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+            out = generate(
+                unwrapped, prompt_ids, prompt_attn,
+                gen_length=args.max_completion_length, steps=args.diffusion_steps, block_length=args.block_length,
+                temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
+                threshold=args.threshold, cache=args.cache, spec=self.spec,
+                generator=self._seeded(rollout_index, 0),
+            )  # fmt: skip
+        rollout_s = time.perf_counter() - start
+        completion_ids = out.completion_ids
+        completion_mask, terminated = self._completion_mask(completion_ids)
+        texts = self.processing_class.batch_decode(completion_ids * completion_mask, skip_special_tokens=True)
+        expanded = [r for r in rows for _ in range(g)]
+        start = time.perf_counter()
+        per_func = self._score(
+            [p for p in prompts for _ in range(g)], texts, completion_ids, completion_mask, expanded
+        )
+        reward_s = time.perf_counter() - start
+        rewards = (per_func * self.reward_weights).nansum(dim=1)
+        advantages, std_is_zero = compute_advantages(rewards, g, args.scale_rewards)
+        if args.mask_truncated_completions:
+            completion_mask = completion_mask * terminated[:, None]
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        attn = torch.cat([prompt_attn, torch.ones_like(completion_ids)], 1)
+        full_mask = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
+        prompt_only = torch.cat([prompt_attn, torch.zeros_like(completion_ids)], 1)
+        plans = [
+            make_plan(args.estimator, full_mask, num_samples=args.num_mc_samples, prompt_mask=prompt_only,
+                      p_mask_prompt=args.p_mask_prompt, generator=self._seeded(rollout_index, 1 + k))
+            for k in range(args.num_iterations)
+        ]  # fmt: skip
+        start = time.perf_counter()
+        old, ref = self._fixed_logprobs(ids, attn, plans)
+        logprob_s = time.perf_counter() - start
+        order = torch.randperm(len(ids), generator=self._seeded(rollout_index, 99), device=device)
+        token_count = self.accelerator.gather(full_mask.sum().float()[None]).sum()
+        self._log_rollout(per_func, rewards, std_is_zero, completion_mask, terminated, out, rollout_s, reward_s,
+                          logprob_s)  # fmt: skip
+        self._keep_samples(expanded, texts, per_func, rewards, advantages)
+        return {
+            "ids": ids[order], "attn": attn[order], "mask": full_mask[order], "advantages": advantages[order].to(device),
+            "masked": torch.stack([p.masked for p in plans])[:, :, order],
+            "weights": torch.stack([p.weights for p in plans])[:, :, order],
+            "num_samples": plans[0].num_samples,
+            "old": None if old is None else old[:, order], "ref": None if ref is None else ref[:, order],
+            "normalizer": token_count / self.accelerator.num_processes,
+        }  # fmt: skip
+
+    def _prompt_text(self, row: dict) -> str:
+        question = row[self.args.prompt_column]
+        if not self.args.use_chat_template:
+            return (self.args.system_prompt + "\n" if self.args.system_prompt else "") + str(question)
+        messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
+        if self.args.system_prompt:
+            messages = [{"role": "system", "content": self.args.system_prompt}, *messages]
+        return self.processing_class.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _tokenize(self, prompts: list[str]) -> dict:
+        tok = self.processing_class
+        tok.padding_side, tok.truncation_side = "left", "left"
+        return tok(prompts, return_tensors="pt", padding=True, truncation=True,
+                   max_length=self.args.max_prompt_length, add_special_tokens=not self.args.use_chat_template)  # fmt: skip
+
+    def _completion_mask(self, completion_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L] mask up to and including the first stop token, and [B] whether one was generated."""
+        is_stop = torch.isin(completion_ids, self.stop_ids.to(completion_ids.device))
+        length = completion_ids.shape[1]
+        positions = torch.arange(length, device=completion_ids.device)
+        first = torch.where(
+            is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
+        )
+        return (positions[None] <= first[:, None]).long(), is_stop.any(1).long()
+
+    def _score(self, prompts, texts, completion_ids, completion_mask, rows) -> torch.Tensor:
+        """[N, F] rewards per function (NaN where a function returned None), weighted later."""
+        columns = {k: [r[k] for r in rows] for k in rows[0] if k not in _RESERVED}
+        ids = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
+        out = torch.full((len(texts), len(self.reward_funcs)), float("nan"))
+        for j, (fn, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
+            values = _call_reward(fn, name, prompts, texts, ids, columns, self.state)
+            out[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
+        return out
+
+    def _fixed_logprobs(self, ids, attn, plans) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Old-policy (when some steps are off-policy) and reference estimates [K, B, T], no grad."""
+        args = self.args
+        per_phase = args.steps_per_generation * args.num_iterations
+        old = ref = None
+        if args.gradient_accumulation_steps % per_phase != 0:
+            with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+                old = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
+        if args.beta != 0.0:
+            if self.ref_model is not None:
+                ref = torch.stack([self._estimate(self.ref_model, ids, attn, p) for p in plans])
+            else:
+                with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+                    with unwrapped.disable_adapter():
+                        ref = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
+        return old, ref
+
+    def _estimate(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
+        return token_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
+                              spec=self.spec, chunk_size=self.args.mc_chunk_size)  # fmt: skip
+
+    def _micro_batch(self, buffer: dict, part: int, iteration: int) -> dict:
+        n = buffer["ids"].shape[0] // self.args.steps_per_generation
+        rows = slice(part * n, (part + 1) * n)
+        pick = lambda t: None if t is None else t[iteration][rows]  # noqa: E731
+        return {
+            "ids": buffer["ids"][rows], "attn": buffer["attn"][rows], "mask": buffer["mask"][rows],
+            "advantages": buffer["advantages"][rows],
+            "plan": MaskPlan(buffer["masked"][iteration][:, rows], buffer["weights"][iteration][:, rows],
+                             buffer["num_samples"]),
+            "old": pick(buffer["old"]), "ref": pick(buffer["ref"]), "normalizer": buffer["normalizer"],
+        }  # fmt: skip
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        logps = self._estimate(model, inputs["ids"], inputs["attn"], inputs["plan"])
+        loss, metrics = policy_loss(
+            logps, inputs["old"], inputs["ref"], inputs["advantages"], inputs["mask"],
+            loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
+            delta=args.delta, importance_sampling_level=args.importance_sampling_level,
+            kl_estimator=args.kl_estimator, max_completion_length=args.max_completion_length,
+            normalizer=inputs["normalizer"], num_generations=args.num_generations, wd1_psi=args.wd1_psi,
+        )  # fmt: skip
+        for key, value in metrics.items():
+            self._metrics[key].append(self.accelerator.gather(value.detach().float()[None]).mean().item())
+        return loss
+
+    # ---- metrics, samples, checkpoints -------------------------------------------------------------
+    def _log_rollout(self, per_func, rewards, std_is_zero, mask, terminated, out, rollout_s, reward_s,
+                     logprob_s) -> None:  # fmt: skip
+        gather = lambda t: self.accelerator.gather(t.to(self.accelerator.device))  # noqa: E731
+        all_rewards = gather(rewards)
+        lengths = gather(mask.sum(1).float())
+        term = gather(terminated.bool())
+        m = self._metrics
+        m["reward"].append(all_rewards.mean().item())
+        m["reward_std"].append(all_rewards.view(-1, self.args.num_generations).std(1).mean().item())
+        m["frac_reward_zero_std"].append(gather(std_is_zero.float()).mean().item())
+        for j, name in enumerate(self.reward_names):
+            col = gather(per_func[:, j])
+            m[f"rewards/{name}/mean"].append(torch.nanmean(col).item())
+            m[f"rewards/{name}/std"].append(_nanstd(col))
+        m["num_tokens"].append(lengths.sum().item())
+        m["completions/mean_length"].append(lengths.mean().item())
+        m["completions/min_length"].append(lengths.min().item())
+        m["completions/max_length"].append(lengths.max().item())
+        m["completions/clipped_ratio"].append(1.0 - term.float().mean().item())
+        done = lengths[term]
+        m["completions/mean_terminated_length"].append(done.mean().item() if len(done) else 0.0)
+        m["rollout/forward_passes"].append(float(out.nfe))
+        m["rollout/tokens_per_s"].append(out.completion_ids.numel() / max(rollout_s, 1e-9))
+        m["time/rollout_s"].append(rollout_s)
+        m["time/reward_s"].append(reward_s)
+        m["time/logprob_s"].append(logprob_s)
+
+    def _keep_samples(self, rows, texts, per_func, rewards, advantages) -> None:
+        keep = self.args.num_completions_to_print
+        self._samples = [
+            {
+                "prompt": str(r[self.args.prompt_column]), "completion": t, "reward": float(rw),
+                "advantage": float(a), **{n: _num(v) for n, v in zip(self.reward_names, pf.tolist())},
+            }
+            for r, t, pf, rw, a in list(zip(rows, texts, per_func, rewards, advantages))[:keep]
+        ]  # fmt: skip
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log, not the final summary
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items() if v}}
+            self._metrics.clear()
+            if self.args.log_completions and self._samples and self.accelerator.is_main_process:
+                os.makedirs(self.args.output_dir, exist_ok=True)
+                with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a") as f:
+                    for sample in self._samples:
+                        f.write(json.dumps({"step": self.state.global_step, **sample}) + "\n")
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        per_phase = self.args.steps_per_generation * self.args.num_iterations
+        micro = self.state.global_step * self.args.gradient_accumulation_steps
+        if micro % per_phase and self._buffer is not None:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            torch.save({"phase": micro // per_phase, "buffer": self._buffer},
+                       os.path.join(folder, BUFFER_FILE.format(rank=self.accelerator.process_index)))  # fmt: skip
+
+    def _load_buffer(self, phase: int) -> dict:
+        path = os.path.join(self._resume_dir or "", BUFFER_FILE.format(rank=self.accelerator.process_index))
+        if not self._resume_dir or not os.path.exists(path):
+            raise RuntimeError(
+                f"resuming in the middle of rollout phase {phase} needs {path}, which the checkpoint lacks; "
+                "resume from a checkpoint written by this trainer."
+            )
+        saved = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        if saved["phase"] != phase:
+            raise RuntimeError(f"{path} holds rollout phase {saved['phase']}, but phase {phase} is resuming.")
+        return saved["buffer"]
+
+
+def _call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
+    """Call one reward function; a raise or a wrong-length result names the function and the sample."""
+    try:
+        values = fn(prompts=prompts, completions=texts, completion_ids=ids, trainer_state=state, **columns)
+    except Exception as exc:
+        culprit = _first_failing(fn, prompts, texts, ids, columns, state)
+        where = (
+            ""
+            if culprit is None
+            else f" on sample {culprit} (prompt {prompts[culprit][-200:]!r}, completion {texts[culprit][:200]!r})"
+        )
+        raise RuntimeError(f"reward function {name!r} raised {type(exc).__name__}: {exc}{where}") from exc
+    values = list(values) if values is not None else None
+    if values is None or len(values) != len(texts):
+        got = "None" if values is None else f"{len(values)} values"
+        raise RuntimeError(f"reward function {name!r} returned {got} for {len(texts)} completions; return one "
+                           "float (or None) per completion.")  # fmt: skip
+    return values
+
+
+def _first_failing(fn, prompts, texts, ids, columns, state) -> int | None:
+    for i in range(len(texts)):
+        try:
+            fn(prompts=prompts[i : i + 1], completions=texts[i : i + 1], completion_ids=ids[i : i + 1],
+               trainer_state=state, **{k: v[i : i + 1] for k, v in columns.items()})  # fmt: skip
+        except Exception:
+            return i
+    return None
+
+
+def _nanstd(x: torch.Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return x.std().item() if len(x) > 1 else 0.0
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else v

@@ -1,0 +1,194 @@
+"""The GRPO trainer on a random-init tiny LLaDA (CPU): learning signal, ratios, resume, errors, processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from align.config import load_config
+from align.models import LLaDAModelLM
+from align.tiny import build_tokenizer, tiny_config, write_task
+from align.train import build_trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REWARDS = os.path.join(REPO, "tests", "fixtures", "tiny_rewards.py")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = LLaDAModelLM(tiny_config(d_model=32, n_layers=2, mlp_hidden_size=64))
+    model.save_pretrained(root / "model")
+    build_tokenizer().save_pretrained(root / "model")
+    write_task(str(root / "data"), num_train=64, num_test=8)
+    return root
+
+
+def config(ws, tmp_path, *extra):
+    argv = [
+        "--model_name_or_path", str(ws / "model"), "--dataset_files", str(ws / "data" / "train.jsonl"),
+        "--output_dir", str(tmp_path / "out"), "--use_chat_template", "false", "--max_completion_length", "8",
+        "--block_length", "8", "--diffusion_steps", "8", "--num_generations", "4", "--temperature", "1.0",
+        "--per_device_train_batch_size", "8", "--max_steps", "2", "--logging_steps", "1", "--dtype", "float32",
+        "--reward_funcs", f"{REWARDS}:ones_fraction", "--report_to", "none", "--save_strategy", "no",
+        "--learning_rate", "1e-3", "--use_cpu", "true", "--seed", "3",
+    ]  # fmt: skip
+    return load_config(None, argv + list(extra))
+
+
+def logs(trainer, key):
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
+def test_every_parameter_changes_and_reward_kl_logged(workspace, tmp_path):
+    trainer = build_trainer(config(workspace, tmp_path, "--beta", "0.04", "--estimator", "coupled"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    unchanged = [n for n, p in trainer.model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+    assert len(logs(trainer, "reward")) == 2 and len(logs(trainer, "kl")) == 2
+    assert logs(trainer, "kl")[0] == pytest.approx(0.0, abs=1e-7)  # reference == policy before any update
+    assert logs(trainer, "kl")[1] > 0
+    for key in ("reward_std", "rewards/ones_fraction/mean", "frac_reward_zero_std", "completions/mean_length",
+                "completions/clipped_ratio", "rollout/forward_passes", "rollout/tokens_per_s", "time/rollout_s",
+                "time/reward_s", "time/logprob_s", "time/update_s", "clip_ratio/region_mean"):  # fmt: skip
+        assert len(logs(trainer, key)) == 2, key
+    assert logs(trainer, "rollout/forward_passes")[0] == 8
+    samples = [json.loads(line) for line in open(tmp_path / "out" / "completions.jsonl")]
+    assert {s["step"] for s in samples} == {1, 2} and {"prompt", "completion", "reward", "advantage"} <= set(
+        samples[0]
+    )
+
+
+def test_ratio_is_one_at_first_inner_iteration_only(workspace, tmp_path):
+    trainer = build_trainer(config(workspace, tmp_path, "--num_iterations", "2", "--max_steps", "4",
+                                   "--estimator", "elbo", "--num_mc_samples", "2"))  # fmt: skip
+    trainer.train()
+    ratios = logs(trainer, "ratio/mean")
+    assert ratios[0] == 1.0 and ratios[2] == 1.0  # iteration 0 of each rollout: same weights, same masks
+    assert ratios[1] != 1.0 and ratios[3] != 1.0  # iteration 1: one update later, same masks
+    assert logs(trainer, "time/rollout_s")  # two rollouts for four steps
+    assert len(logs(trainer, "time/rollout_s")) == 2
+
+
+def test_lora_trains_only_the_adapter_with_adapter_disabled_reference(workspace, tmp_path):
+    trainer = build_trainer(config(workspace, tmp_path, "--use_peft", "true", "--lora_r", "4", "--beta", "0.1",
+                                   "--learning_rate", "1e-2"))  # fmt: skip
+    trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    trainer.train()
+    params = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(params[n], v) for n, v in trainable.items() if "lora_B" in n)
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    assert logs(trainer, "kl")[0] == pytest.approx(0.0, abs=1e-7) and logs(trainer, "kl")[1] > 0
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_kill_and_resume_matches_uninterrupted_run(workspace, tmp_path):
+    # steps_per_generation 2 x num_iterations 2: checkpoint-2 falls in the middle of a rollout phase.
+    common = ("--max_steps", "5", "--steps_per_generation", "2", "--per_device_train_batch_size", "4",
+              "--num_iterations", "2", "--beta", "0.02")  # fmt: skip
+    straight = build_trainer(config(workspace, tmp_path / "a", *common))
+    straight.train()
+    killed = build_trainer(
+        config(workspace, tmp_path / "b", *common, "--save_strategy", "steps", "--save_steps", "2")
+    )
+    killed.add_callback(_Crash())
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    assert os.path.exists(tmp_path / "b" / "out" / "checkpoint-2" / "rollout_buffer_rank0.pt")
+    resumed = build_trainer(
+        config(workspace, tmp_path / "b", *common, "--save_strategy", "steps", "--save_steps", "2")
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-2"))
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+    assert logs(resumed, "reward")[-1] == pytest.approx(logs(straight, "reward")[-1])
+
+
+def test_missing_prompt_column_is_named(workspace, tmp_path):
+    with pytest.raises(ValueError, match=r"prompt_column 'problem' .*'question'"):
+        build_trainer(config(workspace, tmp_path, "--prompt_column", "problem"))
+
+
+def test_raising_reward_names_function_and_sample(workspace, tmp_path):
+    rows = [{"question": f"{'777' if i % 3 == 2 else '123'}+{i:03d}=", "answer": "0"} for i in range(16)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = build_trainer(config(workspace, tmp_path, "--dataset_files", str(data), "--reward_funcs",
+                                   f"{REWARDS}:ones_fraction", f"{REWARDS}:explodes_on_777"))  # fmt: skip
+    with pytest.raises(
+        RuntimeError, match=r"'explodes_on_777' raised ZeroDivisionError: .* on sample \d+ \(prompt '777"
+    ):
+        trainer.train()
+
+
+def test_wrong_length_reward_and_none_rewards(workspace, tmp_path):
+    trainer = build_trainer(config(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:wrong_length"))
+    with pytest.raises(RuntimeError, match=r"'wrong_length' returned 1 values for 8 completions"):
+        trainer.train()
+    trainer = build_trainer(config(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:ones_fraction",
+                                   f"{REWARDS}:none_for_odd", "--max_steps", "1"))  # fmt: skip
+    trainer.train()
+    assert logs(trainer, "rewards/none_for_odd/mean") == [0.5]
+
+
+def test_align_train_rejects_a_malformed_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 1e-5\nnum_generation: 8\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "align.train", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "unknown config field(s) ['num_generation']" in proc.stderr
+
+
+def _launch(workspace, tmp_path, accelerate_config, env_extra):
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+        "--num_processes", "2", "--mixed_precision", "no", "-m", "align.train",
+        "--model_name_or_path", str(workspace / "model"), "--dataset_files", str(workspace / "data" / "train.jsonl"),
+        "--output_dir", str(tmp_path / "out"), "--use_chat_template", "false", "--max_completion_length", "8",
+        "--block_length", "8", "--diffusion_steps", "8", "--num_generations", "4", "--per_device_train_batch_size",
+        "4", "--max_steps", "2", "--logging_steps", "1", "--dtype", "float32", "--reward_funcs",
+        f"{REWARDS}:ones_fraction", "--report_to", "none", "--save_strategy", "no", "--beta", "0.04",
+        "--use_cpu", "true", "--learning_rate", "1e-3",
+    ]  # fmt: skip
+    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = (
+        json.load(open(tmp_path / "out" / "trainer_state.json"))
+        if (tmp_path / "out" / "trainer_state.json").exists()
+        else None
+    )
+    saved = LLaDAModelLM.from_pretrained(tmp_path / "out")
+    return proc, state, saved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name,env",
+    [
+        ("ddp", {"ACCELERATE_USE_CPU": "1"}),
+        ("zero2", {"DS_ACCELERATOR": "cpu"}),
+        ("zero3", {"DS_ACCELERATOR": "cpu"}),
+    ],
+)
+def test_two_process_run(workspace, tmp_path, name, env):
+    _, _, saved = _launch(
+        workspace, tmp_path, os.path.join(REPO, "recipes", "accelerate", f"{name}.yaml"), env
+    )
+    initial = LLaDAModelLM.from_pretrained(workspace / "model")
+    changed = [not torch.equal(p, initial.state_dict()[n]) for n, p in saved.state_dict().items()]
+    assert all(changed)
