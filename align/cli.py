@@ -1,4 +1,4 @@
-"""The ``align`` command. Today: ``align generate``; ``train``, ``sft`` and ``eval`` arrive with their issues."""
+"""The ``align`` command: ``train`` (GRPO), ``generate``, ``export`` (merge a LoRA adapter); more to come."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import sys
 
 _PLANNED = {
-    "train": "GRPO training (the trainer issue)",
     "sft": "masked-diffusion SFT (the embedded-model issue)",
     "eval": "benchmark evaluation (the evaluation issue)",
 }
@@ -55,7 +54,31 @@ def _generate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from align.models import load_model, load_tokenizer
+
+    model = load_model(
+        args.model, dtype=args.dtype, adapter=args.adapter, trust_remote_code=args.trust_remote_code
+    )
+    model = model.merge_and_unload()
+    model.save_pretrained(args.output)
+    load_tokenizer(args.adapter if _has_tokenizer(args.adapter) else args.model).save_pretrained(args.output)
+    print(json.dumps({"merged": args.output, "base": args.model, "adapter": args.adapter}))
+    return 0
+
+
+def _has_tokenizer(path: str) -> bool:
+    import os
+
+    return os.path.exists(os.path.join(path, "tokenizer_config.json"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from align.train import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="align", description="RL alignment for masked diffusion LMs")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="decode prompts with the diffusion sampler; one JSON line each")
@@ -75,13 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--device", default="cuda" if _cuda() else "cpu")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--trust_remote_code", action="store_true")
+    exp = sub.add_parser("export", help="merge a LoRA adapter into its base model and save a full checkpoint")
+    exp.add_argument("--model", required=True, help="base model (hub id or path)")
+    exp.add_argument("--adapter", required=True, help="adapter folder (a GRPO output_dir or checkpoint)")
+    exp.add_argument("--output", required=True, help="folder for the merged model and tokenizer")
+    exp.add_argument("--dtype", default="bfloat16")
+    exp.add_argument("--trust_remote_code", action="store_true")
+    sub.add_parser("train", help="GRPO training: align train --config RECIPE.yaml [--field value ...]")
     for name, what in _PLANNED.items():
         sub.add_parser(name, help=f"{what}: not implemented yet")
     args, _rest = parser.parse_known_args(argv)
     if args.command in _PLANNED:
         print(f"align {args.command}: {_PLANNED[args.command]} is not implemented yet.", file=sys.stderr)
         return 2
-    return _generate(args)
+    return _export(args) if args.command == "export" else _generate(args)
 
 
 def _cuda() -> bool:

@@ -55,6 +55,10 @@ class GRPOConfig(TrainingArguments):
         "Local JSON/JSONL/CSV/Parquet files instead of a hub dataset.", default=None
     )
     dataset_split: str = _help("Split to train on.", default="train")
+    rename_columns: list[str] | None = _help(
+        "Dataset column renames 'old:new' (e.g. test_cases:tests so code_execution finds its column).",
+        default=None,
+    )
     prompt_column: str = _help("Column holding the question / prompt text.", default="question")
     system_prompt: str | None = _help("System prompt prepended to every chat.", default=None)
     use_chat_template: bool = _help("Wrap prompts with the tokenizer's chat template.", default=True)
@@ -165,6 +169,9 @@ class GRPOConfig(TrainingArguments):
                 f"reward_weights has {len(self.reward_weights)} values but reward_funcs has "
                 f"{len(self.reward_funcs)} functions ({self.reward_funcs}); give one weight per function."
             )
+        for item in self.rename_columns or []:
+            if item.count(":") != 1 or "" in item.split(":"):
+                raise ValueError(f"rename_columns entry {item!r} is not 'old:new'.")
         if self.dataset_name is None and not self.dataset_files:
             raise ValueError("No training data: set dataset_name (a hub id) or dataset_files (local files).")
 

@@ -25,6 +25,13 @@ def load_prompts(config):
         dataset = load_dataset(builder, data_files=config.dataset_files, split="train")
     else:
         dataset = load_dataset(config.dataset_name, config.dataset_config, split=config.dataset_split)
+    for item in config.rename_columns or []:
+        old, new = item.split(":")
+        if old not in dataset.column_names:
+            raise ValueError(
+                f"rename_columns: no column {old!r} to rename; the data has {dataset.column_names}."
+            )
+        dataset = dataset.rename_column(old, new)
     if config.prompt_column not in dataset.column_names:
         raise ValueError(
             f"prompt_column {config.prompt_column!r} is not a column of the training data; it has "

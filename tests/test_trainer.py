@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from align.cli import main
 from align.config import load_config
 from align.models import LLaDAModelLM
 from align.tiny import build_tokenizer, tiny_config, write_task
@@ -78,7 +79,7 @@ def test_ratio_is_one_at_first_inner_iteration_only(workspace, tmp_path):
 
 def test_lora_trains_only_the_adapter_with_adapter_disabled_reference(workspace, tmp_path):
     trainer = build_trainer(config(workspace, tmp_path, "--use_peft", "true", "--lora_r", "4", "--beta", "0.1",
-                                   "--learning_rate", "1e-2"))  # fmt: skip
+                                   "--learning_rate", "1e-2", "--activation_checkpointing", "true"))  # fmt: skip
     trainable = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -87,6 +88,16 @@ def test_lora_trains_only_the_adapter_with_adapter_disabled_reference(workspace,
     assert all(not torch.equal(params[n], v) for n, v in trainable.items() if "lora_B" in n)
     assert all(torch.equal(params[n], v) for n, v in frozen.items())
     assert logs(trainer, "kl")[0] == pytest.approx(0.0, abs=1e-7) and logs(trainer, "kl")[1] > 0
+    # `align export` merges the saved adapter into a full checkpoint with the same outputs.
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert main(["export", "--model", str(workspace / "model"), "--adapter", str(tmp_path / "adapter"),
+                 "--output", str(tmp_path / "merged"), "--dtype", "float32"]) == 0  # fmt: skip
+    merged = LLaDAModelLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[0, 9, 10, 11, 15, 2, 2, 2]])
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, trainer.model(input_ids=ids).logits, atol=1e-5)
+    assert os.path.exists(tmp_path / "merged" / "tokenizer.json")
 
 
 class _Crash(TrainerCallback):

@@ -1,0 +1,38 @@
+"""Every recipe YAML parses into its config, and says how to launch itself."""
+
+import glob
+import os
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig
+
+from align.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL = sorted(glob.glob(os.path.join(REPO, "recipes", "**", "*.yaml"), recursive=True))
+ACCELERATE = [p for p in ALL if os.sep + "accelerate" + os.sep in p]
+TRAINING = [p for p in ALL if p not in ACCELERATE and os.sep + "model" + os.sep not in p]
+
+
+def test_recipes_exist():
+    names = {os.path.relpath(p, REPO) for p in ALL}
+    assert {"recipes/accelerate/ddp.yaml", "recipes/accelerate/zero2.yaml", "recipes/accelerate/zero3.yaml",
+            "recipes/tiny/grpo.yaml", "recipes/llada-8b-instruct/grpo/gsm8k_d1.yaml"} <= names  # fmt: skip
+    assert len([n for n in names if n.startswith("recipes/illada-8b-instruct/grpo/")]) >= 3
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: os.path.relpath(p, REPO))
+def test_training_recipe_parses_and_names_its_launch_command(path):
+    config = load_config(path, ["--use_cpu", "true"])  # bf16 recipes are checked here without a GPU
+    assert config.generation_batch_size % config.num_generations == 0
+    head = open(path).read().split("\n", 3)[:3]
+    assert head[0].startswith("# ") and any(os.path.relpath(path, REPO) in line for line in head)
+    assert not config.model_name_or_path.startswith("/")
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: os.path.relpath(p, REPO))
+def test_accelerate_config_parses(path):
+    cfg = ClusterConfig.from_yaml_file(path)
+    assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
+    if "zero" in os.path.basename(path):
+        assert cfg.deepspeed_config["zero_stage"] == int(os.path.basename(path)[4])
