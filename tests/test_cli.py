@@ -30,6 +30,6 @@ def test_generate_command_decodes_prompts_as_json_lines(tmp_path, capsys):
     assert all(line["nfe"] == 8 and "<mask>" not in line["completion"] for line in lines)
 
 
-def test_unbuilt_commands_say_so(capsys):
+def test_train_without_data_says_what_to_set(capsys):
     assert main(["train"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert "No training data: set dataset_name" in capsys.readouterr().err
