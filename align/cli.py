@@ -1,4 +1,4 @@
-"""The ``align`` command: ``train`` (GRPO), ``generate``, ``export`` (merge a LoRA adapter); more to come."""
+"""The ``align`` command: ``train`` (GRPO), ``sft``, ``eval``, ``report``, ``generate``, ``export`` (merge LoRA)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import argparse
 import json
 import sys
 
-_PLANNED = {
-    "sft": "masked-diffusion SFT (the embedded-model issue)",
-    "eval": "benchmark evaluation (the evaluation issue)",
-}
+from align.eval.cli import add_eval_parser, add_report_parser, run_eval, run_report
 
 
 def _generate(args) -> int:
@@ -79,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from align.train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["sft"]:
+        from align.sft import main as sft_main
+
+        return sft_main(argv[1:])
     parser = argparse.ArgumentParser(prog="align", description="RL alignment for masked diffusion LMs")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="decode prompts with the diffusion sampler; one JSON line each")
@@ -105,13 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--dtype", default="bfloat16")
     exp.add_argument("--trust_remote_code", action="store_true")
     sub.add_parser("train", help="GRPO training: align train --config RECIPE.yaml [--field value ...]")
-    for name, what in _PLANNED.items():
-        sub.add_parser(name, help=f"{what}: not implemented yet")
-    args, _rest = parser.parse_known_args(argv)
-    if args.command in _PLANNED:
-        print(f"align {args.command}: {_PLANNED[args.command]} is not implemented yet.", file=sys.stderr)
-        return 2
-    return _export(args) if args.command == "export" else _generate(args)
+    sub.add_parser("sft", help="masked-diffusion SFT: align sft --config RECIPE.yaml [--field value ...]")
+    add_eval_parser(sub)
+    add_report_parser(sub)
+    args = parser.parse_args(argv)
+    commands = {"export": _export, "generate": _generate, "eval": run_eval, "report": run_report}
+    return commands[args.command](args)
 
 
 def _cuda() -> bool:

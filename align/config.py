@@ -28,7 +28,9 @@ def _help(text: str, **kwargs):
 
 
 @dataclass
-class GRPOConfig(TrainingArguments):
+class ModelDataConfig(TrainingArguments):
+    """Model, PEFT and data fields shared by GRPO (``GRPOConfig``) and masked-diffusion SFT (``SFTConfig``)."""
+
     # ---- model --------------------------------------------------------------------------------------
     model_name_or_path: str = _help("Hub id or local path of the diffusion LM.", default="recipes/tiny/model")
     dtype: str = _help("Parameter dtype: bfloat16, float16, float32.", default="bfloat16")
@@ -63,6 +65,38 @@ class GRPOConfig(TrainingArguments):
     system_prompt: str | None = _help("System prompt prepended to every chat.", default=None)
     use_chat_template: bool = _help("Wrap prompts with the tokenizer's chat template.", default=True)
     max_prompt_length: int = _help("Prompts longer than this (tokens) are cut from the left.", default=256)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for item in self.rename_columns or []:
+            if item.count(":") != 1 or "" in item.split(":"):
+                raise ValueError(f"rename_columns entry {item!r} is not 'old:new'.")
+        if self.dataset_name is None and not self.dataset_files:
+            raise ValueError("No training data: set dataset_name (a hub id) or dataset_files (local files).")
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of ['bfloat16', 'float16', 'float32'].")
+
+
+@dataclass
+class SFTConfig(ModelDataConfig):
+    """Masked-diffusion SFT (LLaDA's objective): prompt clean, response + EOS padding masked at t ~ U(0, 1)."""
+
+    init_config: str | None = _help(
+        "Start from random weights with this LLaDA config (JSON path) instead of model_name_or_path's "
+        "weights; the tokenizer still comes from model_name_or_path.",
+        default=None,
+    )
+    completion_column: str = _help("Column holding the target response text.", default="completion")
+    max_completion_length: int = _help(
+        "Responses are padded with EOS (and trained to predict it) up to this many tokens; longer ones are cut.",
+        default=256,
+    )
+
+
+@dataclass
+class GRPOConfig(ModelDataConfig):
+    """GRPO: the model/data fields plus TRL's GRPO fields and the diffusion sampler/estimator fields."""
+
     # ---- generation (the diffusion sampler) ---------------------------------------------------------
     num_generations: int = _help("Completions per prompt (the GRPO group size G).", default=8)
     generation_batch_size: int | None = _help(
@@ -157,7 +191,6 @@ class GRPOConfig(TrainingArguments):
             "remasking": ["low_confidence", "random"],
             "cache": [None, "prefix", "dual"],
             "kl_estimator": ["k3", "k2"],
-            "dtype": ["bfloat16", "float16", "float32"],
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -169,11 +202,6 @@ class GRPOConfig(TrainingArguments):
                 f"reward_weights has {len(self.reward_weights)} values but reward_funcs has "
                 f"{len(self.reward_funcs)} functions ({self.reward_funcs}); give one weight per function."
             )
-        for item in self.rename_columns or []:
-            if item.count(":") != 1 or "" in item.split(":"):
-                raise ValueError(f"rename_columns entry {item!r} is not 'old:new'.")
-        if self.dataset_name is None and not self.dataset_files:
-            raise ValueError("No training data: set dataset_name (a hub id) or dataset_files (local files).")
 
     def _check_arithmetic(self) -> None:
         if self.num_generations < 2:
@@ -211,8 +239,9 @@ def _to_argv(values: dict) -> list[str]:
     return argv
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> GRPOConfig:
-    """GRPOConfig from a recipe YAML plus ``--field value`` overrides (unknown fields are errors)."""
+def load_config(path: str | None = None, overrides: list[str] | None = None, cls=None):
+    """``cls`` (default GRPOConfig) from a recipe YAML plus ``--field value`` overrides (unknown fields are errors)."""
+    cls = cls or GRPOConfig
     values = {}
     if path is not None:
         try:
@@ -222,13 +251,13 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ValueError(f"{path}: not valid YAML ({exc}).") from exc
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(values).__name__}.")
-    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(
             f"{path}: unknown config field(s) {unknown}; see `align train --help` for the fields."
         )
-    parser = HfArgumentParser(GRPOConfig)
+    parser = HfArgumentParser(cls)
     argv = _to_argv(values) + list(overrides or [])
     (config, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if rest:

@@ -75,3 +75,17 @@ def write_task(folder: str, num_train: int = 20000, num_test: int = 500, seed: i
         with open(paths[name], "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in part)
     return paths
+
+
+def prepare(folder: str = "recipes/tiny") -> None:
+    """Write the task data and the untrained starting point (tokenizer + config) that ``align sft`` reads."""
+    write_task(os.path.join(folder, "data"))
+    init = os.path.join(folder, "init")
+    build_tokenizer().save_pretrained(init)
+    tiny_config().to_json_file(os.path.join(init, "config.json"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    prepare(*sys.argv[1:])

@@ -13,33 +13,6 @@ import sys
 logger = logging.getLogger(__name__)
 
 
-def load_prompts(config):
-    """The training split as a ``datasets.Dataset`` (hub id or local files); checks the prompt column."""
-    from datasets import load_dataset
-
-    if config.dataset_files:
-        ext = config.dataset_files[0].rsplit(".", 1)[-1]
-        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-        if builder is None:
-            raise ValueError(f"dataset_files: cannot read .{ext} files; use .jsonl, .json, .csv or .parquet.")
-        dataset = load_dataset(builder, data_files=config.dataset_files, split="train")
-    else:
-        dataset = load_dataset(config.dataset_name, config.dataset_config, split=config.dataset_split)
-    for item in config.rename_columns or []:
-        old, new = item.split(":")
-        if old not in dataset.column_names:
-            raise ValueError(
-                f"rename_columns: no column {old!r} to rename; the data has {dataset.column_names}."
-            )
-        dataset = dataset.rename_column(old, new)
-    if config.prompt_column not in dataset.column_names:
-        raise ValueError(
-            f"prompt_column {config.prompt_column!r} is not a column of the training data; it has "
-            f"{dataset.column_names}. Set --prompt_column."
-        )
-    return dataset
-
-
 def load_policy(config):
     """(policy, reference or None): LoRA-wrapped under use_peft (reference = adapter disabled)."""
     from align.models import load_model
@@ -62,22 +35,24 @@ def load_policy(config):
 
 
 def build_trainer(config):
+    from align.data import load_rows
     from align.models import load_tokenizer
     from align.trainer import DiffusionGRPOTrainer
 
-    dataset = load_prompts(config)
+    dataset = load_rows(config)
     tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     model, ref_model = load_policy(config)
     return DiffusionGRPOTrainer(model, config, dataset, tokenizer, ref_model=ref_model)
 
 
-def run(config) -> None:
+def train_and_save(trainer, config) -> None:
+    """Train (resuming when asked), then save the model or adapter, the trainer state and the tokenizer."""
     import torch.distributed as dist
 
-    trainer = build_trainer(config)
     try:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         trainer.save_model(config.output_dir)
+        trainer.save_state()
         if trainer.accelerator.is_main_process:
             trainer.processing_class.save_pretrained(config.output_dir)
     finally:
@@ -85,20 +60,27 @@ def run(config) -> None:
             dist.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
+def recipe_main(prog: str, description: str, config_class, build, argv: list[str] | None) -> int:
+    """``prog --config RECIPE.yaml [--field value ...]``: a bad config exits 2 with the reason."""
     from align.config import load_config
 
-    parser = argparse.ArgumentParser(prog="align train", description="GRPO for masked diffusion LMs")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", default=None, help="recipe YAML; other --field value pairs override it")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, cls=config_class)
     except (ValueError, OSError) as exc:
-        print(f"align train: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    run(config)
+    train_and_save(build(config), config)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from align.config import GRPOConfig
+
+    return recipe_main("align train", "GRPO for masked diffusion LMs", GRPOConfig, build_trainer, argv)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from trl.trainer.callbacks import SyncRefModelCallback
 
 import rewards as reward_registry
 from align.config import GRPOConfig
+from align.data import encode_prompts, prompt_text, require_columns
 from align.logprob import make_plan, token_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages, policy_loss
@@ -94,11 +95,7 @@ class DiffusionGRPOTrainer(Trainer):
     def __init__(self, model, args: GRPOConfig, train_dataset, processing_class, reward_funcs=None,
                  ref_model=None, callbacks=None):  # fmt: skip
         args.remove_unused_columns = False
-        if args.prompt_column not in train_dataset.column_names:
-            raise ValueError(
-                f"prompt_column {args.prompt_column!r} is not a dataset column; the dataset has "
-                f"{train_dataset.column_names}. Set prompt_column to the column holding the prompts."
-            )
+        require_columns(train_dataset.column_names, {"prompt_column": args.prompt_column})
         specs = reward_funcs if reward_funcs is not None else args.reward_funcs
         self.reward_funcs = [reward_registry.get(s) for s in specs]
         self.reward_names = [reward_registry.name_of(s) for s in specs]
@@ -252,19 +249,13 @@ class DiffusionGRPOTrainer(Trainer):
         }  # fmt: skip
 
     def _prompt_text(self, row: dict) -> str:
-        question = row[self.args.prompt_column]
-        if not self.args.use_chat_template:
-            return (self.args.system_prompt + "\n" if self.args.system_prompt else "") + str(question)
-        messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
-        if self.args.system_prompt:
-            messages = [{"role": "system", "content": self.args.system_prompt}, *messages]
-        return self.processing_class.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        args = self.args
+        return prompt_text(self.processing_class, row[args.prompt_column], system_prompt=args.system_prompt,
+                           use_chat_template=args.use_chat_template)  # fmt: skip
 
     def _tokenize(self, prompts: list[str]) -> dict:
-        tok = self.processing_class
-        tok.padding_side, tok.truncation_side = "left", "left"
-        return tok(prompts, return_tensors="pt", padding=True, truncation=True,
-                   max_length=self.args.max_prompt_length, add_special_tokens=not self.args.use_chat_template)  # fmt: skip
+        return encode_prompts(self.processing_class, prompts, max_length=self.args.max_prompt_length,
+                              use_chat_template=self.args.use_chat_template)  # fmt: skip
 
     def _completion_mask(self, completion_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, L] mask up to and including the first stop token, and [B] whether one was generated."""

@@ -1,0 +1,70 @@
+"""Datasets and prompts: one home for reading rows (hub or local files) and for formatting prompts.
+
+The GRPO trainer, the SFT trainer and the evaluator all build prompt text with ``prompt_text`` and
+left-padded prompt ids with ``encode_prompts``, so a checkpoint is evaluated with the prompts it was
+trained on.
+"""
+
+from __future__ import annotations
+
+
+def load_rows(config, split: str | None = None):
+    """The configured split as a ``datasets.Dataset`` (hub id or local files), columns renamed and checked."""
+    from datasets import load_dataset
+
+    if config.dataset_files:
+        ext = config.dataset_files[0].rsplit(".", 1)[-1]
+        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
+        if builder is None:
+            raise ValueError(f"dataset_files: cannot read .{ext} files; use .jsonl, .json, .csv or .parquet.")
+        dataset = load_dataset(builder, data_files=list(config.dataset_files), split="train")
+    else:
+        dataset = load_dataset(
+            config.dataset_name, config.dataset_config, split=split or config.dataset_split
+        )
+    for item in config.rename_columns or []:
+        old, new = item.split(":")
+        if old not in dataset.column_names:
+            raise ValueError(
+                f"rename_columns: no column {old!r} to rename; the data has {dataset.column_names}."
+            )
+        dataset = dataset.rename_column(old, new)
+    require_columns(
+        dataset.column_names,
+        {"prompt_column": config.prompt_column},
+        extra=getattr(config, "completion_column", None),
+    )
+    return dataset
+
+
+def require_columns(columns: list[str], named: dict[str, str], extra: str | None = None) -> None:
+    """Raise naming the config field when a configured column is missing."""
+    if extra is not None:
+        named = {**named, "completion_column": extra}
+    for field, column in named.items():
+        if column not in columns:
+            raise ValueError(
+                f"{field} {column!r} is not a column of the data; it has {columns}. Set --{field} to the "
+                "column that holds it (or rename with --rename_columns old:new)."
+            )
+
+
+def prompt_text(
+    tokenizer, question, *, system_prompt: str | None = None, use_chat_template: bool = True
+) -> str:
+    """The prompt string for one question (a string, or a list of chat messages)."""
+    if not use_chat_template:
+        return (system_prompt + "\n" if system_prompt else "") + str(question)
+    messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
+    if system_prompt:
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompts(tokenizer, prompts: list[str], *, max_length: int, use_chat_template: bool) -> dict:
+    """Left-padded, left-truncated ``input_ids`` / ``attention_mask`` [B, P] (chat text carries its own BOS)."""
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    return tokenizer(
+        prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+        add_special_tokens=not use_chat_template,
+    )  # fmt: skip

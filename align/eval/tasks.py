@@ -1,0 +1,163 @@
+"""Benchmark tasks and named decoding protocols.
+
+A task turns a dataset row into a question, and a completion into a score in [0, 1] by reusing
+``rewards``: math equivalence for GSM8K / MATH500 / custom JSONL tasks, the code sandbox for HumanEval /
+MBPP. A protocol is a named preset of prompt and sampler settings; every field can be overridden and the
+resolved settings are written with every result.
+
+Not covered: few-shot prompting (all protocols here are zero-shot) and lm-eval-harness's exact templates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+D1_FORMAT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
+MATH_INSTRUCTION = "Solve the problem step by step and put the final answer in \\boxed{}."
+CODE_INSTRUCTION = "Write a Python solution in one fenced ```python block."
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # "math" or "code"
+    hub: tuple[str, str | None, str] | None  # (dataset id, config, split)
+    question: str  # the column holding the question (for code tasks: the prompt)
+
+    def load(self, data_dir: str | None = None, path: str | None = None) -> list[dict]:
+        """Rows from ``path``, ``data_dir/<name>.jsonl`` or the hub (same columns as the hub dataset)."""
+        path = path or (os.path.join(data_dir, f"{self.name}.jsonl") if data_dir else None)
+        if path:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"task {self.name}: {path} does not exist (expected JSONL rows).")
+            with open(path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        elif self.hub is None:
+            raise ValueError(f"task {self.name} has no hub dataset; give it as NAME=path/to/file.jsonl.")
+        else:
+            from datasets import load_dataset
+
+            rows = list(load_dataset(self.hub[0], self.hub[1], split=self.hub[2]))
+        missing = {self.question, *self.gold_columns()} - set(rows[0] if rows else {})
+        if rows and missing:
+            raise ValueError(
+                f"task {self.name}: rows lack column(s) {sorted(missing)}; they have {sorted(rows[0])}."
+            )
+        return rows
+
+    def gold_columns(self) -> tuple[str, ...]:
+        return {"humaneval": ("test", "entry_point"), "mbpp": ("test_list",)}.get(
+            self.name, ("answer",) if self.kind == "math" else ("tests",)
+        )
+
+    def user_message(self, row: dict, protocol: Protocol) -> str:
+        question = str(row[self.question])
+        if self.kind == "math":
+            return question if protocol.instruction is None else f"{question}\n\n{protocol.instruction}"
+        if self.name == "mbpp":
+            tests = "\n".join(row["test_list"])
+            question = f"{question}\nYour code should pass these tests:\n\n{tests}"
+        elif self.name == "humaneval":
+            question = f"Complete the following Python function:\n```python\n{question}\n```"
+        return f"{question}\n\n{CODE_INSTRUCTION}"
+
+    def score(self, rows: list[dict], completions: list[str]) -> tuple[list[float], list[str | None]]:
+        """(scores in [0, 1], extracted answers or programs) for completions of rows."""
+        if self.kind == "math":
+            from rewards.math import extract_answer, math_accuracy
+
+            scores = math_accuracy(None, completions, answer=[r["answer"] for r in rows])
+            return [0.0 if s is None else float(s) for s in scores], [extract_answer(c) for c in completions]
+        from rewards.code import extract_code, score_program
+
+        programs, scores = [], []
+        for row, completion in zip(rows, completions):
+            code = extract_code(completion)
+            if self.name == "humaneval" and f"def {row['entry_point']}" not in code:
+                code = row[self.question] + code
+            if self.name == "mbpp" and row.get("test_imports"):
+                code = "\n".join(row["test_imports"]) + "\n" + code
+            programs.append(code)
+            if self.name == "humaneval":
+                scores.append(score_program(code, row["test"], row["entry_point"]))
+            else:
+                scores.append(score_program(code, row["test_list"] if self.name == "mbpp" else row["tests"]))
+        return scores, programs
+
+
+TASKS = {
+    "gsm8k": Task("gsm8k", "math", ("openai/gsm8k", "main", "test"), "question"),
+    "math500": Task("math500", "math", ("HuggingFaceH4/MATH-500", None, "test"), "problem"),
+    "humaneval": Task("humaneval", "code", ("openai/openai_humaneval", None, "test"), "prompt"),
+    "mbpp": Task("mbpp", "code", ("google-research-datasets/mbpp", "sanitized", "test"), "prompt"),
+}
+
+
+def resolve_tasks(spec: str) -> list[tuple[Task, str | None]]:
+    """``gsm8k,math500,mytask=path.jsonl`` -> [(Task, explicit path or None)]; custom tasks are math tasks."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, path = item.partition("=")
+        if path:
+            out.append((TASKS.get(name) or Task(name, "math", None, "question"), path))
+        elif name in TASKS:
+            out.append((TASKS[name], None))
+        else:
+            raise ValueError(f"unknown task {name!r}: use one of {sorted(TASKS)} or NAME=path/to/file.jsonl.")
+    return out
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Prompt and decoding settings; ``steps`` None means ``gen_length * steps_per_token``."""
+
+    name: str
+    system_prompt: str | None = None
+    instruction: str | None = MATH_INSTRUCTION
+    use_chat_template: bool = True
+    gen_length: int = 256
+    block_length: int = 32
+    steps: int | None = None
+    steps_per_token: float = 1.0
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    threshold: float | None = None
+    cache: str | None = None
+    cfg_scale: float = 0.0
+    variable_length: bool = False
+    max_prompt_length: int = 2048
+
+    def resolved_steps(self) -> int:
+        return self.steps if self.steps is not None else max(1, int(self.gen_length * self.steps_per_token))
+
+    def with_overrides(self, **fields) -> Protocol:
+        unknown = set(fields) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown protocol field(s) {sorted(unknown)}.")
+        return dataclasses.replace(self, **{k: v for k, v in fields.items() if v is not None})
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "steps": self.resolved_steps()}
+
+
+PROTOCOLS = {
+    # d1: zero-shot <reasoning>/<answer> prompt, block 32, steps = length / 2, greedy; lengths 128/256/512.
+    "d1": Protocol("d1", system_prompt=D1_FORMAT, instruction=None, gen_length=256, steps_per_token=0.5),
+    # LLaDA's instruct evaluation as we read it: chat template, block 32, one token per step, greedy.
+    "llada": Protocol("llada", gen_length=512, steps_per_token=1.0),
+    # iLLaDA: variable-length block-by-block decoding until EOS within a thinking budget.
+    "illada": Protocol("illada", gen_length=2048, variable_length=True, steps_per_token=1.0),
+    # The embedded tiny model: raw "abc+def=" prompt, an 8-token canvas decoded in 8 greedy steps.
+    "tiny": Protocol(
+        "tiny",
+        instruction=None,
+        use_chat_template=False,
+        gen_length=8,
+        block_length=8,
+        steps_per_token=1.0,
+        max_prompt_length=16,
+    ),  # fmt: skip
+}

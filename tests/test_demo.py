@@ -1,0 +1,24 @@
+"""A shortened `make demo`: the committed tiny model, GRPO on CPU, reward rises."""
+
+import json
+import os
+
+import pytest
+
+from align.demo import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_short_demo_raises_reward(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "demo"
+    assert main(["--output", str(out), "--limit", "100", "--max_steps", "30", "--logging_steps", "5"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert set(result) == {"before", "after"} and all(0.0 <= v <= 1.0 for v in result.values())
+    history = json.load(open(out / "grpo" / "trainer_state.json"))["log_history"]
+    rewards = [h["reward"] for h in history if "reward" in h]
+    assert len(rewards) == 6 and rewards[-1] > rewards[0] + 0.03
+    assert (out / "report" / "reward.png").exists() and "before" in (out / "report" / "report.md").read_text()

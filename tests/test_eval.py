@@ -1,0 +1,228 @@
+"""align eval / align report: scoring on written fixtures, the endpoint path, pass@k, a tiny checkpoint, plots."""
+
+import itertools
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from align.cli import main
+from align.eval import PROTOCOLS, TASKS, evaluate_task, pass_at_k
+from align.eval.report import load_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+GSM8K = [
+    {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"},
+    {"question": "What is 6 times 7?", "answer": "6 * 7 = 42\n#### 42"},
+    {"question": "Half of 1,000?", "answer": "#### 500"},
+]
+MATH500 = [
+    {"problem": "Compute 1/2 + 1/4.", "answer": "\\frac{3}{4}"},
+    {"problem": "Solve x^2 = 4 for x > 0.", "answer": "2"},
+]
+HUMANEVAL = [
+    {"prompt": 'def add(a, b):\n    """Return a + b."""\n', "entry_point": "add",
+     "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"},
+    {"prompt": 'def neg(a):\n    """Return -a."""\n', "entry_point": "neg",
+     "test": "def check(candidate):\n    assert candidate(2) == -2\n"},
+]  # fmt: skip
+MBPP = [
+    {
+        "prompt": "Write a function square(x) returning x squared.",
+        "test_list": ["assert square(3) == 9", "assert square(0) == 0"],
+    },
+    {"prompt": "Write a function is_even(n).", "test_list": ["assert is_even(2)", "assert not is_even(3)"]},
+]
+# Canned replies keyed by a fragment of the question; the comment says what each deserves.
+REPLIES = {
+    "Tom has": "<reasoning>3+4</reasoning>\n<answer>7</answer>",  # right
+    "6 times 7": "The answer is 41.",  # wrong
+    "Half of": "\\boxed{500}",  # right
+    "1/2 + 1/4": "So the sum is \\boxed{\\dfrac{3}{4}}.",  # right (equivalent form)
+    "x^2 = 4": "\\boxed{-2}",  # wrong
+    "def add": "```python\ndef add(a, b):\n    return a + b\n```",  # passes
+    "def neg": "```python\ndef neg(a):\n    return a\n```",  # fails
+    "square(x)": "```python\ndef square(x):\n    return x * x\n```",  # 2/2 tests
+    "is_even": "```python\ndef is_even(n):\n    return True\n```",  # 1/2 tests: not a pass
+}
+EXPECTED = {"gsm8k": ("accuracy", 2 / 3), "math500": ("accuracy", 0.5), "humaneval": ("pass@1", 0.5),
+            "mbpp": ("pass@1", 0.5)}  # fmt: skip
+
+
+def reply_for(text: str) -> str:
+    return next(v for k, v in REPLIES.items() if k in text)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    for name, rows in (("gsm8k", GSM8K), ("math500", MATH500), ("humaneval", HUMANEVAL), ("mbpp", MBPP)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+class Scripted:
+    """A completion source that answers from a list of replies per question (cycled per sample)."""
+
+    description = {"source": "scripted"}
+
+    def __init__(self, replies=None):
+        self.replies = replies
+        self.calls = itertools.count()
+
+    def complete(self, messages, protocol, progress=None):
+        if self.replies is None:
+            return [reply_for(m) for m in messages]
+        return [self.replies[next(self.calls) % len(self.replies)] for _ in messages]
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_scoring_against_written_fixtures(data_dir, name):
+    task = TASKS[name]
+    metrics, samples = evaluate_task(Scripted(), task, task.load(str(data_dir)), PROTOCOLS["d1"])
+    metric, value = EXPECTED[name]
+    assert metrics[metric] == pytest.approx(value) and metrics["n"] == len(samples)
+    assert all(s["score"] in (0.0, 0.5, 1.0) for s in samples)
+
+
+def test_pass_at_k_matches_enumeration():
+    for n, c, k in [(5, 2, 1), (5, 2, 3), (6, 0, 2), (4, 4, 2), (7, 3, 7)]:
+        subsets = list(itertools.combinations([1] * c + [0] * (n - c), k))
+        assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_pass_at_k_from_several_samples(data_dir):
+    good, bad = REPLIES["def add"], "```python\ndef add(a, b):\n    return a - b\n```"
+    task = TASKS["humaneval"]
+    rows = task.load(str(data_dir))[:1]
+    metrics, samples = evaluate_task(Scripted([good, bad, bad]), task, rows, PROTOCOLS["d1"], num_samples=3)
+    assert [s["score"] for s in samples] == [1.0, 0.0, 0.0]
+    assert metrics["pass@1"] == pytest.approx(1 / 3) and metrics["pass@3"] == 1.0
+
+
+class _Server(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/v1/chat/completions" or body.get("model") != "qwen-test":
+            self.send_response(404)
+            self.end_headers()
+            return
+        user = body["messages"][-1]["content"]
+        _Server.seen.append(user)
+        payload = json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": reply_for(user)}}]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_endpoint_path_against_a_local_server(data_dir, tmp_path, capsys):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Server.seen = []
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        argv = ["eval", "--endpoint", url, "--served-model", "qwen-test", "--tasks", "gsm8k,math500,humaneval,mbpp",
+                "--data-dir", str(data_dir), "--output", str(tmp_path / "ar"), "--concurrency", "3"]  # fmt: skip
+        assert main(argv) == 0
+    finally:
+        server.shutdown()
+    questions = (
+        [r["question"] for r in GSM8K]
+        + [r["problem"] for r in MATH500]
+        + [r["prompt"] for r in HUMANEVAL + MBPP]
+    )
+    assert len(_Server.seen) == len(questions) and all(any(q in s for s in _Server.seen) for q in questions)
+    results = json.load(open(tmp_path / "ar" / "results.json"))
+    for name, (metric, value) in EXPECTED.items():
+        assert results["tasks"][name][metric] == pytest.approx(value)
+    assert results["config"]["protocol"]["name"] == "d1" and results["config"]["protocol"]["steps"] == 128
+    lines = [json.loads(x) for x in open(tmp_path / "ar" / "gsm8k" / "samples.jsonl")]
+    assert [x["extracted"] for x in lines] == ["7", "41", "500"]
+
+
+def test_endpoint_that_refuses_gives_a_clear_error(data_dir, tmp_path):
+    argv = ["eval", "--endpoint", "http://127.0.0.1:9/v1", "--served-model", "m", "--tasks", "gsm8k", "--data-dir",
+            str(data_dir), "--output", str(tmp_path / "x"), "--retries", "0"]  # fmt: skip
+    with pytest.raises(RuntimeError, match="request failed 1 times"):
+        main(argv)
+
+
+def test_tiny_checkpoint_end_to_end(tmp_path, capsys):
+    model = os.path.join(REPO, "recipes", "tiny", "model")
+    test = os.path.join(REPO, "recipes", "tiny", "data", "test.jsonl")
+    argv = ["eval", "--model", model, "--tasks", f"tiny={test}", "--protocol", "tiny", "--limit", "40",
+            "--output", str(tmp_path / "e"), "--dtype", "float32", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.load(open(tmp_path / "e" / "results.json"))
+    samples = [json.loads(x) for x in open(tmp_path / "e" / "tiny" / "samples.jsonl")]
+    gold = [json.loads(x)["answer"] for x in open(test)][:40]
+    assert results["tasks"]["tiny"]["n"] == 40 == len(samples)
+    assert [s["score"] for s in samples] == [float(s["extracted"] == g) for s, g in zip(samples, gold)]
+    assert results["tasks"]["tiny"]["accuracy"] == pytest.approx(sum(s["score"] for s in samples) / 40)
+    assert 0.0 < results["tasks"]["tiny"]["accuracy"] < 1.0  # the committed model is middling by design
+    # the same greedy decode through `align generate` gives the same first completion
+    capsys.readouterr()
+    assert main(["generate", "--model", model, "--prompt", samples[0]["prompt"], "--gen_length", "8", "--steps", "8",
+                 "--block_length", "8", "--no-chat_template", "--dtype", "float32", "--device", "cpu"]) == 0  # fmt: skip
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith('{"prompt"'))
+    assert json.loads(line)["completion"] == samples[0]["completion"]
+
+
+def test_report_with_tables_and_plots(tmp_path):
+    def run(folder, model, length, acc):
+        os.makedirs(tmp_path / folder)
+        results = {"tasks": {"gsm8k": {"accuracy": acc, "n": 10}},
+                   "config": {"source": {"model": model}, "protocol": {"name": "d1", "gen_length": length}}}  # fmt: skip
+        (tmp_path / folder / "results.json").write_text(json.dumps(results))
+        return str(tmp_path / folder)
+
+    folders = [
+        run("base128", "base", 128, 0.5),
+        run("base256", "base", 256, 0.6),
+        run("rl256", "rl", 256, 0.7),
+    ]
+    assert main(["report", *folders[:2], f"RL={folders[2]}", "--output", str(tmp_path / "rep")]) == 0
+    text = open(tmp_path / "rep" / "report.md").read()
+    assert (
+        "| base256 | base | d1 | 256 | 60.0 | 10 |" in text and "| RL | rl | d1 | 256 | 70.0 | 10 |" in text
+    )
+    for png in ("gsm8k.png", "gsm8k_by_length.png"):
+        assert open(tmp_path / "rep" / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        load_run(str(tmp_path))
+
+
+def test_eval_input_errors(data_dir, tmp_path, capsys):
+    base = ["eval", "--model", "x", "--data-dir", str(data_dir), "--output", str(tmp_path / "o")]
+    assert main([*base, "--tasks", "gsm8k", "--num-samples", "4"]) == 2
+    assert "needs sampling" in capsys.readouterr().err
+    assert main([*base, "--tasks", "gsm8k", "--protocol", "nope"]) == 2
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
+        main(
+            [
+                "eval",
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--served-model",
+                "m",
+                "--tasks",
+                "gsm9k",
+                "--output",
+                "o",
+            ]
+        )
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "gsm8k.jsonl").write_text(json.dumps({"q": "1+1", "answer": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"rows lack column\(s\) \['question'\]"):
+        TASKS["gsm8k"].load(str(tmp_path / "bad"))
