@@ -37,6 +37,10 @@ class ModelDataConfig(TrainingArguments):
     trust_remote_code: bool = _help(
         "Run the checkpoint's own code (needed outside the LLaDA family).", default=False
     )
+    attn_implementation: str | None = _help(
+        "Attention kernel for remote-code models (e.g. flash_attention_2); the native LLaDA uses SDPA.",
+        default=None,
+    )
     mask_token_id: int | None = _help(
         "Override the mask id (normally read from config/tokenizer).", default=None
     )

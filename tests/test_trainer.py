@@ -47,7 +47,9 @@ def logs(trainer, key):
 
 
 def test_every_parameter_changes_and_reward_kl_logged(workspace, tmp_path):
-    trainer = build_trainer(config(workspace, tmp_path, "--beta", "0.04", "--estimator", "coupled"))
+    trainer = build_trainer(
+        config(workspace, tmp_path, "--beta", "0.04", "--estimator", "coupled", "--report_to", "tensorboard")
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     unchanged = [n for n, p in trainer.model.named_parameters() if torch.equal(p, before[n])]
