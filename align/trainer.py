@@ -37,7 +37,7 @@ from align.logprob import make_plan, token_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages, policy_loss
 from align.models import family_spec
-from align.sampling import generate
+from align.sampling import generate, truncate_at_stop
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +210,11 @@ class DiffusionGRPOTrainer(Trainer):
             )  # fmt: skip
         rollout_s = time.perf_counter() - start
         completion_ids = out.completion_ids
-        completion_mask, terminated = self._completion_mask(completion_ids)
-        texts = self.processing_class.batch_decode(completion_ids * completion_mask, skip_special_tokens=True)
+        kept, completion_mask = truncate_at_stop(
+            completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
+        )
+        terminated = torch.isin(completion_ids, self.stop_ids.to(device)).any(1).long()
+        texts = self.processing_class.batch_decode(kept, skip_special_tokens=True)
         expanded = [r for r in rows for _ in range(g)]
         start = time.perf_counter()
         per_func = self._score(
@@ -256,16 +259,6 @@ class DiffusionGRPOTrainer(Trainer):
     def _tokenize(self, prompts: list[str]) -> dict:
         return encode_prompts(self.processing_class, prompts, max_length=self.args.max_prompt_length,
                               use_chat_template=self.args.use_chat_template)  # fmt: skip
-
-    def _completion_mask(self, completion_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, L] mask up to and including the first stop token, and [B] whether one was generated."""
-        is_stop = torch.isin(completion_ids, self.stop_ids.to(completion_ids.device))
-        length = completion_ids.shape[1]
-        positions = torch.arange(length, device=completion_ids.device)
-        first = torch.where(
-            is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
-        )
-        return (positions[None] <= first[:, None]).long(), is_stop.any(1).long()
 
     def _score(self, prompts, texts, completion_ids, completion_mask, rows) -> torch.Tensor:
         """[N, F] rewards per function (NaN where a function returned None), weighted later."""

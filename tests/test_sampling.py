@@ -212,3 +212,12 @@ def test_pad_equal_to_mask_is_rejected():
     model.config.pad_token_id = MASK_ID
     with pytest.raises(ValueError, match="pad id equals mask id"):
         generate(model, torch.randint(2, 38, (1, 4)), gen_length=8, steps=8, block_length=8)
+
+
+def test_truncate_at_stop_keeps_up_to_first_stop_and_fills_after():
+    from align.sampling import truncate_at_stop
+
+    ids = torch.tensor([[5, 0, 7, 1, 0, 9], [5, 6, 7, 8, 0, 9], [2, 5, 1, 0, 0, 0]])
+    kept, mask = truncate_at_stop(ids, stop_ids=(1, 2), fill_id=1)
+    assert kept.tolist() == [[5, 0, 7, 1, 1, 1], [5, 6, 7, 8, 0, 9], [2, 1, 1, 1, 1, 1]]
+    assert mask.tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]]

@@ -54,7 +54,7 @@ class DiffusionSource:
         import torch
 
         from align.data import encode_prompts
-        from align.sampling import generate
+        from align.sampling import generate, truncate_at_stop
 
         generator = torch.Generator(self.device).manual_seed(self.seed)
         out = []
@@ -71,21 +71,13 @@ class DiffusionSource:
                     cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length, spec=self.spec,
                     generator=generator,
                 )  # fmt: skip
-            out += self.tokenizer.batch_decode(
-                _until_stop(result.completion_ids, self.spec), skip_special_tokens=True
+            kept, _ = truncate_at_stop(
+                result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
             )
+            out += self.tokenizer.batch_decode(kept, skip_special_tokens=True)
             if progress is not None:
                 progress.update(len(prompts))
         return out
-
-
-def _until_stop(completion_ids, spec):
-    """Completion ids with everything from the first stop token on replaced by that token."""
-    import torch
-
-    stop = torch.isin(completion_ids, torch.tensor(spec.stop_token_ids, device=completion_ids.device))
-    after = stop.cumsum(1) > 0
-    return torch.where(after, spec.eos_token_id, completion_ids)
 
 
 @dataclass

@@ -6,6 +6,14 @@ from align.sampling.diffusion import (
     num_transfer_tokens,
     sample_tokens,
     select_transfer,
+    truncate_at_stop,
 )
 
-__all__ = ["GenerationOutput", "generate", "num_transfer_tokens", "sample_tokens", "select_transfer"]
+__all__ = [
+    "GenerationOutput",
+    "generate",
+    "truncate_at_stop",
+    "num_transfer_tokens",
+    "sample_tokens",
+    "select_transfer",
+]

@@ -65,6 +65,19 @@ class GenerationOutput:
         return self.sequences[:, self.prompt_length :]
 
 
+def truncate_at_stop(
+    completion_ids: torch.Tensor, stop_ids, fill_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [B, L] with everything after the first stop token set to ``fill_id``, keep mask [B, L]).
+
+    The keep mask is 1 up to and including the first stop token (all ones when there is none), the
+    completion mask GRPO scores; decode the returned ids with ``skip_special_tokens`` to get the text.
+    """
+    is_stop = torch.isin(completion_ids, torch.as_tensor(list(stop_ids), device=completion_ids.device))
+    before = is_stop.long().cumsum(1) - is_stop.long() == 0  # no stop token strictly before this position
+    return torch.where(before, completion_ids, fill_id), before.long()
+
+
 def num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
     """Uniform commit schedule [B, steps]: ``n // steps`` per step, +1 for the first ``n % steps`` steps.
 

@@ -1,0 +1,68 @@
+"""Masked-diffusion SFT: batch layout, the LLaDA loss against a direct computation, and learning."""
+
+import torch
+import torch.nn.functional as F
+
+from align.config import SFTConfig, load_config
+from align.models import LLaDAModelLM
+from align.sft import EPS, DiffusionSFTTrainer, build_trainer
+from align.tiny import VOCAB, build_tokenizer, tiny_config, write_task
+
+
+def sft_config(tmp_path, *extra):
+    write_task(str(tmp_path / "data"), num_train=256, num_test=4)
+    build_tokenizer().save_pretrained(tmp_path / "tok")
+    tiny_config(d_model=32, n_layers=2, mlp_hidden_size=64).to_json_file(tmp_path / "tok" / "config.json")
+    argv = ["--model_name_or_path", str(tmp_path / "tok"), "--init_config", str(tmp_path / "tok" / "config.json"),
+            "--dataset_files", str(tmp_path / "data" / "train.jsonl"), "--output_dir", str(tmp_path / "out"),
+            "--use_chat_template", "false", "--max_prompt_length", "16", "--max_completion_length", "8",
+            "--per_device_train_batch_size", "64", "--learning_rate", "3e-3", "--max_steps", "40", "--logging_steps",
+            "10", "--dtype", "float32", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "true"]  # fmt: skip
+    return load_config(None, argv + list(extra), cls=SFTConfig)
+
+
+def test_batch_layout_left_padded_prompt_then_eos_padded_response(tmp_path):
+    trainer = build_trainer(sft_config(tmp_path))
+    batch = trainer._collate([{"question": "1+2=", "completion": "<answer>3</answer>"},
+                              {"question": "100+200=", "completion": "<answer>300</answer>"}])  # fmt: skip
+    eos, bos = VOCAB.index("<|eos|>"), VOCAB.index("<|bos|>")
+    tok = trainer.processing_class
+    first = tok.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    assert (
+        first
+        == ["<|eos|>"] * 4
+        + ["<|bos|>", "1", "+", "2", "="]
+        + ["<answer>", "3", "</answer>"]
+        + ["<|eos|>"] * 5
+    )
+    assert batch["attention_mask"][0].tolist() == [0] * 4 + [1] * 13
+    assert batch["response_mask"][1].tolist() == [0] * 9 + [1] * 8
+    assert batch["input_ids"][1, 0].item() == bos and batch["input_ids"][1, -1].item() == eos
+
+
+def test_loss_matches_the_llada_sft_formula(tmp_path):
+    trainer = build_trainer(sft_config(tmp_path))
+    model = trainer.model.eval()
+    batch = trainer._collate([{"question": "1+2=", "completion": "<answer>3</answer>"},
+                              {"question": "100+200=", "completion": "<answer>300</answer>"}])  # fmt: skip
+    torch.manual_seed(7)
+    loss = trainer.compute_loss(model, batch)
+    torch.manual_seed(7)  # the same draws, computed directly per row
+    ids, resp = batch["input_ids"], batch["response_mask"].bool()
+    t = torch.rand(2, 1)
+    p = (1 - EPS) * t + EPS
+    masked = resp & (torch.rand(ids.shape) < p)
+    logits = model(
+        torch.where(masked, trainer.spec.mask_token_id, ids), attention_mask=batch["attention_mask"]
+    ).logits
+    nll = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+    expected = torch.stack([(nll[i][masked[i]] / p[i]).sum() / resp[i].sum() for i in range(2)]).mean()
+    assert masked.any() and torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_short_sft_lowers_the_loss(tmp_path):
+    trainer = build_trainer(sft_config(tmp_path))
+    assert isinstance(trainer, DiffusionSFTTrainer) and isinstance(trainer.model, LLaDAModelLM)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.85 * losses[0]
