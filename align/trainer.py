@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import nanstd
 
 import rewards as reward_registry
 from align.config import GRPOConfig
@@ -127,7 +128,6 @@ class DiffusionGRPOTrainer(Trainer):
         self._samples: list[dict] = []
         self._buffer: dict | None = None
         self._resume_dir: str | None = None
-        self._micro = 0
         self._last_global_step = -1
         self._rollout_time_s = 0.0
 
@@ -186,19 +186,46 @@ class DiffusionGRPOTrainer(Trainer):
         return self._micro_batch(self._buffer, part, iteration)
 
     def _seeded(self, rollout_index: int, stream: int) -> torch.Generator:
-        seed = (
-            self.args.seed * 1_000_003 + rollout_index * 7919 + self.accelerator.process_index * 131 + stream
-        )
-        return torch.Generator(self.accelerator.device).manual_seed(seed % (2**63))
+        """A generator for one (rollout, process, stream): resumed runs draw exactly what the original drew."""
+        seed = hash((self.args.seed, rollout_index, self.accelerator.process_index, stream)) % (2**63)
+        return torch.Generator(self.accelerator.device).manual_seed(seed)
 
     @torch.no_grad()
     def _rollout(self, rows: list[dict], rollout_index: int) -> dict:
-        args, device = self.args, self.accelerator.device
-        g = args.num_generations
+        """Generate, score and estimate the fixed (old / reference) log-probs of one rollout phase."""
+        g = self.args.num_generations
         prompts = [self._prompt_text(row) for row in rows]
+        prompt_ids, prompt_attn, out, rollout_s = self._generate(prompts, rollout_index)
+        completion_ids = out.completion_ids
+        kept, completion_mask = truncate_at_stop(
+            completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
+        )
+        terminated = torch.isin(completion_ids, self.stop_ids.to(completion_ids.device)).any(1).long()
+        texts = self.processing_class.batch_decode(kept, skip_special_tokens=True)
+        expanded = [r for r in rows for _ in range(g)]
+        start = time.perf_counter()
+        per_func = self._score(
+            [p for p in prompts for _ in range(g)], texts, completion_ids, completion_mask, expanded
+        )
+        reward_s = time.perf_counter() - start
+        rewards = (per_func * self.reward_weights).nansum(dim=1)
+        advantages, std_is_zero = compute_advantages(rewards, g, self.args.scale_rewards)
+        if self.args.mask_truncated_completions:
+            completion_mask = completion_mask * terminated[:, None]
+        batch = self._pack(
+            prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, rollout_index
+        )
+        self._log_rollout(per_func, rewards, std_is_zero, completion_mask, terminated, out,
+                          {"rollout": rollout_s, "reward": reward_s, "logprob": batch.pop("logprob_s")})  # fmt: skip
+        self._keep_samples(expanded, texts, per_func, rewards, advantages)
+        return batch
+
+    def _generate(self, prompts: list[str], rollout_index: int):
+        """(prompt ids [B*G, P], prompt attention, GenerationOutput, seconds): G completions per prompt."""
+        args, device = self.args, self.accelerator.device
         enc = self._tokenize(prompts)
-        prompt_ids = enc["input_ids"].repeat_interleave(g, 0).to(device)
-        prompt_attn = enc["attention_mask"].repeat_interleave(g, 0).to(device)
+        prompt_ids = enc["input_ids"].repeat_interleave(args.num_generations, 0).to(device)
+        prompt_attn = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         start = time.perf_counter()
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
             out = generate(
@@ -208,23 +235,14 @@ class DiffusionGRPOTrainer(Trainer):
                 threshold=args.threshold, cache=args.cache, spec=self.spec,
                 generator=self._seeded(rollout_index, 0),
             )  # fmt: skip
-        rollout_s = time.perf_counter() - start
-        completion_ids = out.completion_ids
-        kept, completion_mask = truncate_at_stop(
-            completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
-        )
-        terminated = torch.isin(completion_ids, self.stop_ids.to(device)).any(1).long()
-        texts = self.processing_class.batch_decode(kept, skip_special_tokens=True)
-        expanded = [r for r in rows for _ in range(g)]
-        start = time.perf_counter()
-        per_func = self._score(
-            [p for p in prompts for _ in range(g)], texts, completion_ids, completion_mask, expanded
-        )
-        reward_s = time.perf_counter() - start
-        rewards = (per_func * self.reward_weights).nansum(dim=1)
-        advantages, std_is_zero = compute_advantages(rewards, g, args.scale_rewards)
-        if args.mask_truncated_completions:
-            completion_mask = completion_mask * terminated[:, None]
+        return prompt_ids, prompt_attn, out, time.perf_counter() - start
+
+    def _pack(
+        self, prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, rollout_index
+    ) -> dict:
+        """The shuffled rollout buffer: sequences, masks, advantages, one MaskPlan per inner iteration and
+        the old-policy / reference estimates under those plans."""
+        args, device = self.args, self.accelerator.device
         ids = torch.cat([prompt_ids, completion_ids], 1)
         attn = torch.cat([prompt_attn, torch.ones_like(completion_ids)], 1)
         full_mask = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
@@ -237,18 +255,15 @@ class DiffusionGRPOTrainer(Trainer):
         start = time.perf_counter()
         old, ref = self._fixed_logprobs(ids, attn, plans)
         logprob_s = time.perf_counter() - start
-        order = torch.randperm(len(ids), generator=self._seeded(rollout_index, 99), device=device)
+        order = torch.randperm(len(ids), generator=self._seeded(rollout_index, -1), device=device)
         token_count = self.accelerator.gather(full_mask.sum().float()[None]).sum()
-        self._log_rollout(per_func, rewards, std_is_zero, completion_mask, terminated, out, rollout_s, reward_s,
-                          logprob_s)  # fmt: skip
-        self._keep_samples(expanded, texts, per_func, rewards, advantages)
         return {
-            "ids": ids[order], "attn": attn[order], "mask": full_mask[order], "advantages": advantages[order].to(device),
+            "ids": ids[order], "attn": attn[order], "mask": full_mask[order], "advantages": advantages.to(device)[order],
             "masked": torch.stack([p.masked for p in plans])[:, :, order],
             "weights": torch.stack([p.weights for p in plans])[:, :, order],
             "num_samples": plans[0].num_samples,
             "old": None if old is None else old[:, order], "ref": None if ref is None else ref[:, order],
-            "normalizer": token_count / self.accelerator.num_processes,
+            "normalizer": token_count / self.accelerator.num_processes, "logprob_s": logprob_s,
         }  # fmt: skip
 
     def _prompt_text(self, row: dict) -> str:
@@ -318,8 +333,7 @@ class DiffusionGRPOTrainer(Trainer):
         return loss
 
     # ---- metrics, samples, checkpoints -------------------------------------------------------------
-    def _log_rollout(self, per_func, rewards, std_is_zero, mask, terminated, out, rollout_s, reward_s,
-                     logprob_s) -> None:  # fmt: skip
+    def _log_rollout(self, per_func, rewards, std_is_zero, mask, terminated, out, seconds: dict) -> None:
         gather = lambda t: self.accelerator.gather(t.to(self.accelerator.device))  # noqa: E731
         all_rewards = gather(rewards)
         lengths = gather(mask.sum(1).float())
@@ -331,7 +345,7 @@ class DiffusionGRPOTrainer(Trainer):
         for j, name in enumerate(self.reward_names):
             col = gather(per_func[:, j])
             m[f"rewards/{name}/mean"].append(torch.nanmean(col).item())
-            m[f"rewards/{name}/std"].append(_nanstd(col))
+            m[f"rewards/{name}/std"].append(nanstd(col).item())
         m["num_tokens"].append(lengths.sum().item())
         m["completions/mean_length"].append(lengths.mean().item())
         m["completions/min_length"].append(lengths.min().item())
@@ -340,10 +354,9 @@ class DiffusionGRPOTrainer(Trainer):
         done = lengths[term]
         m["completions/mean_terminated_length"].append(done.mean().item() if len(done) else 0.0)
         m["rollout/forward_passes"].append(float(out.nfe))
-        m["rollout/tokens_per_s"].append(out.completion_ids.numel() / max(rollout_s, 1e-9))
-        m["time/rollout_s"].append(rollout_s)
-        m["time/reward_s"].append(reward_s)
-        m["time/logprob_s"].append(logprob_s)
+        m["rollout/tokens_per_s"].append(out.completion_ids.numel() / max(seconds["rollout"], 1e-9))
+        for phase, value in seconds.items():
+            m[f"time/{phase}_s"].append(value)
 
     def _keep_samples(self, rows, texts, per_func, rewards, advantages) -> None:
         keep = self.args.num_completions_to_print
@@ -416,11 +429,6 @@ def _first_failing(fn, prompts, texts, ids, columns, state) -> int | None:
         except Exception:
             return i
     return None
-
-
-def _nanstd(x: torch.Tensor) -> float:
-    x = x[~torch.isnan(x)]
-    return x.std().item() if len(x) > 1 else 0.0
 
 
 def _num(v: float) -> float | None:
