@@ -93,6 +93,8 @@ def _rows(batch: list[dict]) -> list[dict]:
 class DiffusionGRPOTrainer(Trainer):
     """GRPO trainer whose policy is a bidirectional denoiser (see the module docstring)."""
 
+    loss_is_scaled_for_ga = True  # compute_loss scales for gradient accumulation itself (as TRL does)
+
     def __init__(self, model, args: GRPOConfig, train_dataset, processing_class, reward_funcs=None,
                  ref_model=None, callbacks=None):  # fmt: skip
         args.remove_unused_columns = False
@@ -319,18 +321,23 @@ class DiffusionGRPOTrainer(Trainer):
         }  # fmt: skip
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Policy loss of one micro-batch, scaled for gradient accumulation as TRL's GRPOTrainer does: dapo
+        divides by the completion tokens of one accumulation window (the generation batch's count per process
+        x GA / steps_per_generation); the other types divide their per-micro-batch loss by GA."""
         args = self.args
+        accumulation = self.current_gradient_accumulation_steps
         logps = self._estimate(model, inputs["ids"], inputs["attn"], inputs["plan"])
         loss, metrics = policy_loss(
             logps, inputs["old"], inputs["ref"], inputs["advantages"], inputs["mask"],
             loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
             delta=args.delta, importance_sampling_level=args.importance_sampling_level,
             kl_estimator=args.kl_estimator, max_completion_length=args.max_completion_length,
-            normalizer=inputs["normalizer"], num_generations=args.num_generations, wd1_psi=args.wd1_psi,
+            normalizer=inputs["normalizer"] * accumulation / args.steps_per_generation,
+            num_generations=args.num_generations, wd1_psi=args.wd1_psi,
         )  # fmt: skip
         for key, value in metrics.items():
             self._metrics[key].append(self.accelerator.gather(value.detach().float()[None]).mean().item())
-        return loss
+        return loss if args.loss_type == "dapo" else loss / accumulation
 
     # ---- metrics, samples, checkpoints -------------------------------------------------------------
     def _log_rollout(self, per_func, rewards, std_is_zero, mask, terminated, out, seconds: dict) -> None:

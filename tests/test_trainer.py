@@ -79,6 +79,22 @@ def test_ratio_is_one_at_first_inner_iteration_only(workspace, tmp_path):
     assert len(logs(trainer, "time/rollout_s")) == 2
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_gradient_accumulation_matches_one_big_micro_batch(workspace, tmp_path, loss_type):
+    # One rollout of 8 completions: one micro-batch of 8, or two of 4 accumulated; plain SGD shows any scale error.
+    common = ("--max_steps", "1", "--optim", "sgd", "--learning_rate", "0.5", "--loss_type", loss_type,
+              "--max_grad_norm", "0")  # fmt: skip
+    whole = build_trainer(config(workspace, tmp_path / "a", *common))
+    split = build_trainer(config(workspace, tmp_path / "b", *common, "--per_device_train_batch_size", "4",
+                                 "--gradient_accumulation_steps", "2"))  # fmt: skip
+    before = {n: p.detach().clone() for n, p in whole.model.named_parameters()}
+    whole.train()
+    split.train()
+    a, b = dict(whole.model.named_parameters()), dict(split.model.named_parameters())
+    assert any(not torch.equal(a[n], before[n]) for n in a)
+    assert all(torch.allclose(a[n], b[n], atol=1e-6, rtol=1e-4) for n in a)
+
+
 def test_lora_trains_only_the_adapter_with_adapter_disabled_reference(workspace, tmp_path):
     trainer = build_trainer(config(workspace, tmp_path, "--use_peft", "true", "--lora_r", "4", "--beta", "0.1",
                                    "--learning_rate", "1e-2", "--activation_checkpointing", "true"))  # fmt: skip

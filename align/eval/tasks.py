@@ -146,8 +146,9 @@ class Protocol:
 PROTOCOLS = {
     # d1: zero-shot <reasoning>/<answer> prompt, block 32, steps = length / 2, greedy; lengths 128/256/512.
     "d1": Protocol("d1", system_prompt=D1_FORMAT, instruction=None, gen_length=256, steps_per_token=0.5),
-    # LLaDA's instruct evaluation as we read it: chat template, block 32, one token per step, greedy.
-    "llada": Protocol("llada", gen_length=512, steps_per_token=1.0),
+    # The LLaDA-8B-Instruct setting most public evaluations use (LLaDA / Fast-dLLM scripts): chat template,
+    # 256 tokens, block 32, one token per step, greedy. Not the per-task settings of the LLaDA paper.
+    "llada": Protocol("llada", gen_length=256, steps_per_token=1.0),
     # iLLaDA: variable-length block-by-block decoding until EOS within a thinking budget.
     "illada": Protocol("illada", gen_length=2048, variable_length=True, steps_per_token=1.0),
     # The embedded tiny model: raw "abc+def=" prompt, an 8-token canvas decoded in 8 greedy steps.
