@@ -1,6 +1,6 @@
 """Masked-diffusion SFT (LLaDA's supervised objective), on ``transformers.Trainer`` + accelerate.
 
-For a prompt x and a response y padded with EOS to ``max_completion_length`` tokens (the model learns to
+For a prompt x and a response y (ended by the end-of-turn token when the family has one) padded with EOS to ``max_completion_length`` tokens (the model learns to
 emit those EOS, which is how a fixed canvas yields variable-length answers), draw t ~ U(0, 1) per
 sample, mask each response token with probability p = (1 - eps) t + eps, keep the prompt clean, and
 minimise
@@ -49,8 +49,12 @@ class DiffusionSFTTrainer(Trainer):
         )
         length = args.max_completion_length
         response = torch.full((len(rows), length), self.spec.eos_token_id, dtype=torch.long)
+        end_of_turn = (
+            [] if self.spec.eot_token_id is None else [self.spec.eot_token_id]
+        )  # chat models: <|eot_id|>
         for i, r in enumerate(rows):
-            ids = tok(str(r[args.completion_column]), add_special_tokens=False)["input_ids"][: length - 1]
+            ids = tok(str(r[args.completion_column]), add_special_tokens=False)["input_ids"] + end_of_turn
+            ids = ids[: length - 1]  # at least one EOS remains to be learned
             response[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         ids = torch.cat([enc["input_ids"], response], 1)
         attn = torch.cat([enc["attention_mask"], torch.ones_like(response)], 1)
