@@ -249,9 +249,11 @@ class DiffusionGRPOTrainer(Trainer):
         attn = torch.cat([prompt_attn, torch.ones_like(completion_ids)], 1)
         full_mask = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
         prompt_only = torch.cat([prompt_attn, torch.zeros_like(completion_ids)], 1)
-        plans = [
-            make_plan(args.estimator, full_mask, num_samples=args.num_mc_samples, prompt_mask=prompt_only,
-                      p_mask_prompt=args.p_mask_prompt, generator=self._seeded(rollout_index, 1 + k))
+        canvas = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(completion_ids)], 1)
+        plans = [  # noise the whole generated canvas, score the answer (up to its first EOS)
+            make_plan(args.estimator, canvas, num_samples=args.num_mc_samples, prompt_mask=prompt_only,
+                      p_mask_prompt=args.p_mask_prompt, generator=self._seeded(rollout_index, 1 + k),
+                      score_mask=full_mask)
             for k in range(args.num_iterations)
         ]  # fmt: skip
         start = time.perf_counter()

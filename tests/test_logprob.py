@@ -26,8 +26,11 @@ def setup():
 
 
 @torch.no_grad()
-def exact_elbo(model, ids, completion_positions):
-    """B = sum_k (1/k) mean_{|S|=k} sum_{i in S} log p(y_i | y with S masked, x): every subset enumerated."""
+def exact_elbo(model, ids, completion_positions, scored=None):
+    """B = sum_k (1/k) mean_{|S|=k} sum_{i in S} log p(y_i | y with S masked, x): every subset enumerated.
+
+    With ``scored``, S still ranges over all completion subsets but only scored positions are summed."""
+    scored = set(completion_positions if scored is None else scored)
     total = 0.0
     for k in range(1, len(completion_positions) + 1):
         values = []
@@ -35,18 +38,39 @@ def exact_elbo(model, ids, completion_positions):
             noisy = ids.clone()
             noisy[0, list(subset)] = MASK_ID
             logp = model(noisy).logits[0].log_softmax(-1)
-            values.append(sum(logp[i, ids[0, i]].item() for i in subset))
+            values.append(sum(logp[i, ids[0, i]].item() for i in subset if i in scored))
         total += sum(values) / len(values) / k
     return total
 
 
 @torch.no_grad()
-def draws(model, ids, completion, estimator, num_samples, n=3000, seed=0):
+def draws(model, ids, completion, estimator, num_samples, n=3000, seed=0, score=None):
     """n independent estimates (one per row of a batch of n copies of the sequence)."""
     batch, cm = ids.expand(n, -1), completion.expand(n, -1)
     g = torch.Generator().manual_seed(seed)
-    return sequence_logprob(model, batch, cm, estimator=estimator, num_samples=num_samples,
-                            mask_token_id=MASK_ID, generator=g, chunk_size=4)  # fmt: skip
+    if score is None:
+        return sequence_logprob(model, batch, cm, estimator=estimator, num_samples=num_samples,
+                                mask_token_id=MASK_ID, generator=g, chunk_size=4)  # fmt: skip
+    plan = make_plan(estimator, cm, num_samples=num_samples, generator=g, score_mask=score.expand(n, -1))
+    return token_logprobs(model, batch, plan, mask_token_id=MASK_ID, chunk_size=4).sum(-1)
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "coupled"])
+def test_scoring_part_of_the_noised_completion_is_unbiased_for_that_part(setup, estimator):
+    # GRPO noises the whole canvas and scores the answer up to its first EOS: here 3 of the 5 positions.
+    model, ids, completion = setup
+    score = torch.zeros_like(completion)
+    score[:, P : P + 3] = True
+    exact = exact_elbo(model, ids, list(range(P, P + L)), scored=range(P, P + 3))
+    est = draws(model, ids, completion, estimator, 1, seed=5, score=score)
+    se = est.std().item() / math.sqrt(len(est))
+    assert abs(est.mean().item() - exact) < 4 * se and se < 0.05 * abs(exact), (est.mean().item(), exact, se)
+    plan = make_plan(
+        estimator, completion, num_samples=2, generator=torch.Generator().manual_seed(0), score_mask=score
+    )
+    assert plan.masked[:, :, P + 3 :].any() and not plan.weights[:, :, P + 3 :].any()
+    with pytest.raises(ValueError, match="subset of completion_mask"):
+        make_plan(estimator, score, num_samples=1, score_mask=completion)
 
 
 @pytest.mark.parametrize("estimator,num_samples", [("elbo", 1), ("elbo", 3), ("coupled", 1), ("coupled", 2)])

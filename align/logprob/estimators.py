@@ -149,8 +149,15 @@ def make_plan(
     prompt_mask: torch.Tensor | None = None,
     p_mask_prompt: float = 0.0,
     generator: torch.Generator | None = None,
+    score_mask: torch.Tensor | None = None,
 ) -> MaskPlan:
-    """Draw the masks of ``estimator`` for completion_mask [B, T] (1 = completion token to score)."""
+    """Draw the masks of ``estimator`` for completion_mask [B, T] (1 = completion token).
+
+    ``score_mask`` [B, T] (a subset of the completion) keeps the noise over the whole completion but
+    counts only those tokens: the estimate is the same per-position decomposition of the completion's
+    ELBO, summed over the scored positions. GRPO uses it to noise the whole generated canvas, as the
+    sampler did, while scoring the answer up to its first EOS (d1 masks the canvas the same way).
+    """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator {estimator!r} is not one of {sorted(ESTIMATORS)}.")
     if num_samples < 1:
@@ -158,9 +165,14 @@ def make_plan(
     if not 0.0 <= p_mask_prompt < 1.0:
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {p_mask_prompt}.")
     pm = None if prompt_mask is None else prompt_mask.bool() & ~completion_mask.bool()
-    return ESTIMATORS[estimator](
+    plan = ESTIMATORS[estimator](
         completion_mask.bool(), num_samples, generator=generator, prompt_mask=pm, p_mask_prompt=p_mask_prompt
     )
+    if score_mask is not None:
+        if (score_mask.bool() & ~completion_mask.bool()).any():
+            raise ValueError("score_mask must be a subset of completion_mask.")
+        plan.weights = plan.weights * score_mask.bool()[None]
+    return plan
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
