@@ -67,9 +67,11 @@ class DiffusionSFTTrainer(Trainer):
         p_mask = (1 - EPS) * t + EPS
         masked = response & (torch.rand(ids.shape, device=ids.device) < p_mask)
         noisy = torch.where(masked, self.spec.mask_token_id, ids)
-        logits = model_logits(model, noisy, attn, self.spec).logits
-        nll = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-        nll = nll.masked_scatter(masked, -gather_logprobs(logits[masked], ids[masked]))
+        start = ids.shape[1] - self.args.max_completion_length  # the response canvas: logits only there
+        logits = model_logits(model, noisy, attn, self.spec, logits_range=(start, ids.shape[1])).logits
+        window, targets = masked[:, start:], ids[:, start:]
+        nll = torch.zeros(window.shape, dtype=torch.float32, device=ids.device)
+        nll = nll.masked_scatter(window, -gather_logprobs(logits[window], targets[window]))
         per_row = (nll / p_mask).sum(1) / response.sum(1)
         return per_row.mean()
 

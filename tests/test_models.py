@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -150,3 +151,35 @@ def test_family_spec_reads_ids_from_config():
     spec = family_spec(tiny_config(mask_token_id=5, eos_token_id=7, pad_token_id=7, eot_token_id=8))
     assert (spec.mask_token_id, spec.eos_token_id, spec.eot_token_id, spec.shift_logits) == (5, 7, 8, False)
     assert spec.stop_token_ids == (7, 8)
+
+
+def test_logits_range_equals_the_slice_of_full_logits():
+    from peft import LoraConfig, get_peft_model
+
+    from align.models import model_logits
+    from align.models.family import _is_native
+
+    model = tiny_model()
+    ids = torch.randint(2, 38, (2, 12))
+    attn = torch.ones_like(ids)
+    attn[1, :3] = 0
+    with torch.no_grad():
+        full = model(ids, attention_mask=attn).logits
+        part = model_logits(model, ids, attn, family_spec(model), logits_range=(5, 9)).logits
+        torch.testing.assert_close(part, full[:, 5:9])
+        # a shifted family (Dream): shift first, then slice, on any model
+        shifted = dataclasses.replace(family_spec(model), shift_logits=True)
+        part = model_logits(model, ids, attn, shifted, logits_range=(5, 9)).logits
+        torch.testing.assert_close(part, full[:, 4:8])
+        # through a PEFT wrapper the native class is still found and the window applied
+        lora = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj"]))
+        calls = []
+        lora.base_model.model.register_forward_hook(
+            lambda m, a, kw, out: calls.append(out.logits.shape), with_kwargs=True
+        )
+        model_logits(lora, ids, attn, family_spec(model), logits_range=(5, 9))
+        assert calls == [torch.Size([2, 4, VOCAB])]
+        # and through a DDP-style wrapper (the model registered as .module)
+        wrapper = torch.nn.Module()
+        wrapper.module = lora
+        assert _is_native(wrapper) and not _is_native(torch.nn.Linear(2, 2))

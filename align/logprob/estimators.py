@@ -206,12 +206,17 @@ def token_logprobs(
         n = masked.shape[0]
         noisy = torch.where(masked, mask_token_id, input_ids[None]).flatten(0, 1)
         attn = None if attention_mask is None else attention_mask.repeat(n, 1)
-        logits = model_logits(model, noisy, attn, spec).logits.view(n, b, t, -1)
         scored = weights != 0
-        values = torch.zeros(n, b, t, dtype=torch.float32, device=input_ids.device)
-        values = values.masked_scatter(
-            scored, gather_logprobs(logits[scored], input_ids[None].expand(n, -1, -1)[scored])
-        )
+        # Logits only for the columns some row scores. A chunk that scores nothing still runs its forward:
+        # under ZeRO-3 every process must run the same number of forwards.
+        columns = scored.any(0).any(0).nonzero()
+        lo, hi = (columns[0].item(), columns[-1].item() + 1) if len(columns) else (0, 1)
+        logits = model_logits(model, noisy, attn, spec, logits_range=(lo, hi)).logits.view(n, b, hi - lo, -1)
+        window = scored[..., lo:hi]
+        targets = input_ids[None, :, lo:hi].expand(n, -1, -1)
+        values = torch.zeros(n, b, hi - lo, dtype=torch.float32, device=input_ids.device)
+        values = values.masked_scatter(window, gather_logprobs(logits[window], targets[window]))
+        values = F.pad(values, (lo, t - hi))
         total = total + (values * weights).sum(0)
     return total / plan.num_samples
 

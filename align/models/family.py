@@ -77,9 +77,37 @@ def model_logits(
     spec: FamilySpec | None = None,
     **kwargs,
 ):
-    """Run the model and return its output with ``logits`` [B, L, V] aligned so logit i predicts token i."""
+    """Run the model and return its output with ``logits`` [B, L, V] aligned so logit i predicts token i.
+
+    ``logits_range=(start, end)`` returns logits [B, end - start, V] of those positions only; the native
+    LLaDA class (also under DDP / DeepSpeed / PEFT wrappers) then skips the LM head elsewhere, other models
+    compute everything and are sliced.
+    """
+    window = kwargs.pop("logits_range", None)
+    shifted = spec is not None and spec.shift_logits
+    if window is not None and not shifted and _is_native(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask, logits_range=window, **kwargs)
     out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    if spec is not None and spec.shift_logits:
+    if shifted:
         logits = out.logits
         out.logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    if window is not None:
+        out.logits = out.logits[:, window[0] : window[1]]
     return out
+
+
+def _is_native(model) -> bool:
+    """Whether the (possibly DDP / DeepSpeed / PEFT-wrapped) model is the native LLaDA class."""
+    from align.models.modeling_llada import LLaDAModelLM
+
+    for _ in range(5):
+        if isinstance(model, LLaDAModelLM):
+            return True
+        if hasattr(model, "get_base_model"):  # PEFT
+            model = model.get_base_model()
+            continue
+        inner = getattr(model, "_modules", {}).get("module")  # DDP, DeepSpeed engine
+        if inner is None:
+            return False
+        model = inner
+    return False

@@ -199,18 +199,17 @@ class _Denoiser:
         inp, mask = self._inputs(x, attn, prompt_real)
         self.nfe += 1
         if self.cache is None or first_step:
-            out = model_logits(self.model, inp, mask, self.spec, use_cache=self.cache is not None)
+            out = model_logits(self.model, inp, mask, self.spec, use_cache=self.cache is not None,
+                               logits_range=(start, end))  # fmt: skip
             if self.cache == "prefix":
                 self._kv = [(k[:, :, :start], v[:, :, :start]) for k, v in out.kv_cache]
             elif self.cache == "dual":
                 self._kv = out.kv_cache
-            logits = out.logits[:, start:end]
         else:
             seg_end = inp.shape[1] if self.cache == "prefix" else end
-            out = self.model(
-                input_ids=inp[:, start:seg_end], attention_mask=mask, kv_cache=self._kv, cache_start=start
-            )
-            logits = out.logits[:, : end - start]
+            out = self.model(input_ids=inp[:, start:seg_end], attention_mask=mask, kv_cache=self._kv,
+                             cache_start=start, logits_range=(0, end - start))  # fmt: skip
+        logits = out.logits
         if self.cfg_scale > 0:
             cond, un = logits.chunk(2)
             logits = un + (self.cfg_scale + 1) * (cond - un)
