@@ -226,3 +226,24 @@ def test_eval_input_errors(data_dir, tmp_path, capsys):
     (tmp_path / "bad" / "gsm8k.jsonl").write_text(json.dumps({"q": "1+1", "answer": "2"}) + "\n")
     with pytest.raises(ValueError, match=r"rows lack column\(s\) \['question'\]"):
         TASKS["gsm8k"].load(str(tmp_path / "bad"))
+
+
+@pytest.mark.slow
+def test_data_parallel_eval_matches_one_process(tmp_path):
+    import subprocess
+    import sys
+
+    test = os.path.join(REPO, "recipes", "tiny", "data", "test.jsonl")
+    common = ["eval", "--model", os.path.join(REPO, "recipes", "tiny", "model"), "--tasks", f"tiny={test}",
+              "--protocol", "tiny", "--limit", "21", "--dtype", "float32"]  # fmt: skip
+    assert main([*common, "--output", str(tmp_path / "one")]) == 0
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--mixed_precision", "no", "-m", "align.cli", *common, "--output", str(tmp_path / "two")]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
+    assert two["config"]["source"]["processes"] == 2
+    assert one["tasks"] == two["tasks"]
+    rows = [[json.loads(x) for x in open(tmp_path / d / "tiny" / "samples.jsonl")] for d in ("one", "two")]
+    assert rows[0] == rows[1] and len(rows[0]) == 21

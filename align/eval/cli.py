@@ -28,7 +28,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="parallel requests (endpoint)")
     p.add_argument("--retries", type=int, default=3, help="retries per request (endpoint)")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", default=None, help="default: this process's GPU when there is one, else cpu")
     p.add_argument("--trust-remote-code", action="store_true")
     for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
                        ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int)):  # fmt: skip
@@ -84,8 +84,7 @@ def run_eval(args) -> int:
             args.endpoint, args.served_model, args.concurrency, args.retries, seed=args.seed
         )
     else:
-        device = args.device or ("cuda" if _cuda() else "cpu")
-        source = DiffusionSource(args.model, adapter=args.adapter, dtype=args.dtype, device=device,
+        source = DiffusionSource(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
                                  batch_size=args.batch_size, seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
     random.seed(args.seed)
     results = {"tasks": {}, "config": {"source": source.description, "protocol": protocol.as_dict(),
@@ -96,8 +95,10 @@ def run_eval(args) -> int:
         results["tasks"][task.name], samples[task.name] = evaluate_task(
             source, task, rows, protocol, args.num_samples
         )
-        print(json.dumps({"task": task.name, **results["tasks"][task.name]}))
-    write_results(args.output, results, samples)
+        if getattr(source, "is_main", True):
+            print(json.dumps({"task": task.name, **results["tasks"][task.name]}))
+    if getattr(source, "is_main", True):
+        write_results(args.output, results, samples)
     return 0
 
 
@@ -110,9 +111,3 @@ def run_report(args) -> int:
         runs.append(load_run(folder, label or None))
     print(write_report(runs, args.output))
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -31,18 +31,29 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class DiffusionSource:
-    """Completions from a diffusion checkpoint, decoded with ``align.sampling`` in batches."""
+    """Completions from a diffusion checkpoint, decoded with ``align.sampling`` in batches.
 
-    def __init__(self, model: str, *, adapter: str | None = None, dtype: str = "bfloat16", device: str = "cpu",
+    Under ``accelerate launch`` (one process per GPU) each process decodes every n-th question and the
+    completions are gathered back in order; only the main process scores and writes (``is_main``).
+    """
+
+    def __init__(self, model: str, *, adapter: str | None = None, dtype: str = "bfloat16", device: str | None = None,
                  batch_size: int = 8, seed: int = 0, trust_remote_code: bool = False):  # fmt: skip
+        import torch
+        from accelerate import PartialState
+
         from align.models import family_spec, load_model, load_tokenizer
 
+        self.state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+        self.is_main = self.state.is_main_process
+        device = device or str(self.state.device)
         self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         self.model = load_model(model, dtype=dtype, adapter=adapter, trust_remote_code=trust_remote_code)
         self.model.eval().to(device)
         self.spec = family_spec(self.model, self.tokenizer)
         self.device, self.batch_size, self.seed = device, batch_size, seed
-        self.description = {"source": "diffusion", "model": model, "adapter": adapter, "dtype": dtype}
+        self.description = {"source": "diffusion", "model": model, "adapter": adapter, "dtype": dtype,
+                            "processes": self.state.num_processes}  # fmt: skip
 
     def prompt(self, message: str, protocol: Protocol) -> str:
         from align.data import prompt_text
@@ -51,6 +62,15 @@ class DiffusionSource:
                            use_chat_template=protocol.use_chat_template)  # fmt: skip
 
     def complete(self, messages: list[str], protocol: Protocol, progress=None) -> list[str]:
+        n, rank = self.state.num_processes, self.state.process_index
+        if n == 1:
+            return self._decode(messages, protocol, progress)
+        from accelerate.utils import gather_object
+
+        parts = gather_object([self._decode(messages[rank::n], protocol, progress)])
+        return [parts[i % n][i // n] for i in range(len(messages))]
+
+    def _decode(self, messages: list[str], protocol: Protocol, progress=None) -> list[str]:
         import torch
 
         from align.data import encode_prompts
@@ -140,6 +160,8 @@ def evaluate_task(
     messages = [task.user_message(r, protocol) for r in rows for _ in range(num_samples)]
     with tqdm(total=len(messages), desc=task.name, disable=None) as progress:
         completions = source.complete(messages, protocol, progress)
+    if not getattr(source, "is_main", True):
+        return {}, []  # another process of a data-parallel run: the main process scores
     expanded = [r for r in rows for _ in range(num_samples)]
     scores, extracted = task.score(expanded, completions)
     samples = [
