@@ -39,8 +39,11 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-BASE_UID = 61000  # when the caller is root, slot i's runs use uids BASE_UID + i * UIDS_PER_SLOT + (n % UIDS_PER_SLOT)
+BASE_UID = 61000  # when the caller is root, slot i's runs use uids block + i * UIDS_PER_SLOT + (n % UIDS_PER_SLOT)
 UIDS_PER_SLOT = 1000  # a fresh uid per run: zombies of earlier runs must not count against RLIMIT_NPROC
+MAX_SLOTS = 64  # slots per sandbox; a uid block (one per live Sandbox on the machine) spans MAX_SLOTS slots
+MAX_BLOCKS = 64  # Sandboxes alive at once on one machine (e.g. 8 training processes x a few pools)
+LOCK_DIR = os.path.join(tempfile.gettempdir(), "dllm-align-sandbox-uids")
 _SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
 
 
@@ -108,6 +111,9 @@ class Sandbox:
                 "sandbox backend 'bwrap' requested but bwrap is not installed (apt-get install bubblewrap)."
             )
         self.switch_uid = os.geteuid() == 0 and shutil.which("setpriv") is not None
+        if self.workers > MAX_SLOTS:
+            raise ValueError(f"sandbox workers {self.workers} > {MAX_SLOTS}; use at most {MAX_SLOTS} slots.")
+        self._uid_base, self._lock = (_claim_uid_block() if self.switch_uid else (None, None))
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
@@ -166,7 +172,7 @@ class Sandbox:
     def _run_in_slot(self, slot: int, code: str, stdin: str) -> ExecResult:
         uid = None
         if self.switch_uid:
-            uid = BASE_UID + slot * UIDS_PER_SLOT + self._runs[slot] % UIDS_PER_SLOT
+            uid = self._uid_base + slot * UIDS_PER_SLOT + self._runs[slot] % UIDS_PER_SLOT
             self._runs[slot] += 1
         workdir = tempfile.mkdtemp(prefix=f"align-sbx{slot}-")
         start = time.monotonic()
@@ -211,6 +217,30 @@ class Sandbox:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._lock is not None:
+            self._lock.close()  # releases the uid block
+            self._lock = None
+
+
+def _claim_uid_block():
+    """(first uid, open lock file) of a uid block no other live Sandbox on this machine holds.
+
+    Every process that runs generated code (each of 8 training processes, an evaluation next to them)
+    gets its own block, so one process's cleanup of "its" uid never kills another's program and
+    RLIMIT_NPROC never counts another's processes. The flock is released when the holder exits.
+    """
+    import fcntl
+
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    for block in range(MAX_BLOCKS):
+        handle = open(os.path.join(LOCK_DIR, f"block{block}.lock"), "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return BASE_UID + block * MAX_SLOTS * UIDS_PER_SLOT, handle
+    raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use on this machine; close unused Sandboxes.")
 
 
 def _killpg(proc: subprocess.Popen) -> None:

@@ -5,11 +5,12 @@ import shutil
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from rewards.code import score_program
-from rewards.sandbox import BASE_UID, UIDS_PER_SLOT, Sandbox, SandboxLimits, live_pids_of_uids
+from rewards.sandbox import MAX_SLOTS, UIDS_PER_SLOT, Sandbox, SandboxLimits, live_pids_of_uids
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap not installed (.ci/run installs it)"
@@ -121,7 +122,8 @@ def test_setsid_daemon_does_not_outlive_the_call(sandbox, listener):
     time.sleep(1.5)
     assert not accepted(listener)
     if os.geteuid() == 0:
-        assert live_pids_of_uids(range(BASE_UID, BASE_UID + 2 * UIDS_PER_SLOT)) == []
+        base = sandbox._uid_base
+        assert live_pids_of_uids(range(base, base + sandbox.workers * UIDS_PER_SLOT)) == []
 
 
 def test_output_flood_is_capped(sandbox):
@@ -164,3 +166,33 @@ def test_process_backend_warns_and_still_enforces_limits(caplog):
     assert box.run("while True: pass").status == "timeout"
     assert "MemoryError" in box.run("x = bytearray(8 * 2**30)").stderr
     assert box.run("print(6 * 7)").stdout.strip() == "42"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid blocks are used when the caller is root")
+def test_concurrent_sandboxes_get_disjoint_uids_and_do_not_kill_each_other(sandbox):
+    # Two training processes on one node each own a Sandbox: one's cleanup of its uid must not kill the
+    # other's running program (they used to share uids slot by slot).
+    other = Sandbox(backend=sandbox.backend, workers=2, limits=sandbox.limits)
+    try:
+        assert abs(other._uid_base - sandbox._uid_base) >= MAX_SLOTS * UIDS_PER_SLOT
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(other.run, "import time\ntime.sleep(1.5)\nprint('survived')")
+            time.sleep(0.3)
+            fast = [sandbox.run("print(3)") for _ in range(3)]
+        assert [r.stdout.strip() for r in fast] == ["3"] * 3
+        assert slow.result().stdout.strip() == "survived"
+    finally:
+        other.close()
+
+
+def test_uid_blocks_are_claimed_and_released(tmp_path, monkeypatch):
+    from rewards import sandbox as module
+
+    monkeypatch.setattr(module, "LOCK_DIR", str(tmp_path))
+    (base0, lock0), (base1, lock1) = module._claim_uid_block(), module._claim_uid_block()
+    assert base1 - base0 == MAX_SLOTS * UIDS_PER_SLOT
+    lock0.close()  # what Sandbox.close() and process exit do
+    base2, lock2 = module._claim_uid_block()
+    assert base2 == base0
+    lock1.close()
+    lock2.close()
