@@ -64,9 +64,17 @@ def recipe_main(prog: str, description: str, config_class, build, argv: list[str
     """``prog --config RECIPE.yaml [--field value ...]``: a bad config exits 2 with the reason."""
     from align.config import load_config
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, add_help=False)
     parser.add_argument("--config", default=None, help="recipe YAML; other --field value pairs override it")
     args, overrides = parser.parse_known_args(argv)
+    if "-h" in overrides or "--help" in overrides:  # every config field, with its documentation
+        from transformers import HfArgumentParser
+
+        fields = HfArgumentParser(
+            config_class, prog=f"{prog} [--config RECIPE.yaml]", description=description
+        )
+        fields.print_help()
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, overrides, cls=config_class)

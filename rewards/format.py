@@ -1,7 +1,8 @@
 """Format and length rewards (pure string checks; no model, no sandbox).
 
 * ``think_answer_format``: 1.0 when the completion is ``<think>...</think>`` followed by
-  ``<answer>...</answer>`` (iLLaDA / R1 style), else 0.
+  ``<answer>...</answer>`` (iLLaDA / R1 style), else 0. The opening ``<think>`` may be missing: chat
+  templates that open the thinking section in the prompt leave only ``...</think><answer>...</answer>``.
 * ``reasoning_answer_format``: d1's layout, ``<reasoning>...</reasoning>`` then ``<answer>...</answer>``:
   1.0 for the strict layout (each tag on its own line), 0.5 for the tags in order anywhere, else 0.
 * ``answer_tag_format``: 1.0 when the completion holds exactly one non-empty ``<answer>...</answer>`` and
@@ -20,7 +21,7 @@ import re
 from rewards.code import extract_code
 from rewards.math import completion_text
 
-_THINK_ANSWER = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.S)
+_THINK_ANSWER = re.compile(r"^\s*(?:<think>)?(?:(?!</?think>).)*</think>\s*<answer>.*?</answer>\s*$", re.S)
 _REASONING_STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.S)
 _REASONING_SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.S)
 _ANSWER_ONLY = re.compile(r"^(?:(?!<answer>).)*<answer>(?:(?!</?answer>).)+</answer>\s*$", re.S)

@@ -39,7 +39,9 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-BASE_UID = 61000  # when the caller is root, slot i's runs use uids block + i * UIDS_PER_SLOT + (n % UIDS_PER_SLOT)
+BASE_UID = (
+    61000  # when the caller is root, slot i's runs use uids block + i * UIDS_PER_SLOT + (n % UIDS_PER_SLOT)
+)
 UIDS_PER_SLOT = 1000  # a fresh uid per run: zombies of earlier runs must not count against RLIMIT_NPROC
 MAX_SLOTS = 64  # slots per sandbox; a uid block (one per live Sandbox on the machine) spans MAX_SLOTS slots
 MAX_BLOCKS = 64  # Sandboxes alive at once on one machine (e.g. 8 training processes x a few pools)
@@ -113,7 +115,7 @@ class Sandbox:
         self.switch_uid = os.geteuid() == 0 and shutil.which("setpriv") is not None
         if self.workers > MAX_SLOTS:
             raise ValueError(f"sandbox workers {self.workers} > {MAX_SLOTS}; use at most {MAX_SLOTS} slots.")
-        self._uid_base, self._lock = (_claim_uid_block() if self.switch_uid else (None, None))
+        self._uid_base, self._lock = _claim_uid_block() if self.switch_uid else (None, None)
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
@@ -240,7 +242,9 @@ def _claim_uid_block():
             handle.close()
             continue
         return BASE_UID + block * MAX_SLOTS * UIDS_PER_SLOT, handle
-    raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use on this machine; close unused Sandboxes.")
+    raise RuntimeError(
+        f"all {MAX_BLOCKS} sandbox uid blocks are in use on this machine; close unused Sandboxes."
+    )
 
 
 def _killpg(proc: subprocess.Popen) -> None:

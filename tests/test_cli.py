@@ -33,3 +33,13 @@ def test_generate_command_decodes_prompts_as_json_lines(tmp_path, capsys):
 def test_train_without_data_says_what_to_set(capsys):
     assert main(["train"]) == 2
     assert "No training data: set dataset_name" in capsys.readouterr().err
+
+
+def test_train_and_sft_help_list_every_config_field(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "Completions per prompt (the GRPO group size G)." in out and "--estimator" in out and "--beta" in out
+    )
+    assert main(["sft", "--help"]) == 0
+    assert "--completion_column" in capsys.readouterr().out

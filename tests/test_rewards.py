@@ -67,10 +67,14 @@ def test_extract_answer_forms():
 
 
 def test_format_rewards():
-    assert think_answer_format(None, ["<think>hmm</think>\n<answer>4</answer>", "<answer>4</answer>"]) == [
-        1.0,
-        0.0,
-    ]
+    cases = {
+        "<think>hmm</think>\n<answer>4</answer>": 1.0,
+        "hmm, 2+2</think>\n<answer>4</answer>": 1.0,  # the template opened <think> in the prompt
+        "<answer>4</answer>": 0.0,
+        "<think>a</think><think>b</think><answer>4</answer>": 0.0,
+        "<think>hmm</think>\n<answer>4</answer> and more": 0.0,
+    }
+    assert think_answer_format(None, list(cases)) == list(cases.values())
     strict = "<reasoning>\n2+2\n</reasoning>\n<answer>\n4\n</answer>"
     assert reasoning_answer_format(None, [strict, "x <reasoning>a</reasoning> <answer>4</answer>", "4"]) == [
         1.0,
@@ -120,3 +124,17 @@ def test_code_execution_reward_on_chat_completions():
     assert code_execution(None, [good, half, "def add(a, b) return"], tests=[tests] * 3) == [1.0, 0.5, 0.0]
     with pytest.raises(KeyError, match="'tests'"):
         code_execution(None, ["x"])
+
+
+def test_answer_tag_format():
+    from rewards.format import answer_tag_format
+
+    cases = {
+        "<answer>12</answer>": 1.0,
+        "carry the one <answer>12</answer>\n": 1.0,
+        "<answer></answer>": 0.0,
+        "<answer>1</answer>5": 0.0,
+        "<answer>1</answer><answer>2</answer>": 0.0,
+        "12": 0.0,
+    }
+    assert answer_tag_format(None, list(cases)) == list(cases.values())
