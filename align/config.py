@@ -49,7 +49,7 @@ class ModelDataConfig(TrainingArguments):
     lora_alpha: int = _help("LoRA alpha.", default=32)
     lora_dropout: float = _help("LoRA dropout.", default=0.0)
     lora_target_modules: list[str] = _help(
-        "Module names LoRA wraps (LLaDA names).",
+        "Module names LoRA wraps (LLaDA names; the LM head is never wrapped, although untied LLaDA names it ff_out).",
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"],
     )
     # ---- data ---------------------------------------------------------------------------------------

@@ -19,16 +19,19 @@ def load_policy(config):
 
     def load():
         return load_model(
-            config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code
-        )
+            config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+        )  # fmt: skip
 
     model = load()
     if config.use_peft:
         from peft import LoraConfig, get_peft_model
 
+        head = model.get_output_embeddings()  # LLaDA's untied head is also named ff_out: keep LoRA off it
+        exclude = [name for name, module in model.named_modules() if head is not None and module is head]
         lora = LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules, bias="none",
+            target_modules=config.lora_target_modules, exclude_modules=exclude or None, bias="none",
         )  # fmt: skip
         return get_peft_model(model, lora), None
     return model, (load() if config.beta != 0.0 else None)

@@ -224,3 +224,19 @@ def test_two_process_run(workspace, tmp_path, name, env):
     )  # the reference equals the policy before any update
     # 2 processes x 4 completions of 8 tokens at most, gathered: more than one process's worth of tokens
     assert all(h["num_tokens"] > 8 * 4 for h in logged)
+
+
+def test_lora_never_wraps_the_untied_lm_head(tmp_path):
+    from align.config import GRPOConfig
+    from align.train import load_policy
+
+    LLaDAModelLM(tiny_config(d_model=32, n_layers=2, mlp_hidden_size=64, weight_tying=False)).save_pretrained(
+        tmp_path
+    )
+    config = GRPOConfig(output_dir=str(tmp_path), model_name_or_path=str(tmp_path), dataset_files=["x.jsonl"],
+                        use_peft=True, dtype="float32", use_cpu=True, max_completion_length=8, block_length=8,
+                        diffusion_steps=8, num_generations=2, per_device_train_batch_size=2)  # fmt: skip
+    model, ref = load_policy(config)
+    wrapped = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert ref is None and len(wrapped) == 2 * 7  # 7 target names per block, 2 blocks
+    assert all(".blocks." in n for n in wrapped)  # model.transformer.ff_out (the head) is left alone
