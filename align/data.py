@@ -8,7 +8,7 @@ trained on.
 from __future__ import annotations
 
 
-def load_rows(config, split: str | None = None):
+def load_rows(config):
     """The configured split as a ``datasets.Dataset`` (hub id or local files), columns renamed and checked."""
     from datasets import load_dataset
 
@@ -19,9 +19,7 @@ def load_rows(config, split: str | None = None):
             raise ValueError(f"dataset_files: cannot read .{ext} files; use .jsonl, .json, .csv or .parquet.")
         dataset = load_dataset(builder, data_files=list(config.dataset_files), split="train")
     else:
-        dataset = load_dataset(
-            config.dataset_name, config.dataset_config, split=split or config.dataset_split
-        )
+        dataset = load_dataset(config.dataset_name, config.dataset_config, split=config.dataset_split)
     for item in config.rename_columns or []:
         old, new = item.split(":")
         if old not in dataset.column_names:
@@ -29,18 +27,15 @@ def load_rows(config, split: str | None = None):
                 f"rename_columns: no column {old!r} to rename; the data has {dataset.column_names}."
             )
         dataset = dataset.rename_column(old, new)
-    require_columns(
-        dataset.column_names,
-        {"prompt_column": config.prompt_column},
-        extra=getattr(config, "completion_column", None),
-    )
+    named = {"prompt_column": config.prompt_column}
+    if hasattr(config, "completion_column"):  # SFT reads a target column too
+        named["completion_column"] = config.completion_column
+    require_columns(dataset.column_names, named)
     return dataset
 
 
-def require_columns(columns: list[str], named: dict[str, str], extra: str | None = None) -> None:
-    """Raise naming the config field when a configured column is missing."""
-    if extra is not None:
-        named = {**named, "completion_column": extra}
+def require_columns(columns: list[str], named: dict[str, str]) -> None:
+    """Raise naming the config field when a configured column (``{field: column}``) is missing."""
     for field, column in named.items():
         if column not in columns:
             raise ValueError(

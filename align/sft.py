@@ -52,9 +52,9 @@ class DiffusionSFTTrainer(Trainer):
         end_of_turn = (
             [] if self.spec.eot_token_id is None else [self.spec.eot_token_id]
         )  # chat models: <|eot_id|>
-        for i, r in enumerate(rows):
-            ids = tok(str(r[args.completion_column]), add_special_tokens=False)["input_ids"] + end_of_turn
-            ids = ids[: length - 1]  # at least one EOS remains to be learned
+        targets = tok([str(r[args.completion_column]) for r in rows], add_special_tokens=False)["input_ids"]
+        for i, target in enumerate(targets):
+            ids = (target + end_of_turn)[: length - 1]  # at least one EOS remains to be learned
             response[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         ids = torch.cat([enc["input_ids"], response], 1)
         attn = torch.cat([enc["attention_mask"], torch.ones_like(response)], 1)

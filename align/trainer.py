@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from itertools import islice
 
 import torch
 from torch.utils.data import DataLoader
@@ -133,13 +134,18 @@ class DiffusionGRPOTrainer(Trainer):
         self._last_global_step = -1
         self._rollout_time_s = 0.0
 
+    @property
+    def _per_phase(self) -> int:
+        """Micro-steps served by one rollout phase."""
+        return self.args.steps_per_generation * self.args.num_iterations
+
     # ---- data: one dataloader item = one micro-step's prompts --------------------------------------
     def get_train_dataloader(self) -> DataLoader:
         args = self.args
         sampler = RolloutBatchSampler(
             len(self.train_dataset),
             args.generation_batch_size // args.num_generations,
-            args.steps_per_generation * args.num_iterations,
+            self._per_phase,
             num_processes=self.accelerator.num_processes,
             process_index=self.accelerator.process_index,
             seed=args.seed,
@@ -174,8 +180,7 @@ class DiffusionGRPOTrainer(Trainer):
 
     def _prepare_inputs(self, rows: list[dict]) -> dict:
         """Rollout at the start of each phase; then the micro-batch of this step from the buffer."""
-        args = self.args
-        per_phase = args.steps_per_generation * args.num_iterations
+        args, per_phase = self.args, self._per_phase
         micro = self._micro_index()
         if micro % per_phase == 0:
             start = time.perf_counter()
@@ -292,9 +297,8 @@ class DiffusionGRPOTrainer(Trainer):
     def _fixed_logprobs(self, ids, attn, plans) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Old-policy (when some steps are off-policy) and reference estimates [K, B, T], no grad."""
         args = self.args
-        per_phase = args.steps_per_generation * args.num_iterations
         old = ref = None
-        if args.gradient_accumulation_steps % per_phase != 0:
+        if args.gradient_accumulation_steps % self._per_phase != 0:
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
                 old = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
         if args.beta != 0.0:
@@ -374,7 +378,7 @@ class DiffusionGRPOTrainer(Trainer):
                 "prompt": str(r[self.args.prompt_column]), "completion": t, "reward": float(rw),
                 "advantage": float(a), **{n: _num(v) for n, v in zip(self.reward_names, pf.tolist())},
             }
-            for r, t, pf, rw, a in list(zip(rows, texts, per_func, rewards, advantages))[:keep]
+            for r, t, pf, rw, a in islice(zip(rows, texts, per_func, rewards, advantages), keep)
         ]  # fmt: skip
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -390,7 +394,7 @@ class DiffusionGRPOTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
-        per_phase = self.args.steps_per_generation * self.args.num_iterations
+        per_phase = self._per_phase
         micro = self.state.global_step * self.args.gradient_accumulation_steps
         if micro % per_phase and self._buffer is not None:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")

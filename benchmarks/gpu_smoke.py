@@ -68,6 +68,7 @@ def time_sampler(model, device: str, gen_length: int, batch: int) -> dict:
 
 def time_grpo(model, device: str, gen_length: int, steps: int) -> list[dict]:
     from datasets import Dataset
+    from transformers import TrainerCallback
 
     from align.config import load_config
     from align.tiny import build_tokenizer
@@ -90,7 +91,7 @@ def time_grpo(model, device: str, gen_length: int, steps: int) -> list[dict]:
         trainer = DiffusionGRPOTrainer(model, config, Dataset.from_list(rows), tokenizer)
         starts = []
 
-        class Clock(__import__("transformers").TrainerCallback):
+        class Clock(TrainerCallback):
             def on_step_begin(self, *a, **k):
                 starts.append(time.perf_counter())
 

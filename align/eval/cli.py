@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 
 
@@ -86,7 +85,6 @@ def run_eval(args) -> int:
     else:
         source = DiffusionSource(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
                                  batch_size=args.batch_size, seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
-    random.seed(args.seed)
     results = {"tasks": {}, "config": {"source": source.description, "protocol": protocol.as_dict(),
                                        "num_samples": args.num_samples, "seed": args.seed, "limit": args.limit}}  # fmt: skip
     samples = {}
