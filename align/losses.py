@@ -24,6 +24,8 @@ Not covered: TRL's cispo/sapo/vespo/luspo loss types, entropy bonuses, vLLM impo
 
 from __future__ import annotations
 
+import math
+
 import torch
 from trl.trainer.utils import nanstd
 
@@ -36,7 +38,8 @@ def compute_advantages(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rewards [N] (N = prompts * num_generations, grouped contiguously; NaN = unscorable).
 
-    Returns (advantages [N], std_is_zero [N] bool for the ``frac_reward_zero_std`` metric).
+    Returns (advantages [N], std_is_zero [N] bool: the row's group has all scored rewards equal, for the
+    ``frac_reward_zero_std`` metric, whatever ``scale_rewards`` is).
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards {scale_rewards!r} is not one of {SCALE_REWARDS}.")
@@ -54,7 +57,11 @@ def compute_advantages(
     if scale_rewards != "none":
         advantages = advantages / (std + 1e-4)
     advantages = torch.nan_to_num(advantages, nan=0.0)
-    return advantages, torch.isclose(std, torch.zeros_like(std))
+    # A group is "zero std" when its scored rewards are all equal, tested exactly: a float32 std of equal
+    # values (e.g. eight 0.1 rewards) can round to 1e-8 and hide the group from ``frac_reward_zero_std``.
+    lo = torch.nan_to_num(grouped, nan=math.inf).amin(1)
+    hi = torch.nan_to_num(grouped, nan=-math.inf).amax(1)
+    return advantages, (~(hi > lo)).repeat_interleave(num_generations)
 
 
 def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:

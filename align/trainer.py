@@ -129,6 +129,7 @@ class DiffusionGRPOTrainer(Trainer):
                 )
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._samples: list[dict] = []
+        self._warned_all_none: set[str] = set()
         self._buffer: dict | None = None
         self._resume_dir: str | None = None
         self._last_global_step = -1
@@ -292,6 +293,12 @@ class DiffusionGRPOTrainer(Trainer):
         for j, (fn, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
             values = _call_reward(fn, name, prompts, texts, ids, columns, self.state)
             out[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
+            for key, value in (getattr(fn, "last_metrics", None) or {}).items():  # e.g. grading timeouts
+                self._metrics[f"rewards/{name}/{key}"].append(float(value))
+            if all(v is None for v in values) and name not in self._warned_all_none:
+                self._warned_all_none.add(name)
+                logger.warning("reward function %r returned None for every completion of a batch: it gives this "
+                               "batch no signal (check its dataset columns); warning once.", name)  # fmt: skip
         return out
 
     def _fixed_logprobs(self, ids, attn, plans) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -419,6 +426,12 @@ def _call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
     try:
         values = fn(prompts=prompts, completions=texts, completion_ids=ids, trainer_state=state, **columns)
     except Exception as exc:
+        if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+            raise RuntimeError(
+                f"reward function {name!r} raised TypeError: {exc}. The trainer passes prompts, completions, "
+                "completion_ids, trainer_state and every dataset column as keyword arguments: add **kwargs to "
+                f"its signature, e.g. def {name}(prompts, completions, **kwargs)."
+            ) from exc
         culprit = _first_failing(fn, prompts, texts, ids, columns, state)
         where = (
             ""

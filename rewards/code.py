@@ -6,12 +6,16 @@ Column ``tests`` may hold
 * a list of ``{"input": ..., "output": ...}`` stdin/stdout cases: the fraction whose stripped stdout
   matches.
 The code is the last fenced code block of the completion (```python or bare ```), else the raw text.
-A program that does not compile scores 0 without being run.
+A program that does not compile scores 0 without being run. Every form runs under ``rewards.harness``,
+which signs each test it sees finish: the exit status proves nothing (see that module for the reward
+hacks it stops and the ones it does not). Expected stdout never enters the sandbox.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -39,31 +43,45 @@ def _compiles(code: str) -> bool:
         return False
 
 
-def _assert_harness(code: str, asserts: list[str], nonce: str) -> str:
-    """Runs the candidate, then each assert in isolation, printing one tagged result line per assert."""
-    return (
-        f"import sys as _s\n_src = {code!r}\n_ns = {{'__name__': '__main__'}}\n"
-        "try:\n    exec(compile(_src, 'solution.py', 'exec'), _ns)\n"
-        "except BaseException as _e:\n    print(repr(_e), file=_s.stderr)\n"
-        f"for _i, _t in enumerate({asserts!r}):\n"
-        "    try:\n        exec(_t, _ns)\n        _ok = 1\n"
-        "    except BaseException:\n        _ok = 0\n"
-        f"    print({nonce!r}, _i, _ok, flush=True)\n"
-    )
+_HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py")
 
 
-def _parse_results(stdout: str, nonce: str, n: int) -> float:
-    passed = {}
-    for line in stdout.splitlines():
+@functools.cache
+def _harness_source() -> str:
+    with open(_HARNESS) as f:
+        return f.read()
+
+
+def _signed(result, nonce: str, n: int) -> list[bool]:
+    """Per test: did the harness sign it as finished and passed with this run's nonce?"""
+    seen = set()
+    for line in result.signal.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] == nonce and parts[1].isdigit():
-            passed[int(parts[1])] = parts[2] == "1"
-    return sum(passed.get(i, False) for i in range(n)) / n
+        if len(parts) == 3 and parts[0] == nonce and parts[1].isdigit() and parts[2] == "pass":
+            seen.add(int(parts[1]))
+    return [i in seen for i in range(n)]
+
+
+def run_tests(code: str, form: str, tests, entry_point: str | None = None, stdins=("",), sandbox=None):
+    """Run ``code`` under ``rewards.harness`` in the sandbox, once per stdin (in parallel).
+
+    Returns [(ExecResult, passed flag per test)] per stdin; ``form`` is asserts / check / stdio.
+    """
+    sandbox = sandbox or default_sandbox()
+    nonce = secrets.token_hex(16)
+    files = {"job.json": json.dumps({"form": form, "code": code, "tests": tests, "entry_point": entry_point}),
+             ".nonce": nonce}  # fmt: skip
+    results = sandbox.run_many([(_harness_source(), stdin, files) for stdin in stdins])
+    n = len(tests) if form == "asserts" else 1
+    return [(result, _signed(result, nonce, n)) for result in results]
 
 
 def score_program(code: str, tests, entry_point: str | None = None, sandbox=None) -> float:
-    """Fraction of ``tests`` that ``code`` passes (see the module docstring for the test formats)."""
-    sandbox = sandbox or default_sandbox()
+    """Fraction of ``tests`` that ``code`` passes (see the module docstring for the test formats).
+
+    A test counts only when the harness signs it (``rewards.harness``): exiting early, crashing, printing
+    success-looking text or returning an "always equal" object passes nothing.
+    """
     if isinstance(tests, str) and tests.strip().startswith("["):
         tests = json.loads(tests)
     if not _compiles(code):
@@ -73,21 +91,18 @@ def score_program(code: str, tests, entry_point: str | None = None, sandbox=None
             raise KeyError(
                 "code_execution: a test program needs the column 'entry_point' (the function to check)."
             )
-        program = f"{code}\n\n{tests}\n\ncheck({entry_point})\n"
-        return 1.0 if sandbox.run(program).status == "ok" else 0.0
+        return float(run_tests(code, "check", tests, entry_point, sandbox=sandbox)[0][1][0])
     tests = list(tests)
     if not tests:
         raise ValueError("code_execution: the row's 'tests' list is empty; nothing to score against.")
-    if isinstance(tests[0], dict):  # stdin/stdout cases
-        results = sandbox.run_many([(code, str(case["input"])) for case in tests])
+    if isinstance(tests[0], dict):  # stdin/stdout cases: the program must finish and print the output
+        runs = run_tests(code, "stdio", [], stdins=[str(case["input"]) for case in tests], sandbox=sandbox)
         ok = [
-            r.status == "ok" and r.stdout.strip() == str(case["output"]).strip()
-            for r, case in zip(results, tests)
+            signed[0] and result.stdout.strip() == str(case["output"]).strip()
+            for (result, signed), case in zip(runs, tests)
         ]
         return sum(ok) / len(tests)
-    nonce = secrets.token_hex(8)
-    result = sandbox.run(_assert_harness(code, [str(t) for t in tests], nonce))
-    return _parse_results(result.stdout, nonce, len(tests))
+    return sum(run_tests(code, "asserts", [str(t) for t in tests], sandbox=sandbox)[0][1]) / len(tests)
 
 
 def code_execution(prompts, completions, tests=None, entry_point=None, **_columns) -> list[float | None]:

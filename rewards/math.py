@@ -7,19 +7,28 @@ expressions). Gold comes from the column ``answer`` (GSM8K's "... #### 72" is cu
 solutions are read through their last ``\\boxed{}``) or ``solution``. Gold that cannot be parsed gives
 ``None`` (with a warning), never a reward; a completion with no extractable answer scores 0.
 
-math-verify's timeouts use ``signal.alarm``, which only works in a process's main thread, and a C-level
-big-integer computation (``\\boxed{9^{9^{9^{9^9}}}}``) ignores it. So grading runs in worker processes
-with a hard per-batch deadline: workers still busy at the deadline are killed (and replaced) and their
-items score 0.
+Grading runs in warm worker processes of our own (``GradingPool``): math-verify's own timeouts are
+wall-clock ``signal.alarm`` calls (wrong on a busy machine, unusable off the main thread) and a C-level
+big-integer computation (``\\boxed{9^{9^{9^{9^9}}}}``) ignores them. Workers never import the caller's
+program, start-up never counts against an answer, an answer is bounded by its worker's CPU time, and a
+stuck or crashed answer costs one retry on a fresh worker before it scores 0 (counted, logged). A
+grader that cannot start raises ``GraderStartError``: a batch of zeros is never returned for it.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
-import multiprocessing as mp
+import os
 import re
+import select
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, wait
+from collections import deque
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +100,15 @@ def _parse(answer: str):
     from math_verify import parse
 
     cleaned = _clean(answer)
-    parsed = parse(f"${cleaned}$", parsing_timeout=3) if cleaned else []
-    return parsed or (parse(cleaned, parsing_timeout=3) if cleaned else [])
+    # No math-verify timeouts: they are wall-clock alarms that a busy machine trips on correct answers.
+    # The pool bounds each answer by its worker's CPU time instead.
+    parsed = parse(f"${cleaned}$", parsing_timeout=None) if cleaned else []
+    return parsed or (parse(cleaned, parsing_timeout=None) if cleaned else [])
 
 
 def grade(gold: str, prediction: str | None) -> float | None:
-    """1.0 / 0.0 for a prediction against gold; None when the gold cannot be parsed. Worker-safe."""
+    """1.0 / 0.0 for a prediction against gold; None when the gold cannot be parsed. Unbounded in time:
+    call it through ``GradingPool`` (which kills a worker whose answer runs too long)."""
     from math_verify import verify
 
     gold_parsed = _parse(gold_answer(gold))
@@ -107,75 +119,215 @@ def grade(gold: str, prediction: str | None) -> float | None:
     pred_parsed = _parse(prediction)
     if not pred_parsed:
         return 0.0
-    return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=3) else 0.0
+    return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=None) else 0.0
+
+
+class GraderStartError(RuntimeError):
+    """The grading workers could not start: every answer would be unscorable, so nothing is scored."""
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc), None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Worker:
+    """One grading process started from our own entry point (``rewards._grader``), with a line protocol."""
+
+    def __init__(self, python: str, start_timeout_s: float):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-c", f"import sys; sys.path.insert(0, {root!r}); from rewards._grader import main; main()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, cwd=root,
+            )  # fmt: skip
+        except OSError as exc:
+            raise GraderStartError(f"math grading: cannot start a worker with {python!r}: {exc}") from exc
+        reply = self.read(start_timeout_s)
+        if reply != {"ready": True}:
+            self.kill()
+            why = (
+                "did not become ready"
+                if self.proc.poll() is None
+                else f"exited with status {self.proc.poll()}"
+            )
+            raise GraderStartError(
+                f"math grading: a worker ({python} -c 'from rewards._grader import main') {why} within "
+                f"{start_timeout_s:.0f} s; its stderr ends with: {self.stderr_tail()!r}. Check that math-verify is "
+                "installed for that interpreter (pip install math-verify)."
+            )
+
+    def send(self, gold: str, pred: str | None) -> bool:
+        try:
+            self.proc.stdin.write((json.dumps({"gold": gold, "pred": pred}) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def read(self, timeout_s: float) -> dict | None:
+        """The next reply, or None when the worker died or said nothing within ``timeout_s``."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else b""
+        try:
+            return json.loads(line) if line else None
+        except json.JSONDecodeError:
+            return None
+
+    def cpu_s(self) -> float | None:
+        return _cpu_seconds(self.proc.pid)
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-600:].decode(errors="replace").strip()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
+        self.stderr.close()
 
 
 class GradingPool:
-    """Process pool for ``grade`` with a hard deadline; stuck workers are killed and the pool rebuilt."""
+    """Warm grading workers; each answer is bounded by its worker's CPU time, never by start-up or load.
 
-    def __init__(self, workers: int = 2, deadline_s: float = 10.0):
-        self.workers, self.deadline_s = workers, deadline_s
-        self._pool: ProcessPoolExecutor | None = None
+    * Workers start once (on first use) from our own entry point and stay up between calls; their
+      start-up never counts against an answer. A worker that cannot start raises ``GraderStartError``.
+    * An answer may use ``cpu_timeout_s`` of its worker's CPU (a busy machine slows the wall clock, not
+      the CPU count) or ``wall_timeout_s`` of wall time (a backstop for a worker that hangs without
+      computing). Past either, only that worker is killed and replaced, and the answer is retried once
+      on a fresh worker; a second failure scores it 0 and counts it in ``last_stats["timeouts"]``.
+    * A worker that dies mid-answer (killed from outside, out of memory) costs the same: one retry.
+    """
 
-    def _get(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-        return self._pool
+    def __init__(self, workers: int | None = None, cpu_timeout_s: float = 5.0, wall_timeout_s: float = 120.0,
+                 start_timeout_s: float = 300.0, python: str | None = None):  # fmt: skip
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # training processes sharing this node
+        self.size = workers or max(1, min(4, (os.cpu_count() or 1) // local))
+        self.cpu_timeout_s, self.wall_timeout_s, self.start_timeout_s = (
+            cpu_timeout_s,
+            wall_timeout_s,
+            start_timeout_s,
+        )
+        self.python = python or sys.executable
+        if not self.python:
+            raise GraderStartError("math grading: sys.executable is empty; pass GradingPool(python=...).")
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.last_stats: dict[str, int] = {}
 
-    def _kill(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+    def _ensure_started(self) -> None:
+        if self._pid != os.getpid():  # a forked child must not share its parent's pipes
+            self._workers, self._pid = [], os.getpid()
+        while len(self._workers) < self.size:
+            self._workers.append(_Worker(self.python, self.start_timeout_s))
+
+    def close(self) -> None:
+        with self._lock:
+            for worker in self._workers:
+                worker.kill()
+            self._workers = []
 
     def grade_many(self, pairs: list[tuple[str, str | None]]) -> list[float | None]:
-        if not pairs:
-            return []
-        pool = self._get()
-        futures = [pool.submit(grade, g, p) for g, p in pairs]
-        done, pending = wait(futures, timeout=self.deadline_s + 0.5 * len(pairs) / self.workers)
-        results: list[float | None] = []
-        for (_gold, p), fut in zip(pairs, futures):
-            if fut in done and fut.exception() is None:
-                results.append(fut.result())
+        """Scores (1.0 / 0.0 / None for unparseable gold) for (gold, prediction) pairs, in order."""
+        with self._lock:
+            self._ensure_started()
+            return self._run(pairs)
+
+    def _run(self, pairs: list[tuple[str, str | None]]) -> list[float | None]:
+        todo = deque(range(len(pairs)))
+        failures = [0] * len(pairs)
+        results: list[float | None] = [None] * len(pairs)
+        stats = {"retries": 0, "timeouts": 0, "errors": 0}
+        busy: dict[int, tuple[int, float, float | None]] = {}  # worker slot -> (item, wall start, cpu start)
+
+        def fail(slot: int, item: int) -> None:  # kill only this worker, replace it, retry the item once
+            self._workers[slot].kill()
+            self._workers[slot] = _Worker(self.python, self.start_timeout_s)
+            failures[item] += 1
+            if failures[item] < 2:
+                stats["retries"] += 1
+                todo.appendleft(item)
             else:
-                if fut in done:
-                    logger.warning("math grading failed for answer %r: %s", (p or "")[:80], fut.exception())
-                results.append(0.0)
-        if pending or any(f.exception() is not None for f in done):
-            logger.warning(
-                "math grading: %d answers exceeded the deadline or crashed a worker and scored 0; restarting workers",
-                len(pending) + sum(f.exception() is not None for f in done),
-            )
-            self._kill()
+                stats["timeouts"] += 1
+                results[item] = 0.0
+                logger.warning("math grading: answer %r timed out or crashed its worker twice; it scores 0.",
+                               str(pairs[item][1])[:80])  # fmt: skip
+
+        while todo or busy:
+            for slot in range(len(self._workers)):
+                if slot not in busy and todo:
+                    item = todo.popleft()
+                    if self._workers[slot].send(*pairs[item]):
+                        busy[slot] = (item, time.monotonic(), self._workers[slot].cpu_s())
+                    else:
+                        fail(slot, item)
+            readable, _, _ = select.select([self._workers[s].proc.stdout for s in busy], [], [], 0.05)
+            for slot in list(busy):
+                item, wall0, cpu0 = busy[slot]
+                worker = self._workers[slot]
+                if worker.proc.stdout in readable:
+                    del busy[slot]
+                    reply = worker.read(0)
+                    if reply is None or "score" not in reply and "error" not in reply:
+                        fail(slot, item)  # died mid-answer
+                    elif "error" in reply:
+                        stats["errors"] += 1
+                        results[item] = 0.0
+                        logger.warning("math grading: answer %r raised %s; it scores 0.",
+                                       str(pairs[item][1])[:80], reply["error"])  # fmt: skip
+                    else:
+                        results[item] = reply["score"]
+                    continue
+                cpu = worker.cpu_s()
+                over_cpu = cpu is not None and cpu0 is not None and cpu - cpu0 > self.cpu_timeout_s
+                if over_cpu or time.monotonic() - wall0 > self.wall_timeout_s:
+                    del busy[slot]
+                    fail(slot, item)
+        self.last_stats = stats
         return results
 
 
 _POOL: GradingPool | None = None
+_WARNED_GOLDS: set[str] = set()
 
 
 def _pool() -> GradingPool:
     global _POOL
     if _POOL is None:
         _POOL = GradingPool()
+        atexit.register(_POOL.close)
     return _POOL
 
 
 def math_accuracy(prompts, completions, answer=None, solution=None, **_columns) -> list[float | None]:
-    """1.0 when the completion's final answer equals the gold (column ``answer`` or ``solution``)."""
+    """1.0 when the completion's final answer equals the gold (column ``answer`` or ``solution``).
+
+    After each call ``math_accuracy.last_metrics`` holds the call's counters (``timeouts``, ``retries``,
+    ``errors``, ``unparseable_golds``); the trainer logs them as ``rewards/math_accuracy/<counter>``.
+    """
     gold = answer if answer is not None else solution
     if gold is None:
         raise KeyError("math_accuracy needs a gold column named 'answer' or 'solution' in the dataset.")
     start = time.monotonic()
     preds = [extract_answer(completion_text(c)) for c in completions]
-    scores = _pool().grade_many([(str(g), p) for g, p in zip(gold, preds)])
-    for g, s in zip(gold, scores):
-        if s is None:
-            logger.warning(
-                "math_accuracy: gold answer %r cannot be parsed; the sample gets no reward (None).",
-                str(g)[:80],
-            )
+    pool = _pool()
+    scores = pool.grade_many([(str(g), p) for g, p in zip(gold, preds)])
+    unparseable = {str(g) for g, s in zip(gold, scores) if s is None}
+    for g in sorted(unparseable - _WARNED_GOLDS):
+        logger.warning(
+            "math_accuracy: gold answer %r cannot be parsed; its samples get no reward (None).", g[:80]
+        )
+    _WARNED_GOLDS.update(unparseable)
+    math_accuracy.last_metrics = {**pool.last_stats, "unparseable_golds": sum(s is None for s in scores)}
     logger.debug("math_accuracy graded %d in %.2fs", len(scores), time.monotonic() - start)
     return scores

@@ -21,8 +21,8 @@ program can read every file its uid can read, open network connections, and sign
 uid. A warning saying so is logged once. ``backend="auto"`` picks bwrap when it works here.
 
 Not covered: seccomp syscall filtering, cgroup memory accounting (address space is the memory limit),
-GPU access control. In-process result forging by the program under test is not prevented: harnesses
-print results with a per-run nonce, which stops accidental but not deliberate forgery.
+GPU access control. Whether a program *passed* is not this module's business: ``rewards.harness`` signs
+each test it saw finish into ``.signal`` with a per-run secret (see its docstring for what that stops).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class ExecResult:
     stdout: str
     stderr: str
     wall_s: float
+    signal: str = ""  # contents of the work dir's ``.signal`` file (where the test harness signs passes)
 
 
 @dataclass
@@ -135,14 +136,15 @@ class Sandbox:
             logger.info("Code sandbox backend: bwrap (%d slots)", self.workers)
         self._executor = ThreadPoolExecutor(self.workers)
 
-    def run_many(self, programs: list[tuple[str, str]]) -> list[ExecResult]:
-        """Run (code, stdin) pairs in parallel; results in order."""
+    def run_many(self, programs: list[tuple]) -> list[ExecResult]:
+        """Run (code, stdin[, files]) tuples in parallel; results in order."""
         return list(self._executor.map(lambda prog: self.run(*prog), programs))
 
-    def run(self, code: str, stdin: str = "") -> ExecResult:
+    def run(self, code: str, stdin: str = "", files: dict[str, str] | None = None) -> ExecResult:
+        """Run ``code`` as ``main.py`` with ``files`` (name -> text) beside it in its work dir."""
         slot = self._slots.get()
         try:
-            return self._run_in_slot(slot, code, stdin)
+            return self._run_in_slot(slot, code, stdin, files or {})
         finally:
             self._slots.put(slot)
 
@@ -171,7 +173,7 @@ class Sandbox:
         ]  # fmt: skip
         return [*prefix, *limits, *sandbox, self.python, "-I", "/work/main.py"]
 
-    def _run_in_slot(self, slot: int, code: str, stdin: str) -> ExecResult:
+    def _run_in_slot(self, slot: int, code: str, stdin: str, files: dict[str, str]) -> ExecResult:
         uid = None
         if self.switch_uid:
             uid = self._uid_base + slot * UIDS_PER_SLOT + self._runs[slot] % UIDS_PER_SLOT
@@ -179,11 +181,13 @@ class Sandbox:
         workdir = tempfile.mkdtemp(prefix=f"align-sbx{slot}-")
         start = time.monotonic()
         try:
-            with open(os.path.join(workdir, "main.py"), "w") as f:
-                f.write(code)
+            for name, text in {**files, "main.py": code}.items():
+                with open(os.path.join(workdir, name), "w") as f:
+                    f.write(text)
+                if uid is not None:
+                    os.chown(os.path.join(workdir, name), uid, uid)
             if uid is not None:
                 os.chown(workdir, uid, uid)
-                os.chown(os.path.join(workdir, "main.py"), uid, uid)
             os.chmod(workdir, 0o700)
             out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -192,8 +196,9 @@ class Sandbox:
                     start_new_session=True, cwd=workdir,
                 )  # fmt: skip
                 status = self._wait(proc, stdin)
-            return ExecResult(status, proc.returncode, _read_capped(out_path, self.limits.max_output_bytes),
-                              _read_capped(err_path, self.limits.max_output_bytes), time.monotonic() - start)  # fmt: skip
+            cap = self.limits.max_output_bytes
+            return ExecResult(status, proc.returncode, _read_capped(out_path, cap), _read_capped(err_path, cap),
+                              time.monotonic() - start, _read_capped(os.path.join(workdir, ".signal"), cap))  # fmt: skip
         except OSError as exc:
             return ExecResult(
                 "sandbox_error", None, "", f"could not start the sandbox: {exc}", time.monotonic() - start

@@ -103,8 +103,14 @@ def test_advantages_match_trl_formula(scale):
     expected = torch.nan_to_num(expected, nan=0.0)
     torch.testing.assert_close(adv, expected)
     assert adv[4] == 0.0  # unscorable row gets no advantage
-    if scale != "batch":
-        assert zero_std.tolist() == [False] * 6 + [True] * 3
+    assert zero_std.tolist() == [False] * 6 + [True] * 3
+
+
+def test_zero_std_groups_are_counted_exactly():
+    # eight equal 0.7 rewards: their float32 nanstd is 6e-8, not 0, but the group carries no signal
+    rewards = torch.tensor([0.7] * 8 + [0.1] * 7 + [0.2] + [float("nan"), 0.3, 0.3, float("nan")] * 2)
+    _, zero_std = compute_advantages(rewards, 8)
+    assert zero_std.view(3, 8)[:, 0].tolist() == [True, False, True]
 
 
 def test_mean_centred_advantages_for_d1():
