@@ -1,7 +1,8 @@
 """Code-execution reward: run the completion's code against the row's tests in the sandbox.
 
 Column ``tests`` may hold
-* a list of assert statements (MBPP style): the score is the fraction that pass;
+* a list of assert statements (MBPP style): the score is the fraction that pass (column
+  ``test_setup_code``, when present, runs before each);
 * a test program defining ``check(candidate)`` (HumanEval style) with column ``entry_point``: 1 or 0;
 * a list of ``{"input": ..., "output": ...}`` stdin/stdout cases: the fraction whose stripped stdout
   matches.
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from rewards.math import completion_text
@@ -37,7 +39,9 @@ def extract_code(text: str) -> str:
 
 def _compiles(code: str) -> bool:
     try:
-        compile(code, "<completion>", "exec")
+        with warnings.catch_warnings():  # "invalid escape sequence" and the like are the program's business
+            warnings.simplefilter("ignore")
+            compile(code, "<completion>", "exec")
         return True
     except (SyntaxError, ValueError):
         return False
@@ -62,23 +66,26 @@ def _signed(result, nonce: str, n: int) -> list[bool]:
     return [i in seen for i in range(n)]
 
 
-def run_tests(code: str, form: str, tests, entry_point: str | None = None, stdins=("",), sandbox=None):
+def run_tests(code: str, form: str, tests, entry_point=None, stdins=("",), sandbox=None, setup=None):
     """Run ``code`` under ``rewards.harness`` in the sandbox, once per stdin (in parallel).
 
     Returns [(ExecResult, passed flag per test)] per stdin; ``form`` is asserts / check / stdio.
     """
     sandbox = sandbox or default_sandbox()
     nonce = secrets.token_hex(16)
-    files = {"job.json": json.dumps({"form": form, "code": code, "tests": tests, "entry_point": entry_point}),
-             ".nonce": nonce}  # fmt: skip
+    job = {"form": form, "code": code, "tests": tests, "entry_point": entry_point, "setup": setup}
+    files = {"job.json": json.dumps(job), ".nonce": nonce}
     results = sandbox.run_many([(_harness_source(), stdin, files) for stdin in stdins])
     n = len(tests) if form == "asserts" else 1
     return [(result, _signed(result, nonce, n)) for result in results]
 
 
-def score_program(code: str, tests, entry_point: str | None = None, sandbox=None) -> float:
+def score_program(
+    code: str, tests, entry_point: str | None = None, sandbox=None, setup: str | None = None
+) -> float:
     """Fraction of ``tests`` that ``code`` passes (see the module docstring for the test formats).
 
+    ``setup`` is dataset code run before each assert (MBPP's ``test_setup_code``).
     A test counts only when the harness signs it (``rewards.harness``): exiting early, crashing, printing
     success-looking text or returning an "always equal" object passes nothing.
     """
@@ -102,19 +109,23 @@ def score_program(code: str, tests, entry_point: str | None = None, sandbox=None
             for (result, signed), case in zip(runs, tests)
         ]
         return sum(ok) / len(tests)
-    return sum(run_tests(code, "asserts", [str(t) for t in tests], sandbox=sandbox)[0][1]) / len(tests)
+    return sum(run_tests(code, "asserts", [str(t) for t in tests], sandbox=sandbox, setup=setup)[0][1]) / len(
+        tests
+    )
 
 
-def code_execution(prompts, completions, tests=None, entry_point=None, **_columns) -> list[float | None]:
-    """Fraction of the row's tests passed by the completion's code (column ``tests``)."""
+def code_execution(prompts, completions, tests=None, entry_point=None, test_setup_code=None, **_columns):
+    """Fraction of the row's tests passed by the completion's code (column ``tests``; optional columns
+    ``entry_point`` for a check() program and ``test_setup_code`` run before each assert)."""
     if tests is None:
         raise KeyError(
             "code_execution needs a column named 'tests' (asserts, a check() program, or io cases)."
         )
-    entry_points = entry_point if entry_point is not None else [None] * len(completions)
+    n = len(completions)
+    entry_points = entry_point if entry_point is not None else [None] * n
+    setups = test_setup_code if test_setup_code is not None else [None] * n
     codes = [extract_code(completion_text(c)) for c in completions]
     sandbox = default_sandbox()
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
-        return list(
-            pool.map(lambda job: score_program(*job, sandbox=sandbox), zip(codes, tests, entry_points))
-        )
+        return list(pool.map(lambda job: score_program(*job[:3], sandbox=sandbox, setup=job[3]),
+                             zip(codes, tests, entry_points, setups)))  # fmt: skip

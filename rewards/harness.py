@@ -1,7 +1,7 @@
 """The test harness that runs inside the code sandbox (shipped as the sandbox's ``main.py``; stdlib only).
 
 It reads ``job.json`` (``form``: asserts / check / stdio, the candidate ``code``, the ``tests``, the
-``entry_point``) and ``.nonce`` (a per-run secret written by the caller), deletes both, runs the
+``entry_point``, optional ``setup`` code run before each test) and ``.nonce`` (a per-run secret written by the caller), deletes both, runs the
 candidate, then the tests, and appends ``<nonce> <test index> pass`` to ``.signal`` after each test that
 it *saw* finish. The caller counts only those lines: an exit status, printed text or a crash proves
 nothing. Against the reward hacks an RL policy finds:
@@ -178,7 +178,7 @@ def main() -> None:
         return
     tests = tests if form == "asserts" else [tests]
     notes = _silence()
-    modules = _named_modules(tests)
+    modules = _named_modules([*tests, job.get("setup") or ""])
     saved = {name: dict(vars(module)) for name, module in modules.items()}
     restore_builtins, new_namespace, run, build, wrap = (
         builtins.__dict__,
@@ -197,6 +197,8 @@ def main() -> None:
             vars(module).update(saved[name])
         test_ns = new_namespace(ns, modules, pristine)
         try:
+            if job.get("setup"):  # trusted dataset code the tests rely on (MBPP's test_setup_code)
+                run(build(job["setup"], "setup.py", "exec"), test_ns)
             run(build(test, f"test_{index}.py", "exec"), test_ns)
             if form == "check":
                 check = test_ns["check"]

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 _HASHES = re.compile(r"####\s*([^\n]+)")
-_THE_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$", re.I | re.M)
+_THE_ANSWER_IS = re.compile(r"answer is[:\s]*\$?((?:\\\$|[^\n$])+?)\$?\s*(?:\.\s*)?$", re.I | re.M)
 
 
 def completion_text(completion) -> str:
@@ -90,7 +90,7 @@ def gold_answer(gold: str) -> str:
 
 
 def _clean(answer: str) -> str:
-    answer = answer.strip().rstrip(".").strip()
+    answer = answer.strip().rstrip(".").strip().replace("\\!", "")  # \! is a LaTeX thin space: 32,\!348
     answer = re.sub(r"(?<=\d),(?=\d{3}\b)", "", answer)  # 1,000 -> 1000
     answer = answer.replace("\\$", "").replace("\\%", "").replace("%", "")
     return answer.strip().lstrip("$").rstrip("$").strip()
@@ -151,6 +151,7 @@ class _Worker:
             raise GraderStartError(f"math grading: cannot start a worker with {python!r}: {exc}") from exc
         reply = self.read(start_timeout_s)
         if reply != {"ready": True}:
+            tail = self.stderr_tail()
             self.kill()
             why = (
                 "did not become ready"
@@ -159,7 +160,7 @@ class _Worker:
             )
             raise GraderStartError(
                 f"math grading: a worker ({python} -c 'from rewards._grader import main') {why} within "
-                f"{start_timeout_s:.0f} s; its stderr ends with: {self.stderr_tail()!r}. Check that math-verify is "
+                f"{start_timeout_s:.0f} s; its stderr ends with: {tail!r}. Check that math-verify is "
                 "installed for that interpreter (pip install math-verify)."
             )
 

@@ -84,7 +84,8 @@ class Task:
             if self.name == "humaneval":
                 scores.append(score_program(code, row["test"], row["entry_point"]))
             else:
-                scores.append(score_program(code, row["test_list"] if self.name == "mbpp" else row["tests"]))
+                tests = row["test_list"] if self.name == "mbpp" else row["tests"]
+                scores.append(score_program(code, tests, setup=row.get("test_setup_code") or None))
         return scores, programs
 
 

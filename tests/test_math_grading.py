@@ -1,0 +1,127 @@
+"""Math grading under real conditions: a saturated CPU, unguarded scripts, killed and missing workers."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from rewards.math import GraderStartError, GradingPool, math_accuracy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDS = [str(100 + 37 * i) for i in range(96)]
+FORMS = ["#### {}", "<answer>{}</answer>", "so \\boxed{{{}}}", "The answer is {}."]
+CORRECT = [FORMS[i % 4].format(g) for i, g in enumerate(GOLDS)]
+
+
+@pytest.fixture
+def busy_cpu():
+    """Three times as many spinning processes as cores, for the duration of the test."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * (os.cpu_count() or 1))
+    ]
+    time.sleep(0.5)
+    yield
+    for proc in spinners:
+        proc.kill()
+        proc.wait()
+
+
+def test_correct_answers_score_one_on_a_saturated_cpu(busy_cpu):
+    pool = GradingPool(workers=2, cpu_timeout_s=2.0)  # a tight CPU budget: the load must not count
+    try:
+        for _ in range(2):  # cold start, then warm
+            assert pool.grade_many([(g, g) for g in GOLDS]) == [1.0] * len(GOLDS)
+            assert pool.last_stats["timeouts"] == pool.last_stats["retries"] == 0
+        scores = math_accuracy(None, CORRECT, answer=GOLDS)
+        assert scores == [1.0] * len(GOLDS)
+        assert math_accuracy.last_metrics["timeouts"] == 0
+    finally:
+        pool.close()
+
+
+UNGUARDED = """
+import sys
+sys.path.insert(0, {root!r})
+import rewards
+golds = [str(100 + 37 * i) for i in range(40)]
+scores = rewards.get("math_accuracy")(None, ["#### " + g for g in golds], answer=golds)
+print("SCORES", sum(scores), len(scores))
+"""
+
+
+def _run_script(args, stdin=None, env=None):
+    return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_plain_unguarded_script_scores_correctly(tmp_path):
+    script = tmp_path / "score.py"  # no `if __name__ == "__main__":` guard
+    script.write_text(textwrap.dedent(UNGUARDED.format(root=ROOT)))
+    out = _run_script([sys.executable, str(script)])
+    assert "SCORES 40.0 40" in out.stdout, out.stderr[-2000:]
+
+
+def test_program_without_a_file_scores_correctly():
+    # a notebook's or `python -` program has no file a spawned worker could re-import
+    out = _run_script([sys.executable, "-"], stdin=UNGUARDED.format(root=ROOT))
+    assert "SCORES 40.0 40" in out.stdout, out.stderr[-2000:]
+
+
+def test_several_ranks_on_one_node_score_correctly(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(UNGUARDED.format(root=ROOT)))
+    env = {"LOCAL_WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, **env}) for _ in range(2)]  # fmt: skip
+    outs = [proc.communicate(timeout=240)[0] for proc in ranks]
+    assert all("SCORES 40.0 40" in out for out in outs), outs
+
+
+def test_a_worker_killed_mid_batch_costs_one_retry_not_zeros():
+    pool = GradingPool(workers=2)
+    try:
+        pool.grade_many([("1", "1")])  # started and warm
+        victim = pool._workers[0].proc
+        pairs = [(g, g) for g in GOLDS] * 6
+        killer = threading.Thread(target=lambda: (time.sleep(0.3), victim.kill()))
+        killer.start()
+        scores = pool.grade_many(pairs)
+        killer.join()
+        assert victim.poll() is not None  # it really died during the batch
+        assert scores == [1.0] * len(pairs)
+        assert pool.last_stats["retries"] == 1 and pool.last_stats["timeouts"] == 0
+    finally:
+        pool.close()
+
+
+def test_a_stuck_answer_kills_only_its_worker_and_is_retried_once():
+    pool = GradingPool(workers=2, cpu_timeout_s=1.0)
+    try:
+        pairs = [("5", "9^{9^{9^{9^9}}}")] + [(g, g) for g in GOLDS]
+        start = time.monotonic()
+        scores = pool.grade_many(pairs)
+        assert scores == [0.0] + [1.0] * len(GOLDS)
+        assert pool.last_stats == {"retries": 1, "timeouts": 1, "errors": 0}
+        assert time.monotonic() - start < 60
+    finally:
+        pool.close()
+
+
+def test_a_grader_that_cannot_start_raises_with_the_cause():
+    with pytest.raises(GraderStartError, match="exited with status 1"):
+        GradingPool(workers=1, python="/bin/false").grade_many([("1", "1")])
+    with pytest.raises(GraderStartError, match="cannot start a worker"):
+        GradingPool(workers=1, python="/no/such/python").grade_many([("1", "1")])
+
+
+def test_unparseable_gold_warns_once_per_distinct_gold(caplog, monkeypatch):
+    monkeypatch.setattr("rewards.math._WARNED_GOLDS", set())
+    scores = math_accuracy(None, ["#### 1"] * 4, answer=["", "", "1", " "])
+    scores += math_accuracy(None, ["#### 1"], answer=[""])
+    assert scores == [None, None, 1.0, None, None]
+    warned = [r.getMessage() for r in caplog.records if "cannot be parsed" in r.getMessage()]
+    assert len(warned) == 2 and math_accuracy.last_metrics["unparseable_golds"] == 1
