@@ -172,6 +172,22 @@ def test_wrong_length_reward_and_none_rewards(workspace, tmp_path):
     assert logs(trainer, "rewards/none_for_odd/mean") == [0.5]
 
 
+def test_reward_signals_kwargs_hint_all_none_warning_and_counters(workspace, tmp_path, caplog):
+    trainer = build_trainer(config(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:no_kwargs"))
+    with pytest.raises(
+        RuntimeError, match=r"'no_kwargs' raised TypeError: .*add \*\*kwargs to its signature"
+    ):
+        trainer.train()
+    trainer = build_trainer(config(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:counting",
+                                   f"{REWARDS}:always_none", "--max_steps", "2"))  # fmt: skip
+    trainer.train()
+    assert logs(trainer, "rewards/counting/timeouts") == [2.0, 2.0]
+    assert logs(trainer, "rewards/counting/retries") == [1.0, 1.0]
+    assert logs(trainer, "frac_reward_zero_std") == [1.0, 1.0]  # every group's rewards are equal
+    warned = [r for r in caplog.records if "returned None for every completion" in r.getMessage()]
+    assert len(warned) == 1 and "'always_none'" in warned[0].getMessage()
+
+
 def test_align_train_rejects_a_malformed_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1e-5\nnum_generation: 8\n")
