@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import marshal
 import os
 import re
 import secrets
@@ -74,7 +75,7 @@ def run_tests(code: str, form: str, tests, entry_point=None, stdins=("",), sandb
     sandbox = sandbox or default_sandbox()
     nonce = secrets.token_hex(16)
     job = {"form": form, "code": code, "tests": tests, "entry_point": entry_point, "setup": setup}
-    files = {"job.json": json.dumps(job), ".nonce": nonce}
+    files = {"job.marshal": marshal.dumps(job, 4), ".nonce": nonce}
     results = sandbox.run_many([(_harness_source(), stdin, files) for stdin in stdins])
     n = len(tests) if form == "asserts" else 1
     return [(result, _signed(result, nonce, n)) for result in results]

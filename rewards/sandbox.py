@@ -140,8 +140,8 @@ class Sandbox:
         """Run (code, stdin[, files]) tuples in parallel; results in order."""
         return list(self._executor.map(lambda prog: self.run(*prog), programs))
 
-    def run(self, code: str, stdin: str = "", files: dict[str, str] | None = None) -> ExecResult:
-        """Run ``code`` as ``main.py`` with ``files`` (name -> text) beside it in its work dir."""
+    def run(self, code: str, stdin: str = "", files: dict[str, str | bytes] | None = None) -> ExecResult:
+        """Run ``code`` as ``main.py`` with ``files`` (name -> text or bytes) beside it in its work dir."""
         slot = self._slots.get()
         try:
             return self._run_in_slot(slot, code, stdin, files or {})
@@ -173,7 +173,7 @@ class Sandbox:
         ]  # fmt: skip
         return [*prefix, *limits, *sandbox, self.python, "-I", "/work/main.py"]
 
-    def _run_in_slot(self, slot: int, code: str, stdin: str, files: dict[str, str]) -> ExecResult:
+    def _run_in_slot(self, slot: int, code: str, stdin: str, files: dict) -> ExecResult:
         uid = None
         if self.switch_uid:
             uid = self._uid_base + slot * UIDS_PER_SLOT + self._runs[slot] % UIDS_PER_SLOT
@@ -181,9 +181,9 @@ class Sandbox:
         workdir = tempfile.mkdtemp(prefix=f"align-sbx{slot}-")
         start = time.monotonic()
         try:
-            for name, text in {**files, "main.py": code}.items():
-                with open(os.path.join(workdir, name), "w") as f:
-                    f.write(text)
+            for name, content in {**files, "main.py": code}.items():
+                with open(os.path.join(workdir, name), "wb" if isinstance(content, bytes) else "w") as f:
+                    f.write(content)
                 if uid is not None:
                     os.chown(os.path.join(workdir, name), uid, uid)
             if uid is not None:

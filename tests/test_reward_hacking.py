@@ -31,7 +31,7 @@ FIND_HEX = (
     "    for info in inspect.stack():\n"
     "        f = info.frame\n"
     "        texts += [repr(f.f_locals), repr(f.f_globals), repr(f.f_code.co_consts)]\n"
-    "    for path in ('/work/main.py', 'main.py', 'job.json', '.nonce', '.signal', '/proc/self/cmdline', "
+    "    for path in ('/work/main.py', 'main.py', 'job.marshal', '.nonce', '.signal', '/proc/self/cmdline', "
     "'/proc/self/environ'):\n"
     "        try:\n            texts.append(open(path, errors='replace').read())\n"
     "        except OSError:\n            pass\n"
