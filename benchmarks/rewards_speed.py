@@ -38,7 +38,9 @@ def main() -> None:
         tests = [r["test"] for r in he] + [r["test_list"] for r in mbpp]
         entry = [r["entry_point"] for r in he] + [None] * len(mbpp)
         setup = [None] * len(he) + [r["test_setup_code"] or None for r in mbpp]
-        scores, secs = _timed(code_execution, None, programs, tests=tests, entry_point=entry, test_setup_code=setup)
+        scores, secs = _timed(
+            code_execution, None, programs, tests=tests, entry_point=entry, test_setup_code=setup
+        )
         box = default_sandbox()
         print(f"code_execution ({box.backend}, {box.workers} slots, busy={args.busy}): {len(programs)} reference "
               f"programs in {secs:.1f} s = {len(programs) / secs:.1f} programs/s; {sum(s == 1.0 for s in scores)} "
