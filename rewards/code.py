@@ -99,7 +99,8 @@ def score_program(
             raise KeyError(
                 "code_execution: a test program needs the column 'entry_point' (the function to check)."
             )
-        return float(run_tests(code, "check", tests, entry_point, sandbox=sandbox)[0][1][0])
+        [(_, passed)] = run_tests(code, "check", tests, entry_point, sandbox=sandbox)
+        return float(passed[0])
     tests = list(tests)
     if not tests:
         raise ValueError("code_execution: the row's 'tests' list is empty; nothing to score against.")
@@ -110,9 +111,8 @@ def score_program(
             for (result, signed), case in zip(runs, tests)
         ]
         return sum(ok) / len(tests)
-    return sum(run_tests(code, "asserts", [str(t) for t in tests], sandbox=sandbox, setup=setup)[0][1]) / len(
-        tests
-    )
+    [(_, passed)] = run_tests(code, "asserts", [str(t) for t in tests], sandbox=sandbox, setup=setup)
+    return sum(passed) / len(tests)
 
 
 def code_execution(prompts, completions, tests=None, entry_point=None, test_setup_code=None, **_columns):
@@ -127,6 +127,9 @@ def code_execution(prompts, completions, tests=None, entry_point=None, test_setu
     setups = test_setup_code if test_setup_code is not None else [None] * n
     codes = [extract_code(completion_text(c)) for c in completions]
     sandbox = default_sandbox()
+
+    def score(code, test, entry, setup):
+        return score_program(code, test, entry, sandbox=sandbox, setup=setup)
+
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
-        return list(pool.map(lambda job: score_program(*job[:3], sandbox=sandbox, setup=job[3]),
-                             zip(codes, tests, entry_points, setups)))  # fmt: skip
+        return list(pool.map(score, codes, tests, entry_points, setups))

@@ -54,12 +54,19 @@ def _written_outside_stdlib(cls: type) -> bool:
 
 
 def honest(value, budget: int = 10_000) -> bool:
-    """False when ``value`` (or an element of a list/tuple/set/dict in it) lies about comparisons."""
-    stack, seen = [value], 0
+    """False when ``value`` (or an element of a list/tuple/set/dict in it) lies about comparisons.
+
+    Verdicts are cached per type within one call only: the candidate could add ``__eq__`` to one of
+    its classes between calls, but no candidate code runs during this walk.
+    """
+    stack, seen, verdicts = [value], 0, {}
     while stack and seen < budget:
         item = stack.pop()
         seen += 1
-        if _written_outside_stdlib(type(item)):
+        kind = type(item)
+        if kind not in verdicts:
+            verdicts[kind] = _written_outside_stdlib(kind)
+        if verdicts[kind]:
             return False
         if type(item) in (list, tuple, set, frozenset):
             stack.extend(item)

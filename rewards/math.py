@@ -213,11 +213,9 @@ class GradingPool:
                  start_timeout_s: float = 300.0, python: str | None = None):  # fmt: skip
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # training processes sharing this node
         self.size = workers or max(1, min(4, (os.cpu_count() or 1) // local))
-        self.cpu_timeout_s, self.wall_timeout_s, self.start_timeout_s = (
-            cpu_timeout_s,
-            wall_timeout_s,
-            start_timeout_s,
-        )
+        self.cpu_timeout_s = cpu_timeout_s
+        self.wall_timeout_s = wall_timeout_s
+        self.start_timeout_s = start_timeout_s
         self.python = python or sys.executable
         if not self.python:
             raise GraderStartError("math grading: sys.executable is empty; pass GradingPool(python=...).")
