@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -72,7 +73,7 @@ class Scripted:
         self.replies = replies
         self.calls = itertools.count()
 
-    def complete(self, messages, protocol, progress=None):
+    def complete(self, messages, protocol, offset=0):
         if self.replies is None:
             return [reply_for(m) for m in messages]
         return [self.replies[next(self.calls) % len(self.replies)] for _ in messages]
@@ -104,6 +105,8 @@ def test_pass_at_k_from_several_samples(data_dir):
 
 class _Server(BaseHTTPRequestHandler):
     seen: list = []
+    probes = 0
+    failing = ""  # questions containing this get HTTP 500
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -112,7 +115,15 @@ class _Server(BaseHTTPRequestHandler):
             self.end_headers()
             return
         user = body["messages"][-1]["content"]
-        _Server.seen.append(user)
+        if user == "ping" and body.get("max_tokens") == 1:  # align eval's probe before the work
+            _Server.probes += 1
+            user = "Half of"
+        elif _Server.failing and _Server.failing in user:
+            self.send_response(500)
+            self.end_headers()
+            return
+        else:
+            _Server.seen.append(user)
         payload = json.dumps(
             {"choices": [{"message": {"role": "assistant", "content": reply_for(user)}}]}
         ).encode()
@@ -129,7 +140,7 @@ class _Server(BaseHTTPRequestHandler):
 def test_endpoint_path_against_a_local_server(data_dir, tmp_path, capsys):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Server.seen = []
+    _Server.seen, _Server.probes = [], 0
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
         argv = ["eval", "--endpoint", url, "--served-model", "qwen-test", "--tasks", "gsm8k,math500,humaneval,mbpp",
@@ -142,6 +153,7 @@ def test_endpoint_path_against_a_local_server(data_dir, tmp_path, capsys):
         + [r["problem"] for r in MATH500]
         + [r["prompt"] for r in HUMANEVAL + MBPP]
     )
+    assert _Server.probes == 1
     assert len(_Server.seen) == len(questions) and all(any(q in s for s in _Server.seen) for q in questions)
     results = json.load(open(tmp_path / "ar" / "results.json"))
     for name, (metric, value) in EXPECTED.items():
@@ -151,11 +163,62 @@ def test_endpoint_path_against_a_local_server(data_dir, tmp_path, capsys):
     assert [x["extracted"] for x in lines] == ["7", "41", "500"]
 
 
-def test_endpoint_that_refuses_gives_a_clear_error(data_dir, tmp_path):
+def test_a_later_failure_keeps_finished_tasks_and_a_rerun_skips_them(data_dir, tmp_path, capsys):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Server.seen, _Server.probes, _Server.failing = [], 0, "Solve x^2"
+    out = tmp_path / "ar"
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    argv = ["eval", "--endpoint", url, "--served-model", "qwen-test", "--tasks", "gsm8k,math500", "--data-dir",
+            str(data_dir), "--output", str(out), "--retries", "0", "--concurrency", "1"]  # fmt: skip
+    try:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert (
+            "align eval: endpoint " in err
+            and "request failed 1 times (HTTP 500" in err
+            and "Traceback" not in err
+        )
+        results = json.load(open(out / "results.json"))
+        assert list(results["tasks"]) == ["gsm8k"] and results["tasks"]["gsm8k"]["accuracy"] == pytest.approx(
+            2 / 3
+        )
+        assert len(open(out / "gsm8k" / "samples.jsonl").readlines()) == 3
+        _Server.seen, _Server.failing = [], ""
+        assert main(argv) == 0
+        assert "gsm8k is already complete in" in capsys.readouterr().err
+        assert len(_Server.seen) == 2 and all("Compute" in q or "Solve" in q for q in _Server.seen)
+        results = json.load(open(out / "results.json"))
+        assert results["tasks"]["math500"]["accuracy"] == pytest.approx(0.5)
+        # other settings into the same folder are refused, not mixed; --overwrite reruns everything
+        assert main([*argv, "--gen-length", "64"]) == 2
+        assert capsys.readouterr().err == (
+            f"align eval: {out} holds results made with other settings (protocol.gen_length 256 -> 64, "
+            "protocol.steps 128 -> 32); pass --overwrite to replace them or choose another --output.\n"
+        )
+        _Server.seen = []
+        assert main([*argv, "--gen-length", "64", "--overwrite"]) == 0 and len(_Server.seen) == 5
+    finally:
+        server.shutdown()
+
+
+def test_progress_shows_the_running_metric(data_dir, capsys):
+    task = TASKS["gsm8k"]
+    evaluate_task(Scripted(), task, task.load(str(data_dir)), PROTOCOLS["d1"])
+    err = capsys.readouterr().err
+    assert "gsm8k: 100%" in err and "3/3" in err and "accuracy=0.667" in err and "req/s=" in err
+
+
+def test_endpoint_that_refuses_gives_a_clear_error(data_dir, tmp_path, capsys):
     argv = ["eval", "--endpoint", "http://127.0.0.1:9/v1", "--served-model", "m", "--tasks", "gsm8k", "--data-dir",
-            str(data_dir), "--output", str(tmp_path / "x"), "--retries", "0"]  # fmt: skip
-    with pytest.raises(RuntimeError, match="request failed 1 times"):
-        main(argv)
+            str(data_dir), "--output", str(tmp_path / "x")]  # fmt: skip
+    start = time.perf_counter()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("align eval: endpoint http://127.0.0.1:9/v1/chat/completions did not answer a 1-token "
+                          "request for model 'm' (") and "Traceback" not in err and err.count("\n") == 1  # fmt: skip
+    assert time.perf_counter() - start < 10  # one probe, no retries with back-off
+    assert not (tmp_path / "x").exists()  # nothing written before the source answered
 
 
 def test_tiny_checkpoint_end_to_end(tmp_path, capsys):
@@ -203,29 +266,54 @@ def test_report_with_tables_and_plots(tmp_path):
         load_run(str(tmp_path))
 
 
-def test_eval_input_errors(data_dir, tmp_path, capsys):
-    base = ["eval", "--model", "x", "--data-dir", str(data_dir), "--output", str(tmp_path / "o")]
-    assert main([*base, "--tasks", "gsm8k", "--num-samples", "4"]) == 2
-    assert "needs sampling" in capsys.readouterr().err
-    assert main([*base, "--tasks", "gsm8k", "--protocol", "nope"]) == 2
-    with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
+def test_eval_input_errors_are_one_line_before_anything_loads(data_dir, tmp_path, capsys):
+    tiny = os.path.join(REPO, "recipes", "tiny", "model")
+    base = ["--data-dir", str(data_dir), "--output", str(tmp_path / "o")]
+    cases = [
+        (["--model", tiny, "--tasks", "gsm8k", "--num-samples", "4"],
+         "align eval: --num-samples > 1 needs sampling; set --temperature > 0 (greedy repeats itself)."),
+        (["--model", tiny, "--tasks", "gsm8k", "--protocol", "nope"],
+         "align eval: unknown protocol 'nope'; choose from ['d1', 'illada', 'llada', 'tiny']."),
+        (["--model", tiny, "--tasks", "gsm9k"],
+         "align eval: unknown task 'gsm9k': use one of ['gsm8k', 'humaneval', 'math500', 'mbpp'] or "
+         "NAME=path/to/file.jsonl."),
+        (["--model", "/no/such/path", "--tasks", "gsm8k"],
+         "align eval: --model /no/such/path does not exist; give a local checkpoint folder or a hub id (org/name)."),
+        (["--model", tiny, "--tasks", "gsm8k", "--data-dir", str(tmp_path / "empty")],
+         f"align eval: task gsm8k: {tmp_path / 'empty' / 'gsm8k.jsonl'} does not exist (expected JSONL rows)."),
+        (["--endpoint", "http://127.0.0.1:9", "--tasks", "gsm8k"],
+         "align eval: --endpoint needs --served-model (the name the server knows the model by)."),
+    ]  # fmt: skip
+    for argv, line in cases:
+        assert main(["eval", *base, *argv]) == 2, argv
+        assert capsys.readouterr().err == line + "\n"
+    # the case: the tiny task would finish, then gsm8k would fail: now found before the model loads
+    test = os.path.join(REPO, "recipes", "tiny", "data", "test.jsonl")
+    argv = ["eval", "--model", tiny, "--tasks", f"tiny={test},gsm8k", "--data-dir", str(tmp_path / "empty"),
+            "--protocol", "tiny", "--output", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2 and "gsm8k.jsonl does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "gsm8k.jsonl").write_text(json.dumps({"q": "1+1", "answer": "2"}) + "\n")
+    assert (
         main(
             [
                 "eval",
-                "--endpoint",
-                "http://127.0.0.1:9",
-                "--served-model",
-                "m",
+                "--model",
+                tiny,
                 "--tasks",
-                "gsm9k",
+                "gsm8k",
+                "--data-dir",
+                str(tmp_path / "bad"),
                 "--output",
                 "o",
             ]
         )
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "gsm8k.jsonl").write_text(json.dumps({"q": "1+1", "answer": "2"}) + "\n")
-    with pytest.raises(ValueError, match=r"rows lack column\(s\) \['question'\]"):
-        TASKS["gsm8k"].load(str(tmp_path / "bad"))
+        == 2
+    )
+    assert "rows lack column(s) ['question']; they have ['answer', 'q']" in capsys.readouterr().err
+    with pytest.raises(ValueError):  # --debug shows the traceback instead
+        main(["eval", "--model", tiny, "--tasks", "gsm9k", "--output", "o", "--debug"])
 
 
 @pytest.mark.slow
@@ -247,3 +335,39 @@ def test_data_parallel_eval_matches_one_process(tmp_path):
     assert one["tasks"] == two["tasks"]
     rows = [[json.loads(x) for x in open(tmp_path / d / "tiny" / "samples.jsonl")] for d in ("one", "two")]
     assert rows[0] == rows[1] and len(rows[0]) == 21
+
+
+@pytest.mark.slow
+def test_killed_eval_continues_where_it_stopped(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    test = os.path.join(REPO, "recipes", "tiny", "data", "test.jsonl")
+    common = ["eval", "--model", os.path.join(REPO, "recipes", "tiny", "model"), "--tasks", f"tiny={test}",
+              "--protocol", "tiny", "--limit", "120", "--dtype", "float32", "--batch-size", "4"]  # fmt: skip
+    assert main([*common, "--output", str(tmp_path / "whole")]) == 0
+    samples = tmp_path / "cut" / "tiny" / "samples.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "align.cli", *common, "--output", str(tmp_path / "cut")],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if samples.exists() and len(samples.read_text().splitlines()) >= 12:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    kept = len([x for x in samples.read_text().splitlines() if x.endswith("}")])
+    assert proc.returncode == -signal.SIGKILL and 12 <= kept < 120
+    assert "tiny" not in json.load(open(tmp_path / "cut" / "results.json"))["tasks"]
+    capsys.readouterr()
+    assert main([*common, "--output", str(tmp_path / "cut")]) == 0
+    assert f"continuing after {kept} of 120 answers" in capsys.readouterr().err
+    whole, cut = (
+        [json.loads(x) for x in open(tmp_path / d / "tiny" / "samples.jsonl")] for d in ("whole", "cut")
+    )
+    assert cut == whole
+    assert (
+        json.load(open(tmp_path / "cut" / "results.json"))["tasks"]
+        == json.load(open(tmp_path / "whole" / "results.json"))["tasks"]
+    )

@@ -22,7 +22,14 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
     p.add_argument("--num-samples", type=int, default=1, help="answers per question (pass@k with k = this)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True, help="folder for results.json and <task>/samples.jsonl")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="folder for results.json and <task>/samples.jsonl; a rerun "
+        "with the same settings skips finished tasks and continues an unfinished one",
+    )
+    p.add_argument("--overwrite", action="store_true", help="rerun every task even if --output holds results")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (diffusion)")
     p.add_argument("--concurrency", type=int, default=8, help="parallel requests (endpoint)")
     p.add_argument("--retries", type=int, default=3, help="retries per request (endpoint)")
@@ -46,21 +53,18 @@ def add_report_parser(sub) -> None:
 
 
 def run_eval(args) -> int:
-    from align.eval import (
-        PROTOCOLS,
-        DiffusionSource,
-        EndpointSource,
-        evaluate_task,
-        resolve_tasks,
-        write_results,
-    )
+    from align.errors import main_guard
+
+    return main_guard("align eval", lambda: _run_eval(args), debug=getattr(args, "debug", False))
+
+
+def _run_eval(args) -> int:
+    """Check everything cheap first (protocol, tasks, data, paths, endpoint), then load and decode."""
+    from align.errors import UsageError, check_model_path
+    from align.eval import PROTOCOLS, EndpointSource, resolve_tasks
 
     if args.protocol not in PROTOCOLS:
-        print(
-            f"align eval: unknown protocol {args.protocol!r}; choose from {sorted(PROTOCOLS)}.",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"unknown protocol {args.protocol!r}; choose from {sorted(PROTOCOLS)}.")
     protocol = PROTOCOLS[args.protocol].with_overrides(
         gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, temperature=args.temperature,
         threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
@@ -68,36 +72,104 @@ def run_eval(args) -> int:
         use_chat_template=args.chat_template, variable_length=args.variable_length,
     )  # fmt: skip
     if args.num_samples > 1 and protocol.temperature == 0:
-        print("align eval: --num-samples > 1 needs sampling; set --temperature > 0 (greedy repeats itself).",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise UsageError("--num-samples > 1 needs sampling; set --temperature > 0 (greedy repeats itself).")
     if args.endpoint and not args.served_model:
-        print(
-            "align eval: --endpoint needs --served-model (the name the server knows the model by).",
-            file=sys.stderr,
-        )
-        return 2
-    tasks = resolve_tasks(args.tasks)
+        raise UsageError("--endpoint needs --served-model (the name the server knows the model by).")
+    tasks = [(task, task.load(args.data_dir, path)[: args.limit]) for task, path in resolve_tasks(args.tasks)]
     if args.endpoint:
         source = EndpointSource(
             args.endpoint, args.served_model, args.concurrency, args.retries, seed=args.seed
         )
-    else:
-        source = DiffusionSource(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
-                                 batch_size=args.batch_size, seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
-    results = {"tasks": {}, "config": {"source": source.description, "protocol": protocol.as_dict(),
-                                       "num_samples": args.num_samples, "seed": args.seed, "limit": args.limit}}  # fmt: skip
-    samples = {}
-    for task, path in tasks:
-        rows = task.load(args.data_dir, path)[: args.limit]
-        results["tasks"][task.name], samples[task.name] = evaluate_task(
-            source, task, rows, protocol, args.num_samples
-        )
-        if getattr(source, "is_main", True):
-            print(json.dumps({"task": task.name, **results["tasks"][task.name]}))
-    if getattr(source, "is_main", True):
-        write_results(args.output, results, samples)
+        source.probe()
+        return _evaluate_all(args, source.description, lambda: source, tasks, protocol)
+    check_model_path(args.model, "--model")
+    if args.adapter:
+        check_model_path(args.adapter, "--adapter")
+    return _run_diffusion(args, tasks, protocol)
+
+
+def _run_diffusion(args, tasks, protocol) -> int:
+    from align.eval.runner import DiffusionSource, diffusion_description, process_state
+
+    state = process_state(args.device)
+    loaded = []
+
+    def load():
+        if not loaded:
+            loaded.append(DiffusionSource.load(
+                args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+                seed=args.seed, trust_remote_code=args.trust_remote_code, state=state,
+            ))  # fmt: skip
+        return loaded[0]
+
+    description = {
+        **diffusion_description(args.model, args.adapter, args.dtype),
+        "processes": state.num_processes,
+    }
+    try:
+        return _evaluate_all(args, description, load, tasks, protocol, state=state)
+    finally:
+        if loaded:
+            loaded[0].close()
+
+
+def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=None) -> int:
+    """Every task in turn; each is written as it finishes and skipped when an earlier run finished it."""
+    from align.eval.runner import OutputFolder, evaluate_task
+
+    is_main = state is None or state.is_main_process
+    config = {"source": description, "protocol": protocol.as_dict(), "num_samples": args.num_samples,
+              "seed": args.seed, "limit": args.limit}  # fmt: skip
+    folder = _on_main(state, lambda: OutputFolder(args.output, config, overwrite=args.overwrite))
+    for task, rows in tasks:
+        finished = _broadcast(state, folder.finished(task.name) if is_main else None)
+        if finished is not None:
+            if is_main:
+                print(f"align eval: {task.name} is already complete in {args.output} (n={finished['n']}); "
+                      "skipping it (--overwrite reruns it).", file=sys.stderr)  # fmt: skip
+                print(json.dumps({"task": task.name, **finished}))
+            continue
+        messages = [task.user_message(r, protocol) for r in rows for _ in range(args.num_samples)]
+        done = _broadcast(state, folder.resume(task.name, messages, args.num_samples) if is_main else None)
+        if done and is_main:
+            print(f"align eval: {task.name}: continuing after {len(done)} of {len(messages)} answers kept in "
+                  f"{args.output}.", file=sys.stderr)  # fmt: skip
+        try:
+            metrics, _ = evaluate_task(make_source(), task, rows, protocol, args.num_samples, done=done,
+                                       on_chunk=(lambda new, name=task.name: folder.append(name, new)) if is_main else None)  # fmt: skip
+        except KeyboardInterrupt:
+            if is_main:
+                print(f"align eval: interrupted; finished answers are kept in {args.output}/{task.name}/samples.jsonl "
+                      "and the same command continues from them.", file=sys.stderr)  # fmt: skip
+            return 130
+        if is_main:
+            folder.finish(task.name, metrics)
+            print(json.dumps({"task": task.name, **metrics}))
     return 0
+
+
+def _on_main(state, make):
+    """``make()`` on the main process; its error (e.g. settings that differ) stops every process alike."""
+    if state is None or state.num_processes == 1:
+        return make()
+    error, value = None, None
+    if state.is_main_process:
+        try:
+            value = make()
+        except ValueError as exc:
+            error = str(exc)
+    error = _broadcast(state, error)
+    if error is not None:
+        raise ValueError(error)
+    return value
+
+
+def _broadcast(state, obj):
+    if state is None or state.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
 
 
 def run_report(args) -> int:

@@ -8,6 +8,7 @@ for k in {1, K}; math tasks report ``accuracy`` (= mean score), code tasks ``pas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from align.errors import RunError
 from align.eval.tasks import Protocol, Task
 
 logger = logging.getLogger(__name__)
@@ -31,29 +33,39 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class DiffusionSource:
-    """Completions from a diffusion checkpoint, decoded with ``align.sampling`` in batches.
+    """Completions from a diffusion model, decoded with ``align.sampling`` in batches.
 
-    Under ``accelerate launch`` (one process per GPU) each process decodes every n-th question and the
-    completions are gathered back in order; only the main process scores and writes (``is_main``).
+    Under ``accelerate launch`` (one process per GPU) each process decodes every n-th question of a chunk
+    and the completions are gathered back in order; only the main process scores and writes
+    (``is_main``). Each batch's sampler is seeded from (seed, position of its first question, process), so
+    a resumed run and an uninterrupted one decode the same questions alike. ``model_context`` (default: the
+    model itself) yields the module to sample from, e.g. an unwrapped ZeRO-3 model inside training.
     """
 
-    def __init__(self, model: str, *, adapter: str | None = None, dtype: str = "bfloat16", device: str | None = None,
-                 batch_size: int = 8, seed: int = 0, trust_remote_code: bool = False):  # fmt: skip
-        import torch
-        from accelerate import PartialState
+    unit = "tok"  # progress counts canvas tokens decoded per second
 
+    def __init__(self, model, tokenizer, spec, *, state, batch_size: int = 8, seed: int = 0,
+                 description: dict | None = None, model_context=None):  # fmt: skip
+        self.model, self.tokenizer, self.spec, self.state = model, tokenizer, spec, state
+        self.is_main = state.is_main_process
+        self.device = str(state.device) if model_context is not None else str(next(model.parameters()).device)
+        self.batch_size, self.seed = batch_size, seed
+        self.chunk_size = batch_size * state.num_processes
+        self.model_context = model_context or (lambda: contextlib.nullcontext(self.model))
+        self.description = {**(description or {}), "processes": state.num_processes}
+
+    @classmethod
+    def load(cls, model: str, *, adapter: str | None = None, dtype: str = "bfloat16", device: str | None = None,
+             batch_size: int = 8, seed: int = 0, trust_remote_code: bool = False, state=None):  # fmt: skip
+        """Load a checkpoint (optionally with a PEFT adapter) onto this process's device."""
         from align.models import family_spec, load_model, load_tokenizer
 
-        self.state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-        self.is_main = self.state.is_main_process
-        device = device or str(self.state.device)
-        self.tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-        self.model = load_model(model, dtype=dtype, adapter=adapter, trust_remote_code=trust_remote_code)
-        self.model.eval().to(device)
-        self.spec = family_spec(self.model, self.tokenizer)
-        self.device, self.batch_size, self.seed = device, batch_size, seed
-        self.description = {"source": "diffusion", "model": model, "adapter": adapter, "dtype": dtype,
-                            "processes": self.state.num_processes}  # fmt: skip
+        state = state or process_state(device)
+        tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        net = load_model(model, dtype=dtype, adapter=adapter, trust_remote_code=trust_remote_code)
+        net.eval().to(device or str(state.device))
+        return cls(net, tokenizer, family_spec(net, tokenizer), state=state, batch_size=batch_size, seed=seed,
+                   description=diffusion_description(model, adapter, dtype))  # fmt: skip
 
     def prompt(self, message: str, protocol: Protocol) -> str:
         from align.data import prompt_text
@@ -61,30 +73,33 @@ class DiffusionSource:
         return prompt_text(self.tokenizer, message, system_prompt=protocol.system_prompt,
                            use_chat_template=protocol.use_chat_template)  # fmt: skip
 
-    def complete(self, messages: list[str], protocol: Protocol, progress=None) -> list[str]:
+    def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
+        """Completions of ``messages`` (questions ``offset``.. of the task), on every process."""
         n, rank = self.state.num_processes, self.state.process_index
         if n == 1:
-            return self._decode(messages, protocol, progress)
+            return self._decode(messages, protocol, offset, 0)
         from accelerate.utils import gather_object
 
-        parts = gather_object([self._decode(messages[rank::n], protocol, progress)])
+        parts = gather_object([self._decode(messages[rank::n], protocol, offset, rank)])
         return [parts[i % n][i // n] for i in range(len(messages))]
 
-    def _decode(self, messages: list[str], protocol: Protocol, progress=None) -> list[str]:
+    def _decode(self, messages: list[str], protocol: Protocol, offset: int, rank: int) -> list[str]:
         import torch
 
         from align.data import encode_prompts
         from align.sampling import generate, truncate_at_stop
 
-        generator = torch.Generator(self.device).manual_seed(self.seed)
         out = []
         for start in range(0, len(messages), self.batch_size):
             prompts = [self.prompt(m, protocol) for m in messages[start : start + self.batch_size]]
             enc = encode_prompts(self.tokenizer, prompts, max_length=protocol.max_prompt_length,
                                  use_chat_template=protocol.use_chat_template)  # fmt: skip
-            with torch.no_grad():
+            generator = torch.Generator(self.device).manual_seed(
+                hash((self.seed, offset + start, rank)) % 2**63
+            )
+            with torch.no_grad(), self.model_context() as model:
                 result = generate(
-                    self.model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                    model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
                     gen_length=protocol.gen_length, steps=protocol.resolved_steps(),
                     block_length=protocol.block_length, temperature=protocol.temperature,
                     remasking=protocol.remasking, threshold=protocol.threshold, cache=protocol.cache,
@@ -95,9 +110,28 @@ class DiffusionSource:
                 result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
             )
             out += self.tokenizer.batch_decode(kept, skip_special_tokens=True)
-            if progress is not None:
-                progress.update(len(prompts))
         return out
+
+    def close(self) -> None:
+        """Wait for every process, then end the process group (a rank leaving early may abort the others)."""
+        if self.state.num_processes > 1:
+            import torch.distributed as dist
+
+            self.state.wait_for_everyone()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def process_state(device: str | None = None):
+    """accelerate's PartialState for this process (CPU when asked or when there is no GPU)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def diffusion_description(model: str, adapter: str | None, dtype: str) -> dict:
+    return {"source": "diffusion", "model": model, "adapter": adapter, "dtype": dtype}
 
 
 @dataclass
@@ -110,82 +144,151 @@ class EndpointSource:
     retries: int = 3
     timeout_s: float = 600.0
     seed: int = 0
+    unit = "req"  # progress counts requests per second
 
     @property
     def description(self) -> dict:
         return {"source": "endpoint", "url": self.url, "served_model": self.served_model}
 
-    def _post(self, body: dict) -> str:
-        url = (
-            self.url.rstrip("/")
-            + ("" if self.url.rstrip("/").endswith("/v1") else "/v1")
-            + "/chat/completions"
-        )
+    @property
+    def chunk_size(self) -> int:
+        return 4 * self.concurrency
+
+    @property
+    def chat_url(self) -> str:
+        base = self.url.rstrip("/")
+        return base + ("" if base.endswith("/v1") else "/v1") + "/chat/completions"
+
+    def probe(self) -> None:
+        """One short request before any work: an unreachable server or unknown model fails at once."""
+        body = {
+            "model": self.served_model,
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_tokens": 1,
+        }
+        try:
+            self._request(body, timeout_s=min(self.timeout_s, 30.0))
+        except (urllib.error.URLError, TimeoutError, OSError, KeyError, json.JSONDecodeError) as exc:
+            raise EndpointError(
+                f"endpoint {self.chat_url} did not answer a 1-token request for model {self.served_model!r} "
+                f"({_reason(exc)}); check --endpoint and --served-model (the server's /v1/models lists its names)."
+            ) from exc
+
+    def _request(self, body: dict, timeout_s: float) -> str:
         data = json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.chat_url, data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read())["choices"][0]["message"]["content"] or ""
+
+    def _post(self, body: dict) -> str:
         for attempt in range(self.retries + 1):
             try:
-                request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read())["choices"][0]["message"]["content"] or ""
-            except (urllib.error.URLError, TimeoutError, KeyError, json.JSONDecodeError) as exc:
+                return self._request(body, self.timeout_s)
+            except (urllib.error.URLError, TimeoutError, OSError, KeyError, json.JSONDecodeError) as exc:
                 if attempt == self.retries:
-                    raise RuntimeError(
-                        f"endpoint {url}: request failed {self.retries + 1} times ({exc})."
+                    raise EndpointError(
+                        f"endpoint {self.chat_url}: request failed {self.retries + 1} times ({_reason(exc)})."
                     ) from exc
                 time.sleep(min(2.0**attempt, 30.0))
         raise AssertionError("unreachable")
 
-    def complete(self, messages: list[str], protocol: Protocol, progress=None) -> list[str]:
+    def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
         def one(message: str) -> str:
             chat = (
                 [{"role": "system", "content": protocol.system_prompt}] if protocol.system_prompt else []
             ) + [{"role": "user", "content": message}]
             body = {"model": self.served_model, "messages": chat, "max_tokens": protocol.gen_length,
                     "temperature": protocol.temperature, "seed": self.seed}  # fmt: skip
-            text = self._post(body)
-            if progress is not None:
-                progress.update(1)
-            return text
+            return self._post(body)
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(one, messages))
 
 
-def evaluate_task(
-    source, task: Task, rows: list[dict], protocol: Protocol, num_samples: int = 1
-) -> tuple[dict, list]:
-    """(metrics, samples) of one task: every row answered ``num_samples`` times and scored."""
+class EndpointError(RunError):
+    """The endpoint could not be reached or answered something that is not a chat completion."""
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    if isinstance(exc, (KeyError, json.JSONDecodeError)):
+        return f"the reply is not a chat completion: {type(exc).__name__} {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---- one task: decode chunk by chunk, score as we go --------------------------------------------------
+def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_samples: int = 1, *,
+                  done: list[dict] | None = None, on_chunk=None, progress: bool = True) -> tuple[dict, list]:  # fmt: skip
+    """(metrics, samples) of one task: every row answered ``num_samples`` times and scored.
+
+    Questions are decoded ``source.chunk_size`` at a time; each chunk is scored at once and handed to
+    ``on_chunk(new_samples)`` (the folder writer), so an interrupted run keeps every finished chunk.
+    ``done`` holds samples of an earlier run to continue from (their questions are not decoded again).
+    Processes other than the main one of a data-parallel run return ``({}, [])``.
+    """
     from tqdm.auto import tqdm
 
     messages = [task.user_message(r, protocol) for r in rows for _ in range(num_samples)]
-    with tqdm(total=len(messages), desc=task.name, disable=None) as progress:
-        completions = source.complete(messages, protocol, progress)
-    if not getattr(source, "is_main", True):
-        return {}, []  # another process of a data-parallel run: the main process scores
     expanded = [r for r in rows for _ in range(num_samples)]
-    scores, extracted = task.score(expanded, completions)
-    samples = [
-        {
-            "index": i // num_samples,
-            "sample": i % num_samples,
-            "prompt": m,
-            "completion": c,
-            "extracted": e,
-            "score": s,
-        }
-        for i, (m, c, e, s) in enumerate(zip(messages, completions, extracted, scores))
-    ]
-    correct = [sum(s >= 1.0 for s in scores[i : i + num_samples]) for i in range(0, len(scores), num_samples)]
-    metrics = {"n": len(rows), "num_samples": num_samples}
-    main_metric = "accuracy" if task.kind == "math" else "pass@1"
-    metrics[main_metric] = (
-        sum(scores) / max(len(scores), 1)
-        if task.kind == "math"
-        else _mean(pass_at_k(num_samples, c, 1) for c in correct)
+    samples = list(done or [])
+    is_main = getattr(source, "is_main", True)
+    chunk = getattr(source, "chunk_size", None) or max(len(messages), 1)
+    bar = tqdm(total=len(messages), initial=len(samples), desc=task.name, disable=not (progress and is_main),
+               dynamic_ncols=True)  # fmt: skip
+    unit, per_item = (
+        getattr(source, "unit", "req"),
+        protocol.gen_length if getattr(source, "unit", "") == "tok" else 1,
     )
+    start_time, decoded = time.perf_counter(), 0
+    metric = "accuracy" if task.kind == "math" else "pass@1"
+    with bar:
+        for start in range(len(samples), len(messages), chunk):
+            completions = source.complete(messages[start : start + chunk], protocol, start)
+            decoded += len(completions)
+            if not is_main:
+                continue
+            scores, extracted = task.score(expanded[start : start + chunk], completions)
+            new = [
+                {"index": i // num_samples, "sample": i % num_samples, "prompt": messages[i], "completion": c,
+                 "extracted": e, "score": s}
+                for i, c, e, s in zip(range(start, start + chunk), completions, extracted, scores)
+            ]  # fmt: skip
+            samples += new
+            if on_chunk is not None:
+                on_chunk(new)
+            rate = decoded * per_item / max(time.perf_counter() - start_time, 1e-9)
+            bar.set_postfix(
+                {metric: f"{_solved(samples, task):.3f}", f"{unit}/s": f"{rate:.1f}"}, refresh=False
+            )
+            bar.update(len(new))
+    if not is_main:
+        return {}, []
+    return task_metrics(task, samples, len(rows), num_samples), samples
+
+
+def _solved(samples: list[dict], task: Task) -> float:
+    if task.kind == "math":
+        return _mean(s["score"] for s in samples)
+    return _mean(float(s["score"] >= 1.0) for s in samples)
+
+
+def task_metrics(task: Task, samples: list[dict], n: int, num_samples: int) -> dict:
+    """``accuracy`` (math: mean score) or ``pass@1`` (code), plus ``pass@K`` when K samples per question."""
+    scores = [s["score"] for s in samples]
+    correct = [sum(s >= 1.0 for s in scores[i : i + num_samples]) for i in range(0, len(scores), num_samples)]
+    metrics = {"n": n, "num_samples": num_samples}
+    if task.kind == "math":
+        metrics["accuracy"] = _mean(scores)
+    else:
+        metrics["pass@1"] = _mean(pass_at_k(num_samples, c, 1) for c in correct)
     if num_samples > 1:
         metrics[f"pass@{num_samples}"] = _mean(pass_at_k(num_samples, c, num_samples) for c in correct)
-    return metrics, samples
+    return metrics
 
 
 def _mean(values) -> float:
@@ -193,11 +296,84 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def write_results(output: str, results: dict, samples: dict[str, list]) -> None:
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    for name, rows in samples.items():
-        os.makedirs(os.path.join(output, name), exist_ok=True)
-        with open(os.path.join(output, name, "samples.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+# ---- the output folder: results.json + <task>/samples.jsonl, written as work finishes -------------------
+class OutputFolder:
+    """``results.json`` (settings + finished tasks) and ``<task>/samples.jsonl`` (scored answers, appended
+    chunk by chunk). Reopening a folder keeps its finished tasks and the finished answers of an unfinished
+    one when the settings match; other settings are refused unless ``overwrite``."""
+
+    def __init__(self, output: str, config: dict, overwrite: bool = False):
+        self.output, self.config, self.overwrite = output, config, overwrite
+        self.results = {"tasks": {}, "config": config}
+        path = os.path.join(output, "results.json")
+        if os.path.exists(path) and not overwrite:
+            with open(path) as f:
+                old = json.load(f)
+            diff = _differences(old.get("config", {}), config)
+            if diff:
+                raise ValueError(
+                    f"{output} holds results made with other settings ({diff}); pass --overwrite to replace "
+                    "them or choose another --output."
+                )
+            self.results["tasks"] = old.get("tasks", {})
+        self._write_results()
+
+    def finished(self, name: str) -> dict | None:
+        return self.results["tasks"].get(name)
+
+    def resume(self, name: str, messages: list[str], num_samples: int) -> list[dict]:
+        """Scored answers of ``name`` kept from an earlier run of these settings (a prefix of the task)."""
+        path = self._samples_path(name)
+        kept = []
+        if os.path.exists(path) and not self.overwrite:
+            with open(path) as f:
+                for i, line in enumerate(f):
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill
+                        break
+                    if (
+                        i >= len(messages)
+                        or row.get("prompt") != messages[i]
+                        or row.get("sample") != i % num_samples
+                    ):
+                        break
+                    kept.append(row)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        return kept
+
+    def append(self, name: str, samples: list[dict]) -> None:
+        with open(self._samples_path(name), "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in samples)
+            f.flush()
+
+    def finish(self, name: str, metrics: dict) -> None:
+        self.results["tasks"][name] = metrics
+        self._write_results()
+
+    def _samples_path(self, name: str) -> str:
+        return os.path.join(self.output, name, "samples.jsonl")
+
+    def _write_results(self) -> None:
+        os.makedirs(self.output, exist_ok=True)
+        path = os.path.join(self.output, "results.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.results, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    """'protocol.gen_length 256 -> 512, ...' for settings that differ (the process count may differ)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key == "processes":
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{key}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return ", ".join(out)

@@ -10,9 +10,12 @@ Not covered: few-shot prompting (all protocols here are zero-shot) and lm-eval-h
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 D1_FORMAT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
@@ -72,21 +75,50 @@ class Task:
             scores = math_accuracy(None, completions, answer=[r["answer"] for r in rows])
             return [0.0 if s is None else float(s) for s in scores], [extract_answer(c) for c in completions]
         from rewards.code import extract_code, score_program
+        from rewards.sandbox import default_sandbox
 
-        programs, scores = [], []
-        for row, completion in zip(rows, completions):
-            code = extract_code(completion)
-            if self.name == "humaneval" and f"def {row['entry_point']}" not in code:
-                code = row[self.question] + code
-            if self.name == "mbpp" and row.get("test_imports"):
-                code = "\n".join(row["test_imports"]) + "\n" + code
-            programs.append(code)
+        programs = [self.program(row, extract_code(c)) for row, c in zip(rows, completions)]
+        sandbox = default_sandbox()
+
+        def run(row: dict, code: str) -> float:
             if self.name == "humaneval":
-                scores.append(score_program(code, row["test"], row["entry_point"]))
-            else:
-                tests = row["test_list"] if self.name == "mbpp" else row["tests"]
-                scores.append(score_program(code, tests, setup=row.get("test_setup_code") or None))
-        return scores, programs
+                return score_program(code, row["test"], row["entry_point"], sandbox=sandbox)
+            tests = row["test_list"] if self.name == "mbpp" else row["tests"]
+            return score_program(code, tests, setup=row.get("test_setup_code") or None, sandbox=sandbox)
+
+        with ThreadPoolExecutor(sandbox.workers) as pool:  # each program waits for a free sandbox slot
+            return list(pool.map(run, rows, programs)), programs
+
+    def program(self, row: dict, code: str) -> str:
+        """The program a reply is scored as: HumanEval replies that restate the function get the prompt's
+        imports and helpers in front; body-only replies are appended to the prompt; MBPP gets its
+        ``test_imports``."""
+        if self.name == "humaneval":
+            prompt, entry = row[self.question], row["entry_point"]
+            if not re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry)}\s*\(", code, re.M):
+                return prompt + code
+            context = prompt_context(prompt, entry)
+            return f"{context}\n\n{code}" if context else code
+        if self.name == "mbpp" and row.get("test_imports"):
+            return "\n".join(row["test_imports"]) + "\n" + code
+        return code
+
+
+def prompt_context(prompt: str, entry_point: str) -> str:
+    """The prompt's top-level code except ``entry_point``'s own definition: imports, helper functions,
+    constants. A prompt that does not parse contributes its import lines."""
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return "\n".join(line for line in prompt.splitlines() if re.match(r"(from\s+\S+\s+)?import\s", line))
+    lines = prompt.splitlines(keepends=True)
+    keep = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            continue
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        keep.append("".join(lines[first - 1 : node.end_lineno]).rstrip())
+    return "\n".join(keep)
 
 
 TASKS = {
