@@ -242,28 +242,88 @@ def test_tiny_checkpoint_end_to_end(tmp_path, capsys):
     assert json.loads(line)["completion"] == samples[0]["completion"]
 
 
-def test_report_with_tables_and_plots(tmp_path):
-    def run(folder, model, length, acc):
+def test_report_with_tables_intervals_and_plots(tmp_path):
+    from align.eval.report import wilson
+
+    def run(folder, acc, n, length=256, model="base", adapter=None):
         os.makedirs(tmp_path / folder)
-        results = {"tasks": {"gsm8k": {"accuracy": acc, "n": 10}},
-                   "config": {"source": {"model": model}, "protocol": {"name": "d1", "gen_length": length}}}  # fmt: skip
+        results = {"tasks": {"gsm8k": {"accuracy": acc, "n": n, "num_samples": 1}},
+                   "config": {"source": {"model": model, "adapter": adapter},
+                              "protocol": {"name": "d1", "gen_length": length, "steps": length // 2}}}  # fmt: skip
         (tmp_path / folder / "results.json").write_text(json.dumps(results))
         return str(tmp_path / folder)
 
-    folders = [
-        run("base128", "base", 128, 0.5),
-        run("base256", "base", 256, 0.6),
-        run("rl256", "rl", 256, 0.7),
-    ]
-    assert main(["report", *folders[:2], f"RL={folders[2]}", "--output", str(tmp_path / "rep")]) == 0
-    text = open(tmp_path / "rep" / "report.md").read()
+    folders = [run("base128", 0.5, 10, 128), run("base256", 0.6, 10), run("lora256", 0.7, 40, adapter="out/lora"),
+               run("lora128", 0.65, 40, 128, adapter="out/lora")]  # fmt: skip
     assert (
-        "| base256 | base | d1 | 256 | 60.0 | 10 |" in text and "| RL | rl | d1 | 256 | 70.0 | 10 |" in text
+        main(
+            [
+                "report",
+                *folders[:2],
+                f"RL={folders[2]}",
+                f"RL128={folders[3]}",
+                "--output",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
     )
+    text = open(tmp_path / "rep" / "report.md").read()
+    lo, hi = wilson(0.6, 10)
+    assert f"| base256 | base | - | d1 | 256 | 60.0 [{100 * lo:.1f}, {100 * hi:.1f}] | 10 |" in text
+    assert "| RL | base | out/lora | d1 | 256 | 70.0 [" in text
+    assert "different numbers of questions (n = 10, 40)" in text
     for png in ("gsm8k.png", "gsm8k_by_length.png"):
         assert open(tmp_path / "rep" / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_run(str(tmp_path))
+
+
+def test_report_series_intervals_and_training_curves(tmp_path):
+    from align.eval import report
+
+    # wilson against a hand computation; the bootstrap interval holds the estimate and narrows with n
+    lo, hi = report.wilson(0.5, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
+    small = report.bootstrap_pass_at_k([1, 0, 2, 0], 2, 1)
+    large = report.bootstrap_pass_at_k([1, 0, 2, 0] * 25, 2, 1)
+    assert small[0] <= 0.375 <= small[1] and large[1] - large[0] < small[1] - small[0]
+    # series: runs differing only in length join; a LoRA run of the same base is its own series
+    runs = [{"label": lab, "kind": "eval", "folder": "-", "tasks": {"t": {"accuracy": 0.5, "n": 4}},
+             "config": {"source": {"model": "m", "adapter": ad}, "protocol": {"name": "d1", "gen_length": g}}}
+            for lab, ad, g in [("base-128", None, 128), ("base-256", None, 256), ("rl-128", "a", 128),
+                               ("rl-256", "a", 256)]]  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert report._length_plot(plt, "t", runs, "accuracy", str(tmp_path)) == [
+        "![t by length](t_by_length.png)",
+        "",
+    ]
+    assert report._series_name(["base-128", "base-256"]) == "base" and report._series_name(["x"]) == "x"
+    # a training output_dir: curves from trainer_state.json (or the newest checkpoint's)
+    history = [{"step": s, "reward": 0.1 * s, "rewards/math_accuracy/mean": 0.1 * s, "rewards/fmt/mean": 0.5,
+                "kl": 0.01 * s, "completions/mean_length": 8.0, "rollout/tokens_per_s": 100.0} for s in (1, 2, 3)]  # fmt: skip
+    history.append({"step": 3, "eval/tiny/accuracy": 0.4})
+    os.makedirs(tmp_path / "grpo" / "checkpoint-3")
+    (tmp_path / "grpo" / "checkpoint-3" / "trainer_state.json").write_text(
+        json.dumps({"log_history": history})
+    )
+    assert main(["report", f"GRPO={tmp_path / 'grpo'}", "--output", str(tmp_path / "rep")]) == 0
+    text = open(tmp_path / "rep" / "report.md").read()
+    assert "| GRPO | 3 | 0.100 -> 0.300 |" in text and "![training curves](training.png)" in text
+    assert open(tmp_path / "rep" / "training.png", "rb").read(4) == b"\x89PNG"
+    panels = [p for p, _ in report.TRAIN_CURVES if any(report._matches(k, p) for h in history for k in h)]
+    assert panels == [
+        "reward",
+        "rewards/*/mean",
+        "kl",
+        "completions/mean_length",
+        "rollout/tokens_per_s",
+        "eval/*",
+    ]
 
 
 def test_eval_input_errors_are_one_line_before_anything_loads(data_dir, tmp_path, capsys):
@@ -388,7 +448,9 @@ def test_humaneval_function_only_replies_get_the_prompts_imports_and_helpers():
         full = row["prompt"] + row["canonical_solution"]
         node = next(n for n in ast.parse(full).body if getattr(n, "name", None) == row["entry_point"])
         replies.append(f"Here is the function:\n```python\n{ast.get_source_segment(full, node)}\n```\n")
-    top_level_imports = [line for r in replies for line in r.splitlines() if line.startswith(("import ", "from "))]
+    top_level_imports = [
+        line for r in replies for line in r.splitlines() if line.startswith(("import ", "from "))
+    ]
     assert len(rows) == 164 and top_level_imports == []
     needs_context = [r["task_id"] for r in rows if prompt_context(r["prompt"], r["entry_point"])]
     assert len(needs_context) >= 23  # imports (typing, math, ...) or helper functions the reply lacks

@@ -1,33 +1,118 @@
-"""``align report``: several ``align eval`` output folders -> a Markdown report with tables and PNG plots.
+"""``align report``: ``align eval`` folders and ``align train`` output_dirs -> Markdown with tables and PNGs.
 
-One table per task (a row per run: its label, model, protocol, generation length, metrics, n) and, per
-task, a bar chart of the main metric per run; when runs of one model were evaluated at several
-generation lengths, a line chart of the metric against length. Labels default to the folder names.
+For eval folders: one table per task (a row per run: label, model, adapter, protocol, generation length,
+the main metric with its 95% interval, pass@k, n) and a bar chart of the main metric per run with the
+value, n and the interval on each bar; when runs of one setting were evaluated at several generation
+lengths, a line chart against length. Intervals: Wilson for accuracy (and pass@1 of one sample per
+question); a bootstrap over questions for pass@k when ``samples.jsonl`` is there. Runs with different n
+get a note. For training output_dirs (``trainer_state.json``): curves of reward, each reward's mean, KL,
+completion length, clipped ratio, rollout tokens/s and any ``eval/...`` score against step.
+Labels are ``LABEL=FOLDER`` as given, else the folder names.
+
+Not covered: significance tests between runs (the intervals are per run).
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import math
 import os
+import random
 from collections import defaultdict
+
+from align.eval.runner import pass_at_k
+
+TRAIN_CURVES = [  # (log key or prefix*, y label)
+    ("reward", "mean reward"),
+    ("rewards/*/mean", "mean of each reward"),
+    ("kl", "KL to the reference"),
+    ("completions/mean_length", "completion length (tokens)"),
+    ("completions/clipped_ratio", "clipped ratio (no EOS)"),
+    ("rollout/tokens_per_s", "rollout tokens/s"),
+    ("eval/*", "held-out score (eval during training)"),
+]
+_BLUE = "#4477aa"
 
 
 def load_run(folder: str, label: str | None = None) -> dict:
+    """An eval folder (``results.json``) or a training output_dir (``trainer_state.json``, else the newest
+    checkpoint's)."""
+    label = label or os.path.basename(os.path.normpath(folder))
     path = os.path.join(folder, "results.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{folder}: no results.json (is it an `align eval --output` folder?).")
-    with open(path) as f:
-        results = json.load(f)
-    return {"label": label or os.path.basename(os.path.normpath(folder)), **results}
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+        return {"label": label, "kind": "eval", "folder": folder, **results}
+    states = [os.path.join(folder, "trainer_state.json")] + sorted(
+        glob.glob(os.path.join(folder, "checkpoint-*", "trainer_state.json")),
+        key=lambda p: int(p.split("checkpoint-")[-1].split(os.sep)[0]),
+        reverse=True,
+    )
+    for state in states:
+        if os.path.exists(state):
+            with open(state) as f:
+                return {
+                    "label": label,
+                    "kind": "train",
+                    "folder": folder,
+                    "history": json.load(f)["log_history"],
+                }
+    raise FileNotFoundError(
+        f"{folder}: no results.json (an `align eval --output` folder) and no trainer_state.json (an `align train` "
+        "output_dir)."
+    )
 
 
 def main_metric(metrics: dict) -> str:
     return "accuracy" if "accuracy" in metrics else "pass@1"
 
 
-def _model_name(run: dict) -> str:
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed on ``n`` trials."""
+    if n == 0:
+        return 0.0, 1.0
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def bootstrap_pass_at_k(correct: list[int], num_samples: int, k: int, draws: int = 2000, seed: int = 0):
+    """95% percentile interval of pass@k, resampling questions (``correct``: right answers per question)."""
+    rng = random.Random(seed)
+    per_question = [pass_at_k(num_samples, c, k) for c in correct]
+    means = sorted(
+        sum(rng.choices(per_question, k=len(per_question))) / len(per_question) for _ in range(draws)
+    )
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+
+
+def interval(run: dict, task: str, metric: str) -> tuple[float, float] | None:
+    m = run["tasks"][task]
+    samples = m.get("num_samples", 1)
+    if metric == "accuracy" or (metric == "pass@1" and samples == 1):
+        return wilson(m[metric], m["n"] * samples)
+    correct = _correct_per_question(run, task)
+    if correct is None:
+        return None
+    return bootstrap_pass_at_k(correct, samples, int(metric.split("@")[1]))
+
+
+def _correct_per_question(run: dict, task: str) -> list[int] | None:
+    path = os.path.join(run["folder"], task, "samples.jsonl")
+    if not os.path.exists(path):
+        return None
+    counts = defaultdict(int)
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            counts[row["index"]] += row["score"] >= 1.0
+    return [counts[i] for i in sorted(counts)]
+
+
+def _source(run: dict) -> tuple[str, str]:
     source = run["config"].get("source", {})
-    return source.get("served_model") or source.get("model") or "?"
+    return source.get("served_model") or source.get("model") or "?", source.get("adapter") or ""
 
 
 def write_report(runs: list[dict], output: str) -> str:
@@ -38,53 +123,149 @@ def write_report(runs: list[dict], output: str) -> str:
     import matplotlib.pyplot as plt
 
     os.makedirs(output, exist_ok=True)
-    tasks = sorted({t for run in runs for t in run["tasks"]})
-    lines = ["# Evaluation report", ""]
-    for task in tasks:
-        entries = [(run, run["tasks"][task]) for run in runs if task in run["tasks"]]
-        extra = sorted({k for _, m in entries for k in m if k.startswith("pass@") and k != "pass@1"})
-        metric = main_metric(entries[0][1])
-        lines += [f"## {task}", "", f"| run | model | protocol | gen length | {metric} | " + " | ".join(extra) +
-                  (" | " if extra else "") + "n |", "|---" * (6 + len(extra)) + "|"]  # fmt: skip
-        for run, m in entries:
-            protocol = run["config"].get("protocol", {})
-            cells = [run["label"], _model_name(run), protocol.get("name", "?"), str(protocol.get("gen_length", "?")),
-                     f"{100 * m[metric]:.1f}", *(f"{100 * m[k]:.1f}" for k in extra), str(m["n"])]  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(entries)), 3))
-        ax.bar([run["label"] for run, _ in entries], [100 * m[metric] for _, m in entries], color="#4477aa")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.set_title(task)
-        fig.autofmt_xdate(rotation=20)
-        fig.tight_layout()
-        fig.savefig(os.path.join(output, f"{task}.png"), dpi=100)
-        plt.close(fig)
-        lines += [f"![{task}]({task}.png)", ""]
-        lines += _length_plot(plt, task, entries, metric, output)
+    evals = [r for r in runs if r["kind"] == "eval"]
+    trains = [r for r in runs if r["kind"] == "train"]
+    lines = ["# Report", ""]
+    for task in sorted({t for run in evals for t in run["tasks"]}):
+        lines += _task_section(plt, task, [run for run in evals if task in run["tasks"]], output)
+    if trains:
+        lines += _training_section(plt, trains, output)
     path = os.path.join(output, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
-def _length_plot(plt, task: str, entries, metric: str, output: str) -> list[str]:
-    by_model = defaultdict(dict)
-    for run, m in entries:
-        length = run["config"].get("protocol", {}).get("gen_length")
-        by_model[_model_name(run)][length] = 100 * m[metric]
-    if all(len(points) < 2 for points in by_model.values()):
+def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
+    metric = main_metric(runs[0]["tasks"][task])
+    extra = sorted({k for r in runs for k in r["tasks"][task] if k.startswith("pass@") and k != metric})
+    lines = [f"## {task}", "", f"| run | model | adapter | protocol | gen length | {metric} (95% CI) | "
+             + "".join(f"{k} | " for k in extra) + "n |", "|---" * (7 + len(extra)) + "|"]  # fmt: skip
+    bars = []
+    for run in runs:
+        m, protocol = run["tasks"][task], run["config"].get("protocol", {})
+        ci = interval(run, task, metric)
+        bars.append((run["label"], m[metric], ci, m["n"]))
+        shown = f"{100 * m[metric]:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+        model, adapter = _source(run)
+        cells = [run["label"], model, adapter or "-", protocol.get("name", "?"), str(protocol.get("gen_length", "?")),
+                 shown, *(f"{100 * m[k]:.1f}" if k in m else "-" for k in extra), str(m["n"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    sizes = sorted({r["tasks"][task]["n"] for r in runs})
+    if len(sizes) > 1:
+        lines += ["", f"Note: these runs scored different numbers of questions (n = {', '.join(map(str, sizes))}); "
+                  "compare them with care (the intervals show how much n matters)."]  # fmt: skip
+    lines += ["", f"![{task}]({_bar_chart(plt, task, metric, bars, output)})", ""]
+    return lines + _length_plot(plt, task, runs, metric, output)
+
+
+def _bar_chart(plt, task: str, metric: str, bars: list, output: str) -> str:
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(bars)), 3.4))
+    xs = range(len(bars))
+    values = [100 * v for _, v, _, _ in bars]
+    errors = [[100 * (v - ci[0]) if ci else 0 for _, v, ci, _ in bars],
+              [100 * (ci[1] - v) if ci else 0 for _, v, ci, _ in bars]]  # fmt: skip
+    ax.bar(xs, values, color=_BLUE, yerr=errors, capsize=4, ecolor="#333333")
+    for x, (_, v, ci, n) in zip(xs, bars):
+        top = 100 * (ci[1] if ci else v)
+        ax.text(x, top + 1.5, f"{100 * v:.1f}\nn={n}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), [label for label, *_ in bars], rotation=20 if len(bars) > 3 else 0, ha="right"
+                  if len(bars) > 3 else "center")  # fmt: skip
+    ax.set_ylim(0, min(100, max(100 * (ci[1] if ci else v) for _, v, ci, _ in bars) + 18))
+    ax.set_ylabel(f"{metric} (%), 95% CI")
+    ax.set_title(task)
+    fig.tight_layout()
+    name = f"{task}.png"
+    fig.savefig(os.path.join(output, name), dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _length_plot(plt, task: str, runs: list[dict], metric: str, output: str) -> list[str]:
+    """Runs that differ only in generation length form one series, named after their labels."""
+    series = defaultdict(list)
+    for run in runs:
+        protocol = dict(run["config"].get("protocol", {}))
+        length = protocol.pop("gen_length", None)
+        protocol.pop("steps", None)
+        key = json.dumps([_source(run), protocol, run["config"].get("num_samples", 1)], sort_keys=True)
+        series[key].append((length, run))
+    if all(len({length for length, _ in points}) < 2 for points in series.values()):
         return []
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for model, points in by_model.items():
-        xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=model)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for points in series.values():
+        points.sort(key=lambda p: p[0])
+        ys = [100 * run["tasks"][task][metric] for _, run in points]
+        cis = [interval(run, task, metric) or (v / 100, v / 100) for (_, run), v in zip(points, ys)]
+        errors = [
+            [v - 100 * lo for v, (lo, _) in zip(ys, cis)],
+            [100 * hi - v for v, (_, hi) in zip(ys, cis)],
+        ]
+        ax.errorbar([p[0] for p in points], ys, yerr=errors, marker="o", capsize=3,
+                    label=_series_name([run["label"] for _, run in points]))  # fmt: skip
     ax.set_xlabel("generation length (tokens)")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(f"{metric} (%), 95% CI")
     ax.set_title(f"{task} by generation length")
     ax.legend(fontsize=7)
     fig.tight_layout()
     name = f"{task}_by_length.png"
-    fig.savefig(os.path.join(output, name), dpi=100)
+    fig.savefig(os.path.join(output, name), dpi=110)
     plt.close(fig)
     return [f"![{task} by length]({name})", ""]
+
+
+def _series_name(labels: list[str]) -> str:
+    prefix = os.path.commonprefix(labels).rstrip("-_ @=:")
+    return prefix if len(labels) > 1 and len(prefix) >= 2 else ", ".join(labels)
+
+
+def _training_section(plt, runs: list[dict], output: str) -> list[str]:
+    panels = []
+    for key, ylabel in TRAIN_CURVES:
+        keys = sorted({k for r in runs for h in r["history"] for k in h if _matches(k, key)})
+        if keys:
+            panels.append((key, ylabel, keys))
+    lines = ["## Training", "", "| run | steps | reward first -> last |", "|---|---|---|"]
+    for run in runs:
+        rewards = [h["reward"] for h in run["history"] if "reward" in h]
+        steps = max((h.get("step", 0) for h in run["history"]), default=0)
+        shown = f"{rewards[0]:.3f} -> {rewards[-1]:.3f}" if rewards else "-"
+        lines.append(f"| {run['label']} | {steps} | {shown} |")
+    if not panels:
+        return lines + ["", "(no training metrics logged)", ""]
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (key, ylabel, keys) in zip(axes.flat, panels):
+        for run in runs:
+            for k in keys:
+                points = [(h["step"], h[k]) for h in run["history"] if k in h and "step" in h]
+                if points:
+                    suffix = "" if len(keys) == 1 else f" {_short(k, key)}"
+                    name = (run["label"] if len(runs) > 1 else "") + suffix
+                    ax.plot(
+                        *zip(*points), marker="." if len(points) < 40 else None, label=name.strip() or None
+                    )
+        ax.set_title(ylabel, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(os.path.join(output, "training.png"), dpi=110)
+    plt.close(fig)
+    return lines + ["", "![training curves](training.png)", ""]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if "*" not in pattern:
+        return name == pattern
+    head, tail = pattern.split("*")
+    return name.startswith(head) and name.endswith(tail) and len(name) > len(head) + len(tail)
+
+
+def _short(name: str, pattern: str) -> str:
+    head, _, tail = pattern.partition("*")
+    return name[len(head) : len(name) - len(tail)] if "*" in pattern else name

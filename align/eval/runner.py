@@ -74,16 +74,23 @@ class DiffusionSource:
                            use_chat_template=protocol.use_chat_template)  # fmt: skip
 
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
-        """Completions of ``messages`` (questions ``offset``.. of the task), on every process."""
+        """Completions of ``messages`` (questions ``offset``.. of the task), on every process.
+
+        Every process enters the model context once per chunk, even with no question of its own (under
+        ZeRO-3 gathering the weights is collective)."""
+        import torch
+
         n, rank = self.state.num_processes, self.state.process_index
+        with torch.no_grad(), self.model_context() as model:
+            local = self._decode(model, messages[rank::n], protocol, offset, rank)
         if n == 1:
-            return self._decode(messages, protocol, offset, 0)
+            return local
         from accelerate.utils import gather_object
 
-        parts = gather_object([self._decode(messages[rank::n], protocol, offset, rank)])
+        parts = gather_object([local])
         return [parts[i % n][i // n] for i in range(len(messages))]
 
-    def _decode(self, messages: list[str], protocol: Protocol, offset: int, rank: int) -> list[str]:
+    def _decode(self, model, messages: list[str], protocol: Protocol, offset: int, rank: int) -> list[str]:
         import torch
 
         from align.data import encode_prompts
@@ -97,15 +104,13 @@ class DiffusionSource:
             generator = torch.Generator(self.device).manual_seed(
                 hash((self.seed, offset + start, rank)) % 2**63
             )
-            with torch.no_grad(), self.model_context() as model:
-                result = generate(
-                    model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                    gen_length=protocol.gen_length, steps=protocol.resolved_steps(),
-                    block_length=protocol.block_length, temperature=protocol.temperature,
-                    remasking=protocol.remasking, threshold=protocol.threshold, cache=protocol.cache,
-                    cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length, spec=self.spec,
-                    generator=generator,
-                )  # fmt: skip
+            result = generate(
+                model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                gen_length=protocol.gen_length, steps=protocol.resolved_steps(), block_length=protocol.block_length,
+                temperature=protocol.temperature, remasking=protocol.remasking, threshold=protocol.threshold,
+                cache=protocol.cache, cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length,
+                spec=self.spec, generator=generator,
+            )  # fmt: skip
             kept, _ = truncate_at_stop(
                 result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
             )
