@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from align.eval.tasks import PROTOCOLS
 from align.logprob import ESTIMATORS
 from align.losses import LOSS_TYPES, SCALE_REWARDS
 from align.sampling.diffusion import check_schedule
@@ -156,6 +157,23 @@ class GRPOConfig(ModelDataConfig):
         default_factory=lambda: ["math_accuracy"],
     )
     reward_weights: list[float] | None = _help("One weight per reward function; default all 1.", default=None)
+    # ---- evaluation during training ------------------------------------------------------------------
+    eval_tasks: list[str] | None = _help(
+        "Held-out tasks scored every eval_steps by the eval runner (all processes share the work): gsm8k, "
+        "math500, humaneval, mbpp or NAME=file.jsonl (math rows with question/answer). Logged as "
+        "eval/<task>/<metric>; metric_for_best_model (e.g. eval/tiny/accuracy) with load_best_model_at_end "
+        "keeps the best checkpoint. Setting it turns eval_strategy to steps.",
+        default=None,
+    )
+    eval_protocol: str | None = _help(
+        "Decoding protocol for eval_tasks (d1, llada, illada, tiny); default: the rollouts' own prompt format "
+        "and sampler settings, greedy.",
+        default=None,
+    )
+    eval_limit: int | None = _help("Score only the first N questions of each eval task.", default=None)
+    eval_data_dir: str | None = _help(
+        "Read eval tasks from DIR/<task>.jsonl instead of the hub.", default=None
+    )
     # ---- logging ------------------------------------------------------------------------------------
     log_completions: bool = _help(
         "Write a sample of prompts/completions/rewards each logging step.", default=True
@@ -163,10 +181,28 @@ class GRPOConfig(ModelDataConfig):
     num_completions_to_print: int = _help("How many completions the sample holds.", default=4)
 
     def __post_init__(self):
+        self._resolve_eval()
         super().__post_init__()
         self._resolve_generation_batch()
         self._check_choices()
         self._check_arithmetic()
+
+    def _resolve_eval(self) -> None:
+        """eval_tasks turn periodic evaluation on; the Trainer's eval fields without them are refused."""
+        strategy = getattr(self.eval_strategy, "value", self.eval_strategy)
+        if self.eval_tasks and strategy == "no":
+            self.eval_strategy = "steps"
+        elif not self.eval_tasks and strategy != "no":
+            raise ValueError(
+                f"eval_strategy {strategy!r} needs eval_tasks (what to score), e.g. --eval_tasks gsm8k or "
+                "--eval_tasks heldout=data/test.jsonl."
+            )
+        if self.metric_for_best_model and self.metric_for_best_model.startswith("eval/"):
+            self.metric_for_best_model = self.metric_for_best_model[len("eval/") :]  # the Trainer adds eval_
+        if self.load_best_model_at_end and not self.metric_for_best_model:
+            raise ValueError(
+                "load_best_model_at_end needs metric_for_best_model, e.g. eval/<task>/accuracy (or pass@1)."
+            )
 
     def _resolve_generation_batch(self) -> None:
         per_device = self.per_device_train_batch_size
@@ -195,6 +231,7 @@ class GRPOConfig(ModelDataConfig):
             "remasking": ["low_confidence", "random"],
             "cache": [None, "prefix", "dual"],
             "kl_estimator": ["k3", "k2"],
+            "eval_protocol": [None, *sorted(PROTOCOLS)],
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

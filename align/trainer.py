@@ -109,8 +109,9 @@ class DiffusionGRPOTrainer(Trainer):
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self.spec = family_spec(model, processing_class, args.mask_token_id)
         self.stop_ids = torch.tensor(self.spec.stop_token_ids, dtype=torch.long)
-        super().__init__(model=model, args=args, train_dataset=train_dataset,
-                         processing_class=processing_class, callbacks=callbacks)  # fmt: skip
+        self._eval_tasks = load_eval_tasks(args)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
+                         eval_dataset={t.name: rows for t, rows in self._eval_tasks} or None, callbacks=callbacks)  # fmt: skip
         self.use_peft = hasattr(self.model, "disable_adapter")
         self.ref_model = None
         if args.beta != 0.0 and not self.use_peft:
@@ -352,6 +353,35 @@ class DiffusionGRPOTrainer(Trainer):
             self._metrics[key].append(self.accelerator.gather(value.detach().float()[None]).mean().item())
         return loss if args.loss_type == "dapo" else loss / accumulation
 
+    # ---- evaluation during training (the eval runner on held-out tasks) ----------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Greedy-decode every eval task with the current policy (processes share the questions) and score
+        it; returns and logs ``{prefix}_<task>/<metric>`` (loggers show ``eval/<task>/<metric>``)."""
+        from accelerate.utils import broadcast_object_list
+
+        from align.eval.runner import DiffusionSource, evaluate_task
+
+        source = DiffusionSource(
+            self.model, self.processing_class, self.spec, state=self.accelerator.state,
+            batch_size=self.args.per_device_eval_batch_size, seed=self.args.seed,
+            model_context=lambda: unwrap_model_for_generation(self.model_wrapped, self.accelerator),
+        )  # fmt: skip
+        protocol, metrics = eval_protocol(self.args), {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for task, rows in self._eval_tasks:
+                scores, _ = evaluate_task(source, task, rows, protocol, progress=False)
+                metrics.update({f"{metric_key_prefix}_{task.name}/{k}": v for k, v in scores.items()
+                                if k not in ("n", "num_samples")})  # fmt: skip
+        finally:
+            self.model.train(was_training)
+        if self.accelerator.num_processes > 1:  # only the main process scored
+            metrics = broadcast_object_list([metrics])[0]
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
     # ---- metrics, samples, checkpoints -------------------------------------------------------------
     def _log_rollout(self, per_func, rewards, std_is_zero, mask, terminated, out, seconds: dict) -> None:
         gather = lambda t: self.accelerator.gather(t.to(self.accelerator.device))  # noqa: E731
@@ -419,6 +449,30 @@ class DiffusionGRPOTrainer(Trainer):
         if saved["phase"] != phase:
             raise RuntimeError(f"{path} holds rollout phase {saved['phase']}, but phase {phase} is resuming.")
         return saved["buffer"]
+
+
+def load_eval_tasks(args: GRPOConfig) -> list:
+    """[(Task, rows)] of ``eval_tasks``, read (and their columns checked) before training starts."""
+    from align.eval.tasks import resolve_tasks
+
+    if not args.eval_tasks:
+        return []
+    tasks = resolve_tasks(",".join(args.eval_tasks))
+    return [(task, task.load(args.eval_data_dir, path)[: args.eval_limit]) for task, path in tasks]
+
+
+def eval_protocol(args: GRPOConfig):
+    """The named ``eval_protocol``, else the rollouts' own prompt format and sampler, decoded greedily."""
+    from align.eval.tasks import PROTOCOLS, Protocol
+
+    if args.eval_protocol:
+        return PROTOCOLS[args.eval_protocol]
+    return Protocol(
+        "rollout", system_prompt=args.system_prompt, instruction=None, use_chat_template=args.use_chat_template,
+        gen_length=args.max_completion_length, block_length=args.block_length, steps=args.diffusion_steps,
+        temperature=0.0, remasking=args.remasking, threshold=args.threshold, cache=args.cache,
+        cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
+    )  # fmt: skip
 
 
 def _call_reward(fn, name, prompts, texts, ids, columns, state) -> list:

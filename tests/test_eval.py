@@ -306,7 +306,7 @@ def test_report_series_intervals_and_training_curves(tmp_path):
     # a training output_dir: curves from trainer_state.json (or the newest checkpoint's)
     history = [{"step": s, "reward": 0.1 * s, "rewards/math_accuracy/mean": 0.1 * s, "rewards/fmt/mean": 0.5,
                 "kl": 0.01 * s, "completions/mean_length": 8.0, "rollout/tokens_per_s": 100.0} for s in (1, 2, 3)]  # fmt: skip
-    history.append({"step": 3, "eval/tiny/accuracy": 0.4})
+    history.append({"step": 3, "eval_tiny/accuracy": 0.4})
     os.makedirs(tmp_path / "grpo" / "checkpoint-3")
     (tmp_path / "grpo" / "checkpoint-3" / "trainer_state.json").write_text(
         json.dumps({"log_history": history})

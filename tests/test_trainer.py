@@ -255,3 +255,43 @@ def test_lora_never_wraps_the_untied_lm_head(tmp_path):
     wrapped = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A" in n}
     assert ref is None and len(wrapped) == 2 * 7  # 7 target names per block, 2 blocks
     assert all(".blocks." in n for n in wrapped)  # model.transformer.ff_out (the head) is left alone
+
+
+def test_eval_during_training_logs_scores_and_keeps_the_best_checkpoint(tmp_path, capsys):
+    """eval_tasks on the committed tiny model: scores at every eval step, equal to `align eval` of that
+    checkpoint; load_best_model_at_end restores the best one."""
+    tiny = os.path.join(REPO, "recipes", "tiny")
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path", f"{tiny}/model", "--dataset_files", f"{tiny}/data/train.jsonl",
+        "--output_dir", str(out), "--max_steps", "6",
+        "--per_device_train_batch_size", "16", "--learning_rate", "5e-5", "--logging_steps", "1",
+        "--report_to", "none", "--eval_tasks", f"tiny={tiny}/data/test.jsonl", "--eval_limit", "60",
+        "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--metric_for_best_model",
+        "eval/tiny/accuracy", "--load_best_model_at_end", "true", "--per_device_eval_batch_size", "32",
+    ]  # fmt: skip
+    trainer = build_trainer(load_config(os.path.join(tiny, "grpo.yaml"), argv))
+    trainer.train()
+    scores = {
+        h["step"]: h["eval_tiny/accuracy"] for h in trainer.state.log_history if "eval_tiny/accuracy" in h
+    }
+    assert sorted(scores) == [2, 4, 6]
+    best = max(scores, key=lambda s: (scores[s], -s))  # the Trainer keeps the first of equal scores
+    assert trainer.state.best_model_checkpoint == str(out / f"checkpoint-{best}")
+    assert trainer.state.best_metric == scores[best]
+    saved = LLaDAModelLM.from_pretrained(out / f"checkpoint-{best}")
+    for (name, p), q in zip(trainer.model.named_parameters(), saved.parameters()):
+        assert torch.equal(p.detach(), q), name  # the best checkpoint's weights are loaded at the end
+    # the in-training score is what `align eval` gives that checkpoint under the same settings
+    step = max(scores)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out / f"checkpoint-{step}"), "--tasks", f"tiny={tiny}/data/test.jsonl",
+                 "--protocol", "tiny", "--limit", "60", "--dtype", "float32", "--output", str(tmp_path / "e")]) == 0  # fmt: skip
+    assert json.load(open(tmp_path / "e" / "results.json"))["tasks"]["tiny"]["accuracy"] == scores[step]
+
+
+def test_eval_fields_without_tasks_are_refused(workspace, tmp_path):
+    with pytest.raises(ValueError, match="eval_strategy 'steps' needs eval_tasks"):
+        config(workspace, tmp_path, "--eval_strategy", "steps")
+    with pytest.raises(ValueError, match="load_best_model_at_end needs metric_for_best_model"):
+        config(workspace, tmp_path, "--eval_tasks", "x=y.jsonl", "--load_best_model_at_end", "true")

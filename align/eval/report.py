@@ -30,7 +30,7 @@ TRAIN_CURVES = [  # (log key or prefix*, y label)
     ("completions/mean_length", "completion length (tokens)"),
     ("completions/clipped_ratio", "clipped ratio (no EOS)"),
     ("rollout/tokens_per_s", "rollout tokens/s"),
-    ("eval/*", "held-out score (eval during training)"),
+    ("eval_*", "held-out score (eval during training)"),
 ]
 _BLUE = "#4477aa"
 
