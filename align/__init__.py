@@ -1,7 +1,7 @@
-"""dllm-align: RL alignment (GRPO family) for masked diffusion language models."""
+"""dllm-align: RL alignment (GRPO family) for masked diffusion language models.
 
-from align.models import register_auto_classes
-
-register_auto_classes()
+Importing ``align`` is cheap (no torch): the CLI answers ``--help`` and config errors before any heavy
+library loads. ``align.models`` registers the native LLaDA classes with transformers' Auto classes.
+"""
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ def _generate(args) -> int:
     from align.models import family_spec, load_model, load_tokenizer
     from align.sampling import generate
 
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     model = load_model(
         args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, adapter=args.adapter
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--cache", default=None, choices=["prefix", "dual"])
     gen.add_argument("--chat_template", action=argparse.BooleanOptionalAction, default=True)
     gen.add_argument("--dtype", default="bfloat16")
-    gen.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    gen.add_argument("--device", default=None, help="default: cuda when a GPU is visible, else cpu")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--trust_remote_code", action="store_true")
     exp = sub.add_parser("export", help="merge a LoRA adapter into its base model and save a full checkpoint")
@@ -112,12 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands = {"export": _export, "generate": _generate, "eval": run_eval, "report": run_report}
     return commands[args.command](args)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

@@ -176,7 +176,9 @@ class GRPOConfig(ModelDataConfig):
     )
     # ---- logging ------------------------------------------------------------------------------------
     log_completions: bool = _help(
-        "Write a sample of prompts/completions/rewards each logging step.", default=True
+        "At each logging step show a sample of the rollout (prompt, completion, each reward, advantage): a "
+        "console table, a wandb / TensorBoard table when report_to names them, and OUTPUT_DIR/completions.jsonl.",
+        default=False,
     )
     num_completions_to_print: int = _help("How many completions the sample holds.", default=4)
 

@@ -28,9 +28,10 @@ from itertools import islice
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.utils import is_rich_available
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import nanstd
+from trl.trainer.utils import nanstd, print_prompt_completions_sample
 
 import rewards as reward_registry
 from align.config import GRPOConfig
@@ -159,12 +160,36 @@ class DiffusionGRPOTrainer(Trainer):
 
     # ---- the step ----------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if resume_from_checkpoint is True:
+        """``resume_from_checkpoint``: a checkpoint folder, or True / "true" for the newest one in output_dir."""
+        if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
             from transformers.trainer_utils import get_last_checkpoint
 
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            found = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            if found is None:
+                raise ValueError(
+                    f"resume_from_checkpoint true: {self.args.output_dir} holds no checkpoint-N folder to resume "
+                    "from; drop the flag to start afresh or point it at a checkpoint folder."
+                )
+            resume_from_checkpoint = found
+        elif str(resume_from_checkpoint).lower() == "false":
+            resume_from_checkpoint = None
         self._resume_dir = resume_from_checkpoint or None
+        if self._resume_dir and self.accelerator.is_main_process:
+            self._drop_completions_after(self._resume_dir)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _drop_completions_after(self, checkpoint: str) -> None:
+        """completions.jsonl rows logged after the checkpoint are logged again by the resumed run: drop them."""
+        path = os.path.join(self.args.output_dir, "completions.jsonl")
+        state = os.path.join(checkpoint, "trainer_state.json")
+        if not (os.path.exists(path) and os.path.exists(state)):
+            return
+        with open(state) as f:
+            step = json.load(f)["global_step"]
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and _complete_row_at_or_before(line, step)]
+        with open(path, "w") as f:
+            f.writelines(kept)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         start = time.perf_counter()
@@ -423,11 +448,38 @@ class DiffusionGRPOTrainer(Trainer):
             logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items() if v}}
             self._metrics.clear()
             if self.args.log_completions and self._samples and self.accelerator.is_main_process:
-                os.makedirs(self.args.output_dir, exist_ok=True)
-                with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a") as f:
-                    for sample in self._samples:
-                        f.write(json.dumps({"step": self.state.global_step, **sample}) + "\n")
+                self._log_completions(self._samples)
         super().log(logs, start_time)
+
+    def _log_completions(self, samples: list[dict]) -> None:
+        """The rollout sample as TRL shows it: ``completions.jsonl``, a console table (rich), a wandb table
+        and a TensorBoard text table."""
+        step = self.state.global_step
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a") as f:
+            f.writelines(json.dumps({"step": step, **sample}) + "\n" for sample in samples)
+        rewards = {name: [s[name] for s in samples] for name in self.reward_names}
+        prompts, texts = [s["prompt"] for s in samples], [s["completion"] for s in samples]
+        if is_rich_available():
+            print_prompt_completions_sample(prompts, texts, rewards, [s["advantage"] for s in samples], step)
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                import pandas as pd
+
+                wandb.log(
+                    {
+                        "completions": wandb.Table(
+                            dataframe=pd.DataFrame([{"step": step, **s} for s in samples])
+                        )
+                    }
+                )
+        writer = next((getattr(c, "tb_writer", None) for c in self.callback_handler.callbacks
+                       if type(c).__name__ == "TensorBoardCallback"), None)  # fmt: skip
+        if writer is not None:
+            writer.add_text("completions", completions_markdown(samples, self.reward_names), step)
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -435,7 +487,7 @@ class DiffusionGRPOTrainer(Trainer):
         micro = self.state.global_step * self.args.gradient_accumulation_steps
         if micro % per_phase and self._buffer is not None:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            torch.save({"phase": micro // per_phase, "buffer": self._buffer},
+            torch.save({"phase": micro // per_phase, "buffer": self._buffer, "samples": self._samples},
                        os.path.join(folder, BUFFER_FILE.format(rank=self.accelerator.process_index)))  # fmt: skip
 
     def _load_buffer(self, phase: int) -> dict:
@@ -448,6 +500,7 @@ class DiffusionGRPOTrainer(Trainer):
         saved = torch.load(path, map_location=self.accelerator.device, weights_only=False)
         if saved["phase"] != phase:
             raise RuntimeError(f"{path} holds rollout phase {saved['phase']}, but phase {phase} is resuming.")
+        self._samples = saved.get("samples", [])  # the phase's rollout sample, logged at its remaining steps
         return saved["buffer"]
 
 
@@ -509,6 +562,27 @@ def _first_failing(fn, prompts, texts, ids, columns, state) -> int | None:
         except Exception:
             return i
     return None
+
+
+def _complete_row_at_or_before(line: str, step: int) -> bool:
+    try:
+        return json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError):  # a line cut by the kill
+        return False
+
+
+def completions_markdown(samples: list[dict], reward_names: list[str]) -> str:
+    """A Markdown table of the rollout sample (prompt, completion, each reward, advantage)."""
+
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else str(v).replace("|", "\\|").replace("\n", "<br>")
+
+    columns = ["prompt", "completion", *reward_names, "advantage"]
+    rows = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    rows += ["| " + " | ".join(cell(s.get(c)) for c in columns) + " |" for s in samples]
+    return "\n".join(rows)
 
 
 def _num(v: float) -> float | None:

@@ -21,4 +21,6 @@ def test_short_demo_raises_reward(tmp_path, capsys, monkeypatch):
     history = json.load(open(out / "grpo" / "trainer_state.json"))["log_history"]
     rewards = [h["reward"] for h in history if "reward" in h]
     assert len(rewards) == 6 and rewards[-1] > rewards[0] + 0.03
-    assert (out / "report" / "reward.png").exists() and "before" in (out / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
+    assert "| before |" in report and "| after |" in report and "| GRPO | 30 |" in report
+    assert (out / "report" / "tiny.png").exists() and (out / "report" / "training.png").exists()

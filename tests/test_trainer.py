@@ -47,9 +47,8 @@ def logs(trainer, key):
 
 
 def test_every_parameter_changes_and_reward_kl_logged(workspace, tmp_path):
-    trainer = build_trainer(
-        config(workspace, tmp_path, "--beta", "0.04", "--estimator", "coupled", "--report_to", "tensorboard")
-    )
+    trainer = build_trainer(config(workspace, tmp_path, "--beta", "0.04", "--estimator", "coupled", "--report_to",
+                                   "tensorboard", "--log_completions", "true"))  # fmt: skip
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     unchanged = [n for n, p in trainer.model.named_parameters() if torch.equal(p, before[n])]
@@ -66,6 +65,28 @@ def test_every_parameter_changes_and_reward_kl_logged(workspace, tmp_path):
     assert {s["step"] for s in samples} == {1, 2} and {"prompt", "completion", "reward", "advantage"} <= set(
         samples[0]
     )
+    # the same sample as a TensorBoard text table, one per logging step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [run] = (tmp_path / "out" / "runs").iterdir()
+    events = EventAccumulator(str(run)).Reload()
+    tables = events.Tensors("completions/text_summary")
+    assert [t.step for t in tables] == [1, 2]
+    text = tables[0].tensor_proto.string_val[0].decode()
+    assert "| prompt | completion | ones_fraction | advantage |" in text
+    assert text.count("\n") == 1 + len([s for s in samples if s["step"] == 1])
+
+
+def test_completions_table_in_the_console(workspace, tmp_path, capsys):
+    build_trainer(config(workspace, tmp_path, "--log_completions", "true", "--max_steps", "1")).train()
+    out = capsys.readouterr().out
+    assert "Step 1" in out and "ones_fraction" in out and "Advantage" in out
+    capsys.readouterr()
+    build_trainer(
+        config(workspace, tmp_path, "--max_steps", "1", "--output_dir", str(tmp_path / "quiet"))
+    ).train()
+    assert "Advantage" not in capsys.readouterr().out  # TRL's default: no table
+    assert not (tmp_path / "quiet" / "completions.jsonl").exists()
 
 
 def test_ratio_is_one_at_first_inner_iteration_only(workspace, tmp_path):
@@ -118,7 +139,7 @@ def test_lora_trains_only_the_adapter_with_adapter_disabled_reference(workspace,
 
 
 class _Crash(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_log(self, args, state, control, **kwargs):  # after step 3 is logged, before it is checkpointed
         if state.global_step == 3:
             raise KeyboardInterrupt("simulated kill")
 
@@ -126,7 +147,7 @@ class _Crash(TrainerCallback):
 def test_kill_and_resume_matches_uninterrupted_run(workspace, tmp_path):
     # steps_per_generation 2 x num_iterations 2: checkpoint-2 falls in the middle of a rollout phase.
     common = ("--max_steps", "5", "--steps_per_generation", "2", "--per_device_train_batch_size", "4",
-              "--num_iterations", "2", "--beta", "0.02")  # fmt: skip
+              "--num_iterations", "2", "--beta", "0.02", "--log_completions", "true")  # fmt: skip
     straight = build_trainer(config(workspace, tmp_path / "a", *common))
     straight.train()
     killed = build_trainer(
@@ -139,10 +160,18 @@ def test_kill_and_resume_matches_uninterrupted_run(workspace, tmp_path):
     resumed = build_trainer(
         config(workspace, tmp_path / "b", *common, "--save_strategy", "steps", "--save_steps", "2")
     )
-    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "out" / "checkpoint-2"))
+    assert {json.loads(x)["step"] for x in open(tmp_path / "b" / "out" / "completions.jsonl")} == {1, 2, 3}
+    resumed.train(
+        resume_from_checkpoint="true"
+    )  # what `--resume_from_checkpoint true` passes: the newest one
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
     assert logs(resumed, "reward")[-1] == pytest.approx(logs(straight, "reward")[-1])
+    # completions.jsonl: each step once (step 3, logged before the kill, is not repeated)
+    rows = [[json.loads(x) for x in open(tmp_path / d / "out" / "completions.jsonl")] for d in ("a", "b")]
+    assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[0]] and rows[1] == rows[0]
+    with pytest.raises(ValueError, match="holds no checkpoint-N folder"):
+        build_trainer(config(workspace, tmp_path / "c", *common)).train(resume_from_checkpoint="true")
 
 
 def test_missing_prompt_column_is_named(workspace, tmp_path):
@@ -295,3 +324,22 @@ def test_eval_fields_without_tasks_are_refused(workspace, tmp_path):
         config(workspace, tmp_path, "--eval_strategy", "steps")
     with pytest.raises(ValueError, match="load_best_model_at_end needs metric_for_best_model"):
         config(workspace, tmp_path, "--eval_tasks", "x=y.jsonl", "--load_best_model_at_end", "true")
+
+
+def test_completions_table_goes_to_wandb_when_asked(workspace, tmp_path, monkeypatch):
+    """wandb is optional (not installed here): a stand-in module records what the trainer logs."""
+    import importlib.machinery
+    import types
+
+    logged = []
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.run, fake.log, fake.Table = object(), logged.append, lambda dataframe: dataframe
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    trainer = build_trainer(config(workspace, tmp_path, "--log_completions", "true", "--max_steps", "1"))
+    trainer.args.report_to = ["wandb"]  # after construction: no WandbCallback needed
+    trainer.train()
+    [entry] = logged
+    table = entry["completions"]
+    assert list(table.columns) == ["step", "prompt", "completion", "reward", "advantage", "ones_fraction"]
+    assert len(table) == 4 and set(table["step"]) == {1}

@@ -26,3 +26,6 @@ def register_auto_classes() -> None:
     AutoConfig.register("llada", LLaDAConfig, exist_ok=True)
     AutoModel.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
     AutoModelForMaskedLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+
+
+register_auto_classes()  # AutoConfig / AutoModel know model_type "llada" wherever align.models is imported
