@@ -29,8 +29,7 @@ import math
 import torch
 from trl.trainer.utils import nanstd
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
-SCALE_REWARDS = ("group", "batch", "none")
+from align.fields import LOSS_TYPES, SCALE_REWARDS
 
 
 def compute_advantages(

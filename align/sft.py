@@ -91,9 +91,9 @@ def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from align.train import recipe_main
+    from align.train import sft_main
 
-    return recipe_main("align sft", "masked-diffusion SFT", SFTConfig, build_trainer, argv)
+    return sft_main(argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ align train --config RECIPE.yaml [--field value ...]
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import sys
 
 logger = logging.getLogger(__name__)
@@ -63,35 +65,70 @@ def train_and_save(trainer, config) -> None:
             dist.destroy_process_group()
 
 
-def recipe_main(prog: str, description: str, config_class, build, argv: list[str] | None) -> int:
-    """``prog --config RECIPE.yaml [--field value ...]``: a bad config exits 2 with the reason."""
-    from align.config import load_config
+def recipe_main(prog: str, description: str, fields, config_class: str, build, argv: list[str] | None) -> int:
+    """``prog --config RECIPE.yaml [--field value ...]``.
 
-    parser = argparse.ArgumentParser(prog=prog, description=description, add_help=False)
-    parser.add_argument("--config", default=None, help="recipe YAML; other --field value pairs override it")
+    ``fields`` is the light field class (``align.fields``): help, unknown names, bad values, cross-field
+    arithmetic and missing local paths are answered in one line before torch or transformers load. Then
+    ``align.config.<config_class>`` is built and ``build(config)`` (a callable or "module:function")
+    trains. User errors exit 2, failures while running (a reward that raises) exit 1; ``--debug`` or
+    ``ALIGN_DEBUG=1`` shows tracebacks.
+    """
+    from align.errors import main_guard
+    from align.fields import preflight, recipe_values, render_help
+
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("-h", "--help", action="store_true")
     args, overrides = parser.parse_known_args(argv)
-    if "-h" in overrides or "--help" in overrides:  # every config field, with its documentation
-        from transformers import HfArgumentParser
-
-        fields = HfArgumentParser(
-            config_class, prog=f"{prog} [--config RECIPE.yaml]", description=description
-        )
-        fields.print_help()
+    if args.help:
+        print(render_help(fields, prog, description), end="")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, overrides, cls=config_class)
-    except (ValueError, OSError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    train_and_save(build(config), config)
-    return 0
+
+    def run() -> int:
+        values = recipe_values(fields, args.config, overrides, prog)
+        preflight(fields, values)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _quiet_cpu_deepspeed()
+        import align.config
+
+        config = align.config.load_config(
+            args.config, overrides, cls=getattr(align.config, config_class), prog=prog
+        )
+        builder = build
+        if isinstance(build, str):
+            module, _, name = build.partition(":")
+            builder = getattr(importlib.import_module(module), name)
+        train_and_save(builder(config), config)
+        return 0
+
+    return main_guard(prog, run, debug=args.debug)
+
+
+def _quiet_cpu_deepspeed() -> None:
+    """Without a GPU, tell DeepSpeed (imported by TRL) it is on CPU instead of letting it warn that it guessed."""
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from align.config import GRPOConfig
+    from align.fields import GRPOFields
 
-    return recipe_main("align train", "GRPO for masked diffusion LMs", GRPOConfig, build_trainer, argv)
+    return recipe_main(
+        "align train", "GRPO for masked diffusion LMs", GRPOFields, "GRPOConfig", build_trainer, argv
+    )
+
+
+def sft_main(argv: list[str] | None = None) -> int:
+    """``align sft``: the same entry with the SFT fields and ``align.sft.build_trainer``."""
+    from align.fields import SFTFields
+
+    return recipe_main(
+        "align sft", "masked-diffusion SFT", SFTFields, "SFTConfig", "align.sft:build_trainer", argv
+    )
 
 
 if __name__ == "__main__":

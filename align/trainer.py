@@ -17,11 +17,13 @@ the uninterrupted run drew; a checkpoint taken mid-buffer stores the buffer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+import warnings
 from collections import defaultdict
 from itertools import islice
 
@@ -36,6 +38,7 @@ from trl.trainer.utils import nanstd, print_prompt_completions_sample
 import rewards as reward_registry
 from align.config import GRPOConfig
 from align.data import encode_prompts, prompt_text, require_columns
+from align.errors import RunError
 from align.logprob import make_plan, token_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages, policy_loss
@@ -136,6 +139,17 @@ class DiffusionGRPOTrainer(Trainer):
         self._resume_dir: str | None = None
         self._last_global_step = -1
         self._rollout_time_s = 0.0
+
+    @contextlib.contextmanager
+    def _unwrapped(self):
+        """The policy gathered for generation (ZeRO-3) or unwrapped (DDP); TRL's helper reads a property that
+        transformers deprecated, which would warn at every rollout: that one warning is silenced here."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+                yield unwrapped
 
     @property
     def _per_phase(self) -> int:
@@ -261,7 +275,7 @@ class DiffusionGRPOTrainer(Trainer):
         prompt_ids = enc["input_ids"].repeat_interleave(args.num_generations, 0).to(device)
         prompt_attn = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         start = time.perf_counter()
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+        with self._unwrapped() as unwrapped:
             out = generate(
                 unwrapped, prompt_ids, prompt_attn,
                 gen_length=args.max_completion_length, steps=args.diffusion_steps, block_length=args.block_length,
@@ -332,13 +346,13 @@ class DiffusionGRPOTrainer(Trainer):
         args = self.args
         old = ref = None
         if args.gradient_accumulation_steps % self._per_phase != 0:
-            with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+            with self._unwrapped() as unwrapped:
                 old = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
         if args.beta != 0.0:
             if self.ref_model is not None:
                 ref = torch.stack([self._estimate(self.ref_model, ids, attn, p) for p in plans])
             else:
-                with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+                with self._unwrapped() as unwrapped:
                     with unwrapped.disable_adapter():
                         ref = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
         return old, ref
@@ -389,7 +403,7 @@ class DiffusionGRPOTrainer(Trainer):
         source = DiffusionSource(
             self.model, self.processing_class, self.spec, state=self.accelerator.state,
             batch_size=self.args.per_device_eval_batch_size, seed=self.args.seed,
-            model_context=lambda: unwrap_model_for_generation(self.model_wrapped, self.accelerator),
+            model_context=self._unwrapped,
         )  # fmt: skip
         protocol, metrics = eval_protocol(self.args), {}
         was_training = self.model.training
@@ -493,13 +507,13 @@ class DiffusionGRPOTrainer(Trainer):
     def _load_buffer(self, phase: int) -> dict:
         path = os.path.join(self._resume_dir or "", BUFFER_FILE.format(rank=self.accelerator.process_index))
         if not self._resume_dir or not os.path.exists(path):
-            raise RuntimeError(
+            raise RunError(
                 f"resuming in the middle of rollout phase {phase} needs {path}, which the checkpoint lacks; "
                 "resume from a checkpoint written by this trainer."
             )
         saved = torch.load(path, map_location=self.accelerator.device, weights_only=False)
         if saved["phase"] != phase:
-            raise RuntimeError(f"{path} holds rollout phase {saved['phase']}, but phase {phase} is resuming.")
+            raise RunError(f"{path} holds rollout phase {saved['phase']}, but phase {phase} is resuming.")
         self._samples = saved.get("samples", [])  # the phase's rollout sample, logged at its remaining steps
         return saved["buffer"]
 
@@ -528,13 +542,17 @@ def eval_protocol(args: GRPOConfig):
     )  # fmt: skip
 
 
+class RewardError(RunError):
+    """A reward function raised or returned the wrong number of values (the message names it and the sample)."""
+
+
 def _call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
     """Call one reward function; a raise or a wrong-length result names the function and the sample."""
     try:
         values = fn(prompts=prompts, completions=texts, completion_ids=ids, trainer_state=state, **columns)
     except Exception as exc:
         if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
-            raise RuntimeError(
+            raise RewardError(
                 f"reward function {name!r} raised TypeError: {exc}. The trainer passes prompts, completions, "
                 "completion_ids, trainer_state and every dataset column as keyword arguments: add **kwargs to "
                 f"its signature, e.g. def {name}(prompts, completions, **kwargs)."
@@ -545,11 +563,11 @@ def _call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
             if culprit is None
             else f" on sample {culprit} (prompt {prompts[culprit][-200:]!r}, completion {texts[culprit][:200]!r})"
         )
-        raise RuntimeError(f"reward function {name!r} raised {type(exc).__name__}: {exc}{where}") from exc
+        raise RewardError(f"reward function {name!r} raised {type(exc).__name__}: {exc}{where}") from exc
     values = list(values) if values is not None else None
     if values is None or len(values) != len(texts):
         got = "None" if values is None else f"{len(values)} values"
-        raise RuntimeError(f"reward function {name!r} returned {got} for {len(texts)} completions; return one "
+        raise RewardError(f"reward function {name!r} returned {got} for {len(texts)} completions; return one "
                            "float (or None) per completion.")  # fmt: skip
     return values
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 
 from rewards.code import code_execution
@@ -60,6 +61,10 @@ def get(spec: str | RewardFn) -> RewardFn:
     if target.endswith(".py"):
         fn = _from_file(target, name)
     else:
+        if (
+            os.getcwd() not in sys.path and "" not in sys.path
+        ):  # `align train` runs like `python -m align.train`
+            sys.path.insert(0, os.getcwd())
         try:
             fn = getattr(importlib.import_module(target), name, None)
         except ImportError as exc:

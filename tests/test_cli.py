@@ -1,5 +1,10 @@
 import json
+import os
+import resource
+import subprocess
+import sys
 
+import pytest
 from conftest import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -43,3 +48,114 @@ def test_train_and_sft_help_list_every_config_field(capsys):
     )
     assert main(["sft", "--help"]) == 0
     assert "--completion_column" in capsys.readouterr().out
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config", os.path.join(REPO, "recipes", "tiny", "grpo.yaml"),
+        "--model_name_or_path", os.path.join(REPO, "recipes", "tiny", "model"),
+        "--dataset_files", os.path.join(REPO, "recipes", "tiny", "data", "train.jsonl")]  # fmt: skip
+
+
+def _align(args, cwd=REPO):
+    """Run `align ...` in a fresh interpreter; returns (exit status, stderr, CPU seconds it used)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True, text=True, cwd=cwd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return proc.returncode, proc.stderr, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+@pytest.mark.parametrize("args,code,line", [
+    (["train", *TINY, "--model_name_or_path", "/no/such/dir"], 2,
+     "align train: model_name_or_path /no/such/dir does not exist; give a local checkpoint folder or a hub id (org/name)."),
+    (["train", *TINY, "--dataset_files", "missing.jsonl"], 2,
+     f"align train: dataset_files: missing.jsonl does not exist (paths are relative to {REPO})."),
+    (["train", *TINY, "--reward_funcs", "math_acuracy", "answer_tag_format"], 2,
+     "align train: unknown reward 'math_acuracy'; did you mean math_accuracy? Built-ins are answer_tag_format, "
+     "code_execution, length_penalty, math_accuracy, python_block_format, reasoning_answer_format, "
+     "think_answer_format, or give package.module:function or path/to/file.py:function."),
+    (["train", *TINY, "--beta", "abc"], 2, "align train: --beta 'abc' is not a number."),
+    (["train", *TINY, "--num_generation", "8"], 2,
+     "align train: unknown field --num_generation; did you mean --num_generations or --num_iterations?"),
+    (["train", *TINY, "--max_step", "1"], 2, "align train: unknown field --max_step; did you mean --max_steps?"),
+    (["train", *TINY, "--max_completion_length", "250"], 2,
+     "align train: max_completion_length 250 is not a multiple of block_length 8; use e.g. max_completion_length 256."),
+    (["train", *TINY, "--use_peft", "maybe"], 2, "align train: --use_peft 'maybe' is not true or false."),
+    (["sft", "--config", os.path.join(REPO, "recipes", "tiny", "sft.yaml"), "--num_generations", "8"], 2,
+     "align sft: unknown field --num_generations."),
+    (["eval", "--model", "/no/such/path", "--tasks", "gsm8k", "--output", "o"], 2,
+     "align eval: --model /no/such/path does not exist; give a local checkpoint folder or a hub id (org/name)."),
+    (["eval", "--model", "x", "--tasks", "gsm8k", "--output", "o", "--limit", "abc"], 2,
+     "align eval: argument --limit: invalid int value: 'abc'; see align eval --help."),
+    (["generate", "--model", "/no/such/path", "--prompt", "hi"], 2,
+     "align generate: --model /no/such/path does not exist; give a local checkpoint folder or a hub id (org/name)."),
+    (["export", "--model", os.path.join(REPO, "recipes", "tiny", "model"), "--adapter", "/no/adapter", "--output", "o"], 2,
+     "align export: --adapter /no/adapter does not exist; give a local checkpoint folder or a hub id (org/name)."),
+])  # fmt: skip
+def test_user_errors_are_one_line_and_fast(args, code, line):
+    status, err, cpu_s = _align(args)
+    assert (status, err) == (code, line + "\n")
+    assert cpu_s < 1.0, f"{cpu_s:.2f} s of CPU before the error"  # no torch / transformers import
+
+
+def test_help_is_fast_grouped_and_lists_reward_names():
+    for args in (
+        ["--help"],
+        ["train", "--help"],
+        ["sft", "--help"],
+        ["eval", "--help"],
+        ["generate", "--help"],
+    ):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run(
+            [sys.executable, "-m", "align.cli", *args], capture_output=True, text=True, cwd=REPO
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert out.returncode == 0 and after.ru_utime - before.ru_utime < 1.0, args
+    text = subprocess.run(
+        [sys.executable, "-m", "align.cli", "train", "--help"], capture_output=True, text=True
+    ).stdout
+    headers = [line for line in text.splitlines() if line and not line.startswith(" ")]
+    assert [h.split(":")[0].split(" (")[0] for h in headers[2:]] == [
+        "model",
+        "data",
+        "rollout",
+        "estimator",
+        "loss",
+        "rewards",
+        "evaluation",
+        "logging",
+        "training",
+    ]
+    assert "math_accuracy, python_block_format" in text and "--learning_rate" in text
+    assert text.index("--num_generations") < text.index("--learning_rate")  # the project's fields first
+    assert "--log_completions BOOL\n      At each logging step show" in text
+
+
+def test_reward_module_from_the_working_directory_under_align_train(tmp_path):
+    """`reward_funcs: [mypkg.rewards:fn]` resolves from the working directory however the run starts."""
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "rewards.py").write_text(
+        "def fn(prompts, completions, **kw):\n    return [1.0 for _ in completions]\n"
+    )
+    args = ["train", *TINY, "--reward_funcs", "mypkg.rewards:fn", "--reward_weights", "1", "--max_steps", "1",
+            "--per_device_train_batch_size", "8", "--logging_steps", "1", "--output_dir", str(tmp_path / "out"), "--report_to", "none"]  # fmt: skip
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "align"), *args], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    history = json.load(open(tmp_path / "out" / "trainer_state.json"))["log_history"]
+    assert [h["rewards/fn/mean"] for h in history if "rewards/fn/mean" in h] == [1.0]
+
+
+def test_a_raising_reward_stops_training_in_one_line(tmp_path):
+    (tmp_path / "bad.py").write_text("def boom(prompts, completions, **kw):\n    raise KeyError('answer')\n")
+    args = ["train", *TINY, "--reward_funcs", f"{tmp_path / 'bad.py'}:boom", "--reward_weights", "1", "--max_steps",
+            "1", "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out"), "--report_to", "none"]  # fmt: skip
+    status, err, _ = _align(args)
+    [line] = [
+        x for x in err.splitlines() if x.startswith("align train:")
+    ]  # after log lines and a progress bar
+    assert status == 1 and "Traceback" not in err
+    assert line.startswith(
+        "align train: reward function 'boom' raised KeyError: 'answer' on sample 0 (prompt "
+    )

@@ -42,7 +42,9 @@ def test_malformed_and_unknown_yaml_fields(tmp_path):
         load_config(str(bad))
     typo = tmp_path / "typo.yaml"
     typo.write_text("num_generation: 8\n")
-    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['num_generation'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown config field 'num_generation'; did you mean num_generations or"
+    ):
         load_config(str(typo))
     with pytest.raises(ValueError, match="No training data"):
         load_config(None, ["--output_dir", "out", "--report_to", "none"])

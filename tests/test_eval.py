@@ -236,8 +236,8 @@ def test_tiny_checkpoint_end_to_end(tmp_path, capsys):
     assert 0.0 < results["tasks"]["tiny"]["accuracy"] < 1.0  # the committed model is middling by design
     # the same greedy decode through `align generate` gives the same first completion
     capsys.readouterr()
-    assert main(["generate", "--model", model, "--prompt", samples[0]["prompt"], "--gen_length", "8", "--steps", "8",
-                 "--block_length", "8", "--no-chat_template", "--dtype", "float32", "--device", "cpu"]) == 0  # fmt: skip
+    assert main(["generate", "--model", model, "--prompt", samples[0]["prompt"], "--protocol", "tiny", "--dtype",
+                 "float32", "--device", "cpu"]) == 0  # fmt: skip
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith('{"prompt"'))
     assert json.loads(line)["completion"] == samples[0]["completion"]
 
@@ -322,7 +322,7 @@ def test_report_series_intervals_and_training_curves(tmp_path):
         "kl",
         "completions/mean_length",
         "rollout/tokens_per_s",
-        "eval/*",
+        "eval_*",
     ]
 
 

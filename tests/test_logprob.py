@@ -101,6 +101,10 @@ def test_one_step_equals_its_definition(setup):
         values = token_logprobs(model, ids, plan, mask_token_id=MASK_ID)
     torch.testing.assert_close(values[0, P:], logp, rtol=1e-5, atol=1e-5)
     assert (values[0, :P] == 0).all()
+    # sequence_logprob without attention_mask masks the prompt too (every position outside the completion)
+    est = sequence_logprob(model, ids, completion, estimator="one_step", mask_token_id=MASK_ID, p_mask_prompt=0.5,
+                           generator=torch.Generator().manual_seed(1))  # fmt: skip
+    torch.testing.assert_close(est, logp.sum()[None], rtol=1e-5, atol=1e-5)
 
 
 def test_coupled_pairs_predict_every_token_once(setup):

@@ -6,7 +6,6 @@ import torch
 from conftest import EOS_ID, MASK_ID, VOCAB, tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel
 
-import align  # noqa: F401  (registers the auto classes)
 from align.models import LLaDAConfig, LLaDAModelLM, family_spec
 
 # The official GSAI-ML/LLaDA-8B-Instruct config.json, shrunk (same fields, OLMo naming).
@@ -183,3 +182,21 @@ def test_logits_range_equals_the_slice_of_full_logits():
         wrapper = torch.nn.Module()
         wrapper.module = lora
         assert _is_native(wrapper) and not _is_native(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("bias_for_layer_norm", True), ("scale_logits", True), ("input_emb_norm", True), ("attention_layer_norm", True),
+    ("activation_type", "gelu"), ("activation_type", "swiglu"), ("block_type", "sequential"), ("block_group_size", 2),
+])  # fmt: skip
+def test_config_fields_that_change_the_computation_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"LLaDAConfig: {field}={value!r} means .* trust_remote_code"):
+        LLaDAConfig(**{field: value})
+
+
+def test_official_values_of_those_fields_load():
+    official = dict(include_bias=False, bias_for_layer_norm=False, scale_logits=False, input_emb_norm=False,
+                    attention_layer_norm=False, activation_type="silu", block_type="llama", block_group_size=1)  # fmt: skip
+    assert LLaDAConfig(**official).block_group_size == 1
+    with pytest.raises(ValueError, match="bias_for_layer_norm=True means biases in the RMS norms"):
+        LLaDAConfig(include_bias=True)  # OLMo: bias_for_layer_norm None inherits include_bias
+    assert LLaDAConfig(include_bias=True, bias_for_layer_norm=False).include_bias

@@ -221,3 +221,22 @@ def test_truncate_at_stop_keeps_up_to_first_stop_and_fills_after():
     kept, mask = truncate_at_stop(ids, stop_ids=(1, 2), fill_id=1)
     assert kept.tolist() == [[5, 0, 7, 1, 1, 1], [5, 6, 7, 8, 0, 9], [2, 1, 1, 1, 1, 1]]
     assert mask.tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]]
+
+
+def test_deprioritized_tokens_are_committed_last():
+    """Tokens in deprioritize_token_ids get confidence 0: committed after the others (one id, several, or 0)."""
+    p, g = 2, 4
+    target = torch.tensor([7, 8, 0, 5, 9, 10])  # the completion's first two tokens are ids 0 and 5
+    conf = torch.tensor([0.9, 0.9, 0.99, 0.98, 0.6, 0.5])
+    model = ScriptedDenoiser(target, conf)
+
+    def order(ids):
+        out = generate(
+            model, target[:p][None], gen_length=g, steps=g, block_length=g, deprioritize_token_ids=ids
+        )
+        assert torch.equal(out.completion_ids[0], target[p:])
+        return out.commit_step[0].tolist()
+
+    assert order(None) == [0, 1, 2, 3]
+    assert order([0]) == [3, 0, 1, 2]
+    assert order([0, 5]) == [2, 3, 0, 1]

@@ -7,74 +7,92 @@ import json
 import sys
 
 
+def flag(parser, name: str, **kwargs):
+    """``--gen-length`` and ``--gen_length`` alike: every subcommand accepts both spellings."""
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"])
+    return parser.add_argument(*spellings, **kwargs)
+
+
+def add_sampler_flags(p) -> None:
+    """Protocol overrides shared by ``eval`` and ``generate`` (default: the protocol's value)."""
+    p.add_argument(
+        "--protocol", default="d1", help="named preset: d1, llada, illada, tiny (prompt + sampler settings)"
+    )
+    for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
+                       ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int)):  # fmt: skip
+        flag(p, name, type=kind, default=None, help="override the protocol's value")
+    p.add_argument("--remasking", default=None, choices=["low_confidence", "random"])
+    p.add_argument("--cache", default=None, choices=["prefix", "dual"])
+    flag(p, "system-prompt", default=None)
+    flag(p, "chat-template", action=argparse.BooleanOptionalAction, default=None)
+    flag(p, "variable-length", action=argparse.BooleanOptionalAction, default=None)
+    flag(p, "batch-size", type=int, default=8, help="prompts decoded together (diffusion)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device", default=None, help="default: this process's GPU when there is one, else cpu")
+    flag(p, "trust-remote-code", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def resolve_protocol(args):
+    """The named protocol with the command line's overrides applied."""
+    from align.errors import UsageError
+    from align.eval import PROTOCOLS
+
+    if args.protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {args.protocol!r}; choose from {sorted(PROTOCOLS)}.")
+    return PROTOCOLS[args.protocol].with_overrides(
+        gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, temperature=args.temperature,
+        threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
+        remasking=args.remasking, cache=args.cache, system_prompt=args.system_prompt,
+        use_chat_template=args.chat_template, variable_length=args.variable_length,
+    )  # fmt: skip
+
+
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="score a checkpoint or an endpoint on GSM8K / MATH500 / HumanEval / MBPP")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="diffusion checkpoint: hub id or local path")
     src.add_argument("--endpoint", help="OpenAI-compatible server URL, e.g. http://localhost:8000/v1")
     p.add_argument("--adapter", default=None, help="PEFT adapter on top of --model")
-    p.add_argument("--served-model", default=None, help="model name the endpoint serves (with --endpoint)")
+    flag(p, "served-model", default=None, help="model name the endpoint serves (with --endpoint)")
     p.add_argument(
         "--tasks", required=True, help="comma list: gsm8k,math500,humaneval,mbpp or NAME=file.jsonl"
     )
-    p.add_argument("--protocol", default="d1", help="named preset: d1, llada, illada, tiny")
-    p.add_argument("--data-dir", default=None, help="read DATA_DIR/<task>.jsonl instead of the hub")
+    flag(p, "data-dir", default=None, help="read DATA_DIR/<task>.jsonl instead of the hub")
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
-    p.add_argument("--num-samples", type=int, default=1, help="answers per question (pass@k with k = this)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--output",
-        required=True,
-        help="folder for results.json and <task>/samples.jsonl; a rerun "
-        "with the same settings skips finished tasks and continues an unfinished one",
-    )
+    flag(p, "num-samples", type=int, default=1, help="answers per question (pass@k with k = this)")
+    p.add_argument("--output", required=True, help="folder for results.json and <task>/samples.jsonl; a rerun "
+                   "with the same settings skips finished tasks and continues an unfinished one")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="rerun every task even if --output holds results")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (diffusion)")
     p.add_argument("--concurrency", type=int, default=8, help="parallel requests (endpoint)")
     p.add_argument("--retries", type=int, default=3, help="retries per request (endpoint)")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--device", default=None, help="default: this process's GPU when there is one, else cpu")
-    p.add_argument("--trust-remote-code", action="store_true")
-    for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
-                       ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int)):  # fmt: skip
-        p.add_argument(f"--{name}", type=kind, default=None, help="override the protocol's value")
-    p.add_argument("--remasking", default=None, choices=["low_confidence", "random"])
-    p.add_argument("--cache", default=None, choices=["prefix", "dual"])
-    p.add_argument("--system-prompt", default=None)
-    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--variable-length", action=argparse.BooleanOptionalAction, default=None)
+    add_sampler_flags(p)
 
 
 def add_report_parser(sub) -> None:
-    p = sub.add_parser("report", help="Markdown report with tables and plots from several eval folders")
-    p.add_argument("runs", nargs="+", help="eval output folders, optionally LABEL=FOLDER")
+    p = sub.add_parser(
+        "report", help="Markdown report with tables and plots from eval folders and training runs"
+    )
+    p.add_argument("runs", nargs="+", help="align eval --output folders or align train output_dirs, optionally "
+                   "LABEL=FOLDER")  # fmt: skip
     p.add_argument("--output", required=True, help="folder for report.md and the PNGs")
 
 
 def run_eval(args) -> int:
-    from align.errors import main_guard
-
-    return main_guard("align eval", lambda: _run_eval(args), debug=getattr(args, "debug", False))
-
-
-def _run_eval(args) -> int:
     """Check everything cheap first (protocol, tasks, data, paths, endpoint), then load and decode."""
     from align.errors import UsageError, check_model_path
-    from align.eval import PROTOCOLS, EndpointSource, resolve_tasks
+    from align.eval import EndpointSource, resolve_tasks
 
-    if args.protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {args.protocol!r}; choose from {sorted(PROTOCOLS)}.")
-    protocol = PROTOCOLS[args.protocol].with_overrides(
-        gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, temperature=args.temperature,
-        threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
-        remasking=args.remasking, cache=args.cache, system_prompt=args.system_prompt,
-        use_chat_template=args.chat_template, variable_length=args.variable_length,
-    )  # fmt: skip
+    protocol = resolve_protocol(args)
     if args.num_samples > 1 and protocol.temperature == 0:
         raise UsageError("--num-samples > 1 needs sampling; set --temperature > 0 (greedy repeats itself).")
     if args.endpoint and not args.served_model:
         raise UsageError("--endpoint needs --served-model (the name the server knows the model by).")
+    if args.model:
+        check_model_path(args.model, "--model")
+    if args.adapter:
+        check_model_path(args.adapter, "--adapter")
     tasks = [(task, task.load(args.data_dir, path)[: args.limit]) for task, path in resolve_tasks(args.tasks)]
     if args.endpoint:
         source = EndpointSource(
@@ -82,9 +100,6 @@ def _run_eval(args) -> int:
         )
         source.probe()
         return _evaluate_all(args, source.description, lambda: source, tasks, protocol)
-    check_model_path(args.model, "--model")
-    if args.adapter:
-        check_model_path(args.adapter, "--adapter")
     return _run_diffusion(args, tasks, protocol)
 
 

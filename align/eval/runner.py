@@ -52,6 +52,7 @@ class DiffusionSource:
         self.batch_size, self.seed = batch_size, seed
         self.chunk_size = batch_size * state.num_processes
         self.model_context = model_context or (lambda: contextlib.nullcontext(self.model))
+        self.forward_passes = 0
         self.description = {**(description or {}), "processes": state.num_processes}
 
     @classmethod
@@ -115,6 +116,7 @@ class DiffusionSource:
                 result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
             )
             out += self.tokenizer.batch_decode(kept, skip_special_tokens=True)
+            self.forward_passes = result.nfe  # of the last batch (``align generate`` reports it)
         return out
 
     def close(self) -> None:

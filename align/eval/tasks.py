@@ -43,7 +43,13 @@ class Task:
         else:
             from datasets import load_dataset
 
-            rows = list(load_dataset(self.hub[0], self.hub[1], split=self.hub[2]))
+            try:
+                rows = list(load_dataset(self.hub[0], self.hub[1], split=self.hub[2]))
+            except (OSError, ConnectionError, ValueError) as exc:
+                raise FileNotFoundError(
+                    f"task {self.name}: could not load {self.hub[0]} from the hub ({type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:200]}); offline, pass --data-dir DIR with DIR/{self.name}.jsonl."
+                ) from exc
         missing = {self.question, *self.gold_columns()} - set(rows[0] if rows else {})
         if rows and missing:
             raise ValueError(

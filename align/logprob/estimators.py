@@ -235,9 +235,13 @@ def sequence_logprob(
     chunk_size: int = 1,
     spec: FamilySpec | None = None,
 ) -> torch.Tensor:
-    """Sequence log-likelihood estimate [B] of the completion tokens (completion_mask [B, T] == 1)."""
+    """Sequence log-likelihood estimate [B] of the completion tokens (completion_mask [B, T] == 1).
+
+    ``p_mask_prompt`` masks each prompt position (every real position outside the completion: those of
+    ``attention_mask``, or all of them without one) with that probability, as d1 does."""
+    prompt_mask = attention_mask if attention_mask is not None else torch.ones_like(completion_mask)
     plan = make_plan(
-        estimator, completion_mask, num_samples=num_samples, prompt_mask=attention_mask,
+        estimator, completion_mask, num_samples=num_samples, prompt_mask=prompt_mask,
         p_mask_prompt=p_mask_prompt, generator=generator,
     )  # fmt: skip
     values = token_logprobs(

@@ -3,8 +3,9 @@
 An official ``config.json`` (GSAI-ML/LLaDA-8B-Instruct, GSAI-ML/iLLaDA-8B-Instruct) loads unchanged:
 fields this implementation does not use (``alibi``, ``init_fn``, ``flash_attention``, ...) are kept as
 attributes and written back on save. Fields that would change the architecture into something this
-implementation does not compute (ALiBi, LayerNorm instead of RMSNorm, no RoPE) are rejected here rather
-than silently ignored.
+implementation does not compute (ALiBi, LayerNorm instead of RMSNorm, no RoPE, norm biases, scaled logits or
+embeddings, QK norms, another activation or block layout, grouped blocks) are rejected here rather than
+silently ignored.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class LLaDAConfig(PretrainedConfig):
             raise ValueError(
                 f"LLaDAConfig: layer_norm_type={kwargs['layer_norm_type']!r} is not supported (only 'rms')."
             )
+        _reject_uncomputed(include_bias, kwargs)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if d_model % n_heads or n_heads % n_kv_heads:
             raise ValueError(
@@ -105,3 +107,28 @@ class LLaDAConfig(PretrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+
+# OLMo-style fields that would change what the network computes; the LLaDA checkpoints use the first value.
+_COMPUTED = {
+    "bias_for_layer_norm": ((False,), "biases in the RMS norms"),
+    "scale_logits": ((False, None), "logits scaled by 1/sqrt(d_model)"),
+    "input_emb_norm": ((False, None), "embeddings scaled by sqrt(d_model)"),
+    "attention_layer_norm": ((False, None), "query/key layer norms"),
+    "activation_type": (("silu", None), "an MLP activation other than silu(ff_proj(x)) * up_proj(x)"),
+    "block_type": (("llama", None), "a block layout other than LLaDA's llama block (separate q/k/v, ff/up)"),
+    "block_group_size": ((1, None), "grouped blocks (their weights are named block_groups.*)"),
+}
+
+
+def _reject_uncomputed(include_bias: bool, kwargs: dict) -> None:
+    """Refuse a config whose fields this implementation would load and then silently not compute."""
+    values = dict(kwargs)
+    if values.get("bias_for_layer_norm") is None:  # OLMo: None inherits include_bias
+        values["bias_for_layer_norm"] = include_bias
+    for name, (allowed, meaning) in _COMPUTED.items():
+        if name in values and values[name] not in allowed:
+            raise ValueError(
+                f"LLaDAConfig: {name}={values[name]!r} means {meaning}, which the native implementation does not "
+                f"compute (it supports {name}={allowed[0]!r}); load this checkpoint with trust_remote_code."
+            )

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from align.fields import check_schedule
 from align.models.family import FamilySpec, family_spec, model_logits
 
 REMASKING = ("low_confidence", "random")
@@ -138,29 +139,6 @@ def select_transfer(
     return rank < k[:, None]
 
 
-def check_schedule(
-    gen_length: int,
-    steps: int,
-    block_length: int,
-    names: tuple[str, str, str] = ("gen_length", "steps", "block_length"),
-) -> None:
-    """Block/step arithmetic of the sampler; ``names`` are the caller's field names for the messages."""
-    g, s, b = names
-    if gen_length <= 0 or block_length <= 0 or steps <= 0:
-        raise ValueError(f"{g} ({gen_length}), {b} ({block_length}) and {s} ({steps}) must be positive.")
-    if gen_length % block_length:
-        raise ValueError(
-            f"{g} {gen_length} is not a multiple of {b} {block_length}; use e.g. "
-            f"{g} {math.ceil(gen_length / block_length) * block_length}."
-        )
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        raise ValueError(
-            f"{s} {steps} is not divisible by the number of blocks {num_blocks} "
-            f"({g} {gen_length} / {b} {block_length}); use e.g. {s} {max(1, steps // num_blocks) * num_blocks}."
-        )
-
-
 def check_settings(gen_length: int, steps: int, block_length: int, spec: FamilySpec, remasking: str) -> None:
     check_schedule(gen_length, steps, block_length)
     if remasking not in REMASKING:
@@ -241,7 +219,7 @@ def _decode_block(
             break
         logits = den.block_logits(x, attn, prompt_real, start, end, first_step=i == 0)
         x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"])
-        if opts["deprioritize"]:
+        if opts["deprioritize"] is not None:
             conf = conf.masked_fill(torch.isin(x0, opts["deprioritize"]), 0.0)
         conf = conf.masked_fill(~masked, -math.inf)
         if opts["threshold"] is None:

@@ -1,0 +1,561 @@
+"""The recipe fields, their checks and the fast path of ``align train`` / ``align sft`` (no torch imported).
+
+Every field is documented once here, tagged with its help group (model, data, rollout, estimator, loss,
+rewards, evaluation, logging). ``align.config`` adds ``transformers.TrainingArguments`` to these fields;
+before that heavy import the command line reads the recipe YAML, rejects unknown fields (with "did you
+mean"), converts and checks every value, and runs the same cross-field checks the config runs, so a typo
+costs a fraction of a second. ``TrainingArguments``' own field names, types and defaults are read from
+transformers' source without importing it (``training_args_fields``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import importlib.util
+import math
+import os
+import types
+from dataclasses import dataclass, field
+
+# The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
+ESTIMATOR_NAMES = ("coupled", "elbo", "one_step")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
+SCALE_REWARDS = ("group", "batch", "none")
+PROTOCOL_NAMES = ("d1", "illada", "llada", "tiny")
+BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "length_penalty", "math_accuracy", "python_block_format",
+                   "reasoning_answer_format", "think_answer_format")  # fmt: skip
+GROUPS = ("model", "data", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")
+
+
+_GROUP_OF_HELP: dict[
+    str, str
+] = {}  # transformers' HfArgumentParser passes metadata on to argparse: keep it {help}
+
+
+def _help(group: str, text: str, **kwargs):
+    _GROUP_OF_HELP[text] = group
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class ModelDataFields:
+    """Model, PEFT and data fields shared by GRPO and masked-diffusion SFT."""
+
+    # ---- model --------------------------------------------------------------------------------------
+    model_name_or_path: str = _help(
+        "model", "Hub id or local path of the diffusion LM.", default="recipes/tiny/model"
+    )
+    dtype: str = _help("model", "Parameter dtype: bfloat16, float16, float32.", default="bfloat16")
+    trust_remote_code: bool = _help(
+        "model", "Run the checkpoint's own code (needed outside the LLaDA family).", default=False
+    )
+    attn_implementation: str | None = _help(
+        "model",
+        "Attention kernel for remote-code models (e.g. flash_attention_2); the native LLaDA uses SDPA.",
+        default=None,
+    )
+    mask_token_id: int | None = _help(
+        "model", "Override the mask id (normally read from config/tokenizer).", default=None
+    )
+    use_peft: bool = _help("model", "Train a LoRA adapter instead of all weights.", default=False)
+    lora_r: int = _help("model", "LoRA rank.", default=16)
+    lora_alpha: int = _help("model", "LoRA alpha.", default=32)
+    lora_dropout: float = _help("model", "LoRA dropout.", default=0.0)
+    lora_target_modules: list[str] = _help(
+        "model",
+        "Module names LoRA wraps (LLaDA names; the LM head is never wrapped, although untied LLaDA names it ff_out).",
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"],
+    )
+    # ---- data ---------------------------------------------------------------------------------------
+    dataset_name: str | None = _help(
+        "data", "Hub dataset id (e.g. openai/gsm8k); or use dataset_files.", default=None
+    )
+    dataset_config: str | None = _help("data", "Hub dataset config name (e.g. main).", default=None)
+    dataset_files: list[str] | None = _help(
+        "data", "Local JSON/JSONL/CSV/Parquet files instead of a hub dataset.", default=None
+    )
+    dataset_split: str = _help("data", "Split to train on.", default="train")
+    rename_columns: list[str] | None = _help(
+        "data",
+        "Dataset column renames 'old:new' (e.g. test_cases:tests so code_execution finds its column).",
+        default=None,
+    )
+    prompt_column: str = _help("data", "Column holding the question / prompt text.", default="question")
+    system_prompt: str | None = _help("data", "System prompt prepended to every chat.", default=None)
+    use_chat_template: bool = _help("data", "Wrap prompts with the tokenizer's chat template.", default=True)
+    max_prompt_length: int = _help(
+        "data", "Prompts longer than this (tokens) are cut from the left.", default=256
+    )
+
+
+@dataclass
+class SFTFields(ModelDataFields):
+    """Masked-diffusion SFT (LLaDA's objective): prompt clean, response + EOS padding masked at t ~ U(0, 1)."""
+
+    init_config: str | None = _help(
+        "model",
+        "Start from random weights with this LLaDA config (JSON path) instead of model_name_or_path's "
+        "weights; the tokenizer still comes from model_name_or_path.",
+        default=None,
+    )
+    completion_column: str = _help("data", "Column holding the target response text.", default="completion")
+    max_completion_length: int = _help(
+        "data",
+        "Responses are padded with EOS (and trained to predict it) up to this many tokens; longer ones are cut.",
+        default=256,
+    )
+
+
+@dataclass
+class GRPOFields(ModelDataFields):
+    """GRPO: the model/data fields plus TRL's GRPO fields and the diffusion sampler/estimator fields."""
+
+    # ---- generation (the diffusion sampler) ---------------------------------------------------------
+    num_generations: int = _help("rollout", "Completions per prompt (the GRPO group size G).", default=8)
+    generation_batch_size: int | None = _help(
+        "rollout",
+        "Completions generated per rollout phase per device (= per_device_train_batch_size x "
+        "steps_per_generation; set one of the two).",
+        default=None,
+    )
+    steps_per_generation: int | None = _help(
+        "rollout",
+        "Optimizer micro-steps served by one rollout phase; default gradient_accumulation_steps.",
+        default=None,
+    )
+    max_completion_length: int = _help(
+        "rollout", "Generated tokens per completion (the canvas length).", default=256
+    )
+    block_length: int = _help("rollout", "Semi-autoregressive block length of the sampler.", default=32)
+    diffusion_steps: int = _help(
+        "rollout", "Sampler steps for max_completion_length tokens (upper bound with threshold).", default=128
+    )
+    temperature: float = _help("rollout", "Sampling temperature (Gumbel-max); 0 = greedy.", default=0.9)
+    remasking: str = _help(
+        "rollout", "Which tokens to commit: low_confidence or random.", default="low_confidence"
+    )
+    threshold: float | None = _help(
+        "rollout", "Fast-dLLM confidence threshold for parallel decoding; None = reference.", default=None
+    )
+    cache: str | None = _help(
+        "rollout", "KV cache for rollouts: None, prefix or dual (native LLaDA only).", default=None
+    )
+    cfg_scale: float = _help("rollout", "Classifier-free guidance scale (0 = off).", default=0.0)
+    mask_truncated_completions: bool = _help(
+        "rollout", "Exclude completions with no EOS from the loss.", default=False
+    )
+    # ---- likelihood estimation ----------------------------------------------------------------------
+    estimator: str = _help(
+        "estimator", "Log-likelihood estimator: " + ", ".join(ESTIMATOR_NAMES) + ".", default="one_step"
+    )
+    num_mc_samples: int = _help(
+        "estimator", "Monte Carlo samples per estimate (pairs for coupled).", default=1
+    )
+    p_mask_prompt: float = _help(
+        "estimator", "Probability of masking each prompt token (d1 uses 0.15).", default=0.0
+    )
+    mc_chunk_size: int = _help(
+        "estimator", "Forward passes stacked per model call when estimating.", default=1
+    )
+    # ---- loss (TRL names) ---------------------------------------------------------------------------
+    loss_type: str = _help("loss", "Aggregation: " + ", ".join(LOSS_TYPES) + ".", default="dapo")
+    beta: float = _help("loss", "KL coefficient; 0 skips the reference model.", default=0.0)
+    kl_estimator: str = _help("loss", "KL estimator: k3 (TRL) or k2.", default="k3")
+    epsilon: float = _help("loss", "Lower clip range of the ratio.", default=0.2)
+    epsilon_high: float | None = _help("loss", "Upper clip range; default epsilon.", default=None)
+    delta: float | None = _help("loss", "Cap on the ratio for two-sided clipping; None = off.", default=None)
+    importance_sampling_level: str = _help(
+        "loss", "Ratio per token or per sequence (GSPO / ESPO).", default="token"
+    )
+    num_iterations: int = _help("loss", "Inner updates per rollout batch (mu).", default=1)
+    scale_rewards: str = _help(
+        "loss", "Advantage scaling: group, batch or none (mean-centring only).", default="group"
+    )
+    wd1_psi: float = _help("loss", "Temperature of wd1's advantage softmax.", default=1.0)
+    sync_ref_model: bool = _help("loss", "Periodically mix policy weights into the reference.", default=False)
+    ref_model_sync_steps: int = _help("loss", "Steps between reference syncs.", default=512)
+    ref_model_mixup_alpha: float = _help(
+        "loss", "ref <- (1 - alpha) ref + alpha policy at each sync.", default=0.6
+    )
+    # ---- rewards ------------------------------------------------------------------------------------
+    reward_funcs: list[str] = _help(
+        "rewards",
+        "Reward specs: built-in names (" + ", ".join(BUILTIN_REWARDS) + "), package.module:function or "
+        "path/to/file.py:function (relative paths and modules resolve from the working directory).",
+        default_factory=lambda: ["math_accuracy"],
+    )
+    reward_weights: list[float] | None = _help(
+        "rewards", "One weight per reward function; default all 1.", default=None
+    )
+    # ---- evaluation during training ------------------------------------------------------------------
+    eval_tasks: list[str] | None = _help(
+        "evaluation",
+        "Held-out tasks scored every eval_steps by the eval runner (all processes share the work): gsm8k, "
+        "math500, humaneval, mbpp or NAME=file.jsonl (math rows with question/answer). Logged as "
+        "eval/<task>/<metric>; metric_for_best_model (e.g. eval/tiny/accuracy) with load_best_model_at_end "
+        "keeps the best checkpoint. Setting it turns eval_strategy to steps.",
+        default=None,
+    )
+    eval_protocol: str | None = _help(
+        "evaluation",
+        "Decoding protocol for eval_tasks (d1, llada, illada, tiny); default: the rollouts' own prompt format "
+        "and sampler settings, greedy.",
+        default=None,
+    )
+    eval_limit: int | None = _help(
+        "evaluation", "Score only the first N questions of each eval task.", default=None
+    )
+    eval_data_dir: str | None = _help(
+        "evaluation", "Read eval tasks from DIR/<task>.jsonl instead of the hub.", default=None
+    )
+    # ---- logging ------------------------------------------------------------------------------------
+    log_completions: bool = _help(
+        "logging",
+        "At each logging step show a sample of the rollout (prompt, completion, each reward, advantage): a "
+        "console table, a wandb / TensorBoard table when report_to names them, and OUTPUT_DIR/completions.jsonl.",
+        default=False,
+    )
+    num_completions_to_print: int = _help("logging", "How many completions the sample holds.", default=4)
+
+
+# ---- checks: run on the real config (align.config) and, before any heavy import, on a plain view ------
+def check_model_data(c) -> None:
+    for item in c.rename_columns or []:
+        if item.count(":") != 1 or "" in item.split(":"):
+            raise ValueError(f"rename_columns entry {item!r} is not 'old:new'.")
+    if c.dataset_name is None and not c.dataset_files:
+        raise ValueError("No training data: set dataset_name (a hub id) or dataset_files (local files).")
+    if c.dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype {c.dtype!r} is not one of ['bfloat16', 'float16', 'float32'].")
+
+
+def resolve_eval(c) -> None:
+    """eval_tasks turn periodic evaluation on; the Trainer's eval fields without them are refused."""
+    strategy = getattr(c.eval_strategy, "value", c.eval_strategy)
+    if c.eval_tasks and strategy == "no":
+        c.eval_strategy = "steps"
+    elif not c.eval_tasks and strategy != "no":
+        raise ValueError(
+            f"eval_strategy {strategy!r} needs eval_tasks (what to score), e.g. --eval_tasks gsm8k or "
+            "--eval_tasks heldout=data/test.jsonl."
+        )
+    if c.metric_for_best_model and c.metric_for_best_model.startswith("eval/"):
+        c.metric_for_best_model = c.metric_for_best_model[len("eval/") :]  # the Trainer adds eval_
+    if c.load_best_model_at_end and not c.metric_for_best_model:
+        raise ValueError(
+            "load_best_model_at_end needs metric_for_best_model, e.g. eval/<task>/accuracy (or pass@1)."
+        )
+
+
+def resolve_generation_batch(c) -> None:
+    per_device = c.per_device_train_batch_size
+    if c.steps_per_generation is None and c.generation_batch_size is not None:
+        if c.generation_batch_size % per_device:
+            raise ValueError(
+                f"generation_batch_size {c.generation_batch_size} is not a multiple of "
+                f"per_device_train_batch_size {per_device}."
+            )
+        c.steps_per_generation = c.generation_batch_size // per_device
+    c.steps_per_generation = c.steps_per_generation or c.gradient_accumulation_steps
+    if c.generation_batch_size is None:
+        c.generation_batch_size = per_device * c.steps_per_generation
+    if c.generation_batch_size != per_device * c.steps_per_generation:
+        raise ValueError(
+            f"generation_batch_size {c.generation_batch_size} != per_device_train_batch_size {per_device} x "
+            f"steps_per_generation {c.steps_per_generation}; set only one of the two."
+        )
+
+
+def check_grpo(c) -> None:
+    """Choices and batch / sampler arithmetic of a GRPO config (after ``resolve_generation_batch``)."""
+    choices = {
+        "estimator": list(ESTIMATOR_NAMES),
+        "loss_type": list(LOSS_TYPES),
+        "scale_rewards": list(SCALE_REWARDS),
+        "importance_sampling_level": ["token", "sequence"],
+        "remasking": ["low_confidence", "random"],
+        "cache": [None, "prefix", "dual"],
+        "kl_estimator": ["k3", "k2"],
+        "eval_protocol": [None, *PROTOCOL_NAMES],
+    }
+    for name, allowed in choices.items():
+        if getattr(c, name) not in allowed:
+            raise ValueError(f"{name} {getattr(c, name)!r} is not one of {allowed}.")
+    if not 0.0 <= c.p_mask_prompt < 1.0:
+        raise ValueError(f"p_mask_prompt must be in [0, 1), got {c.p_mask_prompt}.")
+    if c.reward_weights is not None and len(c.reward_weights) != len(c.reward_funcs):
+        raise ValueError(
+            f"reward_weights has {len(c.reward_weights)} values but reward_funcs has {len(c.reward_funcs)} "
+            f"functions ({c.reward_funcs}); give one weight per function."
+        )
+    if c.num_generations < 2:
+        raise ValueError(f"num_generations must be >= 2 for group advantages, got {c.num_generations}.")
+    if c.generation_batch_size % c.num_generations:
+        raise ValueError(
+            f"generation_batch_size {c.generation_batch_size} (per_device_train_batch_size "
+            f"{c.per_device_train_batch_size} x steps_per_generation {c.steps_per_generation}) is not divisible by "
+            f"num_generations {c.num_generations}; each prompt's group must fit in one rollout batch."
+        )
+    check_schedule(c.max_completion_length, c.diffusion_steps, c.block_length,
+                   names=("max_completion_length", "diffusion_steps", "block_length"))  # fmt: skip
+    if c.beta == 0.0 and c.sync_ref_model:
+        raise ValueError("sync_ref_model needs a reference model, but beta is 0 (no reference is kept).")
+
+
+def check_schedule(gen_length: int, steps: int, block_length: int,
+                   names: tuple[str, str, str] = ("gen_length", "steps", "block_length")) -> None:  # fmt: skip
+    """Block/step arithmetic of the sampler; ``names`` are the caller's field names for the messages."""
+    g, s, b = names
+    if gen_length <= 0 or block_length <= 0 or steps <= 0:
+        raise ValueError(f"{g} ({gen_length}), {b} ({block_length}) and {s} ({steps}) must be positive.")
+    if gen_length % block_length:
+        raise ValueError(
+            f"{g} {gen_length} is not a multiple of {b} {block_length}; use e.g. "
+            f"{g} {math.ceil(gen_length / block_length) * block_length}."
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(
+            f"{s} {steps} is not divisible by the number of blocks {num_blocks} "
+            f"({g} {gen_length} / {b} {block_length}); use e.g. {s} {max(1, steps // num_blocks) * num_blocks}."
+        )
+
+
+# ---- TrainingArguments' fields, read from transformers' source (importing it costs seconds) ------------
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    annotation: str  # e.g. "int | None", "list[str]"
+    default: object
+    help: str
+    group: str
+
+
+@functools.cache
+def training_args_fields() -> dict[str, FieldInfo]:
+    """``TrainingArguments``' fields (name, annotation, literal default or None, help), without importing it."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or spec.origin is None:
+        return {}
+    with open(os.path.join(os.path.dirname(spec.origin), "training_args.py")) as f:
+        tree = ast.parse(f.read())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments")
+    out = {}
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)) or node.value is None:
+            continue
+        default, text = None, ""
+        if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "field":
+            for kw in node.value.keywords:
+                if kw.arg == "default":
+                    default = _literal(kw.value)
+                elif kw.arg == "metadata" and isinstance(kw.value, ast.Dict):
+                    for k, v in zip(kw.value.keys, kw.value.values):
+                        if _literal(k) == "help":
+                            text = _literal(v) or ""
+        else:
+            default = _literal(node.value)
+        name = node.target.id
+        out[name] = FieldInfo(
+            name, ast.unparse(node.annotation), default, " ".join(str(text).split()), "trainer"
+        )
+    return out
+
+
+def _literal(node):
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        return None
+
+
+def our_fields(cls) -> dict[str, FieldInfo]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        group = _GROUP_OF_HELP.get(f.metadata.get("help", ""))
+        if group is None:  # TrainingArguments' own, when cls is a full config
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out[f.name] = FieldInfo(f.name, str(f.type), default, f.metadata["help"], group)
+    return out
+
+
+# ---- reading a recipe: YAML + --field value pairs -> checked values ------------------------------------
+def convert(name: str, annotation: str, value):
+    """``value`` (a command-line string or a YAML value) as the field's type; ValueError in one line."""
+    kinds = {k.strip() for k in annotation.replace("Optional[", "").rstrip("]").split("|")}
+    if value is None or (isinstance(value, str) and value == "None" and "None" in kinds):
+        return None
+    lists = [k for k in kinds if k.startswith("list[")]
+    if lists and ("str" not in kinds or isinstance(value, list)):
+        inner = lists[0][5:-1]
+        items = value if isinstance(value, list) else [value]
+        return [convert(name, inner, v) for v in items]
+    if isinstance(value, list):
+        if len(value) == 1:
+            return convert(name, annotation, value[0])
+        raise ValueError(f"--{name} takes one value, got {len(value)}: {value}.")
+    for kind, parse in (("bool", _bool), ("int", _int), ("float", float)):
+        if kind in kinds:
+            try:
+                return parse(value)
+            except (TypeError, ValueError):
+                if "str" in kinds:
+                    break  # e.g. "str | bool": any other text is a string
+                expected = {"bool": "true or false", "int": "an integer", "float": "a number"}[kind]
+                raise ValueError(f"--{name} {value!r} is not {expected}.") from None
+    return str(value) if "str" in kinds and isinstance(value, (int, float)) else value
+
+
+def _int(value) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(value)
+
+
+def parse_overrides(argv: list[str], known: dict[str, FieldInfo]) -> dict[str, object]:
+    """``--field value [value ...]`` pairs (exact names: no prefixes) -> {field: raw value(s)}."""
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"unexpected argument {token!r}; fields are given as --field value.")
+        name, eq, inline = token[2:].partition("=")
+        negated = name.startswith("no_") and name not in known and name[3:] in known
+        field_name = name[3:] if negated else name
+        if field_name not in known:
+            raise ValueError(f"unknown field --{name}{suggest(name, known)}")
+        values = [inline] if eq else []
+        i += 1
+        while not eq and i < len(argv) and not (argv[i].startswith("--") and len(argv[i]) > 2):
+            values.append(argv[i])
+            i += 1
+        if negated:
+            if values:
+                raise ValueError(f"--{name} takes no value.")
+            out[field_name] = False
+        elif not values:
+            if "bool" not in known[field_name].annotation:
+                raise ValueError(f"--{name} needs a value.")
+            out[field_name] = True
+        else:
+            out[field_name] = (
+                values if len(values) > 1 or known[field_name].annotation.startswith("list") else values[0]
+            )
+    return out
+
+
+def suggest(name: str, known, prefix: str = "--") -> str:
+    """'; did you mean --x?' for the closest known names, else '.'."""
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.75)
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else "."
+
+
+def recipe_values(cls, path: str | None, overrides: list[str], prog: str) -> dict[str, object]:
+    """The recipe's fields (YAML, then the command line), names and values checked, not yet defaulted."""
+    import yaml
+
+    known = {**training_args_fields(), **our_fields(cls)}
+    values: dict[str, object] = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())}).") from exc
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(values).__name__}.")
+        for name in values:
+            if name not in known:
+                hint = suggest(name, known, prefix="")
+                raise ValueError(f"{path}: unknown config field {name!r}{hint[:-1] if hint == '.' else hint} "
+                                 f"`{prog} --help` lists the fields.")  # fmt: skip
+            if isinstance(values[name], dict):
+                raise ValueError(f"{path}: field {name!r} is a nested mapping; flatten it.")
+    values.update(parse_overrides(overrides, known))
+    return {name: convert(name, known[name].annotation, value) for name, value in values.items()}
+
+
+def preflight(cls, values: dict[str, object]) -> None:
+    """Run the config's own checks on a plain view (TrainingArguments' literal defaults, the fields'
+    defaults, the recipe's values) and the local paths it names, before anything heavy is imported."""
+    from align.errors import check_model_path
+
+    view = types.SimpleNamespace(
+        **{n: f.default for n, f in training_args_fields().items()},
+        **{n: f.default for n, f in our_fields(cls).items()},
+    )
+    for name, value in values.items():
+        setattr(view, name, value)
+    view.eval_strategy = view.eval_strategy or "no"
+    if view.per_device_train_batch_size is None or view.gradient_accumulation_steps is None:
+        return  # transformers' source did not give its defaults; the config checks everything later
+    if hasattr(view, "reward_funcs"):
+        resolve_eval(view)
+    check_model_data(view)
+    if hasattr(view, "reward_funcs"):
+        resolve_generation_batch(view)
+        check_grpo(view)
+        check_reward_specs(view.reward_funcs)
+    if not getattr(view, "init_config", None):
+        check_model_path(view.model_name_or_path, "model_name_or_path")
+    for path in view.dataset_files or []:
+        if not os.path.exists(path):
+            raise ValueError(f"dataset_files: {path} does not exist (paths are relative to {os.getcwd()}).")
+
+
+def check_reward_specs(specs: list[str]) -> None:
+    """Built-in names and file paths are checked here; modules are imported when the trainer starts."""
+    for spec in specs:
+        target = spec.rsplit(":", 1)[0] if ":" in spec else None
+        if target is None and spec not in BUILTIN_REWARDS:
+            hint = suggest(spec, BUILTIN_REWARDS, prefix="")
+            raise ValueError(f"unknown reward {spec!r}{'.' if hint == '.' else hint} Built-ins are "
+                             f"{', '.join(BUILTIN_REWARDS)}, or give package.module:function or path/to/file.py:function.")  # fmt: skip
+        if target is not None and target.endswith(".py") and not os.path.isfile(target):
+            raise ValueError(
+                f"reward {spec!r}: file {target} does not exist (paths are relative to {os.getcwd()})."
+            )
+
+
+# ---- help: the project's fields first, grouped; TrainingArguments' after them --------------------------
+def render_help(cls, prog: str, description: str) -> str:
+    lines = [f"usage: {prog} [--config RECIPE.yaml] [--field value ...]", "", description + ". A recipe YAML "
+             "sets fields; --field value overrides it (the command line wins). Booleans: --flag true|false.", ""]  # fmt: skip
+    ours = our_fields(cls)
+    for group in GROUPS:
+        members = [f for f in ours.values() if f.group == group]
+        if members:
+            lines.append(f"{group}:")
+            lines += [_help_line(f) for f in members]
+            lines.append("")
+    lines.append(
+        "training (transformers.TrainingArguments: output_dir, batch sizes, optimizer, saving, logging):"
+    )
+    lines += [_help_line(f, short=True) for f in training_args_fields().values() if f.name not in ours]
+    return "\n".join(lines) + "\n"
+
+
+def _help_line(f: FieldInfo, short: bool = False) -> str:
+    text = f.help.split(". ")[0].rstrip(".") + "." if short and f.help else f.help
+    default = "" if f.default in (None, "", []) else f" (default: {f.default})"
+    return f"  --{f.name} {f.annotation.upper().replace(' | NONE', '')}\n      {text}{default}"
