@@ -440,6 +440,7 @@ def parse_overrides(argv: list[str], known: dict[str, FieldInfo]) -> dict[str, o
         if not token.startswith("--") or len(token) == 2:
             raise ValueError(f"unexpected argument {token!r}; fields are given as --field value.")
         name, eq, inline = token[2:].partition("=")
+        name = name.replace("-", "_")  # --num-generations and --num_generations alike
         negated = name.startswith("no_") and name not in known and name[3:] in known
         field_name = name[3:] if negated else name
         if field_name not in known:

@@ -60,6 +60,12 @@ def train_and_save(trainer, config) -> None:
         trainer.save_state()
         if trainer.accelerator.is_main_process:
             trainer.processing_class.save_pretrained(config.output_dir)
+    except BaseException:
+        for callback in trainer.callback_handler.callbacks:  # end the progress bar's line before the error's
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.close()
+        raise
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

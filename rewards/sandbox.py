@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -154,7 +155,7 @@ class Sandbox:
         if uid is None and os.geteuid() != 0:  # shared uid: RLIMIT_NPROC counts the caller's processes too
             nproc += len(live_pids_of_uids(range(os.geteuid(), os.geteuid() + 1)))
         limits = [
-            "prlimit", f"--cpu={lim.cpu_s}", f"--as={lim.memory_mb * 2**20}",
+            "prlimit", f"--cpu={lim.cpu_s}:{lim.cpu_s + 1}", f"--as={lim.memory_mb * 2**20}",
             f"--fsize={lim.file_size_mb * 2**20}", f"--nofile={lim.open_files}", f"--nproc={nproc}",
             "--core=0", "--",
         ]  # fmt: skip
@@ -220,6 +221,11 @@ class Sandbox:
             proc.wait()
             return "timeout"
         _killpg(proc)  # anything it left in its group
+        if proc.returncode in (
+            -signal.SIGXCPU,
+            128 + signal.SIGXCPU,
+        ):  # the CPU limit (soft: SIGXCPU; bwrap adds 128)
+            return "timeout"
         return "ok" if proc.returncode == 0 else "error"
 
     def close(self) -> None:

@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import resource
@@ -10,6 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from align.cli import main
+from align.eval.cli import add_eval_parser
 
 WORDS = ["<bos>", "<eos>"] + [f"w{i}" for i in range(37)] + ["<mask>"]  # ids match conftest (mask 39)
 
@@ -159,3 +161,33 @@ def test_a_raising_reward_stops_training_in_one_line(tmp_path):
     assert line.startswith(
         "align train: reward function 'boom' raised KeyError: 'answer' on sample 0 (prompt "
     )
+
+
+def test_a_missing_prompt_column_is_one_line(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"problem": "1+1=", "answer": "2"}\n' * 16)
+    status, err, _ = _align(
+        ["train", *TINY, "--dataset_files", str(data), "--output_dir", str(tmp_path / "o")]
+    )
+    [line] = [x for x in err.splitlines() if x.startswith("align train:")]
+    assert status == 2 and "Traceback" not in err
+    assert line == ("align train: prompt_column 'question' is not a column of the data; it has ['problem', 'answer']. "
+                    "Set --prompt_column to the column that holds it (or rename with --rename_columns old:new).")  # fmt: skip
+
+
+def test_both_flag_spellings_and_yaml_resume_true(tmp_path):
+    from align.fields import GRPOFields, recipe_values
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("resume_from_checkpoint: true\ndataset_files: [a.jsonl]\n")
+    values = recipe_values(GRPOFields, str(recipe), ["--num-generations", "4", "--use_peft"], "align train")
+    assert values == {"resume_from_checkpoint": "True", "dataset_files": ["a.jsonl"], "num_generations": 4,
+                      "use_peft": True}  # fmt: skip
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_eval_parser(sub)
+    for spelling in ("--gen-length", "--gen_length"):
+        args = parser.parse_args(
+            ["eval", "--model", "m", "--tasks", "gsm8k", "--output", "o", spelling, "64"]
+        )
+        assert args.gen_length == 64

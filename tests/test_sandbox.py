@@ -196,3 +196,14 @@ def test_uid_blocks_are_claimed_and_released(tmp_path, monkeypatch):
     assert base2 == base0
     lock1.close()
     lock2.close()
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "process"])
+def test_cpu_limit_reports_timeout_in_both_backends(backend):
+    """A program stopped by its CPU limit timed out (it used to read "error", and the process-backend test
+    raced its 2 s CPU limit against its 2 s wall limit)."""
+    if backend == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap not installed")
+    box = Sandbox(backend=backend, workers=1, limits=SandboxLimits(timeout_s=30, cpu_s=1, memory_mb=512))
+    result = box.run("while True: pass")
+    assert result.status == "timeout" and result.wall_s < 10

@@ -358,3 +358,15 @@ def test_completions_table_goes_to_wandb_when_asked(workspace, tmp_path, monkeyp
     table = entry["completions"]
     assert list(table.columns) == ["step", "prompt", "completion", "reward", "advantage", "ones_fraction"]
     assert len(table) == 4 and set(table["step"]) == {1}
+
+
+def test_a_training_step_raises_no_known_library_warnings(workspace, tmp_path):
+    import warnings
+
+    trainer = build_trainer(config(workspace, tmp_path, "--max_steps", "1", "--beta", "0.04"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m], messages
+    assert trainer.args.ddp_find_unused_parameters is False  # no DDP search for unused parameters (nor its warning)
