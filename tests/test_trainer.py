@@ -369,4 +369,6 @@ def test_a_training_step_raises_no_known_library_warnings(workspace, tmp_path):
         trainer.train()
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "is_gradient_checkpointing" in m], messages
-    assert trainer.args.ddp_find_unused_parameters is False  # no DDP search for unused parameters (nor its warning)
+    assert (
+        trainer.args.ddp_find_unused_parameters is False
+    )  # no DDP search for unused parameters (nor its warning)
