@@ -142,12 +142,15 @@ class DiffusionGRPOTrainer(Trainer):
 
     @contextlib.contextmanager
     def _unwrapped(self):
-        """The policy gathered for generation (ZeRO-3) or unwrapped (DDP); TRL's helper reads a property that
-        transformers deprecated, which would warn at every rollout: that one warning is silenced here."""
+        """The policy gathered for generation (ZeRO-3) or unwrapped (DDP). TRL's helper reads and toggles
+        gradient checkpointing through names transformers deprecated, which would warn at every rollout:
+        those three warnings are silenced here, nothing else."""
         with warnings.catch_warnings():
             warnings.filterwarnings(
-                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-            )
+                "ignore", category=FutureWarning,
+                message="`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` "
+                "is deprecated",
+            )  # fmt: skip
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
                 yield unwrapped
 
