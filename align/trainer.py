@@ -107,6 +107,9 @@ class DiffusionGRPOTrainer(Trainer):
         specs = reward_funcs if reward_funcs is not None else args.reward_funcs
         self.reward_funcs = [reward_registry.get(s) for s in specs]
         self.reward_names = [reward_registry.name_of(s) for s in specs]
+        for fn in self.reward_funcs:  # e.g. math_accuracy's grading workers: started before the first rollout
+            if callable(getattr(fn, "warm_up", None)):
+                fn.warm_up()
         weights = args.reward_weights or [1.0] * len(self.reward_funcs)
         if len(weights) != len(self.reward_funcs):
             raise ValueError(f"{len(weights)} reward_weights for {len(self.reward_funcs)} reward functions.")

@@ -106,6 +106,22 @@ def _parse(answer: str):
     return parsed or (parse(cleaned, parsing_timeout=None) if cleaned else [])
 
 
+_INTEGER = re.compile(r"-?\d+")
+
+
+def integer_verdict(gold: str, prediction: str | None) -> float | None:
+    """1.0 / 0.0 at once when the gold is a plain integer and the prediction is missing or a plain integer
+    (after the same clean-up as ``grade``: "1,000" and "$18$" count); None when the symbolic check is needed.
+    Exact: two integers are equal iff their values are (math-verify compares large ones as floats)."""
+    g = _clean(gold_answer(gold))
+    if not _INTEGER.fullmatch(g):
+        return None
+    if prediction is None:
+        return 0.0
+    p = _clean(prediction)
+    return float(int(g) == int(p)) if _INTEGER.fullmatch(p) else None
+
+
 def grade(gold: str, prediction: str | None) -> float | None:
     """1.0 / 0.0 for a prediction against gold; None when the gold cannot be parsed. Unbounded in time:
     call it through ``GradingPool`` (which kills a worker whose answer runs too long)."""
@@ -308,6 +324,13 @@ def _pool() -> GradingPool:
     return _POOL
 
 
+def warm_up() -> None:
+    """Start the grading workers now (the trainer calls this at start-up, before the first rollout)."""
+    pool = _pool()
+    with pool._lock:
+        pool._ensure_started()
+
+
 def math_accuracy(prompts, completions, answer=None, solution=None, **_columns) -> list[float | None]:
     """1.0 when the completion's final answer equals the gold (column ``answer`` or ``solution``).
 
@@ -319,14 +342,24 @@ def math_accuracy(prompts, completions, answer=None, solution=None, **_columns) 
         raise KeyError("math_accuracy needs a gold column named 'answer' or 'solution' in the dataset.")
     start = time.monotonic()
     preds = [extract_answer(completion_text(c)) for c in completions]
-    pool = _pool()
-    scores = pool.grade_many([(str(g), p) for g, p in zip(gold, preds)])
+    scores = [integer_verdict(str(g), p) for g, p in zip(gold, preds)]
+    symbolic = [i for i, s in enumerate(scores) if s is None]  # the rest need math-verify, in the pool
+    stats = {"retries": 0, "timeouts": 0, "errors": 0}
+    if symbolic:
+        pool = _pool()
+        for i, score in zip(symbolic, pool.grade_many([(str(gold[i]), preds[i]) for i in symbolic])):
+            scores[i] = score
+        stats = dict(pool.last_stats)
     unparseable = {str(g) for g, s in zip(gold, scores) if s is None}
     for g in sorted(unparseable - _WARNED_GOLDS):
         logger.warning(
             "math_accuracy: gold answer %r cannot be parsed; its samples get no reward (None).", g[:80]
         )
     _WARNED_GOLDS.update(unparseable)
-    math_accuracy.last_metrics = {**pool.last_stats, "unparseable_golds": sum(s is None for s in scores)}
+    math_accuracy.last_metrics = {**stats, "unparseable_golds": sum(s is None for s in scores),
+                                  "integer_shortcuts": len(scores) - len(symbolic)}  # fmt: skip
     logger.debug("math_accuracy graded %d in %.2fs", len(scores), time.monotonic() - start)
     return scores
+
+
+math_accuracy.warm_up = warm_up

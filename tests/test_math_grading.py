@@ -13,8 +13,9 @@ from rewards.math import GraderStartError, GradingPool, math_accuracy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDS = [str(100 + 37 * i) for i in range(96)]
+DECIMALS = [f"{g}.5" for g in GOLDS]  # not plain integers: math_accuracy sends them to the worker pool
 FORMS = ["#### {}", "<answer>{}</answer>", "so \\boxed{{{}}}", "The answer is {}."]
-CORRECT = [FORMS[i % 4].format(g) for i, g in enumerate(GOLDS)]
+CORRECT = [FORMS[i % 4].format(g) for i, g in enumerate(DECIMALS)]
 
 
 @pytest.fixture
@@ -36,9 +37,9 @@ def test_correct_answers_score_one_on_a_saturated_cpu(busy_cpu):
         for _ in range(2):  # cold start, then warm
             assert pool.grade_many([(g, g) for g in GOLDS]) == [1.0] * len(GOLDS)
             assert pool.last_stats["timeouts"] == pool.last_stats["retries"] == 0
-        scores = math_accuracy(None, CORRECT, answer=GOLDS)
+        scores = math_accuracy(None, CORRECT, answer=DECIMALS)
         assert scores == [1.0] * len(GOLDS)
-        assert math_accuracy.last_metrics["timeouts"] == 0
+        assert math_accuracy.last_metrics["timeouts"] == math_accuracy.last_metrics["integer_shortcuts"] == 0
     finally:
         pool.close()
 
@@ -47,8 +48,10 @@ UNGUARDED = """
 import sys
 sys.path.insert(0, {root!r})
 import rewards
-golds = [str(100 + 37 * i) for i in range(40)]
-scores = rewards.get("math_accuracy")(None, ["#### " + g for g in golds], answer=golds)
+golds = [str(100 + 37 * i) + ".5" for i in range(40)]  # decimals: graded by the worker pool, not the integer shortcut
+fn = rewards.get("math_accuracy")
+scores = fn(None, ["#### " + g for g in golds], answer=golds)
+assert fn.last_metrics["integer_shortcuts"] == 0
 print("SCORES", sum(scores), len(scores))
 """
 

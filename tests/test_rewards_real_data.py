@@ -92,3 +92,26 @@ def test_math500_gold_answers_in_model_forms_score_one_and_others_answers_zero()
     )
     assert [(finals[i], others[i]) for i, s in zip(keep, scores) if s != 0.0] == []
     assert len(keep) == 497
+
+
+def test_integer_shortcut_agrees_with_the_symbolic_check_on_gsm8k():
+    """The in-process integer verdict gives what math-verify gives, on every GSM8K gold (right and +1)."""
+    from rewards.math import gold_answer, grade, integer_verdict
+
+    rows = benchdata.load("gsm8k")
+    shortcut = disagree = 0
+    for row in rows:
+        gold = gold_answer(row["answer"])
+        for pred in (
+            gold,
+            str(int(float(gold.replace(",", "")) + 1))
+            if gold.replace(",", "").lstrip("-").isdigit()
+            else "x",
+        ):
+            fast = integer_verdict(row["answer"], pred)
+            if fast is not None:
+                shortcut += 1
+                disagree += fast != grade(row["answer"], pred)
+    assert shortcut >= 2 * 1300 and disagree == 0, (shortcut, disagree)
+    assert integer_verdict("#### 7", "7.0") is None and integer_verdict("\\frac{1}{2}", "1") is None
+    assert integer_verdict("#### 1,000", "$1000$") == 1.0 and integer_verdict("#### 5", None) == 0.0

@@ -8,7 +8,7 @@ import torch
 from conftest import EOS_ID, MASK_ID, VOCAB, tiny_model
 from torch import nn
 
-from align.sampling import generate, num_transfer_tokens
+from align.sampling import generate, num_transfer_tokens, sample_tokens
 
 
 def reference_generate(
@@ -16,8 +16,10 @@ def reference_generate(
 ):
     """LLaDA's generate.py written out plainly: one row, full canvas each step, a Python loop for top-k.
 
-    Noise is drawn for the current block only ([1, block_length, V] per step), in the same order as the
-    sampler under test, so that seeded runs can be compared token for token.
+    At T = 0 the arithmetic is the official one (argmax and softmax in the logits' dtype). At T > 0 the
+    proposals are drawn with ``torch.multinomial`` from softmax(logits / T) for the masked positions of
+    the block, in the sampler's order, so that seeded runs compare token for token; that this draw has the
+    distribution of LLaDA's float64 Gumbel-max is tested separately (chi-square below).
     """
     p = prompt.shape[1]
     x = torch.cat([prompt, torch.full((1, gen_length), MASK_ID)], 1)
@@ -35,21 +37,21 @@ def reference_generate(
                 logits = un_logits + (cfg_scale + 1) * (cond_logits - un_logits)
             else:
                 logits = model(x).logits[0]
-            logits = logits[s:e].double()
+            logits = logits[s:e].clone()
             logits[:, MASK_ID] = -math.inf
-            if temperature > 0:
-                u = torch.rand((1, *logits.shape), generator=gen, dtype=torch.float64)[0]
-                x0 = (logits.exp() / (-u.log()) ** temperature).argmax(-1)
-            else:
-                x0 = logits.argmax(-1)
-            if remasking == "low_confidence":
-                conf = logits.softmax(-1).gather(-1, x0[:, None])[:, 0]
-            else:
-                conf = torch.rand((1, e - s), generator=gen, dtype=torch.float64)[0]
             candidates = [j for j in range(e - s) if x[0, s + j] == MASK_ID]
-            candidates.sort(key=lambda j: -conf[j].item())
-            for j in candidates[: counts[i]]:
-                x[0, s + j] = x0[j]
+            rows = logits[candidates]
+            if temperature > 0:
+                x0 = torch.multinomial((rows.float() / temperature).softmax(-1), 1, generator=gen)[:, 0]
+            else:
+                x0 = rows.argmax(-1)
+            if remasking == "low_confidence":
+                conf = (rows.float() if temperature > 0 else rows).softmax(-1).gather(-1, x0[:, None])[:, 0]
+            else:
+                conf = torch.rand(len(candidates), generator=gen, dtype=torch.float64)
+            order = sorted(range(len(candidates)), key=lambda k: -conf[k].item())
+            for k in order[: counts[i]]:
+                x[0, s + candidates[k]] = x0[k]
     return x
 
 
@@ -240,3 +242,33 @@ def test_deprioritized_tokens_are_committed_last():
     assert order(None) == [0, 1, 2, 3]
     assert order([0]) == [3, 0, 1, 2]
     assert order([0, 5]) == [2, 3, 0, 1]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sampled_tokens_follow_the_tempered_softmax(temperature):
+    """Chi-square of 60,000 proposals against softmax(logits / T) on a 6-token vocabulary (token 5 excluded)."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 3.0])
+    rows = logits.expand(1, 60000, 6).clone()
+    x0, conf = sample_tokens(
+        rows, temperature, "low_confidence", torch.Generator().manual_seed(0), excluded_ids=[5]
+    )
+    expected = torch.softmax(logits[:5] / temperature, -1) * 60000
+    observed = torch.bincount(x0[0], minlength=6).double()
+    assert observed[5] == 0  # an excluded token is never proposed
+    chi2 = (((observed[:5] - expected) ** 2) / expected).sum().item()
+    assert chi2 < 18.47, chi2  # the 0.999 quantile of chi-square with 4 degrees of freedom
+    # the confidence is the untempered probability of the proposal (the excluded token has none)
+    untempered = torch.softmax(logits[:5], -1).double()
+    assert torch.allclose(conf[0], untempered[x0[0]], rtol=1e-6)
+    # a biased sampler fails the same test (the test can fail)
+    skewed = torch.softmax(logits[:5] / (temperature * 1.1), -1) * 60000
+    assert (((observed[:5] - skewed) ** 2) / skewed).sum().item() > 18.47
+
+
+def test_only_masked_positions_get_proposals():
+    logits = torch.randn(2, 4, 7)
+    masked = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    x0, conf = sample_tokens(logits, 0.0, "low_confidence", masked=masked)
+    assert torch.isinf(conf[~masked]).all() and (conf[masked] > 0).all()
+    assert torch.equal(x0[masked], logits[masked].argmax(-1))
+    assert torch.allclose(conf[masked], logits[masked].softmax(-1).max(-1).values.double())

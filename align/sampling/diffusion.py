@@ -7,16 +7,20 @@ Reference mode (``threshold=None, cache=None``) is the algorithm of LLaDA's ``ge
   blocks decoded left to right, ``steps / num_blocks`` steps each;
 * per block and row, ``n`` masked tokens are committed on a uniform schedule: ``n // s`` per step plus one
   for the first ``n % s`` steps;
-* each step proposes ``x0 = argmax(exp(logits) / (-log u)^T)`` in float64 (Gumbel-max at temperature T,
-  plain argmax at T = 0); the confidence is the *untempered* softmax probability of ``x0``
-  (``low_confidence``) or ``u ~ U(0, 1)`` (``random``); committed positions and positions beyond the
-  current block get confidence -inf and the top-k per row are committed; committed tokens never change;
+* each step proposes x0 for every masked position: ``argmax(logits)`` at T = 0, a draw from
+  ``softmax(logits / T)`` at T > 0 (the official script uses the Gumbel-max form
+  ``argmax(exp(logits) / (-log u)^T)`` in float64, the same distribution); the confidence is the
+  *untempered* softmax probability of ``x0`` (``low_confidence``) or ``u ~ U(0, 1)`` (``random``);
+  committed positions and positions beyond the current block get confidence -inf and the top-k per row
+  are committed; committed tokens never change;
 * classifier-free guidance: ``logits = un + (cfg_scale + 1) * (cond - un)`` where the unconditional copy
   has its (real) prompt tokens replaced by masks.
 
-Two deliberate differences from the official script, neither changing the distribution of outputs:
-proposals (and their Gumbel noise) are computed for the current block only, since nothing outside it
-can be committed; and the mask token's own logit is excluded, so the sampler never emits a mask.
+Deliberate differences from the official script, none changing the distribution of outputs: proposals
+are computed for the still-masked positions of the current block only, since nothing else can be
+committed; the mask token's own logit is excluded, so the sampler never emits a mask; at T > 0 one
+uniform per position replaces a float64 Gumbel per vocabulary entry (see ``sample_tokens``). At T = 0
+the arithmetic is the official one (argmax and softmax in the logits' dtype): the same tokens.
 
 Fast modes (Wu et al. 2025, Fast-dLLM): ``threshold`` commits every masked position of the block whose
 confidence is >= threshold (at least as many as needed to finish the block within its ``steps`` budget,
@@ -96,26 +100,48 @@ def sample_tokens(
     temperature: float,
     remasking: str,
     generator: torch.Generator | None = None,
+    masked: torch.Tensor | None = None,
+    excluded_ids: list[int] | tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Propose tokens and confidences from logits [B, S, V] -> (x0 [B, S], confidence [B, S] float64).
+    """Propose tokens and confidences for the ``masked`` positions of logits [B, S, V].
 
-    Gumbel-max in float64: ``argmax(exp(logits) / (-log u)^T)`` (LLaDA's formulation of sampling from
-    softmax(logits / T)); ``temperature == 0`` is argmax. Confidence is the untempered probability of
-    x0 (``low_confidence``) or a uniform draw (``random``).
+    Returns (x0 [B, S] long, confidence [B, S] float64); positions outside ``masked`` (default: all) get
+    x0 = 0 and confidence -inf, and cost nothing: only the still-masked rows are read. ``excluded_ids``
+    (the mask token, suppressed tokens) get probability 0.
+
+    * ``temperature == 0``: x0 = argmax and the confidence is softmax(logits)[x0] in the logits' own dtype,
+      the arithmetic of LLaDA's ``generate.py`` (no float64 copy), so reference mode is token-for-token the
+      official sampler.
+    * ``temperature > 0``: x0 ~ softmax(logits / T), drawn by ``torch.multinomial`` from float32
+      probabilities: one uniform per position and an inverse CDF, where LLaDA draws a float64 Gumbel per
+      vocabulary entry (``argmax(exp(logits) / (-log u)^T)``, the same distribution). Float32 suffices:
+      each token's probability is off by at most one rounding of its own term of the cumulative sum
+      (PyTorch accumulates it in double on CPU); tests/test_sampling.py checks the distribution with a
+      chi-square test. The confidence is the untempered float32 softmax probability of x0.
+    * ``random`` remasking: the confidence is a uniform draw per position.
     """
-    logits64 = logits.to(torch.float64)
+    b, s, _ = logits.shape
+    if masked is None:
+        masked = torch.ones(b, s, dtype=torch.bool, device=logits.device)
+    rows = logits[masked]  # [N, V]: the still-masked positions only (a copy, in the logits' dtype)
+    if len(excluded_ids):
+        rows[:, list(excluded_ids)] = -math.inf
     if temperature > 0:
-        u = torch.rand(logits64.shape, generator=generator, device=logits.device, dtype=torch.float64)
-        x0 = torch.argmax(logits64.exp() / (-torch.log(u)) ** temperature, dim=-1)
+        rows = rows.float()
+        probs = torch.softmax(rows / temperature, dim=-1)
+        picked = torch.multinomial(probs, 1, generator=generator)[:, 0] if len(rows) else rows.argmax(-1)
     else:
-        x0 = torch.argmax(logits64, dim=-1)
+        picked = rows.argmax(-1)
     if remasking == "low_confidence":
-        probs = torch.softmax(logits64, dim=-1)
-        confidence = torch.gather(probs, -1, x0[..., None]).squeeze(-1)
+        probs = probs if temperature == 1.0 else torch.softmax(rows, dim=-1)
+        picked_conf = probs.gather(-1, picked[:, None])[:, 0].double()
     elif remasking == "random":
-        confidence = torch.rand(x0.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        picked_conf = torch.rand(picked.shape, generator=generator, device=logits.device, dtype=torch.float64)
     else:
         raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}.")
+    x0 = torch.zeros(b, s, dtype=torch.long, device=logits.device)
+    confidence = torch.full((b, s), -math.inf, dtype=torch.float64, device=logits.device)
+    x0[masked], confidence[masked] = picked, picked_conf
     return x0, confidence
 
 
@@ -151,7 +177,7 @@ def check_settings(gen_length: int, steps: int, block_length: int, spec: FamilyS
 
 
 class _Denoiser:
-    """Computes the (guided, shifted, suppressed) logits of one block, with optional KV caching."""
+    """Computes the (guided, shifted) logits of one block, with optional KV caching."""
 
     def __init__(self, model, spec: FamilySpec, cfg_scale: float, cache: str | None, suppress: list[int]):
         if cache not in CACHE_MODES:
@@ -191,11 +217,7 @@ class _Denoiser:
         if self.cfg_scale > 0:
             cond, un = logits.chunk(2)
             logits = un + (self.cfg_scale + 1) * (cond - un)
-        logits = logits.clone()
-        logits[..., self.spec.mask_token_id] = -math.inf
-        if self.suppress:
-            logits[..., self.suppress] = -math.inf
-        return logits
+        return logits  # the mask and suppressed ids are excluded by sample_tokens, on the masked rows only
 
 
 def _decode_block(
@@ -218,10 +240,10 @@ def _decode_block(
         if not masked.any():
             break
         logits = den.block_logits(x, attn, prompt_real, start, end, first_step=i == 0)
-        x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"])
+        x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"], masked,
+                                 [mask_id, *den.suppress])  # fmt: skip
         if opts["deprioritize"] is not None:
-            conf = conf.masked_fill(torch.isin(x0, opts["deprioritize"]), 0.0)
-        conf = conf.masked_fill(~masked, -math.inf)
+            conf = conf.masked_fill(torch.isin(x0, opts["deprioritize"]) & masked, 0.0)
         if opts["threshold"] is None:
             k = schedule[:, i]
         else:
