@@ -73,8 +73,13 @@ def test_gsm8k_gold_answers_in_model_forms_score_one_and_wrong_ones_zero():
     wrong = [str(int(a.replace(",", "")) + 1) for a in finals]
     scores = math_accuracy(None, [f"#### {a}" for a in wrong], answer=golds)
     assert [a for a, s in zip(finals, scores) if s != 0.0] == []
-    assert math_accuracy.last_metrics == {"retries": 0, "timeouts": 0, "errors": 0, "unparseable_golds": 0,
-                                          "integer_shortcuts": len(rows)}
+    assert math_accuracy.last_metrics == {
+        "retries": 0,
+        "timeouts": 0,
+        "errors": 0,
+        "unparseable_golds": 0,
+        "integer_shortcuts": len(rows),
+    }
 
 
 def test_math500_gold_answers_in_model_forms_score_one_and_others_answers_zero():
