@@ -396,6 +396,9 @@ def test_data_parallel_eval_matches_one_process(tmp_path):
     assert one["tasks"] == two["tasks"]
     rows = [[json.loads(x) for x in open(tmp_path / d / "tiny" / "samples.jsonl")] for d in ("one", "two")]
     assert rows[0] == rows[1] and len(rows[0]) == 21
+    # the same launch again: every task is already complete, nothing loads, both processes end cleanly
+    again = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert again.returncode == 0 and again.stderr.count("tiny is already complete") == 1, again.stderr[-2000:]
 
 
 @pytest.mark.slow

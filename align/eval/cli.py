@@ -104,7 +104,7 @@ def run_eval(args) -> int:
 
 
 def _run_diffusion(args, tasks, protocol) -> int:
-    from align.eval.runner import DiffusionSource, diffusion_description, process_state
+    from align.eval.runner import DiffusionSource, diffusion_description, end_processes, process_state
 
     state = process_state(args.device)
     loaded = []
@@ -122,10 +122,12 @@ def _run_diffusion(args, tasks, protocol) -> int:
         "processes": state.num_processes,
     }
     try:
-        return _evaluate_all(args, description, load, tasks, protocol, state=state)
-    finally:
-        if loaded:
-            loaded[0].close()
+        status = _evaluate_all(args, description, load, tasks, protocol, state=state)
+    except BaseException:
+        end_processes(state, wait=False)  # the others are stopped by the launcher; waiting here would hang
+        raise
+    end_processes(state, wait=True)
+    return status
 
 
 def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=None) -> int:

@@ -119,15 +119,6 @@ class DiffusionSource:
             self.forward_passes = result.nfe  # of the last batch (``align generate`` reports it)
         return out
 
-    def close(self) -> None:
-        """Wait for every process, then end the process group (a rank leaving early may abort the others)."""
-        if self.state.num_processes > 1:
-            import torch.distributed as dist
-
-            self.state.wait_for_everyone()
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
 
 def process_state(device: str | None = None):
     """accelerate's PartialState for this process (CPU when asked or when there is no GPU)."""
@@ -135,6 +126,17 @@ def process_state(device: str | None = None):
     from accelerate import PartialState
 
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def end_processes(state, wait: bool) -> None:
+    """End a data-parallel run's process group (a rank that just exits while others still work may abort
+    them); ``wait`` first for every process to finish (not after a failure: the others may never arrive)."""
+    import torch.distributed as dist
+
+    if state.num_processes > 1 and dist.is_initialized():
+        if wait:
+            state.wait_for_everyone()
+        dist.destroy_process_group()
 
 
 def diffusion_description(model: str, adapter: str | None, dtype: str) -> dict:
@@ -247,10 +249,8 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
     chunk = getattr(source, "chunk_size", None) or max(len(messages), 1)
     bar = tqdm(total=len(messages), initial=len(samples), desc=task.name, disable=not (progress and is_main),
                dynamic_ncols=True)  # fmt: skip
-    unit, per_item = (
-        getattr(source, "unit", "req"),
-        protocol.gen_length if getattr(source, "unit", "") == "tok" else 1,
-    )
+    unit = getattr(source, "unit", "req")
+    per_item = protocol.gen_length if unit == "tok" else 1  # canvas tokens per answer, or one request
     start_time, decoded = time.perf_counter(), 0
     metric = "accuracy" if task.kind == "math" else "pass@1"
     with bar:
