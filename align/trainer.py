@@ -526,12 +526,11 @@ class DiffusionGRPOTrainer(Trainer):
 
 def load_eval_tasks(args: GRPOConfig) -> list:
     """[(Task, rows)] of ``eval_tasks``, read (and their columns checked) before training starts."""
-    from align.eval.tasks import resolve_tasks
+    from align.eval.tasks import load_tasks
 
-    if not args.eval_tasks:
-        return []
-    tasks = resolve_tasks(",".join(args.eval_tasks))
-    return [(task, task.load(args.eval_data_dir, path)[: args.eval_limit]) for task, path in tasks]
+    return (
+        load_tasks(",".join(args.eval_tasks), args.eval_data_dir, args.eval_limit) if args.eval_tasks else []
+    )
 
 
 def eval_protocol(args: GRPOConfig):

@@ -82,7 +82,8 @@ def add_report_parser(sub) -> None:
 def run_eval(args) -> int:
     """Check everything cheap first (protocol, tasks, data, paths, endpoint), then load and decode."""
     from align.errors import UsageError, check_model_path
-    from align.eval import EndpointSource, resolve_tasks
+    from align.eval import EndpointSource
+    from align.eval.tasks import load_tasks
 
     protocol = resolve_protocol(args)
     if args.num_samples > 1 and protocol.temperature == 0:
@@ -93,7 +94,7 @@ def run_eval(args) -> int:
         check_model_path(args.model, "--model")
     if args.adapter:
         check_model_path(args.adapter, "--adapter")
-    tasks = [(task, task.load(args.data_dir, path)[: args.limit]) for task, path in resolve_tasks(args.tasks)]
+    tasks = load_tasks(args.tasks, args.data_dir, args.limit)
     if args.endpoint:
         source = EndpointSource(
             args.endpoint, args.served_model, args.concurrency, args.retries, seed=args.seed

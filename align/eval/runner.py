@@ -177,7 +177,7 @@ class EndpointSource:
         }
         try:
             self._request(body, timeout_s=min(self.timeout_s, 30.0))
-        except (urllib.error.URLError, TimeoutError, OSError, KeyError, json.JSONDecodeError) as exc:
+        except _REQUEST_ERRORS as exc:
             raise EndpointError(
                 f"endpoint {self.chat_url} did not answer a 1-token request for model {self.served_model!r} "
                 f"({_reason(exc)}); check --endpoint and --served-model (the server's /v1/models lists its names)."
@@ -195,7 +195,7 @@ class EndpointSource:
         for attempt in range(self.retries + 1):
             try:
                 return self._request(body, self.timeout_s)
-            except (urllib.error.URLError, TimeoutError, OSError, KeyError, json.JSONDecodeError) as exc:
+            except _REQUEST_ERRORS as exc:
                 if attempt == self.retries:
                     raise EndpointError(
                         f"endpoint {self.chat_url}: request failed {self.retries + 1} times ({_reason(exc)})."
@@ -214,6 +214,10 @@ class EndpointSource:
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(one, messages))
+
+
+# what a failed or garbled request raises (URLError and timeouts are OSErrors; a reply without choices)
+_REQUEST_ERRORS = (OSError, KeyError, json.JSONDecodeError)
 
 
 class EndpointError(RunError):
@@ -253,6 +257,7 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
     per_item = protocol.gen_length if unit == "tok" else 1  # canvas tokens per answer, or one request
     start_time, decoded = time.perf_counter(), 0
     metric = "accuracy" if task.kind == "math" else "pass@1"
+    solved = _solved(samples, task)  # kept as a running sum, not recounted at every chunk
     with bar:
         for start in range(len(samples), len(messages), chunk):
             completions = source.complete(messages[start : start + chunk], protocol, start)
@@ -266,11 +271,12 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
                 for i, c, e, s in zip(range(start, start + chunk), completions, extracted, scores)
             ]  # fmt: skip
             samples += new
+            solved += _solved(new, task)
             if on_chunk is not None:
                 on_chunk(new)
             rate = decoded * per_item / max(time.perf_counter() - start_time, 1e-9)
             bar.set_postfix(
-                {metric: f"{_solved(samples, task):.3f}", f"{unit}/s": f"{rate:.1f}"}, refresh=False
+                {metric: f"{solved / len(samples):.3f}", f"{unit}/s": f"{rate:.1f}"}, refresh=False
             )
             bar.update(len(new))
     if not is_main:
@@ -279,9 +285,10 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
 
 
 def _solved(samples: list[dict], task: Task) -> float:
+    """Sum of the running metric's terms: scores (math) or fully passed answers (code)."""
     if task.kind == "math":
-        return _mean(s["score"] for s in samples)
-    return _mean(float(s["score"] >= 1.0) for s in samples)
+        return sum(s["score"] for s in samples)
+    return sum(float(s["score"] >= 1.0) for s in samples)
 
 
 def task_metrics(task: Task, samples: list[dict], n: int, num_samples: int) -> dict:

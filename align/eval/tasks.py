@@ -149,6 +149,13 @@ def resolve_tasks(spec: str) -> list[tuple[Task, str | None]]:
     return out
 
 
+def load_tasks(
+    spec: str, data_dir: str | None = None, limit: int | None = None
+) -> list[tuple[Task, list[dict]]]:
+    """[(Task, its first ``limit`` rows)] for a ``resolve_tasks`` spec, every file read and checked now."""
+    return [(task, task.load(data_dir, path)[:limit]) for task, path in resolve_tasks(spec)]
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Prompt and decoding settings; ``steps`` None means ``gen_length * steps_per_token``."""
