@@ -143,6 +143,12 @@ class GRPOFields(ModelDataFields):
     cache: str | None = _help(
         "rollout", "KV cache for rollouts: None, prefix or dual (native LLaDA only).", default=None
     )
+    cache_refresh: int | None = _help(
+        "rollout",
+        "With a cache: re-encode the whole canvas once some row committed this many tokens since the last "
+        "full pass (None: only at block starts).",
+        default=None,
+    )
     cfg_scale: float = _help("rollout", "Classifier-free guidance scale (0 = off).", default=0.0)
     mask_truncated_completions: bool = _help(
         "rollout", "Exclude completions with no EOS from the loss.", default=False
@@ -284,6 +290,8 @@ def check_grpo(c) -> None:
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"{name} {getattr(c, name)!r} is not one of {allowed}.")
+    if c.cache_refresh is not None and (c.cache is None or c.cache_refresh < 1):
+        raise ValueError(f"cache_refresh {c.cache_refresh} needs cache: prefix or dual and a value >= 1.")
     if not 0.0 <= c.p_mask_prompt < 1.0:
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {c.p_mask_prompt}.")
     if c.reward_weights is not None and len(c.reward_weights) != len(c.reward_funcs):
@@ -321,6 +329,16 @@ def check_schedule(gen_length: int, steps: int, block_length: int,
         raise ValueError(
             f"{s} {steps} is not divisible by the number of blocks {num_blocks} "
             f"({g} {gen_length} / {b} {block_length}); use e.g. {s} {max(1, steps // num_blocks) * num_blocks}."
+        )
+
+
+def check_protocol(protocol) -> None:
+    """A decoding protocol's sampler settings (``align eval`` / ``align generate`` before loading)."""
+    check_schedule(protocol.gen_length, protocol.resolved_steps(), protocol.block_length,
+                   ("--gen-length", "--steps", "--block-length"))  # fmt: skip
+    if protocol.cache_refresh is not None and (protocol.cache is None or protocol.cache_refresh < 1):
+        raise ValueError(
+            f"--cache-refresh {protocol.cache_refresh} needs --cache prefix or dual and a value >= 1."
         )
 
 

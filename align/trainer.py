@@ -43,7 +43,7 @@ from align.logprob import make_plan, token_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages, policy_loss
 from align.models import family_spec
-from align.sampling import generate, truncate_at_stop
+from align.sampling import describe_mode, generate, truncate_at_stop
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,9 @@ class DiffusionGRPOTrainer(Trainer):
         self._resume_dir: str | None = None
         self._last_global_step = -1
         self._rollout_time_s = 0.0
+        if self.accelerator.is_main_process:
+            logger.info("rollouts: %s", describe_mode(args.max_completion_length, args.diffusion_steps,
+                        args.block_length, args.threshold, args.cache, args.cache_refresh))  # fmt: skip
 
     @contextlib.contextmanager
     def _unwrapped(self):
@@ -286,7 +289,7 @@ class DiffusionGRPOTrainer(Trainer):
                 unwrapped, prompt_ids, prompt_attn,
                 gen_length=args.max_completion_length, steps=args.diffusion_steps, block_length=args.block_length,
                 temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
-                threshold=args.threshold, cache=args.cache, spec=self.spec,
+                threshold=args.threshold, cache=args.cache, cache_refresh=args.cache_refresh, spec=self.spec,
                 generator=self._seeded(rollout_index, 0),
             )  # fmt: skip
         return prompt_ids, prompt_attn, out, time.perf_counter() - start
@@ -449,6 +452,7 @@ class DiffusionGRPOTrainer(Trainer):
         done = lengths[term]
         m["completions/mean_terminated_length"].append(done.mean().item() if len(done) else 0.0)
         m["rollout/forward_passes"].append(float(out.nfe))
+        m["rollout/full_passes"].append(float(out.full_passes))
         m["rollout/tokens_per_s"].append(out.completion_ids.numel() / max(seconds["rollout"], 1e-9))
         for phase, value in seconds.items():
             m[f"time/{phase}_s"].append(value)
@@ -543,6 +547,7 @@ def eval_protocol(args: GRPOConfig):
         "rollout", system_prompt=args.system_prompt, instruction=None, use_chat_template=args.use_chat_template,
         gen_length=args.max_completion_length, block_length=args.block_length, steps=args.diffusion_steps,
         temperature=0.0, remasking=args.remasking, threshold=args.threshold, cache=args.cache,
+        cache_refresh=args.cache_refresh,
         cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
     )  # fmt: skip
 

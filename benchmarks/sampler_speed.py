@@ -15,7 +15,9 @@ saving on a confident model is asserted in tests/test_sampling.py with a scripte
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 import time
 
 import torch
@@ -79,8 +81,105 @@ def timed(fn, device):
     return out, time.perf_counter() - start
 
 
+def random_setup(args):
+    """A random-init model and random prompts: one batch, no answers to score."""
+    model = build_model(args)
+    prompt = torch.randint(2, args.vocab - 1, (args.batch, args.prompt_length), device=args.device)
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: {n_params:.1f}M params (random init), d_model {args.d_model}, {args.n_layers} layers, vocab "
+          f"{args.vocab}, {args.device} {args.dtype}; batch {args.batch}, prompt {args.prompt_length}, "
+          f"gen {args.gen_length}, block {args.block_length}, T {args.temperature}")  # fmt: skip
+    return model, [prompt], None, None
+
+
+def trained_setup(args):
+    """A trained checkpoint and the first ``limit`` rows of a question/answer JSONL, in batches."""
+    from align.data import encode_prompts
+    from align.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, dtype=args.dtype).to(args.device).eval()
+    rows = [json.loads(line) for line in open(args.data)][: args.limit]
+    enc = encode_prompts(tokenizer, [r["question"] for r in rows], max_length=64, use_chat_template=False)
+    if not enc["attention_mask"].all():
+        raise SystemExit("the official algorithm takes unpadded prompts: use questions of one token length.")
+    ids = enc["input_ids"].to(args.device)
+    batches = [ids[i : i + args.batch] for i in range(0, len(ids), args.batch)]
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: {args.model} ({n_params:.2f}M params), {args.device} {args.dtype}; {len(rows)} questions of "
+          f"{args.data} in batches of {args.batch}, prompt {ids.shape[1]}, gen {args.gen_length}, "
+          f"block {args.block_length}, steps {args.gen_length}, T {args.temperature}")  # fmt: skip
+    return model, batches, [r["answer"] for r in rows], tokenizer
+
+
+def accuracy(tokenizer, completions: torch.Tensor, answers: list[str]) -> float:
+    """Share of completions whose ``<answer>...</answer>`` equals the reference answer."""
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=False)
+    found = [re.search(r"<answer>(\d+)</answer>", t) for t in texts]
+    return sum(m is not None and m.group(1) == a for m, a in zip(found, answers, strict=True)) / len(answers)
+
+
+def parse_modes(text: str) -> dict[str, dict]:
+    """``"reference;threshold=0.9;cache=dual,threshold=0.9"`` -> {name: generate() keyword arguments}."""
+    modes = {}
+    for spec in filter(None, (part.strip() for part in text.split(";"))):
+        extra = {}
+        for item in filter(None, spec.split(",")):
+            if item == "reference":
+                continue
+            key, value = item.split("=")
+            extra[key] = value if key == "cache" else (int(value) if key == "cache_refresh" else float(value))
+        modes[spec] = extra
+    return modes
+
+
+DEFAULT_MODES = "reference;threshold=0.9;cache=prefix;cache=dual;threshold=0.9,cache=dual"
+
+
+@torch.no_grad()
+def fidelity(model, batches, common: dict, modes: dict[str, dict]) -> None:
+    """Per cache mode: how far the cached logits are from the exact forward on the same canvas, by passes
+    since the last full pass (top-1 agreement and total variation on the still-masked positions)."""
+    from align.models import model_logits
+    from align.sampling import diffusion
+
+    original = diffusion._Denoiser.block_logits
+    for name, extra in modes.items():
+        if not extra.get("cache"):
+            continue
+        stats: dict[int, list] = {}
+        step = {"i": 0}
+
+        def probed(self, x, attn, prompt_real, start, end, full, stats=stats, step=step):
+            logits = original(self, x, attn, prompt_real, start, end, full)
+            step["i"] = 0 if full else step["i"] + 1
+            exact = model_logits(self.model, x, attn, self.spec, logits_range=(start, end)).logits
+            masked = x[:, start:end] == self.spec.mask_token_id
+            a, b = logits[masked].float().softmax(-1), exact[masked].float().softmax(-1)
+            row = stats.setdefault(step["i"], [0, 0.0, 0])
+            row[0] += int((a.argmax(-1) == b.argmax(-1)).sum())
+            row[1] += float(0.5 * (a - b).abs().sum(-1).sum())
+            row[2] += int(masked.sum())
+            return logits
+
+        diffusion._Denoiser.block_logits = probed
+        try:
+            for batch in batches:
+                generate(model, batch, **common, **extra)
+        finally:
+            diffusion._Denoiser.block_logits = original
+        cells = [f"{i}: {s[0] / s[2]:.1%} / {s[1] / s[2]:.3f}" for i, s in sorted(stats.items()) if s[2]]
+        print(
+            f"{name}: passes since the last full pass: top-1 agreement / total variation vs the exact forward"
+        )
+        print("    " + "; ".join(cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="a trained checkpoint (default: a random-init model)")
+    ap.add_argument("--data", default=None, help="question/answer JSONL for --model (accuracy column)")
+    ap.add_argument("--limit", type=int, default=128, help="questions of --data")
     ap.add_argument("--d_model", type=int, default=256)
     ap.add_argument("--n_heads", type=int, default=4)
     ap.add_argument("--n_layers", type=int, default=4)
@@ -89,44 +188,57 @@ def main() -> None:
     ap.add_argument("--prompt_length", type=int, default=64)
     ap.add_argument("--gen_length", type=int, default=256)
     ap.add_argument("--block_length", type=int, default=32)
-    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument(
+        "--modes", default=DEFAULT_MODES, help="';'-separated generate() settings, e.g. " + DEFAULT_MODES
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--skip_fast_modes", action="store_true", help="only official vs reference")
+    ap.add_argument(
+        "--fidelity", action="store_true", help="also compare cached logits with the exact forward"
+    )
     args = ap.parse_args()
-    model = build_model(args)
-    prompt = torch.randint(2, args.vocab - 1, (args.batch, args.prompt_length), device=args.device)
+    model, batches, answers, tokenizer = (trained_setup if args.model else random_setup)(args)
+    mask_id = model.config.mask_token_id
     common = dict(gen_length=args.gen_length, steps=args.gen_length, block_length=args.block_length,
                   temperature=args.temperature)  # fmt: skip
-    modes = {
-        "reference": {},
-        "threshold": {"threshold": args.threshold},
-        "prefix cache": {"cache": "prefix"},
-        "dual cache": {"cache": "dual"},
-        "threshold + dual cache": {"threshold": args.threshold, "cache": "dual"},
-    }
-    if args.skip_fast_modes:
-        modes = {"reference": {}}
     seeded = lambda: torch.Generator(args.device).manual_seed(0)  # noqa: E731
-    generate(model, prompt, **{**common, "gen_length": args.block_length, "steps": 2})  # warm-up
-    official, official_s = timed(lambda: official_generate(model, prompt, args.gen_length, args.gen_length, args.block_length,
-                                                           args.temperature, args.vocab - 1, seeded()), args.device)  # fmt: skip
-    base_tps = args.batch * args.gen_length / official_s
-    n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model: {n_params:.1f}M params, d_model {args.d_model}, {args.n_layers} layers, vocab {args.vocab}, "
-          f"{args.device} {args.dtype}; batch {args.batch}, prompt {args.prompt_length}, gen {args.gen_length}, "
-          f"block {args.block_length}, T {args.temperature}")  # fmt: skip
-    print("| mode | tokens/s | speed-up | forward passes | agreement with official |")
-    print("|---|---|---|---|---|")
-    print(f"| official (generate.py as written) | {base_tps:.0f} | 1.0x | {args.gen_length} | 100.0% |")
-    for name, extra in modes.items():
-        out, secs = timed(
-            lambda extra=extra: generate(model, prompt, **common, **extra, generator=seeded()), args.device
+    generate(model, batches[0], **{**common, "gen_length": args.block_length, "steps": 2})  # warm-up
+    tokens = sum(len(b) for b in batches) * args.gen_length
+
+    def run(fn):
+        outs, secs = [], 0.0
+        for batch in batches:
+            out, s = timed(lambda batch=batch: fn(batch), args.device)
+            outs.append(out)
+            secs += s
+        return outs, secs
+
+    official, official_s = run(lambda batch: official_generate(model, batch, args.gen_length, args.gen_length,
+                                                               args.block_length, args.temperature, mask_id, seeded()))  # fmt: skip
+    official = torch.cat(official)
+    base_tps = tokens / official_s
+    score = (lambda ids: f" {accuracy(tokenizer, ids, answers):.1%} |") if answers else (lambda ids: "")
+    print(
+        "| mode | tokens/s | speed-up | forward passes | agreement with official |"
+        + (" accuracy |" if answers else "")
+    )
+    print("|---|---|---|---|---|" + ("---|" if answers else ""))
+    print(
+        f"| official (generate.py as written) | {base_tps:.0f} | 1.0x | {args.gen_length} | 100.0% |"
+        + score(official)
+    )
+    for name, extra in parse_modes(args.modes).items():
+        outs, secs = run(
+            lambda batch, extra=extra: generate(model, batch, **common, **extra, generator=seeded())
         )
-        tps = args.batch * args.gen_length / secs
-        agree = (out.completion_ids == official).float().mean().item()
-        print(f"| {name} | {tps:.0f} | {tps / base_tps:.2f}x | {out.nfe} | {agree:.1%} |")
+        ids = torch.cat([o.completion_ids for o in outs])
+        tps = tokens / secs
+        agree = (ids == official).float().mean().item()
+        passes = sum(o.nfe for o in outs) / len(outs)
+        print(f"| {name} | {tps:.0f} | {tps / base_tps:.2f}x | {passes:.1f} | {agree:.1%} |" + score(ids))
+    if args.fidelity:
+        fidelity(model, batches, common, parse_modes(args.modes))
 
 
 if __name__ == "__main__":

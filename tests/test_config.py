@@ -29,6 +29,7 @@ def test_yaml_then_command_line_overrides(tmp_path):
     (["--estimator", "exact"], "estimator 'exact' is not one of"),
     (["--reward_weights", "1.0", "2.0"], "reward_weights has 2 values but reward_funcs has 1"),
     (["--loss_type", "ppo"], "loss_type 'ppo'"),
+    (["--cache_refresh", "4"], "cache_refresh 4 needs cache: prefix or dual"),
 ])  # fmt: skip
 def test_cross_field_errors_state_the_arithmetic(extra, message):
     with pytest.raises(ValueError, match=message):

@@ -181,6 +181,31 @@ def test_cache_with_one_step_per_block_is_exact_and_reports_agreement(model):
         assert cached.nfe == base.nfe
 
 
+def test_cache_refresh_rebuilds_the_cache_after_k_commits(model):
+    """cache_refresh=1 re-encodes at every pass, so it is reference decoding (left padding included);
+    cache_refresh=k with one commit per pass re-encodes at passes 0, k, 2k, ... of each block."""
+    prompt = torch.randint(2, 38, (4, 6))
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0  # a left-padded row
+    prompt[1, :2] = 1
+    base = generate(model, prompt, mask, gen_length=32, steps=32, block_length=8)
+    assert base.full_passes == base.nfe == 32
+    for mode in ("prefix", "dual"):
+        every = generate(
+            model, prompt, mask, gen_length=32, steps=32, block_length=8, cache=mode, cache_refresh=1
+        )
+        assert torch.equal(every.sequences, base.sequences) and every.full_passes == every.nfe == 32
+        plain = generate(model, prompt, mask, gen_length=32, steps=32, block_length=8, cache=mode)
+        assert plain.full_passes == 4  # one per block
+        third = generate(
+            model, prompt, mask, gen_length=32, steps=32, block_length=8, cache=mode, cache_refresh=3
+        )
+        assert third.nfe == 32 and third.full_passes == 4 * 3  # passes 0, 3, 6 of each 8-pass block
+    for bad in ({"cache_refresh": 2}, {"cache": "dual", "cache_refresh": 0}):
+        with pytest.raises(ValueError, match="cache_refresh"):
+            generate(model, prompt, gen_length=8, steps=8, block_length=8, **bad)
+
+
 def test_variable_length_stops_rows_at_eos_and_saves_compute():
     p, g = 3, 32
     target = torch.randint(2, 38, (p + g,), generator=torch.Generator().manual_seed(1))

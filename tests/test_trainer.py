@@ -57,10 +57,10 @@ def test_every_parameter_changes_and_reward_kl_logged(workspace, tmp_path):
     assert logs(trainer, "kl")[0] == pytest.approx(0.0, abs=1e-7)  # reference == policy before any update
     assert logs(trainer, "kl")[1] > 0
     for key in ("reward_std", "rewards/ones_fraction/mean", "frac_reward_zero_std", "completions/mean_length",
-                "completions/clipped_ratio", "rollout/forward_passes", "rollout/tokens_per_s", "time/rollout_s",
+                "completions/clipped_ratio", "rollout/forward_passes", "rollout/full_passes", "rollout/tokens_per_s", "time/rollout_s",
                 "time/reward_s", "time/logprob_s", "time/update_s", "clip_ratio/region_mean"):  # fmt: skip
         assert len(logs(trainer, key)) == 2, key
-    assert logs(trainer, "rollout/forward_passes")[0] == 8
+    assert logs(trainer, "rollout/forward_passes")[0] == 8 == logs(trainer, "rollout/full_passes")[0]
     samples = [json.loads(line) for line in open(tmp_path / "out" / "completions.jsonl")]
     assert {s["step"] for s in samples} == {1, 2} and {"prompt", "completion", "reward", "advantage"} <= set(
         samples[0]

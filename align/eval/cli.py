@@ -19,7 +19,8 @@ def add_sampler_flags(p) -> None:
         "--protocol", default="d1", help="named preset: d1, llada, illada, tiny (prompt + sampler settings)"
     )
     for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
-                       ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int)):  # fmt: skip
+                       ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int),
+                       ("cache-refresh", int)):  # fmt: skip
         flag(p, name, type=kind, default=None, help="override the protocol's value")
     p.add_argument("--remasking", default=None, choices=["low_confidence", "random"])
     p.add_argument("--cache", default=None, choices=["prefix", "dual"])
@@ -38,15 +39,21 @@ def resolve_protocol(args):
     """The named protocol with the command line's overrides applied."""
     from align.errors import UsageError
     from align.eval import PROTOCOLS
+    from align.fields import check_protocol
 
     if args.protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {args.protocol!r}; choose from {sorted(PROTOCOLS)}.")
-    return PROTOCOLS[args.protocol].with_overrides(
+    protocol = PROTOCOLS[args.protocol].with_overrides(
         gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, temperature=args.temperature,
         threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
-        remasking=args.remasking, cache=args.cache, system_prompt=args.system_prompt,
+        remasking=args.remasking, cache=args.cache, cache_refresh=args.cache_refresh, system_prompt=args.system_prompt,
         use_chat_template=args.chat_template, variable_length=args.variable_length,
     )  # fmt: skip
+    try:
+        check_protocol(protocol)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return protocol
 
 
 def add_eval_parser(sub) -> None:

@@ -109,7 +109,7 @@ class DiffusionSource:
                 model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
                 gen_length=protocol.gen_length, steps=protocol.resolved_steps(), block_length=protocol.block_length,
                 temperature=protocol.temperature, remasking=protocol.remasking, threshold=protocol.threshold,
-                cache=protocol.cache, cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length,
+                cache=protocol.cache, cache_refresh=protocol.cache_refresh, cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length,
                 spec=self.spec, generator=generator,
             )  # fmt: skip
             kept, _ = truncate_at_stop(

@@ -172,6 +172,7 @@ class Protocol:
     remasking: str = "low_confidence"
     threshold: float | None = None
     cache: str | None = None
+    cache_refresh: int | None = None
     cfg_scale: float = 0.0
     variable_length: bool = False
     max_prompt_length: int = 2048

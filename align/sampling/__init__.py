@@ -2,6 +2,7 @@
 
 from align.sampling.diffusion import (
     GenerationOutput,
+    describe_mode,
     generate,
     num_transfer_tokens,
     sample_tokens,
@@ -12,6 +13,7 @@ from align.sampling.diffusion import (
 __all__ = [
     "GenerationOutput",
     "generate",
+    "describe_mode",
     "truncate_at_stop",
     "num_transfer_tokens",
     "sample_tokens",

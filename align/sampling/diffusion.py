@@ -25,7 +25,13 @@ the arithmetic is the official one (argmax and softmax in the logits' dtype): th
 Fast modes (Wu et al. 2025, Fast-dLLM): ``threshold`` commits every masked position of the block whose
 confidence is >= threshold (at least as many as needed to finish the block within its ``steps`` budget,
 and at least one); ``cache="prefix"`` re-encodes the canvas at each block start and reuses the prefix
-keys/values inside the block; ``cache="dual"`` also reuses the (stale) suffix. ``variable_length=True``
+keys/values inside the block; ``cache="dual"`` also reuses the (stale) suffix. The cached keys/values
+of the prefix (and suffix) were computed when the block was all masks; every token committed since makes
+them staler (attention is bidirectional), which is the approximation of both modes, not a defect: the
+first pass of a block is exact, and tests/test_sampling.py checks that a cache refreshed at every pass
+reproduces reference decoding. ``cache_refresh=k`` bounds the staleness: the whole canvas is re-encoded
+(one full pass, the cache rebuilt) as soon as some row has committed k tokens since the last full pass
+(None: only at block starts, as Fast-dLLM). ``variable_length=True``
 grows the canvas block by block until every row has emitted EOS or ``gen_length`` is reached (iLLaDA);
 finished rows stop costing compute.
 
@@ -57,6 +63,8 @@ class GenerationOutput:
                     EOS padding after a variable-length row finished). Feeds trace-replay estimators.
     nfe:            model forward calls (a CFG call runs the doubled batch once and counts once).
     prompt_length:  P.
+    full_passes:    calls that encoded the whole canvas (all of them without a cache; with one, the block
+                    starts and the ``cache_refresh`` re-encodings); the rest ran on the block (and suffix).
     """
 
     sequences: torch.Tensor
@@ -64,6 +72,7 @@ class GenerationOutput:
     commit_step: torch.Tensor
     nfe: int
     prompt_length: int
+    full_passes: int = 0
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -179,17 +188,23 @@ def check_settings(gen_length: int, steps: int, block_length: int, spec: FamilyS
 class _Denoiser:
     """Computes the (guided, shifted) logits of one block, with optional KV caching."""
 
-    def __init__(self, model, spec: FamilySpec, cfg_scale: float, cache: str | None, suppress: list[int]):
+    def __init__(
+        self, model, spec: FamilySpec, cfg_scale: float, cache: str | None, suppress: list[int],
+        refresh: int | None = None,
+    ):  # fmt: skip
         if cache not in CACHE_MODES:
             raise ValueError(f"cache {cache!r} is not one of {CACHE_MODES}.")
+        if refresh is not None and (cache is None or refresh < 1):
+            raise ValueError(f"cache_refresh {refresh!r} needs a cache mode and a value >= 1.")
         if cache is not None and spec.shift_logits:
             raise ValueError(
                 f"cache={cache!r} is not supported for shifted-logit families ({spec.model_type})."
             )
         self.model, self.spec, self.cfg_scale, self.cache = model, spec, cfg_scale, cache
-        self.suppress = suppress
+        self.suppress, self.refresh = suppress, refresh
         self.nfe = 0
         self._kv = None
+        self.full_passes = 0  # passes over the whole canvas (block starts and refreshes)
 
     def _inputs(self, x: torch.Tensor, attn: torch.Tensor | None, prompt_real: torch.Tensor):
         if self.cfg_scale <= 0:
@@ -198,11 +213,18 @@ class _Denoiser:
         un_x[prompt_real] = self.spec.mask_token_id
         return torch.cat([x, un_x]), (None if attn is None else torch.cat([attn, attn]))
 
-    def block_logits(self, x, attn, prompt_real, start: int, end: int, first_step: bool) -> torch.Tensor:
-        """Logits [B, end - start, V] of the block positions for canvas x [B, L]."""
+    def needs_full_pass(self, first_step: bool, committed_since: int) -> bool:
+        """Whether this pass must encode the whole canvas: no cache, a block start, or a due refresh."""
+        due = self.refresh is not None and committed_since >= self.refresh
+        return self.cache is None or first_step or due
+
+    def block_logits(self, x, attn, prompt_real, start: int, end: int, full: bool) -> torch.Tensor:
+        """Logits [B, end - start, V] of the block positions for canvas x [B, L]; ``full`` re-encodes the
+        whole canvas (and rebuilds the cache), else the cache serves the positions outside the block."""
         inp, mask = self._inputs(x, attn, prompt_real)
         self.nfe += 1
-        if self.cache is None or first_step:
+        if full:
+            self.full_passes += 1
             out = model_logits(self.model, inp, mask, self.spec, use_cache=self.cache is not None,
                                logits_range=(start, end))  # fmt: skip
             if self.cache == "prefix":
@@ -235,11 +257,14 @@ def _decode_block(
     """Unmask x[:, start:end] in at most ``steps`` steps (in place); commit[:, start:end] gets step ids."""
     mask_id = den.spec.mask_token_id
     schedule = num_transfer_tokens(x[:, start:end] == mask_id, steps)
+    since = 0  # the most tokens any row committed since the last full pass
     for i in range(steps):
         masked = x[:, start:end] == mask_id
         if not masked.any():
             break
-        logits = den.block_logits(x, attn, prompt_real, start, end, first_step=i == 0)
+        full = den.needs_full_pass(i == 0, since)
+        since = 0 if full else since
+        logits = den.block_logits(x, attn, prompt_real, start, end, full)
         x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"], masked,
                                  [mask_id, *den.suppress])  # fmt: skip
         if opts["deprioritize"] is not None:
@@ -250,9 +275,28 @@ def _decode_block(
             remaining = masked.sum(-1)
             k = torch.clamp(torch.div(remaining + (steps - i) - 1, steps - i, rounding_mode="floor"), min=1)
         transfer = select_transfer(conf, k, opts["threshold"]) & masked
+        since += int(transfer.sum(-1).max())
         block = x[:, start:end]
         block[transfer] = x0[transfer]
         commit[:, start:end][transfer] = step_offset + i
+
+
+def describe_mode(
+    gen_length: int, steps: int, block_length: int, threshold: float | None = None, cache: str | None = None,
+    cache_refresh: int | None = None, variable_length: bool = False,
+) -> str:  # fmt: skip
+    """One line naming a decoding mode, e.g. ``threshold 0.9 + dual cache (refresh after 8 commits),
+    256 tokens in blocks of 32, at most 128 passes``."""
+    parts = []
+    if threshold is not None:
+        parts.append(f"threshold {threshold:g}")
+    if cache is not None:
+        refresh = f" (refresh after {cache_refresh} commits)" if cache_refresh else ""
+        parts.append(f"{cache} cache{refresh}")
+    name = " + ".join(parts) or "reference"
+    bound = "at most " if threshold is not None or variable_length else ""
+    grow = "variable length up to " if variable_length else ""
+    return f"{name}, {grow}{gen_length} tokens in blocks of {block_length}, {bound}{steps} passes"
 
 
 def _finished(x: torch.Tensor, p: int, end: int, stop_ids: torch.Tensor) -> torch.Tensor:
@@ -274,6 +318,7 @@ def generate(
     cfg_scale: float = 0.0,
     threshold: float | None = None,
     cache: str | None = None,
+    cache_refresh: int | None = None,
     variable_length: bool = False,
     suppress_token_ids: list[int] | None = None,
     deprioritize_token_ids: list[int] | None = None,
@@ -308,7 +353,7 @@ def generate(
     }
     if not len(opts["deprioritize"]):
         opts["deprioritize"] = None
-    den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []))
+    den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []), cache_refresh)
     total = p + gen_length
     x = torch.full((b, total), spec.mask_token_id, dtype=torch.long, device=device)
     x[:, :p] = input_ids
@@ -327,7 +372,12 @@ def generate(
     else:
         _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length, steps_per_block, opts)
     return GenerationOutput(
-        sequences=x, attention_mask=attn, commit_step=commit[:, p:], nfe=den.nfe, prompt_length=p
+        sequences=x,
+        attention_mask=attn,
+        commit_step=commit[:, p:],
+        nfe=den.nfe,
+        prompt_length=p,
+        full_passes=den.full_passes,
     )
 
 
