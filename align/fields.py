@@ -166,6 +166,13 @@ class GRPOFields(ModelDataFields):
     mc_chunk_size: int = _help(
         "estimator", "Forward passes stacked per model call when estimating.", default=1
     )
+    mc_backward: str = _help(
+        "estimator",
+        "joint: keep every pass's graph until the loss (fastest); chunked: backpropagate mc_chunk_size passes "
+        "at a time, peak memory flat in num_mc_samples, same gradient, one extra no-grad estimate unless "
+        "on-policy with beta 0.",
+        default="joint",
+    )
     # ---- loss (TRL names) ---------------------------------------------------------------------------
     loss_type: str = _help("loss", "Aggregation: " + ", ".join(LOSS_TYPES) + ".", default="dapo")
     beta: float = _help("loss", "KL coefficient; 0 skips the reference model.", default=0.0)
@@ -284,6 +291,7 @@ def check_grpo(c) -> None:
         "importance_sampling_level": ["token", "sequence"],
         "remasking": ["low_confidence", "random"],
         "cache": [None, "prefix", "dual"],
+        "mc_backward": ["joint", "chunked"],
         "kl_estimator": ["k3", "k2"],
         "eval_protocol": [None, *PROTOCOL_NAMES],
     }

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 def load_policy(config):
     """(policy, reference or None): LoRA-wrapped under use_peft (reference = adapter disabled)."""
     from align.models import load_model
+    from align.models.loading import quiet_checkpointing_renames
 
     def load():
         return load_model(
@@ -35,7 +36,8 @@ def load_policy(config):
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=config.lora_target_modules, exclude_modules=exclude or None, bias="none",
         )  # fmt: skip
-        return get_peft_model(model, lora), None
+        with quiet_checkpointing_renames():
+            return get_peft_model(model, lora), None
     return model, (load() if config.beta != 0.0 else None)
 
 

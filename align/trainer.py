@@ -23,11 +23,11 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections import defaultdict
 from itertools import islice
 
 import torch
+from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.utils import is_rich_available
@@ -43,6 +43,7 @@ from align.logprob import make_plan, token_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages, policy_loss
 from align.models import family_spec
+from align.models.loading import quiet_checkpointing_renames
 from align.sampling import describe_mode, generate, truncate_at_stop
 
 logger = logging.getLogger(__name__)
@@ -148,15 +149,9 @@ class DiffusionGRPOTrainer(Trainer):
 
     @contextlib.contextmanager
     def _unwrapped(self):
-        """The policy gathered for generation (ZeRO-3) or unwrapped (DDP). TRL's helper reads and toggles
-        gradient checkpointing through names transformers deprecated, which would warn at every rollout:
-        those three warnings are silenced here, nothing else."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", category=FutureWarning,
-                message="`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` "
-                "is deprecated",
-            )  # fmt: skip
+        """The policy gathered for generation (ZeRO-3) or unwrapped (DDP), without the deprecation warnings
+        TRL's helper would raise at every rollout (``quiet_checkpointing_renames``)."""
+        with quiet_checkpointing_renames():
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
                 yield unwrapped
 
@@ -217,9 +212,65 @@ class DiffusionGRPOTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         start = time.perf_counter()
         self._rollout_time_s = 0.0
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.mc_backward == "chunked":
+            loss = self._chunked_training_step(model, inputs)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
         self._metrics["time/update_s"].append(time.perf_counter() - start - self._rollout_time_s)
         return loss
+
+    def _chunked_training_step(self, model, rows) -> torch.Tensor:
+        """One micro-step whose peak memory does not grow with the Monte Carlo passes (``mc_backward:
+        chunked``). The estimate is linear in its passes, logps = sum_c part_c, so the gradient of any loss
+        of logps is sum_c <dL/dlogps, d part_c / d theta>: take g = dL/dlogps at the no-grad estimate, then
+        for each chunk of ``mc_chunk_size`` passes re-run it with grad and backpropagate <g, part_c>. Only
+        one chunk's graph is alive at a time; the gradient equals the joint form's (tests/test_trainer.py).
+        On-policy without KL (and not wd1) g does not depend on the estimate's value (the ratio is exactly
+        1), so the no-grad pass is skipped. Under DDP every chunk but the last backpropagates in
+        ``no_sync``; under DeepSpeed every chunk but the last is a non-boundary micro-step (no engine.step),
+        as in gradient accumulation."""
+        model.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(rows)
+        ids, attn, plan = inputs["ids"], inputs["attn"], inputs["plan"]
+        if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type != "wd1":
+            value = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        else:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                value = self._estimate(model, ids, attn, plan)
+        leaf = value.detach().requires_grad_()
+        loss = self._policy_loss(leaf, inputs)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        kwargs = (
+            {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+        )
+        size = self.args.mc_chunk_size
+        starts = range(0, plan.num_passes, size)
+        for start in starts:
+            part = MaskPlan(
+                plan.masked[start : start + size], plan.weights[start : start + size], plan.num_samples
+            )
+            with self._accumulating(model, last=start == starts[-1]):
+                with self.compute_loss_context_manager():
+                    surrogate = (self._estimate(model, ids, attn, part) * grad).sum()
+                self.accelerator.backward(surrogate, **kwargs)
+        return loss.detach()
+
+    @contextlib.contextmanager
+    def _accumulating(self, model, last: bool):
+        """Backward of a chunk that is not the micro-step's last: no DDP all-reduce, no DeepSpeed step."""
+        if last:
+            yield
+            return
+        state = self.accelerator.gradient_state
+        was = state.sync_gradients
+        state._set_sync_gradients(False)
+        try:
+            with self.accelerator.no_sync(model):
+                yield
+        finally:
+            state._set_sync_gradients(was)
 
     def _micro_index(self) -> int:
         if self.state.global_step != self._last_global_step:
@@ -386,9 +437,12 @@ class DiffusionGRPOTrainer(Trainer):
         """Policy loss of one micro-batch, scaled for gradient accumulation as TRL's GRPOTrainer does: dapo
         divides by the completion tokens of one accumulation window (the generation batch's count per process
         x GA / steps_per_generation); the other types divide their per-micro-batch loss by GA."""
+        logps = self._estimate(model, inputs["ids"], inputs["attn"], inputs["plan"])
+        return self._policy_loss(logps, inputs)
+
+    def _policy_loss(self, logps: torch.Tensor, inputs: dict) -> torch.Tensor:
         args = self.args
         accumulation = self.current_gradient_accumulation_steps
-        logps = self._estimate(model, inputs["ids"], inputs["attn"], inputs["plan"])
         loss, metrics = policy_loss(
             logps, inputs["old"], inputs["ref"], inputs["advantages"], inputs["mask"],
             loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high,

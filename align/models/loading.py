@@ -6,7 +6,9 @@ code; any other family needs ``trust_remote_code=True`` explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -16,6 +18,19 @@ from align.models.modeling_llada import LLaDAModelLM
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
+
+
+@contextlib.contextmanager
+def quiet_checkpointing_renames():
+    """Silence transformers' three FutureWarnings about the renamed gradient-checkpointing names, which
+    TRL's generation helper and PEFT's wrapper still read (every rollout, every LoRA start); nothing else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning,
+            message="`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` "
+            "is deprecated",
+        )  # fmt: skip
+        yield
 
 
 def resolve_dtype(dtype: str | torch.dtype | None):
