@@ -21,7 +21,7 @@ import types
 from dataclasses import dataclass, field
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = ("coupled", "elbo", "one_step")
+ESTIMATOR_NAMES = ("coupled", "elbo", "one_step", "trace")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
 SCALE_REWARDS = ("group", "batch", "none")
 PROTOCOL_NAMES = ("d1", "illada", "llada", "tiny")
@@ -156,6 +156,12 @@ class GRPOFields(ModelDataFields):
     # ---- likelihood estimation ----------------------------------------------------------------------
     estimator: str = _help(
         "estimator", "Log-likelihood estimator: " + ", ".join(ESTIMATOR_NAMES) + ".", default="one_step"
+    )
+    trace_merge: int = _help(
+        "estimator",
+        "trace: sampler steps replayed per forward pass (1 = exact replay, diffusion_steps passes; k: "
+        "diffusion_steps / k passes, biased).",
+        default=1,
     )
     num_mc_samples: int = _help(
         "estimator", "Monte Carlo samples per estimate (pairs for coupled).", default=1
@@ -300,6 +306,8 @@ def check_grpo(c) -> None:
             raise ValueError(f"{name} {getattr(c, name)!r} is not one of {allowed}.")
     if c.cache_refresh is not None and (c.cache is None or c.cache_refresh < 1):
         raise ValueError(f"cache_refresh {c.cache_refresh} needs cache: prefix or dual and a value >= 1.")
+    if c.trace_merge < 1:
+        raise ValueError(f"trace_merge must be >= 1, got {c.trace_merge}.")
     if not 0.0 <= c.p_mask_prompt < 1.0:
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {c.p_mask_prompt}.")
     if c.reward_weights is not None and len(c.reward_weights) != len(c.reward_funcs):

@@ -321,7 +321,13 @@ class DiffusionGRPOTrainer(Trainer):
         if self.args.mask_truncated_completions:
             completion_mask = completion_mask * terminated[:, None]
         batch = self._pack(
-            prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, rollout_index
+            prompt_ids,
+            prompt_attn,
+            completion_ids,
+            completion_mask,
+            advantages,
+            rollout_index,
+            out.commit_step,
         )
         self._log_rollout(per_func, rewards, std_is_zero, completion_mask, terminated, out,
                           {"rollout": rollout_s, "reward": reward_s, "logprob": batch.pop("logprob_s")})  # fmt: skip
@@ -346,7 +352,7 @@ class DiffusionGRPOTrainer(Trainer):
         return prompt_ids, prompt_attn, out, time.perf_counter() - start
 
     def _pack(
-        self, prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, rollout_index
+        self, prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, rollout_index, commit_step
     ) -> dict:
         """The shuffled rollout buffer: sequences, masks, advantages, one MaskPlan per inner iteration and
         the old-policy / reference estimates under those plans."""
@@ -356,10 +362,12 @@ class DiffusionGRPOTrainer(Trainer):
         full_mask = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
         prompt_only = torch.cat([prompt_attn, torch.zeros_like(completion_ids)], 1)
         canvas = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(completion_ids)], 1)
+        commit = torch.cat([torch.full_like(prompt_ids, -1), commit_step], 1)  # for the trace estimator
         plans = [  # noise the whole generated canvas, score the answer (up to its first EOS)
             make_plan(args.estimator, canvas, num_samples=args.num_mc_samples, prompt_mask=prompt_only,
                       p_mask_prompt=args.p_mask_prompt, generator=self._seeded(rollout_index, 1 + k),
-                      score_mask=full_mask)
+                      score_mask=full_mask, commit_step=commit, num_steps=args.diffusion_steps,
+                      merge=args.trace_merge)
             for k in range(args.num_iterations)
         ]  # fmt: skip
         start = time.perf_counter()
@@ -418,8 +426,10 @@ class DiffusionGRPOTrainer(Trainer):
         return old, ref
 
     def _estimate(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
+        # trace replays the sampler, which never emits the mask token: its probability is renormalised away
+        exclude = [self.spec.mask_token_id] if self.args.estimator == "trace" else []
         return token_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
-                              spec=self.spec, chunk_size=self.args.mc_chunk_size)  # fmt: skip
+                              spec=self.spec, chunk_size=self.args.mc_chunk_size, exclude_ids=exclude)  # fmt: skip
 
     def _micro_batch(self, buffer: dict, part: int, iteration: int) -> dict:
         n = buffer["ids"].shape[0] // self.args.steps_per_generation

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from align.config import GRPOConfig, load_config
 
@@ -49,3 +50,16 @@ def test_malformed_and_unknown_yaml_fields(tmp_path):
         load_config(str(typo))
     with pytest.raises(ValueError, match="No training data"):
         load_config(None, ["--output_dir", "out", "--report_to", "none"])
+
+
+def test_the_light_vocabularies_match_the_registries():
+    """align.fields keeps torch-free copies of the estimator and loss names for the one-line checks."""
+    from align.fields import ESTIMATOR_NAMES, LOSS_TYPES
+    from align.logprob import ESTIMATORS
+    from align.losses import policy_loss
+
+    assert ESTIMATOR_NAMES == tuple(sorted(ESTIMATORS))
+    logps, mask = torch.zeros(4, 3), torch.ones(4, 3)
+    for loss_type in LOSS_TYPES:
+        policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,
+                    max_completion_length=3)  # fmt: skip

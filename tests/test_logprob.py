@@ -157,3 +157,67 @@ def test_ratio_is_one_and_kl_zero_at_identical_weights(setup, estimator):
     assert torch.equal(logps.detach(), old) and torch.equal(old, ref)
     loss.backward()
     assert policy.model.transformer.blocks[0].q_proj.weight.grad.abs().sum() > 0
+
+
+def _chi2_quantile(dof: int, z: float = 3.09) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile (z = 3.09: the 0.999 quantile)."""
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+@torch.no_grad()
+def test_trace_replay_is_the_samplers_probability_of_tokens_and_order():
+    """Run the real sampler (T = 1, random remasking, 3 allowed tokens, 3 positions, one commit per step:
+    27 outputs x 6 orders) 12000 times and compare the frequency of every (output, order) with
+    exp(trace estimate) / 3!; the 162 probabilities must also sum to 1."""
+    from align.sampling import generate
+
+    model = tiny_model(seed=5)
+    with torch.no_grad():
+        model.model.transformer.ff_out.weight.mul_(0.1)  # moderate logits: every cell is visited
+    allowed = [5, 6, 7]
+    excluded = [i for i in range(40) if i not in allowed]  # the mask id (39) included
+    suppress = [i for i in excluded if i != MASK_ID]
+    prompt = torch.tensor([[0, 9, 12, 20]])
+    n, g, p = 12000, 3, prompt.shape[1]
+    out = generate(model, prompt.repeat(n, 1), gen_length=g, steps=g, block_length=g, temperature=1.0,
+                   remasking="random", suppress_token_ids=suppress, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    keys = [(tuple(y), tuple(o)) for y, o in zip(out.completion_ids.tolist(), out.commit_step.tolist())]
+    counts = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    completion = torch.zeros(1, p + g, dtype=torch.bool)
+    completion[:, p:] = True
+    expected = {}
+    for y in itertools.product(allowed, repeat=g):
+        for order in itertools.permutations(range(g)):
+            ids = torch.cat([prompt, torch.tensor([y])], 1)
+            commit = torch.cat([torch.full((1, p), -1), torch.tensor([order])], 1)
+            plan = make_plan("trace", completion, commit_step=commit, num_steps=g)
+            logp = token_logprobs(model, ids, plan, mask_token_id=MASK_ID, exclude_ids=excluded).sum()
+            expected[(y, order)] = math.exp(logp.item()) / math.factorial(g)
+    assert sum(expected.values()) == pytest.approx(1.0, abs=1e-5)
+    assert set(counts) <= set(expected)
+    cells = sorted(expected, key=expected.get)
+    chi2, pooled_obs, pooled_exp, dof = 0.0, 0, 0.0, 0
+    for key in cells:  # cells expected below 5 counts are pooled
+        pooled_obs, pooled_exp = pooled_obs + counts.get(key, 0), pooled_exp + n * expected[key]
+        if pooled_exp >= 5:
+            chi2, dof = chi2 + (pooled_obs - pooled_exp) ** 2 / pooled_exp, dof + 1
+            pooled_obs, pooled_exp = 0, 0.0
+    assert dof > 100 and chi2 < _chi2_quantile(dof - 1), (chi2, dof)
+
+
+def test_trace_merge_and_plan_shape():
+    commit = torch.tensor([[-1, -1, 0, 2, 1, 3, 3, 5]])
+    completion = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]).bool()
+    plan = make_plan("trace", completion, commit_step=commit, num_steps=6)
+    assert plan.num_passes == 6 and plan.num_samples == 1
+    assert plan.weights.sum(0).tolist() == [[0, 0, 1, 1, 1, 1, 1, 1]]  # every token scored exactly once
+    assert plan.masked[3].tolist() == [
+        [False, False, False, False, False, True, True, True]
+    ]  # step >= 3 hidden
+    merged = make_plan("trace", completion, commit_step=commit, num_steps=6, merge=4)
+    assert merged.num_passes == 2 and merged.weights.sum(0).tolist() == plan.weights.sum(0).tolist()
+    assert merged.masked[0].tolist() == completion.tolist()  # steps 0-3 predicted from the empty canvas
+    with pytest.raises(ValueError, match="commit_step"):
+        make_plan("trace", completion)

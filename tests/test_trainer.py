@@ -120,6 +120,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(workspace, tmp_path, 
     ("--estimator", "elbo", "--num_mc_samples", "4", "--mc_chunk_size", "3", "--beta", "0.04", "--loss_type", "grpo"),
     ("--estimator", "coupled", "--num_mc_samples", "2", "--num_iterations", "2", "--max_steps", "2"),  # ratio != 1
     ("--estimator", "elbo", "--num_mc_samples", "3", "--loss_type", "wd1", "--activation_checkpointing", "true"),
+    ("--estimator", "trace", "--trace_merge", "2", "--beta", "0.04"),  # 4 passes replaying the rollout's order
     ("--estimator", "coupled", "--num_mc_samples", "2", "--use_peft", "true", "--lora_r", "4", "--beta", "0.1",
      "--importance_sampling_level", "sequence"),
 ])  # fmt: skip

@@ -26,8 +26,22 @@ Estimators (registered by name; add one with ``@register_estimator("name")``):
   Per-token weights: L / (2 l) on S, L / (2 (L - l)) on S^c, and 1 on S when l = L. Two passes per sample
   (the second is empty, and still run, when l = L).
 
-Rows may have different completion lengths; each row's L is its own. Not covered here: trace replay
-(TraceRL) and block-diffusion likelihoods.
+* ``trace`` (TraceRL, Wang et al. 2025): replays the sampler's own decoding order from
+  ``GenerationOutput.commit_step``. Pass tau (one per sampler step, ``num_steps`` of them) shows every
+  token committed before step tau and masks the rest; its targets are the tokens committed at tau
+  (weight 1). The sum is ``log p(y | x, order) = sum_tau sum_{k in C_tau} log p(y_k | state_tau)``: with
+  ``exclude_ids`` = the ids the sampler never emits (the mask token, suppressed ids) and the model's
+  untempered distribution this is exactly the log-probability with which the sampler at temperature 1
+  with ``random`` remasking drew those tokens in that order (tests/test_logprob.py checks the frequencies
+  of real sampler runs against it). With ``low_confidence`` remasking the order itself depends on the drawn
+  tokens, and the value is the log-likelihood of the tokens given the order, not of the pair. ``merge``
+  consecutive steps share a pass (``trace_merge``): passes / merge, but a token is then predicted with the
+  tokens committed earlier in its group still masked (less context than the sampler had: a biased,
+  approximation for merge times fewer passes, the exact replay at merge 1). The pass count does not depend
+  on the data (ZeRO-3 needs equal forward counts on every process); passes that commit nothing still run.
+
+Rows may have different completion lengths; each row's L is its own. Not covered here: block-diffusion
+likelihoods, replay of variable-length (growing-canvas) rollouts.
 """
 
 from __future__ import annotations
@@ -95,7 +109,7 @@ def _prompt_masking(
 
 @register_estimator("one_step")
 def one_step_plan(
-    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, **_
 ) -> MaskPlan:
     cm = completion_mask.bool()
     masked = cm[None].expand(num_samples, -1, -1).clone()
@@ -107,7 +121,9 @@ def one_step_plan(
 
 
 @register_estimator("elbo")
-def elbo_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0) -> MaskPlan:
+def elbo_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, **_
+) -> MaskPlan:
     cm = completion_mask.bool()
     length = cm.sum(-1)  # [B]
     u = _stratified_uniform(num_samples, cm.shape[0], generator, cm.device)
@@ -122,7 +138,7 @@ def elbo_plan(completion_mask, num_samples, generator=None, prompt_mask=None, p_
 
 @register_estimator("coupled")
 def coupled_plan(
-    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, **_
 ) -> MaskPlan:
     cm = completion_mask.bool()
     length = cm.sum(-1).float()
@@ -141,6 +157,23 @@ def coupled_plan(
     return MaskPlan(masked, weights.flatten(0, 1), num_samples)
 
 
+@register_estimator("trace")
+def trace_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, *, commit_step=None,
+    num_steps=None, merge=1, **_,
+) -> MaskPlan:  # fmt: skip
+    if commit_step is None or num_steps is None:
+        raise ValueError("estimator 'trace' replays the sampler: it needs commit_step [B, T] and num_steps.")
+    if merge < 1:
+        raise ValueError(f"trace merge must be >= 1, got {merge}.")
+    cm = completion_mask.bool()
+    step = commit_step.to(cm.device).masked_fill(~cm, -1)  # -1: shown from the start (prompt, EOS fill)
+    edges = torch.arange(0, num_steps, merge, device=cm.device)
+    masked = torch.stack([cm & (step >= e) for e in edges])
+    weights = torch.stack([cm & (step >= e) & (step < e + merge) for e in edges]).float()
+    return MaskPlan(masked, weights, 1)
+
+
 def make_plan(
     estimator: str,
     completion_mask: torch.Tensor,
@@ -150,8 +183,12 @@ def make_plan(
     p_mask_prompt: float = 0.0,
     generator: torch.Generator | None = None,
     score_mask: torch.Tensor | None = None,
+    **context,
 ) -> MaskPlan:
     """Draw the masks of ``estimator`` for completion_mask [B, T] (1 = completion token).
+
+    ``context`` carries what a data-dependent estimator needs (``trace``: ``commit_step`` [B, T],
+    ``num_steps``, ``merge``); the others ignore it.
 
     ``score_mask`` [B, T] (a subset of the completion) keeps the noise over the whole completion but
     counts only those tokens: the estimate is the same per-position decomposition of the completion's
@@ -166,8 +203,9 @@ def make_plan(
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {p_mask_prompt}.")
     pm = None if prompt_mask is None else prompt_mask.bool() & ~completion_mask.bool()
     plan = ESTIMATORS[estimator](
-        completion_mask.bool(), num_samples, generator=generator, prompt_mask=pm, p_mask_prompt=p_mask_prompt
-    )
+        completion_mask.bool(), num_samples, generator=generator, prompt_mask=pm, p_mask_prompt=p_mask_prompt,
+        **context,
+    )  # fmt: skip
     if score_mask is not None:
         if (score_mask.bool() & ~completion_mask.bool()).any():
             raise ValueError("score_mask must be a subset of completion_mask.")
@@ -175,11 +213,13 @@ def make_plan(
     return plan
 
 
-def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[targets] in float32: logits [..., V], targets [...] -> [...]."""
-    return -F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(
-        targets.shape
-    )
+def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor, exclude_ids=()) -> torch.Tensor:
+    """log softmax(logits)[targets] in float32: logits [..., V], targets [...] -> [...]; ``exclude_ids``
+    get probability 0 (the distribution renormalised over the other ids, as the sampler draws)."""
+    logits = logits.float().flatten(0, -2)
+    if len(exclude_ids):
+        logits = logits.index_fill(-1, torch.as_tensor(list(exclude_ids), device=logits.device), -torch.inf)
+    return -F.cross_entropy(logits, targets.flatten(), reduction="none").view(targets.shape)
 
 
 def token_logprobs(
@@ -191,8 +231,10 @@ def token_logprobs(
     attention_mask: torch.Tensor | None = None,
     spec: FamilySpec | None = None,
     chunk_size: int = 1,
+    exclude_ids=(),
 ) -> torch.Tensor:
-    """Per-token estimates [B, T] (zero off the completion) for input_ids [B, T] under ``plan``.
+    """Per-token estimates [B, T] (zero off the completion) for input_ids [B, T] under ``plan``;
+    ``exclude_ids`` are renormalised away (``trace`` passes the ids the sampler never emits).
 
     Passes are run ``chunk_size`` at a time (stacked along the batch) and only the scored positions'
     log-probabilities are kept, so without grad the peak memory does not grow with the number of
@@ -215,7 +257,7 @@ def token_logprobs(
         window = scored[..., lo:hi]
         targets = input_ids[None, :, lo:hi].expand(n, -1, -1)
         values = torch.zeros(n, b, hi - lo, dtype=torch.float32, device=input_ids.device)
-        values = values.masked_scatter(window, gather_logprobs(logits[window], targets[window]))
+        values = values.masked_scatter(window, gather_logprobs(logits[window], targets[window], exclude_ids))
         values = F.pad(values, (lo, t - hi))
         total = total + (values * weights).sum(0)
     return total / plan.num_samples
