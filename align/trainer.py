@@ -27,7 +27,6 @@ from collections import defaultdict
 from itertools import islice
 
 import torch
-from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.utils import is_rich_available
@@ -42,6 +41,7 @@ from align.errors import RunError
 from align.logprob import make_plan, token_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages, policy_loss
+from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
 from align.models.loading import quiet_checkpointing_renames
 from align.sampling import describe_mode, generate, truncate_at_stop
@@ -96,7 +96,7 @@ def _rows(batch: list[dict]) -> list[dict]:
     return batch
 
 
-class DiffusionGRPOTrainer(Trainer):
+class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
     """GRPO trainer whose policy is a bidirectional denoiser (see the module docstring)."""
 
     loss_is_scaled_for_ga = True  # compute_loss scales for gradient accumulation itself (as TRL does)
@@ -220,57 +220,18 @@ class DiffusionGRPOTrainer(Trainer):
         return loss
 
     def _chunked_training_step(self, model, rows) -> torch.Tensor:
-        """One micro-step whose peak memory does not grow with the Monte Carlo passes (``mc_backward:
-        chunked``). The estimate is linear in its passes, logps = sum_c part_c, so the gradient of any loss
-        of logps is sum_c <dL/dlogps, d part_c / d theta>: take g = dL/dlogps at the no-grad estimate, then
-        for each chunk of ``mc_chunk_size`` passes re-run it with grad and backpropagate <g, part_c>. Only
-        one chunk's graph is alive at a time; the gradient equals the joint form's (tests/test_trainer.py).
-        On-policy without KL (and not wd1) g does not depend on the estimate's value (the ratio is exactly
-        1), so the no-grad pass is skipped. Under DDP every chunk but the last backpropagates in
-        ``no_sync``; under DeepSpeed every chunk but the last is a non-boundary micro-step (no engine.step),
-        as in gradient accumulation."""
-        model.train()
-        if callable(getattr(self.optimizer, "train", None)):
-            self.optimizer.train()
+        """One micro-step with ``mc_backward: chunked`` (``align.mc_backward``). On-policy without KL (and
+        not wd1) the loss's gradient does not depend on the estimate's value (every ratio is exactly 1), so
+        the no-grad estimate is skipped."""
+        self._train_mode(model)
         inputs = self._prepare_inputs(rows)
-        ids, attn, plan = inputs["ids"], inputs["attn"], inputs["plan"]
+        ids = inputs["ids"]
+        value = None
         if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type != "wd1":
             value = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-        else:
-            with torch.no_grad(), self.compute_loss_context_manager():
-                value = self._estimate(model, ids, attn, plan)
-        leaf = value.detach().requires_grad_()
-        loss = self._policy_loss(leaf, inputs)
-        (grad,) = torch.autograd.grad(loss, leaf)
-        kwargs = (
-            {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+        return self._backward_in_chunks(
+            model, ids, inputs["attn"], inputs["plan"], lambda logps: self._policy_loss(logps, inputs), value
         )
-        size = self.args.mc_chunk_size
-        starts = range(0, plan.num_passes, size)
-        for start in starts:
-            part = MaskPlan(
-                plan.masked[start : start + size], plan.weights[start : start + size], plan.num_samples
-            )
-            with self._accumulating(model, last=start == starts[-1]):
-                with self.compute_loss_context_manager():
-                    surrogate = (self._estimate(model, ids, attn, part) * grad).sum()
-                self.accelerator.backward(surrogate, **kwargs)
-        return loss.detach()
-
-    @contextlib.contextmanager
-    def _accumulating(self, model, last: bool):
-        """Backward of a chunk that is not the micro-step's last: no DDP all-reduce, no DeepSpeed step."""
-        if last:
-            yield
-            return
-        state = self.accelerator.gradient_state
-        was = state.sync_gradients
-        state._set_sync_gradients(False)
-        try:
-            with self.accelerator.no_sync(model):
-                yield
-        finally:
-            state._set_sync_gradients(was)
 
     def _micro_index(self) -> int:
         if self.state.global_step != self._last_global_step:
