@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         from align.train import sft_main
 
         return sft_main(argv[1:])
+    if argv[:1] == ["dpo"]:
+        from align.dpo import main as dpo_main
+
+        return dpo_main(argv[1:])
     parser = OneLineParser(
         prog="align", description="RL alignment for masked diffusion LMs", allow_abbrev=False
     )
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub.add_parser("train", help="GRPO training: align train --config RECIPE.yaml [--field value ...]")
     sub.add_parser("sft", help="masked-diffusion SFT: align sft --config RECIPE.yaml [--field value ...]")
+    sub.add_parser("dpo", help="DPO / VRPO preference optimisation: align dpo --config RECIPE.yaml [...]")
     add_eval_parser(sub)
     add_report_parser(sub)
     args = parser.parse_args(argv)

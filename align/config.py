@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from transformers import HfArgumentParser, TrainingArguments
 
 from align.fields import (
+    DPOFields,
     GRPOFields,
     ModelDataFields,
     SFTFields,
+    check_dpo,
     check_grpo,
     check_model_data,
     recipe_values,
@@ -46,6 +48,15 @@ class ModelDataConfig(ModelDataFields, TrainingArguments):
 @dataclass
 class SFTConfig(SFTFields, ModelDataConfig):
     """Masked-diffusion SFT (LLaDA's objective): prompt clean, response + EOS padding masked at t ~ U(0, 1)."""
+
+
+@dataclass
+class DPOConfig(DPOFields, ModelDataConfig):
+    """DPO / VRPO: TRL's DPO names; the log-likelihoods are Monte Carlo estimates (``align.dpo``)."""
+
+    def __post_init__(self):
+        ModelDataConfig.__post_init__(self)
+        check_dpo(self)
 
 
 @dataclass

@@ -28,8 +28,9 @@ def load_rows(config):
             )
         dataset = dataset.rename_column(old, new)
     named = {"prompt_column": config.prompt_column}
-    if hasattr(config, "completion_column"):  # SFT reads a target column too
-        named["completion_column"] = config.completion_column
+    for field in ("completion_column", "chosen_column", "rejected_column"):  # SFT's target, DPO's pair
+        if hasattr(config, field):
+            named[field] = getattr(config, field)
     require_columns(dataset.column_names, named)
     return dataset
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 ESTIMATOR_NAMES = ("coupled", "elbo", "one_step", "trace")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
 SCALE_REWARDS = ("group", "batch", "none")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 PROTOCOL_NAMES = ("d1", "illada", "llada", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "length_penalty", "math_accuracy", "python_block_format",
                    "reasoning_answer_format", "think_answer_format")  # fmt: skip
@@ -107,6 +108,92 @@ class SFTFields(ModelDataFields):
         "Responses are padded with EOS (and trained to predict it) up to this many tokens; longer ones are cut.",
         default=256,
     )
+
+
+@dataclass
+class DPOFields(ModelDataFields):
+    """Preference optimisation (DPO / VRPO): TRL's DPO names; log-likelihoods are Monte Carlo estimates."""
+
+    prompt_column: str = _help("data", "Column holding the prompt (text or chat messages).", default="prompt")
+    chosen_column: str = _help(
+        "data", "Column holding the preferred response (text or messages).", default="chosen"
+    )
+    rejected_column: str = _help("data", "Column holding the dispreferred response.", default="rejected")
+    max_completion_length: int = _help(
+        "data",
+        "Response canvas: each response (+ its end token) is padded with EOS to this many tokens; pairs with "
+        "a longer response are dropped (counted and named in the log).",
+        default=256,
+    )
+    beta: float = _help(
+        "loss", "DPO temperature: how far the policy may move from the reference.", default=0.1
+    )
+    loss_type: str = _help(
+        "loss", "DPO loss: " + ", ".join(DPO_LOSS_TYPES) + " (TRL's definitions).", default="sigmoid"
+    )
+    label_smoothing: float = _help(
+        "loss", "sigmoid: probability that a preference label is flipped (conservative DPO); 0 = plain DPO.",
+        default=0.0,
+    )  # fmt: skip
+    precompute_ref_log_probs: bool = _help(
+        "loss",
+        "Estimate the reference once before training (masks fixed per row, from the seed) instead of at "
+        "every step; saves the reference forward passes.",
+        default=False,
+    )
+    estimator: str = _help(
+        "estimator",
+        "Log-likelihood estimator: " + ", ".join(ESTIMATOR_NAMES[:3]) + " (VRPO: elbo).",
+        default="elbo",
+    )
+    num_mc_samples: int = _help(
+        "estimator", "Monte Carlo budget n per response (VRPO: 8; pairs for coupled).", default=8
+    )
+    masks_per_timestep: int = _help(
+        "estimator",
+        "elbo: masks drawn per sampled timestep; num_mc_samples / masks_per_timestep timesteps (VRPO: 1, "
+        "i.e. n timesteps with one mask each).",
+        default=1,
+    )
+    share_masks: bool = _help(
+        "estimator",
+        "VRPO's antithetic sampling: the policy and the reference score each response under the same "
+        "timesteps and masks (false: independent draws, for comparison).",
+        default=True,
+    )
+    mc_chunk_size: int = _help(
+        "estimator", "Forward passes stacked per model call when estimating.", default=1
+    )
+    mc_backward: str = _help(
+        "estimator",
+        "chunked: backpropagate mc_chunk_size passes at a time through the detached DPO loss (memory flat in "
+        "num_mc_samples, same gradient); joint: keep every pass's graph.",
+        default="chunked",
+    )
+
+
+def check_dpo(c) -> None:
+    choices = {"loss_type": list(DPO_LOSS_TYPES), "estimator": ["coupled", "elbo", "one_step"],
+               "mc_backward": ["joint", "chunked"]}  # fmt: skip
+    for name, allowed in choices.items():
+        if getattr(c, name) not in allowed:
+            raise ValueError(f"{name} {getattr(c, name)!r} is not one of {allowed}.")
+    if c.beta <= 0:
+        raise ValueError(f"beta must be > 0 for DPO, got {c.beta}.")
+    if not 0.0 <= c.label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {c.label_smoothing}.")
+    if c.num_mc_samples < 1 or c.mc_chunk_size < 1:
+        raise ValueError("num_mc_samples and mc_chunk_size must be >= 1.")
+    if c.masks_per_timestep < 1 or c.num_mc_samples % c.masks_per_timestep:
+        raise ValueError(
+            f"num_mc_samples {c.num_mc_samples} is not a multiple of masks_per_timestep {c.masks_per_timestep}."
+        )
+    if c.masks_per_timestep > 1 and c.estimator != "elbo":
+        raise ValueError("masks_per_timestep applies to estimator elbo only.")
+    if c.precompute_ref_log_probs and not c.share_masks:
+        raise ValueError("precompute_ref_log_probs fixes each row's masks: it needs share_masks true.")
+    if c.max_completion_length < 1:
+        raise ValueError(f"max_completion_length must be >= 1, got {c.max_completion_length}.")
 
 
 @dataclass
@@ -551,6 +638,8 @@ def preflight(cls, values: dict[str, object]) -> None:
         resolve_generation_batch(view)
         check_grpo(view)
         check_reward_specs(view.reward_funcs)
+    if hasattr(view, "chosen_column"):
+        check_dpo(view)
     if not getattr(view, "init_config", None):
         check_model_path(view.model_name_or_path, "model_name_or_path")
     for path in view.dataset_files or []:

@@ -19,7 +19,16 @@ Advantages (``compute_advantages``) follow TRL: group mean subtracted, divided b
 ``scale_rewards`` ``group`` / ``batch``, not divided for ``none`` (d1's mean-centring); rows whose
 reward is NaN (every reward function returned None) get advantage 0.
 
-Not covered: TRL's cispo/sapo/vespo/luspo loss types, entropy bonuses, vLLM importance correction.
+DPO (``dpo_loss``, TRL's DPOTrainer definitions, reverse-KL): with sequence log-likelihood estimates
+pi_c, pi_r (policy) and ref_c, ref_r (reference) of the chosen and rejected responses and
+delta = (pi_c - ref_c) - (pi_r - ref_r): ``sigmoid`` -(1 - s) log sigma(beta delta) - s log sigma(-beta delta)
+(s = ``label_smoothing``, conservative DPO; s = 0 is TRL's sigmoid), ``hinge`` relu(1 - beta delta), ``ipo``
+(delta' - 1 / (2 beta))^2 with delta' the same difference of per-token averages (TRL's length-normalised
+IPO). VRPO (LLaDA 1.5) is the sigmoid loss with ELBO estimates whose masks are shared by policy and
+reference (``align.dpo``).
+
+Not covered: TRL's cispo/sapo/vespo/luspo loss types, entropy bonuses, vLLM importance correction, DPO's
+other loss types and f-divergences.
 """
 
 from __future__ import annotations
@@ -27,9 +36,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from trl.trainer.utils import nanstd
 
-from align.fields import LOSS_TYPES, SCALE_REWARDS
+from align.fields import DPO_LOSS_TYPES, LOSS_TYPES, SCALE_REWARDS
 
 
 def compute_advantages(
@@ -164,3 +174,45 @@ def policy_loss(
         metrics["clip_ratio/region_mean"] = _masked_mean(torch.maximum(low, high), mask).detach()
     metrics["ratio/mean"] = _masked_mean(ratio, mask).detach()
     return loss, metrics
+
+
+def dpo_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean DPO loss and TRL's metrics for sequence estimates laid out [chosen..., rejected...].
+
+    logps / ref_logps: [2N] sequence log-likelihoods (policy with grad, reference without); lengths: [2N]
+    scored tokens per response (for ``ipo``). Metrics: rewards/chosen, rewards/rejected (beta x log-ratio),
+    rewards/accuracies, rewards/margins, logps/chosen, logps/rejected, all [N] and detached.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r} is not one of {DPO_LOSS_TYPES}.")
+    ratios = logps - ref_logps
+    chosen, rejected = ratios.chunk(2)
+    delta = chosen - rejected
+    if loss_type == "sigmoid":
+        losses = (
+            -F.logsigmoid(beta * delta) * (1 - label_smoothing)
+            - F.logsigmoid(-beta * delta) * label_smoothing
+        )
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * delta)
+    else:  # ipo, on per-token averages
+        per_token = ratios / lengths.to(ratios.dtype).clamp(min=1.0)
+        avg_chosen, avg_rejected = per_token.chunk(2)
+        losses = (avg_chosen - avg_rejected - 1 / (2 * beta)) ** 2
+    reward_chosen, reward_rejected = beta * chosen.detach(), beta * rejected.detach()
+    logps_chosen, logps_rejected = logps.detach().chunk(2)
+    metrics = {
+        "rewards/chosen": reward_chosen, "rewards/rejected": reward_rejected,
+        "rewards/accuracies": (reward_chosen > reward_rejected).float(),
+        "rewards/margins": reward_chosen - reward_rejected,
+        "logps/chosen": logps_chosen, "logps/rejected": logps_rejected,
+    }  # fmt: skip
+    return losses.mean(), metrics

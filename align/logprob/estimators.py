@@ -18,7 +18,9 @@ Estimators (registered by name; add one with ``@register_estimator("name")``):
 * ``elbo`` (LLaDA, Nie et al. 2025, Eq. 12, exact-count form): l ~ U{1..L}, S a uniform subset of size l,
   weight L / l on each masked token: unbiased for
   ``B(y|x) = sum_{k=1..L} (1/k) * mean_{|S|=k} sum_{i in S} log p(y_i | y_S masked, x)``.
-  Mask counts are stratified across the K samples (l = floor(u L) + 1 with u = (k + U) / K).
+  Mask counts are stratified across the K samples (l = floor(u L) + 1 with u = (k + U) / K);
+  ``masks_per_timestep`` m draws K / m stratified counts and m independent masks for each (VRPO's
+  timesteps-vs-masks allocation; m = 1 is its recommended one mask per timestep).
 * ``coupled`` (DiffuCoder / ESPO, complementary masks): each sample is a pair (S, S^c) with
   l = |S| ~ U{1..L} (stratified), so every completion token is predicted exactly once per pair. The pair
   averages two estimates of B: A = (L/l) F(S) and C = (L/(L-l)) F(S^c) (each unbiased over
@@ -122,11 +124,24 @@ def one_step_plan(
 
 @register_estimator("elbo")
 def elbo_plan(
-    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, **_
+    completion_mask,
+    num_samples,
+    generator=None,
+    prompt_mask=None,
+    p_mask_prompt=0.0,
+    masks_per_timestep=1,
+    **_,
 ) -> MaskPlan:
     cm = completion_mask.bool()
     length = cm.sum(-1)  # [B]
-    u = _stratified_uniform(num_samples, cm.shape[0], generator, cm.device)
+    if masks_per_timestep < 1 or num_samples % masks_per_timestep:
+        raise ValueError(
+            f"num_samples {num_samples} is not a multiple of masks_per_timestep {masks_per_timestep}."
+        )
+    timesteps = num_samples // masks_per_timestep  # VRPO's allocation: n timesteps x 1 mask by default
+    u = _stratified_uniform(timesteps, cm.shape[0], generator, cm.device).repeat_interleave(
+        masks_per_timestep, 0
+    )
     sizes = torch.minimum((u * length).floor().long() + 1, length)  # l in {1..L}
     masked = torch.stack([_random_subset(cm, sizes[j], generator) for j in range(num_samples)])
     weights = masked.float() * (length.float() / sizes.clamp(min=1).float())[..., None]
