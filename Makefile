@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo tiny-model clean
+.PHONY: venv test lint demo demo-dpo tiny-model tiny-long-model clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,18 @@ tiny-model: venv
 	rm -rf recipes/tiny/model
 	$(BIN)/align sft --config recipes/tiny/sft.yaml
 	rm -f recipes/tiny/model/training_args.bin
+
+# The long-answer tiny model (recipes/tiny-long): 4-digit addition worked column by column, for measuring
+# the fast decoding modes (benchmarks/sampler_speed.py --model recipes/tiny-long/model).
+tiny-long-model: venv
+	$(BIN)/python -m align.tiny recipes/tiny-long long
+	rm -rf recipes/tiny-long/model
+	$(BIN)/align sft --config recipes/tiny-long/sft.yaml --output_dir recipes/tiny-long/model --save_strategy no
+	rm -f recipes/tiny-long/model/training_args.bin
+
+# Preference optimisation on the tiny model: its own right/wrong answers as pairs, VRPO, accuracy before/after.
+demo-dpo: venv
+	$(BIN)/python -m align.demo_dpo --output runs/demo-dpo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -52,9 +52,11 @@ logger = logging.getLogger(__name__)
 
 
 def response_text(value) -> str:
-    """A response as text: a string, or the concatenated contents of a list of chat messages."""
+    """A response as text: a string, or the assistant turns of a list of chat messages (datasets such as
+    UltraFeedback repeat the user turn inside chosen / rejected; it belongs to the prompt)."""
     if isinstance(value, list):
-        return "".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in value)
+        turns = [m for m in value if isinstance(m, dict) and m.get("role") == "assistant"] or value
+        return "".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in turns)
     return "" if value is None else str(value)
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 
-from align.config import GRPOConfig, SFTConfig, load_config
+from align.config import DPOConfig, GRPOConfig, SFTConfig, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = sorted(glob.glob(os.path.join(REPO, "recipes", "**", "*.yaml"), recursive=True))
@@ -24,9 +24,12 @@ def test_recipes_exist():
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: os.path.relpath(p, REPO))
 def test_training_recipe_parses_and_names_its_launch_command(path):
     sft = os.path.basename(path).startswith("sft")
+    dpo = os.sep + "dpo" + os.sep in path or os.path.basename(path) == "dpo.yaml"
     # bf16 recipes are checked here without a GPU, hence --use_cpu
-    config = load_config(path, ["--use_cpu", "true"], cls=SFTConfig if sft else GRPOConfig)
-    if not sft:
+    config = load_config(
+        path, ["--use_cpu", "true"], cls=SFTConfig if sft else DPOConfig if dpo else GRPOConfig
+    )
+    if not (sft or dpo):
         assert config.generation_batch_size % config.num_generations == 0
     head = open(path).read().split("\n", 3)[:3]
     assert head[0].startswith("# ") and any(os.path.relpath(path, REPO) in line for line in head)
