@@ -221,3 +221,32 @@ def test_trace_merge_and_plan_shape():
     assert merged.masked[0].tolist() == completion.tolist()  # steps 0-3 predicted from the empty canvas
     with pytest.raises(ValueError, match="commit_step"):
         make_plan("trace", completion)
+
+
+@torch.no_grad()
+def test_left_to_right_rollouts_and_trace_give_the_exact_autoregressive_likelihood():
+    """JustGRPO's setting is block_length 1 + the trace estimator: the sampler commits position k at step k,
+    and the replay is sum_k log p(o_k | x, o_<k, masks after), written out here as a loop."""
+    from align.sampling import generate
+
+    model = tiny_model(seed=7)
+    prompt = torch.tensor([[0, 9, 12, 20], [0, 5, 6, 7]])
+    g = 5
+    out = generate(model, prompt, gen_length=g, steps=g, block_length=1, temperature=1.0,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out.commit_step.tolist() == [list(range(g))] * 2
+    ids = out.sequences
+    p = prompt.shape[1]
+    completion = torch.zeros_like(ids, dtype=torch.bool)
+    completion[:, p:] = True
+    commit = torch.cat([torch.full_like(prompt, -1), out.commit_step], 1)
+    plan = make_plan("trace", completion, commit_step=commit, num_steps=g)
+    trace = token_logprobs(model, ids, plan, mask_token_id=MASK_ID, exclude_ids=[MASK_ID]).sum(-1)
+    direct = torch.zeros(2)
+    for k in range(g):
+        state = ids.clone()
+        state[:, p + k :] = MASK_ID
+        logits = model(state).logits[:, p + k].float()
+        logits[:, MASK_ID] = -math.inf
+        direct += logits.log_softmax(-1).gather(-1, ids[:, p + k, None])[:, 0]
+    torch.testing.assert_close(trace, direct, rtol=1e-5, atol=1e-5)
