@@ -25,7 +25,7 @@ ESTIMATOR_NAMES = ("coupled", "elbo", "one_step", "trace")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
 SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
-PROTOCOL_NAMES = ("d1", "illada", "llada", "tiny")
+PROTOCOL_NAMES = ("d1", "illada", "llada", "llada-fast", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "length_penalty", "math_accuracy", "python_block_format",
                    "reasoning_answer_format", "think_answer_format")  # fmt: skip
 GROUPS = ("model", "data", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")
@@ -307,7 +307,7 @@ class GRPOFields(ModelDataFields):
     )
     eval_protocol: str | None = _help(
         "evaluation",
-        "Decoding protocol for eval_tasks (d1, llada, illada, tiny); default: the rollouts' own prompt format "
+        "Decoding protocol for eval_tasks (d1, llada, llada-fast, illada, tiny); default: the rollouts' own prompt format "
         "and sampler settings, greedy.",
         default=None,
     )

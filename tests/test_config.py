@@ -53,12 +53,14 @@ def test_malformed_and_unknown_yaml_fields(tmp_path):
 
 
 def test_the_light_vocabularies_match_the_registries():
-    """align.fields keeps torch-free copies of the estimator and loss names for the one-line checks."""
-    from align.fields import ESTIMATOR_NAMES, LOSS_TYPES
+    """align.fields keeps torch-free copies of the estimator, protocol and loss names for the one-line checks."""
+    from align.eval.tasks import PROTOCOLS
+    from align.fields import ESTIMATOR_NAMES, LOSS_TYPES, PROTOCOL_NAMES
     from align.logprob import ESTIMATORS
     from align.losses import policy_loss
 
     assert ESTIMATOR_NAMES == tuple(sorted(ESTIMATORS))
+    assert PROTOCOL_NAMES == tuple(sorted(PROTOCOLS))
     logps, mask = torch.zeros(4, 3), torch.ones(4, 3)
     for loss_type in LOSS_TYPES:
         policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,

@@ -323,3 +323,36 @@ def test_a_cache_of_the_current_canvas_reproduces_the_full_forward(model, mode):
         cached = model(input_ids=segment, attention_mask=mask, kv_cache=cache, cache_start=start,
                        logits_range=(0, end - start))  # fmt: skip
     torch.testing.assert_close(cached.logits, full.logits[:, start:end], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_the_long_answer_tiny_model_and_its_fast_modes():
+    """The committed long-answer model (recipes/tiny-long: 39-token worked additions) answers held-out
+    questions, and threshold 0.9 + prefix cache keeps its accuracy with a fraction of the passes."""
+    import json
+    import os
+    import re
+
+    from align.data import encode_prompts
+    from align.models import load_model, load_tokenizer
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "tiny-long")
+    tokenizer = load_tokenizer(os.path.join(folder, "model"))
+    model = load_model(os.path.join(folder, "model"), dtype="float32").eval()
+    rows = [json.loads(line) for line in open(os.path.join(folder, "data", "test.jsonl"))][:64]
+    ids = encode_prompts(tokenizer, [r["question"] for r in rows], max_length=16, use_chat_template=False)[
+        "input_ids"
+    ]
+
+    def accuracy(**mode):
+        out = generate(model, ids, gen_length=48, steps=48, block_length=16, **mode)
+        texts = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=False)
+        found = [re.search(r"<answer>(\d+)</answer>", t) for t in texts]
+        return sum(m is not None and m.group(1) == r["answer"] for m, r in zip(found, rows)) / len(
+            rows
+        ), out.nfe
+
+    reference, passes = accuracy()
+    fast, fast_passes = accuracy(threshold=0.9, cache="prefix")
+    assert reference >= 0.9 and passes == 48
+    assert fast >= reference - 0.05 and fast_passes <= 12, (reference, fast, fast_passes)

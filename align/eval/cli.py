@@ -16,7 +16,9 @@ def flag(parser, name: str, **kwargs):
 def add_sampler_flags(p) -> None:
     """Protocol overrides shared by ``eval`` and ``generate`` (default: the protocol's value)."""
     p.add_argument(
-        "--protocol", default="d1", help="named preset: d1, llada, illada, tiny (prompt + sampler settings)"
+        "--protocol",
+        default="d1",
+        help="named preset: d1, llada, llada-fast, illada, tiny (prompt + sampler settings)",
     )
     for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
                        ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int),
