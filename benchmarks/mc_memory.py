@@ -52,6 +52,12 @@ class PeakMonitor:
             time.sleep(0.002)
 
 
+def variety(completions, **kwargs) -> list[float]:
+    """A reward that differs between a random model's completions (distinct characters), so that the
+    advantages and the gradient are not zero."""
+    return [len(set(text)) / 10 for text in completions]
+
+
 def child(args) -> None:
     import torch
     from transformers import TrainerCallback
@@ -74,7 +80,7 @@ def child(args) -> None:
         os.path.join(work, "out"), "--use_chat_template", "false", "--max_completion_length", str(args.completion),
         "--block_length", str(args.completion), "--diffusion_steps", "4", "--num_generations", str(args.batch),
         "--per_device_train_batch_size", str(args.batch), "--max_steps", "1", "--logging_steps", "1",
-        "--dtype", "float32", "--reward_funcs", "answer_tag_format", "--report_to", "none", "--save_strategy", "no",
+        "--dtype", "float32", "--reward_funcs", f"{os.path.abspath(__file__)}:variety", "--report_to", "none", "--save_strategy", "no",
         "--use_cpu", "true", "--estimator", "coupled", "--num_mc_samples", str(args.k), "--mc_chunk_size", "1",
         "--mc_backward", args.mode, "--seed", "0",
     ])  # fmt: skip

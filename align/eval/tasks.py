@@ -197,9 +197,9 @@ PROTOCOLS = {
     # 256 tokens, block 32, one token per step, greedy. Not the per-task settings of the LLaDA paper.
     "llada": Protocol("llada", gen_length=256, steps_per_token=1.0),
     # llada's prompts and budget, decoded fast: Fast-dLLM's threshold 0.9 with the prefix cache. On the
-    # trained long-answer tiny model (benchmarks/sampler_speed.py, greedy, 500 questions) this kept
-    # reference accuracy (98.2%) at ~11x its speed; not a published protocol, so scores are not comparable
-    # to papers' llada numbers without checking on your model.
+    # trained long-answer tiny model (benchmarks/sampler_speed.py, greedy, 500 questions) this kept the
+    # reference accuracy (98.2%) at 9-11x its speed (two runs). Not a published protocol: check it on your
+    # model before comparing its scores with papers' llada numbers.
     "llada-fast": Protocol("llada-fast", gen_length=256, steps_per_token=1.0, threshold=0.9, cache="prefix"),
     # iLLaDA: variable-length block-by-block decoding until EOS within a thinking budget.
     "illada": Protocol("illada", gen_length=2048, variable_length=True, steps_per_token=1.0),
