@@ -39,3 +39,18 @@ def tiny_model(seed: int = 0, **overrides) -> LLaDAModelLM:
 @pytest.fixture
 def model():
     return tiny_model()
+
+
+def assert_same_training(joint, chunked, tol: float = 1e-6) -> None:
+    """Train both trainers from the same weights (LoRA initialisation included) and require the same
+    trainable parameters afterwards (with plain SGD any gradient difference shows) and the same losses."""
+    chunked.model.load_state_dict(joint.model.state_dict())
+    before = {n: p.detach().clone() for n, p in joint.model.named_parameters() if p.requires_grad}
+    joint.train()
+    chunked.train()
+    a, b = dict(joint.model.named_parameters()), dict(chunked.model.named_parameters())
+    assert any(not torch.equal(a[n], before[n]) for n in before)
+    worst = max((a[n] - b[n]).abs().max().item() for n in before)
+    assert worst < tol, worst
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (joint, chunked)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)

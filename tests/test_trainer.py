@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import assert_same_training
 from transformers import TrainerCallback
 
 from align.cli import main
@@ -130,15 +131,7 @@ def test_chunked_mc_backward_gives_the_joint_gradient(workspace, tmp_path, extra
     common = ("--max_steps", "1", "--optim", "sgd", "--learning_rate", "0.5", "--max_grad_norm", "0", *extra)
     joint = build_trainer(config(workspace, tmp_path / "a", *common))
     chunked = build_trainer(config(workspace, tmp_path / "b", *common, "--mc_backward", "chunked"))
-    chunked.model.load_state_dict(joint.model.state_dict())  # the same LoRA initialisation
-    before = {n: p.detach().clone() for n, p in joint.model.named_parameters() if p.requires_grad}
-    joint.train()
-    chunked.train()
-    a, b = dict(joint.model.named_parameters()), dict(chunked.model.named_parameters())
-    assert any(not torch.equal(a[n], before[n]) for n in before)
-    worst = max((a[n] - b[n]).abs().max().item() for n in before)
-    assert worst < 1e-6, worst
-    assert logs(joint, "loss") == pytest.approx(logs(chunked, "loss"), abs=1e-6)
+    assert_same_training(joint, chunked)
 
 
 def test_lora_trains_only_the_adapter_with_adapter_disabled_reference(workspace, tmp_path):
