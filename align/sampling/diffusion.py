@@ -275,7 +275,8 @@ def _decode_block(
             remaining = masked.sum(-1)
             k = torch.clamp(torch.div(remaining + (steps - i) - 1, steps - i, rounding_mode="floor"), min=1)
         transfer = select_transfer(conf, k, opts["threshold"]) & masked
-        since += int(transfer.sum(-1).max())
+        if den.refresh is not None:  # (a host sync per pass, only when refreshes are asked for)
+            since += int(transfer.sum(-1).max())
         block = x[:, start:end]
         block[transfer] = x0[transfer]
         commit[:, start:end][transfer] = step_offset + i
