@@ -89,7 +89,9 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def _wd1_weights(advantages: torch.Tensor, num_generations: int, psi: float) -> torch.Tensor:
+def wd1_weights(advantages: torch.Tensor, num_generations: int, psi: float) -> torch.Tensor:
+    """wd1's per-completion weights softmax_g(psi A) - softmax_g(-psi A) for advantages [N] laid out in
+    contiguous groups of ``num_generations`` (compute them before any shuffling of the rows)."""
     grouped = advantages.view(-1, num_generations)
     w = torch.softmax(psi * grouped, dim=1) - torch.softmax(-psi * grouped, dim=1)
     return w.view(-1)
@@ -113,12 +115,15 @@ def policy_loss(
     normalizer: float | torch.Tensor | None = None,
     num_generations: int | None = None,
     wd1_psi: float = 1.0,
+    group_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss (scalar) and detached metrics for per-token log-probs [B, T].
 
     old_logps: [B, T] or None (on-policy: ``logps.detach()``); ref_logps: [B, T], needed when beta > 0;
     advantages: [B] or [B, T]; mask: [B, T] completion mask. ``normalizer`` is the token count of the
-    global batch for ``dapo`` (default: this batch's). ``num_generations`` groups rows for ``wd1``.
+    global batch for ``dapo`` (default: this batch's). ``wd1`` needs the groups: ``group_weights`` [B]
+    (``wd1_weights`` computed where the rows were still grouped; the trainer does this before shuffling its
+    buffer), or contiguous groups of ``num_generations`` rows in this batch.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type {loss_type!r} is not one of {LOSS_TYPES}.")
@@ -139,9 +144,11 @@ def policy_loss(
     metrics: dict[str, torch.Tensor] = {}
 
     if loss_type == "wd1":
-        if num_generations is None:
-            raise ValueError("loss_type 'wd1' needs num_generations to form the groups.")
-        weights = _wd1_weights(adv[:, 0], num_generations, wd1_psi)[:, None]
+        if group_weights is None and num_generations is None:
+            raise ValueError("loss_type 'wd1' needs group_weights or num_generations to form the groups.")
+        if group_weights is None:
+            group_weights = wd1_weights(adv[:, 0], num_generations, wd1_psi)
+        weights = group_weights.to(logps.dtype)[:, None]
         per_token = -weights * logps
     else:
         clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)

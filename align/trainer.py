@@ -40,7 +40,7 @@ from align.data import encode_prompts, prompt_text, require_columns
 from align.errors import RunError
 from align.logprob import make_plan, token_logprobs
 from align.logprob.estimators import MaskPlan
-from align.losses import compute_advantages, policy_loss
+from align.losses import compute_advantages, policy_loss, wd1_weights
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
 from align.models.loading import quiet_checkpointing_renames
@@ -281,14 +281,11 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         advantages, std_is_zero = compute_advantages(rewards, g, self.args.scale_rewards)
         if self.args.mask_truncated_completions:
             completion_mask = completion_mask * terminated[:, None]
+        # wd1 weighs each completion against its own group: computed here, while the groups are contiguous
+        # (the buffer is shuffled), and carried in the advantages' place
+        signal = wd1_weights(advantages, g, self.args.wd1_psi) if self.args.loss_type == "wd1" else advantages
         batch = self._pack(
-            prompt_ids,
-            prompt_attn,
-            completion_ids,
-            completion_mask,
-            advantages,
-            rollout_index,
-            out.commit_step,
+            prompt_ids, prompt_attn, completion_ids, completion_mask, signal, rollout_index, out.commit_step
         )
         self._log_rollout(per_func, rewards, std_is_zero, completion_mask, terminated, out,
                           {"rollout": rollout_s, "reward": reward_s, "logprob": batch.pop("logprob_s")})  # fmt: skip
@@ -421,6 +418,7 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
             kl_estimator=args.kl_estimator, max_completion_length=args.max_completion_length,
             normalizer=inputs["normalizer"] * accumulation / args.steps_per_generation,
             num_generations=args.num_generations, wd1_psi=args.wd1_psi,
+            group_weights=inputs["advantages"] if args.loss_type == "wd1" else None,
         )  # fmt: skip
         for key, value in metrics.items():
             self._metrics[key].append(self.accelerator.gather(value.detach().float()[None]).mean().item())

@@ -134,6 +134,26 @@ def test_chunked_mc_backward_gives_the_joint_gradient(workspace, tmp_path, extra
     assert_same_training(joint, chunked)
 
 
+def test_wd1_weighs_each_completion_within_its_own_group_whatever_the_row_order(workspace, tmp_path):
+    """The rollout buffer is shuffled, so wd1's group softmax cannot be taken over neighbouring rows of a
+    micro-batch: the weights are computed per prompt group before the shuffle and travel with their rows,
+    so the loss does not depend on the order of the rows."""
+    from align.logprob.estimators import MaskPlan
+
+    trainer = build_trainer(config(workspace, tmp_path, "--loss_type", "wd1"))
+    trainer.current_gradient_accumulation_steps = 1
+    rows = next(iter(trainer.get_train_dataloader()))
+    batch = trainer._micro_batch(trainer._rollout(rows, rollout_index=0), 0, 0)
+    assert batch["advantages"].abs().sum() > 0
+    perm = torch.randperm(len(batch["ids"]), generator=torch.Generator().manual_seed(0))
+    plan = batch["plan"]
+    moved = {**batch, **{k: batch[k][perm] for k in ("ids", "attn", "mask", "advantages")},
+             "plan": MaskPlan(plan.masked[:, perm], plan.weights[:, perm], plan.num_samples)}  # fmt: skip
+    with torch.no_grad():
+        losses = [trainer.compute_loss(trainer.model, b).item() for b in (batch, moved)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses
+
+
 def test_lora_trains_only_the_adapter_with_adapter_disabled_reference(workspace, tmp_path):
     trainer = build_trainer(config(workspace, tmp_path, "--use_peft", "true", "--lora_r", "4", "--beta", "0.1",
                                    "--learning_rate", "1e-2", "--activation_checkpointing", "true"))  # fmt: skip
