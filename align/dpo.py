@@ -151,10 +151,11 @@ class DiffusionDPOTrainer(ChunkedBackwardMixin, Trainer):
         """Each response's masks from its own generator: (seed, row, side, stream, step); ``fixed`` drops
         the step (precomputed reference: the same masks every epoch)."""
         args, step = self.args, self.state.global_step
-        n = len(batch["index"])
+        rows = batch["index"].tolist()  # one host read for the batch, not one per response
+        n = len(rows)
         plans = []
         for j in range(2 * n):
-            key = (args.seed, int(batch["index"][j % n]), j // n, stream) + (() if fixed else (step,))
+            key = (args.seed, rows[j % n], j // n, stream) + (() if fixed else (step,))
             generator = torch.Generator(batch["ids"].device).manual_seed(hash(key) % 2**63)
             plans.append(make_plan(
                 args.estimator, batch["canvas"][j : j + 1], num_samples=args.num_mc_samples, generator=generator,
