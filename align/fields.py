@@ -25,6 +25,7 @@ ESTIMATOR_NAMES = ("coupled", "elbo", "one_step", "trace")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
 SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n != "trace")  # trace replays a rollout; DPO has none
 PROTOCOL_NAMES = ("d1", "illada", "llada", "llada-fast", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "length_penalty", "math_accuracy", "python_block_format",
                    "reasoning_answer_format", "think_answer_format")  # fmt: skip
@@ -143,7 +144,7 @@ class DPOFields(ModelDataFields):
     )
     estimator: str = _help(
         "estimator",
-        "Log-likelihood estimator: " + ", ".join(ESTIMATOR_NAMES[:3]) + " (VRPO: elbo).",
+        "Log-likelihood estimator: " + ", ".join(DPO_ESTIMATORS) + " (VRPO: elbo).",
         default="elbo",
     )
     num_mc_samples: int = _help(
@@ -173,7 +174,7 @@ class DPOFields(ModelDataFields):
 
 
 def check_dpo(c) -> None:
-    choices = {"loss_type": list(DPO_LOSS_TYPES), "estimator": ["coupled", "elbo", "one_step"],
+    choices = {"loss_type": list(DPO_LOSS_TYPES), "estimator": list(DPO_ESTIMATORS),
                "mc_backward": ["joint", "chunked"]}  # fmt: skip
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
