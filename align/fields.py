@@ -27,9 +27,9 @@ SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n != "trace")  # trace replays a rollout; DPO has none
 PROTOCOL_NAMES = ("d1", "illada", "llada", "llada-fast", "tiny")
-BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "length_penalty", "math_accuracy", "python_block_format",
-                   "reasoning_answer_format", "think_answer_format")  # fmt: skip
-GROUPS = ("model", "data", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")
+BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
+                   "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
+GROUPS = ("model", "data", "schedule", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")
 
 
 _GROUP_OF_HELP: dict[
@@ -90,6 +90,14 @@ class ModelDataFields:
     use_chat_template: bool = _help("data", "Wrap prompts with the tokenizer's chat template.", default=True)
     max_prompt_length: int = _help(
         "data", "Prompts longer than this (tokens) are cut from the left.", default=256
+    )
+    # ---- schedule -----------------------------------------------------------------------------------
+    max_time_s: float | None = _help(
+        "schedule",
+        "Stop after this many seconds of training (from the first step of this process; the step in progress "
+        "finishes and the run saves as at max_steps, whichever comes first). Every log entry carries wall_s, "
+        "the seconds since training began, for accuracy-vs-wall-clock plots.",
+        default=None,
     )
 
 
@@ -337,6 +345,8 @@ def check_model_data(c) -> None:
         raise ValueError("No training data: set dataset_name (a hub id) or dataset_files (local files).")
     if c.dtype not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"dtype {c.dtype!r} is not one of ['bfloat16', 'float16', 'float32'].")
+    if c.max_time_s is not None and c.max_time_s <= 0:
+        raise ValueError(f"max_time_s must be a positive number of seconds, got {c.max_time_s}.")
 
 
 def resolve_eval(c) -> None:

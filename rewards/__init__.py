@@ -22,6 +22,7 @@ from rewards.format import (
     think_answer_format,
 )
 from rewards.math import math_accuracy
+from rewards.puzzles import countdown, sudoku
 
 RewardFn = Callable[..., list]
 
@@ -33,6 +34,8 @@ BUILTINS: dict[str, RewardFn] = {
     "reasoning_answer_format": reasoning_answer_format,
     "python_block_format": python_block_format,
     "length_penalty": length_penalty,
+    "countdown": countdown,
+    "sudoku": sudoku,
 }
 
 

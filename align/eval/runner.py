@@ -256,7 +256,7 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
     unit = getattr(source, "unit", "req")
     per_item = protocol.gen_length if unit == "tok" else 1  # canvas tokens per answer, or one request
     start_time, decoded = time.perf_counter(), 0
-    metric = "accuracy" if task.kind == "math" else "pass@1"
+    metric = task.metric
     solved = _solved(samples, task)  # kept as a running sum, not recounted at every chunk
     with bar:
         for start in range(len(samples), len(messages), chunk):
@@ -286,17 +286,17 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
 
 def _solved(samples: list[dict], task: Task) -> float:
     """Sum of the running metric's terms: scores (math) or fully passed answers (code)."""
-    if task.kind == "math":
+    if task.metric == "accuracy":
         return sum(s["score"] for s in samples)
     return sum(float(s["score"] >= 1.0) for s in samples)
 
 
 def task_metrics(task: Task, samples: list[dict], n: int, num_samples: int) -> dict:
-    """``accuracy`` (math: mean score) or ``pass@1`` (code), plus ``pass@K`` when K samples per question."""
+    """``accuracy`` (math, verifier: mean score) or ``pass@1`` (code), plus ``pass@K`` for K samples per question."""
     scores = [s["score"] for s in samples]
     correct = [sum(s >= 1.0 for s in scores[i : i + num_samples]) for i in range(0, len(scores), num_samples)]
     metrics = {"n": n, "num_samples": num_samples}
-    if task.kind == "math":
+    if task.metric == "accuracy":
         metrics["accuracy"] = _mean(scores)
     else:
         metrics["pass@1"] = _mean(pass_at_k(num_samples, c, 1) for c in correct)

@@ -2,7 +2,8 @@
 
 A task turns a dataset row into a question, and a completion into a score in [0, 1] by reusing
 ``rewards``: math equivalence for GSM8K / MATH500 / custom JSONL tasks, the code sandbox for HumanEval /
-MBPP. A protocol is a named preset of prompt and sampler settings; every field can be overridden and the
+MBPP, a verifier for Countdown / Sudoku (``countdown=FILE`` / ``sudoku=FILE``: rows with ``question`` and
+the verifier's columns, no stored answer). A protocol is a named preset of prompt and sampler settings; every field can be overridden and the
 resolved settings are written with every result.
 
 Not covered: few-shot prompting (all protocols here are zero-shot) and lm-eval-harness's exact templates.
@@ -26,7 +27,7 @@ CODE_INSTRUCTION = "Write a Python solution in one fenced ```python block."
 @dataclass(frozen=True)
 class Task:
     name: str
-    kind: str  # "math" or "code"
+    kind: str  # "math", "code" or "verifier" (a built-in reward of the same name scores it)
     hub: tuple[str, str | None, str] | None  # (dataset id, config, split)
     question: str  # the column holding the question (for code tasks: the prompt)
 
@@ -57,14 +58,19 @@ class Task:
             )
         return rows
 
+    @property
+    def metric(self) -> str:
+        """``accuracy`` (mean score) for math and verifier tasks, ``pass@1`` for code."""
+        return "pass@1" if self.kind == "code" else "accuracy"
+
     def gold_columns(self) -> tuple[str, ...]:
-        return {"humaneval": ("test", "entry_point"), "mbpp": ("test_list",)}.get(
-            self.name, ("answer",) if self.kind == "math" else ("tests",)
-        )
+        named = {"humaneval": ("test", "entry_point"), "mbpp": ("test_list",), "countdown": ("numbers", "target"),
+                 "sudoku": ("puzzle",)}  # fmt: skip
+        return named.get(self.name, ("answer",) if self.kind == "math" else ("tests",))
 
     def user_message(self, row: dict, protocol: Protocol) -> str:
         question = str(row[self.question])
-        if self.kind == "math":
+        if self.kind in ("math", "verifier"):
             return question if protocol.instruction is None else f"{question}\n\n{protocol.instruction}"
         if self.name == "mbpp":
             tests = "\n".join(row["test_list"])
@@ -80,6 +86,13 @@ class Task:
 
             scores = math_accuracy(None, completions, answer=[r["answer"] for r in rows])
             return [0.0 if s is None else float(s) for s in scores], [extract_answer(c) for c in completions]
+        if self.kind == "verifier":
+            from rewards import get
+            from rewards.puzzles import last_answer
+
+            columns = {c: [r[c] for r in rows] for c in self.gold_columns()}
+            scores = get(self.name)(None, completions, **columns)
+            return [0.0 if s is None else float(s) for s in scores], [last_answer(c) for c in completions]
         from rewards.code import extract_code, score_program
         from rewards.sandbox import default_sandbox
 
@@ -132,11 +145,13 @@ TASKS = {
     "math500": Task("math500", "math", ("HuggingFaceH4/MATH-500", None, "test"), "problem"),
     "humaneval": Task("humaneval", "code", ("openai/openai_humaneval", None, "test"), "prompt"),
     "mbpp": Task("mbpp", "code", ("google-research-datasets/mbpp", "sanitized", "test"), "prompt"),
+    "countdown": Task("countdown", "verifier", None, "question"),
+    "sudoku": Task("sudoku", "verifier", None, "question"),
 }
 
 
 def resolve_tasks(spec: str) -> list[tuple[Task, str | None]]:
-    """``gsm8k,math500,mytask=path.jsonl`` -> [(Task, explicit path or None)]; custom tasks are math tasks."""
+    """``gsm8k,math500,mytask=path.jsonl`` -> [(Task, explicit path or None)]; custom names are math tasks."""
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, path = item.partition("=")
