@@ -87,7 +87,15 @@ def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:
         model = load_model(
             config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code
         )
-    return DiffusionSFTTrainer(model, config, load_rows(config), tokenizer)
+    rows = load_rows(config)
+    batch = config.per_device_train_batch_size * config.world_size
+    if config.dataloader_drop_last and len(rows) < batch:
+        raise ValueError(
+            f"the dataset has {len(rows)} rows, fewer than one batch ({batch}): with dataloader_drop_last every "
+            "batch is dropped and training would stop at step 0. Lower per_device_train_batch_size or set "
+            "dataloader_drop_last false."
+        )
+    return DiffusionSFTTrainer(model, config, rows, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,9 @@ def train_and_save(trainer, config) -> None:
     """Train (resuming when asked), then save the model or adapter, the trainer state and the tokenizer."""
     import torch.distributed as dist
 
+    from align.callbacks import WallClock
+
+    trainer.add_callback(WallClock(getattr(config, "max_time_s", None)))
     try:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
         trainer.save_model(config.output_dir)

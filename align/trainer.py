@@ -35,6 +35,7 @@ from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import nanstd, print_prompt_completions_sample
 
 import rewards as reward_registry
+from align.callbacks import WallClock
 from align.config import GRPOConfig
 from align.data import encode_prompts, prompt_text, require_columns
 from align.errors import RunError
@@ -438,7 +439,7 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
             model_context=self._unwrapped,
         )  # fmt: skip
         protocol, metrics = eval_protocol(self.args), {}
-        was_training = self.model.training
+        was_training, started = self.model.training, time.monotonic()
         self.model.eval()
         try:
             for task, rows in self._eval_tasks:
@@ -447,6 +448,9 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
                                 if k not in ("n", "num_samples")})  # fmt: skip
         finally:
             self.model.train(was_training)
+            for callback in self.callback_handler.callbacks:  # training time excludes evaluation
+                if isinstance(callback, WallClock):
+                    callback.exclude(time.monotonic() - started)
         if self.accelerator.num_processes > 1:  # only the main process scored
             metrics = broadcast_object_list([metrics])[0]
         self.log(metrics)

@@ -1,5 +1,9 @@
 """Masked-diffusion SFT: batch layout, the LLaDA loss against a direct computation, and learning."""
 
+import json
+import time
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +70,30 @@ def test_short_sft_lowers_the_loss(tmp_path):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.85 * losses[0]
+
+
+def test_max_time_s_stops_training_and_every_log_entry_carries_wall_s(tmp_path):
+    from align.train import train_and_save
+
+    config = sft_config(tmp_path, "--max_steps", "100000", "--max_time_s", "2", "--logging_steps", "1")
+    trainer = build_trainer(config)
+    started = time.monotonic()
+    train_and_save(trainer, config)
+    assert time.monotonic() - started < 30
+    history = json.load(open(tmp_path / "out" / "trainer_state.json"))["log_history"]
+    steps = [h["step"] for h in history if "loss" in h]
+    walls = [h["wall_s"] for h in history]
+    assert 2 <= len(steps) < 100000 and steps == list(range(1, len(steps) + 1))
+    assert walls == sorted(walls) and 2.0 <= walls[-1] < 2.0 + 10.0  # the step in progress finishes
+    assert (tmp_path / "out" / "model.safetensors").exists()  # saved as at max_steps
+
+
+def test_max_time_s_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="max_time_s must be a positive number of seconds"):
+        sft_config(tmp_path, "--max_time_s", "0")
+
+
+def test_a_dataset_smaller_than_one_dropped_batch_is_refused(tmp_path):
+    config = sft_config(tmp_path, "--per_device_train_batch_size", "512", "--dataloader_drop_last", "true")
+    with pytest.raises(ValueError, match="the dataset has 256 rows, fewer than one batch"):
+        build_trainer(config)

@@ -1,0 +1,35 @@
+"""Trainer callbacks every entry point adds (``align train``, ``align sft``, ``align dpo``)."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+
+class WallClock(TrainerCallback):
+    """Adds ``wall_s`` (training seconds since this process began training, evaluation excluded) to every
+    log entry and stops training once ``max_time_s`` of them have passed (checked after each optimizer
+    step, so the step in progress finishes). A trainer's ``evaluate`` reports its own duration through
+    ``exclude``."""
+
+    def __init__(self, max_time_s: float | None = None):
+        self.max_time_s, self.start, self.excluded_s = max_time_s, None, 0.0
+
+    def elapsed_s(self) -> float:
+        return 0.0 if self.start is None else time.monotonic() - self.start - self.excluded_s
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded_s += seconds
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.max_time_s is not None and self.elapsed_s() >= self.max_time_s:
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.log_history:  # the Trainer appended a copy of logs before calling us
+            state.log_history[-1]["wall_s"] = round(self.elapsed_s(), 3)
