@@ -11,28 +11,39 @@ The *long* variant (``--task long``, committed under ``recipes/tiny-long``) exis
 decoding modes on a trained model with a long answer: 4-digit addition worked column by column, right to
 left, each column written ``a+b+c=ss`` (digits, incoming carry, two-digit sum), then the tagged result.
 ``"4567+8912="`` -> ``"7+2+0=096+1+0=075+9+0=144+8+1=13<answer>13479</answer>"``: 39 tokens, where
-every column depends on the one before it through its carry. Not covered: anything beyond these tasks.
+every column depends on the one before it through its carry.
+
+The *verifier-only* tasks (``countdown``, ``sudoku``; committed under ``recipes/tiny-countdown`` and
+``recipes/tiny-sudoku``) have many valid answers and are scored by ``rewards.puzzles``, never against a
+stored answer: ``"3,7,5:26="`` -> ``<answer>3*7+5</answer>`` (three numbers in 1..20, binary + - * / and
+brackets, each number at most once) and ``"1030001020030300="`` -> ``<answer>1234341221434321</answer>``
+(4x4 Sudoku, 0 = blank, 6-10 blanks). Their vocabulary (``PUZZLE_VOCAB``) adds ``- * / ( ) , :``. Their
+data comes in three disjoint splits (``PUZZLE_SPLITS``): ``sft`` (one solution per problem), ``train`` (RL
+prompts, no solution) and ``test``. Not covered: anything beyond these tasks.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
+from fractions import Fraction
 
 from align.models import LLaDAConfig
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|mask|>", "<answer>", "</answer>"]
 CHARS = list("0123456789+=")
 VOCAB = SPECIALS + CHARS
+PUZZLE_VOCAB = SPECIALS + list("0123456789+-*/(),:=")  # countdown and sudoku
 
 
-def build_tokenizer():
+def build_tokenizer(vocab: list[str] = VOCAB):
     """The tiny task's tokenizer: BOS prepended, pad = EOS, left padding, ``decode`` joins characters."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="<|mask|>"))
+    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<|mask|>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.add_special_tokens(SPECIALS[:3])
     core.add_tokens(SPECIALS[3:])
@@ -46,17 +57,17 @@ def build_tokenizer():
     )  # fmt: skip
 
 
-def tiny_config(**overrides) -> LLaDAConfig:
+def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
     fields = dict(
-        d_model=128, n_heads=4, n_layers=4, mlp_hidden_size=384, vocab_size=len(VOCAB), max_sequence_length=64,
-        rope_theta=10000.0, mask_token_id=VOCAB.index("<|mask|>"), eos_token_id=VOCAB.index("<|eos|>"),
-        pad_token_id=VOCAB.index("<|eos|>"), bos_token_id=VOCAB.index("<|bos|>"), weight_tying=True,
+        d_model=128, n_heads=4, n_layers=4, mlp_hidden_size=384, vocab_size=len(vocab), max_sequence_length=64,
+        rope_theta=10000.0, mask_token_id=vocab.index("<|mask|>"), eos_token_id=vocab.index("<|eos|>"),
+        pad_token_id=vocab.index("<|eos|>"), bos_token_id=vocab.index("<|bos|>"), weight_tying=True,
     )  # fmt: skip
     fields.update(overrides)
     return LLaDAConfig(**fields)
 
 
-TASKS = ("short", "long")
+TASKS = ("short", "long", "countdown", "sudoku")
 
 
 def worked_sum(a: int, b: int) -> str:
@@ -70,12 +81,8 @@ def worked_sum(a: int, b: int) -> str:
     return "".join(columns)
 
 
-def problems(n: int, seed: int, task: str = "short") -> list[dict]:
-    """n distinct addition problems ``a+b=``: 3-digit operands (short) or 4-digit with working (long)."""
-    if task not in TASKS:
-        raise ValueError(f"task {task!r} is not one of {TASKS}.")
+def addition_problems(n: int, rng: random.Random, task: str) -> list[dict]:
     low, high = (100, 999) if task == "short" else (1000, 9999)
-    rng = random.Random(seed)
     seen, rows = set(), []
     while len(rows) < n:
         a, b = rng.randint(low, high), rng.randint(low, high)
@@ -93,6 +100,112 @@ def problems(n: int, seed: int, task: str = "short") -> list[dict]:
     return rows
 
 
+_OPS = {"+": Fraction.__add__, "-": Fraction.__sub__, "*": Fraction.__mul__, "/": Fraction.__truediv__}
+
+
+def _apply(op: str, x: Fraction | None, y: Fraction | None) -> Fraction | None:
+    return None if x is None or y is None or (op == "/" and y == 0) else _OPS[op](x, y)
+
+
+def three_number_expressions(numbers) -> list[tuple[str, Fraction | None]]:
+    """(text, exact value or None for a division by zero) of every binary expression over all three
+    numbers: each order (``itertools.permutations``: the given order first), operator pair and bracketing
+    (``a o b o c``, ``(a o b) o c``, ``a o (b o c)``), in that nesting order."""
+    out = []
+    for a, b, c in itertools.permutations(numbers):
+        fa, fb, fc = Fraction(a), Fraction(b), Fraction(c)
+        for o1, o2 in itertools.product(_OPS, repeat=2):
+            left, right = _apply(o2, _apply(o1, fa, fb), fc), _apply(o1, fa, _apply(o2, fb, fc))
+            flat = left if o1 in "*/" or o2 in "+-" else right  # precedence, then left to right
+            out += [
+                (f"{a}{o1}{b}{o2}{c}", flat),
+                (f"({a}{o1}{b}){o2}{c}", left),
+                (f"{a}{o1}({b}{o2}{c})", right),
+            ]
+    return out
+
+
+def countdown_space(high: int = 20, max_target: int = 100) -> set[tuple[tuple[int, ...], int]]:
+    """Every Countdown problem of three numbers in 1..high (sorted) and an integer target in 1..max_target
+    that is not one of them, reached by a binary expression over all three."""
+    space = set()
+    for numbers in itertools.combinations_with_replacement(range(1, high + 1), 3):
+        for _, value in three_number_expressions(numbers):
+            if (
+                value is not None
+                and value.denominator == 1
+                and 1 <= value <= max_target
+                and value not in numbers
+            ):
+                space.add((numbers, int(value)))
+    return space
+
+
+def countdown_problems(n: int, rng: random.Random) -> list[dict]:
+    """n problems drawn from ``countdown_space()``, the numbers shown in a random order; the completion is
+    the first expression of ``three_number_expressions(shown)`` that reaches the target (so the shown order
+    whenever it can), one valid answer among usually several."""
+    rows = []
+    for numbers, target in rng.sample(sorted(countdown_space()), n):
+        shown = rng.sample(numbers, 3)
+        solution = next(text for text, value in three_number_expressions(shown) if value == target)
+        rows.append({"question": ",".join(map(str, shown)) + f":{target}=", "numbers": shown, "target": target,
+                     "completion": f"<answer>{solution}</answer>"})  # fmt: skip
+    return rows
+
+
+def sudoku_grids() -> list[str]:
+    """All 288 valid 4x4 Sudoku grids as 16-digit strings, in lexicographic order."""
+    from rewards.puzzles import sudoku_valid
+
+    grids, cells = [], [0] * 16
+
+    def fill(i: int) -> None:
+        if i == 16:
+            grids.append("".join(map(str, cells)))
+            return
+        for digit in range(1, 5):
+            cells[i] = digit
+            row, col = divmod(i, 4)
+            box = [(row // 2 * 2 + r) * 4 + col // 2 * 2 + c for r in range(2) for c in range(2)]
+            peers = [row * 4 + c for c in range(4)] + [r * 4 + col for r in range(4)] + box
+            if all(cells[j] != digit for j in peers if j < i):
+                fill(i + 1)
+        cells[i] = 0
+
+    fill(0)
+    assert len(grids) == 288 and all(sudoku_valid([int(ch) for ch in g], [0] * 16) for g in grids)
+    return grids
+
+
+def sudoku_problems(n: int, rng: random.Random) -> list[dict]:
+    """A random grid with 6-10 cells blanked (0); the completion is that grid, one valid answer (blanking
+    many cells can leave several)."""
+    grids, seen, rows = sudoku_grids(), set(), []
+    while len(rows) < n:
+        grid = rng.choice(grids)
+        blanks = set(rng.sample(range(16), rng.randint(6, 10)))
+        puzzle = "".join("0" if i in blanks else ch for i, ch in enumerate(grid))
+        if puzzle in seen:
+            continue
+        seen.add(puzzle)
+        rows.append({"question": f"{puzzle}=", "puzzle": puzzle, "completion": f"<answer>{grid}</answer>"})
+    return rows
+
+
+def problems(n: int, seed: int, task: str = "short") -> list[dict]:
+    """n distinct problems of a task: additions ``a+b=`` (3-digit ``short``, 4-digit worked ``long``),
+    ``countdown`` (``"3,7,5:26="``) or 4x4 ``sudoku`` (``"1030020040010300="``, 0 = blank)."""
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {TASKS}.")
+    rng = random.Random(seed)
+    if task == "countdown":
+        return countdown_problems(n, rng)
+    if task == "sudoku":
+        return sudoku_problems(n, rng)
+    return addition_problems(n, rng, task)
+
+
 def write_task(
     folder: str, num_train: int = 20000, num_test: int = 500, seed: int = 0, task: str = "short"
 ) -> dict[str, str]:
@@ -107,12 +220,44 @@ def write_task(
     return paths
 
 
+# Verifier-only tasks: a limited SFT set with one solution per problem, a prompt pool for RL (no solutions:
+# RL sees the question and the verifier's columns only) and a held-out split, all disjoint. Countdown has
+# 15,126 problems in all (three numbers in 1..20), most of them given to SFT: the tiny model learns little
+# from fewer; Sudoku is learnt from a few hundred.
+PUZZLE_SPLITS = {
+    "countdown": {"sft": 10000, "test": 500, "train": 4000},
+    "sudoku": {"sft": 2000, "test": 500, "train": 10000},
+}
+
+
+def write_puzzle_task(folder: str, task: str, splits: dict[str, int] | None = None, seed: int = 0) -> dict:
+    """Write one JSONL file per split of a verifier-only task (``sft`` keeps its ``completion`` column,
+    the RL prompts in ``train`` do not); returns their paths."""
+    splits = splits or PUZZLE_SPLITS[task]
+    rows = problems(sum(splits.values()), seed, task)
+    os.makedirs(folder, exist_ok=True)
+    paths, start = {}, 0
+    for name, count in splits.items():
+        paths[name] = os.path.join(folder, f"{name}.jsonl")
+        with open(paths[name], "w") as f:
+            for row in rows[start : start + count]:
+                row = row if name != "train" else {k: v for k, v in row.items() if k != "completion"}
+                f.write(json.dumps(row) + "\n")
+        start += count
+    return paths
+
+
 def prepare(folder: str = "recipes/tiny", task: str = "short") -> None:
     """Write the task data and the untrained starting point (tokenizer + config) that ``align sft`` reads."""
-    write_task(os.path.join(folder, "data"), num_train=20000 if task == "short" else 50000, task=task)
+    data = os.path.join(folder, "data")
+    if task in ("countdown", "sudoku"):
+        write_puzzle_task(data, task)
+    else:
+        write_task(data, num_train=20000 if task == "short" else 50000, task=task)
+    vocab = PUZZLE_VOCAB if task in ("countdown", "sudoku") else VOCAB
     init = os.path.join(folder, "init")
-    build_tokenizer().save_pretrained(init)
-    tiny_config().to_json_file(os.path.join(init, "config.json"))
+    build_tokenizer(vocab).save_pretrained(init)
+    tiny_config(vocab).to_json_file(os.path.join(init, "config.json"))
 
 
 if __name__ == "__main__":
