@@ -1,4 +1,4 @@
-"""The ``align`` command: ``train`` (GRPO), ``sft``, ``eval``, ``report``, ``generate``, ``export`` (merge LoRA)."""
+"""The ``align`` command: ``train`` (GRPO), ``sft``, ``dpo``, ``bench``, ``eval``, ``report``, ``generate``, ``export`` (merge LoRA)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from align.dpo import main as dpo_main
 
         return dpo_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from align.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = OneLineParser(
         prog="align", description="RL alignment for masked diffusion LMs", allow_abbrev=False
     )
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="GRPO training: align train --config RECIPE.yaml [--field value ...]")
     sub.add_parser("sft", help="masked-diffusion SFT: align sft --config RECIPE.yaml [--field value ...]")
     sub.add_parser("dpo", help="DPO / VRPO preference optimisation: align dpo --config RECIPE.yaml [...]")
+    sub.add_parser("bench", help="methods x tasks x seeds under one budget: align bench --config SPEC.yaml")
     add_eval_parser(sub)
     add_report_parser(sub)
     args = parser.parse_args(argv)

@@ -73,8 +73,8 @@ def _align(args, cwd=REPO):
      f"align train: dataset_files: missing.jsonl does not exist (paths are relative to {REPO})."),
     (["train", *TINY, "--reward_funcs", "math_acuracy", "answer_tag_format"], 2,
      "align train: unknown reward 'math_acuracy'; did you mean math_accuracy? Built-ins are answer_tag_format, "
-     "code_execution, length_penalty, math_accuracy, python_block_format, reasoning_answer_format, "
-     "think_answer_format, or give package.module:function or path/to/file.py:function."),
+     "code_execution, countdown, length_penalty, math_accuracy, python_block_format, reasoning_answer_format, "
+     "sudoku, think_answer_format, or give package.module:function or path/to/file.py:function."),
     (["train", *TINY, "--beta", "abc"], 2, "align train: --beta 'abc' is not a number."),
     (["train", *TINY, "--num_generation", "8"], 2,
      "align train: unknown field --num_generation; did you mean --num_generations or --num_iterations?"),
@@ -124,6 +124,7 @@ def test_help_is_fast_grouped_and_lists_reward_names():
     assert [h.split(":")[0].split(" (")[0] for h in headers[2:]] == [
         "model",
         "data",
+        "schedule",
         "rollout",
         "estimator",
         "loss",

@@ -315,15 +315,22 @@ def test_report_series_intervals_and_training_curves(tmp_path):
     text = open(tmp_path / "rep" / "report.md").read()
     assert "| GRPO | 3 | 0.100 -> 0.300 |" in text and "![training curves](training.png)" in text
     assert open(tmp_path / "rep" / "training.png", "rb").read(4) == b"\x89PNG"
-    panels = [p for p, _ in report.TRAIN_CURVES if any(report._matches(k, p) for h in history for k in h)]
-    assert panels == [
-        "reward",
-        "rewards/*/mean",
-        "kl",
-        "completions/mean_length",
-        "rollout/tokens_per_s",
-        "eval_*",
-    ]
+    run = report.load_run(str(tmp_path / "grpo"))
+    assert [(p, x) for p, _, x, _ in report.training_panels([run])] == [
+        ("reward", "step"), ("rewards/*/mean", "step"), ("kl", "step"), ("completions/mean_length", "step"),
+        ("rollout/tokens_per_s", "step"), ("eval_*", "step"),
+    ]  # fmt: skip
+    # with wall_s logged, held-out scores are also drawn against training time; seeds sharing a label are
+    # drawn as their mean per step with a min-max band
+    timed = [dict(h, wall_s=2.0 * h["step"]) for h in history]
+    other = [dict(h, wall_s=4.0 * h["step"], **({"eval_tiny/accuracy": 0.6} if "eval_tiny/accuracy" in h else {}))
+             for h in history]  # fmt: skip
+    seeds = [{"label": "GRPO", "kind": "train", "history": h} for h in (timed, other)]
+    assert ("eval_*", "wall_s") in [(p, x) for p, _, x, _ in report.training_panels(seeds)]
+    assert report._mean_curve(seeds, "eval_tiny/accuracy", "wall_s") == ([9.0], [0.5], [0.4], [0.6])
+    assert report._mean_curve(seeds, "reward", "step")[0] == [1, 2, 3]
+    text = report.write_report(seeds, str(tmp_path / "rep2"))
+    assert open(text).read().count("| GRPO | 3 |") == 2
 
 
 def test_eval_input_errors_are_one_line_before_anything_loads(data_dir, tmp_path, capsys):
@@ -335,7 +342,7 @@ def test_eval_input_errors_are_one_line_before_anything_loads(data_dir, tmp_path
         (["--model", tiny, "--tasks", "gsm8k", "--protocol", "nope"],
          "align eval: unknown protocol 'nope'; choose from ['d1', 'illada', 'llada', 'llada-fast', 'tiny']."),
         (["--model", tiny, "--tasks", "gsm9k"],
-         "align eval: unknown task 'gsm9k': use one of ['gsm8k', 'humaneval', 'math500', 'mbpp'] or "
+         "align eval: unknown task 'gsm9k': use one of ['countdown', 'gsm8k', 'humaneval', 'math500', 'mbpp', 'sudoku'] or "
          "NAME=path/to/file.jsonl."),
         (["--model", "/no/such/path", "--tasks", "gsm8k"],
          "align eval: --model /no/such/path does not exist; give a local checkpoint folder or a hub id (org/name)."),

@@ -11,7 +11,8 @@ from align.config import DPOConfig, GRPOConfig, SFTConfig, load_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = sorted(glob.glob(os.path.join(REPO, "recipes", "**", "*.yaml"), recursive=True))
 ACCELERATE = [p for p in ALL if os.sep + "accelerate" + os.sep in p]
-TRAINING = [p for p in ALL if p not in ACCELERATE and os.sep + "model" + os.sep not in p]
+BENCH = [p for p in ALL if os.sep + "bench" + os.sep in p]
+TRAINING = [p for p in ALL if p not in ACCELERATE + BENCH and os.sep + "model" + os.sep not in p]
 
 
 def test_recipes_exist():
@@ -42,3 +43,22 @@ def test_accelerate_config_parses(path):
     assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
     if "zero" in os.path.basename(path):
         assert cfg.deepspeed_config["zero_stage"] == int(os.path.basename(path)[4])
+
+
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: os.path.relpath(p, REPO))
+def test_bench_spec_cells_parse_into_grpo_configs(path, monkeypatch):
+    from align.bench import cell_command, load_spec
+
+    monkeypatch.chdir(REPO)
+    spec = load_spec(path)
+    head = open(path).read().split("\n", 3)[:3]
+    assert head[0].startswith("# ") and any(os.path.relpath(path, REPO) in line for line in head)
+    for task in spec["tasks"]:
+        for method in spec["methods"]:
+            argv = cell_command(spec, task, method, 0, "runs/x")[len(spec["launch"]) :]
+            assert argv[0] == "--config"
+            config = load_config(argv[1], argv[2:] + ["--use_cpu", "true"], cls=GRPOConfig)
+            assert (
+                config.eval_tasks == [spec["tasks"][task]["eval"]]
+                and config.max_steps == spec["budget"]["max_steps"]
+            )

@@ -6,8 +6,10 @@ value, n and the interval on each bar; when runs of one setting were evaluated a
 lengths, a line chart against length. Intervals: Wilson for accuracy (and pass@1 of one sample per
 question); a bootstrap over questions for pass@k when ``samples.jsonl`` is there. Runs with different n
 get a note. For training output_dirs (``trainer_state.json``): curves of reward, each reward's mean, KL,
-completion length, clipped ratio, rollout tokens/s and any ``eval/...`` score against step.
-Labels are ``LABEL=FOLDER`` as given, else the folder names.
+completion length, clipped ratio, rollout tokens/s and any ``eval/...`` score against step, and the
+``eval/...`` scores against training seconds (``wall_s``, evaluation excluded) when the run logged them.
+Labels are ``LABEL=FOLDER`` as given, else the folder names; training runs given the same label (seeds of
+one setting) are drawn as their mean per step with a min-max band.
 
 Not covered: significance tests between runs (the intervals are per run).
 """
@@ -23,15 +25,17 @@ from collections import defaultdict
 
 from align.eval.runner import pass_at_k
 
-TRAIN_CURVES = [  # (log key or prefix*, y label)
-    ("reward", "mean reward"),
-    ("rewards/*/mean", "mean of each reward"),
-    ("kl", "KL to the reference"),
-    ("completions/mean_length", "completion length (tokens)"),
-    ("completions/clipped_ratio", "clipped ratio (no EOS)"),
-    ("rollout/tokens_per_s", "rollout tokens/s"),
-    ("eval_*", "held-out score (eval during training)"),
+TRAIN_CURVES = [  # (log key or prefix*, y label, x key)
+    ("reward", "mean reward", "step"),
+    ("rewards/*/mean", "mean of each reward", "step"),
+    ("kl", "KL to the reference", "step"),
+    ("completions/mean_length", "completion length (tokens)", "step"),
+    ("completions/clipped_ratio", "clipped ratio (no EOS)", "step"),
+    ("rollout/tokens_per_s", "rollout tokens/s", "step"),
+    ("eval_*", "held-out score (eval during training)", "step"),
+    ("eval_*", "held-out score vs training time", "wall_s"),
 ]
+X_LABELS = {"step": "step", "wall_s": "training seconds (evaluation excluded)"}
 _BLUE = "#4477aa"
 
 
@@ -219,12 +223,18 @@ def _series_name(labels: list[str]) -> str:
     return prefix if len(labels) > 1 and len(prefix) >= 2 else ", ".join(labels)
 
 
-def _training_section(plt, runs: list[dict], output: str) -> list[str]:
+def training_panels(runs: list[dict]) -> list[tuple[str, str, str, list[str]]]:
+    """(pattern, title, x key, the logged keys it matches) of every ``TRAIN_CURVES`` panel with data."""
     panels = []
-    for key, ylabel in TRAIN_CURVES:
-        keys = sorted({k for r in runs for h in r["history"] for k in h if _matches(k, key)})
+    for key, ylabel, xkey in TRAIN_CURVES:
+        keys = sorted({k for r in runs for h in r["history"] for k in h if _matches(k, key) and xkey in h})
         if keys:
-            panels.append((key, ylabel, keys))
+            panels.append((key, ylabel, xkey, keys))
+    return panels
+
+
+def _training_section(plt, runs: list[dict], output: str) -> list[str]:
+    panels = training_panels(runs)
     lines = ["## Training", "", "| run | steps | reward first -> last |", "|---|---|---|"]
     for run in runs:
         rewards = [h["reward"] for h in run["history"] if "reward" in h]
@@ -233,21 +243,25 @@ def _training_section(plt, runs: list[dict], output: str) -> list[str]:
         lines.append(f"| {run['label']} | {steps} | {shown} |")
     if not panels:
         return lines + ["", "(no training metrics logged)", ""]
+    groups = defaultdict(list)  # label -> its runs (seeds of one setting share a label)
+    for run in runs:
+        groups[run["label"]].append(run)
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, (key, ylabel, keys) in zip(axes.flat, panels):
-        for run in runs:
+    for ax, (key, ylabel, xkey, keys) in zip(axes.flat, panels):
+        for label, members in groups.items():
             for k in keys:
-                points = [(h["step"], h[k]) for h in run["history"] if k in h and "step" in h]
-                if points:
-                    suffix = "" if len(keys) == 1 else f" {_short(k, key)}"
-                    name = (run["label"] if len(runs) > 1 else "") + suffix
-                    ax.plot(
-                        *zip(*points), marker="." if len(points) < 40 else None, label=name.strip() or None
-                    )
+                xs, ys, lows, highs = _mean_curve(members, k, xkey)
+                if not xs:
+                    continue
+                suffix = "" if len(keys) == 1 else f" {_short(k, key)}"
+                name = (label if len(groups) > 1 else "") + suffix
+                (line,) = ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=name.strip() or None)
+                if len(members) > 1:
+                    ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_title(ylabel, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(X_LABELS[xkey], fontsize=8)
         ax.tick_params(labelsize=7)
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=6)
@@ -257,6 +271,19 @@ def _training_section(plt, runs: list[dict], output: str) -> list[str]:
     fig.savefig(os.path.join(output, "training.png"), dpi=110)
     plt.close(fig)
     return lines + ["", "![training curves](training.png)", ""]
+
+
+def _mean_curve(runs: list[dict], key: str, xkey: str) -> tuple[list, list, list, list]:
+    """Per step logged by any of ``runs``: mean x (the step or its mean wall_s), mean, min and max of key."""
+    by_step = defaultdict(list)
+    for run in runs:
+        for h in run["history"]:
+            if key in h and xkey in h and "step" in h:
+                by_step[h["step"]].append((h[xkey], h[key]))
+    steps = sorted(by_step)
+    xs = [sum(x for x, _ in by_step[s]) / len(by_step[s]) for s in steps]
+    values = [[y for _, y in by_step[s]] for s in steps]
+    return xs, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
 def _matches(name: str, pattern: str) -> bool:

@@ -1,0 +1,216 @@
+"""``align bench``: one harness for a matrix of methods x tasks x seeds under one protocol and one budget.
+
+    align bench --config recipes/bench/cpu.yaml [--output DIR] [--tasks a,b] [--methods x,y] [--seeds 0,1]
+                [--dry-run]
+
+The spec YAML names ``tasks`` (each: a GRPO ``recipe`` and an ``eval`` task ``NAME=FILE``), ``methods``
+(each: the recipe fields that make the method: estimator, loss_type, MC samples, ...), ``seeds``, a
+``budget`` applied to every cell (steps, prompts and rollouts per step: the same for every method) and
+the held-out evaluation (``eval_steps``, ``eval_limit``; every cell is scored at step 0, every
+``eval_steps`` and at the end, greedily with the rollouts' own prompt format). ``launch`` is the command
+that starts training (default: this Python, one process; a GPU spec gives ``accelerate launch ...``).
+
+Each cell runs ``align train`` in its own process (output and log under ``DIR/<task>/<method>/seed-<s>``).
+A finished cell (its ``trainer_state.json`` exists) is kept when the bench is run again, so a killed bench
+resumes where it stopped; a failed cell is recorded with its log's last line and the matrix goes on.
+Results: ``DIR/results.json`` (every cell), ``DIR/table.md`` (per task and method: the final held-out
+accuracy's mean over seeds, a 95% Wilson interval over all scored questions of all seeds (question
+sampling only; the seeds' range is shown beside it), the start accuracy, steps and training seconds) and
+``DIR/report-<task>/`` (``align report`` of the cells, seeds of a method drawn as one mean curve:
+held-out accuracy against step and against training seconds). Not covered: paired tests between methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SPEC_KEYS = {"tasks", "methods", "seeds", "budget", "eval_steps", "eval_limit", "launch", "output"}
+
+
+def load_spec(path: str) -> dict:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"bench spec {path} does not exist.")
+    with open(path) as f:
+        spec = yaml.safe_load(f) or {}
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; a bench spec has {sorted(SPEC_KEYS)}.")
+    for key in ("tasks", "methods"):
+        if not isinstance(spec.get(key), dict) or not spec[key]:
+            raise ValueError(f"{path}: '{key}' must map names to settings (none given).")
+    for name, task in spec["tasks"].items():
+        missing = {"recipe", "eval"} - set(task or {})
+        if missing:
+            raise ValueError(f"{path}: task {name!r} lacks {sorted(missing)} (a GRPO recipe and NAME=FILE).")
+        if not os.path.isfile(task["recipe"]):
+            raise FileNotFoundError(f"{path}: task {name!r}: recipe {task['recipe']} does not exist.")
+    spec.setdefault("seeds", [0])
+    spec.setdefault("budget", {})
+    spec.setdefault("launch", [sys.executable, "-m", "align.train"])
+    return spec
+
+
+def _select(spec: dict, key: str, names: str | None) -> list:
+    if names is None:
+        return list(spec[key])
+    chosen = names.split(",")
+    unknown = [n for n in chosen if n not in spec[key]]
+    if unknown:
+        raise ValueError(f"--{key}: {unknown} not in the spec's {key} {list(spec[key])}.")
+    return chosen
+
+
+def _fields(values: dict) -> list[str]:
+    argv = []
+    for name, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        argv += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in items)]
+    return argv
+
+
+def cell_command(spec: dict, task: str, method: str, seed: int, output: str) -> list[str]:
+    """The ``align train`` command line of one cell (the same budget and evaluation for every method)."""
+    t = spec["tasks"][task]
+    evaluation = {"eval_tasks": t["eval"], "eval_steps": spec.get("eval_steps", 10), "eval_on_start": True,
+                  "save_strategy": "no", "report_to": "none", "log_completions": False}  # fmt: skip
+    if spec.get("eval_limit"):
+        evaluation["eval_limit"] = spec["eval_limit"]
+    return [*spec["launch"], "--config", t["recipe"], *_fields(spec["budget"]),
+            *_fields(spec["methods"][method] or {}), *_fields(evaluation), "--seed", str(seed),
+            "--output_dir", output]  # fmt: skip
+
+
+def run_cell(command: list[str], output: str) -> str | None:
+    """Run one cell unless it already finished; None when done, else the error's last log line."""
+    if os.path.exists(os.path.join(output, "trainer_state.json")):
+        return None
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "log.txt"), "w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code == 0:
+        return None
+    with open(os.path.join(output, "log.txt")) as log:
+        lines = [line.strip() for line in log if line.strip()]
+    return f"exit {code}: {lines[-1] if lines else '(no output)'}"
+
+
+def cell_result(output: str, task_name: str) -> dict:
+    """Held-out accuracy at the start and the end, steps and training seconds of a finished cell."""
+    with open(os.path.join(output, "trainer_state.json")) as f:
+        history = json.load(f)["log_history"]
+    key = f"eval_{task_name}/accuracy"
+    evals = [h for h in history if key in h]
+    if not evals:
+        raise ValueError(f"{output}: no {key} in trainer_state.json (was eval_tasks set?).")
+    return {"start": evals[0][key], "final": evals[-1][key], "steps": max(h.get("step", 0) for h in history),
+            "wall_s": max(h.get("wall_s", 0.0) for h in history)}  # fmt: skip
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    from align.eval.report import wilson as proportion_interval
+
+    return proportion_interval(successes / n, n, z) if n else (0.0, 1.0)
+
+
+def table(spec: dict, results: dict, tasks: list, methods: list, n_questions: dict) -> list[str]:
+    lines = ["| task | method | held-out accuracy, mean over seeds (95% CI) | seeds' range | start | steps | "
+             "training s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in tasks:
+        for method in methods:
+            cells = [c for c in results.values() if c["task"] == task and c["method"] == method]
+            done = [c for c in cells if "final" in c]
+            if not done:
+                lines.append(
+                    f"| {task} | {method} | failed: {cells[0].get('error', '?') if cells else '-'} |||||"
+                )
+                continue
+            n = n_questions[task]
+            mean = sum(c["final"] for c in done) / len(done)
+            lo, hi = wilson(mean * n * len(done), n * len(done))
+            finals = [c["final"] for c in done]
+            note = "" if len(done) == len(cells) else f" ({len(cells) - len(done)} seed(s) failed)"
+            lines.append(
+                f"| {task} | {method} | {100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]{note} | "
+                f"{100 * min(finals):.1f}-{100 * max(finals):.1f} | {100 * done[0]['start']:.1f} | {done[0]['steps']} | "
+                f"{sum(c['wall_s'] for c in done) / len(done):.0f} |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    from align.errors import main_guard
+
+    parser = argparse.ArgumentParser(prog="align bench", allow_abbrev=False)
+    parser.add_argument("--config", required=True, help="bench spec YAML (e.g. recipes/bench/cpu.yaml)")
+    parser.add_argument("--output", default=None, help="default: the spec's output, else runs/bench")
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of the spec's tasks")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the spec's methods")
+    parser.add_argument("--seeds", default=None, help="comma-separated subset of the spec's seeds")
+    parser.add_argument("--dry-run", action="store_true", help="print every cell's command and stop")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    return main_guard("align bench", lambda: run(args), debug=args.debug)
+
+
+def run(args) -> int:
+    spec = load_spec(args.config)
+    out = args.output or spec.get("output") or "runs/bench"
+    tasks, methods = _select(spec, "tasks", args.tasks), _select(spec, "methods", args.methods)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(spec["seeds"])
+    cells = [(t, m, s) for t in tasks for m in methods for s in seeds]
+    if args.dry_run:
+        for t, m, s in cells:
+            print(" ".join(cell_command(spec, t, m, s, os.path.join(out, t, m, f"seed-{s}"))))
+        return 0
+    from align.eval.tasks import load_tasks
+
+    n_questions = {
+        t: len(load_tasks(spec["tasks"][t]["eval"], limit=spec.get("eval_limit"))[0][1]) for t in tasks
+    }
+    results, started = {}, time.monotonic()
+    for i, (t, m, s) in enumerate(cells, 1):
+        output = os.path.join(out, t, m, f"seed-{s}")
+        error = run_cell(cell_command(spec, t, m, s, output), output)
+        name = spec["tasks"][t]["eval"].partition("=")[0]
+        results[f"{t}/{m}/{s}"] = {"task": t, "method": m, "seed": s,
+                                   **({"error": error} if error else cell_result(output, name))}  # fmt: skip
+        shown = results[f"{t}/{m}/{s}"]
+        status = (
+            f"failed ({error})" if error else f"{100 * shown['start']:.1f}% -> {100 * shown['final']:.1f}%"
+        )
+        print(f"[{i}/{len(cells)}] {t} {m} seed {s}: {status}  ({(time.monotonic() - started) / 60:.1f} min)",
+              flush=True)  # fmt: skip
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"spec": args.config, "cells": results, "n_questions": n_questions}, f, indent=1)
+    lines = table(spec, results, tasks, methods, n_questions)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _reports(out, tasks, methods, seeds, results)
+    failed = [k for k, c in results.items() if "error" in c]
+    print(f"{len(cells) - len(failed)}/{len(cells)} cells finished in {(time.monotonic() - started) / 60:.1f} min; "
+          f"table: {out}/table.md; curves: {out}/report-<task>/report.md")  # fmt: skip
+    return 1 if failed else 0
+
+
+def _reports(out: str, tasks: list, methods: list, seeds: list, results: dict) -> None:
+    from align.eval.report import load_run, write_report
+
+    for task in tasks:
+        runs = [load_run(os.path.join(out, task, m, f"seed-{s}"), label=m) for m in methods for s in seeds
+                if "error" not in results[f"{task}/{m}/{s}"]]  # fmt: skip
+        if runs:
+            write_report(runs, os.path.join(out, f"report-{task}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``align bench``: a matrix of cells under one budget, resumable, with a failing cell recorded."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from align.bench import cell_command, load_spec
+from align.cli import main as align
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_spec(tmp_path, methods, **extra):
+    spec = {"seeds": [0], "eval_steps": 2, "eval_limit": 24,
+            "budget": {"max_steps": 2, "per_device_train_batch_size": 16, "num_generations": 4, "logging_steps": 1},
+            "tasks": {"addition": {"recipe": os.path.join(REPO, "recipes/tiny/grpo.yaml"),
+                                   "eval": "tiny=" + os.path.join(REPO, "recipes/tiny/data/test.jsonl")}},
+            "methods": methods, **extra}  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_every_cell_gets_the_same_budget_and_evaluation(tmp_path):
+    spec = load_spec(write_spec(tmp_path, {"d1": {"estimator": "one_step"}, "elbo": {"estimator": "elbo"}}))
+    a = cell_command(spec, "addition", "d1", 0, "out/a")
+    b = cell_command(spec, "addition", "elbo", 0, "out/b")
+    shared = [x for x in a if x not in ("one_step", "out/a")]
+    assert shared == [x for x in b if x not in ("elbo", "out/b")]
+    assert "--eval_on_start" in a and a[a.index("--max_steps") + 1] == "2"
+
+
+def test_bad_specs_are_refused_with_what_to_fix(tmp_path):
+    path = write_spec(tmp_path, {"d1": {}}, steps=3)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['steps'\]"):
+        load_spec(path)
+    path = write_spec(tmp_path, {})
+    with pytest.raises(ValueError, match="'methods' must map names to settings"):
+        load_spec(path)
+
+
+@pytest.mark.slow
+def test_a_small_matrix_runs_records_a_failing_cell_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    methods = {"d1": {"estimator": "one_step", "p_mask_prompt": 0.15}, "coupled": {"estimator": "coupled"},
+               "broken": {"estimator": "no_such_estimator"}}  # fmt: skip
+    spec, out = write_spec(tmp_path, methods), tmp_path / "bench"
+    assert align(["bench", "--config", spec, "--output", str(out)]) == 1  # one cell failed, the others ran
+    results = json.load(open(out / "results.json"))["cells"]
+    assert "estimator 'no_such_estimator' is not one of" in results["addition/broken/0"]["error"]
+    for method in ("d1", "coupled"):
+        cell = results[f"addition/{method}/0"]
+        assert cell["steps"] == 2 and 0.0 <= cell["start"] <= 1.0 and 0.0 <= cell["final"] <= 1.0
+    table = (out / "table.md").read_text()
+    assert "| addition | d1 |" in table and "| addition | broken | failed: exit 2" in table
+    assert (out / "report-addition" / "report.md").exists() and (
+        out / "report-addition" / "training.png"
+    ).exists()
+    # a second run keeps the finished cells (their logs are untouched) and retries only the failed one
+    stamp = os.path.getmtime(out / "addition" / "d1" / "seed-0" / "log.txt")
+    assert align(["bench", "--config", spec, "--output", str(out), "--methods", "d1,coupled"]) == 0
+    assert os.path.getmtime(out / "addition" / "d1" / "seed-0" / "log.txt") == stamp
