@@ -109,14 +109,20 @@ def trained_setup(args):
     print(f"model: {args.model} ({n_params:.2f}M params), {args.device} {args.dtype}; {len(rows)} questions of "
           f"{args.data} in batches of {args.batch}, prompt {ids.shape[1]}, gen {args.gen_length}, "
           f"block {args.block_length}, steps {args.gen_length}, T {args.temperature}")  # fmt: skip
-    return model, batches, [r["answer"] for r in rows], tokenizer
+    return model, batches, rows, tokenizer
 
 
-def accuracy(tokenizer, completions: torch.Tensor, answers: list[str]) -> float:
-    """Share of completions whose ``<answer>...</answer>`` equals the reference answer."""
+def accuracy(tokenizer, completions: torch.Tensor, rows: list[dict]) -> float:
+    """Share of correct completions: ``<answer>...</answer>`` equal to the row's ``answer``, or accepted by
+    the ``sudoku`` / ``countdown`` verifier for rows with their columns."""
     texts = tokenizer.batch_decode(completions, skip_special_tokens=False)
+    if "puzzle" in rows[0] or "target" in rows[0]:
+        from rewards.puzzles import countdown, sudoku
+
+        verifier, columns = (sudoku, ["puzzle"]) if "puzzle" in rows[0] else (countdown, ["numbers", "target"])
+        return sum(verifier(None, texts, **{c: [r[c] for r in rows] for c in columns})) / len(rows)
     found = [re.search(r"<answer>(\d+)</answer>", t) for t in texts]
-    return sum(m is not None and m.group(1) == a for m, a in zip(found, answers, strict=True)) / len(answers)
+    return sum(m is not None and m.group(1) == r["answer"] for m, r in zip(found, rows, strict=True)) / len(rows)
 
 
 def parse_modes(text: str) -> dict[str, dict]:
@@ -178,7 +184,7 @@ def fidelity(model, batches, common: dict, modes: dict[str, dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="a trained checkpoint (default: a random-init model)")
-    ap.add_argument("--data", default=None, help="question/answer JSONL for --model (accuracy column)")
+    ap.add_argument("--data", default=None, help="JSONL for --model: question + answer, or a puzzle's columns")
     ap.add_argument("--limit", type=int, default=128, help="questions of --data")
     ap.add_argument("--d_model", type=int, default=256)
     ap.add_argument("--n_heads", type=int, default=4)
@@ -198,7 +204,7 @@ def main() -> None:
         "--fidelity", action="store_true", help="also compare cached logits with the exact forward"
     )
     args = ap.parse_args()
-    model, batches, answers, tokenizer = (trained_setup if args.model else random_setup)(args)
+    model, batches, scored_rows, tokenizer = (trained_setup if args.model else random_setup)(args)
     mask_id = model.config.mask_token_id
     common = dict(gen_length=args.gen_length, steps=args.gen_length, block_length=args.block_length,
                   temperature=args.temperature)  # fmt: skip
@@ -218,12 +224,12 @@ def main() -> None:
                                                                args.block_length, args.temperature, mask_id, seeded()))  # fmt: skip
     official = torch.cat(official)
     base_tps = tokens / official_s
-    score = (lambda ids: f" {accuracy(tokenizer, ids, answers):.1%} |") if answers else (lambda ids: "")
+    score = (lambda ids: f" {accuracy(tokenizer, ids, scored_rows):.1%} |") if scored_rows else (lambda ids: "")
     print(
         "| mode | tokens/s | speed-up | forward passes | agreement with official |"
-        + (" accuracy |" if answers else "")
+        + (" accuracy |" if scored_rows else "")
     )
-    print("|---|---|---|---|---|" + ("---|" if answers else ""))
+    print("|---|---|---|---|---|" + ("---|" if scored_rows else ""))
     print(
         f"| official (generate.py as written) | {base_tps:.0f} | 1.0x | {args.gen_length} | 100.0% |"
         + score(official)

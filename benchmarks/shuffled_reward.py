@@ -1,4 +1,4 @@
-"""Control reward for the demo: math_accuracy's scores randomly permuted within each batch.
+"""Control rewards: a verifier's scores randomly permuted within each batch.
 
 Same reward rate, no information about which completion was right; if GRPO's gain came from anything
 but the reward (the KL-free update itself, the format reward, more sampling) it would show here too:
@@ -7,16 +7,29 @@ but the reward (the KL-free update itself, the format reward, more sampling) it 
       --reward_funcs benchmarks/shuffled_reward.py:shuffled_accuracy answer_tag_format
     align eval --model runs/control --tasks tiny=recipes/tiny/data/test.jsonl --protocol tiny \
       --output runs/control-eval --dtype float32
+
+``shuffled_countdown`` and ``shuffled_sudoku`` do the same for the puzzle verifiers
+(``python -m align.demo_rl_vs_sft`` runs them as its control arm).
 """
 
 import random
 
 from rewards.math import math_accuracy
+from rewards.puzzles import countdown, sudoku
 
 _rng = random.Random(0)
 
 
-def shuffled_accuracy(prompts, completions, **columns):
-    scores = math_accuracy(prompts, completions, **columns)
-    _rng.shuffle(scores)
-    return scores
+def _shuffled(verifier):
+    def shuffled(prompts, completions, **columns):
+        scores = verifier(prompts, completions, **columns)
+        _rng.shuffle(scores)
+        return scores
+
+    shuffled.__name__ = f"shuffled_{verifier.__name__}"
+    return shuffled
+
+
+shuffled_accuracy = _shuffled(math_accuracy)
+shuffled_countdown = _shuffled(countdown)
+shuffled_sudoku = _shuffled(sudoku)
