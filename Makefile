@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo demo-dpo tiny-model tiny-long-model clean
+.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft tiny-model tiny-long-model tiny-puzzle-models clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,18 @@ tiny-long-model: venv
 	rm -rf recipes/tiny-long/model
 	$(BIN)/align sft --config recipes/tiny-long/sft.yaml --output_dir recipes/tiny-long/model --save_strategy no
 	rm -f recipes/tiny-long/model/training_args.bin
+
+# Verifier-only tasks (recipes/tiny-countdown, recipes/tiny-sudoku): data splits, then SFT on the 2,000 solved problems.
+tiny-puzzle-models: venv
+	for task in countdown sudoku; do \
+	  $(BIN)/python -m align.tiny recipes/tiny-$$task $$task && rm -rf recipes/tiny-$$task/model && \
+	  $(BIN)/align sft --config recipes/tiny-$$task/sft.yaml --output_dir recipes/tiny-$$task/model --save_strategy no && \
+	  rm -f recipes/tiny-$$task/model/training_args.bin || exit 1; \
+	done
+
+# Equal wall-clock from one SFT checkpoint: more SFT vs GRPO with the verifier vs a shuffled-reward control.
+demo-rl-vs-sft: venv
+	$(BIN)/python -m align.demo_rl_vs_sft --task sudoku --output runs/rl-vs-sft
 
 # Preference optimisation on the tiny model: its own right/wrong answers as pairs, VRPO, accuracy before/after.
 demo-dpo: venv
