@@ -513,8 +513,19 @@ def our_fields(cls) -> dict[str, FieldInfo]:
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        out[f.name] = FieldInfo(f.name, str(f.type), default, f.metadata["help"], group)
+        out[f.name] = FieldInfo(f.name, _annotation(cls, f.name), default, f.metadata["help"], group)
     return out
+
+
+def _annotation(cls, name: str) -> str:
+    """A field's annotation as written (``"float | None"``): from the class bodies, because transformers'
+    HfArgumentParser rewrites ``Field.type`` in place (``float | None`` becomes ``float``) when it parses a
+    config class that inherits the field, which would change how a later command in the process converts."""
+    for klass in cls.__mro__:
+        written = vars(klass).get("__annotations__", {})
+        if name in written:
+            return str(written[name])
+    raise KeyError(name)
 
 
 # ---- reading a recipe: YAML + --field value pairs -> checked values ------------------------------------

@@ -65,3 +65,23 @@ def test_the_light_vocabularies_match_the_registries():
     for loss_type in LOSS_TYPES:
         policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,
                     max_completion_length=3)  # fmt: skip
+
+
+def test_a_parsed_config_does_not_change_how_later_commands_convert_values():
+    """transformers rewrites inherited Field.type in place ("float | None" -> float) when it parses a config;
+    the light command-line path reads the annotations as written, so a second command in one process (the
+    demos chain sft and train) still converts --max_time_s to a number."""
+    import dataclasses
+
+    from align.config import SFTConfig, load_config
+    from align.fields import GRPOFields, our_fields, recipe_values
+
+    load_config(
+        None,
+        ["--output_dir", "/tmp/unused", "--dataset_files", "x.jsonl", "--max_time_s", "3"],
+        cls=SFTConfig,
+    )
+    assert [f.type for f in dataclasses.fields(GRPOFields) if f.name == "max_time_s"] == [float]  # rewritten
+    assert our_fields(GRPOFields)["max_time_s"].annotation == "float | None"
+    values = recipe_values(GRPOFields, None, ["--max_time_s", "5", "--mask_token_id", "3"], "align train")
+    assert values["max_time_s"] == 5.0 and values["mask_token_id"] == 3
