@@ -17,7 +17,8 @@ The *verifier-only* tasks (``countdown``, ``sudoku``; committed under ``recipes/
 ``recipes/tiny-sudoku``) have many valid answers and are scored by ``rewards.puzzles``, never against a
 stored answer: ``"3,7,5:26="`` -> ``<answer>3*7+5</answer>`` (three numbers in 1..20, binary + - * / and
 brackets, each number at most once) and ``"1030001020030300="`` -> ``<answer>1234341221434321</answer>``
-(4x4 Sudoku, 0 = blank, 6-10 blanks). Their vocabulary (``PUZZLE_VOCAB``) adds ``- * / ( ) , :``. Their
+(4x4 Sudoku, 0 = blank, 6-10 blanks; the SFT answers come from a weak solver, ``greedy_fill``, right on
+58% of puzzles). Their vocabulary (``PUZZLE_VOCAB``) adds ``- * / ( ) , :``. Their
 data comes in three disjoint splits (``PUZZLE_SPLITS``): ``sft`` (one solution per problem), ``train`` (RL
 prompts, no solution) and ``test``. Not covered: anything beyond these tasks.
 """
@@ -178,9 +179,26 @@ def sudoku_grids() -> list[str]:
     return grids
 
 
+def greedy_fill(puzzle: str) -> str:
+    """A weak solver's answer: blanks filled in reading order, each with the smallest digit not yet in its
+    row or column (boxes ignored, no backtracking; the smallest digit missing from the row when none is
+    left). Valid for 58% of the held-out puzzles: the demonstrations a weaker teacher would write."""
+    cells = [int(ch) for ch in puzzle]
+    for i, value in enumerate(cells):
+        if value:
+            continue
+        row, col = divmod(i, 4)
+        in_row = {cells[row * 4 + k] for k in range(4)}
+        free = [d for d in range(1, 5) if d not in in_row | {cells[k * 4 + col] for k in range(4)}]
+        cells[i] = (free or [d for d in range(1, 5) if d not in in_row] or [1])[0]
+    return "".join(map(str, cells))
+
+
 def sudoku_problems(n: int, rng: random.Random) -> list[dict]:
-    """A random grid with 6-10 cells blanked (0); the completion is that grid, one valid answer (blanking
-    many cells can leave several)."""
+    """A random grid with 6-10 cells blanked (0). The completion is ``greedy_fill``'s answer (wrong for
+    about 4 puzzles in 10), so SFT can only imitate a weak teacher while the verifier knows the rules;
+    ``solution`` keeps the grid the puzzle came from (one valid answer; blanking many cells can leave
+    several), which no reward or evaluation reads."""
     grids, seen, rows = sudoku_grids(), set(), []
     while len(rows) < n:
         grid = rng.choice(grids)
@@ -189,7 +207,8 @@ def sudoku_problems(n: int, rng: random.Random) -> list[dict]:
         if puzzle in seen:
             continue
         seen.add(puzzle)
-        rows.append({"question": f"{puzzle}=", "puzzle": puzzle, "completion": f"<answer>{grid}</answer>"})
+        rows.append({"question": f"{puzzle}=", "puzzle": puzzle, "solution": grid,
+                     "completion": f"<answer>{greedy_fill(puzzle)}</answer>"})  # fmt: skip
     return rows
 
 
@@ -241,7 +260,8 @@ def write_puzzle_task(folder: str, task: str, splits: dict[str, int] | None = No
         paths[name] = os.path.join(folder, f"{name}.jsonl")
         with open(paths[name], "w") as f:
             for row in rows[start : start + count]:
-                row = row if name != "train" else {k: v for k, v in row.items() if k != "completion"}
+                if name != "sft":  # RL prompts and held-out questions carry no answer
+                    row = {k: v for k, v in row.items() if k not in ("completion", "solution")}
                 f.write(json.dumps(row) + "\n")
         start += count
     return paths

@@ -1,12 +1,13 @@
 """The Countdown and Sudoku verifiers: valid, invalid, malformed and hostile answers; the tiny task data."""
 
+import json
 import time
 
 import pytest
 
 import rewards
-from align.tiny import countdown_space, problems, sudoku_grids
-from rewards.puzzles import countdown, countdown_value, sudoku
+from align.tiny import countdown_space, greedy_fill, problems, sudoku_grids, write_puzzle_task
+from rewards.puzzles import countdown, countdown_value, sudoku, sudoku_valid
 
 
 def tagged(answer: str) -> str:
@@ -169,12 +170,37 @@ def test_builtin_names():
 
 def test_tiny_puzzle_data_is_solved_by_its_own_completions_and_splits_are_disjoint():
     assert len(sudoku_grids()) == 288
-    space = countdown_space()
-    assert len(space) == 15126
-    for task, fn, cols in (("countdown", countdown, ("numbers", "target")), ("sudoku", sudoku, ("puzzle",))):
-        rows = problems(600, seed=0, task=task)
-        assert (
-            fn(None, [r["completion"] for r in rows], **{c: [r[c] for r in rows] for c in cols})
-            == [1.0] * 600
-        )
-        assert len({r["question"] for r in rows}) == 600
+    assert len(countdown_space()) == 15126
+    rows = problems(600, seed=0, task="countdown")
+    completions = [r["completion"] for r in rows]
+    assert (
+        countdown(None, completions, numbers=[r["numbers"] for r in rows], target=[r["target"] for r in rows])
+        == [1.0] * 600
+    )
+    rows = problems(600, seed=0, task="sudoku")
+    puzzles = [r["puzzle"] for r in rows]
+    assert sudoku(None, [tagged(r["solution"]) for r in rows], puzzle=puzzles) == [1.0] * 600
+    teacher = (
+        sum(sudoku(None, [r["completion"] for r in rows], puzzle=puzzles)) / 600
+    )  # the weak solver's answers
+    assert 0.5 < teacher < 0.66
+    for task in ("countdown", "sudoku"):
+        assert len({r["question"] for r in problems(600, seed=0, task=task)}) == 600
+
+
+def test_greedy_fill_ignores_boxes():
+    assert greedy_fill("1030001020030300") == "1234341221434321"  # solvable by rows and columns alone
+    assert not sudoku_valid(
+        [int(c) for c in greedy_fill("0" * 16)], [0] * 16
+    )  # 1234/2143/3412/4321: boxes repeat
+
+
+def test_puzzle_splits_are_disjoint_and_only_sft_has_answers(tmp_path):
+    paths = write_puzzle_task(str(tmp_path), "sudoku", {"sft": 30, "test": 20, "train": 50})
+    rows = {name: [json.loads(line) for line in open(path)] for name, path in paths.items()}
+    assert [len(rows[k]) for k in ("sft", "test", "train")] == [30, 20, 50]
+    questions = [{r["question"] for r in part} for part in rows.values()]
+    assert sum(map(len, questions)) == len(set.union(*questions)) == 100
+    assert "completion" in rows["sft"][0] and not {"completion", "solution"} & set(
+        rows["train"][0] | rows["test"][0]
+    )
