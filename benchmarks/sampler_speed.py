@@ -119,10 +119,14 @@ def accuracy(tokenizer, completions: torch.Tensor, rows: list[dict]) -> float:
     if "puzzle" in rows[0] or "target" in rows[0]:
         from rewards.puzzles import countdown, sudoku
 
-        verifier, columns = (sudoku, ["puzzle"]) if "puzzle" in rows[0] else (countdown, ["numbers", "target"])
+        verifier, columns = (
+            (sudoku, ["puzzle"]) if "puzzle" in rows[0] else (countdown, ["numbers", "target"])
+        )
         return sum(verifier(None, texts, **{c: [r[c] for r in rows] for c in columns})) / len(rows)
     found = [re.search(r"<answer>(\d+)</answer>", t) for t in texts]
-    return sum(m is not None and m.group(1) == r["answer"] for m, r in zip(found, rows, strict=True)) / len(rows)
+    return sum(m is not None and m.group(1) == r["answer"] for m, r in zip(found, rows, strict=True)) / len(
+        rows
+    )
 
 
 def parse_modes(text: str) -> dict[str, dict]:
@@ -184,7 +188,9 @@ def fidelity(model, batches, common: dict, modes: dict[str, dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="a trained checkpoint (default: a random-init model)")
-    ap.add_argument("--data", default=None, help="JSONL for --model: question + answer, or a puzzle's columns")
+    ap.add_argument(
+        "--data", default=None, help="JSONL for --model: question + answer, or a puzzle's columns"
+    )
     ap.add_argument("--limit", type=int, default=128, help="questions of --data")
     ap.add_argument("--d_model", type=int, default=256)
     ap.add_argument("--n_heads", type=int, default=4)
@@ -224,7 +230,9 @@ def main() -> None:
                                                                args.block_length, args.temperature, mask_id, seeded()))  # fmt: skip
     official = torch.cat(official)
     base_tps = tokens / official_s
-    score = (lambda ids: f" {accuracy(tokenizer, ids, scored_rows):.1%} |") if scored_rows else (lambda ids: "")
+    score = (
+        (lambda ids: f" {accuracy(tokenizer, ids, scored_rows):.1%} |") if scored_rows else (lambda ids: "")
+    )
     print(
         "| mode | tokens/s | speed-up | forward passes | agreement with official |"
         + (" accuracy |" if scored_rows else "")
