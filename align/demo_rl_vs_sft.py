@@ -103,15 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         run = os.path.join(out, arm)
         if align(arm_command(arm, task, run, args.budget_s)) != 0:
             raise SystemExit(f"the {arm} arm failed (its command's error is above)")
-        curve = [(0.0, start_accuracy)]
-        for step, wall_s, folder in checkpoints(run):
+        curve, saved = [(0.0, start_accuracy)], checkpoints(run)
+        for step, wall_s, folder in saved:
             curve.append(
                 (wall_s, evaluate(folder, task, os.path.join(out, "eval", f"{arm}-{step}"), args.limit))
             )
         curves[LABELS[arm]] = curve
-        rows.append(
-            {"arm": arm, "steps": checkpoints(run)[-1][0], "wall_s": curve[-1][0], "accuracy": curve[-1][1]}
-        )
+        rows.append({"arm": arm, "steps": saved[-1][0], "wall_s": curve[-1][0], "accuracy": curve[-1][1]})
     plot(curves, os.path.join(out, "accuracy_vs_wall_clock.png"),
          f"tiny {task}: {args.budget_s:.0f} s per arm from the same SFT checkpoint")  # fmt: skip
     with open(os.path.join(out, "curves.json"), "w") as f:
