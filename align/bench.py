@@ -115,13 +115,9 @@ def cell_result(output: str, task_name: str) -> dict:
             "wall_s": max(h.get("wall_s", 0.0) for h in history)}  # fmt: skip
 
 
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    from align.eval.report import wilson as proportion_interval
-
-    return proportion_interval(successes / n, n, z) if n else (0.0, 1.0)
-
-
 def table(spec: dict, results: dict, tasks: list, methods: list, n_questions: dict) -> list[str]:
+    from align.eval.report import wilson
+
     lines = ["| task | method | held-out accuracy, mean over seeds (95% CI) | seeds' range | start | steps | "
              "training s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for task in tasks:
@@ -135,7 +131,7 @@ def table(spec: dict, results: dict, tasks: list, methods: list, n_questions: di
                 continue
             n = n_questions[task]
             mean = sum(c["final"] for c in done) / len(done)
-            lo, hi = wilson(mean * n * len(done), n * len(done))
+            lo, hi = wilson(mean, n * len(done))
             finals = [c["final"] for c in done]
             note = "" if len(done) == len(cells) else f" ({len(cells) - len(done)} seed(s) failed)"
             lines.append(
