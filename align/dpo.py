@@ -42,7 +42,7 @@ from trl.models.utils import prepare_deepspeed
 
 from align.config import DPOConfig
 from align.data import encode_prompts, prompt_text
-from align.logprob import make_plan, token_logprobs
+from align.logprob import combine, make_plan, pass_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import dpo_loss
 from align.mc_backward import ChunkedBackwardMixin
@@ -164,8 +164,8 @@ class DiffusionDPOTrainer(ChunkedBackwardMixin, Trainer):
         return MaskPlan(torch.cat([p.masked for p in plans], 1), torch.cat([p.weights for p in plans], 1),
                         plans[0].num_samples)  # fmt: skip
 
-    def _estimate(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
-        return token_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
+    def _passes(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
+        return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
                               spec=self.spec, chunk_size=self.args.mc_chunk_size)  # fmt: skip
 
     @contextlib.contextmanager
@@ -231,7 +231,11 @@ class DiffusionDPOTrainer(ChunkedBackwardMixin, Trainer):
         batch = self._prepare_inputs(inputs)
         plan, ref = self._pair_inputs(batch)
         return self._backward_in_chunks(
-            model, batch["ids"], batch["attn"], plan, lambda logps: self._loss(logps, ref, batch)
+            model,
+            batch["ids"],
+            batch["attn"],
+            plan,
+            lambda passes: self._loss(combine(plan, passes), ref, batch),
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -21,8 +21,8 @@ import types
 from dataclasses import dataclass, field
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = ("coupled", "elbo", "one_step", "trace")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1")
+ESTIMATOR_NAMES = ("blockwise", "coupled", "elbo", "one_step", "trace")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "stabledrl", "spg", "bgpo")
 SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n != "trace")  # trace replays a rollout; DPO has none
@@ -276,7 +276,10 @@ class GRPOFields(ModelDataFields):
         default="joint",
     )
     # ---- loss (TRL names) ---------------------------------------------------------------------------
-    loss_type: str = _help("loss", "Aggregation: " + ", ".join(LOSS_TYPES) + ".", default="dapo")
+    loss_type: str = _help(
+        "loss", "Loss: grpo, bnpo, dr_grpo, dapo (TRL's aggregations of the clipped ratio), wd1, stabledrl, spg, "
+        "bgpo (align/losses.py).", default="dapo",
+    )  # fmt: skip
     beta: float = _help("loss", "KL coefficient; 0 skips the reference model.", default=0.0)
     kl_estimator: str = _help("loss", "KL estimator: k3 (TRL) or k2.", default="k3")
     epsilon: float = _help("loss", "Lower clip range of the ratio.", default=0.2)
@@ -290,6 +293,15 @@ class GRPOFields(ModelDataFields):
         "loss", "Advantage scaling: group, batch or none (mean-centring only).", default="group"
     )
     wd1_psi: float = _help("loss", "Temperature of wd1's advantage softmax.", default=1.0)
+    spg_beta: float = _help(
+        "loss", "spg: beta of the upper bound (EUBO) for negative-advantage samples (SPG: 1.5 math, 1.0 sudoku, "
+        "2.0 countdown).", default=1.5,
+    )  # fmt: skip
+    spg_mix: float = _help(
+        "loss",
+        "spg: negative-advantage samples use mix * EUBO + (1 - mix) * ELBO (1 = EUBO only).",
+        default=0.5,
+    )
     sync_ref_model: bool = _help("loss", "Periodically mix policy weights into the reference.", default=False)
     ref_model_sync_steps: int = _help("loss", "Steps between reference syncs.", default=512)
     ref_model_mixup_alpha: float = _help(
@@ -423,6 +435,14 @@ def check_grpo(c) -> None:
         )
     check_schedule(c.max_completion_length, c.diffusion_steps, c.block_length,
                    names=("max_completion_length", "diffusion_steps", "block_length"))  # fmt: skip
+    if c.loss_type in ("spg", "bgpo") and c.beta != 0.0:
+        raise ValueError(f"loss_type {c.loss_type} has no KL term; set beta 0 (it is {c.beta}).")
+    if c.loss_type == "spg" and c.estimator not in ("elbo", "coupled", "blockwise"):
+        raise ValueError(
+            f"loss_type spg needs masks with weights 1/t (estimator elbo, coupled or blockwise), not {c.estimator!r}."
+        )
+    if c.loss_type == "spg" and not (c.spg_beta > 0 and 0.0 <= c.spg_mix <= 1.0):
+        raise ValueError(f"spg_beta must be > 0 and spg_mix in [0, 1], got {c.spg_beta} and {c.spg_mix}.")
     if c.beta == 0.0 and c.sync_ref_model:
         raise ValueError("sync_ref_model needs a reference model, but beta is 0 (no reference is kept).")
 

@@ -14,6 +14,21 @@ per-token values sum to the sequence ELBO), so TRL's formulas carry over unchang
   global batch, passed as ``normalizer``);
 * ``wd1`` (Tang et al. 2025): ratio-free, ``-sum_i (softmax_g(psi A) - softmax_g(-psi A))_i * mean_t logp_i``
   over each group g of ``num_generations`` completions (plus the KL term when beta > 0).
+* ``stabledrl`` (StableDRL's idea): the ratio is clipped to [1 - epsilon, 1 + epsilon_high] whatever the
+  advantage's sign (PPO's min lets a negative-advantage ratio grow without bound: the reported source
+  of gradient spikes in full fine-tuning), then self-normalised over the micro-batch,
+  w = clip(r) / mean(clip(r)) (differentiated through the normaliser: the gradient is
+  sum_i grad r_i (A_i - A_bar_w) / sum r, centred like a baseline); loss ``-w A`` aggregated per sequence
+  then over sequences. On-policy with advantages summing to zero over the batch (whole GRPO groups) its
+  gradient equals ``grpo``'s.
+* ``spg_loss`` (SPG, Wang et al. 2025): REINFORCE on sandwiched bounds, no ratio and no clipping:
+  ``-A * bound`` per token, the bound being the ELBO for A >= 0 and ``mix * EUBO + (1 - mix) * ELBO`` for
+  A < 0 (``align.logprob.eubo_token_values``), aggregated per sequence then over sequences.
+* ``bgpo_loss`` (BGPO): with per-sample sequence ELBO terms e_ij (``align.logprob.sample_sums``, K per row)
+  and d_ij = (e_ij - e_ij_old) / L_i, maximises the lower bound of A_i exp(mean_j d_ij) that is linear in
+  the samples: A_i (1 + mean_j d_ij) for A_i >= 0 (exp(x) >= 1 + x) and A_i mean_j exp(d_ij) for A_i < 0
+  (Jensen). On-policy its value and gradient equal those of the sequence-ratio objective (``grpo`` with
+  ``importance_sampling_level: sequence``); off-policy it is below it. No clipping.
 
 Advantages (``compute_advantages``) follow TRL: group mean subtracted, divided by std + 1e-4 for
 ``scale_rewards`` ``group`` / ``batch``, not divided for ``none`` (d1's mean-centring); rows whose
@@ -40,6 +55,8 @@ import torch.nn.functional as F
 from trl.trainer.utils import nanstd
 
 from align.fields import DPO_LOSS_TYPES, LOSS_TYPES, SCALE_REWARDS
+
+RATIO_LOSS_TYPES = tuple(t for t in LOSS_TYPES if t not in ("spg", "bgpo"))  # policy_loss's
 
 
 def compute_advantages(
@@ -125,8 +142,10 @@ def policy_loss(
     (``wd1_weights`` computed where the rows were still grouped; the trainer does this before shuffling its
     buffer), or contiguous groups of ``num_generations`` rows in this batch.
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type {loss_type!r} is not one of {LOSS_TYPES}.")
+    if loss_type not in RATIO_LOSS_TYPES:
+        raise ValueError(
+            f"loss_type {loss_type!r} is not one of {RATIO_LOSS_TYPES} (spg: spg_loss, bgpo: bgpo_loss)."
+        )
     if importance_sampling_level not in ("token", "sequence"):
         raise ValueError(
             f"importance_sampling_level {importance_sampling_level!r} is not 'token' or 'sequence'."
@@ -143,7 +162,10 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     metrics: dict[str, torch.Tensor] = {}
 
-    if loss_type == "wd1":
+    if loss_type == "stabledrl":
+        clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+        per_token = -(clipped / _masked_mean(clipped, mask)) * adv
+    elif loss_type == "wd1":
         if group_weights is None and num_generations is None:
             raise ValueError("loss_type 'wd1' needs group_weights or num_generations to form the groups.")
         if group_weights is None:
@@ -159,7 +181,7 @@ def policy_loss(
         per_token = per_token + beta * per_token_kl
         metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
 
-    if loss_type in ("grpo", "wd1"):
+    if loss_type in ("grpo", "wd1", "stabledrl"):
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
         if loss_type == "wd1":
             loss = loss * num_generations  # sum of group weights, averaged over groups
@@ -181,6 +203,37 @@ def policy_loss(
         metrics["clip_ratio/region_mean"] = _masked_mean(torch.maximum(low, high), mask).detach()
     metrics["ratio/mean"] = _masked_mean(ratio, mask).detach()
     return loss, metrics
+
+
+def spg_loss(
+    elbo: torch.Tensor, eubo: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, mix: float = 0.5
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SPG: elbo / eubo [B, T] per-token lower / upper bound estimates, advantages [B], mask [B, T].
+    Negative-advantage rows use ``mix * eubo + (1 - mix) * elbo``; the loss is -A * bound, mean per
+    sequence then over sequences."""
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"spg_mix must be in [0, 1], got {mix}.")
+    mask = mask.to(elbo.dtype)
+    negative = (advantages < 0)[:, None]
+    bound = torch.where(negative, mix * eubo + (1 - mix) * elbo, elbo)
+    per_token = -advantages[:, None] * bound
+    loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    gap = ((eubo - elbo) * mask).sum(-1)  # per sequence, >= 0 in expectation
+    return loss, {"spg/bound_gap": gap.mean().detach(), "spg/negative_frac": negative.float().mean().detach()}
+
+
+def bgpo_loss(
+    samples: torch.Tensor, old_samples: torch.Tensor | None, advantages: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """BGPO: samples / old_samples [B, K] per-sample sequence estimates (old None: on-policy, the detached
+    values), advantages [B], lengths [B] scored tokens per row. Loss -mean_i J_i with J_i the linear
+    lower bound described in the module docstring."""
+    old_samples = samples.detach() if old_samples is None else old_samples
+    d = (samples - old_samples) / lengths.to(samples.dtype).clamp(min=1.0)[:, None]
+    positive = advantages >= 0
+    objective = torch.where(positive, advantages * (1 + d.mean(1)), advantages * torch.exp(d).mean(1))
+    ratio = torch.exp(d.detach().mean(1))  # the sequence ratio the bound stands in for
+    return -objective.mean(), {"ratio/mean": ratio.mean()}
 
 
 def dpo_loss(

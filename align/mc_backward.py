@@ -1,11 +1,12 @@
 """Memory-flat Monte Carlo backward, shared by the GRPO and DPO trainers (``mc_backward: chunked``).
 
-An estimate from ``align.logprob.token_logprobs`` is linear in its passes: logps = sum_c part_c over
-chunks of ``mc_chunk_size`` passes. So for any loss L(logps) — clipped GRPO, DPO's log-sigmoid —
-dL/dtheta = sum_c < dL/dlogps, d part_c / dtheta >. The step takes g = dL/dlogps at the no-grad estimate
-(a leaf tensor), then re-runs each chunk with grad and backpropagates < g, part_c >: one chunk's graph
-is alive at a time, so peak memory does not grow with the number of passes, for one extra no-grad
-estimate. Under DDP every chunk but the last backpropagates in ``no_sync``; under DeepSpeed every chunk
+Every loss here is a function L(v) of the per-pass log-probabilities v [P, B, T]
+(``align.logprob.pass_logprobs``; linear estimates are ``combine(plan, v)``, SPG's EUBO and BGPO's
+per-sample terms are not linear), and pass p's values depend on the weights only through pass p's
+forward. So dL/dtheta = sum_c < dL/dv_c, d v_c / dtheta > over chunks c of ``mc_chunk_size`` passes. The
+step takes g = dL/dv at the no-grad values (a leaf tensor), then re-runs each chunk with grad and
+backpropagates < g_c, v_c >: one chunk's graph is alive at a time, so peak memory does not grow with the
+number of passes, for one extra no-grad estimate. Under DDP every chunk but the last backpropagates in ``no_sync``; under DeepSpeed every chunk
 but the last is a non-boundary micro-step (no ``engine.step``), exactly as gradient accumulation does.
 """
 
@@ -17,11 +18,16 @@ from collections.abc import Callable
 import torch
 from accelerate.utils import DistributedType
 
-from align.logprob.estimators import MaskPlan
+from align.logprob.estimators import MaskPlan, combine
 
 
 class ChunkedBackwardMixin:
-    """For ``transformers.Trainer`` subclasses that define ``_estimate(model, ids, attn, plan)``."""
+    """For ``transformers.Trainer`` subclasses that define ``_passes(model, ids, attn, plan)`` ([P, B, T]
+    per-pass log-probabilities, ``align.logprob.pass_logprobs``)."""
+
+    def _estimate(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
+        """The plan's linear estimate [B, T]."""
+        return combine(plan, self._passes(model, ids, attn, plan))
 
     def _backward_in_chunks(
         self,
@@ -32,11 +38,12 @@ class ChunkedBackwardMixin:
         loss_of: Callable[[torch.Tensor], torch.Tensor],
         value: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Backpropagate ``loss_of(estimate)`` chunk by chunk; returns the detached loss. ``value``: the
-        estimate when the caller knows the gradient does not depend on it (skips the no-grad pass)."""
+        """Backpropagate ``loss_of(per-pass values)`` chunk by chunk; returns the detached loss. ``value``:
+        the per-pass values when the caller knows the gradient does not depend on them (skips the no-grad
+        pass)."""
         if value is None:
             with torch.no_grad(), self.compute_loss_context_manager():
-                value = self._estimate(model, ids, attn, plan)
+                value = self._passes(model, ids, attn, plan)
         leaf = value.detach().requires_grad_()
         with self.compute_loss_context_manager():
             loss = loss_of(leaf)
@@ -51,7 +58,7 @@ class ChunkedBackwardMixin:
             )
             with self._accumulating(model, last=start == starts[-1]):
                 with self.compute_loss_context_manager():
-                    surrogate = (self._estimate(model, ids, attn, part) * grad).sum()
+                    surrogate = (self._passes(model, ids, attn, part) * grad[start : start + size]).sum()
                 self.accelerator.backward(surrogate, **kwargs)
         return loss.detach()
 

@@ -39,9 +39,9 @@ from align.callbacks import WallClock
 from align.config import GRPOConfig
 from align.data import encode_prompts, prompt_text, require_columns
 from align.errors import RunError
-from align.logprob import make_plan, token_logprobs
+from align.logprob import combine, eubo_token_values, make_plan, pass_logprobs, sample_sums
 from align.logprob.estimators import MaskPlan
-from align.losses import compute_advantages, policy_loss, wd1_weights
+from align.losses import bgpo_loss, compute_advantages, policy_loss, spg_loss, wd1_weights
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
 from align.models.loading import quiet_checkpointing_renames
@@ -228,10 +228,15 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         inputs = self._prepare_inputs(rows)
         ids = inputs["ids"]
         value = None
-        if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type != "wd1":
-            value = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type not in ("wd1", "spg"):
+            value = torch.zeros(inputs["plan"].masked.shape, dtype=torch.float32, device=ids.device)
         return self._backward_in_chunks(
-            model, ids, inputs["attn"], inputs["plan"], lambda logps: self._policy_loss(logps, inputs), value
+            model,
+            ids,
+            inputs["attn"],
+            inputs["plan"],
+            lambda passes: self._policy_loss(passes, inputs),
+            value,
         )
 
     def _micro_index(self) -> int:
@@ -326,7 +331,7 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
             make_plan(args.estimator, canvas, num_samples=args.num_mc_samples, prompt_mask=prompt_only,
                       p_mask_prompt=args.p_mask_prompt, generator=self._seeded(rollout_index, 1 + k),
                       score_mask=full_mask, commit_step=commit, num_steps=args.diffusion_steps,
-                      merge=args.trace_merge)
+                      merge=args.trace_merge, block_length=args.block_length)
             for k in range(args.num_iterations)
         ]  # fmt: skip
         start = time.perf_counter()
@@ -369,12 +374,16 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         return out
 
     def _fixed_logprobs(self, ids, attn, plans) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Old-policy (when some steps are off-policy) and reference estimates [K, B, T], no grad."""
+        """Old-policy (when some steps are off-policy) and reference estimates [iterations, B, T] (bgpo's old:
+        per-sample sequence estimates [iterations, B, K]), no grad."""
         args = self.args
         old = ref = None
         if args.gradient_accumulation_steps % self._per_phase != 0:
             with self._unwrapped() as unwrapped:
-                old = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
+                if args.loss_type == "bgpo":
+                    old = torch.stack([sample_sums(p, self._passes(unwrapped, ids, attn, p)) for p in plans])
+                else:
+                    old = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
         if args.beta != 0.0:
             if self.ref_model is not None:
                 ref = torch.stack([self._estimate(self.ref_model, ids, attn, p) for p in plans])
@@ -384,10 +393,10 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
                         ref = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
         return old, ref
 
-    def _estimate(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
+    def _passes(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
         # trace replays the sampler, which never emits the mask token: its probability is renormalised away
         exclude = [self.spec.mask_token_id] if self.args.estimator == "trace" else []
-        return token_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
+        return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
                               spec=self.spec, chunk_size=self.args.mc_chunk_size, exclude_ids=exclude)  # fmt: skip
 
     def _micro_batch(self, buffer: dict, part: int, iteration: int) -> dict:
@@ -406,12 +415,21 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         """Policy loss of one micro-batch, scaled for gradient accumulation as TRL's GRPOTrainer does: dapo
         divides by the completion tokens of one accumulation window (the generation batch's count per process
         x GA / steps_per_generation); the other types divide their per-micro-batch loss by GA."""
-        logps = self._estimate(model, inputs["ids"], inputs["attn"], inputs["plan"])
-        return self._policy_loss(logps, inputs)
+        return self._policy_loss(self._passes(model, inputs["ids"], inputs["attn"], inputs["plan"]), inputs)
 
-    def _policy_loss(self, logps: torch.Tensor, inputs: dict) -> torch.Tensor:
-        args = self.args
+    def _policy_loss(self, passes: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The loss of per-pass log-probabilities [P, B, T] under the micro-batch's plan."""
+        args, plan = self.args, inputs["plan"]
         accumulation = self.current_gradient_accumulation_steps
+        if args.loss_type == "bgpo":
+            loss, metrics = bgpo_loss(sample_sums(plan, passes), inputs["old"], inputs["advantages"],
+                                      inputs["mask"].sum(-1))  # fmt: skip
+            return self._logged(loss, metrics) / accumulation
+        logps = combine(plan, passes)
+        if args.loss_type == "spg":
+            upper = eubo_token_values(plan, passes, args.spg_beta)
+            loss, metrics = spg_loss(logps, upper, inputs["advantages"], inputs["mask"], mix=args.spg_mix)
+            return self._logged(loss, metrics) / accumulation
         loss, metrics = policy_loss(
             logps, inputs["old"], inputs["ref"], inputs["advantages"], inputs["mask"],
             loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
@@ -421,9 +439,13 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
             num_generations=args.num_generations, wd1_psi=args.wd1_psi,
             group_weights=inputs["advantages"] if args.loss_type == "wd1" else None,
         )  # fmt: skip
+        self._logged(loss, metrics)
+        return loss if args.loss_type == "dapo" else loss / accumulation
+
+    def _logged(self, loss: torch.Tensor, metrics: dict) -> torch.Tensor:
         for key, value in metrics.items():
             self._metrics[key].append(self.accelerator.gather(value.detach().float()[None]).mean().item())
-        return loss if args.loss_type == "dapo" else loss / accumulation
+        return loss
 
     # ---- evaluation during training (the eval runner on held-out tasks) ----------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:

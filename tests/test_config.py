@@ -31,6 +31,9 @@ def test_yaml_then_command_line_overrides(tmp_path):
     (["--reward_weights", "1.0", "2.0"], "reward_weights has 2 values but reward_funcs has 1"),
     (["--loss_type", "ppo"], "loss_type 'ppo'"),
     (["--cache_refresh", "4"], "cache_refresh 4 needs cache: prefix or dual"),
+    (["--loss_type", "spg", "--estimator", "elbo", "--beta", "0.04"], "loss_type spg has no KL term; set beta 0"),
+    (["--loss_type", "spg"], "loss_type spg needs masks with weights 1/t .* not 'one_step'"),
+    (["--loss_type", "spg", "--estimator", "coupled", "--spg_beta", "0"], "spg_beta must be > 0"),
 ])  # fmt: skip
 def test_cross_field_errors_state_the_arithmetic(extra, message):
     with pytest.raises(ValueError, match=message):
@@ -57,14 +60,17 @@ def test_the_light_vocabularies_match_the_registries():
     from align.eval.tasks import PROTOCOLS
     from align.fields import ESTIMATOR_NAMES, LOSS_TYPES, PROTOCOL_NAMES
     from align.logprob import ESTIMATORS
-    from align.losses import policy_loss
+    from align.losses import RATIO_LOSS_TYPES, bgpo_loss, policy_loss, spg_loss
 
     assert ESTIMATOR_NAMES == tuple(sorted(ESTIMATORS))
     assert PROTOCOL_NAMES == tuple(sorted(PROTOCOLS))
     logps, mask = torch.zeros(4, 3), torch.ones(4, 3)
-    for loss_type in LOSS_TYPES:
+    assert set(LOSS_TYPES) == {*RATIO_LOSS_TYPES, "spg", "bgpo"}
+    for loss_type in RATIO_LOSS_TYPES:
         policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,
                     max_completion_length=3)  # fmt: skip
+    spg_loss(logps, logps, torch.ones(4), mask)
+    bgpo_loss(logps, None, torch.ones(4), mask.sum(-1))
 
 
 def test_a_parsed_config_does_not_change_how_later_commands_convert_values():

@@ -143,3 +143,80 @@ def test_bad_arguments_are_explained():
         policy_loss(x, None, None, torch.zeros(2), x, beta=0.1)
     with pytest.raises(ValueError, match="cannot be split into groups of 4"):
         compute_advantages(torch.zeros(6), 4)
+
+
+# ---- StableDRL, SPG, BGPO ------------------------------------------------------------------------------------
+def _grad(loss, x):
+    (g,) = torch.autograd.grad(loss, x)
+    return g
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_stabledrl_on_policy_gradient_is_grpos_when_advantages_sum_to_zero(level):
+    logps, _, _, adv, mask = tensors(4)
+    adv = adv - adv.mean()  # whole GRPO groups: the advantages of the batch sum to zero
+    grpo, _ = policy_loss(logps, None, None, adv, mask, loss_type="grpo", importance_sampling_level=level)
+    stable, _ = policy_loss(
+        logps, None, None, adv, mask, loss_type="stabledrl", importance_sampling_level=level
+    )
+    torch.testing.assert_close(_grad(stable, logps), _grad(grpo, logps))
+    torch.testing.assert_close(stable, grpo)
+
+
+def test_stabledrl_clips_both_signs_and_self_normalises():
+    # Row 0: A < 0 and a ratio far above 1 + epsilon. PPO's min keeps r * A (unbounded gradient); StableDRL
+    # clips whatever the sign, so that row gives no gradient of its own.
+    old = torch.zeros(3, 2)
+    logps = torch.tensor([[1.5, 1.5], [0.05, 0.05], [-0.05, -0.05]], requires_grad=True)
+    adv, mask = torch.tensor([-1.0, 0.5, 0.5]), torch.ones(3, 2)
+    grpo, _ = policy_loss(logps, old, None, adv, mask, loss_type="grpo")
+    assert _grad(grpo, logps)[0].abs().sum() > 1.0
+    stable, _ = policy_loss(logps, old, None, adv, mask, loss_type="stabledrl")
+    assert torch.equal(_grad(stable, logps)[0], torch.zeros(2))
+    # the loss is -mean(w A) with w = clip(r) / mean(clip(r)): recompute it by hand
+    clipped = torch.clamp(torch.exp(logps.detach()), 0.8, 1.2)
+    torch.testing.assert_close(stable.detach(), -((clipped / clipped.mean()) * adv[:, None]).mean())
+
+
+def test_spg_uses_the_lower_bound_for_good_and_the_upper_bound_for_bad_samples():
+    from align.losses import spg_loss
+
+    g = torch.Generator().manual_seed(0)
+    elbo = (-torch.rand(4, 5, generator=g)).requires_grad_()
+    eubo = (elbo.detach() + 0.3 * torch.rand(4, 5, generator=g)).requires_grad_()
+    adv, mask = torch.tensor([1.0, -1.0, 0.5, -2.0]), torch.ones(4, 5)
+    loss, metrics = spg_loss(elbo, eubo, adv, mask, mix=0.25)
+    g_low, g_up = torch.autograd.grad(loss, (elbo, eubo))
+    # d loss / d bound = -A / (L * B) per token; negative rows split it 0.75 / 0.25 between ELBO and EUBO
+    expected_low = torch.tensor([1.0, 0.75, 1.0, 0.75])[:, None] * -adv[:, None] / 20
+    expected_up = torch.tensor([0.0, 0.25, 0.0, 0.25])[:, None] * -adv[:, None] / 20
+    torch.testing.assert_close(g_low, expected_low.expand(4, 5))
+    torch.testing.assert_close(g_up, expected_up.expand(4, 5))
+    assert metrics["spg/negative_frac"] == 0.5 and metrics["spg/bound_gap"] > 0
+    with pytest.raises(ValueError, match="spg_mix"):
+        spg_loss(elbo, eubo, adv, mask, mix=1.5)
+
+
+def test_bgpo_equals_the_sequence_ratio_objective_on_policy_and_is_below_it_off_policy():
+    from align.losses import bgpo_loss
+
+    g = torch.Generator().manual_seed(1)
+    k, lengths = 4, torch.tensor([5.0, 3.0, 7.0, 2.0, 6.0, 4.0])
+    samples = (-10 * torch.rand(B, k, generator=g)).requires_grad_()
+    adv = torch.randn(B, generator=g)
+    # the ELBO objective with ESPO's sequence ratio exp((B - B_old) / L), B the mean of the K samples;
+    # as token values: each row's B spread over its L tokens (the ratio only sees their mean)
+    mask = (torch.arange(T)[None] < lengths[:, None]).float()
+    tokens = samples.mean(1, keepdim=True) / lengths[:, None] * mask
+    seq, _ = policy_loss(
+        tokens, None, None, adv, mask, loss_type="grpo", importance_sampling_level="sequence"
+    )
+    linear, _ = bgpo_loss(samples, None, adv, lengths)
+    torch.testing.assert_close(linear, seq)
+    torch.testing.assert_close(_grad(linear, samples), _grad(seq, samples))
+    # off-policy: -loss is a lower bound of mean_i A_i exp(mean_j d_ij), row by row
+    old = samples.detach() + 0.8 * torch.randn(B, k, generator=g)
+    for i in range(B):
+        d = (samples[i].detach() - old[i]) / lengths[i]
+        bound = -bgpo_loss(samples[i : i + 1].detach(), old[i : i + 1], adv[i : i + 1], lengths[i : i + 1])[0]
+        assert bound <= adv[i] * torch.exp(d.mean()) + 1e-6

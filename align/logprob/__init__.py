@@ -3,9 +3,13 @@
 from align.logprob.estimators import (
     ESTIMATORS,
     MaskPlan,
+    combine,
+    eubo_token_values,
     gather_logprobs,
     make_plan,
+    pass_logprobs,
     register_estimator,
+    sample_sums,
     sequence_logprob,
     token_logprobs,
 )
@@ -13,9 +17,13 @@ from align.logprob.estimators import (
 __all__ = [
     "ESTIMATORS",
     "MaskPlan",
+    "combine",
+    "eubo_token_values",
     "gather_logprobs",
     "make_plan",
+    "pass_logprobs",
     "register_estimator",
+    "sample_sums",
     "sequence_logprob",
     "token_logprobs",
 ]

@@ -42,12 +42,31 @@ Estimators (registered by name; add one with ``@register_estimator("name")``):
   approximation for merge times fewer passes, the exact replay at merge 1). The pass count does not depend
   on the data (ZeRO-3 needs equal forward counts on every process); passes that commit nothing still run.
 
+* ``blockwise`` (SPG, Wang et al. 2025): the canvas is cut into blocks of ``block_length`` as the
+  semi-autoregressive sampler writes it. Each sample picks a block b (stratified across samples, uniform
+  over the row's nB blocks), shows the earlier blocks, masks every later block, and masks a uniform subset
+  S of size l ~ U{1..L_b} inside b; weight nB * L_b / l on S. Unbiased for
+  ``sum_b B(y_b | x, y_<b, later blocks masked)``: each block's own ELBO given the blocks before it, the
+  order the sampler writes in (a different quantity from the whole-canvas ELBO). One pass per sample.
+
+Upper bound (SPG's EUBO, ``eubo_token_values``): for token k and the passes of a plan,
+``(1/beta) log( (1/K) sum_p w_pk p(y_k | x_p)^beta )`` (w the plan's weights, whose average over masks
+is 1 for every token: 1/t_hat in the exact-count form). By Jensen it is >= the same plan's ELBO term in
+expectation, and for beta >= 1.5 it was >= the exact log-likelihood (the any-order sampler's probability)
+in every enumeration we ran (tests/test_logprob.py); at beta = 1 it fell below it once in twelve. A token
+that no pass scores contributes 0.
+
+Per-pass values: ``pass_logprobs`` returns the unweighted [P, B, T] log-probabilities so that estimates
+which are not linear in the passes (EUBO, BGPO's per-sample terms) and the chunked backward
+(``align.mc_backward``) work from one set of forwards; ``combine`` forms the linear estimate.
+
 Rows may have different completion lengths; each row's L is its own. Not covered here: block-diffusion
 likelihoods, replay of variable-length (growing-canvas) rollouts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -189,6 +208,41 @@ def trace_plan(
     return MaskPlan(masked, weights, 1)
 
 
+@register_estimator("blockwise")
+def blockwise_plan(
+    completion_mask,
+    num_samples,
+    generator=None,
+    prompt_mask=None,
+    p_mask_prompt=0.0,
+    *,
+    block_length=None,
+    **_,
+) -> MaskPlan:
+    if block_length is None or block_length < 1:
+        raise ValueError(f"estimator 'blockwise' needs block_length >= 1, got {block_length}.")
+    cm = completion_mask.bool()
+    block = (cm.long().cumsum(-1) - 1).clamp(min=0) // block_length  # [B, T] block index of each position
+    num_blocks = (cm.sum(-1) + block_length - 1) // block_length  # [B]
+    chosen = (_stratified_uniform(num_samples, cm.shape[0], generator, cm.device) * num_blocks).floor().long()
+    masked, weights = [], []
+    for j in range(num_samples):
+        inside = cm & (block == chosen[j][:, None])
+        later = cm & (block > chosen[j][:, None])
+        size_b = inside.sum(-1)
+        u = torch.rand(cm.shape[0], generator=generator, device=cm.device)
+        sizes = torch.minimum((u * size_b).floor().long() + 1, size_b)
+        subset = _random_subset(inside, sizes, generator)
+        masked.append(subset | later)
+        scale = num_blocks.float() * size_b.float() / sizes.clamp(min=1).float()
+        weights.append(subset.float() * scale[:, None])
+    masked, weights = torch.stack(masked), torch.stack(weights)
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt
+    return MaskPlan(masked, weights, num_samples)
+
+
 def make_plan(
     estimator: str,
     completion_mask: torch.Tensor,
@@ -237,7 +291,7 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor, exclude_ids=())
     return -F.cross_entropy(logits, targets.flatten(), reduction="none").view(targets.shape)
 
 
-def token_logprobs(
+def pass_logprobs(
     model,
     input_ids: torch.Tensor,
     plan: MaskPlan,
@@ -248,22 +302,22 @@ def token_logprobs(
     chunk_size: int = 1,
     exclude_ids=(),
 ) -> torch.Tensor:
-    """Per-token estimates [B, T] (zero off the completion) for input_ids [B, T] under ``plan``;
-    ``exclude_ids`` are renormalised away (``trace`` passes the ids the sampler never emits).
+    """Per-pass log-probabilities [P, B, T]: ``log p(y_i | input masked as pass p)`` where the pass scores
+    position i (nonzero weight), 0 elsewhere; ``exclude_ids`` are renormalised away (``trace`` passes the
+    ids the sampler never emits).
 
     Passes are run ``chunk_size`` at a time (stacked along the batch) and only the scored positions'
-    log-probabilities are kept, so without grad the peak memory does not grow with the number of
-    passes. With grad, each chunk's graph is kept until backward.
+    log-probabilities are kept, so without grad the peak memory does not grow with the number of passes
+    beyond these [P, B, T] floats. With grad, each chunk's graph is kept until backward.
     """
     b, t = input_ids.shape
-    total = torch.zeros(b, t, dtype=torch.float32, device=input_ids.device)
+    out = []
     for start in range(0, plan.num_passes, chunk_size):
         masked = plan.masked[start : start + chunk_size]
-        weights = plan.weights[start : start + chunk_size]
+        scored = plan.weights[start : start + chunk_size] != 0
         n = masked.shape[0]
         noisy = torch.where(masked, mask_token_id, input_ids[None]).flatten(0, 1)
         attn = None if attention_mask is None else attention_mask.repeat(n, 1)
-        scored = weights != 0
         # Logits only for the columns some row scores. A chunk that scores nothing still runs its forward:
         # under ZeRO-3 every process must run the same number of forwards.
         columns = scored.any(0).any(0).nonzero()
@@ -273,9 +327,40 @@ def token_logprobs(
         targets = input_ids[None, :, lo:hi].expand(n, -1, -1)
         values = torch.zeros(n, b, hi - lo, dtype=torch.float32, device=input_ids.device)
         values = values.masked_scatter(window, gather_logprobs(logits[window], targets[window], exclude_ids))
-        values = F.pad(values, (lo, t - hi))
-        total = total + (values * weights).sum(0)
-    return total / plan.num_samples
+        out.append(F.pad(values, (lo, t - hi)))
+    return torch.cat(out)
+
+
+def combine(plan: MaskPlan, per_pass: torch.Tensor) -> torch.Tensor:
+    """The plan's linear estimate [B, T] = (1 / K) * sum over passes of weights * per-pass log-probs."""
+    return (plan.weights * per_pass).sum(0) / plan.num_samples
+
+
+def sample_sums(plan: MaskPlan, per_pass: torch.Tensor) -> torch.Tensor:
+    """[B, K]: each Monte Carlo sample's own sequence estimate (its passes' weighted sums; coupled's pair
+    counts as one sample). Their mean over K is the sequence estimate (``combine(...).sum(-1)``)."""
+    k = plan.num_samples
+    weighted = (plan.weights * per_pass).sum(-1)  # [P, B]
+    return weighted.view(k, -1, weighted.shape[-1]).sum(1).T
+
+
+def eubo_token_values(plan: MaskPlan, per_pass: torch.Tensor, beta: float) -> torch.Tensor:
+    """SPG's upper bound per token [B, T]: (1/beta) log((1/K) sum_p w_pk exp(beta * logp_pk)); 0 where
+    no pass scores the token. Computed as a log-sum-exp (stable for very negative log-probs)."""
+    if beta <= 0:
+        raise ValueError(f"the EUBO's beta must be > 0, got {beta}.")
+    w = plan.weights
+    scored = w > 0
+    terms = torch.where(scored, beta * per_pass + torch.log(w.clamp(min=1e-30)), -torch.inf)
+    any_scored = scored.any(0)
+    total = torch.logsumexp(terms, 0) - math.log(plan.num_samples)
+    return torch.where(any_scored, total / beta, torch.zeros_like(total))
+
+
+def token_logprobs(model, input_ids: torch.Tensor, plan: MaskPlan, **kwargs) -> torch.Tensor:
+    """Per-token estimates [B, T] (zero off the completion) for input_ids [B, T] under ``plan``: the
+    ``combine`` of ``pass_logprobs`` (same keyword arguments)."""
+    return combine(plan, pass_logprobs(model, input_ids, plan, **kwargs))
 
 
 def sequence_logprob(
@@ -291,15 +376,17 @@ def sequence_logprob(
     generator: torch.Generator | None = None,
     chunk_size: int = 1,
     spec: FamilySpec | None = None,
+    **context,
 ) -> torch.Tensor:
-    """Sequence log-likelihood estimate [B] of the completion tokens (completion_mask [B, T] == 1).
+    """Sequence log-likelihood estimate [B] of the completion tokens (completion_mask [B, T] == 1);
+    ``context`` as for ``make_plan`` (``block_length`` for blockwise).
 
     ``p_mask_prompt`` masks each prompt position (every real position outside the completion: those of
     ``attention_mask``, or all of them without one) with that probability, as d1 does."""
     prompt_mask = attention_mask if attention_mask is not None else torch.ones_like(completion_mask)
     plan = make_plan(
         estimator, completion_mask, num_samples=num_samples, prompt_mask=prompt_mask,
-        p_mask_prompt=p_mask_prompt, generator=generator,
+        p_mask_prompt=p_mask_prompt, generator=generator, **context,
     )  # fmt: skip
     values = token_logprobs(
         model, input_ids, plan, mask_token_id=mask_token_id, attention_mask=attention_mask, spec=spec,
