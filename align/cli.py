@@ -1,4 +1,4 @@
-"""The ``align`` command: ``train`` (GRPO), ``sft``, ``dpo``, ``bench``, ``eval``, ``report``, ``generate``, ``export`` (merge LoRA)."""
+"""The ``align`` command: ``train`` (GRPO), ``sft``, ``dpo``, ``plan``, ``bench``, ``eval``, ``report``, ``generate``, ``export`` (merge LoRA)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from align.dpo import main as dpo_main
 
         return dpo_main(argv[1:])
+    if argv[:1] == ["plan"]:
+        from align.plan import main as plan_main
+
+        return plan_main(argv[1:])
     if argv[:1] == ["bench"]:
         from align.bench import main as bench_main
 
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="GRPO training: align train --config RECIPE.yaml [--field value ...]")
     sub.add_parser("sft", help="masked-diffusion SFT: align sft --config RECIPE.yaml [--field value ...]")
     sub.add_parser("dpo", help="DPO / VRPO preference optimisation: align dpo --config RECIPE.yaml [...]")
+    sub.add_parser(
+        "plan", help="per-GPU memory by phase and work per step of a recipe: align plan RECIPE.yaml"
+    )
     sub.add_parser("bench", help="methods x tasks x seeds under one budget: align bench --config SPEC.yaml")
     add_eval_parser(sub)
     add_report_parser(sub)

@@ -246,6 +246,18 @@ class GRPOFields(ModelDataFields):
         default=None,
     )
     cfg_scale: float = _help("rollout", "Classifier-free guidance scale (0 = off).", default=0.0)
+    max_gpu_memory_gb: float | None = _help(
+        "rollout",
+        "GiB per process for the start-up memory check (align plan's phases); default: the visible GPU's "
+        "memory, no check on CPU.",
+        default=None,
+    )
+    rollout_batch_size: int | None = _help(
+        "rollout",
+        "Rows the sampler decodes together per process (None: the whole generation batch at once). Smaller "
+        "bounds the rollout's memory (align plan says when it must); the rows then get other random draws.",
+        default=None,
+    )
     mask_truncated_completions: bool = _help(
         "rollout", "Exclude completions with no EOS from the loss.", default=False
     )
@@ -416,6 +428,10 @@ def check_grpo(c) -> None:
             raise ValueError(f"{name} {getattr(c, name)!r} is not one of {allowed}.")
     if c.cache_refresh is not None and (c.cache is None or c.cache_refresh < 1):
         raise ValueError(f"cache_refresh {c.cache_refresh} needs cache: prefix or dual and a value >= 1.")
+    if c.rollout_batch_size is not None and c.rollout_batch_size < 1:
+        raise ValueError(
+            f"rollout_batch_size must be >= 1 (or None: the whole batch), got {c.rollout_batch_size}."
+        )
     if c.trace_merge < 1:
         raise ValueError(f"trace_merge must be >= 1, got {c.trace_merge}.")
     if not 0.0 <= c.p_mask_prompt < 1.0:
@@ -467,7 +483,13 @@ def check_schedule(gen_length: int, steps: int, block_length: int,
 
 
 def check_protocol(protocol) -> None:
-    """A decoding protocol's sampler settings (``align eval`` / ``align generate`` before loading)."""
+    """A decoding protocol's sampler settings (``align eval`` / ``align generate`` before loading), with
+    each task's own settings."""
+    for task, _ in getattr(protocol, "per_task", ()):
+        try:
+            check_protocol(protocol.for_task(task))
+        except ValueError as e:
+            raise ValueError(f"{e} (protocol {protocol.name!r}, task {task})") from None
     check_schedule(protocol.gen_length, protocol.resolved_steps(), protocol.block_length,
                    ("--gen-length", "--steps", "--block-length"))  # fmt: skip
     if protocol.cache_refresh is not None and (protocol.cache is None or protocol.cache_refresh < 1):

@@ -44,9 +44,13 @@ def load_policy(config):
 def build_trainer(config):
     from align.data import load_rows
     from align.models import load_tokenizer
+    from align.plan import GIB, preflight_memory
     from align.trainer import DiffusionGRPOTrainer
 
     dataset = load_rows(config)
+    plan = preflight_memory(config)  # before any weight loads: a plan that cannot fit is refused here
+    if plan is not None:
+        logger.info("align plan: peak per GPU %s GiB", {k: round(plan.peak(k) / GIB, 1) for k in plan.phases})
     tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     model, ref_model = load_policy(config)
     return DiffusionGRPOTrainer(model, config, dataset, tokenizer, ref_model=ref_model)

@@ -45,7 +45,7 @@ from align.losses import bgpo_loss, compute_advantages, policy_loss, spg_loss, w
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
 from align.models.loading import quiet_checkpointing_renames
-from align.sampling import describe_mode, generate, truncate_at_stop
+from align.sampling import describe_mode, generate_in_chunks, truncate_at_stop
 
 logger = logging.getLogger(__name__)
 
@@ -306,8 +306,8 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         prompt_attn = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         start = time.perf_counter()
         with self._unwrapped() as unwrapped:
-            out = generate(
-                unwrapped, prompt_ids, prompt_attn,
+            out = generate_in_chunks(
+                unwrapped, prompt_ids, prompt_attn, rows_per_call=args.rollout_batch_size,
                 gen_length=args.max_completion_length, steps=args.diffusion_steps, block_length=args.block_length,
                 temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
                 threshold=args.threshold, cache=args.cache, cache_refresh=args.cache_refresh, spec=self.spec,
@@ -380,18 +380,32 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         old = ref = None
         if args.gradient_accumulation_steps % self._per_phase != 0:
             with self._unwrapped() as unwrapped:
-                if args.loss_type == "bgpo":
-                    old = torch.stack([sample_sums(p, self._passes(unwrapped, ids, attn, p)) for p in plans])
-                else:
-                    old = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
+                reduce = sample_sums if args.loss_type == "bgpo" else combine
+                old = torch.stack([reduce(p, self._passes_by_rows(unwrapped, ids, attn, p)) for p in plans])
         if args.beta != 0.0:
             if self.ref_model is not None:
-                ref = torch.stack([self._estimate(self.ref_model, ids, attn, p) for p in plans])
+                ref = torch.stack(
+                    [combine(p, self._passes_by_rows(self.ref_model, ids, attn, p)) for p in plans]
+                )
             else:
                 with self._unwrapped() as unwrapped:
                     with unwrapped.disable_adapter():
-                        ref = torch.stack([self._estimate(unwrapped, ids, attn, p) for p in plans])
+                        ref = torch.stack(
+                            [combine(p, self._passes_by_rows(unwrapped, ids, attn, p)) for p in plans]
+                        )
         return old, ref
+
+    def _passes_by_rows(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
+        """``_passes`` over the rollout batch, per_device_train_batch_size rows at a time: the no-grad
+        passes' transient memory (logits of the scored window) is that of one micro-batch, not of the
+        whole generation batch. Every process runs the same number of forwards (ZeRO-3)."""
+        size = self.args.per_device_train_batch_size
+        parts = [
+            self._passes(model, ids[i : i + size], attn[i : i + size],
+                         MaskPlan(plan.masked[:, i : i + size], plan.weights[:, i : i + size], plan.num_samples))
+            for i in range(0, ids.shape[0], size)
+        ]  # fmt: skip
+        return torch.cat(parts, 1)
 
     def _passes(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
         # trace replays the sampler, which never emits the mask token: its probability is renormalised away

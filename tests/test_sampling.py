@@ -217,6 +217,32 @@ def test_variable_length_stops_rows_at_eos_and_saves_compute():
     assert (out.completion_ids[0, 16:] == EOS_ID).all() and (out.commit_step[0, 16:] == -1).all()
 
 
+@pytest.mark.parametrize("cache", [None, "dual"])
+def test_end_of_thinking_boost_closes_thinking_once_after_the_budget(cache):
+    from transformers import AutoTokenizer
+
+    from align.models import LLaDAModelLM
+
+    model = LLaDAModelLM.from_pretrained("recipes/tiny/model").eval()  # the committed model: varied tokens
+    tokenizer = AutoTokenizer.from_pretrained("recipes/tiny/model")
+    enc = tokenizer(["123+456=", "999+1=", "500+500=", "31+47="], return_tensors="pt", padding=True)
+    kwargs = dict(gen_length=24, steps=24, block_length=8, cache=cache)
+    plain = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs).completion_ids
+    first = [set(r[:8].tolist()) for r in plain]
+    tok = next(t for t in range(len(tokenizer)) if 0 < sum(t in f for f in first) < 4  # some rows wrote it,
+               and all(plain[r, 8] != t for r in range(4) if t not in first[r]))  # the others not at 8 # fmt: skip
+    boosted = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs, boost_token_ids=[tok],
+                       boost=100.0, boost_after=8).completion_ids  # fmt: skip
+    assert torch.equal(boosted[:, :8], plain[:, :8])  # nothing is boosted before the budget
+    for row in range(4):
+        if tok in first[row]:  # already written: never boosted
+            assert torch.equal(boosted[row], plain[row])
+        else:  # forced at the first position after the budget
+            assert boosted[row, 8] == tok and not torch.equal(boosted[row], plain[row])
+    off = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs, boost_token_ids=[tok], boost=0.0)
+    assert torch.equal(off.completion_ids, plain)
+
+
 def test_suppressed_tokens_never_appear(model):
     prompt = torch.randint(2, 38, (2, 4))
     out = generate(model, prompt, gen_length=16, steps=16, block_length=8, temperature=2.0,
@@ -356,3 +382,17 @@ def test_the_long_answer_tiny_model_and_its_fast_modes():
     fast, fast_passes = accuracy(threshold=0.9, cache="prefix")
     assert reference >= 0.9 and passes == 48
     assert fast >= reference - 0.05 and fast_passes <= 12, (reference, fast, fast_passes)
+
+
+def test_rows_decoded_in_chunks_equal_one_call_when_greedy(model):
+    from align.sampling import generate_in_chunks
+
+    prompt = torch.randint(2, 38, (5, 4), generator=torch.Generator().manual_seed(3))
+    attn = torch.ones_like(prompt)
+    attn[1, :2] = 0  # left padding
+    kwargs = dict(gen_length=16, steps=16, block_length=8)
+    whole = generate(model, prompt, attn, **kwargs)
+    parts = generate_in_chunks(model, prompt, attn, rows_per_call=2, **kwargs)
+    assert torch.equal(parts.sequences, whole.sequences) and torch.equal(parts.commit_step, whole.commit_step)
+    assert parts.nfe == 3 * whole.nfe  # three calls of 2, 2 and 1 rows
+    assert generate_in_chunks(model, prompt, attn, rows_per_call=None, **kwargs).nfe == whole.nfe

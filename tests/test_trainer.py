@@ -287,10 +287,10 @@ def test_align_train_rejects_a_malformed_config(tmp_path):
                            "or num_iterations? `align train --help` lists the fields.\n")  # fmt: skip
 
 
-def _launch(workspace, tmp_path, accelerate_config, env_extra, *extra):
-    cmd = [
+def _launch_command(workspace, tmp_path, accelerate_config, launch, *extra):
+    return [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
-        "--num_processes", "2", "--mixed_precision", "no", "-m", "align.train",
+        "--num_processes", "2", "--mixed_precision", "no", *launch, "-m", "align.train",
         "--model_name_or_path", str(workspace / "model"), "--dataset_files", str(workspace / "data" / "train.jsonl"),
         "--output_dir", str(tmp_path / "out"), "--use_chat_template", "false", "--max_completion_length", "8",
         "--block_length", "8", "--diffusion_steps", "8", "--num_generations", "4", "--per_device_train_batch_size",
@@ -299,9 +299,17 @@ def _launch(workspace, tmp_path, accelerate_config, env_extra, *extra):
         "--use_cpu", "true", "--optim", "sgd", "--learning_rate", "0.5", "--max_grad_norm", "0",
         "--estimator", "coupled", "--num_mc_samples", "2", *extra,
     ]  # fmt: skip
+
+
+def _launch(workspace, tmp_path, accelerate_config, env_extra, *extra):
+    cmd = _launch_command(workspace, tmp_path, accelerate_config, [], *extra)
     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return _finished_run(tmp_path)
+
+
+def _finished_run(tmp_path):
     state = json.load(open(tmp_path / "out" / "trainer_state.json"))
     saved = LLaDAModelLM.from_pretrained(tmp_path / "out")
     return state, saved
@@ -335,6 +343,53 @@ def test_two_process_run(workspace, tmp_path, name, env):
     )  # the reference equals the policy before any update
     # gathered over both processes: the token sum is the mean length times 2 x 4 completions (one process: 4)
     assert all(h["num_tokens"] == pytest.approx(8 * h["completions/mean_length"]) for h in logged), logged
+
+
+def _launch_two_machines(workspace, tmp_path, name, env_extra, *extra):
+    """Two accelerate launches, machine ranks 0 and 1 with one process each, meeting on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    config = os.path.join(REPO, "recipes", "accelerate", f"multinode_{name}.yaml")
+    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(_launch_command(workspace, tmp_path, config, ["--num_machines", "2", "--machine_rank", str(rank),
+                         "--main_process_ip", "127.0.0.1", "--main_process_port", port], *extra),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[0][-2000:] + outputs[1][-2000:]
+    return _finished_run(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name,env", [("ddp", {"ACCELERATE_USE_CPU": "1"}), ("zero2", {"DS_ACCELERATOR": "cpu"})]
+)
+def test_two_machine_ranks_on_loopback_train_like_two_processes_on_one_machine(
+    workspace, tmp_path, name, env
+):
+    """The multi-node launch configs: 2 machine ranks x 1 process reach the same parameters and logs as 2
+    processes on one machine; under DDP a checkpoint written by the two-machine run resumes on a restart of
+    both ranks to the uninterrupted run's parameters."""
+    one_state, one = _launch(
+        workspace, tmp_path / "one", os.path.join(REPO, "recipes", "accelerate", f"{name}.yaml"), env
+    )
+    two_state, two = _launch_two_machines(workspace, tmp_path / "two", name, env)
+    worst = max((p - two.state_dict()[n]).abs().max().item() for n, p in one.state_dict().items())
+    assert worst < 1e-6, worst
+    rewards = lambda state: [h["reward"] for h in state["log_history"] if "reward" in h]  # noqa: E731
+    assert rewards(one_state) == rewards(two_state) and len(rewards(one_state)) == 2
+    if name == "ddp":  # stop after step 1 (checkpoint), then restart both ranks from it up to step 2
+        _launch_two_machines(workspace, tmp_path / "resumed", name, env, "--max_steps", "1", "--save_strategy", "steps",
+                             "--save_steps", "1")  # fmt: skip
+        _, resumed = _launch_two_machines(workspace, tmp_path / "resumed", name, env, "--resume_from_checkpoint",
+                                          str(tmp_path / "resumed" / "out" / "checkpoint-1"))  # fmt: skip
+        worst = max((p - resumed.state_dict()[n]).abs().max().item() for n, p in one.state_dict().items())
+        assert worst < 1e-6, worst
 
 
 def test_lora_never_wraps_the_untied_lm_head(tmp_path):
@@ -424,3 +479,31 @@ def test_a_training_step_raises_no_known_library_warnings(workspace, tmp_path):
     assert (
         trainer.args.ddp_find_unused_parameters is False
     )  # no DDP search for unused parameters (nor its warning)
+
+
+def test_no_grad_passes_run_one_micro_batch_of_rows_at_a_time(workspace, tmp_path):
+    from align.logprob import make_plan
+
+    trainer = build_trainer(config(workspace, tmp_path, "--per_device_train_batch_size", "4",
+                                   "--steps_per_generation", "3", "--estimator", "coupled", "--num_mc_samples", "2"))  # fmt: skip
+    ids = torch.randint(3, 17, (12, 14), generator=torch.Generator().manual_seed(0))
+    attn = torch.ones_like(ids)
+    canvas = torch.zeros_like(ids)
+    canvas[:, 6:] = 1
+    plan = make_plan("coupled", canvas, num_samples=2, generator=torch.Generator().manual_seed(1))
+    calls = []
+    model = trainer.model
+
+    def count(module, args, kwargs):
+        calls.append((args[0] if args else kwargs["input_ids"]).shape[0])
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            chunked = trainer._passes_by_rows(model, ids, attn, plan)
+            calls_chunked, calls[:] = list(calls), []
+            whole = trainer._passes(model, ids, attn, plan)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    assert max(calls_chunked) == 4 * trainer.args.mc_chunk_size and len(calls_chunked) == 3 * plan.num_passes

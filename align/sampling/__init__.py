@@ -4,6 +4,7 @@ from align.sampling.diffusion import (
     GenerationOutput,
     describe_mode,
     generate,
+    generate_in_chunks,
     num_transfer_tokens,
     sample_tokens,
     select_transfer,
@@ -13,6 +14,7 @@ from align.sampling.diffusion import (
 __all__ = [
     "GenerationOutput",
     "generate",
+    "generate_in_chunks",
     "describe_mode",
     "truncate_at_stop",
     "num_transfer_tokens",

@@ -265,6 +265,8 @@ def _decode_block(
         full = den.needs_full_pass(i == 0, since)
         since = 0 if full else since
         logits = den.block_logits(x, attn, prompt_real, start, end, full)
+        if opts["boost_ids"] is not None and start - opts["completion_start"] >= opts["boost_after"]:
+            _boost_first_masked(logits, x, masked, opts)
         x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"], masked,
                                  [mask_id, *den.suppress])  # fmt: skip
         if opts["deprioritize"] is not None:
@@ -280,6 +282,21 @@ def _decode_block(
         block = x[:, start:end]
         block[transfer] = x0[transfer]
         commit[:, start:end][transfer] = step_offset + i
+
+
+def _boost_first_masked(logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, opts: dict) -> None:
+    """End-of-thinking boost (in place): in each row whose completion holds none of the boosted ids yet, add
+    ``boost`` to their logits at the block's leftmost still-masked position, so that a row still thinking
+    after ``boost_after`` tokens closes its thinking at the next position it writes (once)."""
+    ids = opts["boost_ids"]
+    pending = ~torch.isin(x[:, opts["completion_start"] :], ids).any(-1) & masked.any(-1)
+    if not pending.any():
+        return
+    rows = pending.nonzero()[:, 0]
+    first = masked.long().argmax(-1)[rows]  # leftmost masked position of the block in each pending row
+    grid = logits[rows, first]  # [R, V] (a copy)
+    grid[:, ids] += opts["boost"]
+    logits[rows, first] = grid
 
 
 def describe_mode(
@@ -323,6 +340,9 @@ def generate(
     variable_length: bool = False,
     suppress_token_ids: list[int] | None = None,
     deprioritize_token_ids: list[int] | None = None,
+    boost_token_ids: list[int] | None = None,
+    boost: float = 0.0,
+    boost_after: int = 0,
     spec: FamilySpec | None = None,
     generator: torch.Generator | None = None,
 ) -> GenerationOutput:
@@ -330,7 +350,11 @@ def generate(
 
     ``suppress_token_ids`` get logit -inf (e.g. forbid EOS); ``deprioritize_token_ids`` get confidence 0
     so they are committed last (e.g. EOS/EoT). With ``variable_length`` ``gen_length`` is the budget and
-    ``steps`` counts steps per ``gen_length`` as in fixed mode. Returns a :class:`GenerationOutput`.
+    ``steps`` counts steps per ``gen_length`` as in fixed mode. ``boost_token_ids`` (iLLaDA's end-of-thinking
+    boost against endless thinking; our reading of its evaluation script, not verified against it): in
+    blocks starting at least ``boost_after`` tokens into the completion, a row that has not written one of
+    these ids yet gets ``boost`` added to their logits at its leftmost masked position (100 forces it:
+    the row writes the id once, then the boost stops). Returns a :class:`GenerationOutput`.
     """
     if spec is None:
         spec = family_spec(model, mask_token_id=mask_token_id)
@@ -354,6 +378,10 @@ def generate(
     }
     if not len(opts["deprioritize"]):
         opts["deprioritize"] = None
+    opts["boost_ids"] = None
+    if boost_token_ids and boost != 0.0:
+        opts["boost_ids"] = torch.tensor(boost_token_ids, dtype=torch.long, device=device)
+    opts["boost"], opts["boost_after"], opts["completion_start"] = boost, boost_after, p
     den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []), cache_refresh)
     total = p + gen_length
     x = torch.full((b, total), spec.mask_token_id, dtype=torch.long, device=device)
@@ -379,6 +407,30 @@ def generate(
         nfe=den.nfe,
         prompt_length=p,
         full_passes=den.full_passes,
+    )
+
+
+def generate_in_chunks(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, rows_per_call: int | None,
+    **kwargs,
+) -> GenerationOutput:  # fmt: skip
+    """:func:`generate` over ``rows_per_call`` rows at a time (None: all at once), so that the transient
+    memory of a decoding pass (logits [rows, block, V], caches) is bounded whatever the batch. Chunks run
+    one after another with the same ``generator``; ``nfe`` / ``full_passes`` add up over the chunks."""
+    b = input_ids.shape[0]
+    if rows_per_call is None or rows_per_call >= b:
+        return generate(model, input_ids, attention_mask, **kwargs)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    parts = [generate(model, input_ids[i : i + rows_per_call], attention_mask[i : i + rows_per_call], **kwargs)
+             for i in range(0, b, rows_per_call)]  # fmt: skip
+    return GenerationOutput(
+        sequences=torch.cat([o.sequences for o in parts]),
+        attention_mask=torch.cat([o.attention_mask for o in parts]),
+        commit_step=torch.cat([o.commit_step for o in parts]),
+        nfe=sum(o.nfe for o in parts),
+        prompt_length=parts[0].prompt_length,
+        full_passes=sum(o.full_passes for o in parts),
     )
 
 

@@ -1,0 +1,334 @@
+"""``align plan``: per-GPU memory by phase and passes / FLOPs per optimizer step, before any weight loads.
+
+    align plan RECIPE.yaml [--gpus 8 --gpu-memory 80 --nodes 1] [--field value ...]
+
+From the model's config (read, never its weights) and the recipe, for one process:
+
+* **static**: weights, gradients and optimizer state of the trainable parameters (Adam: fp32 master copy
+  + two moments in mixed precision), divided over the processes as ZeRO does (stage from
+  ``--zero``: 0 = DDP, 2 shards gradients and optimizer state, 3 also the weights); LoRA trains only
+  the adapter; a reference model (beta > 0, full fine-tuning) adds its weights.
+* **rollout**: one sampler call over ``rollout_batch_size`` rows (default: the whole generation batch):
+  a layer's working set, the block's logits and the sampler's float32 copies, the KV cache when a cache
+  mode is on.
+* **estimate** (no grad, old policy / reference): ``mc_chunk_size`` passes over one micro-batch of rows
+  (the trainer runs them a micro-batch at a time): a layer's working set and the scored window's logits
+  with the float32 log-softmax.
+* **policy step**: the activations kept for backward of ``mc_chunk_size`` passes (all passes with
+  ``mc_backward: joint``), per layer, or one layer's input per layer plus one recomputed layer under
+  activation checkpointing, and the logits window with its float32 copies.
+
+Element counts per token come from the model's shapes; the constants (how many d- and h-sized tensors a
+layer keeps) were fitted to measured peak resident memory on CPU in float32 (tests/test_plan.py checks
+25%); on GPUs in bf16 they are unverified until a device run. Attention is assumed memory-efficient (no
+[heads, S, S] tensor kept). FLOPs: 2 x parameters x tokens per forward, x3 with backward (x4 with
+recomputation), attention's 4 x S x d per token and layer added.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+
+# Elements per token alive at a phase's peak, as multiples of d_model and mlp_hidden_size (x activation bytes),
+# and bytes per logit element (the logits and their float32 copies). Least-squares fits to the peak resident
+# memory of 24 configurations on CPU in float32 (tests/plan_probe.py; d 128-256, h 384-1536, V 2k-16k, 8-16
+# rows, 144-272 tokens): every fit within 20% but one no-grad point (31%). The grad phase's d/h terms are
+# per layer; the others are one layer's working set.
+ROLLOUT_D, ROLLOUT_H, ROLLOUT_LOGIT_BYTES = 5.0, 5.7, 20.0  # block logits: rows, softmax, probabilities
+NO_GRAD_D, NO_GRAD_H, NO_GRAD_LOGIT_BYTES = 2.0, 2.0, 8.0  # scored window + float32 log-softmax
+GRAD_D, GRAD_H, GRAD_LOGIT_BYTES = 15.0, 4.3, 7.5
+
+
+@dataclass
+class ModelShape:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    mlp_hidden: int
+    vocab: int
+    params: int
+
+    @classmethod
+    def from_config(cls, config) -> ModelShape:
+        d, layers = config.d_model, config.n_layers
+        kv_heads = config.n_kv_heads or config.n_heads
+        kv = kv_heads * d // config.n_heads
+        h, v = config.mlp_hidden_size, config.embedding_size or config.vocab_size
+        per_layer = d * d * 2 + 2 * d * kv + 3 * d * h + 2 * d
+        bias = (d * 2 + 2 * kv) if getattr(config, "include_qkv_bias", False) else 0
+        params = v * d * (1 if config.weight_tying else 2) + layers * (per_layer + bias) + d
+        return cls(d, layers, config.n_heads, kv_heads, h, v, params)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.d_model // self.n_heads
+
+
+@dataclass
+class Plan:
+    """Bytes per process by phase, and the work of one optimizer step."""
+
+    static: dict = field(default_factory=dict)
+    phases: dict = field(default_factory=dict)  # phase -> transient bytes on top of the static ones
+    forward_passes: int = 0  # per optimizer step and process (sampler calls + estimate passes + recompute)
+    flops: float = 0.0  # per optimizer step and process
+    advice: dict = field(default_factory=dict)  # phase -> the setting to change when it does not fit
+
+    @property
+    def static_bytes(self) -> float:
+        return sum(self.static.values())
+
+    def peak(self, phase: str) -> float:
+        return self.static_bytes + self.phases[phase]
+
+
+def _act_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
+def trainable_params(shape: ModelShape, args) -> int:
+    if not args.use_peft:
+        return shape.params
+    targets = set(args.lora_target_modules or [])
+    d, kv, h = shape.d_model, shape.kv_dim, shape.mlp_hidden
+    sizes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "attn_out": (d, d), "ff_proj": (d, h),
+             "up_proj": (d, h), "ff_out": (h, d)}  # fmt: skip
+    per_layer = sum(
+        args.lora_r * (i + o) for name, (i, o) in sizes.items() if name in targets or "all-linear" in targets
+    )
+    return shape.n_layers * per_layer
+
+
+def passes_per_estimate(args) -> int:
+    k = args.num_mc_samples
+    return {"coupled": 2 * k, "trace": math.ceil(args.diffusion_steps / args.trace_merge)}.get(
+        args.estimator, k
+    )
+
+
+def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> Plan:
+    """The plan of GRPO config ``args`` (align.config) for a model of ``shape`` on ``processes`` ranks."""
+    b = _act_bytes(args.dtype)
+    d, h, layers, v = shape.d_model, shape.mlp_hidden, shape.n_layers, shape.vocab
+    trainable = trainable_params(shape, args)
+    mixed = args.dtype != "float32"
+    plan = Plan()
+    weights = shape.params * b
+    plan.static["weights"] = weights / processes if zero == 3 else weights
+    grad_bytes = trainable * (4 if not mixed or zero == 0 else 2)
+    plan.static["gradients"] = grad_bytes / processes if zero >= 2 else grad_bytes
+    optim = trainable * ((4 if mixed else 0) + 8)
+    plan.static["optimizer"] = optim / processes if zero >= 1 else optim
+    if args.beta != 0.0 and not args.use_peft:
+        plan.static["reference"] = weights / processes if zero == 3 else weights
+
+    seq = args.max_prompt_length + args.max_completion_length
+    window = args.max_completion_length
+    # rollout: one sampler call
+    rows = args.rollout_batch_size or args.generation_batch_size
+    logits = rows * args.block_length * v * ROLLOUT_LOGIT_BYTES
+    cache = 2 * layers * rows * seq * shape.kv_dim * b if args.cache else 0
+    plan.phases["rollout"] = rows * seq * (ROLLOUT_D * d + ROLLOUT_H * h) * b + logits + cache
+    plan.advice["rollout"] = "set rollout_batch_size (rows per sampler call) lower" + (
+        " or cache: None" if args.cache else ""
+    )
+    # no-grad estimate: one micro-batch of rows x mc_chunk_size passes
+    n = args.per_device_train_batch_size * args.mc_chunk_size
+    plan.phases["estimate"] = (
+        n * seq * (NO_GRAD_D * d + NO_GRAD_H * h) * b + n * window * v * NO_GRAD_LOGIT_BYTES
+    )
+    plan.advice["estimate"] = "lower mc_chunk_size or per_device_train_batch_size"
+    # policy step: kept activations of the live chunks
+    passes = passes_per_estimate(args)
+    live = n if args.mc_backward == "chunked" else args.per_device_train_batch_size * passes
+    per_layer = live * seq * (GRAD_D * d + GRAD_H * h) * b
+    kept = live * seq * d * b * layers + per_layer if args.activation_checkpointing else per_layer * layers
+    plan.phases["policy step"] = kept + live * window * v * GRAD_LOGIT_BYTES
+    plan.advice["policy step"] = (
+        "set mc_backward: chunked" if args.mc_backward != "chunked" else "lower mc_chunk_size"
+    ) + ", turn activation_checkpointing on, or lower per_device_train_batch_size"
+    # work of one optimizer step on this process
+    micro = args.gradient_accumulation_steps
+    per_rollout = args.steps_per_generation * args.num_iterations
+    rollouts = micro / per_rollout
+    gen_rows = args.generation_batch_size
+    steps = args.diffusion_steps
+    sampler_calls = steps * math.ceil(gen_rows / rows)
+    fixed = (
+        int(args.gradient_accumulation_steps % per_rollout != 0) + int(args.beta != 0.0)
+    ) * args.num_iterations
+    chunks = math.ceil(passes / args.mc_chunk_size)
+    est_calls = fixed * math.ceil(gen_rows / args.per_device_train_batch_size) * chunks
+    policy_calls = micro * chunks * (2 if args.mc_backward == "chunked" else 1)
+    plan.forward_passes = round(rollouts * (sampler_calls + est_calls) + policy_calls)
+    token_flops = 2 * shape.params + 4 * seq * d * layers
+    if (
+        args.cache
+    ):  # a full pass per block, then the block alone (dual) or the block and what follows (prefix)
+        blocks = args.max_completion_length // args.block_length
+        partial = args.block_length if args.cache == "dual" else args.max_completion_length / 2
+        gen_tokens = rollouts * gen_rows * (blocks * seq + (steps - blocks) * partial)
+    else:  # every sampler step encodes the whole canvas
+        gen_tokens = rollouts * steps * gen_rows * seq
+    est_tokens = rollouts * fixed * passes * gen_rows * seq
+    train_tokens = micro * passes * args.per_device_train_batch_size * seq
+    backward = 3 + int(args.activation_checkpointing) + (1 if args.mc_backward == "chunked" else 0)
+    plan.flops = token_flops * (gen_tokens + est_tokens + backward * train_tokens)
+    return plan
+
+
+def table(plan: Plan, gpu_memory_gb: float | None = None) -> list[str]:
+    lines = ["| phase | transient | peak per GPU | fits |", "|---|---|---|---|"]
+    for phase, extra in plan.phases.items():
+        peak = plan.peak(phase)
+        fits = "-" if gpu_memory_gb is None else ("yes" if peak <= gpu_memory_gb * GIB else "**no**")
+        lines.append(f"| {phase} | {extra / GIB:.2f} GiB | {peak / GIB:.2f} GiB | {fits} |")
+    static = ", ".join(f"{k} {v / GIB:.2f}" for k, v in plan.static.items())
+    lines.append(f"\nstatic (GiB): {static}; total {plan.static_bytes / GIB:.2f}")
+    lines.append(
+        f"per optimizer step and GPU: {plan.forward_passes} forward calls, {plan.flops / 1e15:.2f} PFLOP"
+    )
+    return lines
+
+
+def check_fits(plan: Plan, gpu_memory_gb: float) -> None:
+    """Raise the first phase that does not fit, naming the setting to change."""
+    for phase in plan.phases:
+        peak = plan.peak(phase)
+        if peak > gpu_memory_gb * GIB:
+            raise ValueError(
+                f"the {phase} phase needs about {peak / GIB:.1f} GiB per GPU (static "
+                f"{plan.static_bytes / GIB:.1f} + {plan.phases[phase] / GIB:.1f}), more than the "
+                f"{gpu_memory_gb:.0f} GiB there: {plan.advice[phase]} (align plan shows every phase)."
+            )
+
+
+def _get(config, *names, default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+# The published config.json shapes of the project's target models, for planning without the hub:
+# (d_model, layers, heads, kv heads, MLP hidden, vocabulary, tied embeddings).
+KNOWN_SHAPES = {
+    "GSAI-ML/LLaDA-8B-Instruct": (4096, 32, 32, 32, 12288, 126464, False),
+    "GSAI-ML/LLaDA-8B-Base": (4096, 32, 32, 32, 12288, 126464, False),
+    "GSAI-ML/iLLaDA-8B-Instruct": (4096, 32, 32, 8, 14336, 155136, True),
+    "GSAI-ML/iLLaDA-8B-Base": (4096, 32, 32, 8, 14336, 155136, True),
+}
+
+
+def shape_of(d: int, layers: int, heads: int, kv_heads: int, h: int, v: int, tied: bool) -> ModelShape:
+    kv = kv_heads * d // heads
+    params = v * d * (1 if tied else 2) + layers * (2 * d * d + 2 * d * kv + 3 * d * h + 2 * d) + d
+    return ModelShape(d, layers, heads, kv_heads, h, v, params)
+
+
+def load_shape(model_name_or_path: str, trust_remote_code: bool = False) -> ModelShape:
+    """The model's shapes from its config.json alone (LLaDA names, or the usual transformers names); the
+    target models' published shapes when the hub cannot be reached."""
+    from transformers import AutoConfig
+
+    from align.models import LLaDAConfig
+
+    try:
+        config = LLaDAConfig.from_pretrained(model_name_or_path)
+        if getattr(config, "model_type", None) == "llada" and getattr(config, "d_model", None):
+            return ModelShape.from_config(config)
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        if model_name_or_path in KNOWN_SHAPES:
+            return shape_of(*KNOWN_SHAPES[model_name_or_path])
+        raise ValueError(
+            f"cannot read the config of {model_name_or_path} ({str(e).splitlines()[0]}); give a local model folder "
+            "or run where the hub is reachable."
+        ) from None
+    d = _get(config, "d_model", "hidden_size")
+    layers = _get(config, "n_layers", "num_hidden_layers")
+    heads = _get(config, "n_heads", "num_attention_heads")
+    if not (d and layers and heads):
+        raise ValueError(
+            f"{model_name_or_path}: its config has no hidden size / layers / heads that align plan reads."
+        )
+    kv_heads = _get(config, "n_kv_heads", "num_key_value_heads", default=heads)
+    h = _get(config, "mlp_hidden_size", "intermediate_size", default=4 * d)
+    v = _get(config, "embedding_size", "vocab_size")
+    tied = bool(_get(config, "weight_tying", "tie_word_embeddings", default=False))
+    return shape_of(d, layers, heads, kv_heads, h, v, tied)
+
+
+def processes_and_zero() -> tuple[int, int]:
+    """(world size, ZeRO stage) of the current launch, from the variables accelerate sets."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    zero = (
+        int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0"))
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+        else 0
+    )
+    return world, zero
+
+
+def preflight_memory(args) -> Plan | None:
+    """``align train``'s start-up check: refuse a plan whose peak exceeds ``max_gpu_memory_gb`` (default: the
+    visible GPU's memory; no check without a GPU unless the field is set)."""
+    import torch
+
+    budget = getattr(args, "max_gpu_memory_gb", None)
+    if budget is None and torch.cuda.is_available() and not args.use_cpu:
+        budget = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+    if budget is None:
+        return None
+    world, zero = processes_and_zero()
+    plan = make_plan(
+        load_shape(args.model_name_or_path, args.trust_remote_code), args, processes=world, zero=zero
+    )
+    check_fits(plan, budget)
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``align plan RECIPE.yaml [--gpus N --nodes M --gpu-memory GB --zero Z] [--field value ...]``."""
+    import argparse
+
+    from align.errors import main_guard
+
+    parser = argparse.ArgumentParser(prog="align plan", allow_abbrev=False,
+                                     description="per-GPU memory by phase and work per step, before loading")  # fmt: skip
+    parser.add_argument("recipe")
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80: H100)")
+    parser.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3],
+                        help="ZeRO stage (default: 2 with LoRA, else 3)")  # fmt: skip
+    parser.add_argument("--debug", action="store_true")
+    args, overrides = parser.parse_known_args(argv)
+
+    def run() -> int:
+        from align.config import load_config
+
+        config = load_config(args.recipe, [*overrides, "--use_cpu", "true"], prog="align plan")
+        zero = args.zero if args.zero is not None else (2 if config.use_peft else 3)
+        shape = load_shape(config.model_name_or_path, config.trust_remote_code)
+        plan = make_plan(shape, config, processes=args.gpus * args.nodes, zero=zero)
+        print(f"{args.recipe}: {shape.params / 1e9:.2f}B parameters, {args.nodes} x {args.gpus} GPUs of "
+              f"{args.gpu_memory:g} GiB, ZeRO-{zero}{', LoRA' if config.use_peft else ''}")  # fmt: skip
+        print("\n".join(table(plan, args.gpu_memory)))
+        try:
+            check_fits(plan, args.gpu_memory)
+        except ValueError as e:
+            print(f"does not fit: {e}")
+            return 1
+        return 0
+
+    return main_guard("align plan", run, debug=args.debug)

@@ -1,0 +1,104 @@
+"""align plan: parameter counts, phase memory against measured peaks on CPU, and the start-up refusal."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from align.cli import main
+from align.models import LLaDAConfig, LLaDAModelLM
+from align.plan import GIB, KNOWN_SHAPES, ModelShape, check_fits, make_plan, shape_of
+from align.tiny import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _count(config) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in LLaDAModelLM(config).parameters())
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 2, "weight_tying": True}])
+def test_parameter_count_is_the_models(overrides):
+    config = tiny_config(**overrides)
+    assert ModelShape.from_config(config).params == _count(config)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_SHAPES))
+def test_the_known_target_shapes_count_like_their_configs(name):
+    d, layers, heads, kv, h, v, tied = KNOWN_SHAPES[name]
+    config = LLaDAConfig(d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, mlp_hidden_size=h, vocab_size=v,
+                         weight_tying=tied, mask_token_id=5)  # fmt: skip
+    assert shape_of(*KNOWN_SHAPES[name]).params == _count(config)
+    assert 7.0e9 < _count(config) < 8.5e9
+
+
+def _args(**overrides):
+    base = dict(dtype="float32", use_peft=False, beta=0.0, max_prompt_length=16, max_completion_length=128,
+                rollout_batch_size=8, generation_batch_size=8, block_length=32, cache=None, per_device_train_batch_size=8,
+                mc_chunk_size=2, mc_backward="chunked", activation_checkpointing=False, num_mc_samples=2, estimator="elbo",
+                diffusion_steps=8, trace_merge=1, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+                lora_r=16, lora_target_modules=[])  # fmt: skip
+    return SimpleNamespace(**{**base, **overrides})
+
+
+SHAPES = {
+    "small": {"d_model": 128, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 384, "vocab_size": 2048},
+    "medium": {"d_model": 256, "n_heads": 4, "n_layers": 4, "mlp_hidden_size": 768, "vocab_size": 16384},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", sorted(SHAPES))
+@pytest.mark.parametrize("phase", ["rollout", "estimate", "policy step"])
+def test_phase_memory_is_within_25_percent_of_the_measured_peak(size, phase):
+    """Each phase run alone in a fresh process (tests/plan_probe.py: random-init model, CPU float32, peak
+    resident memory above the memory just before it) against the planner's transient bytes for it."""
+    shape = SHAPES[size]
+    probe = {**shape, "rows": 8, "prompt": 16, "completion": 128, "chunk": 2, "block": 32}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tests", "plan_probe.py"), phase.split()[0],
+                          json.dumps(probe)], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])["bytes"]
+    config = LLaDAConfig(**shape, mask_token_id=shape["vocab_size"] - 1, max_sequence_length=144)
+    predicted = make_plan(ModelShape.from_config(config), _args()).phases[phase]
+    assert 0.75 < predicted / measured < 1.25, (predicted / 2**20, measured / 2**20)
+
+
+def test_static_memory_follows_zero_stages_and_lora():
+    shape = shape_of(*KNOWN_SHAPES["GSAI-ML/LLaDA-8B-Instruct"])
+    ddp = make_plan(shape, _args(dtype="bfloat16"), processes=8, zero=0).static
+    zero2 = make_plan(shape, _args(dtype="bfloat16"), processes=8, zero=2).static
+    zero3 = make_plan(shape, _args(dtype="bfloat16"), processes=8, zero=3).static
+    assert ddp["weights"] == zero2["weights"] == 8 * zero3["weights"] == 2 * shape.params
+    assert ddp["optimizer"] == 8 * zero2["optimizer"] == 12 * shape.params  # fp32 master + Adam moments
+    lora = make_plan(shape, _args(dtype="bfloat16", use_peft=True, lora_r=8, lora_target_modules=["q_proj"]),
+                     processes=8, zero=2).static  # fmt: skip
+    assert lora["optimizer"] == 12 * 32 * 8 * (4096 + 4096) / 8
+    with_ref = make_plan(shape, _args(dtype="bfloat16", beta=0.04), processes=8, zero=3).static
+    assert with_ref["reference"] == zero3["weights"]
+
+
+def test_a_plan_that_cannot_fit_is_refused_with_the_setting_to_change(tmp_path, capsys):
+    shape = shape_of(*KNOWN_SHAPES["GSAI-ML/iLLaDA-8B-Instruct"])
+    plan = make_plan(shape, _args(dtype="bfloat16", mc_backward="joint", num_mc_samples=16, max_completion_length=2048,
+                                  per_device_train_batch_size=4, rollout_batch_size=4), processes=8, zero=3)  # fmt: skip
+    with pytest.raises(ValueError, match="policy step phase needs about .* set mc_backward: chunked"):
+        check_fits(plan, 80)
+    assert plan.peak("policy step") > 80 * GIB > plan.peak("rollout")
+    # align plan prints the table and says what does not fit; align train refuses before loading weights
+    assert main(["plan", os.path.join(REPO, "recipes", "tiny", "grpo.yaml"), "--gpus", "1", "--zero", "0",
+                 "--gpu-memory", "0.01"]) == 1  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| policy step |" in out and "does not fit: the rollout phase needs about" in out
+    argv = ["train", "--config", os.path.join(REPO, "recipes", "tiny", "grpo.yaml"), "--max_gpu_memory_gb", "0.01",
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "1"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("align train: the rollout phase needs about") and "rollout_batch_size" in err
+    assert not (tmp_path / "out").exists()
