@@ -9,6 +9,9 @@ The spec YAML names ``tasks`` (each: a GRPO ``recipe`` and an ``eval`` task ``NA
 the held-out evaluation (``eval_steps``, ``eval_limit``; every cell is scored at step 0, every
 ``eval_steps`` and at the end, greedily with the rollouts' own prompt format). ``launch`` is the command
 that starts training (default: this Python, one process; a GPU spec gives ``accelerate launch ...``).
+``jobs`` (or ``--jobs``) cells run side by side, each with ``OMP_NUM_THREADS`` = cores / jobs (CPU
+presets: the tiny models gain little from a second thread, the start-up and evaluation of a cell are
+mostly serial); every cell then shares the machine alike, so training seconds stay comparable.
 
 Each cell runs ``align train`` in its own process (output and log under ``DIR/<task>/<method>/seed-<s>``).
 A finished cell (its ``trainer_state.json`` exists) is kept when the bench is run again, so a killed bench
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import time
 
-SPEC_KEYS = {"tasks", "methods", "seeds", "budget", "eval_steps", "eval_limit", "launch", "output"}
+SPEC_KEYS = {"tasks", "methods", "seeds", "budget", "eval_steps", "eval_limit", "launch", "output", "jobs"}
 
 
 def load_spec(path: str) -> dict:
@@ -87,7 +90,7 @@ def cell_command(spec: dict, task: str, method: str, seed: int, output: str) -> 
             "--output_dir", output]  # fmt: skip
 
 
-def run_cell(command: list[str], output: str) -> str | None:
+def run_cell(command: list[str], output: str, env: dict | None = None) -> str | None:
     """Run one cell unless it already finished; None when done, else the error's last log line."""
     if os.path.exists(os.path.join(output, "trainer_state.json")):
         return None
@@ -95,7 +98,7 @@ def run_cell(command: list[str], output: str) -> str | None:
     with open(os.path.join(output, "log.txt"), "w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code == 0:
         return None
     with open(os.path.join(output, "log.txt")) as log:
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=None, help="comma-separated subset of the spec's tasks")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the spec's methods")
     parser.add_argument("--seeds", default=None, help="comma-separated subset of the spec's seeds")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="cells run side by side (default: the spec's, else 1)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print every cell's command and stop")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -172,19 +178,38 @@ def run(args) -> int:
     n_questions = {
         t: len(load_tasks(spec["tasks"][t]["eval"], limit=spec.get("eval_limit"))[0][1]) for t in tasks
     }
-    results, started = {}, time.monotonic()
-    for i, (t, m, s) in enumerate(cells, 1):
+    jobs = args.jobs or spec.get("jobs") or 1
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}.")
+    env = None
+    if jobs > 1:
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or jobs) // jobs))}
+    results, started, finished = {}, time.monotonic(), [0]
+
+    def one(cell: tuple) -> None:
+        t, m, s = cell
         output = os.path.join(out, t, m, f"seed-{s}")
-        error = run_cell(cell_command(spec, t, m, s, output), output)
+        error = run_cell(cell_command(spec, t, m, s, output), output, env)
         name = spec["tasks"][t]["eval"].partition("=")[0]
-        results[f"{t}/{m}/{s}"] = {"task": t, "method": m, "seed": s,
-                                   **({"error": error} if error else cell_result(output, name))}  # fmt: skip
-        shown = results[f"{t}/{m}/{s}"]
+        shown = {
+            "task": t,
+            "method": m,
+            "seed": s,
+            **({"error": error} if error else cell_result(output, name)),
+        }
+        results[f"{t}/{m}/{s}"] = shown
+        finished[0] += 1
         status = (
             f"failed ({error})" if error else f"{100 * shown['start']:.1f}% -> {100 * shown['final']:.1f}%"
         )
-        print(f"[{i}/{len(cells)}] {t} {m} seed {s}: {status}  ({(time.monotonic() - started) / 60:.1f} min)",
-              flush=True)  # fmt: skip
+        print(f"[{finished[0]}/{len(cells)}] {t} {m} seed {s}: {status}  "
+              f"({(time.monotonic() - started) / 60:.1f} min)", flush=True)  # fmt: skip
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, cells))
+    results = {f"{t}/{m}/{s}": results[f"{t}/{m}/{s}"] for t, m, s in cells}  # the matrix's order
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"spec": args.config, "cells": results, "n_questions": n_questions}, f, indent=1)
     lines = table(spec, results, tasks, methods, n_questions)

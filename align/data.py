@@ -46,13 +46,20 @@ def require_columns(columns: list[str], named: dict[str, str]) -> None:
 
 
 def prompt_text(
-    tokenizer, question, *, system_prompt: str | None = None, use_chat_template: bool = True
-) -> str:
-    """The prompt string for one question (a string, or a list of chat messages)."""
+    tokenizer, question, *, system_prompt: str | None = None, use_chat_template: bool = True,
+    system_in_user: bool = False,
+) -> str:  # fmt: skip
+    """The prompt string for one question (a string, or a list of chat messages). ``system_in_user`` puts
+    the system prompt at the start of the first user turn (for chat templates without a system role)."""
     if not use_chat_template:
         return (system_prompt + "\n" if system_prompt else "") + str(question)
     messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
-    if system_prompt:
+    if system_prompt and system_in_user:
+        first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+        if first is None:
+            raise ValueError("system_in_user needs a user turn to put the system prompt in.")
+        messages[first] = {**messages[first], "content": f"{system_prompt}\n\n{messages[first]['content']}"}
+    elif system_prompt:
         messages = [{"role": "system", "content": system_prompt}, *messages]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -47,8 +47,11 @@ def test_a_small_matrix_runs_records_a_failing_cell_and_resumes(tmp_path, capsys
     methods = {"d1": {"estimator": "one_step", "p_mask_prompt": 0.15}, "coupled": {"estimator": "coupled"},
                "broken": {"estimator": "no_such_estimator"}}  # fmt: skip
     spec, out = write_spec(tmp_path, methods), tmp_path / "bench"
-    assert align(["bench", "--config", spec, "--output", str(out)]) == 1  # one cell failed, the others ran
+    assert (
+        align(["bench", "--config", spec, "--output", str(out), "--jobs", "2"]) == 1
+    )  # one failed, the rest ran
     results = json.load(open(out / "results.json"))["cells"]
+    assert list(results) == ["addition/d1/0", "addition/coupled/0", "addition/broken/0"]  # the matrix's order
     assert "estimator 'no_such_estimator' is not one of" in results["addition/broken/0"]["error"]
     for method in ("d1", "coupled"):
         cell = results[f"addition/{method}/0"]

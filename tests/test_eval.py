@@ -469,3 +469,35 @@ def test_humaneval_function_only_replies_get_the_prompts_imports_and_helpers():
     # a reply that defines its own helper of the same name wins over the prompt's (it comes later)
     row = next(r for r in rows if r["entry_point"] == "decode_cyclic")
     assert "def encode_cyclic" in programs[rows.index(row)]
+
+
+def test_illada_protocol_per_task_settings_merged_system_prompt_and_boost(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from align.data import prompt_text
+
+    illada = PROTOCOLS["illada"]
+    assert (illada.for_task("gsm8k").gen_length, illada.for_task("math500").gen_length) == (2048, 4096)
+    assert illada.for_task("mbpp").block_length == 16 and illada.for_task("humaneval").block_length == 32
+    assert illada.for_task("math500").per_task == () and illada.boost_token == "</think>"
+    # a setting given on the command line wins over the per-task one
+    assert illada.with_overrides(gen_length=1024).for_task("math500").gen_length == 1024
+    assert illada.with_overrides(gen_length=1024).for_task("mbpp").block_length == 16
+    # the system prompt goes into the user turn, the chat template never sees a system role
+    tok = AutoTokenizer.from_pretrained(os.path.join(REPO, "recipes", "tiny", "model"))
+    seen = []
+    tok.apply_chat_template = lambda messages, **kw: seen.append(messages) or "x"
+    prompt_text(tok, "What is 2+2?", system_prompt="Think first.", system_in_user=True)
+    prompt_text(tok, [{"role": "user", "content": "Hi"}], system_prompt="Be brief.", system_in_user=True)
+    assert seen == [[{"role": "user", "content": "Think first.\n\nWhat is 2+2?"}],
+                    [{"role": "user", "content": "Be brief.\n\nHi"}]]  # fmt: skip
+    # a tokenizer without a one-token </think> gets a one-line error naming the way out
+    test = os.path.join(REPO, "recipes", "tiny", "data", "test.jsonl")
+    argv = ["eval", "--model", os.path.join(REPO, "recipes", "tiny", "model"), "--tasks", f"tiny={test}",
+            "--protocol", "illada", "--limit", "2", "--gen-length", "16", "--block-length", "8", "--output",
+            str(tmp_path / "e"), "--dtype", "float32", "--device", "cpu", "--no-chat-template"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "boosts '</think>', which this tokenizer writes as" in err and "--boost 0" in err
+    argv[argv.index(str(tmp_path / "e"))] = str(tmp_path / "f")
+    assert main([*argv, "--boost", "0"]) == 0

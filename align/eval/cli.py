@@ -22,11 +22,17 @@ def add_sampler_flags(p) -> None:
     )
     for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
                        ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int),
-                       ("cache-refresh", int)):  # fmt: skip
+                       ("cache-refresh", int), ("boost", float), ("boost-margin", int)):  # fmt: skip
         flag(p, name, type=kind, default=None, help="override the protocol's value")
     p.add_argument("--remasking", default=None, choices=["low_confidence", "random"])
     p.add_argument("--cache", default=None, choices=["prefix", "dual"])
     flag(p, "system-prompt", default=None)
+    flag(
+        p,
+        "boost-token",
+        default=None,
+        help="end-of-thinking token to boost (illada: </think>; --boost 0: off)",
+    )
     flag(p, "chat-template", action=argparse.BooleanOptionalAction, default=None)
     flag(p, "variable-length", action=argparse.BooleanOptionalAction, default=None)
     flag(p, "batch-size", type=int, default=8, help="prompts decoded together (diffusion)")
@@ -49,7 +55,8 @@ def resolve_protocol(args):
         gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, temperature=args.temperature,
         threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
         remasking=args.remasking, cache=args.cache, cache_refresh=args.cache_refresh, system_prompt=args.system_prompt,
-        use_chat_template=args.chat_template, variable_length=args.variable_length,
+        use_chat_template=args.chat_template, variable_length=args.variable_length, boost=args.boost,
+        boost_margin=args.boost_margin, boost_token=args.boost_token,
     )  # fmt: skip
     try:
         check_protocol(protocol)

@@ -72,7 +72,19 @@ class DiffusionSource:
         from align.data import prompt_text
 
         return prompt_text(self.tokenizer, message, system_prompt=protocol.system_prompt,
-                           use_chat_template=protocol.use_chat_template)  # fmt: skip
+                           use_chat_template=protocol.use_chat_template, system_in_user=protocol.system_in_user)  # fmt: skip
+
+    def boost_ids(self, protocol: Protocol) -> list[int]:
+        """The end-of-thinking token's id (one line naming the token when this tokenizer lacks it)."""
+        if not protocol.boost_token or protocol.boost == 0.0:
+            return []
+        ids = self.tokenizer.encode(protocol.boost_token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(
+                f"protocol {protocol.name!r} boosts {protocol.boost_token!r}, which this tokenizer writes as "
+                f"{len(ids)} tokens, not one; pass --boost 0 to decode without the boost."
+            )
+        return ids
 
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
         """Completions of ``messages`` (questions ``offset``.. of the task), on every process.
@@ -110,6 +122,8 @@ class DiffusionSource:
                 gen_length=protocol.gen_length, steps=protocol.resolved_steps(), block_length=protocol.block_length,
                 temperature=protocol.temperature, remasking=protocol.remasking, threshold=protocol.threshold,
                 cache=protocol.cache, cache_refresh=protocol.cache_refresh, cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length,
+                boost_token_ids=self.boost_ids(protocol), boost=protocol.boost,
+                boost_after=max(0, protocol.gen_length - protocol.boost_margin),
                 spec=self.spec, generator=generator,
             )  # fmt: skip
             kept, _ = truncate_at_stop(
@@ -205,9 +219,12 @@ class EndpointSource:
 
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
         def one(message: str) -> str:
-            chat = (
-                [{"role": "system", "content": protocol.system_prompt}] if protocol.system_prompt else []
-            ) + [{"role": "user", "content": message}]
+            if protocol.system_prompt and protocol.system_in_user:
+                chat = [{"role": "user", "content": f"{protocol.system_prompt}\n\n{message}"}]
+            else:
+                chat = (
+                    [{"role": "system", "content": protocol.system_prompt}] if protocol.system_prompt else []
+                ) + [{"role": "user", "content": message}]
             body = {"model": self.served_model, "messages": chat, "max_tokens": protocol.gen_length,
                     "temperature": protocol.temperature, "seed": self.seed}  # fmt: skip
             return self._post(body)
@@ -246,6 +263,7 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
     """
     from tqdm.auto import tqdm
 
+    protocol = protocol.for_task(task.name)
     messages = [task.user_message(r, protocol) for r in rows for _ in range(num_samples)]
     expanded = [r for r in rows for _ in range(num_samples)]
     samples = list(done or [])

@@ -191,15 +191,33 @@ class Protocol:
     cfg_scale: float = 0.0
     variable_length: bool = False
     max_prompt_length: int = 2048
+    system_in_user: bool = (
+        False  # the system prompt merged into the first user turn (templates without a system role)
+    )
+    boost_token: str | None = None  # end-of-thinking boost (align.sampling.generate's boost_token_ids)
+    boost: float = 0.0
+    boost_margin: int = 512  # the boost applies to blocks starting within this many tokens of gen_length
+    per_task: tuple = ()  # ((task name, ((field, value), ...)), ...): per-task settings over the above
 
     def resolved_steps(self) -> int:
         return self.steps if self.steps is not None else max(1, int(self.gen_length * self.steps_per_token))
 
     def with_overrides(self, **fields) -> Protocol:
+        """These fields set (None = keep); a field set here also wins over the per-task settings."""
         unknown = set(fields) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown protocol field(s) {sorted(unknown)}.")
-        return dataclasses.replace(self, **{k: v for k, v in fields.items() if v is not None})
+        given = {k: v for k, v in fields.items() if v is not None}
+        per_task = tuple(
+            (task, kept) for task, settings in self.per_task
+            if (kept := tuple((k, v) for k, v in settings if k not in given))
+        )  # fmt: skip
+        return dataclasses.replace(self, **{"per_task": per_task, **given})
+
+    def for_task(self, task: str) -> Protocol:
+        """The protocol a task is decoded with (its per-task settings applied)."""
+        settings = dict(dict(self.per_task).get(task, ()))
+        return dataclasses.replace(self, per_task=(), **settings) if settings else self
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "steps": self.resolved_steps()}
@@ -216,8 +234,23 @@ PROTOCOLS = {
     # reference accuracy (98.2%) at 9-11x its speed (two runs). Not a published protocol: check it on your
     # model before comparing its scores with papers' llada numbers.
     "llada-fast": Protocol("llada-fast", gen_length=256, steps_per_token=1.0, threshold=0.9, cache="prefix"),
-    # iLLaDA: variable-length block-by-block decoding until EOS within a thinking budget.
-    "illada": Protocol("illada", gen_length=2048, variable_length=True, steps_per_token=1.0),
+    # iLLaDA (the settings of what appears to be the authors' evaluation script, unverified): variable-length
+    # decoding block by block until EOS, block 32, one step per token, budgets 2048 tokens (GSM8K, HumanEval,
+    # MBPP with blocks of 16) and 4096 (MATH), the system prompt merged into the user turn (its chat template
+    # has no system role), and an end-of-thinking boost of 100 on `</think>`. When the boost starts is our
+    # choice (not known from the script): in the last 512 tokens of the budget, so a row still thinking then
+    # closes its thinking and has room to answer.
+    "illada": Protocol(
+        "illada",
+        gen_length=2048,
+        variable_length=True,
+        steps_per_token=1.0,
+        system_in_user=True,
+        boost_token="</think>",
+        boost=100.0,
+        boost_margin=512,
+        per_task=(("math500", (("gen_length", 4096),)), ("mbpp", (("block_length", 16),))),
+    ),  # fmt: skip
     # The embedded tiny model: raw "abc+def=" prompt, an 8-token canvas decoded in 8 greedy steps.
     "tiny": Protocol(
         "tiny",
