@@ -56,7 +56,7 @@ tiny-puzzle-models: venv
 
 # Equal wall-clock from one SFT checkpoint: more SFT vs GRPO with the verifier vs a shuffled-reward control.
 demo-rl-vs-sft: venv
-	$(BIN)/python -m align.demo_rl_vs_sft --task sudoku --output runs/rl-vs-sft
+	$(BIN)/python -m align.demo_rl_vs_sft --task sudoku --budget-s 600 --output runs/rl-vs-sft
 
 # Preference optimisation on the tiny model: its own right/wrong answers as pairs, VRPO, accuracy before/after.
 demo-dpo: venv

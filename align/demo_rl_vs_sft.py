@@ -88,7 +88,7 @@ LABELS = {"sft": "(a) more SFT", "grpo": "(b) GRPO + verifier", "control": "(c) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m align.demo_rl_vs_sft")
     parser.add_argument("--task", default="sudoku", choices=sorted(TASK_SHAPES))
-    parser.add_argument("--budget-s", type=float, default=300.0, help="training seconds per arm")
+    parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per arm")
     parser.add_argument("--output", default="runs/rl-vs-sft")
     parser.add_argument("--limit", type=int, default=None, help="held-out problems scored (default: all 500)")
     parser.add_argument("--arms", default="sft,grpo,control")

@@ -247,7 +247,7 @@ class GRPOFields(ModelDataFields):
     )
     cfg_scale: float = _help("rollout", "Classifier-free guidance scale (0 = off).", default=0.0)
     max_gpu_memory_gb: float | None = _help(
-        "rollout",
+        "schedule",
         "GiB per process for the start-up memory check (align plan's phases); default: the visible GPU's "
         "memory, no check on CPU.",
         default=None,

@@ -18,7 +18,6 @@ logger = logging.getLogger(__name__)
 def load_policy(config):
     """(policy, reference or None): LoRA-wrapped under use_peft (reference = adapter disabled)."""
     from align.models import load_model
-    from align.models.loading import quiet_checkpointing_renames
 
     def load():
         return load_model(
@@ -28,17 +27,24 @@ def load_policy(config):
 
     model = load()
     if config.use_peft:
-        from peft import LoraConfig, get_peft_model
-
-        head = model.get_output_embeddings()  # LLaDA's untied head is also named ff_out: keep LoRA off it
-        exclude = [name for name, module in model.named_modules() if head is not None and module is head]
-        lora = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules, exclude_modules=exclude or None, bias="none",
-        )  # fmt: skip
-        with quiet_checkpointing_renames():
-            return get_peft_model(model, lora), None
+        return add_lora(model, config), None
     return model, (load() if config.beta != 0.0 else None)
+
+
+def add_lora(model, config):
+    """The model wrapped with the config's LoRA adapter (never on the LM head)."""
+    from peft import LoraConfig, get_peft_model
+
+    from align.models.loading import quiet_checkpointing_renames
+
+    head = model.get_output_embeddings()  # LLaDA's untied head is also named ff_out: keep LoRA off it
+    exclude = [name for name, module in model.named_modules() if head is not None and module is head]
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules, exclude_modules=exclude or None, bias="none",
+    )  # fmt: skip
+    with quiet_checkpointing_renames():
+        return get_peft_model(model, lora)
 
 
 def build_trainer(config):

@@ -40,9 +40,11 @@ def test_training_recipe_parses_and_names_its_launch_command(path):
 @pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: os.path.relpath(p, REPO))
 def test_accelerate_config_parses(path):
     cfg = ClusterConfig.from_yaml_file(path)
-    assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
-    if "zero" in os.path.basename(path):
-        assert cfg.deepspeed_config["zero_stage"] == int(os.path.basename(path)[4])
+    name = os.path.basename(path).removeprefix("multinode_")
+    assert cfg.num_processes == 8 * cfg.num_machines and cfg.mixed_precision == "bf16"  # 8 GPUs per machine
+    assert cfg.num_machines == (2 if name != os.path.basename(path) else 1)
+    if "zero" in name:
+        assert cfg.deepspeed_config["zero_stage"] == int(name[4])
 
 
 @pytest.mark.parametrize("path", BENCH, ids=lambda p: os.path.relpath(p, REPO))

@@ -373,8 +373,8 @@ def test_two_machine_ranks_on_loopback_train_like_two_processes_on_one_machine(
     workspace, tmp_path, name, env
 ):
     """The multi-node launch configs: 2 machine ranks x 1 process reach the same parameters and logs as 2
-    processes on one machine; under DDP a checkpoint written by the two-machine run resumes on a restart of
-    both ranks to the uninterrupted run's parameters."""
+    processes on one machine; under DDP the step-1 checkpoint of a two-machine run, resumed by a fresh launch
+    of both ranks, ends at the uninterrupted run's parameters."""
     one_state, one = _launch(
         workspace, tmp_path / "one", os.path.join(REPO, "recipes", "accelerate", f"{name}.yaml"), env
     )
@@ -383,11 +383,12 @@ def test_two_machine_ranks_on_loopback_train_like_two_processes_on_one_machine(
     assert worst < 1e-6, worst
     rewards = lambda state: [h["reward"] for h in state["log_history"] if "reward" in h]  # noqa: E731
     assert rewards(one_state) == rewards(two_state) and len(rewards(one_state)) == 2
-    if name == "ddp":  # stop after step 1 (checkpoint), then restart both ranks from it up to step 2
-        _launch_two_machines(workspace, tmp_path / "resumed", name, env, "--max_steps", "1", "--save_strategy", "steps",
-                             "--save_steps", "1")  # fmt: skip
-        _, resumed = _launch_two_machines(workspace, tmp_path / "resumed", name, env, "--resume_from_checkpoint",
-                                          str(tmp_path / "resumed" / "out" / "checkpoint-1"))  # fmt: skip
+    if name == "ddp":  # a two-machine run saving at step 1, and a restart of both ranks from that checkpoint
+        saving = ("--save_strategy", "steps", "--save_steps", "1")
+        _launch_two_machines(workspace, tmp_path / "saving", name, env, *saving)
+        checkpoint = str(tmp_path / "saving" / "out" / "checkpoint-1")
+        _, resumed = _launch_two_machines(workspace, tmp_path / "resumed", name, env, *saving,
+                                          "--resume_from_checkpoint", checkpoint)  # fmt: skip
         worst = max((p - resumed.state_dict()[n]).abs().max().item() for n, p in one.state_dict().items())
         assert worst < 1e-6, worst
 

@@ -220,7 +220,9 @@ class Protocol:
         return dataclasses.replace(self, per_task=(), **settings) if settings else self
 
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "steps": self.resolved_steps()}
+        """JSON-ready (results.json compares it with the next run's): per_task as {task: {field: value}}."""
+        per_task = {task: dict(settings) for task, settings in self.per_task}
+        return {**dataclasses.asdict(self), "per_task": per_task, "steps": self.resolved_steps()}
 
 
 PROTOCOLS = {
