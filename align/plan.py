@@ -55,14 +55,10 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
-        d, layers = config.d_model, config.n_layers
-        kv_heads = config.n_kv_heads or config.n_heads
-        kv = kv_heads * d // config.n_heads
-        h, v = config.mlp_hidden_size, config.embedding_size or config.vocab_size
-        per_layer = d * d * 2 + 2 * d * kv + 3 * d * h + 2 * d
-        bias = (d * 2 + 2 * kv) if getattr(config, "include_qkv_bias", False) else 0
-        params = v * d * (1 if config.weight_tying else 2) + layers * (per_layer + bias) + d
-        return cls(d, layers, config.n_heads, kv_heads, h, v, params)
+        """From a native LLaDAConfig."""
+        return shape_of(config.d_model, config.n_layers, config.n_heads, config.n_kv_heads or config.n_heads,
+                        config.mlp_hidden_size, config.embedding_size or config.vocab_size, config.weight_tying,
+                        qkv_bias=bool(getattr(config, "include_qkv_bias", False)))  # fmt: skip
 
     @property
     def kv_dim(self) -> int:
@@ -226,9 +222,14 @@ KNOWN_SHAPES = {
 }
 
 
-def shape_of(d: int, layers: int, heads: int, kv_heads: int, h: int, v: int, tied: bool) -> ModelShape:
+def shape_of(
+    d: int, layers: int, heads: int, kv_heads: int, h: int, v: int, tied: bool, qkv_bias: bool = False
+) -> ModelShape:
+    """Shapes and parameter count: embeddings (and an untied head), per layer q/k/v/out, the SwiGLU MLP and
+    two norms (plus q/k/v biases when asked), a final norm."""
     kv = kv_heads * d // heads
-    params = v * d * (1 if tied else 2) + layers * (2 * d * d + 2 * d * kv + 3 * d * h + 2 * d) + d
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * h + 2 * d + ((d + 2 * kv) if qkv_bias else 0)
+    params = v * d * (1 if tied else 2) + layers * per_layer + d
     return ModelShape(d, layers, heads, kv_heads, h, v, params)
 
 

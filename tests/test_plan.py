@@ -22,7 +22,9 @@ def _count(config) -> int:
         return sum(p.numel() for p in LLaDAModelLM(config).parameters())
 
 
-@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 2, "weight_tying": True}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"n_kv_heads": 2, "weight_tying": True}, {"include_qkv_bias": True}]
+)
 def test_parameter_count_is_the_models(overrides):
     config = tiny_config(**overrides)
     assert ModelShape.from_config(config).params == _count(config)
