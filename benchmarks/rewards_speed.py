@@ -1,7 +1,7 @@
 """Reward throughput on real benchmark data, idle and with the CPU saturated by other processes.
 
 Code: every HumanEval canonical solution and every MBPP reference solution through ``code_execution``
-(programs/s, each program run under the signing harness in the sandbox). Math: every GSM8K test gold
+(programs/s, each program in the sandbox, its tests in the judge outside it). Math: every GSM8K test gold
 and every MATH-500 gold written as a model would (``#### N`` / ``\\boxed{}``) through ``math_accuracy``
 (answers/s, warm workers). ``--busy N`` starts N spinning processes first: scores must not change.
 
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from align.eval.tasks import prompt_context
 from rewards import benchdata
 from rewards.code import code_execution
 from rewards.math import last_boxed, math_accuracy
@@ -38,9 +39,9 @@ def main() -> None:
         tests = [r["test"] for r in he] + [r["test_list"] for r in mbpp]
         entry = [r["entry_point"] for r in he] + [None] * len(mbpp)
         setup = [None] * len(he) + [r["test_setup_code"] or None for r in mbpp]
-        scores, secs = _timed(
-            code_execution, None, programs, tests=tests, entry_point=entry, test_setup_code=setup
-        )
+        helpers = [prompt_context(r["prompt"], r["entry_point"]) for r in he] + [None] * len(mbpp)
+        scores, secs = _timed(code_execution, None, programs, tests=tests, entry_point=entry,
+                              test_setup_code=setup, test_helpers=helpers)  # fmt: skip
         box = default_sandbox()
         print(f"code_execution ({box.backend}, {box.workers} slots, busy={args.busy}): {len(programs)} reference "
               f"programs in {secs:.1f} s = {len(programs) / secs:.1f} programs/s; {sum(s == 1.0 for s in scores)} "

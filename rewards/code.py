@@ -7,24 +7,24 @@ Column ``tests`` may hold
 * a list of ``{"input": ..., "output": ...}`` stdin/stdout cases: the fraction whose stripped stdout
   matches.
 The code is the last fenced code block of the completion (```python or bare ```), else the raw text.
-A program that does not compile scores 0 without being run. Every form runs under ``rewards.harness``,
-which signs each test it sees finish: the exit status proves nothing (see that module for the reward
-hacks it stops and the ones it does not). Expected stdout never enters the sandbox.
+A program that does not compile scores 0 without being run; tests that do not compile are the row's
+error (ValueError naming the test). The candidate runs in the sandbox and the tests run in a judge
+process outside it (``rewards.judge``): test source, expected values and expected stdout never enter
+the sandbox, and only plain data crosses between them.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import marshal
-import os
+import logging
 import re
-import secrets
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from rewards.math import completion_text
 from rewards.sandbox import default_sandbox
+
+logger = logging.getLogger(__name__)
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.S)
 
@@ -48,76 +48,76 @@ def _compiles(code: str) -> bool:
         return False
 
 
-_HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py")
+def _check_tests(tests, form: str) -> None:
+    """A row whose tests do not compile is the dataset's error, not the candidate's: say which test."""
+    for index, test in enumerate(tests if form == "asserts" else [tests]):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compile(test, f"<test {index}>", "exec")
+        except (SyntaxError, ValueError) as exc:
+            raise ValueError(
+                f"code_execution: the row's test {index} does not compile ({exc}); fix the dataset's tests."
+            ) from None
 
 
-@functools.cache
-def _harness_source() -> str:
-    with open(_HARNESS) as f:
-        return f.read()
-
-
-def _signed(result, nonce: str, n: int) -> list[bool]:
-    """Per test: did the harness sign it as finished and passed with this run's nonce?"""
-    seen = set()
-    for line in result.signal.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == nonce and parts[1].isdigit() and parts[2] == "pass":
-            seen.add(int(parts[1]))
-    return [i in seen for i in range(n)]
-
-
-def run_tests(code: str, form: str, tests, entry_point=None, stdins=("",), sandbox=None, setup=None):
-    """Run ``code`` under ``rewards.harness`` in the sandbox, once per stdin (in parallel).
-
-    Returns [(ExecResult, passed flag per test)] per stdin; ``form`` is asserts / check / stdio.
-    """
+def run_tests(code, form, tests, entry_point=None, sandbox=None, setup=None, context=None) -> list[bool]:
+    """Passed flag per test of ``code`` (asserts / check forms), judged by ``rewards.judge`` outside the
+    sandbox; a judge that does not answer fails every test (logged)."""
     sandbox = sandbox or default_sandbox()
-    nonce = secrets.token_hex(16)
-    job = {"form": form, "code": code, "tests": tests, "entry_point": entry_point, "setup": setup}
-    files = {"job.marshal": marshal.dumps(job, 4), ".nonce": nonce}
-    results = sandbox.run_many([(_harness_source(), stdin, files) for stdin in stdins])
+    job = {"form": form, "code": code, "tests": tests, "entry_point": entry_point, "setup": setup,
+           "context": context}  # fmt: skip
+    reply = sandbox.judge(job)
     n = len(tests) if form == "asserts" else 1
-    return [(result, _signed(result, nonce, n)) for result in results]
+    if "error" in reply:
+        logger.warning("code_execution: %s; the program scores 0.", reply["error"])
+        return [False] * n
+    return list(reply["passed"])
 
 
-def score_program(
-    code: str, tests, entry_point: str | None = None, sandbox=None, setup: str | None = None
-) -> float:
+def score_program(code: str, tests, entry_point: str | None = None, sandbox=None, setup: str | None = None,
+                  context: str | None = None) -> float:  # fmt: skip
     """Fraction of ``tests`` that ``code`` passes (see the module docstring for the test formats).
 
-    ``setup`` is dataset code run before each assert (MBPP's ``test_setup_code``).
-    A test counts only when the harness signs it (``rewards.harness``): exiting early, crashing, printing
-    success-looking text or returning an "always equal" object passes nothing.
+    ``setup`` is dataset code run in the sandbox before the candidate (MBPP's ``test_setup_code``: the
+    objects the tests hand to the candidate); ``context`` is dataset code run in the judge before each
+    test (HumanEval's prompt helpers that the tests call, such as ``encode_cyclic``).
     """
     if isinstance(tests, str) and tests.strip().startswith("["):
         tests = json.loads(tests)
-    if not _compiles(code):
-        return 0.0
     if isinstance(tests, str):  # HumanEval-style check(candidate) program
         if not entry_point:
             raise KeyError(
                 "code_execution: a test program needs the column 'entry_point' (the function to check)."
             )
-        [(_, passed)] = run_tests(code, "check", tests, entry_point, sandbox=sandbox)
-        return float(passed[0])
+        _check_tests(tests, "check")
+        if not _compiles(code):
+            return 0.0
+        return float(run_tests(code, "check", tests, entry_point, sandbox, setup, context)[0])
     tests = list(tests)
     if not tests:
         raise ValueError("code_execution: the row's 'tests' list is empty; nothing to score against.")
     if isinstance(tests[0], dict):  # stdin/stdout cases: the program must finish and print the output
-        runs = run_tests(code, "stdio", [], stdins=[str(case["input"]) for case in tests], sandbox=sandbox)
-        ok = [
-            signed[0] and result.stdout.strip() == str(case["output"]).strip()
-            for (result, signed), case in zip(runs, tests)
-        ]
-        return sum(ok) / len(tests)
-    [(_, passed)] = run_tests(code, "asserts", [str(t) for t in tests], sandbox=sandbox, setup=setup)
-    return sum(passed) / len(tests)
+        if not _compiles(code):
+            return 0.0
+        cases = [(str(case["input"]), str(case["output"])) for case in tests]
+        reply = (sandbox or default_sandbox()).judge({"form": "stdio", "code": code, "cases": cases}, len(cases))
+        if "error" in reply:
+            logger.warning("code_execution: %s; the program scores 0.", reply["error"])
+            return 0.0
+        return sum(reply["passed"]) / len(tests)
+    tests = [str(t) for t in tests]
+    _check_tests(tests, "asserts")
+    if not _compiles(code):
+        return 0.0
+    return sum(run_tests(code, "asserts", tests, None, sandbox, setup, context)) / len(tests)
 
 
-def code_execution(prompts, completions, tests=None, entry_point=None, test_setup_code=None, **_columns):
+def code_execution(prompts, completions, tests=None, entry_point=None, test_setup_code=None, test_helpers=None,
+                   **_columns):  # fmt: skip
     """Fraction of the row's tests passed by the completion's code (column ``tests``; optional columns
-    ``entry_point`` for a check() program and ``test_setup_code`` run before each assert)."""
+    ``entry_point`` for a check() program, ``test_setup_code`` run in the sandbox before the candidate and
+    ``test_helpers``, trusted code the tests call, run in the judge: HumanEval's prompt helpers)."""
     if tests is None:
         raise KeyError(
             "code_execution needs a column named 'tests' (asserts, a check() program, or io cases)."
@@ -125,11 +125,12 @@ def code_execution(prompts, completions, tests=None, entry_point=None, test_setu
     n = len(completions)
     entry_points = entry_point if entry_point is not None else [None] * n
     setups = test_setup_code if test_setup_code is not None else [None] * n
+    helpers = test_helpers if test_helpers is not None else [None] * n
     codes = [extract_code(completion_text(c)) for c in completions]
     sandbox = default_sandbox()
 
-    def score(code, test, entry, setup):
-        return score_program(code, test, entry, sandbox=sandbox, setup=setup)
+    def score(code, test, entry, setup, context):
+        return score_program(code, test, entry, sandbox=sandbox, setup=setup or None, context=context or None)
 
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
-        return list(pool.map(score, codes, tests, entry_points, setups))
+        return list(pool.map(score, codes, tests, entry_points, setups, helpers))

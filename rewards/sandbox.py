@@ -1,42 +1,57 @@
-"""Run untrusted (model-generated) Python in a real sandbox.
+"""Run untrusted (model-generated) Python in a real sandbox; its tests are judged outside it.
 
-Backend ``bwrap`` (bubblewrap): every program runs as
+Every program is started by a judge worker (``rewards.judge``, one per slot, a process of our own that
+never imports the caller's program) as
 
-    setpriv --reuid U --regid U --clear-groups -- prlimit <limits> -- bwrap <namespaces> python3 -I main.py
+    setpriv --reuid U --regid U --clear-groups -- prlimit <limits> -- bwrap <namespaces> python3 -I -c <stub> FD
 
-* its own user, network, PID, IPC and UTS namespaces (``--unshare-all``): no network at all, not even
-  the host's loopback; it sees only its own processes, and every process it started dies with it;
-* a read-only ``/usr`` (and the ``/lib*``, ``/bin`` links), a private tmpfs ``/tmp``, a fresh ``/proc``
-  and ``/dev``, its work dir as the only writable host path, nothing of ``$HOME`` or ``/etc``;
-* an empty environment (``--clearenv``), a new terminal session, killed when the caller dies;
+with an empty environment from the first process on (bwrap's own init inside the sandbox included):
+
+* its own user, network, PID, IPC and UTS namespaces (``--unshare-all``); no network at all, not even the
+  host's loopback; it sees only its own processes, and every process it started dies with it; creating
+  further user namespaces is disabled (``--disable-userns``);
+* a seccomp filter (x86-64) that fails the syscalls a test program never needs with EPERM: ptrace,
+  process_vm_readv/writev, unshare, setns, mount and the new mount API, pivot_root, chroot, keyctl and
+  add_key/request_key, bpf, perf_event_open, userfaultfd, io_uring, kexec, module loading, swap, reboot,
+  syslog, acct, quotactl, kcmp, open_by_handle_at; clone3 answers ENOSYS (glibc falls back to clone);
+* a read-only root, ``/usr`` and ``/dev``, a fresh ``/proc``, and one writable place: a tmpfs at ``/tmp``
+  (the working directory) of ``tmpfs_mb`` in total, which disappears with the sandbox; nothing of
+  ``$HOME``, ``/etc`` or the host's temp dir;
+* the program's code, stdin and the judge's requests arrive over descriptors the judge opened itself;
+  stdout/stderr go to unlinked files of the judge, read back truncated to ``max_output_bytes``: there
+  is no path in the sandbox that the judge opens, follows or blocks on;
 * rlimits set in the exec chain (not ``preexec_fn``): CPU seconds, address space, file size, open files,
   processes, no core dumps; when the caller is root each run gets a fresh non-root uid from its slot's
   range, because RLIMIT_NPROC is not enforced for root (and counts unreaped zombies of earlier runs);
-* a wall-clock timeout that kills the whole process group; stdout/stderr go to files capped by the
-  file-size limit and are read back truncated to ``max_output_bytes``.
+* a wall-clock timeout that kills the whole process group, and the judge killed and replaced by the
+  caller when it does not answer in time.
 
-Backend ``process`` (used when bwrap is missing or fails to start): the same rlimits, uid switch,
-cleared environment and process-group kill, but **no filesystem, network or PID isolation**: the
-program can read every file its uid can read, open network connections, and signal processes of its
-uid. A warning saying so is logged once. ``backend="auto"`` picks bwrap when it works here.
+Memory is bounded per process (address space), not for the whole run: no cgroup is used. The inode
+count of the tmpfs is bounded only by its CPU time (the kernel memory is freed when the run ends).
 
-Not covered: seccomp syscall filtering, cgroup memory accounting (address space is the memory limit),
-GPU access control. Whether a program *passed* is not this module's business: ``rewards.harness`` signs
-each test it saw finish into ``.signal`` with a per-run secret (see its docstring for what that stops).
+Backend ``process`` (used when bwrap is missing or fails to start): the same rlimits, uid switch, empty
+environment, process-group kill and out-of-process judging, but **no filesystem, network, PID or
+syscall isolation**: the program can read every file its uid can read, open network connections and
+signal processes of its uid. A warning saying so is logged once. ``backend="auto"`` picks bwrap when
+it works here. Not covered by either backend: GPU access control (no GPU device is bound).
 """
 
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from rewards.judge import SECCOMP_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +74,6 @@ class ExecResult:
     stdout: str
     stderr: str
     wall_s: float
-    signal: str = ""  # contents of the work dir's ``.signal`` file (where the test harness signs passes)
 
 
 @dataclass
@@ -95,8 +109,44 @@ def default_python() -> str:
     )
 
 
+# x86-64 syscall numbers (asm/unistd_64.h) that fail with EPERM inside the sandbox; clone3 gets ENOSYS.
+_BLOCKED_X86_64 = {
+    "ptrace": 101, "syslog": 103, "pivot_root": 155, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166,
+    "swapon": 167, "swapoff": 168, "reboot": 169, "init_module": 175, "delete_module": 176, "quotactl": 179,
+    "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272,
+    "perf_event_open": 298, "name_to_handle_at": 303, "open_by_handle_at": 304, "setns": 308,
+    "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "finit_module": 313,
+    "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
+    "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+    "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+}  # fmt: skip
+_CLONE3_X86_64 = 435
+
+
+def seccomp_filter() -> bytes | None:
+    """A classic-BPF seccomp program (bwrap ``--seccomp``) for x86-64; None on other machines."""
+    import platform
+    import struct
+
+    if platform.machine() != "x86_64":
+        return None
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, kill, eperm, enosys = 0x7FFF0000, 0x80000000, 0x00050000 | 1, 0x00050000 | 38
+    blocked = sorted(_BLOCKED_X86_64.values())
+    n = len(blocked)
+    # 0 ld arch; 1 jeq x86-64; 2 kill; 3 ld nr; 4 x32 ABI -> eperm; 5 clone3 -> enosys; blocked...; allow; eperm; enosys
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, kill), (ld, 0, 0, 0)]
+    eperm_at, enosys_at = 6 + n + 1, 6 + n + 2
+    prog.append((jge, eperm_at - 5, 0, 0x40000000))
+    prog.append((jeq, enosys_at - 6, 0, _CLONE3_X86_64))
+    for i, nr in enumerate(blocked):
+        prog.append((jeq, eperm_at - (6 + i + 1), 0, nr))
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys)]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+
+
 class Sandbox:
-    """A pool of ``workers`` slots that run Python programs under the chosen backend."""
+    """A pool of ``workers`` slots, each a judge worker that runs programs under the chosen backend."""
 
     def __init__(
         self,
@@ -117,122 +167,145 @@ class Sandbox:
         self.switch_uid = os.geteuid() == 0 and shutil.which("setpriv") is not None
         if self.workers > MAX_SLOTS:
             raise ValueError(f"sandbox workers {self.workers} > {MAX_SLOTS}; use at most {MAX_SLOTS} slots.")
+        self._tools = {name: shutil.which(name) or name for name in ("setpriv", "prlimit", "bwrap", "env")}
         self._uid_base, self._lock = _claim_uid_block() if self.switch_uid else (None, None)
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
         self._runs = [0] * self.workers
+        self._judges: list[_Judge | None] = [None] * self.workers
+        self._pid = os.getpid()
+        self.seccomp = seccomp_filter()
         self.backend = "bwrap" if backend == "auto" else backend
         if backend == "auto" and self.run("print(1)").stdout.strip() != "1":  # probe the real command chain
             self.backend = "process"
         if self.backend == "process":
             logger.warning(
-                "Code sandbox backend 'process': generated code runs with rlimits, a cleared environment%s and a "
-                "timeout, but WITHOUT filesystem, network or PID isolation: it can read any file its uid can "
-                "read, open network connections and signal processes of its uid. Install bubblewrap "
+                "Code sandbox backend 'process': generated code runs with rlimits, an empty environment%s and a "
+                "timeout, but WITHOUT filesystem, network, PID or syscall isolation: it can read any file its uid "
+                "can read, open network connections and signal processes of its uid. Install bubblewrap "
                 "(apt-get install bubblewrap) for the isolated backend.",
                 " and a separate uid" if self.switch_uid else "",
             )
         else:
             logger.info("Code sandbox backend: bwrap (%d slots)", self.workers)
-        self._executor = ThreadPoolExecutor(self.workers)
 
-    def run_many(self, programs: list[tuple]) -> list[ExecResult]:
-        """Run (code, stdin[, files]) tuples in parallel; results in order."""
-        return list(self._executor.map(lambda prog: self.run(*prog), programs))
+    def run(self, code: str, stdin: str = "") -> ExecResult:
+        """Run ``code`` as a plain program with ``stdin``; its output comes back capped."""
+        reply = self.judge({"form": "run", "code": code, "stdin": stdin})
+        if "error" in reply:
+            return ExecResult("sandbox_error", None, "", reply["error"], 0.0)
+        return ExecResult(reply["status"], reply["returncode"], reply["stdout"], reply["stderr"], reply["wall_s"])
 
-    def run(self, code: str, stdin: str = "", files: dict[str, str | bytes] | None = None) -> ExecResult:
-        """Run ``code`` as ``main.py`` with ``files`` (name -> text or bytes) beside it in its work dir."""
+    def judge(self, job: dict, runs: int = 1) -> dict:
+        """Send ``job`` (see ``rewards.judge.run_job``) to a free slot's judge; its reply, or
+        ``{"error": ...}`` when the judge did not answer within ``runs`` sandbox timeouts plus a margin."""
         slot = self._slots.get()
+        uid = None
         try:
-            return self._run_in_slot(slot, code, stdin, files or {})
+            if self.switch_uid:
+                uid = self._uid_base + slot * UIDS_PER_SLOT + self._runs[slot] % UIDS_PER_SLOT
+                self._runs[slot] += 1
+            if self._pid != os.getpid():  # a forked child must not share its parent's judges
+                self._judges, self._pid = [None] * self.workers, os.getpid()
+            judge = self._judges[slot]
+            if judge is None or judge.proc.poll() is not None:
+                judge = self._judges[slot] = _Judge()
+            reply = judge.ask({**job, "spec": self._spec(uid)}, runs * self.limits.timeout_s + JUDGE_MARGIN_S)
+            if reply is None:
+                judge.kill()
+                self._judges[slot] = None
+                reply = {"error": f"the judge did not answer within {runs * self.limits.timeout_s + JUDGE_MARGIN_S:.0f} s"
+                                  f" (its stderr ends with {judge.stderr_tail()!r})"}  # fmt: skip
+            return reply
         finally:
+            _kill_uid_leftovers(uid)
             self._slots.put(slot)
 
-    def _command(self, workdir: str, uid: int | None) -> list[str]:
-        lim = self.limits
+    def _spec(self, uid: int | None) -> dict:
+        lim, tool = self.limits, self._tools
         nproc = lim.processes
         if uid is None and os.geteuid() != 0:  # shared uid: RLIMIT_NPROC counts the caller's processes too
             nproc += len(live_pids_of_uids(range(os.geteuid(), os.geteuid() + 1)))
         limits = [
-            "prlimit", f"--cpu={lim.cpu_s}:{lim.cpu_s + 1}", f"--as={lim.memory_mb * 2**20}",
+            tool["prlimit"], f"--cpu={lim.cpu_s}:{lim.cpu_s + 1}", f"--as={lim.memory_mb * 2**20}",
             f"--fsize={lim.file_size_mb * 2**20}", f"--nofile={lim.open_files}", f"--nproc={nproc}",
             "--core=0", "--",
         ]  # fmt: skip
         prefix = []
         if uid is not None:
-            prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+            prefix = [tool["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        spec = {"timeout_s": lim.timeout_s, "cap": lim.max_output_bytes, "uid": uid, "seccomp": None}
         if self.backend == "process":
-            return [*prefix, *limits, "env", "-i", "PATH=/usr/bin:/bin", "HOME=" + workdir,
-                    self.python, "-I", os.path.join(workdir, "main.py")]  # fmt: skip
+            argv = [*prefix, *limits, tool["env"], "-i", "PATH=/usr/bin:/bin", "HOME=/tmp", self.python, "-I"]
+            return {**spec, "argv": argv, "make_cwd": True}
+        seccomp = ["--seccomp", SECCOMP_PLACEHOLDER] if self.seccomp else []
         sandbox = [
-            "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-            *_ro_system_binds(), "--proc", "/proc", "--dev", "/dev",
-            "--size", str(lim.tmpfs_mb * 2**20), "--tmpfs", "/tmp",
-            "--bind", workdir, "/work", "--chdir", "/work",
-            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work",
+            tool["bwrap"], "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--clearenv", *_ro_system_binds(), "--proc", "/proc", "--dev", "/dev",
+            "--remount-ro", "/dev", "--size", str(lim.tmpfs_mb * 2**20), "--tmpfs", "/tmp", "--chdir", "/tmp",
+            "--remount-ro", "/", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", *seccomp,
         ]  # fmt: skip
-        return [*prefix, *limits, *sandbox, self.python, "-I", "/work/main.py"]
-
-    def _run_in_slot(self, slot: int, code: str, stdin: str, files: dict) -> ExecResult:
-        uid = None
-        if self.switch_uid:
-            uid = self._uid_base + slot * UIDS_PER_SLOT + self._runs[slot] % UIDS_PER_SLOT
-            self._runs[slot] += 1
-        workdir = tempfile.mkdtemp(prefix=f"align-sbx{slot}-")
-        start = time.monotonic()
-        try:
-            for name, content in {**files, "main.py": code}.items():
-                with open(os.path.join(workdir, name), "wb" if isinstance(content, bytes) else "w") as f:
-                    f.write(content)
-                if uid is not None:
-                    os.chown(os.path.join(workdir, name), uid, uid)
-            if uid is not None:
-                os.chown(workdir, uid, uid)
-            os.chmod(workdir, 0o700)
-            out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                proc = subprocess.Popen(
-                    self._command(workdir, uid), stdin=subprocess.PIPE, stdout=out, stderr=err,
-                    start_new_session=True, cwd=workdir,
-                )  # fmt: skip
-                status = self._wait(proc, stdin)
-            cap = self.limits.max_output_bytes
-            return ExecResult(status, proc.returncode, _read_capped(out_path, cap), _read_capped(err_path, cap),
-                              time.monotonic() - start, _read_capped(os.path.join(workdir, ".signal"), cap))  # fmt: skip
-        except OSError as exc:
-            return ExecResult(
-                "sandbox_error", None, "", f"could not start the sandbox: {exc}", time.monotonic() - start
-            )
-        finally:
-            _kill_uid_leftovers(uid)
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    def _wait(self, proc: subprocess.Popen, stdin: str) -> str:
-        try:
-            try:
-                proc.stdin.write(stdin.encode())
-                proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            proc.wait(timeout=self.limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            _killpg(proc)
-            proc.wait()
-            return "timeout"
-        _killpg(proc)  # anything it left in its group
-        if proc.returncode in (
-            -signal.SIGXCPU,
-            128 + signal.SIGXCPU,
-        ):  # the CPU limit (soft: SIGXCPU; bwrap adds 128)
-            return "timeout"
-        return "ok" if proc.returncode == 0 else "error"
+        return {**spec, "argv": [*prefix, *limits, *sandbox, self.python, "-I"], "seccomp": self.seccomp}
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        for judge in self._judges:
+            if judge is not None:
+                judge.kill()
+        self._judges = [None] * self.workers
         if self._lock is not None:
             self._lock.close()  # releases the uid block
             self._lock = None
+
+
+JUDGE_MARGIN_S = 30.0  # judge start-up and the tests' own work, beyond the sandbox's wall timeout
+
+
+class _Judge:
+    """One judge worker process (``rewards/judge.py``) with a length-prefixed marshal protocol."""
+
+    def __init__(self):
+        self.stderr = tempfile.TemporaryFile()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "judge.py")
+        self.proc = subprocess.Popen([sys.executable, "-I", script], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, start_new_session=True)  # fmt: skip
+
+    def ask(self, job: dict, timeout_s: float) -> dict | None:
+        try:
+            data = marshal.dumps(job, 4)
+            self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        deadline = time.monotonic() + timeout_s
+        head = self._read(4, deadline)
+        body = self._read(int.from_bytes(head, "big"), deadline) if head else None
+        return marshal.loads(body) if body is not None else None
+
+    def _read(self, n: int, deadline: float) -> bytes | None:
+        fd, chunks = self.proc.stdout.fileno(), []
+        while n:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, n) if ready else b""
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-300:].decode(errors="replace").strip()
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
+        self.stderr.close()
 
 
 def _claim_uid_block():
@@ -256,13 +329,6 @@ def _claim_uid_block():
     raise RuntimeError(
         f"all {MAX_BLOCKS} sandbox uid blocks are in use on this machine; close unused Sandboxes."
     )
-
-
-def _killpg(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, 9)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def live_pids_of_uids(uids: range) -> list[int]:
@@ -298,14 +364,6 @@ def _kill_uid_leftovers(uid: int | None) -> None:
             logger.warning("sandbox: processes %s of uid %d survived SIGKILL for 5 s", pids, uid)
             return
         time.sleep(0.005)
-
-
-def _read_capped(path: str, cap: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(cap).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 _DEFAULT: Sandbox | None = None

@@ -150,10 +150,11 @@ def test_output_floods_do_not_hide_or_forge_results(sandbox):
 @pytest.mark.parametrize("code,score", [
     ("a, b = map(int, input().split())\nprint(a + b)", 1.0),
     ("import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(0)", 1.0),  # a normal finish
-    ("import os, sys\na, b = map(int, input().split())\nprint(a + b)\nsys.stdout.flush()\nos._exit(0)", 0.0),
+    # the output is judged outside the sandbox: a right answer that ends with os._exit(0) is a right answer
+    ("import os, sys\na, b = map(int, input().split())\nprint(a + b)\nsys.stdout.flush()\nos._exit(0)", 1.0),
     ("import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(3)", 0.0),
-    ("print(open('/work/main.py').read()[:0] + '5')", 0.5),  # reading the harness finds no expected output
+    ("print(open('/proc/self/cmdline').read()[:0] + '5')", 0.5),  # the stub's source holds no expected output
 ])  # fmt: skip
-def test_stdio_cases_need_a_signed_finish(sandbox, code, score):
+def test_stdio_cases_need_the_output_and_a_clean_exit(sandbox, code, score):
     cases = [{"input": "2 3", "output": "5"}, {"input": "10 -1", "output": "9"}]
     assert score_program(code, cases, sandbox=sandbox) == score

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from align.eval.tasks import prompt_context
 from rewards import benchdata
 from rewards.code import code_execution
 from rewards.math import last_boxed, math_accuracy
@@ -25,7 +26,8 @@ def _failures(rows, scores, expected, key):
 def test_humaneval_canonical_solutions_pass_and_stubs_fail():
     rows = benchdata.load("humaneval")
     assert len(rows) == 164
-    columns = {"tests": [r["test"] for r in rows], "entry_point": [r["entry_point"] for r in rows]}
+    columns = {"tests": [r["test"] for r in rows], "entry_point": [r["entry_point"] for r in rows],
+               "test_helpers": [prompt_context(r["prompt"], r["entry_point"]) for r in rows]}  # fmt: skip
     good = code_execution(None, [r["prompt"] + r["canonical_solution"] for r in rows], **columns)
     assert _failures(rows, good, [1.0] * 164, "task_id") == []
     stubs = code_execution(None, [r["prompt"] + "    return None\n" for r in rows], **columns)

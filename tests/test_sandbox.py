@@ -162,7 +162,7 @@ def test_forged_result_lines_do_not_count(sandbox):
 
 def test_process_backend_warns_and_still_enforces_limits(caplog):
     box = Sandbox(backend="process", workers=1, limits=SandboxLimits(timeout_s=2, cpu_s=2, memory_mb=512))
-    assert "WITHOUT filesystem, network or PID isolation" in caplog.text
+    assert "WITHOUT filesystem, network, PID or syscall isolation" in caplog.text
     assert box.run("while True: pass").status == "timeout"
     assert "MemoryError" in box.run("x = bytearray(8 * 2**30)").stderr
     assert box.run("print(6 * 7)").stdout.strip() == "42"

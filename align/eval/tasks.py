@@ -100,8 +100,9 @@ class Task:
         sandbox = default_sandbox()
 
         def run(row: dict, code: str) -> float:
-            if self.name == "humaneval":
-                return score_program(code, row["test"], row["entry_point"], sandbox=sandbox)
+            if self.name == "humaneval":  # the tests call the prompt's helpers: judged from the prompt's own code
+                context = prompt_context(row[self.question], row["entry_point"])
+                return score_program(code, row["test"], row["entry_point"], sandbox=sandbox, context=context)
             tests = row["test_list"] if self.name == "mbpp" else row["tests"]
             return score_program(code, tests, setup=row.get("test_setup_code") or None, sandbox=sandbox)
 

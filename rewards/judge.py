@@ -1,0 +1,418 @@
+"""The judge: runs a candidate program in the sandbox and its tests *here*, outside it (stdlib only).
+
+A judge is a worker process of our own (started by ``rewards.sandbox.Sandbox`` as ``python -I judge.py``,
+so it never imports the caller's program). It reads jobs from stdin and answers on stdout, both as a
+4-byte length and a ``marshal`` payload (trusted on both sides). For each job it starts the sandboxed
+interpreter with the command line the caller built and speaks to ``rewards._inside`` over a socket pair.
+
+What is judged where:
+
+* The candidate's code (and MBPP-style ``setup`` code the candidate's functions receive objects from)
+  runs in the sandbox. The tests, the expected values, the dataset's helpers (``context``: HumanEval's
+  prompt helpers such as ``encode_cyclic``) and stdlib modules the tests use live only in this process.
+* Every call of a candidate function crosses as plain data: None, bool, int, float, complex, str, bytes
+  and tuples, lists, dicts, sets of those (bounded in size and depth). Objects that are not plain data
+  (instances of the candidate's classes, generators, functions) stay in the sandbox and appear here as
+  ``Remote`` handles that can only be passed back, called, have an attribute read or be iterated:
+  comparing one, hashing it, taking its truth value or length raises, so "always equal" objects of any
+  kind (C-level, stdlib-borrowed, metaclass-made) fail the test. Arguments mutated in place are copied
+  back (lists, dicts, sets).
+* A test passes when its code finishes here without an exception and the sandbox neither died nor
+  broke the protocol while it ran. There is no secret to steal: the verdict is computed here.
+
+Out of scope: a test that is itself weak (``assert candidate(x)`` with a truthy wrong value, answers the
+prompt shows) passes wrong programs in any harness; the judge does not defend against the tests.
+"""
+
+from __future__ import annotations
+
+import builtins
+import marshal
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+MAX_MESSAGE_BYTES = 8 << 20
+MAX_NODES = 200_000
+MAX_DEPTH = 100
+SECCOMP_PLACEHOLDER = "@SECCOMP_FD@"
+
+
+class SandboxBroken(BaseException):
+    """The sandboxed process died, timed out or broke the protocol (a BaseException: tests that catch
+    ``Exception`` around a call must not turn a dead candidate into a pass)."""
+
+
+class CandidateError(Exception):
+    """An exception the candidate raised whose type is not a builtin exception."""
+
+
+class Remote:
+    """An object living in the sandbox. It can be passed back, called, read or iterated; nothing else."""
+
+    __slots__ = ("_session", "_id")
+
+    def __init__(self, session, handle: int):
+        object.__setattr__(self, "_session", session)
+        object.__setattr__(self, "_id", handle)
+
+    def __call__(self, *args, **kwargs):
+        return self._session.call(self, args, kwargs)
+
+    def __getattr__(self, name: str):
+        return self._session.request(("getattr", self._id, name))
+
+    def __iter__(self):
+        iterator = self._session.request(("iter", self._id))
+        while True:
+            try:
+                yield self._session.request(("next", iterator._id))
+            except StopIteration:
+                return
+
+    def _refuse(self, *_args, **_kwargs):
+        raise TypeError("an object that is not plain data came back from the sandbox; it cannot be compared")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __len__ = __hash__ = _refuse
+    __contains__ = __getitem__ = __int__ = __float__ = __index__ = __str__ = __format__ = _refuse
+
+    def __repr__(self) -> str:
+        return f"<sandbox object {self._id}>"
+
+
+class Session:
+    """One sandboxed candidate process and the channel to it, bounded by a wall-clock deadline."""
+
+    def __init__(self, spec: dict, code: str, setup: str | None):
+        self.deadline = time.monotonic() + spec["timeout_s"]
+        self.broken: str | None = None
+        self.stderr = tempfile.TemporaryFile()
+        ours, theirs = socket.socketpair()
+        self.sock = ours
+        try:
+            self.proc = spawn(spec, theirs.fileno(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=self.stderr)  # fmt: skip
+        finally:
+            theirs.close()
+        self._send(("serve", code, setup or ""))
+        reply = self._recv()
+        if type(reply) is not tuple or len(reply) != 3 or reply[0] != "ready":
+            self._break("the sandbox did not start the program")
+        self.setup_names = self.decode(reply[1]) if type(reply[1]) is dict else {}
+        self.names = self.decode(reply[2]) if type(reply[2]) is dict else {}
+        if type(self.setup_names) is not dict or type(self.names) is not dict:
+            self._break("the sandbox sent names that are not a dict")
+
+    def call(self, target: Remote, args: tuple, kwargs: dict):
+        encoded_args = [encode(a) for a in args]
+        reply = self.request(("call", target._id, encoded_args, {k: encode(v) for k, v in kwargs.items()}),
+                             raw=True)  # fmt: skip
+        value, changed = reply
+        if type(changed) is dict:
+            for index, tree in changed.items():
+                if type(index) is int and 0 <= index < len(args):
+                    _copy_back(args[index], self.decode(tree))
+        return value
+
+    def request(self, message: tuple, raw: bool = False):
+        if self.broken:
+            raise SandboxBroken(self.broken)
+        self._send(message)
+        reply = self._recv()
+        if type(reply) is not tuple or not reply:
+            self._break("malformed reply")
+        if reply[0] == "ok" and len(reply) == 3:
+            value = self.decode(reply[1])
+            return (value, reply[2]) if raw else value
+        if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
+            raise _exception(reply[1], reply[2])
+        self._break("malformed reply")
+
+    def decode(self, tree, depth: int = 0, budget: list | None = None):
+        """A reply's tree as fresh plain objects (handles as ``Remote``); anything else breaks the session."""
+        budget = budget if budget is not None else [MAX_NODES]
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_DEPTH:
+            self._break("a reply is too large or too deeply nested")
+        kind = type(tree)
+        if kind in _PLAIN:
+            return tree
+        if kind is tuple and len(tree) == 2 and tree[0] is Ellipsis and type(tree[1]) is int:
+            return Remote(self, tree[1])
+        if kind in (tuple, list, set, frozenset):
+            return kind(self.decode(v, depth + 1, budget) for v in tree)
+        if kind is dict:
+            return {self.decode(k, depth + 1, budget): self.decode(v, depth + 1, budget) for k, v in tree.items()}
+        self._break(f"a reply holds a {kind.__name__}, which is not plain data")
+
+    def _break(self, why: str):
+        self.broken = self.broken or why
+        self.close()
+        raise SandboxBroken(self.broken)
+
+    def _send(self, message) -> None:
+        try:
+            data = marshal.dumps(message, 4)
+        except ValueError as exc:
+            raise TypeError(f"a test argument cannot be sent to the candidate: {exc}") from None
+        try:
+            self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+            self.sock.sendall(len(data).to_bytes(4, "big") + data)
+        except OSError:
+            self._break("the sandboxed program stopped reading (it died or timed out)")
+
+    def _recv(self):
+        size = int.from_bytes(self._read(4), "big")
+        if size > MAX_MESSAGE_BYTES:
+            self._break(f"a reply of {size} bytes is over the {MAX_MESSAGE_BYTES}-byte bound")
+        try:
+            return marshal.loads(self._read(size))
+        except (ValueError, EOFError, TypeError):
+            self._break("a reply is not valid marshal data")
+
+    def _read(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self._break("timeout")
+            try:
+                self.sock.settimeout(left)
+                chunk = self.sock.recv(min(n, 1 << 20))
+            except (TimeoutError, OSError):
+                self._break("timeout")
+            if not chunk:
+                self._break("the sandboxed program exited")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()
+        kill_group(self.proc)
+
+    def stderr_text(self, cap: int) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read(cap).decode("utf-8", errors="replace")
+
+
+def _exception(name: str, text: str) -> BaseException:
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        try:
+            return kind(text)
+        except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError wants five arguments
+            pass
+    return CandidateError(f"{name}: {text}")
+
+
+def encode(value, depth: int = 0):
+    """A test's argument as plain data for the sandbox (``Remote`` handles as ``(Ellipsis, id)``)."""
+    if depth > MAX_DEPTH:
+        raise TypeError("a test argument is too deeply nested to send to the candidate")
+    if type(value) in _PLAIN:
+        return value
+    if type(value) is Remote:
+        return (Ellipsis, value._id)
+    for base in (list, tuple, set, frozenset):
+        if isinstance(value, base):
+            return base(encode(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return {encode(k, depth + 1): encode(v, depth + 1) for k, v in value.items()}
+    for base in (bool, int, float, complex, str, bytes):
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"a test argument of type {type(value).__name__} cannot be sent to the candidate")
+
+
+def _copy_back(original, new) -> None:
+    """The sandbox's final state of an argument mutated in place, written into the test's own object."""
+    if type(original) is list and type(new) is list:
+        original[:] = new
+    elif type(original) in (dict, set) and type(new) is type(original):
+        original.clear()
+        original.update(new)
+
+
+def spawn(spec: dict, channel_fd: int | None, stdin, stdout, stderr) -> subprocess.Popen:
+    """Start the sandboxed interpreter (``spec["argv"]`` + the stub + the channel fd) in its own group."""
+    argv, keep = list(spec["argv"]), [] if channel_fd is None else [channel_fd]
+    filter_r = None
+    if spec.get("seccomp"):
+        filter_r, filter_w = os.pipe()
+        os.write(filter_w, spec["seccomp"])  # a few hundred bytes: fits the pipe buffer
+        os.close(filter_w)
+        argv = [str(filter_r) if a == SECCOMP_PLACEHOLDER else a for a in argv]
+        keep.append(filter_r)
+    argv += ["-c", _stub_source(), str(channel_fd if channel_fd is not None else -1)]
+    try:
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=keep,
+                                start_new_session=True, cwd=spec.get("cwd") or "/", env={})  # fmt: skip
+    finally:
+        if filter_r is not None:
+            os.close(filter_r)
+
+
+_STUB: list[str] = []
+
+
+def _stub_source() -> str:
+    if not _STUB:
+        with open(os.path.join(_HERE, "_inside.py")) as f:
+            _STUB.append(f.read())
+    return _STUB[0]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def run_program(spec: dict, code: str, stdin: str) -> dict:
+    """Run ``code`` as a plain program on ``stdin``: status ok / error / timeout, return code, output."""
+    start = time.monotonic()
+    ours, theirs = socket.socketpair()
+    files = [tempfile.TemporaryFile() for _ in range(3)]  # not in the sandbox's file system: no links
+    files[0].write(stdin.encode())
+    files[0].seek(0)
+    try:
+        proc = spawn(spec, theirs.fileno(), stdin=files[0], stdout=files[1], stderr=files[2])
+    except OSError as exc:
+        return {"status": "sandbox_error", "returncode": None, "stdout": "", "wall_s": 0.0,
+                "stderr": f"could not start the sandbox: {exc}"}  # fmt: skip
+    finally:
+        theirs.close()
+    data = marshal.dumps(("run", code), 4)
+    try:
+        ours.sendall(len(data).to_bytes(4, "big") + data)
+    except OSError:
+        pass
+    ours.close()
+    try:
+        proc.wait(timeout=spec["timeout_s"])
+        status = "ok" if proc.returncode == 0 else "error"
+        if proc.returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):  # the CPU limit (bwrap adds 128)
+            status = "timeout"
+    except subprocess.TimeoutExpired:
+        status = "timeout"
+    kill_group(proc)
+    out = []
+    for f in files[1:]:
+        f.seek(0)
+        out.append(f.read(spec["cap"]).decode("utf-8", errors="replace"))
+        f.close()
+    files[0].close()
+    return {"status": status, "returncode": proc.returncode, "stdout": out[0], "stderr": out[1],
+            "wall_s": time.monotonic() - start}  # fmt: skip
+
+
+def _named_modules(sources: list[str]) -> dict:
+    """Stdlib modules the tests refer to by name (``math`` in ``math.isclose``), imported here."""
+    words = "".join(c if c.isalnum() or c == "_" else " " for source in sources for c in source + " ")
+    modules = {}
+    for name in sorted(set(words.split()) & set(sys.stdlib_module_names)):
+        try:
+            modules[name] = __import__(name)
+        except Exception:  # noqa: BLE001 - a module this interpreter lacks is simply not provided
+            continue
+    return modules
+
+
+def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
+    """(passed per test, notes) for the asserts / check forms."""
+    tests = job["tests"] if job["form"] == "asserts" else [job["tests"]]
+    session = Session(spec, job["code"], job.get("setup"))
+    notes = []
+    try:
+        modules = _named_modules([*tests, job.get("context") or ""])
+        entry = session.names.get(job.get("entry_point") or "")
+        passed = []
+        for index, test in enumerate(tests):
+            ns = {"__builtins__": builtins, "__name__": "__main__"}
+            if job["form"] == "asserts":
+                ns.update({k: v for k, v in session.names.items() if type(v) is Remote})
+            elif type(entry) is Remote:  # HumanEval/33's test calls the entry point by its name too
+                ns[job["entry_point"]] = entry
+            ns.update(modules)
+            ns.update(session.setup_names)
+            try:
+                if job.get("context"):  # trusted dataset helpers, defined here and never by the candidate
+                    exec(compile(job["context"], "context.py", "exec"), ns)
+                exec(compile(test, f"test_{index}.py", "exec"), ns)
+                if job["form"] == "check":
+                    if type(entry) is not Remote:
+                        raise NameError(f"the candidate does not define {job.get('entry_point')!r}")
+                    ns["check"](entry)
+                ok = session.broken is None
+            except BaseException as exc:  # noqa: BLE001 - any failure of a test fails that test
+                notes.append(f"test {index}: {type(exc).__name__}: {str(exc)[:200]}")
+                ok = False
+            passed.append(ok)
+        return passed, "\n".join(notes)
+    finally:
+        notes.append(session.stderr_text(2000))
+        session.close()
+
+
+def run_job(job: dict) -> dict:
+    spec = job["spec"]
+    workdir = None
+    if spec.get("make_cwd"):  # the process backend: a private work dir for the program's files
+        workdir = tempfile.mkdtemp(prefix="align-sbx-")
+        if spec.get("uid") is not None:
+            os.chown(workdir, spec["uid"], spec["uid"])
+        spec = {**spec, "cwd": workdir}
+    try:
+        if job["form"] == "run":
+            return run_program(spec, job["code"], job.get("stdin", ""))
+        if job["form"] == "stdio":
+            runs = [run_program(spec, job["code"], case_input) for case_input, _ in job["cases"]]
+            passed = [r["status"] == "ok" and r["stdout"].strip() == expected.strip()
+                      for r, (_, expected) in zip(runs, job["cases"])]  # fmt: skip
+            return {"passed": passed, "notes": "\n".join(r["stderr"][-300:] for r in runs)}
+        try:
+            passed, notes = judge_functions(spec, job)
+        except SandboxBroken as exc:
+            n = len(job["tests"]) if job["form"] == "asserts" else 1
+            passed, notes = [False] * n, f"sandbox: {exc}"
+        return {"passed": passed, "notes": notes}
+    finally:
+        if workdir:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _read_message(stream):
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    return marshal.loads(stream.read(int.from_bytes(head, "big")))
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints of the tests must not corrupt the protocol
+    sys.setrecursionlimit(10_000)
+    jobs = os.fdopen(0, "rb")
+    while (job := _read_message(jobs)) is not None:
+        try:
+            reply = run_job(job)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, who decides
+            reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        data = marshal.dumps(reply, 4)
+        replies.write(len(data).to_bytes(4, "big") + data)
+        replies.flush()
+
+
+if __name__ == "__main__":
+    main()
