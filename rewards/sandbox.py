@@ -213,10 +213,11 @@ class Sandbox:
                 judge = self._judges[slot] = _Judge()
             reply = judge.ask({**job, "spec": self._spec(uid)}, runs * self.limits.timeout_s + JUDGE_MARGIN_S)
             if reply is None:
+                limit_s = runs * self.limits.timeout_s + JUDGE_MARGIN_S
+                tail = judge.stderr_tail()
                 judge.kill()
                 self._judges[slot] = None
-                reply = {"error": f"the judge did not answer within {runs * self.limits.timeout_s + JUDGE_MARGIN_S:.0f} s"
-                                  f" (its stderr ends with {judge.stderr_tail()!r})"}  # fmt: skip
+                reply = {"error": f"the judge did not answer within {limit_s:.0f} s (its stderr ends with {tail!r})"}
             return reply
         finally:
             _kill_uid_leftovers(uid)

@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -207,3 +208,103 @@ def test_cpu_limit_reports_timeout_in_both_backends(backend):
     box = Sandbox(backend=backend, workers=1, limits=SandboxLimits(timeout_s=30, cpu_s=1, memory_mb=512))
     result = box.run("while True: pass")
     assert result.status == "timeout" and result.wall_s < 10
+
+
+def test_no_process_in_the_sandbox_holds_the_callers_environment(sandbox, monkeypatch):
+    """bwrap's own init (pid 1) used to hold the caller's whole environment (HF_TOKEN and the like)."""
+    monkeypatch.setenv("ALIGN_TEST_TOKEN", "hf_token_4711")
+    code = (
+        "import os\nfor pid in [p for p in os.listdir('/proc') if p.isdigit()]:\n    try:\n"
+        "        print(pid, open(f'/proc/{pid}/environ', 'rb').read())\n    except OSError as e:\n        print(pid, e)\n"
+    )
+    out = sandbox.run(code).stdout
+    assert "1 " in out and "hf_token_4711" not in out and "ALIGN_TEST_TOKEN" not in out
+
+
+SYSCALLS = {  # x86-64 numbers; each must fail inside the sandbox
+    "ptrace(PTRACE_ATTACH, 1)": "libc.syscall(101, 16, 1, 0, 0)",
+    "unshare(CLONE_NEWUSER)": "libc.syscall(272, 0x10000000)",
+    "unshare(CLONE_NEWNS)": "libc.syscall(272, 0x00020000)",
+    "setns": "libc.syscall(308, 0, 0)",
+    "mount tmpfs": "libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)",
+    "keyctl": "libc.syscall(250, 0, 0, 0, 0, 0)",
+    "bpf": "libc.syscall(321, 0, 0, 0)",
+    "perf_event_open": "libc.syscall(298, 0, 0, -1, -1, 0)",
+    "process_vm_readv": "libc.syscall(310, 1, 0, 0, 0, 0, 0)",
+    "userfaultfd": "libc.syscall(323, 0)",
+    "io_uring_setup": "libc.syscall(425, 1, 0)",
+}
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter is x86-64 only")
+def test_syscalls_a_test_never_needs_are_blocked(sandbox):
+    lines = "\n".join(f"print({name!r}, {call}, ctypes.get_errno())" for name, call in SYSCALLS.items())
+    out = sandbox.run(f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n{lines}\n").stdout
+    results = {line.rsplit(" ", 2)[0]: line.rsplit(" ", 2)[1:] for line in out.splitlines()}
+    assert sorted(results) == sorted(SYSCALLS), out
+    assert all(ret == "-1" and err == "1" for ret, err in results.values()), out  # EPERM: the filter, not bad args
+    # unshare -r as a user would type it
+    again = sandbox.run("import subprocess\nprint(subprocess.run(['unshare', '-r', 'id'], capture_output=True).returncode)")
+    assert again.stdout.strip() not in ("", "0")
+
+
+def test_threads_and_subprocesses_still_work(sandbox):
+    """clone3 answers ENOSYS so glibc falls back to clone: threads and fork/exec keep working."""
+    code = (
+        "import threading, subprocess\nout = []\nt = threading.Thread(target=lambda: out.append(1))\nt.start()\n"
+        "t.join()\nprint(out, subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip())"
+    )
+    assert sandbox.run(code).stdout.strip() == "[1] child"
+
+
+def test_writable_space_is_one_bounded_tmpfs_that_vanishes(sandbox):
+    before = set(os.listdir(tempfile.gettempdir()))
+    code = (
+        "import os\nfor d in ('/', '/dev', '/dev/shm', '/usr', '/proc'):\n    try:\n"
+        "        open(os.path.join(d, 'x'), 'w').write('x')\n        print('wrote', d)\n    except OSError:\n        pass\n"
+        "n = 0\ntry:\n    for i in range(8):\n        open(f'/tmp/f{i}', 'wb').write(b'x' * (15 << 20))\n        n += 1\n"
+        "except OSError:\n    pass\nfor i in range(20000):\n    open(f'/tmp/i{i}', 'w').close()\nprint('files', n, os.getcwd())\n"
+    )
+    result = sandbox.run(code)
+    assert "wrote" not in result.stdout and result.stdout.split()[:3] == ["files", "4", "/tmp"], result
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()  # nothing of it on the host
+
+
+def test_links_and_fifos_in_the_work_dir_cannot_hang_or_leak_to_the_caller(sandbox, tmp_path):
+    secret = tmp_path / "host-secret"
+    secret.write_text("host-secret-4711")
+    secret.chmod(0o600)
+    code = (
+        "import os\nfor name in ('.stdout', '.stderr', '.signal', 'main.py'):\n    try:\n        os.mkfifo(name)\n"
+        f"    except OSError:\n        pass\n    try:\n        os.symlink({str(secret)!r}, name + '.ln')\n    except OSError:\n"
+        "        pass\nprint('done')\n"
+    )
+    start = time.monotonic()
+    result = sandbox.run(code)
+    assert result.stdout.strip() == "done" and time.monotonic() - start < 5
+    assert "host-secret-4711" not in result.stdout + result.stderr
+
+
+def test_a_judge_that_hangs_is_killed_and_replaced(tmp_path):
+    """Trusted tests on candidate data can still take forever (range of a huge returned int): the
+    caller's watchdog kills that judge, the program scores 0 and the slot keeps working."""
+    from rewards import sandbox as module
+
+    box = Sandbox(backend="bwrap", workers=1, limits=SandboxLimits(timeout_s=2, cpu_s=2, memory_mb=512))
+    old = module.JUDGE_MARGIN_S
+    module.JUDGE_MARGIN_S = 1.0
+    try:
+        start = time.monotonic()
+        hang = ["for _ in range(n()):\n    pass"]
+        assert score_program("def n():\n    return 10**18\n", hang, sandbox=box) == 0.0
+        assert time.monotonic() - start < 10
+        assert score_program("def n():\n    return 3\n", hang, sandbox=box) == 1.0
+    finally:
+        module.JUDGE_MARGIN_S = old
+        box.close()
+
+
+def test_broken_tests_are_the_rows_error_and_unparseable_code_scores_zero(sandbox):
+    with pytest.raises(ValueError, match="test 1 does not compile"):
+        score_program("def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(("], sandbox=sandbox)
+    assert score_program("def add(a, b) return", ["assert add(1, 2) == 3"], sandbox=sandbox) == 0.0
