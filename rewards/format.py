@@ -22,8 +22,7 @@ from rewards.code import extract_code
 from rewards.math import completion_text
 
 _THINK_ANSWER = re.compile(r"^\s*(?:<think>)?(?:(?!</?think>).)*</think>\s*<answer>.*?</answer>\s*$", re.S)
-_REASONING_STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.S)
-_REASONING_SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.S)
+_SPACE = re.compile(r"\s*")
 _ANSWER_ONLY = re.compile(r"^(?:(?!<answer>).)*<answer>(?:(?!</?answer>).)+</answer>\s*$", re.S)
 
 
@@ -31,13 +30,34 @@ def think_answer_format(prompts, completions, **_columns) -> list[float]:
     return [1.0 if _THINK_ANSWER.match(completion_text(c)) else 0.0 for c in completions]
 
 
+def _reasoning_strict(text: str) -> bool:
+    """``<reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>`` exactly (text already stripped)."""
+    if not (text.startswith("<reasoning>\n") and text.endswith("\n</answer>")):
+        return False
+    split = text.find("\n</reasoning>\n<answer>\n", len("<reasoning>\n"))
+    return split >= 0 and split + len("\n</reasoning>\n<answer>\n") <= len(text) - len("\n</answer>")
+
+
+def _reasoning_soft(text: str) -> bool:
+    """``<reasoning>...</reasoning>``, blanks, ``<answer>...</answer>`` anywhere (linear, unlike a lazy regex)."""
+    start, last_close = text.find("<reasoning>"), text.rfind("</answer>")
+    if start < 0 or last_close < 0:
+        return False
+    end = text.find("</reasoning>", start + len("<reasoning>"))
+    while end >= 0:
+        after = _SPACE.match(text, end + len("</reasoning>")).end()
+        if text.startswith("<answer>", after) and last_close >= after + len("<answer>"):
+            return True
+        end = text.find("</reasoning>", end + 1)
+    return False
+
+
 def reasoning_answer_format(prompts, completions, **_columns) -> list[float]:
+    """1 for d1's strict layout, 0.5 for reasoning and answer tags in order, else 0."""
     scores = []
     for c in completions:
         text = completion_text(c).strip()
-        scores.append(
-            1.0 if _REASONING_STRICT.match(text + "\n") else 0.5 if _REASONING_SOFT.search(text) else 0.0
-        )
+        scores.append(1.0 if _reasoning_strict(text) else 0.5 if _reasoning_soft(text) else 0.0)
     return scores
 
 

@@ -28,13 +28,15 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 from collections import deque
 
 logger = logging.getLogger(__name__)
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_HASHES = re.compile(r"####\s*([^\n]+)")
-_THE_ANSWER_IS = re.compile(r"answer is[:\s]*\$?((?:\\\$|[^\n$])+?)\$?\s*(?:\.\s*)?$", re.I | re.M)
+_HASHES = re.compile(r"####[ \t]*([^\n]+)")
+MAX_ANSWER_CHARS = 1000  # a longer "final answer" is wrong without being parsed (no real one is this long)
+_CONTRADICTIONS = re.compile(r"\\approx|\u2248|\\neq|\\pm|\\lor|(?<![A-Za-z])or(?![A-Za-z])|\\text\{\s*or\s*\}")
+_DIGITS = None
 
 
 def completion_text(completion) -> str:
@@ -48,36 +50,66 @@ def completion_text(completion) -> str:
     )
 
 
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces, in order (one linear pass)."""
+    starts, i = [], text.find("\\")
+    while i >= 0:
+        for macro in ("\\boxed{", "\\fbox{"):
+            if text.startswith(macro, i):
+                starts.append(i + len(macro) - 1)
+        i = text.find("\\", i + 1)
+    if not starts:
+        return []
+    closing, stack = {}, []
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
+    return [text[j + 1 : closing[j]] for j in starts if j in closing]
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
+    boxed = boxed_contents(text)
+    return boxed[-1] if boxed else None
+
+
+def last_answer_tag(text: str) -> str | None:
+    """Content of the last ``<answer>...</answer>`` (case-insensitive; linear, unlike a lazy regex)."""
+    end = text.lower().rfind("</answer>")
+    start = text.lower().rfind("<answer>", 0, end) if end >= 0 else -1
+    return text[start + len("<answer>") : end] if start >= 0 else None
+
+
+def _said_answer(text: str) -> str | None:
+    """What follows the last "answer is" on its line (linear: rfind, never a backtracking regex)."""
+    at = text.lower().rfind("answer is")
+    if at < 0:
         return None
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
+    line = text[at + len("answer is") :].split("\n", 1)[0].strip(" \t:")
+    line = line.strip().rstrip(".").strip()
+    if line.startswith("$") and line.endswith("$") and len(line) > 1:
+        line = line[1:-1]
+    return line.strip() or None
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer string of a model's completion, or None when there is none."""
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        inner = tags[-1].strip()
+    """The final answer string of a model's completion, or None when there is none.
+
+    Several *different* boxed values in one completion are a hedge, not an answer: "" is returned
+    (it scores 0). Every step is linear in the length of the completion."""
+    tag = last_answer_tag(text)
+    if tag is not None:
+        inner = tag.strip()
         return last_boxed(inner) or inner
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
+    boxed = boxed_contents(text)
+    if boxed:
+        return boxed[-1] if len({_clean(b) for b in boxed}) == 1 else ""
     hashes = _HASHES.findall(text)
     if hashes:
         return hashes[-1].strip()
-    said = _THE_ANSWER_IS.findall(text)
-    if said:
-        return said[-1].strip()
-    return None
+    return _said_answer(text)
 
 
 def gold_answer(gold: str) -> str:
@@ -89,8 +121,19 @@ def gold_answer(gold: str) -> str:
     return boxed if boxed is not None else gold.strip()
 
 
+def _ascii_digits(text: str) -> str:
+    """Full-width and other Unicode forms as ASCII (NFKC), and every Unicode decimal digit as 0-9."""
+    global _DIGITS
+    if text.isascii():
+        return text
+    if _DIGITS is None:
+        _DIGITS = {cp: ord("0") + unicodedata.decimal(chr(cp)) for cp in range(0x110000)
+                   if unicodedata.category(chr(cp)) == "Nd"}  # fmt: skip
+    return unicodedata.normalize("NFKC", text).translate(_DIGITS)
+
+
 def _clean(answer: str) -> str:
-    answer = answer.strip().rstrip(".").strip().replace("\\!", "")  # \! is a LaTeX thin space: 32,\!348
+    answer = _ascii_digits(answer).strip().rstrip(".").strip().replace("\\!", "")  # \! is a LaTeX thin space: 32,\!348
     answer = re.sub(r"(?<=\d),(?=\d{3}\b)", "", answer)  # 1,000 -> 1000
     answer = answer.replace("\\$", "").replace("\\%", "").replace("%", "")
     return answer.strip().lstrip("$").rstrip("$").strip()
@@ -106,7 +149,14 @@ def _parse(answer: str):
     return parsed or (parse(cleaned, parsing_timeout=None) if cleaned else [])
 
 
-_INTEGER = re.compile(r"-?\d+")
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _same_integer(a: str, b: str) -> bool:
+    """Equal values of two integer strings of any length (no ``int()``: 4,300-digit limit, quadratic)."""
+    sign_a, sign_b = a.startswith("-"), b.startswith("-")
+    a, b = a.lstrip("-").lstrip("0") or "0", b.lstrip("-").lstrip("0") or "0"
+    return a == b and (sign_a == sign_b or a == "0")
 
 
 def integer_verdict(gold: str, prediction: str | None) -> float | None:
@@ -119,7 +169,14 @@ def integer_verdict(gold: str, prediction: str | None) -> float | None:
     if prediction is None:
         return 0.0
     p = _clean(prediction)
-    return float(int(g) == int(p)) if _INTEGER.fullmatch(p) else None
+    if _INTEGER.fullmatch(p):
+        return float(_same_integer(g, p))
+    return 0.0 if self_contradicting(prediction, gold) or len(prediction) > MAX_ANSWER_CHARS else None
+
+
+def self_contradicting(prediction: str, gold: str) -> bool:
+    """An answer that hedges (``\\approx``, "or", ``\\pm``, ``\\neq``) where the gold does not."""
+    return bool(_CONTRADICTIONS.search(prediction)) and not _CONTRADICTIONS.search(gold_answer(gold))
 
 
 def grade(gold: str, prediction: str | None) -> float | None:
@@ -130,7 +187,7 @@ def grade(gold: str, prediction: str | None) -> float | None:
     gold_parsed = _parse(gold_answer(gold))
     if not gold_parsed:
         return None
-    if prediction is None:
+    if prediction is None or self_contradicting(prediction, gold) or len(prediction) > MAX_ANSWER_CHARS:
         return 0.0
     pred_parsed = _parse(prediction)
     if not pred_parsed:

@@ -31,13 +31,12 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from rewards.math import completion_text
+from rewards.math import completion_text, last_answer_tag
 
 logger = logging.getLogger(__name__)
 
 MAX_EXPRESSION_CHARS = 200
 MAX_GRID_CHARS = 2000
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 _TOKEN = re.compile(r"\s*(?:(\d+)|([-+*/()=]))")
 _GRID_SEPARATORS = re.compile(r"[\s,|\[\]\-+]")
 
@@ -47,8 +46,8 @@ class InvalidAnswer(ValueError):
 
 
 def last_answer(text: str) -> str | None:
-    tags = _ANSWER_TAG.findall(text)
-    return tags[-1].strip() if tags else None
+    tag = last_answer_tag(text)
+    return tag.strip() if tag is not None else None
 
 
 # ---- countdown ------------------------------------------------------------------------------------

@@ -128,3 +128,41 @@ def test_unparseable_gold_warns_once_per_distinct_gold(caplog, monkeypatch):
     assert scores == [None, None, 1.0, None, None]
     warned = [r.getMessage() for r in caplog.records if "cannot be parsed" in r.getMessage()]
     assert len(warned) == 2 and math_accuracy.last_metrics["unparseable_golds"] == 1
+
+
+@pytest.mark.parametrize("gold,completion,score", [
+    ("7", "\\boxed{" + "1" * 5000 + "}", 0.0),  # past int()'s 4,300-digit limit: no ValueError for the batch
+    ("1" * 5000, "\\boxed{" + "1" * 5000 + "}", 1.0),
+    ("-0", "#### 0", 1.0),
+    ("12", "#### 012", 1.0),
+    ("\\frac{1}{2}", "\\boxed{\\frac{1}{2} \\approx 0.7}", 0.0),  # self-contradicting
+    ("3", "\\boxed{3 \\text{ or } 4}", 0.0),
+    ("3", "The answer is 3 or 4.", 0.0),
+    ("2", "\\boxed{2 \\pm 1}", 0.0),
+    ("3", "maybe \\boxed{4}, no: \\boxed{3}", 0.0),  # several different boxed values
+    ("0.5", "\\boxed{０.５}", 1.0),  # full-width digits and point
+    ("42", "\\boxed{４２}", 1.0),
+    ("42", "\\boxed{٤٢}", 1.0),  # Arabic-Indic digits
+    ("2.5", "#### ٢.٥", 1.0),
+])  # fmt: skip
+def test_hostile_and_unusual_answers(gold, completion, score):
+    assert math_accuracy(None, [completion], answer=[gold]) == [score]
+
+
+@pytest.mark.parametrize("completion", [
+    "The answer is " * 7200 + "$x",  # was 165 s at 7,000: a backtracking regex
+    "<answer>" * 12_500,
+    "\\boxed{" * 14_300,
+    "{" * 50_000 + "\\boxed{5}" + "}" * 50_000,
+    "#### " * 20_000,
+    "answer is " + "\\$" * 50_000,
+    "\\boxed{" + "9" * 100_000 + "}",
+])  # fmt: skip
+def test_100_kb_adversarial_completions_are_scored_in_under_a_second(completion):
+    math_accuracy(None, ["#### 1"], answer=["1.5"])  # the pool is warm: start-up is not the answer's time
+    assert len(completion) >= 100_000
+    start = time.process_time()
+    wall = time.monotonic()
+    scores = math_accuracy(None, [completion], answer=["5.5"])
+    assert scores == [0.0]
+    assert time.process_time() - start < 1.0 and time.monotonic() - wall < 5.0  # caller CPU; wall with slack

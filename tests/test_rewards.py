@@ -27,7 +27,8 @@ CASES = [  # (gold, completion, expected score)
     ("[0,1)", "\\boxed{[0, 1)}", 1.0),
     ("\\{1,2\\}", "\\boxed{\\{2,1\\}}", 1.0),
     ("x^2+2x", "\\boxed{x(x+2)}", 1.0),
-    ("3", "first \\boxed{1}, then finally \\boxed{3}", 1.0),  # the last boxed counts
+    ("3", "first \\boxed{1}, then finally \\boxed{3}", 0.0),  # different boxed values: a hedge, wrong
+    ("3", "so \\boxed{3}. Checking: \\boxed{3}", 1.0),  # the same value boxed twice
     ("1", "first \\boxed{1}, then finally \\boxed{3}", 0.0),
     ("72", "#### 73", 0.0),
     ("72", "I think it is 72 but I am not sure", 0.0),  # no final-answer marker
@@ -138,3 +139,31 @@ def test_answer_tag_format():
         "12": 0.0,
     }
     assert answer_tag_format(None, list(cases)) == list(cases.values())
+
+
+def test_reasoning_format_equals_the_regex_it_replaced_and_is_linear():
+    """The d1 layout checks were lazy regexes (6-7 s on 100 kB of repeated tags); the linear versions
+    must agree with them everywhere."""
+    import random
+    import re
+
+    from rewards.format import reasoning_answer_format
+
+    strict = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?$", re.S)
+    soft = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.S)
+    parts = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "x"]
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(parts) for _ in range(rng.randint(0, 9))) for _ in range(20_000)]
+    layout = ["<reasoning>", "\n", "x", "\n", "</reasoning>", "\n", "<answer>", "\n", "x", "\n", "</answer>"]
+    for _ in range(5_000):  # near-misses of the strict layout: parts dropped, doubled or swapped
+        doc = list(layout)
+        for _ in range(rng.randint(0, 2)):
+            i = rng.randrange(len(doc))
+            doc[i] = rng.choice(["", doc[i] * 2, rng.choice(parts)])
+        texts.append("".join(doc))
+    expected = [1.0 if strict.match(t.strip() + "\n") else 0.5 if soft.search(t.strip()) else 0.0 for t in texts]
+    assert reasoning_answer_format(None, texts) == expected
+    assert sorted(set(expected)) == [0.0, 0.5, 1.0]
+    start = time.process_time()
+    reasoning_answer_format(None, ["<reasoning>" * 9_000, "<reasoning>\n" * 8_000 + "</reasoning>\n<answer>\n"])
+    assert time.process_time() - start < 1.0
