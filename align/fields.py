@@ -329,6 +329,12 @@ class GRPOFields(ModelDataFields):
     reward_weights: list[float] | None = _help(
         "rewards", "One weight per reward function; default all 1.", default=None
     )
+    reward_timeout_s: float = _help(
+        "rewards",
+        "Seconds one reward function may take for one batch. Past it the run stops with one line naming the "
+        "function and the sample (checkpoints already written are kept; resume from them).",
+        default=600.0,
+    )
     # ---- evaluation during training ------------------------------------------------------------------
     eval_tasks: list[str] | None = _help(
         "evaluation",
@@ -436,6 +442,8 @@ def check_grpo(c) -> None:
         raise ValueError(f"trace_merge must be >= 1, got {c.trace_merge}.")
     if not 0.0 <= c.p_mask_prompt < 1.0:
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {c.p_mask_prompt}.")
+    if not c.reward_timeout_s > 0:
+        raise ValueError(f"reward_timeout_s must be > 0 (seconds per reward call), got {c.reward_timeout_s}.")
     if c.reward_weights is not None and len(c.reward_weights) != len(c.reward_funcs):
         raise ValueError(
             f"reward_weights has {len(c.reward_weights)} values but reward_funcs has {len(c.reward_funcs)} "

@@ -46,6 +46,7 @@ from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
 from align.models.loading import quiet_checkpointing_renames
 from align.sampling import describe_mode, generate_in_chunks, truncate_at_stop
+from align.watchdog import RewardWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +364,8 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         ids = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
         out = torch.full((len(texts), len(self.reward_funcs)), float("nan"))
         for j, (fn, name) in enumerate(zip(self.reward_funcs, self.reward_names)):
-            values = _call_reward(fn, name, prompts, texts, ids, columns, self.state)
+            with RewardWatchdog(fn, name, prompts, texts, ids, columns, self.state, self.args.reward_timeout_s):
+                values = _call_reward(fn, name, prompts, texts, ids, columns, self.state)
             out[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
             for key, value in (getattr(fn, "last_metrics", None) or {}).items():  # e.g. grading timeouts
                 self._metrics[f"rewards/{name}/{key}"].append(float(value))

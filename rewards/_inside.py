@@ -42,7 +42,7 @@ class _Exporter:
         budget = budget if budget is not None else [_MAX_NODES]
         budget[0] -= 1
         if budget[0] < 0:
-            raise _TooLarge("the value has more than %d parts" % _MAX_NODES)
+            raise _TooLarge(f"the value has more than {_MAX_NODES} parts")
         kind = type(value)
         if kind in _PLAIN:
             return value
@@ -138,7 +138,7 @@ def _answer(exporter, request):
             return ("ok", exporter.handle(iter(exporter.objects[request[1]])), {})
         if kind == "next":
             return ("ok", exporter.export(next(exporter.objects[request[1]])), {})
-        return ("raise", "ValueError", "unknown request %r" % (kind,))
+        return ("raise", "ValueError", f"unknown request {kind!r}")
     except BaseException as exc:  # noqa: BLE001 - the candidate's failure is the judge's data
         name = type(exc).__name__ if isinstance(exc, BaseException) else "Exception"
         try:
@@ -156,7 +156,9 @@ def main():
         os.close(fd)
         exec(compile(job[1], "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
         return
-    notes = os.dup(2)  # our own notes; the candidate's prints go nowhere (a flood must not hit the file limit)
+    notes = os.dup(
+        2
+    )  # our own notes; the candidate's prints go nowhere (a flood must not hit the file limit)
     null = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
         os.dup2(null, target)
@@ -166,7 +168,7 @@ def main():
     try:
         exec(compile(job[1], "solution.py", "exec"), ns)
     except BaseException as exc:  # noqa: BLE001 - SystemExit included: the tests run against what exists
-        os.write(notes, ("candidate: %r\n" % (exc,)).encode(errors="replace")[:400])
+        os.write(notes, f"candidate: {exc!r}\n".encode(errors="replace")[:400])
     sys.settrace(None)
     sys.setprofile(None)
     names = _names(ns, exporter, callables_only=True)
@@ -176,7 +178,7 @@ def main():
         try:
             exec(compile(job[2], "setup.py", "exec"), ns)
         except BaseException as exc:  # noqa: BLE001
-            os.write(notes, ("setup: %r\n" % (exc,)).encode(errors="replace")[:400])
+            os.write(notes, f"setup: {exc!r}\n".encode(errors="replace")[:400])
         setup_names = _names({k: v for k, v in ns.items() if k not in before or before[k] is not v}, exporter)
     _send(fd, ("ready", setup_names, names))
     while True:

@@ -101,7 +101,9 @@ def score_program(code: str, tests, entry_point: str | None = None, sandbox=None
         if not _compiles(code):
             return 0.0
         cases = [(str(case["input"]), str(case["output"])) for case in tests]
-        reply = (sandbox or default_sandbox()).judge({"form": "stdio", "code": code, "cases": cases}, len(cases))
+        reply = (sandbox or default_sandbox()).judge(
+            {"form": "stdio", "code": code, "cases": cases}, len(cases)
+        )
         if "error" in reply:
             logger.warning("code_execution: %s; the program scores 0.", reply["error"])
             return 0.0

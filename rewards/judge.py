@@ -148,7 +148,9 @@ class Session:
         if kind in (tuple, list, set, frozenset):
             return kind(self.decode(v, depth + 1, budget) for v in tree)
         if kind is dict:
-            return {self.decode(k, depth + 1, budget): self.decode(v, depth + 1, budget) for k, v in tree.items()}
+            return {
+                self.decode(k, depth + 1, budget): self.decode(v, depth + 1, budget) for k, v in tree.items()
+            }
         self._break(f"a reply holds a {kind.__name__}, which is not plain data")
 
     def _break(self, why: str):

@@ -195,7 +195,9 @@ class Sandbox:
         reply = self.judge({"form": "run", "code": code, "stdin": stdin})
         if "error" in reply:
             return ExecResult("sandbox_error", None, "", reply["error"], 0.0)
-        return ExecResult(reply["status"], reply["returncode"], reply["stdout"], reply["stderr"], reply["wall_s"])
+        return ExecResult(
+            reply["status"], reply["returncode"], reply["stdout"], reply["stderr"], reply["wall_s"]
+        )
 
     def judge(self, job: dict, runs: int = 1) -> dict:
         """Send ``job`` (see ``rewards.judge.run_job``) to a free slot's judge; its reply, or
@@ -217,7 +219,9 @@ class Sandbox:
                 tail = judge.stderr_tail()
                 judge.kill()
                 self._judges[slot] = None
-                reply = {"error": f"the judge did not answer within {limit_s:.0f} s (its stderr ends with {tail!r})"}
+                reply = {
+                    "error": f"the judge did not answer within {limit_s:.0f} s (its stderr ends with {tail!r})"
+                }
             return reply
         finally:
             _kill_uid_leftovers(uid)

@@ -4,6 +4,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import tiny_model
@@ -166,6 +167,32 @@ def test_a_raising_reward_stops_training_in_one_line(tmp_path):
     assert line.startswith(
         "align train: reward function 'boom' raised KeyError: 'answer' on sample 0 (prompt "
     )
+
+
+def test_a_hanging_reward_stops_training_in_one_line_and_keeps_the_checkpoint(tmp_path):
+    """Step 1 scores and saves; at step 2 one sample's reward blocks forever (a sleep here; a C-level hang
+    or a dead lock behaves the same): the run stops in one line naming the function and the sample."""
+    (tmp_path / "slow.py").write_text(
+        "import time\nbatch = []\n"
+        "def stuck(prompts, completions, trainer_state=None, **kw):\n"
+        "    if trainer_state.global_step >= 1 and len(completions) > 1:\n"
+        "        batch[:] = completions\n"
+        "        time.sleep(3600)\n"
+        "    if batch and completions[0] is batch[3]:  # alone, only sample 3 hangs\n"
+        "        time.sleep(3600)\n"
+        "    return [0.5 for _ in completions]\n"
+    )
+    args = ["train", *TINY, "--reward_funcs", f"{tmp_path / 'slow.py'}:stuck", "--reward_weights", "1", "--max_steps",
+            "3", "--per_device_train_batch_size", "8", "--save_strategy", "steps", "--save_steps", "1",
+            "--reward_timeout_s", "3",
+            "--output_dir", str(tmp_path / "out"), "--report_to", "none"]  # fmt: skip
+    start = time.monotonic()
+    status, err, _ = _align(args)
+    [line] = [x for x in err.splitlines() if x.startswith("align train:")]
+    assert status == 1 and "Traceback" not in err and time.monotonic() - start < 300
+    assert line.startswith("align train: reward function 'stuck' did not return within 3 s for a batch of 8"), line
+    assert "; on its own, sample 3 also did not return (prompt '" in line
+    assert os.path.isfile(tmp_path / "out" / "checkpoint-1" / "trainer_state.json")
 
 
 def test_a_missing_prompt_column_is_one_line(tmp_path):

@@ -32,28 +32,74 @@ def returns(expr: str, prelude: str = "") -> str:
 
 STDLIB_PRETENDERS = {
     "unittest.mock.ANY": returns("ANY", "from unittest.mock import ANY\n"),
-    "MagicMock with __eq__ True": returns("m", "from unittest.mock import MagicMock\nm = MagicMock()\nm.__eq__.return_value = True\n"),
+    "MagicMock with __eq__ True": returns(
+        "m", "from unittest.mock import MagicMock\nm = MagicMock()\nm.__eq__.return_value = True\n"
+    ),
     "Mock": returns("Mock()", "from unittest.mock import Mock\n"),
-    "sentinel with patched eq": returns("s", "from unittest.mock import sentinel, MagicMock\ns = MagicMock(wraps=sentinel.x)\ns.__eq__ = lambda *a: True\n"),
-    "weakref.proxy of an always-equal object": returns("weakref.proxy(_e)", "import weakref\n" + ALWAYS + "_e = E()\n"),
-    "__eq__ is functools.partial": returns("P()", "import functools, operator\nclass P:\n    __eq__ = functools.partial(lambda *a: True)\n    __hash__ = None\n"),
+    "sentinel with patched eq": returns(
+        "s",
+        "from unittest.mock import sentinel, MagicMock\ns = MagicMock(wraps=sentinel.x)\ns.__eq__ = lambda *a: True\n",
+    ),
+    "weakref.proxy of an always-equal object": returns(
+        "weakref.proxy(_e)", "import weakref\n" + ALWAYS + "_e = E()\n"
+    ),
+    "__eq__ is functools.partial": returns(
+        "P()",
+        "import functools, operator\nclass P:\n    __eq__ = functools.partial(lambda *a: True)\n    __hash__ = None\n",
+    ),
     "__eq__ is a builtin (id)": returns("P()", "class P:\n    __eq__ = id\n    __hash__ = None\n"),
-    "__eq__ is a callable instance": returns("P()", "class T:\n    def __call__(self, *a):\n        return True\nclass P:\n    __eq__ = T()\n    __hash__ = None\n"),
-    "__eq__ is a staticmethod": returns("P()", "class P:\n    __eq__ = staticmethod(lambda *a: True)\n    __hash__ = None\n"),
-    "__eq__ is operator.is_not": returns("P()", "import operator\nclass P:\n    __eq__ = operator.is_not\n    __hash__ = None\n"),
+    "__eq__ is a callable instance": returns(
+        "P()",
+        "class T:\n    def __call__(self, *a):\n        return True\nclass P:\n    __eq__ = T()\n    __hash__ = None\n",
+    ),
+    "__eq__ is a staticmethod": returns(
+        "P()", "class P:\n    __eq__ = staticmethod(lambda *a: True)\n    __hash__ = None\n"
+    ),
+    "__eq__ is operator.is_not": returns(
+        "P()", "import operator\nclass P:\n    __eq__ = operator.is_not\n    __hash__ = None\n"
+    ),
     "always-equal object": returns("E()", ALWAYS),
-    "code object relabelled as stdlib": returns("E()", ALWAYS + "import os\nE.__eq__.__code__ = E.__eq__.__code__.replace(co_filename=os.__file__)\n"),
-    "class compiled under a stdlib path": returns("E()", "import os\nexec(compile(" + repr(ALWAYS) + ", os.__file__, 'exec'))\n"),
-    "metaclass __eq__": returns("K", "class M(type):\n    def __eq__(cls, other):\n        return True\n    __hash__ = type.__hash__\nclass K(metaclass=M):\n    pass\n"),
-    "__eq__ that runs while inspected": returns("E()", "class D:\n    def __get__(self, obj, kind=None):\n        return lambda *a: True\nclass E:\n    __eq__ = D()\n    __hash__ = None\n"),
-    "always-equal int subclass": returns("I(7)", "class I(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"),
-    "always-equal str subclass": returns("S('x')", "class S(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n"),
-    "always-equal float subclass": returns("F(0.5)", "class F(float):\n    def __eq__(self, other):\n        return True\n    __hash__ = float.__hash__\n"),
-    "always-equal list subclass": returns("L()", "class L(list):\n    def __eq__(self, other):\n        return True\n"),
-    "always-equal dict subclass": returns("D()", "class D(dict):\n    def __eq__(self, other):\n        return True\n"),
-    "always-equal named tuple": returns("T(1, 2)", "import collections\nclass T(collections.namedtuple('T', 'a b')):\n    def __eq__(self, other):\n        return True\n"),
+    "code object relabelled as stdlib": returns(
+        "E()", ALWAYS + "import os\nE.__eq__.__code__ = E.__eq__.__code__.replace(co_filename=os.__file__)\n"
+    ),
+    "class compiled under a stdlib path": returns(
+        "E()", "import os\nexec(compile(" + repr(ALWAYS) + ", os.__file__, 'exec'))\n"
+    ),
+    "metaclass __eq__": returns(
+        "K",
+        "class M(type):\n    def __eq__(cls, other):\n        return True\n    __hash__ = type.__hash__\nclass K(metaclass=M):\n    pass\n",
+    ),
+    "__eq__ that runs while inspected": returns(
+        "E()",
+        "class D:\n    def __get__(self, obj, kind=None):\n        return lambda *a: True\nclass E:\n    __eq__ = D()\n    __hash__ = None\n",
+    ),
+    "always-equal int subclass": returns(
+        "I(7)",
+        "class I(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n",
+    ),
+    "always-equal str subclass": returns(
+        "S('x')",
+        "class S(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n",
+    ),
+    "always-equal float subclass": returns(
+        "F(0.5)",
+        "class F(float):\n    def __eq__(self, other):\n        return True\n    __hash__ = float.__hash__\n",
+    ),
+    "always-equal list subclass": returns(
+        "L()", "class L(list):\n    def __eq__(self, other):\n        return True\n"
+    ),
+    "always-equal dict subclass": returns(
+        "D()", "class D(dict):\n    def __eq__(self, other):\n        return True\n"
+    ),
+    "always-equal named tuple": returns(
+        "T(1, 2)",
+        "import collections\nclass T(collections.namedtuple('T', 'a b')):\n    def __eq__(self, other):\n        return True\n",
+    ),
     "always-equal inside a list": returns("[E()][0]", ALWAYS),
-    "__class__ spoofed as str": returns("E()", "class E:\n    @property\n    def __class__(self):\n        return str\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"),
+    "__class__ spoofed as str": returns(
+        "E()",
+        "class E:\n    @property\n    def __class__(self):\n        return str\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n",
+    ),
     "__eq__ added after the first call": (
         "class E:\n    pass\n_calls = []\ndef FN(*args, **kwargs):\n    _calls.append(1)\n"
         "    if len(_calls) == 2:\n        E.__eq__ = lambda self, other: True\n        E.__hash__ = None\n    return E()\n"
@@ -62,7 +108,9 @@ STDLIB_PRETENDERS = {
     "returns the Ellipsis handle marker": returns("(Ellipsis, 0)"),
     "returns a function": returns("FN"),
     "returns NotImplemented": returns("NotImplemented"),
-    "object whose __bool__ is True": returns("B()", "class B:\n    def __bool__(self):\n        return True\n"),
+    "object whose __bool__ is True": returns(
+        "B()", "class B:\n    def __bool__(self):\n        return True\n"
+    ),
 }
 
 EXITS = {
@@ -78,34 +126,44 @@ EXITS = {
     "raise StopIteration in the function": "def FN(*a, **k):\n    raise StopIteration\n",
     "kill its own process": "import os, signal\ndef FN(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
     "kill its own process group": WRONG + "import os\nos.killpg(0, 9)\n",
-    "kill every process it can see": WRONG + "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n",
+    "kill every process it can see": WRONG
+    + "import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n",
     "hang forever in the call": "def FN(*a, **k):\n    while True:\n        pass\n",
 }
 
 HARNESS_TAMPERING = {
     "define check first": WRONG + "def check(candidate):\n    pass\n",
-    "define the prompt's helpers (encode_cyclic) to match": WRONG + "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n",
+    "define the prompt's helpers (encode_cyclic) to match": WRONG
+    + "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n",
     "redefine check and the entry point from inside the call": (
         "import sys\ndef FN(*a, **k):\n    for depth in range(1, 8):\n        try:\n"
         "            g = sys._getframe(depth).f_globals\n        except ValueError:\n            break\n"
         "        g['check'] = lambda c: None\n        g['FN'] = lambda *a: True\n    return None\n"
     ),
-    "replace builtins.exec and compile": WRONG + "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n",
-    "replace AssertionError": WRONG + "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\n",
-    "patch math.isclose and len": WRONG + "import builtins, math\nmath.isclose = lambda *a, **k: True\nbuiltins.len = lambda x: 2\n",
-    "patch random.Random._randbelow": WRONG + "import random\nrandom.Random._randbelow = lambda self, n: 0\nrandom.seed(0)\n",
-    "patch random.choice and randint": WRONG + "import random\nrandom.choice = lambda seq: seq[0]\nrandom.randint = lambda a, b: a\n",
+    "replace builtins.exec and compile": WRONG
+    + "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n",
+    "replace AssertionError": WRONG
+    + "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\n",
+    "patch math.isclose and len": WRONG
+    + "import builtins, math\nmath.isclose = lambda *a, **k: True\nbuiltins.len = lambda x: 2\n",
+    "patch random.Random._randbelow": WRONG
+    + "import random\nrandom.Random._randbelow = lambda self, n: 0\nrandom.seed(0)\n",
+    "patch random.choice and randint": WRONG
+    + "import random\nrandom.choice = lambda seq: seq[0]\nrandom.randint = lambda a, b: a\n",
     "patch string.ascii_lowercase": WRONG + "import string\nstring.ascii_lowercase = 'a'\n",
-    "patch the stub through its frame": WRONG + (
+    "patch the stub through its frame": WRONG
+    + (
         "import sys\nf = sys._getframe(0)\nwhile f is not None:\n"
         "    if '_answer' in f.f_globals:\n        f.f_globals['_answer'] = lambda e, r: ('ok', True, {})\n"
         "    f = f.f_back\n"
     ),
-    "patch the stub through sys.modules": WRONG + (
+    "patch the stub through sys.modules": WRONG
+    + (
         "import sys\nfor m in list(sys.modules.values()):\n    if hasattr(m, '_answer'):\n"
         "        m._answer = lambda e, r: ('ok', True, {})\n"
     ),
-    "sys.settrace tracer that rewrites return values": WRONG + (
+    "sys.settrace tracer that rewrites return values": WRONG
+    + (
         "import sys\ndef tracer(frame, event, arg):\n    frame.f_trace_opcodes = True\n    return tracer\nsys.settrace(tracer)\n"
     ),
     "read the expected value from the caller's bytecode": (
@@ -120,15 +178,18 @@ HARNESS_TAMPERING = {
         "import gc\ndef FN(*a, **k):\n    for o in gc.get_objects():\n        if type(o) is str and 'assert' in o and '==' in o:\n"
         "            return o.split('==')[-1].strip().strip('\"')\n    return None\n"
     ),
-    "print success-looking text": WRONG + "print('All tests passed!')\nprint('OK')\nimport sys\nsys.stderr.write('0 pass\\n')\n",
+    "print success-looking text": WRONG
+    + "print('All tests passed!')\nprint('OK')\nimport sys\nsys.stderr.write('0 pass\\n')\n",
 }
 
 CHANNEL = {
-    "forge replies on every descriptor at module level": WRONG + (
+    "forge replies on every descriptor at module level": WRONG
+    + (
         "import os, marshal\nmsg = marshal.dumps(('ok', True, {}), 4)\nfor fd in range(64):\n    try:\n"
         "        os.write(fd, (len(msg).to_bytes(4, 'big') + msg) * 50)\n    except OSError:\n        pass\n"
     ),
-    "forge a ready message with fake names": WRONG + (
+    "forge a ready message with fake names": WRONG
+    + (
         "import os, marshal\nmsg = marshal.dumps(('ready', {'check': (Ellipsis, 0)}, {'FN': (Ellipsis, 0)}), 4)\n"
         "for fd in range(3, 64):\n    try:\n        os.write(fd, len(msg).to_bytes(4, 'big') + msg)\n    except OSError:\n        pass\n"
     ),
@@ -151,18 +212,21 @@ CHANNEL = {
     "read /proc/self/fd targets": (
         "import os\ndef FN(*a, **k):\n    return ' '.join(os.readlink('/proc/self/fd/' + d) for d in os.listdir('/proc/self/fd'))\n"
     ),
-    "secret hunt at exit (atexit)": WRONG + (
+    "secret hunt at exit (atexit)": WRONG
+    + (
         "import atexit, os, marshal\ndef _late():\n    msg = marshal.dumps(('ok', True, {}), 4)\n    for fd in range(3, 64):\n"
         "        try:\n            os.write(fd, len(msg).to_bytes(4, 'big') + msg)\n        except OSError:\n            pass\natexit.register(_late)\n"
     ),
-    "secret hunt in __del__": WRONG + (
+    "secret hunt in __del__": WRONG
+    + (
         "import os\nclass G:\n    def __del__(self):\n        for fd in range(3, 64):\n            try:\n"
         "                os.write(fd, b'pass pass pass')\n            except OSError:\n                pass\n_g = G()\n"
     ),
     "a forked child that keeps answering True": (
         "import os, marshal, sys, time\nfd = int(sys.argv[1])\nif os.fork() == 0:\n    time.sleep(0.05)\n"
         "    msg = marshal.dumps(('ok', True, {}), 4)\n    for _ in range(200):\n        try:\n"
-        "            os.write(fd, len(msg).to_bytes(4, 'big') + msg)\n        except OSError:\n            break\n    os._exit(0)\n" + WRONG
+        "            os.write(fd, len(msg).to_bytes(4, 'big') + msg)\n        except OSError:\n            break\n    os._exit(0)\n"
+        + WRONG
     ),
     "mutate its arguments into something always equal": (
         "def FN(*args, **kwargs):\n    for a in args:\n        if isinstance(a, list):\n            a[:] = []\n    return args[0] if args else None\n"
@@ -193,7 +257,9 @@ SECRET_ROUTES = {
     "forge from inside the call, then exit": FORGE + "def FN(*a, **k):\n    _forge()\n    os._exit(0)\n",
     "forge at exit (atexit)": WRONG + FORGE + "import atexit\natexit.register(_forge)\n",
     "forge in __del__": WRONG + FORGE + "class G:\n    def __del__(self):\n        _forge()\n_g = G()\n",
-    "forge from a thread while the tests run": WRONG + FORGE + (
+    "forge from a thread while the tests run": WRONG
+    + FORGE
+    + (
         "import threading, time\ndef _loop():\n    for _ in range(50):\n        _forge()\n        time.sleep(0.01)\n"
         "threading.Thread(target=_loop, daemon=True).start()\n"
     ),
@@ -322,11 +388,16 @@ def test_objects_of_the_candidates_classes_cross_as_handles(sandbox):
     )
     tests = ["assert longest([Pair(1, 5), Pair(2, 3)]) == 4", "assert pair(1, 7).b == 7"]
     assert score_program(code, tests, sandbox=sandbox) == 1.0
-    assert score_program(code, ["assert pair(1, 2) == pair(1, 2)"], sandbox=sandbox) == 0.0  # handles never compare
+    assert (
+        score_program(code, ["assert pair(1, 2) == pair(1, 2)"], sandbox=sandbox) == 0.0
+    )  # handles never compare
 
 
 def test_arguments_mutated_in_place_are_copied_back(sandbox):
-    tests = ["x = [3, 1, 2]\nsort_in_place(x)\nassert x == [1, 2, 3]", "d = {}\nsort_in_place(d)\nassert d == {'k': 1}"]
+    tests = [
+        "x = [3, 1, 2]\nsort_in_place(x)\nassert x == [1, 2, 3]",
+        "d = {}\nsort_in_place(d)\nassert d == {'k': 1}",
+    ]
     code = "def sort_in_place(v):\n    if isinstance(v, list):\n        v.sort()\n    else:\n        v['k'] = 1\n"
     assert score_program(code, tests, sandbox=sandbox) == 1.0
     assert score_program("def sort_in_place(v):\n    return sorted(v)\n", tests, sandbox=sandbox) == 0.0

@@ -167,3 +167,22 @@ def test_reasoning_format_equals_the_regex_it_replaced_and_is_linear():
     start = time.process_time()
     reasoning_answer_format(None, ["<reasoning>" * 9_000, "<reasoning>\n" * 8_000 + "</reasoning>\n<answer>\n"])
     assert time.process_time() - start < 1.0
+
+
+def test_reward_watchdog_lets_a_call_that_returns_in_time_through():
+    from align.watchdog import RewardWatchdog
+
+    exits = []
+    slow = lambda prompts, completions, **kw: time.sleep(0.2) or [1.0] * len(completions)  # noqa: E731
+    with RewardWatchdog(slow, "slow", ["p"], ["c"], [[1]], {}, None, timeout_s=2.0, exit=exits.append):
+        slow(["p"], ["c"])
+    time.sleep(0.1)
+    assert exits == []
+    stuck_until = time.monotonic() + 1.5
+    stuck = lambda prompts, completions, **kw: [time.sleep(max(0, stuck_until - time.monotonic())), 1.0][1:]  # noqa: E731
+    watchdog = RewardWatchdog(stuck, "stuck", ["p"], ["c"], [[1]], {}, None, timeout_s=0.3, exit=exits.append)
+    watchdog.PROBE_S = 0.2
+    with watchdog:
+        time.sleep(1.0)  # the main thread is "inside" the call past its timeout
+    watchdog.thread.join(5)
+    assert exits == [1]
