@@ -19,8 +19,8 @@ From the model's config (read, never its weights) and the recipe, for one proces
   activation checkpointing, and the logits window with its float32 copies.
 
 Element counts per token come from the model's shapes; the constants (how many d- and h-sized tensors a
-layer keeps) were fitted to measured peak resident memory on CPU in float32 (tests/test_plan.py checks
-25%); on GPUs in bf16 they are unverified until a device run. Attention is assumed memory-efficient (no
+layer keeps) were fitted to measured peak resident memory on CPU in float32, measured with glibc's mmap
+threshold fixed so that freed tensors leave the resident set (tests/test_plan.py checks 25%); on GPUs in bf16 they are unverified until a device run. Attention is assumed memory-efficient (no
 [heads, S, S] tensor kept). FLOPs: 2 x parameters x tokens per forward, x3 with backward (x4 with
 recomputation), attention's 4 x S x d per token and layer added.
 """
@@ -38,8 +38,8 @@ GIB = 1024**3
 # memory of 24 configurations on CPU in float32 (tests/plan_probe.py; d 128-256, h 384-1536, V 2k-16k, 8-16
 # rows, 144-272 tokens): every fit within 20% but one no-grad point (31%). The grad phase's d/h terms are
 # per layer; the others are one layer's working set.
-ROLLOUT_D, ROLLOUT_H, ROLLOUT_LOGIT_BYTES = 5.0, 5.7, 20.0  # block logits: rows, softmax, probabilities
-NO_GRAD_D, NO_GRAD_H, NO_GRAD_LOGIT_BYTES = 2.0, 2.0, 8.0  # scored window + float32 log-softmax
+ROLLOUT_D, ROLLOUT_H, ROLLOUT_LOGIT_BYTES = 2.5, 2.85, 13.4  # block logits: rows, softmax, probabilities
+NO_GRAD_D, NO_GRAD_H, NO_GRAD_LOGIT_BYTES = 0.5, 0.5, 7.5  # scored window + float32 log-softmax
 GRAD_D, GRAD_H, GRAD_LOGIT_BYTES = 15.0, 4.3, 7.5
 
 
