@@ -131,8 +131,13 @@ def code_execution(prompts, completions, tests=None, entry_point=None, test_setu
     codes = [extract_code(completion_text(c)) for c in completions]
     sandbox = default_sandbox()
 
-    def score(code, test, entry, setup, context):
-        return score_program(code, test, entry, sandbox=sandbox, setup=setup or None, context=context or None)
+    def score(row, code, test, entry, setup, context):
+        try:
+            return score_program(
+                code, test, entry, sandbox=sandbox, setup=setup or None, context=context or None
+            )
+        except (KeyError, ValueError) as exc:  # the dataset's error: say which row
+            raise type(exc)(f"row {row} of the batch: {exc.args[0] if exc.args else exc}") from None
 
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
-        return list(pool.map(score, codes, tests, entry_points, setups, helpers))
+        return list(pool.map(score, range(n), codes, tests, entry_points, setups, helpers))

@@ -26,6 +26,7 @@ prompt shows) passes wrong programs in any harness; the judge does not defend ag
 
 from __future__ import annotations
 
+import ast
 import builtins
 import marshal
 import os
@@ -329,6 +330,23 @@ def _named_modules(sources: list[str]) -> dict:
     return modules
 
 
+def _bound_names(test: str, names: dict) -> dict:
+    """The candidate's functions a test sees. Names of builtins (``len``, ``str``, ``sum``) are the
+    judge's own unless the test calls no other function of the candidate's: then the first builtin name
+    it calls is the function under test (MBPP 126 tests a function named ``sum``), and only that one."""
+    own = {k: v for k, v in names.items() if type(v) is Remote and not hasattr(builtins, k)}
+    try:
+        calls = sorted((n for n in ast.walk(ast.parse(test)) if isinstance(n, ast.Call)),
+                       key=lambda n: (n.lineno, n.col_offset))  # fmt: skip
+    except SyntaxError:
+        return own
+    called = [c.func.id for c in calls if isinstance(c.func, ast.Name)]
+    if any(name in own for name in called):
+        return own
+    shadowing = [name for name in called if type(names.get(name)) is Remote]
+    return {**own, shadowing[0]: names[shadowing[0]]} if shadowing else own
+
+
 def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
     """(passed per test, notes) for the asserts / check forms."""
     tests = job["tests"] if job["form"] == "asserts" else [job["tests"]]
@@ -341,7 +359,7 @@ def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
         for index, test in enumerate(tests):
             ns = {"__builtins__": builtins, "__name__": "__main__"}
             if job["form"] == "asserts":
-                ns.update({k: v for k, v in session.names.items() if type(v) is Remote})
+                ns.update(_bound_names(test, session.names))
             elif type(entry) is Remote:  # HumanEval/33's test calls the entry point by its name too
                 ns[job["entry_point"]] = entry
             ns.update(modules)
@@ -403,7 +421,9 @@ def _read_message(stream):
 
 def main() -> None:
     replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # stray prints of the tests must not corrupt the protocol
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # prints of the tests must not corrupt the protocol (nor fill the caller's stderr file)
+    os.close(null)
     sys.setrecursionlimit(10_000)
     jobs = os.fdopen(0, "rb")
     while (job := _read_message(jobs)) is not None:

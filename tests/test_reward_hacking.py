@@ -362,6 +362,16 @@ def test_honest_solutions_still_pass(sandbox, code):
     assert score_program(code, SYNTH_ASSERTS, sandbox=sandbox) == 1.0
 
 
+def test_builtins_the_tests_use_cannot_be_redefined_but_a_function_named_sum_is_tested(sandbox):
+    shadow = "def add(a, b):\n    return None\ndef len(x):\n    return 2\ndef str(x):\n    return 'ab'\n"
+    assert score_program(shadow, ["assert len(str(add(10, 5))) == 2"], sandbox=sandbox) == 0.0
+    sums = _row("mbpp", 126)
+    assert sums["test_list"][0].startswith("assert sum(")
+    assert score_program(sums["code"], sums["test_list"], sandbox=sandbox) == 1.0
+    wrong = "def sum(a, b):\n    return 0\ndef abs(x):\n    return 6\n"
+    assert score_program(wrong, ["assert sum(10, 15) == abs(-6)"], sandbox=sandbox) == 0.0
+
+
 def test_partial_credit_is_per_test(sandbox):
     code = "import os\ndef add(a, b):\n    if a == 2:\n        os._exit(0)\n    return a + b\n"
     assert score_program(code, SYNTH_ASSERTS, sandbox=sandbox) == 0.2  # test 0 passed, then the process died

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rewards.code import score_program
+from rewards.code import code_execution, score_program
 from rewards.sandbox import MAX_SLOTS, UIDS_PER_SLOT, Sandbox, SandboxLimits, live_pids_of_uids
 
 pytestmark = pytest.mark.skipif(
@@ -305,6 +305,8 @@ def test_a_judge_that_hangs_is_killed_and_replaced(tmp_path):
 
 
 def test_broken_tests_are_the_rows_error_and_unparseable_code_scores_zero(sandbox):
+    with pytest.raises(ValueError, match="row 1 of the batch: code_execution: the row's test 0 does not compile"):
+        code_execution(None, ["def f():\n    return 1"] * 2, tests=[["assert f() == 1"], ["assert f(("]])
     with pytest.raises(ValueError, match="test 1 does not compile"):
         score_program("def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(("], sandbox=sandbox)
     assert score_program("def add(a, b) return", ["assert add(1, 2) == 3"], sandbox=sandbox) == 0.0
