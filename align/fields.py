@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 ESTIMATOR_NAMES = ("blockwise", "coupled", "elbo", "one_step", "trace")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "stabledrl", "spg", "bgpo")
 SCALE_REWARDS = ("group", "batch", "none")
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n != "trace")  # trace replays a rollout; DPO has none
 PROTOCOL_NAMES = ("d1", "illada", "llada", "llada-fast", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
@@ -138,10 +138,11 @@ class DPOFields(ModelDataFields):
         "loss", "DPO temperature: how far the policy may move from the reference.", default=0.1
     )
     loss_type: str = _help(
-        "loss", "DPO loss: " + ", ".join(DPO_LOSS_TYPES) + " (TRL's definitions).", default="sigmoid"
+        "loss", "DPO loss: sigmoid, ipo, hinge, robust (TRL 1.16's definitions) or cdpo (conservative DPO: "
+        "TRL 0.x's sigmoid with label smoothing).", default="sigmoid"
     )
     label_smoothing: float = _help(
-        "loss", "sigmoid: probability that a preference label is flipped (conservative DPO); 0 = plain DPO.",
+        "loss", "robust / cdpo: probability that a preference label is flipped (TRL 1.16's sigmoid has none).",
         default=0.0,
     )  # fmt: skip
     precompute_ref_log_probs: bool = _help(
@@ -191,6 +192,11 @@ def check_dpo(c) -> None:
         raise ValueError(f"beta must be > 0 for DPO, got {c.beta}.")
     if not 0.0 <= c.label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {c.label_smoothing}.")
+    if c.label_smoothing and c.loss_type not in ("robust", "cdpo"):
+        raise ValueError(
+            f"label_smoothing {c.label_smoothing} has no effect with loss_type {c.loss_type!r} (TRL 1.16's "
+            "sigmoid ignores it); use loss_type cdpo (conservative DPO, TRL 0.x's smoothed sigmoid) or robust."
+        )
     if c.num_mc_samples < 1 or c.mc_chunk_size < 1:
         raise ValueError("num_mc_samples and mc_chunk_size must be >= 1.")
     if c.masks_per_timestep < 1 or c.num_mc_samples % c.masks_per_timestep:

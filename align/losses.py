@@ -36,10 +36,13 @@ reward is NaN (every reward function returned None) get advantage 0.
 
 DPO (``dpo_loss``, TRL's DPOTrainer definitions, reverse-KL): with sequence log-likelihood estimates
 pi_c, pi_r (policy) and ref_c, ref_r (reference) of the chosen and rejected responses and
-delta = (pi_c - ref_c) - (pi_r - ref_r): ``sigmoid`` -(1 - s) log sigma(beta delta) - s log sigma(-beta delta)
-(s = ``label_smoothing``, conservative DPO; s = 0 is TRL's sigmoid), ``hinge`` relu(1 - beta delta), ``ipo``
-(delta' - 1 / (2 beta))^2 with delta' the same difference of per-token averages (TRL's length-normalised
-IPO). VRPO (LLaDA 1.5) is the sigmoid loss with ELBO estimates whose masks are shared by policy and
+delta = (pi_c - ref_c) - (pi_r - ref_r) and s = ``label_smoothing``, as TRL 1.16's ``DPOTrainer``
+computes them: ``sigmoid`` -log sigma(beta delta) (TRL 1.16 reads no label smoothing here), ``hinge``
+relu(1 - beta delta), ``ipo`` (delta' - 1 / (2 beta))^2 with delta' the same difference of per-token
+averages (TRL's length-normalised IPO), ``robust`` (Chowdhury et al. 2024)
+((1 - s)(-log sigma(beta delta)) + s log sigma(-beta delta)) / (1 - 2s). Our name ``cdpo`` is conservative
+DPO (Mitchell 2023; TRL 0.x's sigmoid with label smoothing): -(1 - s) log sigma(beta delta)
+- s log sigma(-beta delta). VRPO (LLaDA 1.5) is the sigmoid loss with ELBO estimates whose masks are shared by policy and
 reference (``align.dpo``).
 
 Not covered: TRL's cispo/sapo/vespo/luspo loss types, entropy bonuses, vLLM importance correction, DPO's
@@ -257,10 +260,16 @@ def dpo_loss(
     chosen, rejected = ratios.chunk(2)
     delta = chosen - rejected
     if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * delta)
+    elif loss_type == "cdpo":
         losses = (
             -F.logsigmoid(beta * delta) * (1 - label_smoothing)
             - F.logsigmoid(-beta * delta) * label_smoothing
         )
+    elif loss_type == "robust":
+        clean = -(1 - label_smoothing) * F.logsigmoid(beta * delta)
+        flipped = -label_smoothing * F.logsigmoid(-beta * delta)
+        losses = (clean - flipped) / (1 - 2 * label_smoothing)
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * delta)
     else:  # ipo, on per-token averages

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import assert_same_training
 from transformers import TrainerCallback
 
@@ -58,22 +57,49 @@ def logs(trainer, key):
     return [h[key] for h in trainer.state.log_history if key in h]
 
 
-def test_dpo_losses_follow_their_formulas():
+def _trl_116_reference(loss_type, pc, pr, rc, rr, lc, lr, beta, s):
+    """TRL 1.16 ``DPOTrainer._compute_loss`` (f-divergence reverse_kl), written out here independently:
+    sigmoid reads no label smoothing there; robust divides by 1 - 2s; cdpo is TRL 0.x's smoothed sigmoid."""
+    d = (pc - rc) - (pr - rr)
+    if loss_type == "sigmoid":
+        return -torch.log(torch.sigmoid(beta * d))
+    if loss_type == "robust":
+        return (-(1 - s) * torch.log(torch.sigmoid(beta * d)) + s * torch.log(torch.sigmoid(-beta * d))) / (1 - 2 * s)
+    if loss_type == "cdpo":
+        return -(1 - s) * torch.log(torch.sigmoid(beta * d)) - s * torch.log(torch.sigmoid(-beta * d))
+    if loss_type == "hinge":
+        return torch.clamp(1 - beta * d, min=0)
+    return ((pc - rc) / lc - (pr - rr) / lr - 1 / (2 * beta)) ** 2  # ipo on per-token averages
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "robust", "cdpo"])
+def test_dpo_losses_equal_trl_116_in_value_and_gradient(loss_type):
+    torch.manual_seed(0)
+    logps = (torch.randn(6, dtype=torch.float64) * 3).requires_grad_()
+    ref = torch.randn(6, dtype=torch.float64) * 3
+    lengths = torch.tensor([3.0, 5, 2, 4, 4, 1], dtype=torch.float64)
+    beta, s = 0.3, 0.1
+    loss, metrics = dpo_loss(logps, ref, lengths, beta=beta, loss_type=loss_type, label_smoothing=s)
+    (grad,) = torch.autograd.grad(loss, logps)
+    other = logps.detach().clone().requires_grad_()
+    (pc, pr), (rc, rr), (lc, lr) = other.chunk(2), ref.chunk(2), lengths.chunk(2)
+    expected = _trl_116_reference(loss_type, pc, pr, rc, rr, lc, lr, beta, s).mean()
+    (expected_grad,) = torch.autograd.grad(expected, other)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+    if loss_type == "sigmoid":  # the smoothing that used to be applied here changes the gradient
+        smoothed = _trl_116_reference("cdpo", pc, pr, rc, rr, lc, lr, beta, s).mean()
+        assert (torch.autograd.grad(smoothed, other)[0] - expected_grad).abs().max() > 1e-3
+
+
+def test_dpo_loss_metrics():
     torch.manual_seed(0)
     logps, ref = torch.randn(6) * 3, torch.randn(6) * 3
     lengths = torch.tensor([3.0, 5, 2, 4, 4, 1])
-    (pc, pr), (rc, rr), (lc, lr) = logps.chunk(2), ref.chunk(2), lengths.chunk(2)
+    (pc, pr), (rc, rr) = logps.chunk(2), ref.chunk(2)
     delta = (pc - rc) - (pr - rr)
-    beta, s = 0.3, 0.1
-    expected = {
-        "sigmoid": (-(1 - s) * F.logsigmoid(beta * delta) - s * F.logsigmoid(-beta * delta)).mean(),
-        "hinge": torch.relu(1 - beta * delta).mean(),
-        "ipo": (((pc - rc) / lc - (pr - rr) / lr - 1 / (2 * beta)) ** 2).mean(),
-    }
-    for loss_type, value in expected.items():
-        loss, metrics = dpo_loss(logps, ref, lengths, beta=beta, loss_type=loss_type,
-                                 label_smoothing=s if loss_type == "sigmoid" else 0.0)  # fmt: skip
-        torch.testing.assert_close(loss, value)
+    beta = 0.3
+    loss, metrics = dpo_loss(logps, ref, lengths, beta=beta)
     torch.testing.assert_close(metrics["rewards/margins"], beta * delta)
     assert metrics["rewards/accuracies"].tolist() == (delta > 0).float().tolist()
     torch.testing.assert_close(metrics["logps/chosen"], pc)
@@ -93,7 +119,7 @@ def test_first_step_loss_is_log2_with_shared_masks(workspace, tmp_path, extra):
 
 
 @pytest.mark.parametrize("extra", [
-    ("--loss_type", "sigmoid", "--label_smoothing", "0.1"),
+    ("--loss_type", "cdpo", "--label_smoothing", "0.1"),
     ("--loss_type", "ipo", "--mc_chunk_size", "3", "--share_masks", "false"),
     ("--loss_type", "hinge", "--use_peft", "true", "--lora_r", "4", "--gradient_accumulation_steps", "2"),
 ])  # fmt: skip
@@ -217,3 +243,9 @@ def test_two_process_dpo(workspace, tmp_path, name, env):
     saved = LLaDAModelLM.from_pretrained(tmp_path / "out")
     initial = LLaDAModelLM.from_pretrained(workspace / "model")
     assert all(not torch.equal(p, initial.state_dict()[n]) for n, p in saved.state_dict().items())
+
+
+def test_label_smoothing_with_a_loss_that_ignores_it_is_one_line(workspace, tmp_path):
+    with pytest.raises(ValueError, match="label_smoothing 0.1 has no effect with loss_type 'sigmoid'.*cdpo"):
+        config(workspace, tmp_path, "--loss_type", "sigmoid", "--label_smoothing", "0.1")
+    assert config(workspace, tmp_path, "--loss_type", "robust", "--label_smoothing", "0.1").loss_type == "robust"
