@@ -132,6 +132,8 @@ class Session:
             value = self.decode(reply[1])
             return (value, reply[2]) if raw else value
         if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
+            if reply[1] == "StopIteration" and message[0] != "next":  # would end the test's map() or loop early
+                raise CandidateError(f"StopIteration from a call: {reply[2]}")
             raise _exception(reply[1], reply[2])
         self._break("malformed reply")
 

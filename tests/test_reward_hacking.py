@@ -383,6 +383,14 @@ def test_a_test_that_swallows_exceptions_does_not_pass_a_dead_candidate(sandbox)
     assert score_program("def add(a, b):\n    return a + b\n", tests, sandbox=sandbox) == 1.0
 
 
+def test_stop_iteration_from_a_call_cannot_end_the_tests_own_iteration(sandbox):
+    tests = ["assert all(map(add, [1, 2], [2, 3]))", "assert sum(map(add, [1], [2])) == 3"]
+    assert score_program("def add(a, b):\n    raise StopIteration\n", tests, sandbox=sandbox) == 0.0
+    assert score_program("def add(a, b):\n    return a + b\n", tests, sandbox=sandbox) == 1.0
+    gen = "def add(a, b):\n    yield a\n    yield b\n"
+    assert score_program(gen, ["assert list(add(1, 2)) == [1, 2]"], sandbox=sandbox) == 1.0  # handles iterate
+
+
 def test_exceptions_the_tests_expect_cross_as_their_builtin_type(sandbox):
     tests = ["try:\n    add(-1, 0)\n    raise AssertionError('no error')\nexcept ValueError:\n    pass"]
     code = "def add(a, b):\n    if a < 0:\n        raise ValueError('negative')\n    return a + b\n"
