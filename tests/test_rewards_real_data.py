@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from align.eval.tasks import prompt_context
+from align.eval.tasks import TASKS, prompt_context
 from rewards import benchdata
 from rewards.code import code_execution
 from rewards.math import last_boxed, math_accuracy
@@ -30,6 +30,14 @@ def test_humaneval_canonical_solutions_pass_and_stubs_fail():
                "test_helpers": [prompt_context(r["prompt"], r["entry_point"]) for r in rows]}  # fmt: skip
     good = code_execution(None, [r["prompt"] + r["canonical_solution"] for r in rows], **columns)
     assert _failures(rows, good, [1.0] * 164, "task_id") == []
+    # replies that restate only the entry point (as models do): align eval puts the prompt's imports and
+    # helpers in front, the judge takes the helpers the tests call from the prompt, never from the reply
+    task = TASKS["humaneval"]
+    only = [r["prompt"][re.search(rf"^def {r['entry_point']}\(", r["prompt"], re.M).start():] + r["canonical_solution"]
+            for r in rows]  # fmt: skip
+    programs = [task.program(r, code) for r, code in zip(rows, only)]
+    assert all(not p.startswith(r["prompt"]) for p, r in zip(programs, rows) if prompt_context(r["prompt"], r["entry_point"]))
+    assert _failures(rows, code_execution(None, programs, **columns), [1.0] * 164, "task_id") == []
     stubs = code_execution(None, [r["prompt"] + "    return None\n" for r in rows], **columns)
     assert _failures(rows, stubs, [0.0] * 164, "task_id") == []
     exits = [r["prompt"] + "    return None\n\nimport sys\nsys.exit(0)\n" for r in rows]  # the exit hack
