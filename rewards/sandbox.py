@@ -38,6 +38,7 @@ it works here. Not covered by either backend: GPU access control (no GPU device 
 
 from __future__ import annotations
 
+import functools
 import logging
 import marshal
 import os
@@ -245,8 +246,9 @@ class Sandbox:
             argv = [*prefix, *limits, tool["env"], "-i", "PATH=/usr/bin:/bin", "HOME=/tmp", self.python, "-I"]
             return {**spec, "argv": argv, "make_cwd": True}
         seccomp = ["--seccomp", SECCOMP_PLACEHOLDER] if self.seccomp else []
+        userns = ["--disable-userns"] if _bwrap_has("--disable-userns") else []  # bwrap >= 0.8
         sandbox = [
-            tool["bwrap"], "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            tool["bwrap"], "--unshare-all", "--unshare-user", *userns, "--die-with-parent",
             "--new-session", "--clearenv", *_ro_system_binds(), "--proc", "/proc", "--dev", "/dev",
             "--remount-ro", "/dev", "--size", str(lim.tmpfs_mb * 2**20), "--tmpfs", "/tmp", "--chdir", "/tmp",
             "--remount-ro", "/", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", *seccomp,
@@ -311,6 +313,18 @@ class _Judge:
         for pipe in (self.proc.stdin, self.proc.stdout):
             pipe.close()
         self.stderr.close()
+
+
+@functools.cache
+def _bwrap_has(flag: str) -> bool:
+    """Whether this bwrap knows ``flag`` (older releases lack ``--disable-userns``; said once in the log)."""
+    try:
+        text = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if flag not in text:
+        logger.warning("sandbox: this bwrap has no %s (bubblewrap >= 0.8 does); running without it.", flag)
+    return flag in text
 
 
 def _claim_uid_block():
