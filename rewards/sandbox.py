@@ -38,6 +38,7 @@ it works here. Not covered by either backend: GPU access control (no GPU device 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import marshal
@@ -393,4 +394,5 @@ def default_sandbox() -> Sandbox:
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = Sandbox()
+        atexit.register(_DEFAULT.close)  # the judge workers go with the process
     return _DEFAULT
