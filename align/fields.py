@@ -21,11 +21,11 @@ import types
 from dataclasses import dataclass, field
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = ("blockwise", "coupled", "elbo", "one_step", "trace")
+ESTIMATOR_NAMES = ("blockwise", "coupled", "elbo", "one_step", "spg", "trace")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "stabledrl", "spg", "bgpo")
 SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
-DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n != "trace")  # trace replays a rollout; DPO has none
+DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "spg"))  # trace replays a rollout; spg is for its loss
 PROTOCOL_NAMES = ("d1", "illada", "llada", "llada-fast", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
                    "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
@@ -467,9 +467,14 @@ def check_grpo(c) -> None:
                    names=("max_completion_length", "diffusion_steps", "block_length"))  # fmt: skip
     if c.loss_type in ("spg", "bgpo") and c.beta != 0.0:
         raise ValueError(f"loss_type {c.loss_type} has no KL term; set beta 0 (it is {c.beta}).")
-    if c.loss_type == "spg" and c.estimator not in ("elbo", "coupled", "blockwise"):
+    if c.loss_type == "spg" and c.estimator != "spg":
         raise ValueError(
-            f"loss_type spg needs masks with weights 1/t (estimator elbo, coupled or blockwise), not {c.estimator!r}."
+            f"loss_type spg is SPG's released algorithm: it needs its masks (estimator spg), not {c.estimator!r}."
+        )
+    if c.estimator == "spg" and c.num_mc_samples > c.max_completion_length // c.block_length:
+        raise ValueError(
+            f"estimator spg draws one block per Monte Carlo sample: num_mc_samples {c.num_mc_samples} > "
+            f"{c.max_completion_length // c.block_length} blocks (max_completion_length / block_length); lower it."
         )
     if c.loss_type == "spg" and not (c.spg_beta > 0 and 0.0 <= c.spg_mix <= 1.0):
         raise ValueError(f"spg_beta must be > 0 and spg_mix in [0, 1], got {c.spg_beta} and {c.spg_mix}.")

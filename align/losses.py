@@ -21,9 +21,9 @@ per-token values sum to the sequence ELBO), so TRL's formulas carry over unchang
   sum_i grad r_i (A_i - A_bar_w) / sum r, centred like a baseline); loss ``-w A`` aggregated per sequence
   then over sequences. On-policy with advantages summing to zero over the batch (whole GRPO groups) its
   gradient equals ``grpo``'s.
-* ``spg_loss`` (SPG, Wang et al. 2025): REINFORCE on sandwiched bounds, no ratio and no clipping:
-  ``-A * bound`` per token, the bound being the ELBO for A >= 0 and ``mix * EUBO + (1 - mix) * ELBO`` for
-  A < 0 (``align.logprob.eubo_token_values``), aggregated per sequence then over sequences.
+* ``spg_loss`` (SPG, Wang et al. 2025, as its authors released it): REINFORCE on sandwiched per-sequence
+  bounds, no ratio and no clipping: the lower bound for A > 0 and ``mix * EUBO + (1 - mix) * lower`` else,
+  from per-pass log-probs under SPG's own masks (``estimator: spg``), rows weighted by their length.
 * ``bgpo_loss`` (BGPO): with per-sample sequence ELBO terms e_ij (``align.logprob.sample_sums``, K per row)
   and d_ij = (e_ij - e_ij_old) / L_i, maximises the lower bound of A_i exp(mean_j d_ij) that is linear in
   the samples: A_i (1 + mean_j d_ij) for A_i >= 0 (exp(x) >= 1 + x) and A_i mean_j exp(d_ij) for A_i < 0
@@ -209,20 +209,42 @@ def policy_loss(
 
 
 def spg_loss(
-    elbo: torch.Tensor, eubo: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, mix: float = 0.5
+    per_pass: torch.Tensor,
+    scored: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 1.5,
+    mix: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """SPG: elbo / eubo [B, T] per-token lower / upper bound estimates, advantages [B], mask [B, T].
-    Negative-advantage rows use ``mix * eubo + (1 - mix) * elbo``; the loss is -A * bound, mean per
-    sequence then over sequences."""
+    """SPG as released (facebookresearch/SPG @ a1c7120: ``_get_per_seq_logps`` l. 523-549, ``compute_loss``
+    l. 87-126), on per-pass log-probs ``per_pass`` [P, B, T] and the positions each pass scores ``scored``
+    [P, B, T] (masked answer tokens: ``estimator: spg``); advantages [B]; mask [B, T] the answer.
+
+    s_p = plain mean of pass p's scored log-probs; ELBO side = mean_p s_p. EUBO side: with t_p = (pass p's
+    scored count) / L, per token u_k = (1/P) sum_p [k scored by p] p_pk^beta / t_p, and
+    EUBO = mean over tokens some pass scores of log(u_k) / beta. Rows with A > 0 use the ELBO side, the others
+    ``mix * EUBO + (1 - mix) * ELBO``; the loss is token-weighted over rows: sum_i L_i (-A_i s_i) / sum_i L_i.
+    Deliberate difference: u_k is a log-sum-exp here, where the released code takes p^beta in float32 and
+    drops a token whose p^beta underflows to 0; the two agree whenever nothing underflows."""
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"spg_mix must be in [0, 1], got {mix}.")
-    mask = mask.to(elbo.dtype)
-    negative = (advantages < 0)[:, None]
-    bound = torch.where(negative, mix * eubo + (1 - mix) * elbo, elbo)
-    per_token = -advantages[:, None] * bound
-    loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    gap = ((eubo - elbo) * mask).sum(-1)  # per sequence, >= 0 in expectation
-    return loss, {"spg/bound_gap": gap.mean().detach(), "spg/negative_frac": negative.float().mean().detach()}
+    if beta <= 0:
+        raise ValueError(f"spg_beta must be > 0, got {beta}.")
+    scored = scored.bool()
+    counts = scored.sum(-1)  # [P, B]
+    per_seq = (per_pass * scored).sum(-1) / counts.clamp(min=1)  # [P, B]
+    lower = per_seq.mean(0)  # [B]
+    lengths = mask.to(per_pass.dtype).sum(-1)  # [B]
+    t_hat = counts.to(per_pass.dtype) / lengths.clamp(min=1)[None]  # [P, B]
+    terms = torch.where(scored, beta * per_pass - torch.log(t_hat.clamp(min=1e-30))[..., None], -torch.inf)
+    any_scored = scored.any(0)  # [B, T]
+    log_u = torch.logsumexp(terms, 0) - math.log(per_pass.shape[0])
+    upper = torch.where(any_scored, log_u, torch.zeros_like(log_u)).sum(-1) / any_scored.sum(-1).clamp(min=1) / beta
+    bound = torch.where(advantages > 0, lower, mix * upper + (1 - mix) * lower)
+    loss = (-advantages * bound * lengths).sum() / lengths.sum().clamp(min=1e-8)
+    negative = (advantages <= 0).float()
+    return loss, {"spg/bound_gap": (upper - lower).mean().detach(), "spg/negative_frac": negative.mean().detach()}
 
 
 def bgpo_loss(

@@ -39,7 +39,7 @@ from align.callbacks import WallClock
 from align.config import GRPOConfig
 from align.data import encode_prompts, prompt_text, require_columns
 from align.errors import RunError
-from align.logprob import combine, eubo_token_values, make_plan, pass_logprobs, sample_sums
+from align.logprob import combine, make_plan, pass_logprobs, sample_sums
 from align.logprob.estimators import MaskPlan
 from align.losses import bgpo_loss, compute_advantages, policy_loss, spg_loss, wd1_weights
 from align.mc_backward import ChunkedBackwardMixin
@@ -441,11 +441,11 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
             loss, metrics = bgpo_loss(sample_sums(plan, passes), inputs["old"], inputs["advantages"],
                                       inputs["mask"].sum(-1))  # fmt: skip
             return self._logged(loss, metrics) / accumulation
-        logps = combine(plan, passes)
         if args.loss_type == "spg":
-            upper = eubo_token_values(plan, passes, args.spg_beta)
-            loss, metrics = spg_loss(logps, upper, inputs["advantages"], inputs["mask"], mix=args.spg_mix)
+            loss, metrics = spg_loss(passes, plan.weights != 0, inputs["advantages"], inputs["mask"],
+                                     beta=args.spg_beta, mix=args.spg_mix)  # fmt: skip
             return self._logged(loss, metrics) / accumulation
+        logps = combine(plan, passes)
         loss, metrics = policy_loss(
             logps, inputs["old"], inputs["ref"], inputs["advantages"], inputs["mask"],
             loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high,

@@ -31,9 +31,10 @@ def test_yaml_then_command_line_overrides(tmp_path):
     (["--reward_weights", "1.0", "2.0"], "reward_weights has 2 values but reward_funcs has 1"),
     (["--loss_type", "ppo"], "loss_type 'ppo'"),
     (["--cache_refresh", "4"], "cache_refresh 4 needs cache: prefix or dual"),
-    (["--loss_type", "spg", "--estimator", "elbo", "--beta", "0.04"], "loss_type spg has no KL term; set beta 0"),
-    (["--loss_type", "spg"], "loss_type spg needs masks with weights 1/t .* not 'one_step'"),
-    (["--loss_type", "spg", "--estimator", "coupled", "--spg_beta", "0"], "spg_beta must be > 0"),
+    (["--loss_type", "spg", "--estimator", "spg", "--beta", "0.04"], "loss_type spg has no KL term; set beta 0"),
+    (["--loss_type", "spg", "--estimator", "blockwise"], "loss_type spg is SPG's released algorithm: it needs its masks \\(estimator spg\\), not 'blockwise'"),
+    (["--loss_type", "spg", "--estimator", "spg", "--spg_beta", "0"], "spg_beta must be > 0"),
+    (["--loss_type", "spg", "--estimator", "spg", "--num_mc_samples", "9"], "estimator spg draws one block per Monte Carlo sample: num_mc_samples 9 > 8 blocks"),
 ])  # fmt: skip
 def test_cross_field_errors_state_the_arithmetic(extra, message):
     with pytest.raises(ValueError, match=message):
@@ -69,7 +70,7 @@ def test_the_light_vocabularies_match_the_registries():
     for loss_type in RATIO_LOSS_TYPES:
         policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,
                     max_completion_length=3)  # fmt: skip
-    spg_loss(logps, logps, torch.ones(4), mask)
+    spg_loss(logps[None], mask[None].bool(), torch.ones(4), mask)
     bgpo_loss(logps, None, torch.ones(4), mask.sum(-1))
 
 

@@ -178,23 +178,87 @@ def test_stabledrl_clips_both_signs_and_self_normalises():
     torch.testing.assert_close(stable.detach(), -((clipped / clipped.mean()) * adv[:, None]).mean())
 
 
-def test_spg_uses_the_lower_bound_for_good_and_the_upper_bound_for_bad_samples():
+def _spg_released(per_token_logps, perturb_mask, completion_mask, advantages, eubo_beta, mix_weight):
+    """facebookresearch/SPG @ a1c7120, spg/spg_trainer.py: ``_get_per_seq_logps`` l. 523-556 ("mix" mode)
+    and ``compute_loss`` l. 116-118, written out for one iteration: per_token_logps / perturb_mask
+    [B, num_t, T] (the released layout), completion_mask [B, T], advantages [B]."""
+    probs = per_token_logps.exp()
+    cm = completion_mask[:, None, :].expand_as(perturb_mask).to(per_token_logps.dtype)
+    pm = perturb_mask.to(per_token_logps.dtype)
+    denominator = (cm * pm).sum(2).clamp(min=1e-8)
+    per_seq = (per_token_logps * cm * pm).sum(2) / denominator  # [B, num_t]
+    empirical_t = (cm * pm).sum(2) / cm.sum(2)
+    avg_ps = (probs.pow(eubo_beta) * pm * cm / empirical_t[..., None].clamp(min=1e-8)).mean(1)  # [B, T]
+    dezero = torch.where(avg_ps == 0, torch.ones_like(avg_ps), avg_ps)
+    loss_mask = (avg_ps > 0).to(per_token_logps.dtype)
+    positive = per_seq.mean(1)
+    negative = mix_weight * (dezero.log() * loss_mask).sum(1) / loss_mask.sum(1).clamp(min=1e-8) / eubo_beta + (
+        1 - mix_weight
+    ) * per_seq.mean(1)
+    reward_mask = advantages > 0
+    per_seq_logps = reward_mask.to(positive.dtype) * positive + (~reward_mask).to(positive.dtype) * negative
+    length = completion_mask.sum(1).to(positive.dtype)
+    return (-advantages * per_seq_logps * length).sum() / length.sum()
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+def test_spg_equals_the_released_code_in_value_and_gradient(mix):
+    """Unequal answer lengths, zero and nonzero advantages, passes that score different numbers of tokens
+    (a chosen block's subset plus later blocks), float64."""
     from align.losses import spg_loss
 
     g = torch.Generator().manual_seed(0)
-    elbo = (-torch.rand(4, 5, generator=g)).requires_grad_()
-    eubo = (elbo.detach() + 0.3 * torch.rand(4, 5, generator=g)).requires_grad_()
-    adv, mask = torch.tensor([1.0, -1.0, 0.5, -2.0]), torch.ones(4, 5)
-    loss, metrics = spg_loss(elbo, eubo, adv, mask, mix=0.25)
-    g_low, g_up = torch.autograd.grad(loss, (elbo, eubo))
-    # d loss / d bound = -A / (L * B) per token; negative rows split it 0.75 / 0.25 between ELBO and EUBO
-    expected_low = torch.tensor([1.0, 0.75, 1.0, 0.75])[:, None] * -adv[:, None] / 20
-    expected_up = torch.tensor([0.0, 0.25, 0.0, 0.25])[:, None] * -adv[:, None] / 20
-    torch.testing.assert_close(g_low, expected_low.expand(4, 5))
-    torch.testing.assert_close(g_up, expected_up.expand(4, 5))
-    assert metrics["spg/negative_frac"] == 0.5 and metrics["spg/bound_gap"] > 0
+    rows, passes, width = 4, 3, 12
+    answer = torch.zeros(rows, width, dtype=torch.bool)
+    for i, n in enumerate([12, 7, 3, 9]):
+        answer[i, :n] = True
+    scored = (torch.rand(passes, rows, width, generator=g) < 0.5) & answer[None]
+    scored[:, :, 0] |= True  # every pass scores something on every row
+    logps = (-3 * torch.rand(passes, rows, width, generator=g, dtype=torch.float64)).requires_grad_()
+    advantages = torch.tensor([1.5, 0.0, -0.7, -2.0], dtype=torch.float64)
+    loss, metrics = spg_loss(logps, scored, advantages, answer, beta=1.5, mix=mix)
+    (grad,) = torch.autograd.grad(loss, logps)
+    other = logps.detach().clone().requires_grad_()
+    reference = _spg_released(other.permute(1, 0, 2) * answer[:, None], scored.permute(1, 0, 2), answer,
+                              advantages, 1.5, mix)  # fmt: skip
+    (reference_grad,) = torch.autograd.grad(reference, other)
+    torch.testing.assert_close(loss, reference, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-12)
+    assert metrics["spg/negative_frac"] == 0.75
     with pytest.raises(ValueError, match="spg_mix"):
-        spg_loss(elbo, eubo, adv, mask, mix=1.5)
+        spg_loss(logps, scored, advantages, answer, mix=1.5)
+
+
+def test_spg_masks_follow_the_released_block_random_process():
+    """estimator spg: one block per pass drawn as randperm(num_blocks) % answer_blocks; earlier canvas shown
+    (up to prompt-style masking), the chosen block's answer part partly masked, everything later masked,
+    nothing after the answer shown; scored = masked answer positions, each pass a plain mean."""
+    from align.logprob import make_plan
+
+    canvas = torch.zeros(3, 20, dtype=torch.bool)
+    canvas[:, 4:] = True  # 4 prompt columns, 16-token canvas, blocks of 4
+    answer = canvas.clone()
+    answer[1, 4 + 6 :] = False  # row 1 answers with 6 tokens: its blocks 0-1 only
+    answer[2, 4 + 1 :] = False  # row 2: one token
+    for seed in range(40):
+        plan = make_plan("spg", canvas, num_samples=3, score_mask=answer, block_length=4,
+                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        for j in range(3):
+            for i in range(3):
+                hidden = plan.masked[j, i, 4:]
+                first = int(hidden.nonzero()[0])
+                block, n = first // 4, int(answer[i].sum())
+                assert block < (n - 1) // 4 + 1  # the drawn block lies in the answer
+                assert hidden[(block + 1) * 4 :].all() and hidden[n:].all()  # later blocks and after EOS
+                assert not hidden[: block * 4].any() and not plan.masked[j, i, :4].any()  # p_mask_prompt 0
+                scored = plan.weights[j, i] > 0
+                assert torch.equal(scored, plan.masked[j, i] & answer[i])
+                torch.testing.assert_close(plan.weights[j, i][scored], torch.full((int(scored.sum()),), 1 / scored.sum()))
+    plan = make_plan("spg", canvas, num_samples=2, score_mask=answer, block_length=4, prompt_mask=~canvas,
+                     p_mask_prompt=0.5, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert plan.masked[:, :, :4].any()  # shown positions (the prompt too) are masked with p_mask_prompt
+    with pytest.raises(ValueError, match="num_mc_samples 5 > 4 blocks"):
+        make_plan("spg", canvas, num_samples=5, block_length=4)
 
 
 def test_bgpo_equals_the_sequence_ratio_objective_on_policy_and_is_below_it_off_policy():

@@ -124,9 +124,9 @@ def test_gradient_accumulation_matches_one_big_micro_batch(workspace, tmp_path, 
     ("--estimator", "trace", "--trace_merge", "2", "--beta", "0.04"),  # 4 passes replaying the rollout's order
     ("--estimator", "coupled", "--num_mc_samples", "2", "--use_peft", "true", "--lora_r", "4", "--beta", "0.1",
      "--importance_sampling_level", "sequence"),
-    # the losses that are not linear in the passes: SPG's EUBO (blockwise masks), BGPO and StableDRL off-policy
-    ("--loss_type", "spg", "--estimator", "blockwise", "--block_length", "4", "--num_mc_samples", "3",
-     "--spg_mix", "0.5"),
+    # the losses that are not linear in the passes: SPG's EUBO (its own masks), BGPO and StableDRL off-policy
+    ("--loss_type", "spg", "--estimator", "spg", "--block_length", "4", "--num_mc_samples", "2",
+     "--spg_mix", "0.5", "--p_mask_prompt", "0.15"),
     ("--loss_type", "bgpo", "--estimator", "coupled", "--num_mc_samples", "2", "--num_iterations", "2",
      "--max_steps", "2"),
     ("--loss_type", "stabledrl", "--estimator", "elbo", "--num_mc_samples", "2", "--num_iterations", "2",

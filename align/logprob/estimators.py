@@ -49,6 +49,10 @@ Estimators (registered by name; add one with ``@register_estimator("name")``):
   ``sum_b B(y_b | x, y_<b, later blocks masked)``: each block's own ELBO given the blocks before it, the
   order the sampler writes in (a different quantity from the whole-canvas ELBO). One pass per sample.
 
+* ``spg`` (SPG's released ``block_random`` process, see ``spg_plan``): the masks SPG's authors train with;
+  each pass scores every masked answer token with weight 1 / its count (a plain mean per pass), which is
+  not an unbiased ELBO (``blockwise`` is our unbiased block-wise variant). ``loss_type: spg`` needs it.
+
 Upper bound (SPG's EUBO, ``eubo_token_values``): for token k and the passes of a plan,
 ``(1/beta) log( (1/K) sum_p w_pk p(y_k | x_p)^beta )`` (w the plan's weights, whose average over masks
 is 1 for every token: 1/t_hat in the exact-count form). By Jensen it is >= the same plan's ELBO term in
@@ -243,6 +247,61 @@ def blockwise_plan(
     return MaskPlan(masked, weights, num_samples)
 
 
+@register_estimator("spg")
+def spg_plan(
+    completion_mask,
+    num_samples,
+    generator=None,
+    prompt_mask=None,
+    p_mask_prompt=0.0,
+    *,
+    block_length=None,
+    score_mask=None,
+    **_,
+) -> MaskPlan:
+    """SPG's released ``block_random`` forward process (facebookresearch/SPG @ a1c7120, ``forward_process``):
+    per row, blocks are drawn as ``randperm(num_blocks) % answer_blocks`` (num_blocks over the whole canvas,
+    answer_blocks over the answer up to its first EOS), one per pass; the chosen block's answer positions get
+    a uniform subset of l ~ U{1..m} masked (m of them in the block), every later position is masked (so
+    nothing after the first EOS is shown); then every position still shown (prompt and earlier blocks alike)
+    is masked with probability ``p_mask_prompt``. Scored: every masked answer position, weight 1 / (the
+    pass's count), so the linear estimate is SPG's mean over passes of each pass's plain mean."""
+    if block_length is None or block_length < 1:
+        raise ValueError(f"estimator 'spg' needs block_length >= 1, got {block_length}.")
+    canvas = completion_mask.bool()
+    answer = canvas if score_mask is None else score_mask.bool() & canvas
+    rows, width = canvas.shape
+    gen_length = int(canvas.sum(-1).max())
+    if (canvas.sum(-1) != gen_length).any() or gen_length % block_length:
+        raise ValueError(f"estimator 'spg' needs equal canvases whose length is a multiple of block_length "
+                         f"{block_length}, got {canvas.sum(-1).tolist()}.")  # fmt: skip
+    num_blocks = gen_length // block_length
+    if num_samples > num_blocks:
+        raise ValueError(f"estimator 'spg' draws one block per sample: num_mc_samples {num_samples} > {num_blocks} blocks.")
+    position = (canvas.long().cumsum(-1) - 1).clamp(min=0)  # canvas position of each column
+    lengths = answer.sum(-1)
+    answer_blocks = ((lengths - 1).clamp(min=0) // block_length + 1).tolist()
+    masked = torch.zeros(num_samples, rows, width, dtype=torch.bool, device=canvas.device)
+    for i in range(rows):
+        draws = torch.randperm(num_blocks, generator=generator, device=canvas.device) % answer_blocks[i]
+        for j, b in enumerate(draws[:num_samples].tolist()):
+            start = b * block_length
+            inside = min(block_length, int(lengths[i]) - start)
+            hidden = canvas[i] & (position[i] >= start)
+            if inside > 0:
+                count = int(torch.randint(1, inside + 1, (1,), generator=generator, device=canvas.device))
+                keep = torch.randperm(inside, generator=generator, device=canvas.device)[count:]
+                shown = canvas[i] & (position[i] >= start) & (position[i] < start + inside)
+                hidden[shown.nonzero()[keep, 0]] = False
+            masked[j, i] = hidden
+    if p_mask_prompt > 0:
+        eligible = ~masked & (canvas | (prompt_mask.bool() if prompt_mask is not None else False))[None]
+        masked |= eligible & (torch.rand(masked.shape, generator=generator, device=canvas.device) < p_mask_prompt)
+    scored = masked & answer[None]
+    weights = scored.float() / scored.sum(-1, keepdim=True).clamp(min=1).float()
+    return MaskPlan(masked, weights, num_samples)
+
+
 def make_plan(
     estimator: str,
     completion_mask: torch.Tensor,
@@ -273,7 +332,7 @@ def make_plan(
     pm = None if prompt_mask is None else prompt_mask.bool() & ~completion_mask.bool()
     plan = ESTIMATORS[estimator](
         completion_mask.bool(), num_samples, generator=generator, prompt_mask=pm, p_mask_prompt=p_mask_prompt,
-        **context,
+        score_mask=score_mask, **context,
     )  # fmt: skip
     if score_mask is not None:
         if (score_mask.bool() & ~completion_mask.bool()).any():
