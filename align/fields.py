@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
 ESTIMATOR_NAMES = ("blockwise", "coupled", "elbo", "one_step", "spg", "trace")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "stabledrl", "spg", "bgpo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "stabledrl_clip", "stabledrl", "spg", "bgpo")
 SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "spg"))  # trace replays a rollout; spg is for its loss
@@ -295,8 +295,9 @@ class GRPOFields(ModelDataFields):
     )
     # ---- loss (TRL names) ---------------------------------------------------------------------------
     loss_type: str = _help(
-        "loss", "Loss: grpo, bnpo, dr_grpo, dapo (TRL's aggregations of the clipped ratio), wd1, stabledrl, spg, "
-        "bgpo (align/losses.py).", default="dapo",
+        "loss", "Loss: grpo, bnpo, dr_grpo, dapo (TRL's aggregations of the clipped ratio), wd1, spg and "
+        "stabledrl (as their authors released them; estimator spg), stabledrl_clip (our two-sided-clip "
+        "variant), bgpo (align/losses.py).", default="dapo",
     )  # fmt: skip
     beta: float = _help("loss", "KL coefficient; 0 skips the reference model.", default=0.0)
     kl_estimator: str = _help("loss", "KL estimator: k3 (TRL) or k2.", default="k3")
@@ -320,6 +321,10 @@ class GRPOFields(ModelDataFields):
         "spg: negative-advantage samples use mix * EUBO + (1 - mix) * ELBO (1 = EUBO only).",
         default=0.5,
     )
+    stabledrl_max_weight: float = _help(
+        "loss", "stabledrl: importance weights are clipped from above at this value before self-normalising "
+        "(StableDRL's ais_clip_iw).", default=5.0,
+    )  # fmt: skip
     sync_ref_model: bool = _help("loss", "Periodically mix policy weights into the reference.", default=False)
     ref_model_sync_steps: int = _help("loss", "Steps between reference syncs.", default=512)
     ref_model_mixup_alpha: float = _help(
@@ -465,18 +470,21 @@ def check_grpo(c) -> None:
         )
     check_schedule(c.max_completion_length, c.diffusion_steps, c.block_length,
                    names=("max_completion_length", "diffusion_steps", "block_length"))  # fmt: skip
-    if c.loss_type in ("spg", "bgpo") and c.beta != 0.0:
+    if c.loss_type in ("spg", "bgpo", "stabledrl") and c.beta != 0.0:
         raise ValueError(f"loss_type {c.loss_type} has no KL term; set beta 0 (it is {c.beta}).")
-    if c.loss_type == "spg" and c.estimator != "spg":
+    if c.loss_type in ("spg", "stabledrl") and c.estimator != "spg":
         raise ValueError(
-            f"loss_type spg is SPG's released algorithm: it needs its masks (estimator spg), not {c.estimator!r}."
+            f"loss_type {c.loss_type} is its authors' released algorithm on SPG's bounds: it needs SPG's masks "
+            f"(estimator spg), not {c.estimator!r}."
         )
+    if c.loss_type == "stabledrl" and not c.stabledrl_max_weight > 1.0:
+        raise ValueError(f"stabledrl_max_weight must be > 1, got {c.stabledrl_max_weight}.")
     if c.estimator == "spg" and c.num_mc_samples > c.max_completion_length // c.block_length:
         raise ValueError(
             f"estimator spg draws one block per Monte Carlo sample: num_mc_samples {c.num_mc_samples} > "
             f"{c.max_completion_length // c.block_length} blocks (max_completion_length / block_length); lower it."
         )
-    if c.loss_type == "spg" and not (c.spg_beta > 0 and 0.0 <= c.spg_mix <= 1.0):
+    if c.loss_type in ("spg", "stabledrl") and not (c.spg_beta > 0 and 0.0 <= c.spg_mix <= 1.0):
         raise ValueError(f"spg_beta must be > 0 and spg_mix in [0, 1], got {c.spg_beta} and {c.spg_mix}.")
     if c.beta == 0.0 and c.sync_ref_model:
         raise ValueError("sync_ref_model needs a reference model, but beta is 0 (no reference is kept).")

@@ -14,7 +14,7 @@ per-token values sum to the sequence ELBO), so TRL's formulas carry over unchang
   global batch, passed as ``normalizer``);
 * ``wd1`` (Tang et al. 2025): ratio-free, ``-sum_i (softmax_g(psi A) - softmax_g(-psi A))_i * mean_t logp_i``
   over each group g of ``num_generations`` completions (plus the KL term when beta > 0).
-* ``stabledrl`` (StableDRL's idea): the ratio is clipped to [1 - epsilon, 1 + epsilon_high] whatever the
+* ``stabledrl_clip`` (our variant of StableDRL's idea; ``stabledrl`` is the released algorithm): the ratio is clipped to [1 - epsilon, 1 + epsilon_high] whatever the
   advantage's sign (PPO's min lets a negative-advantage ratio grow without bound: the reported source
   of gradient spikes in full fine-tuning), then self-normalised over the micro-batch,
   w = clip(r) / mean(clip(r)) (differentiated through the normaliser: the gradient is
@@ -59,7 +59,7 @@ from trl.trainer.utils import nanstd
 
 from align.fields import DPO_LOSS_TYPES, LOSS_TYPES, SCALE_REWARDS
 
-RATIO_LOSS_TYPES = tuple(t for t in LOSS_TYPES if t not in ("spg", "bgpo"))  # policy_loss's
+RATIO_LOSS_TYPES = tuple(t for t in LOSS_TYPES if t not in ("spg", "bgpo", "stabledrl"))  # policy_loss's
 
 
 def compute_advantages(
@@ -165,7 +165,7 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     metrics: dict[str, torch.Tensor] = {}
 
-    if loss_type == "stabledrl":
+    if loss_type == "stabledrl_clip":
         clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
         per_token = -(clipped / _masked_mean(clipped, mask)) * adv
     elif loss_type == "wd1":
@@ -184,7 +184,7 @@ def policy_loss(
         per_token = per_token + beta * per_token_kl
         metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
 
-    if loss_type in ("grpo", "wd1", "stabledrl"):
+    if loss_type in ("grpo", "wd1", "stabledrl_clip"):
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
         if loss_type == "wd1":
             loss = loss * num_generations  # sum of group weights, averaged over groups
@@ -208,6 +208,53 @@ def policy_loss(
     return loss, metrics
 
 
+def spg_bounds(per_pass: torch.Tensor, scored: torch.Tensor, mask: torch.Tensor, *, beta: float, mix: float):
+    """SPG's per-sequence lower bound and EUBO [B] and the answer lengths [B] (see ``spg_loss``)."""
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"spg_mix must be in [0, 1], got {mix}.")
+    if beta <= 0:
+        raise ValueError(f"spg_beta must be > 0, got {beta}.")
+    scored = scored.bool()
+    counts = scored.sum(-1)  # [P, B]
+    per_seq = (per_pass * scored).sum(-1) / counts.clamp(min=1)  # [P, B]
+    lower = per_seq.mean(0)  # [B]
+    lengths = mask.to(per_pass.dtype).sum(-1)  # [B]
+    t_hat = counts.to(per_pass.dtype) / lengths.clamp(min=1)[None]  # [P, B]
+    terms = torch.where(scored, beta * per_pass - torch.log(t_hat.clamp(min=1e-30))[..., None], -torch.inf)
+    any_scored = scored.any(0)  # [B, T]
+    log_u = torch.logsumexp(terms, 0) - math.log(per_pass.shape[0])
+    upper = torch.where(any_scored, log_u, torch.zeros_like(log_u)).sum(-1) / any_scored.sum(-1).clamp(min=1) / beta
+    return lower, upper, lengths
+
+
+def stabledrl_loss(
+    per_pass: torch.Tensor,
+    scored: torch.Tensor,
+    old_lower: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 1.5,
+    mix: float = 0.5,
+    max_weight: float = 5.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """StableDRL as released (JianyuanZhong/StableDRL @ 26ad014, networks/llada_svpo.py ``compute_loss_spg``
+    l. 1010-1040, ``use_snis: true``): SPG's per-sequence bound (lower for A > 0, ``mix`` x EUBO + rest
+    otherwise; ``spg_bounds``) weighted by self-normalised importance weights over the micro-batch,
+    w = softmax(min(lower - old_lower, log max_weight)), detached; loss = -sum_i w_i A_i bound_i.
+    ``old_lower`` [B] is the rollout policy's lower bound (None: on-policy, w uniform). Deliberate difference:
+    the released code estimates ``old_lower`` under fresh masks; here it uses the training pass's masks
+    (masks are data: at identical weights every weight is exactly 1/B)."""
+    lower, upper, _ = spg_bounds(per_pass, scored, mask, beta=beta, mix=mix)
+    old_lower = lower.detach() if old_lower is None else old_lower
+    log_iw = (lower.detach() - old_lower).clamp(max=math.log(max_weight))
+    weights = torch.softmax(log_iw, 0).detach()
+    bound = torch.where(advantages > 0, lower, mix * upper + (1 - mix) * lower)
+    loss = -(weights * advantages * bound).sum()
+    iw = torch.exp(lower.detach() - old_lower)
+    return loss, {"stabledrl/iw_mean": iw.mean(), "stabledrl/iw_max": iw.max()}
+
+
 def spg_loss(
     per_pass: torch.Tensor,
     scored: torch.Tensor,
@@ -227,20 +274,7 @@ def spg_loss(
     ``mix * EUBO + (1 - mix) * ELBO``; the loss is token-weighted over rows: sum_i L_i (-A_i s_i) / sum_i L_i.
     Deliberate difference: u_k is a log-sum-exp here, where the released code takes p^beta in float32 and
     drops a token whose p^beta underflows to 0; the two agree whenever nothing underflows."""
-    if not 0.0 <= mix <= 1.0:
-        raise ValueError(f"spg_mix must be in [0, 1], got {mix}.")
-    if beta <= 0:
-        raise ValueError(f"spg_beta must be > 0, got {beta}.")
-    scored = scored.bool()
-    counts = scored.sum(-1)  # [P, B]
-    per_seq = (per_pass * scored).sum(-1) / counts.clamp(min=1)  # [P, B]
-    lower = per_seq.mean(0)  # [B]
-    lengths = mask.to(per_pass.dtype).sum(-1)  # [B]
-    t_hat = counts.to(per_pass.dtype) / lengths.clamp(min=1)[None]  # [P, B]
-    terms = torch.where(scored, beta * per_pass - torch.log(t_hat.clamp(min=1e-30))[..., None], -torch.inf)
-    any_scored = scored.any(0)  # [B, T]
-    log_u = torch.logsumexp(terms, 0) - math.log(per_pass.shape[0])
-    upper = torch.where(any_scored, log_u, torch.zeros_like(log_u)).sum(-1) / any_scored.sum(-1).clamp(min=1) / beta
+    lower, upper, lengths = spg_bounds(per_pass, scored, mask, beta=beta, mix=mix)
     bound = torch.where(advantages > 0, lower, mix * upper + (1 - mix) * lower)
     loss = (-advantages * bound * lengths).sum() / lengths.sum().clamp(min=1e-8)
     negative = (advantages <= 0).float()

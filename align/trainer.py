@@ -41,7 +41,7 @@ from align.data import encode_prompts, prompt_text, require_columns
 from align.errors import RunError
 from align.logprob import combine, make_plan, pass_logprobs, sample_sums
 from align.logprob.estimators import MaskPlan
-from align.losses import bgpo_loss, compute_advantages, policy_loss, spg_loss, wd1_weights
+from align.losses import bgpo_loss, compute_advantages, policy_loss, spg_loss, stabledrl_loss, wd1_weights
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
 from align.models.loading import quiet_checkpointing_renames
@@ -229,7 +229,7 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         inputs = self._prepare_inputs(rows)
         ids = inputs["ids"]
         value = None
-        if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type not in ("wd1", "spg"):
+        if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type not in ("wd1", "spg", "stabledrl"):
             value = torch.zeros(inputs["plan"].masked.shape, dtype=torch.float32, device=ids.device)
         return self._backward_in_chunks(
             model,
@@ -444,6 +444,12 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         if args.loss_type == "spg":
             loss, metrics = spg_loss(passes, plan.weights != 0, inputs["advantages"], inputs["mask"],
                                      beta=args.spg_beta, mix=args.spg_mix)  # fmt: skip
+            return self._logged(loss, metrics) / accumulation
+        if args.loss_type == "stabledrl":
+            old = None if inputs["old"] is None else inputs["old"].sum(-1)  # the rollout policy's lower bound
+            loss, metrics = stabledrl_loss(passes, plan.weights != 0, old, inputs["advantages"], inputs["mask"],
+                                           beta=args.spg_beta, mix=args.spg_mix,
+                                           max_weight=args.stabledrl_max_weight)  # fmt: skip
             return self._logged(loss, metrics) / accumulation
         logps = combine(plan, passes)
         loss, metrics = policy_loss(

@@ -32,8 +32,9 @@ def test_yaml_then_command_line_overrides(tmp_path):
     (["--loss_type", "ppo"], "loss_type 'ppo'"),
     (["--cache_refresh", "4"], "cache_refresh 4 needs cache: prefix or dual"),
     (["--loss_type", "spg", "--estimator", "spg", "--beta", "0.04"], "loss_type spg has no KL term; set beta 0"),
-    (["--loss_type", "spg", "--estimator", "blockwise"], "loss_type spg is SPG's released algorithm: it needs its masks \\(estimator spg\\), not 'blockwise'"),
+    (["--loss_type", "spg", "--estimator", "blockwise"], "loss_type spg is its authors' released algorithm on SPG's bounds: it needs SPG's masks \\(estimator spg\\), not 'blockwise'"),
     (["--loss_type", "spg", "--estimator", "spg", "--spg_beta", "0"], "spg_beta must be > 0"),
+    (["--loss_type", "stabledrl", "--estimator", "coupled"], "loss_type stabledrl is its authors' released algorithm on SPG's bounds"),
     (["--loss_type", "spg", "--estimator", "spg", "--num_mc_samples", "9"], "estimator spg draws one block per Monte Carlo sample: num_mc_samples 9 > 8 blocks"),
 ])  # fmt: skip
 def test_cross_field_errors_state_the_arithmetic(extra, message):
@@ -66,7 +67,7 @@ def test_the_light_vocabularies_match_the_registries():
     assert ESTIMATOR_NAMES == tuple(sorted(ESTIMATORS))
     assert PROTOCOL_NAMES == tuple(sorted(PROTOCOLS))
     logps, mask = torch.zeros(4, 3), torch.ones(4, 3)
-    assert set(LOSS_TYPES) == {*RATIO_LOSS_TYPES, "spg", "bgpo"}
+    assert set(LOSS_TYPES) == {*RATIO_LOSS_TYPES, "spg", "bgpo", "stabledrl"}
     for loss_type in RATIO_LOSS_TYPES:
         policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,
                     max_completion_length=3)  # fmt: skip

@@ -1,5 +1,6 @@
 """Our GRPO-family loss against TRL 1.16's GRPOTrainer._compute_loss on identical tensors."""
 
+import math
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -152,18 +153,18 @@ def _grad(loss, x):
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
-def test_stabledrl_on_policy_gradient_is_grpos_when_advantages_sum_to_zero(level):
+def test_stabledrl_clip_on_policy_gradient_is_grpos_when_advantages_sum_to_zero(level):
     logps, _, _, adv, mask = tensors(4)
     adv = adv - adv.mean()  # whole GRPO groups: the advantages of the batch sum to zero
     grpo, _ = policy_loss(logps, None, None, adv, mask, loss_type="grpo", importance_sampling_level=level)
     stable, _ = policy_loss(
-        logps, None, None, adv, mask, loss_type="stabledrl", importance_sampling_level=level
+        logps, None, None, adv, mask, loss_type="stabledrl_clip", importance_sampling_level=level
     )
     torch.testing.assert_close(_grad(stable, logps), _grad(grpo, logps))
     torch.testing.assert_close(stable, grpo)
 
 
-def test_stabledrl_clips_both_signs_and_self_normalises():
+def test_stabledrl_clip_clips_both_signs_and_self_normalises():
     # Row 0: A < 0 and a ratio far above 1 + epsilon. PPO's min keeps r * A (unbounded gradient); StableDRL
     # clips whatever the sign, so that row gives no gradient of its own.
     old = torch.zeros(3, 2)
@@ -171,7 +172,7 @@ def test_stabledrl_clips_both_signs_and_self_normalises():
     adv, mask = torch.tensor([-1.0, 0.5, 0.5]), torch.ones(3, 2)
     grpo, _ = policy_loss(logps, old, None, adv, mask, loss_type="grpo")
     assert _grad(grpo, logps)[0].abs().sum() > 1.0
-    stable, _ = policy_loss(logps, old, None, adv, mask, loss_type="stabledrl")
+    stable, _ = policy_loss(logps, old, None, adv, mask, loss_type="stabledrl_clip")
     assert torch.equal(_grad(stable, logps)[0], torch.zeros(2))
     # the loss is -mean(w A) with w = clip(r) / mean(clip(r)): recompute it by hand
     clipped = torch.clamp(torch.exp(logps.detach()), 0.8, 1.2)
@@ -227,6 +228,44 @@ def test_spg_equals_the_released_code_in_value_and_gradient(mix):
     assert metrics["spg/negative_frac"] == 0.75
     with pytest.raises(ValueError, match="spg_mix"):
         spg_loss(logps, scored, advantages, answer, mix=1.5)
+
+
+def _stabledrl_released(per_seq_logps, per_seq_elbo, ref_elbo, advantages, ais_clip_iw):
+    """JianyuanZhong/StableDRL @ 26ad014, networks/llada_svpo.py ``compute_loss_spg`` l. 1010-1040 (use_snis)."""
+    log_iw = (per_seq_elbo - ref_elbo).detach()
+    clipped = torch.clamp(log_iw, max=math.log(ais_clip_iw))
+    weights = torch.nn.functional.softmax(clipped, dim=0).detach()
+    return -torch.sum(weights * advantages * per_seq_logps)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, 3.0])  # on-policy, off-policy inside and beyond the clip at log 5
+def test_stabledrl_equals_the_released_code_in_value_and_gradient(shift):
+    from align.losses import spg_bounds, stabledrl_loss
+
+    g = torch.Generator().manual_seed(1)
+    rows, passes, width = 5, 2, 10
+    answer = torch.zeros(rows, width, dtype=torch.bool)
+    for i, n in enumerate([10, 4, 7, 2, 9]):
+        answer[i, :n] = True
+    scored = (torch.rand(passes, rows, width, generator=g) < 0.6) & answer[None]
+    scored[:, :, 0] = True
+    logps = (-2 * torch.rand(passes, rows, width, generator=g, dtype=torch.float64)).requires_grad_()
+    advantages = torch.tensor([1.0, -0.5, 0.0, 2.0, -1.5], dtype=torch.float64)
+    lower, upper, _ = spg_bounds(logps.detach(), scored, answer, beta=1.5, mix=0.5)
+    old = lower - shift * torch.tensor([1.0, -1.0, 0.5, 2.0, 0.0], dtype=torch.float64)
+    loss, metrics = stabledrl_loss(logps, scored, old, advantages, answer, beta=1.5, mix=0.5, max_weight=5.0)
+    (grad,) = torch.autograd.grad(loss, logps)
+    other = logps.detach().clone().requires_grad_()
+    low, up, _ = spg_bounds(other, scored, answer, beta=1.5, mix=0.5)  # SPG's bound: checked against SPG above
+    bound = torch.where(advantages > 0, low, 0.5 * up + 0.5 * low)
+    reference = _stabledrl_released(bound, low, old, advantages, 5.0)
+    (reference_grad,) = torch.autograd.grad(reference, other, retain_graph=True)
+    torch.testing.assert_close(loss, reference, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-12)
+    if shift == 0.0:  # on-policy: uniform weights, the gradient of -mean(A * bound)
+        on = -(advantages * bound).mean()
+        torch.testing.assert_close(grad, torch.autograd.grad(on, other)[0], rtol=0, atol=1e-12)
+    assert metrics["stabledrl/iw_max"] >= 1.0
 
 
 def test_spg_masks_follow_the_released_block_random_process():

@@ -129,8 +129,10 @@ def test_gradient_accumulation_matches_one_big_micro_batch(workspace, tmp_path, 
      "--spg_mix", "0.5", "--p_mask_prompt", "0.15"),
     ("--loss_type", "bgpo", "--estimator", "coupled", "--num_mc_samples", "2", "--num_iterations", "2",
      "--max_steps", "2"),
-    ("--loss_type", "stabledrl", "--estimator", "elbo", "--num_mc_samples", "2", "--num_iterations", "2",
+    ("--loss_type", "stabledrl_clip", "--estimator", "elbo", "--num_mc_samples", "2", "--num_iterations", "2",
      "--max_steps", "2", "--importance_sampling_level", "sequence"),
+    ("--loss_type", "stabledrl", "--estimator", "spg", "--block_length", "4", "--num_mc_samples", "2",
+     "--num_iterations", "2", "--max_steps", "2"),
 ])  # fmt: skip
 def test_chunked_mc_backward_gives_the_joint_gradient(workspace, tmp_path, extra):
     """mc_backward chunked backpropagates pass by pass; with plain SGD the parameters after the step(s)
