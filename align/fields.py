@@ -321,6 +321,10 @@ class GRPOFields(ModelDataFields):
         "spg: negative-advantage samples use mix * EUBO + (1 - mix) * ELBO (1 = EUBO only).",
         default=0.5,
     )
+    bgpo_dual_clip: float = _help(
+        "loss", "bgpo: for negative advantages the loss is capped at -A * this (dual-clip PPO; verl's "
+        "clip_ratio_c).", default=3.0,
+    )  # fmt: skip
     stabledrl_max_weight: float = _help(
         "loss", "stabledrl: importance weights are clipped from above at this value before self-normalising "
         "(StableDRL's ais_clip_iw).", default=5.0,
@@ -477,6 +481,8 @@ def check_grpo(c) -> None:
             f"loss_type {c.loss_type} is its authors' released algorithm on SPG's bounds: it needs SPG's masks "
             f"(estimator spg), not {c.estimator!r}."
         )
+    if c.loss_type == "bgpo" and not c.bgpo_dual_clip > 1.0:
+        raise ValueError(f"bgpo_dual_clip must be > 1 (dual-clip PPO), got {c.bgpo_dual_clip}.")
     if c.loss_type == "stabledrl" and not c.stabledrl_max_weight > 1.0:
         raise ValueError(f"stabledrl_max_weight must be > 1, got {c.stabledrl_max_weight}.")
     if c.estimator == "spg" and c.num_mc_samples > c.max_completion_length // c.block_length:

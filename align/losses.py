@@ -24,11 +24,8 @@ per-token values sum to the sequence ELBO), so TRL's formulas carry over unchang
 * ``spg_loss`` (SPG, Wang et al. 2025, as its authors released it): REINFORCE on sandwiched per-sequence
   bounds, no ratio and no clipping: the lower bound for A > 0 and ``mix * EUBO + (1 - mix) * lower`` else,
   from per-pass log-probs under SPG's own masks (``estimator: spg``), rows weighted by their length.
-* ``bgpo_loss`` (BGPO): with per-sample sequence ELBO terms e_ij (``align.logprob.sample_sums``, K per row)
-  and d_ij = (e_ij - e_ij_old) / L_i, maximises the lower bound of A_i exp(mean_j d_ij) that is linear in
-  the samples: A_i (1 + mean_j d_ij) for A_i >= 0 (exp(x) >= 1 + x) and A_i mean_j exp(d_ij) for A_i < 0
-  (Jensen). On-policy its value and gradient equal those of the sequence-ratio objective (``grpo`` with
-  ``importance_sampling_level: sequence``); off-policy it is below it. No clipping.
+* ``bgpo_loss`` (BGPO, as released in DARE's verl): per-sample sequence ELBO changes over the padded
+  canvas length, ratio 1 + d for A > 0 and exp(d) otherwise, PPO and dual clipping, token-mean rows.
 
 Advantages (``compute_advantages``) follow TRL: group mean subtracted, divided by std + 1e-4 for
 ``scale_rewards`` ``group`` / ``batch``, not divided for ``none`` (d1's mean-centring); rows whose
@@ -282,17 +279,41 @@ def spg_loss(
 
 
 def bgpo_loss(
-    samples: torch.Tensor, old_samples: torch.Tensor | None, advantages: torch.Tensor, lengths: torch.Tensor
+    samples: torch.Tensor,
+    old_samples: torch.Tensor | None,
+    advantages: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    canvas_length: int | float,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    dual_clip: float = 3.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """BGPO: samples / old_samples [B, K] per-sample sequence estimates (old None: on-policy, the detached
-    values), advantages [B], lengths [B] scored tokens per row. Loss -mean_i J_i with J_i the linear
-    lower bound described in the module docstring."""
+    """BGPO as released (vendored in yjyddq/DARE @ f4999da: ``compute_policy_loss_bgpo`` in
+    verl/trainer/ppo/dllm_core_algos.py and its caller ``llada_dp_actor_bgpo.update_policy``).
+
+    samples / old_samples [B, K]: per-sample sequence ELBO terms (old None: on-policy); advantages [B];
+    lengths [B] the answer's scored tokens (verl's response mask); ``canvas_length`` the padded response
+    length that every sample's change is divided by: d_ij = (e_ij - e_ij_old) / canvas_length. Ratio
+    1 + d for A > 0 (exp(x) >= 1 + x), exp(d) otherwise (Jensen); PPO clipping to [1 - epsilon,
+    1 + epsilon_high] and, for A < 0, dual clipping at ``dual_clip``; per sample the token-mean over the
+    micro-batch (rows weighted by their length), then the mean over the K samples. Deliberate difference:
+    the released code writes 1 + d as exp(log(1 + d)), NaN once d < -1 (the ELBO per token fell by more
+    than one nat); here it stays finite, equal wherever the released value is a number."""
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
     old_samples = samples.detach() if old_samples is None else old_samples
-    d = (samples - old_samples) / lengths.to(samples.dtype).clamp(min=1.0)[:, None]
-    positive = advantages >= 0
-    objective = torch.where(positive, advantages * (1 + d.mean(1)), advantages * torch.exp(d).mean(1))
-    ratio = torch.exp(d.detach().mean(1))  # the sequence ratio the bound stands in for
-    return -objective.mean(), {"ratio/mean": ratio.mean()}
+    d = (samples - old_samples) / float(canvas_length)  # [B, K]
+    adv = advantages[:, None].to(d.dtype)
+    ratio = torch.where(adv > 0, 1 + d, torch.exp(d))
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    ppo = torch.maximum(unclipped, clipped)
+    per_sample = torch.where(adv < 0, torch.minimum(-adv * dual_clip, ppo), ppo)  # [B, K]
+    weights = lengths.to(d.dtype)[:, None]
+    loss = ((per_sample * weights).sum(0) / weights.sum().clamp(min=1.0)).mean()
+    metrics = {"ratio/mean": ratio.detach().mean(),
+               "clip_ratio/region_mean": (clipped > unclipped).float().mean().detach()}  # fmt: skip
+    return loss, metrics
 
 
 def dpo_loss(

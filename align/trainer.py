@@ -439,7 +439,9 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         accumulation = self.current_gradient_accumulation_steps
         if args.loss_type == "bgpo":
             loss, metrics = bgpo_loss(sample_sums(plan, passes), inputs["old"], inputs["advantages"],
-                                      inputs["mask"].sum(-1))  # fmt: skip
+                                      inputs["mask"].sum(-1), canvas_length=args.max_completion_length,
+                                      epsilon=args.epsilon, epsilon_high=args.epsilon_high,
+                                      dual_clip=args.bgpo_dual_clip)  # fmt: skip
             return self._logged(loss, metrics) / accumulation
         if args.loss_type == "spg":
             loss, metrics = spg_loss(passes, plan.weights != 0, inputs["advantages"], inputs["mask"],

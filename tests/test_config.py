@@ -72,7 +72,7 @@ def test_the_light_vocabularies_match_the_registries():
         policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,
                     max_completion_length=3)  # fmt: skip
     spg_loss(logps[None], mask[None].bool(), torch.ones(4), mask)
-    bgpo_loss(logps, None, torch.ones(4), mask.sum(-1))
+    bgpo_loss(logps, None, torch.ones(4), mask.sum(-1), canvas_length=3)
 
 
 def test_a_parsed_config_does_not_change_how_later_commands_convert_values():

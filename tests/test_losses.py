@@ -300,26 +300,48 @@ def test_spg_masks_follow_the_released_block_random_process():
         make_plan("spg", canvas, num_samples=5, block_length=4)
 
 
-def test_bgpo_equals_the_sequence_ratio_objective_on_policy_and_is_below_it_off_policy():
+def _bgpo_released(old_l, l_theta, advantages, response_mask, cliprange, clip_ratio_c):
+    """yjyddq/DARE @ f4999da ``compute_policy_loss_bgpo`` with verl's token-mean ``agg_loss``, for one
+    Monte Carlo sample: old_l / l_theta / advantages / response_mask all [B, R] (the caller broadcasts
+    each row's ELBO / R and its advantage over the R response positions)."""
+    neg_kl = torch.where(advantages > 0, torch.log(1 + l_theta - old_l), l_theta - old_l)
+    ratio = torch.exp(neg_kl)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    clip1 = torch.maximum(pg1, pg2)
+    clip2 = torch.min(-advantages * clip_ratio_c, clip1)
+    losses = torch.where(advantages < 0, clip2, clip1)
+    return (losses * response_mask).sum() / response_mask.sum()
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.05, 1.0])  # on-policy, inside the clip, beyond it and the dual clip
+def test_bgpo_equals_the_released_code_in_value_and_gradient(spread):
     from align.losses import bgpo_loss
 
     g = torch.Generator().manual_seed(1)
-    k, lengths = 4, torch.tensor([5.0, 3.0, 7.0, 2.0, 6.0, 4.0])
-    samples = (-10 * torch.rand(B, k, generator=g)).requires_grad_()
-    adv = torch.randn(B, generator=g)
-    # the ELBO objective with ESPO's sequence ratio exp((B - B_old) / L), B the mean of the K samples;
-    # as token values: each row's B spread over its L tokens (the ratio only sees their mean)
-    mask = (torch.arange(T)[None] < lengths[:, None]).float()
-    tokens = samples.mean(1, keepdim=True) / lengths[:, None] * mask
-    seq, _ = policy_loss(
-        tokens, None, None, adv, mask, loss_type="grpo", importance_sampling_level="sequence"
-    )
-    linear, _ = bgpo_loss(samples, None, adv, lengths)
-    torch.testing.assert_close(linear, seq)
-    torch.testing.assert_close(_grad(linear, samples), _grad(seq, samples))
-    # off-policy: -loss is a lower bound of mean_i A_i exp(mean_j d_ij), row by row
-    old = samples.detach() + 0.8 * torch.randn(B, k, generator=g)
-    for i in range(B):
-        d = (samples[i].detach() - old[i]) / lengths[i]
-        bound = -bgpo_loss(samples[i : i + 1].detach(), old[i : i + 1], adv[i : i + 1], lengths[i : i + 1])[0]
-        assert bound <= adv[i] * torch.exp(d.mean()) + 1e-6
+    k, canvas = 3, 8
+    lengths = torch.tensor([5.0, 3.0, 8.0, 2.0, 6.0, 4.0], dtype=torch.float64)
+    samples = (-10 * torch.rand(6, k, generator=g, dtype=torch.float64)).requires_grad_()
+    adv = torch.tensor([1.0, -0.5, 0.0, 2.0, -1.5, -3.0], dtype=torch.float64)
+    noise = torch.randn(6, k, generator=g, dtype=torch.float64).clamp(-0.9, 1.5)  # d > -1: log(1 + d) defined
+    noise[5, 0] = 1.4  # A < 0 and exp(d) > 3 at spread 1: the dual clip
+    old = samples.detach() - spread * canvas * noise
+    loss, _ = bgpo_loss(samples, old, adv, lengths, canvas_length=canvas, epsilon=0.2, dual_clip=3.0)
+    (grad,) = torch.autograd.grad(loss, samples)
+    other = samples.detach().clone().requires_grad_()
+    response_mask = (torch.arange(canvas)[None] < lengths[:, None]).to(torch.float64)
+    per_sample = [
+        _bgpo_released((old[:, j] / canvas)[:, None].expand(-1, canvas), (other[:, j] / canvas)[:, None].expand(-1, canvas),
+                       adv[:, None].expand(-1, canvas), response_mask, 0.2, 3.0)
+        for j in range(k)
+    ]  # fmt: skip
+    reference = sum(per_sample) / k
+    (reference_grad,) = torch.autograd.grad(reference, other)
+    torch.testing.assert_close(loss, reference, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-12)
+    if spread == 1.0:
+        assert (grad == 0).any() and (grad != 0).any()  # some samples clipped, some not
+        assert bgpo_loss(samples, old, adv, lengths, canvas_length=canvas, dual_clip=100.0)[0] != loss  # dual clip bit
+    # a drop of more than one nat per token: the released log(1 + d) is NaN, ours stays finite
+    far = samples.detach() - 2 * canvas
+    assert torch.isfinite(bgpo_loss(far, samples.detach(), adv.abs() + 0.1, lengths, canvas_length=canvas)[0])
