@@ -256,6 +256,8 @@ def spawn(spec: dict, channel_fd: int | None, stdin, stdout, stderr) -> subproce
         argv = [str(filter_r) if a == SECCOMP_PLACEHOLDER else a for a in argv]
         keep.append(filter_r)
     argv += ["-c", _stub_source(), str(channel_fd if channel_fd is not None else -1)]
+    if spec.get("cgroup_procs"):  # the whole run (every process it starts) joins the slot's memory cgroup
+        argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', spec["cgroup_procs"], *argv]
     try:
         return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=keep,
                                 start_new_session=True, cwd=spec.get("cwd") or "/", env={})  # fmt: skip

@@ -26,8 +26,12 @@ with an empty environment from the first process on (bwrap's own init inside the
 * a wall-clock timeout that kills the whole process group, and the judge killed and replaced by the
   caller when it does not answer in time.
 
-Memory is bounded per process (address space), not for the whole run: no cgroup is used. The inode
-count of the tmpfs is bounded only by its CPU time (the kernel memory is freed when the run ends).
+Memory: each process is bounded by its address space, and where the caller is root and a cgroup-v1
+memory hierarchy is writable (this project's CI machine kind) the whole run, every process it forks and
+its tmpfs pages, shares one cap of ``memory_mb + tmpfs_mb`` (a memory cgroup per slot, joined before the
+run starts; past it the kernel kills inside the run). Elsewhere (cgroup v2, non-root) the cap is per
+process only, said once in the log. The inode count of the tmpfs is bounded only by its CPU time (the
+kernel memory is freed when the run ends).
 
 Backend ``process`` (used when bwrap is missing or fails to start): the same rlimits, uid switch, empty
 environment, process-group kill and out-of-process judging, but **no filesystem, network, PID or
@@ -171,6 +175,8 @@ class Sandbox:
             raise ValueError(f"sandbox workers {self.workers} > {MAX_SLOTS}; use at most {MAX_SLOTS} slots.")
         self._tools = {name: shutil.which(name) or name for name in ("setpriv", "prlimit", "bwrap", "env")}
         self._uid_base, self._lock = _claim_uid_block() if self.switch_uid else (None, None)
+        run_bytes = (self.limits.memory_mb + self.limits.tmpfs_mb) * 2**20  # the processes plus their tmpfs
+        self._cgroups = _memory_cgroups(self._uid_base, self.workers, run_bytes) if self.switch_uid else None
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.workers):
             self._slots.put(slot)
@@ -215,7 +221,7 @@ class Sandbox:
             judge = self._judges[slot]
             if judge is None or judge.proc.poll() is not None:
                 judge = self._judges[slot] = _Judge()
-            reply = judge.ask({**job, "spec": self._spec(uid)}, runs * self.limits.timeout_s + JUDGE_MARGIN_S)
+            reply = judge.ask({**job, "spec": self._spec(uid, slot)}, runs * self.limits.timeout_s + JUDGE_MARGIN_S)
             if reply is None:
                 limit_s = runs * self.limits.timeout_s + JUDGE_MARGIN_S
                 tail = judge.stderr_tail()
@@ -229,7 +235,7 @@ class Sandbox:
             _kill_uid_leftovers(uid)
             self._slots.put(slot)
 
-    def _spec(self, uid: int | None) -> dict:
+    def _spec(self, uid: int | None, slot: int = 0) -> dict:
         lim, tool = self.limits, self._tools
         nproc = lim.processes
         if uid is None and os.geteuid() != 0:  # shared uid: RLIMIT_NPROC counts the caller's processes too
@@ -242,7 +248,8 @@ class Sandbox:
         prefix = []
         if uid is not None:
             prefix = [tool["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        spec = {"timeout_s": lim.timeout_s, "cap": lim.max_output_bytes, "uid": uid, "seccomp": None}
+        spec = {"timeout_s": lim.timeout_s, "cap": lim.max_output_bytes, "uid": uid, "seccomp": None,
+                "cgroup_procs": self._cgroups[slot] if self._cgroups else None}  # fmt: skip
         if self.backend == "process":
             argv = [*prefix, *limits, tool["env"], "-i", "PATH=/usr/bin:/bin", "HOME=/tmp", self.python, "-I"]
             return {**spec, "argv": argv, "make_cwd": True}
@@ -260,6 +267,11 @@ class Sandbox:
         for judge in self._judges:
             if judge is not None:
                 judge.kill()
+        for procs in self._cgroups or []:
+            _remove_dir(os.path.dirname(procs))
+        if self._cgroups:
+            _remove_dir(os.path.dirname(os.path.dirname(self._cgroups[0])))
+            self._cgroups = None
         self._judges = [None] * self.workers
         if self._lock is not None:
             self._lock.close()  # releases the uid block
@@ -314,6 +326,37 @@ class _Judge:
         for pipe in (self.proc.stdin, self.proc.stdout):
             pipe.close()
         self.stderr.close()
+
+
+CGROUP_V1_MEMORY = "/sys/fs/cgroup/memory"
+
+
+def _memory_cgroups(uid_base: int | None, slots: int, limit_bytes: int) -> list[str] | None:
+    """One cgroup-v1 memory cgroup per slot capped at ``limit_bytes`` (memory and memory + swap): the
+    ``cgroup.procs`` file a run joins before it starts. None (and one log line) where that cannot be
+    made: no writable v1 memory hierarchy (cgroup v2 is not handled), or not root."""
+    parent = os.path.join(CGROUP_V1_MEMORY, f"dllm-align-{uid_base}")
+    paths = []
+    try:
+        for slot in range(slots):
+            path = os.path.join(parent, f"slot{slot}")
+            os.makedirs(path, exist_ok=True)
+            for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+                if os.path.exists(os.path.join(path, name)):
+                    with open(os.path.join(path, name), "w") as f:
+                        f.write(str(limit_bytes))
+            paths.append(os.path.join(path, "cgroup.procs"))
+        return paths
+    except OSError as exc:
+        logger.warning("sandbox: no per-run memory cgroup (%s); memory is capped per process only.", exc)
+        return None
+
+
+def _remove_dir(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 @functools.cache

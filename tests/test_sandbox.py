@@ -310,3 +310,25 @@ def test_broken_tests_are_the_rows_error_and_unparseable_code_scores_zero(sandbo
     with pytest.raises(ValueError, match="test 1 does not compile"):
         score_program("def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(("], sandbox=sandbox)
     assert score_program("def add(a, b) return", ["assert add(1, 2) == 3"], sandbox=sandbox) == 0.0
+
+
+def test_memory_is_capped_for_the_whole_run_not_per_process():
+    """Three children holding 200 MiB each at once stay under a 320 MiB per-process address-space limit, but not
+    under the run's shared cap (memory_mb + tmpfs_mb = 384 MiB) where a memory cgroup can be made."""
+    box = Sandbox(backend="bwrap", workers=1, limits=SandboxLimits(timeout_s=20, cpu_s=20, memory_mb=320))
+    try:
+        if not box._cgroups:
+            pytest.skip("no writable cgroup-v1 memory hierarchy (or not root): memory is capped per process")
+        code = (
+            "import os, time\npids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        b = bytearray(200 << 20)\n        b[::4096] = b'x' * len(b[::4096])\n        time.sleep(2)\n"
+            "        os._exit(0)\n"
+            "    pids.append(pid)\nprint(sum(os.waitpid(p, 0)[1] == 0 for p in pids))\n"
+        )
+        survivors = box.run(code).stdout.strip()
+        assert survivors in ("0", "1"), survivors
+        assert box.run("b = bytearray(200 << 20)\nb[::4096] = b'x' * len(b[::4096])\nprint('one fits')").stdout.strip() == "one fits"
+        parent = os.path.dirname(os.path.dirname(box._cgroups[0]))
+    finally:
+        box.close()
+    assert not os.path.exists(parent)  # the cgroups go with the sandbox
