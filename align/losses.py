@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from trl.trainer.utils import nanstd
 
 from align.fields import DPO_LOSS_TYPES, LOSS_TYPES, SCALE_REWARDS
+from align.logprob.estimators import MaskPlan, eubo_token_values
 
 RATIO_LOSS_TYPES = tuple(t for t in LOSS_TYPES if t not in ("spg", "bgpo", "stabledrl"))  # policy_loss's
 
@@ -206,22 +207,24 @@ def policy_loss(
 
 
 def spg_bounds(per_pass: torch.Tensor, scored: torch.Tensor, mask: torch.Tensor, *, beta: float, mix: float):
-    """SPG's per-sequence lower bound and EUBO [B] and the answer lengths [B] (see ``spg_loss``)."""
+    """SPG's per-sequence lower bound and EUBO [B] and the answer lengths [B] (see ``spg_loss``). The EUBO
+    is ``eubo_token_values`` under weights 1 / t_p = L / (pass p's scored count), averaged over the tokens
+    some pass scores."""
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"spg_mix must be in [0, 1], got {mix}.")
-    if beta <= 0:
-        raise ValueError(f"spg_beta must be > 0, got {beta}.")
     scored = scored.bool()
-    counts = scored.sum(-1)  # [P, B]
-    per_seq = (per_pass * scored).sum(-1) / counts.clamp(min=1)  # [P, B]
-    lower = per_seq.mean(0)  # [B]
+    counts = scored.sum(-1, keepdim=True).to(per_pass.dtype)  # [P, B, 1]
+    lower = ((per_pass * scored).sum(-1) / counts[..., 0].clamp(min=1)).mean(0)  # [B]
     lengths = mask.to(per_pass.dtype).sum(-1)  # [B]
-    t_hat = counts.to(per_pass.dtype) / lengths.clamp(min=1)[None]  # [P, B]
-    terms = torch.where(scored, beta * per_pass - torch.log(t_hat.clamp(min=1e-30))[..., None], -torch.inf)
-    any_scored = scored.any(0)  # [B, T]
-    log_u = torch.logsumexp(terms, 0) - math.log(per_pass.shape[0])
-    upper = torch.where(any_scored, log_u, torch.zeros_like(log_u)).sum(-1) / any_scored.sum(-1).clamp(min=1) / beta
+    inverse_t = scored * lengths[None, :, None] / counts.clamp(min=1)
+    per_token = eubo_token_values(MaskPlan(scored, inverse_t, per_pass.shape[0]), per_pass, beta)  # 0 if unscored
+    upper = per_token.sum(-1) / scored.any(0).sum(-1).clamp(min=1)
     return lower, upper, lengths
+
+
+def _sandwiched(advantages: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, mix: float) -> torch.Tensor:
+    """SPG's choice per row: the lower bound where A > 0, ``mix * upper + (1 - mix) * lower`` elsewhere."""
+    return torch.where(advantages > 0, lower, mix * upper + (1 - mix) * lower)
 
 
 def stabledrl_loss(
@@ -246,7 +249,7 @@ def stabledrl_loss(
     old_lower = lower.detach() if old_lower is None else old_lower
     log_iw = (lower.detach() - old_lower).clamp(max=math.log(max_weight))
     weights = torch.softmax(log_iw, 0).detach()
-    bound = torch.where(advantages > 0, lower, mix * upper + (1 - mix) * lower)
+    bound = _sandwiched(advantages, lower, upper, mix)
     loss = -(weights * advantages * bound).sum()
     iw = torch.exp(lower.detach() - old_lower)
     return loss, {"stabledrl/iw_mean": iw.mean(), "stabledrl/iw_max": iw.max()}
@@ -272,7 +275,7 @@ def spg_loss(
     Deliberate difference: u_k is a log-sum-exp here, where the released code takes p^beta in float32 and
     drops a token whose p^beta underflows to 0; the two agree whenever nothing underflows."""
     lower, upper, lengths = spg_bounds(per_pass, scored, mask, beta=beta, mix=mix)
-    bound = torch.where(advantages > 0, lower, mix * upper + (1 - mix) * lower)
+    bound = _sandwiched(advantages, lower, upper, mix)
     loss = (-advantages * bound * lengths).sum() / lengths.sum().clamp(min=1e-8)
     negative = (advantages <= 0).float()
     return loss, {"spg/bound_gap": (upper - lower).mean().detach(), "spg/negative_frac": negative.mean().detach()}

@@ -38,49 +38,49 @@ def extract_code(text: str) -> str:
     return blocks[-1][1] if blocks else text
 
 
-def _compiles(code: str) -> bool:
+def _compile_error(source: str, name: str) -> Exception | None:
+    """The SyntaxError / ValueError compiling ``source`` raises, or None ("invalid escape sequence" and
+    the like are warnings, the program's business)."""
     try:
-        with warnings.catch_warnings():  # "invalid escape sequence" and the like are the program's business
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compile(code, "<completion>", "exec")
-        return True
-    except (SyntaxError, ValueError):
-        return False
+            compile(source, name, "exec")
+    except (SyntaxError, ValueError) as exc:
+        return exc
+    return None
 
 
 def _check_tests(tests, form: str) -> None:
     """A row whose tests do not compile is the dataset's error, not the candidate's: say which test."""
     for index, test in enumerate(tests if form == "asserts" else [tests]):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                compile(test, f"<test {index}>", "exec")
-        except (SyntaxError, ValueError) as exc:
+        if (exc := _compile_error(test, f"<test {index}>")) is not None:
             raise ValueError(
                 f"code_execution: the row's test {index} does not compile ({exc}); fix the dataset's tests."
-            ) from None
+            )
 
 
-def run_tests(code, form, tests, entry_point=None, sandbox=None, setup=None, context=None) -> list[bool]:
-    """Passed flag per test of ``code`` (asserts / check forms), judged by ``rewards.judge`` outside the
-    sandbox; a judge that does not answer fails every test (logged)."""
-    sandbox = sandbox or default_sandbox()
-    job = {"form": form, "code": code, "tests": tests, "entry_point": entry_point, "setup": setup,
-           "context": context}  # fmt: skip
-    reply = sandbox.judge(job)
-    n = len(tests) if form == "asserts" else 1
+def _judged(sandbox, job: dict, n: int, runs: int = 1) -> list[bool]:
+    """Passed flag per test from the judge (``rewards.judge``); a judge that does not answer fails all n."""
+    reply = (sandbox or default_sandbox()).judge(job, runs)
     if "error" in reply:
         logger.warning("code_execution: %s; the program scores 0.", reply["error"])
         return [False] * n
     return list(reply["passed"])
 
 
+def run_tests(code, form, tests, entry_point=None, sandbox=None, setup=None, context=None) -> list[bool]:
+    """Passed flag per test of ``code`` (asserts / check forms), judged outside the sandbox."""
+    job = {"form": form, "code": code, "tests": tests, "entry_point": entry_point, "setup": setup,
+           "context": context}  # fmt: skip
+    return _judged(sandbox, job, len(tests) if form == "asserts" else 1)
+
+
 def score_program(code: str, tests, entry_point: str | None = None, sandbox=None, setup: str | None = None,
                   context: str | None = None) -> float:  # fmt: skip
     """Fraction of ``tests`` that ``code`` passes (see the module docstring for the test formats).
 
-    ``setup`` is dataset code run in the sandbox before the candidate (MBPP's ``test_setup_code``: the
-    objects the tests hand to the candidate); ``context`` is dataset code run in the judge before each
+    ``setup`` is dataset code run in the sandbox after the candidate (MBPP's ``test_setup_code``: the
+    objects, built from the candidate's classes, that the tests hand to it); ``context`` is dataset code run in the judge before each
     test (HumanEval's prompt helpers that the tests call, such as ``encode_cyclic``).
     """
     if isinstance(tests, str) and tests.strip().startswith("["):
@@ -91,26 +91,22 @@ def score_program(code: str, tests, entry_point: str | None = None, sandbox=None
                 "code_execution: a test program needs the column 'entry_point' (the function to check)."
             )
         _check_tests(tests, "check")
-        if not _compiles(code):
+        if _compile_error(code, "<completion>"):
             return 0.0
         return float(run_tests(code, "check", tests, entry_point, sandbox, setup, context)[0])
     tests = list(tests)
     if not tests:
         raise ValueError("code_execution: the row's 'tests' list is empty; nothing to score against.")
     if isinstance(tests[0], dict):  # stdin/stdout cases: the program must finish and print the output
-        if not _compiles(code):
+        if _compile_error(code, "<completion>"):
             return 0.0
         cases = [(str(case["input"]), str(case["output"])) for case in tests]
-        reply = (sandbox or default_sandbox()).judge(
-            {"form": "stdio", "code": code, "cases": cases}, len(cases)
-        )
-        if "error" in reply:
-            logger.warning("code_execution: %s; the program scores 0.", reply["error"])
-            return 0.0
-        return sum(reply["passed"]) / len(tests)
+        return sum(
+            _judged(sandbox, {"form": "stdio", "code": code, "cases": cases}, len(cases), len(cases))
+        ) / len(tests)
     tests = [str(t) for t in tests]
     _check_tests(tests, "asserts")
-    if not _compiles(code):
+    if _compile_error(code, "<completion>"):
         return 0.0
     return sum(run_tests(code, "asserts", tests, None, sandbox, setup, context)) / len(tests)
 
@@ -118,7 +114,7 @@ def score_program(code: str, tests, entry_point: str | None = None, sandbox=None
 def code_execution(prompts, completions, tests=None, entry_point=None, test_setup_code=None, test_helpers=None,
                    **_columns):  # fmt: skip
     """Fraction of the row's tests passed by the completion's code (column ``tests``; optional columns
-    ``entry_point`` for a check() program, ``test_setup_code`` run in the sandbox before the candidate and
+    ``entry_point`` for a check() program, ``test_setup_code`` run in the sandbox after the candidate and
     ``test_helpers``, trusted code the tests call, run in the judge: HumanEval's prompt helpers)."""
     if tests is None:
         raise KeyError(

@@ -30,6 +30,7 @@ import ast
 import builtins
 import marshal
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +44,12 @@ MAX_MESSAGE_BYTES = 8 << 20
 MAX_NODES = 200_000
 MAX_DEPTH = 100
 SECCOMP_PLACEHOLDER = "@SECCOMP_FD@"
+
+
+def frame(message) -> bytes:
+    """One protocol message: a 4-byte big-endian length, then the marshal payload."""
+    data = marshal.dumps(message, 4)
+    return len(data).to_bytes(4, "big") + data
 
 
 class SandboxBroken(BaseException):
@@ -105,10 +112,9 @@ class Session:
         reply = self._recv()
         if type(reply) is not tuple or len(reply) != 3 or reply[0] != "ready":
             self._break("the sandbox did not start the program")
-        self.setup_names = self.decode(reply[1]) if type(reply[1]) is dict else {}
-        self.names = self.decode(reply[2]) if type(reply[2]) is dict else {}
-        if type(self.setup_names) is not dict or type(self.names) is not dict:
+        if type(reply[1]) is not dict or type(reply[2]) is not dict:
             self._break("the sandbox sent names that are not a dict")
+        self.setup_names, self.names = self.decode(reply[1]), self.decode(reply[2])
 
     def call(self, target: Remote, args: tuple, kwargs: dict):
         encoded_args = [encode(a) for a in args]
@@ -132,7 +138,9 @@ class Session:
             value = self.decode(reply[1])
             return (value, reply[2]) if raw else value
         if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
-            if reply[1] == "StopIteration" and message[0] != "next":  # would end the test's map() or loop early
+            if (
+                reply[1] == "StopIteration" and message[0] != "next"
+            ):  # would end the test's map() or loop early
                 raise CandidateError(f"StopIteration from a call: {reply[2]}")
             raise _exception(reply[1], reply[2])
         self._break("malformed reply")
@@ -163,12 +171,12 @@ class Session:
 
     def _send(self, message) -> None:
         try:
-            data = marshal.dumps(message, 4)
+            data = frame(message)
         except ValueError as exc:
             raise TypeError(f"a test argument cannot be sent to the candidate: {exc}") from None
         try:
             self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
-            self.sock.sendall(len(data).to_bytes(4, "big") + data)
+            self.sock.sendall(data)
         except OSError:
             self._break("the sandboxed program stopped reading (it died or timed out)")
 
@@ -298,9 +306,8 @@ def run_program(spec: dict, code: str, stdin: str) -> dict:
                 "stderr": f"could not start the sandbox: {exc}"}  # fmt: skip
     finally:
         theirs.close()
-    data = marshal.dumps(("run", code), 4)
     try:
-        ours.sendall(len(data).to_bytes(4, "big") + data)
+        ours.sendall(frame(("run", code)))
     except OSError:
         pass
     ours.close()
@@ -322,11 +329,26 @@ def run_program(spec: dict, code: str, stdin: str) -> dict:
             "wall_s": time.monotonic() - start}  # fmt: skip
 
 
-def _named_modules(sources: list[str]) -> dict:
-    """Stdlib modules the tests refer to by name (``math`` in ``math.isclose``), imported here."""
-    words = "".join(c if c.isalnum() or c == "_" else " " for source in sources for c in source + " ")
+_SIDE_EFFECT_MODULES = {"this", "antigravity"}  # importing them prints or opens a browser
+
+
+def _identifiers(source: str) -> tuple[set[str], list[str]]:
+    """(every name the source mentions, the names it calls in source order); nothing for code that does not
+    parse (the caller refuses tests that do not compile)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set(), []
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)),
+                   key=lambda n: (n.lineno, n.col_offset))  # fmt: skip
+    return names, [c.func.id for c in calls]
+
+
+def _named_modules(names: set[str]) -> dict:
+    """Stdlib modules the tests use by name (``math`` in ``math.isclose``), imported here."""
     modules = {}
-    for name in sorted(set(words.split()) & set(sys.stdlib_module_names)):
+    for name in sorted(names & set(sys.stdlib_module_names) - _SIDE_EFFECT_MODULES):
         try:
             modules[name] = __import__(name)
         except Exception:  # noqa: BLE001 - a module this interpreter lacks is simply not provided
@@ -334,17 +356,12 @@ def _named_modules(sources: list[str]) -> dict:
     return modules
 
 
-def _bound_names(test: str, names: dict) -> dict:
-    """The candidate's functions a test sees. Names of builtins (``len``, ``str``, ``sum``) are the
-    judge's own unless the test calls no other function of the candidate's: then the first builtin name
-    it calls is the function under test (MBPP 126 tests a function named ``sum``), and only that one."""
+def _bound_names(called: list[str], names: dict) -> dict:
+    """The candidate's functions a test sees, given the names it calls in order. Names of builtins
+    (``len``, ``str``, ``sum``) are the judge's own unless the test calls no other function of the
+    candidate's: then the first builtin name it calls is the function under test (MBPP 126 tests a
+    function named ``sum``), and only that one."""
     own = {k: v for k, v in names.items() if type(v) is Remote and not hasattr(builtins, k)}
-    try:
-        calls = sorted((n for n in ast.walk(ast.parse(test)) if isinstance(n, ast.Call)),
-                       key=lambda n: (n.lineno, n.col_offset))  # fmt: skip
-    except SyntaxError:
-        return own
-    called = [c.func.id for c in calls if isinstance(c.func, ast.Name)]
     if any(name in own for name in called):
         return own
     shadowing = [name for name in called if type(names.get(name)) is Remote]
@@ -357,13 +374,15 @@ def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
     session = Session(spec, job["code"], job.get("setup"))
     notes = []
     try:
-        modules = _named_modules([*tests, job.get("context") or ""])
+        parsed = [_identifiers(source) for source in tests]
+        mentioned = set().union(*(names for names, _ in parsed), _identifiers(job.get("context") or "")[0])
+        modules = _named_modules(mentioned)
         entry = session.names.get(job.get("entry_point") or "")
         passed = []
-        for index, test in enumerate(tests):
+        for index, (test, (_, called)) in enumerate(zip(tests, parsed)):
             ns = {"__builtins__": builtins, "__name__": "__main__"}
             if job["form"] == "asserts":
-                ns.update(_bound_names(test, session.names))
+                ns.update(_bound_names(called, session.names))
             elif type(entry) is Remote:  # HumanEval/33's test calls the entry point by its name too
                 ns[job["entry_point"]] = entry
             ns.update(modules)
@@ -411,8 +430,6 @@ def run_job(job: dict) -> dict:
         return {"passed": passed, "notes": notes}
     finally:
         if workdir:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -428,15 +445,13 @@ def main() -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)  # prints of the tests must not corrupt the protocol (nor fill the caller's stderr file)
     os.close(null)
-    sys.setrecursionlimit(10_000)
     jobs = os.fdopen(0, "rb")
     while (job := _read_message(jobs)) is not None:
         try:
             reply = run_job(job)
         except Exception as exc:  # noqa: BLE001 - reported to the caller, who decides
             reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        data = marshal.dumps(reply, 4)
-        replies.write(len(data).to_bytes(4, "big") + data)
+        replies.write(frame(reply))
         replies.flush()
 
 

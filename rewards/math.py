@@ -171,7 +171,12 @@ def integer_verdict(gold: str, prediction: str | None) -> float | None:
     p = _clean(prediction)
     if _INTEGER.fullmatch(p):
         return float(_same_integer(g, p))
-    return 0.0 if self_contradicting(prediction, gold) or len(prediction) > MAX_ANSWER_CHARS else None
+    return 0.0 if unacceptable(prediction, gold) else None
+
+
+def unacceptable(prediction: str, gold: str) -> bool:
+    """Wrong without parsing: a hedge, or longer than any final answer (``MAX_ANSWER_CHARS``)."""
+    return len(prediction) > MAX_ANSWER_CHARS or self_contradicting(prediction, gold)
 
 
 def self_contradicting(prediction: str, gold: str) -> bool:
@@ -187,7 +192,7 @@ def grade(gold: str, prediction: str | None) -> float | None:
     gold_parsed = _parse(gold_answer(gold))
     if not gold_parsed:
         return None
-    if prediction is None or self_contradicting(prediction, gold) or len(prediction) > MAX_ANSWER_CHARS:
+    if prediction is None or unacceptable(prediction, gold):
         return 0.0
     pred_parsed = _parse(prediction)
     if not pred_parsed:

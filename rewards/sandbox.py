@@ -50,14 +50,13 @@ import os
 import queue
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
-from rewards.judge import SECCOMP_PLACEHOLDER
+from rewards.judge import SECCOMP_PLACEHOLDER, frame, kill_group
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +220,9 @@ class Sandbox:
             judge = self._judges[slot]
             if judge is None or judge.proc.poll() is not None:
                 judge = self._judges[slot] = _Judge()
-            reply = judge.ask({**job, "spec": self._spec(uid, slot)}, runs * self.limits.timeout_s + JUDGE_MARGIN_S)
+            limit_s = runs * self.limits.timeout_s + JUDGE_MARGIN_S
+            reply = judge.ask({**job, "spec": self._spec(uid, slot)}, limit_s)
             if reply is None:
-                limit_s = runs * self.limits.timeout_s + JUDGE_MARGIN_S
                 tail = judge.stderr_tail()
                 judge.kill()
                 self._judges[slot] = None
@@ -292,8 +291,7 @@ class _Judge:
 
     def ask(self, job: dict, timeout_s: float) -> dict | None:
         try:
-            data = marshal.dumps(job, 4)
-            self.proc.stdin.write(len(data).to_bytes(4, "big") + data)
+            self.proc.stdin.write(frame(job))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return None
@@ -318,11 +316,7 @@ class _Judge:
         return self.stderr.read()[-300:].decode(errors="replace").strip()
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
+        kill_group(self.proc)
         for pipe in (self.proc.stdin, self.proc.stdout):
             pipe.close()
         self.stderr.close()

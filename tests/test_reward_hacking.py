@@ -7,7 +7,6 @@ MBPP 11 (asserts form), HumanEval/38 (check form; the tests call the prompt's ``
 ``random``) and HumanEval/53 (check form), and, where the trick applies, against stdin/stdout cases.
 """
 
-import os
 import shutil
 
 import pytest
@@ -274,6 +273,37 @@ SECRET_ROUTES = {
     ),
 }
 
+# Look for the tests' expected values anywhere the process can read: every file outside /usr, every
+# descriptor, its own and pid 1's environment and command line. PLANT (a control) writes a test line first.
+SEARCH = (
+    "import os, re\n"
+    "def _texts():\n"
+    "    out = []\n"
+    "    for root, dirs, files in os.walk('/'):\n"
+    "        dirs[:] = [d for d in dirs if os.path.join(root, d) not in ('/usr', '/proc', '/sys', '/dev')]\n"
+    "        for name in files:\n"
+    "            try:\n                out.append(open(os.path.join(root, name), errors='ignore').read(1 << 20))\n"
+    "            except OSError:\n                pass\n"
+    "    for path in ('/proc/self/environ', '/proc/self/cmdline', '/proc/1/environ', '/proc/1/cmdline'):\n"
+    "        try:\n            out.append(open(path, errors='ignore').read())\n        except OSError:\n            pass\n"
+    "    for fd in range(3, 64):\n"
+    "        try:\n            blocking = os.get_blocking(fd)\n            os.set_blocking(fd, False)\n"
+    "        except OSError:\n            continue\n"
+    "        try:\n            out.append(os.read(fd, 1 << 16).decode(errors='ignore'))\n"
+    "        except OSError:\n            pass\n"
+    "        os.set_blocking(fd, blocking)\n"
+    "    return '\\n'.join(out)\n"
+    "def FN(*args, **kwargs):\n"
+    "    text = _texts()\n"
+    "    if isinstance(args[0], str):\n"
+    "        found = re.findall(r'FN\\(\"' + re.escape(args[0]) + r'\"[^)]*\\)\\s*==\\s*\"([^\"]*)\"', text)\n"
+    "        return found[0] if found else None\n"
+    "    found = re.findall(r'FN\\(' + ',\\s*'.join(map(str, args)) + r'\\)\\s*==\\s*(-?\\d+)', text)\n"
+    "    return int(found[0]) if found else None\n"
+)
+PLANT = "open('/tmp/leak.py', 'w').write('assert FN(\"hello\",\"l\") == \"heo\"')\n"
+SECRET_ROUTES["search files, descriptors, environments and command lines for the expected values"] = SEARCH
+
 ATTEMPTS = {**SECRET_ROUTES, **STDLIB_PRETENDERS, **EXITS, **HARNESS_TAMPERING, **CHANNEL}
 
 
@@ -439,11 +469,10 @@ def test_stdio_cases_need_the_output_and_a_clean_exit(sandbox, code, score):
     assert score_program(code, STDIO_CASES, sandbox=sandbox) == score
 
 
-def test_judge_never_sees_a_secret_file_the_candidate_could_read(sandbox):
-    """Nothing the judge holds appears anywhere the candidate can look (files, descriptors, environment)."""
-    probe = (
-        "import os\nseen = []\nfor root, dirs, files in os.walk('/tmp'):\n    seen += files\n"
-        "seen += os.listdir('/proc/self/fd')\nprint(len(os.environ), sorted(os.environ), seen)\n"
-    )
-    out = sandbox.run(probe).stdout
-    assert "assert" not in out and os.environ.get("HOME", "/root") not in out.split("]")[0]
+def test_the_search_for_expected_values_would_find_them_if_they_were_there(sandbox, targets):
+    """Control for the search attempt: with a test line planted in its own /tmp it does score on MBPP 11,
+    so its 0 on the real tests means the tests are nowhere it can read."""
+    label, score, _ = targets[0]
+    assert label == "MBPP 11 asserts"
+    assert score(PLANT + SEARCH, sandbox) == pytest.approx(1 / 3)
+    assert score(SEARCH, sandbox) == 0.0
