@@ -21,11 +21,14 @@ import types
 from dataclasses import dataclass, field
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = ("blockwise", "coupled", "elbo", "one_step", "spg", "trace")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "stabledrl_clip", "stabledrl", "spg", "bgpo")
+ESTIMATOR_NAMES = ("blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "wd1_mean", "stabledrl_clip", "stabledrl", "spg", "bgpo",
+              "espo", "justgrpo", "tracerl")  # fmt: skip
+ADVANTAGE_BASELINES = ("group_mean", "leave_one_out")
 SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
-DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "spg"))  # trace replays a rollout; spg is for its loss
+# trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
+DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "spg", "diffucoder", "espo"))
 PROTOCOL_NAMES = ("d1", "illada", "llada", "llada-fast", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
                    "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
@@ -295,9 +298,9 @@ class GRPOFields(ModelDataFields):
     )
     # ---- loss (TRL names) ---------------------------------------------------------------------------
     loss_type: str = _help(
-        "loss", "Loss: grpo, bnpo, dr_grpo, dapo (TRL's aggregations of the clipped ratio), wd1, spg and "
-        "stabledrl (as their authors released them; estimator spg), stabledrl_clip (our two-sided-clip "
-        "variant), bgpo (align/losses.py).", default="dapo",
+        "loss", "Loss: grpo, bnpo, dr_grpo, dapo (TRL's aggregations of the clipped ratio); as their authors "
+        "released them: wd1, spg and stabledrl (estimator spg), bgpo, espo (estimator espo), justgrpo and "
+        "tracerl (estimator trace); our variants: wd1_mean, stabledrl_clip (align/losses.py).", default="dapo",
     )  # fmt: skip
     beta: float = _help("loss", "KL coefficient; 0 skips the reference model.", default=0.0)
     kl_estimator: str = _help("loss", "KL estimator: k3 (TRL) or k2.", default="k3")
@@ -311,7 +314,15 @@ class GRPOFields(ModelDataFields):
     scale_rewards: str = _help(
         "loss", "Advantage scaling: group, batch or none (mean-centring only).", default="group"
     )
-    wd1_psi: float = _help("loss", "Temperature of wd1's advantage softmax.", default=1.0)
+    advantage_baseline: str = _help(
+        "loss", "group_mean (TRL) or leave_one_out (DiffuCoder, ESPO: r minus the mean of the other G - 1 "
+        "rewards of its group); scale_rewards divides either by the group's std.", default="group_mean",
+    )  # fmt: skip
+    wd1_psi: float = _help("loss", "Temperature of wd1's advantage softmax (1 = wd1's released code).", default=1.0)
+    tracerl_beta: float = _help(
+        "loss", "tracerl: coefficient of the k3 KL to the rollout (old) policy, TraceRL's beta (0.01 in its "
+        "configs); TraceRL has no reference-model KL (beta stays 0).", default=0.01,
+    )  # fmt: skip
     spg_beta: float = _help(
         "loss", "spg: beta of the upper bound (EUBO) for negative-advantage samples (SPG: 1.5 math, 1.0 sudoku, "
         "2.0 countdown).", default=1.5,
@@ -437,6 +448,7 @@ def check_grpo(c) -> None:
         "estimator": list(ESTIMATOR_NAMES),
         "loss_type": list(LOSS_TYPES),
         "scale_rewards": list(SCALE_REWARDS),
+        "advantage_baseline": list(ADVANTAGE_BASELINES),
         "importance_sampling_level": ["token", "sequence"],
         "remasking": ["low_confidence", "random"],
         "cache": [None, "prefix", "dual"],
@@ -474,8 +486,36 @@ def check_grpo(c) -> None:
         )
     check_schedule(c.max_completion_length, c.diffusion_steps, c.block_length,
                    names=("max_completion_length", "diffusion_steps", "block_length"))  # fmt: skip
-    if c.loss_type in ("spg", "bgpo", "stabledrl") and c.beta != 0.0:
+    if c.loss_type in ("spg", "bgpo", "stabledrl", "wd1", "justgrpo") and c.beta != 0.0:
         raise ValueError(f"loss_type {c.loss_type} has no KL term; set beta 0 (it is {c.beta}).")
+    if c.loss_type == "tracerl" and c.beta != 0.0:
+        raise ValueError(
+            f"loss_type tracerl has no reference-model KL (beta {c.beta}); its KL is to the rollout policy, "
+            "weighted by tracerl_beta: set beta 0."
+        )
+    if c.loss_type in ("tracerl", "justgrpo") and c.estimator != "trace":
+        raise ValueError(
+            f"loss_type {c.loss_type} is its authors' loss over replayed rollouts: it needs estimator trace, "
+            f"not {c.estimator!r}."
+        )
+    if c.loss_type == "justgrpo" and (c.block_length != 1 or c.trace_merge != 1
+                                      or c.diffusion_steps != c.max_completion_length):  # fmt: skip
+        raise ValueError(
+            "loss_type justgrpo scores the exact left-to-right order: it needs block_length 1, diffusion_steps = "
+            f"max_completion_length and trace_merge 1 (got {c.block_length}, {c.diffusion_steps}, {c.trace_merge})."
+        )
+    if (c.loss_type == "espo") != (c.estimator == "espo"):
+        raise ValueError(
+            "loss_type espo and estimator espo go together (ESPO's sequence ratio over its own coupled masks); "
+            f"got loss_type {c.loss_type!r} with estimator {c.estimator!r}."
+        )
+    if c.loss_type in ("espo", "justgrpo") and c.mask_truncated_completions:
+        raise ValueError(
+            f"loss_type {c.loss_type} scores every generated position as its released code does; "
+            "mask_truncated_completions cannot drop rows from it: set it false."
+        )
+    if c.loss_type == "tracerl" and c.tracerl_beta < 0:
+        raise ValueError(f"tracerl_beta must be >= 0, got {c.tracerl_beta}.")
     if c.loss_type in ("spg", "stabledrl") and c.estimator != "spg":
         raise ValueError(
             f"loss_type {c.loss_type} is its authors' released algorithm on SPG's bounds: it needs SPG's masks "

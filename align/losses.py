@@ -12,8 +12,11 @@ per-token values sum to the sequence ELBO), so TRL's formulas carry over unchang
 * aggregation by ``loss_type``: ``grpo`` (mean per sequence, then over sequences), ``bnpo`` (mean over
   tokens of the batch), ``dr_grpo`` (sum / (B * max_completion_length)), ``dapo`` (sum / tokens of the
   global batch, passed as ``normalizer``);
-* ``wd1`` (Tang et al. 2025): ratio-free, ``-sum_i (softmax_g(psi A) - softmax_g(-psi A))_i * mean_t logp_i``
-  over each group g of ``num_generations`` completions (plus the KL term when beta > 0).
+* ``wd1`` (Tang et al. 2025, as released: xiaohangt/wd1@0898985 ``RevDiffuGRPOTrainer.compute_loss``):
+  ratio-free, ``-sum_i (softmax_g(psi A) - softmax_g(-psi A))_i * sum_t logp_i`` over each group g of
+  ``num_generations`` completions, averaged over groups (psi = 1 is the released code; no KL term).
+  ``wd1_mean`` is our variant with the per-sequence token mean in place of the token sum (a gradient
+  1 / L_i as large per sequence), which takes the KL term when beta > 0.
 * ``stabledrl_clip`` (our variant of StableDRL's idea; ``stabledrl`` is the released algorithm): the ratio is clipped to [1 - epsilon, 1 + epsilon_high] whatever the
   advantage's sign (PPO's min lets a negative-advantage ratio grow without bound: the reported source
   of gradient spikes in full fine-tuning), then self-normalised over the micro-batch,
@@ -24,6 +27,8 @@ per-token values sum to the sequence ELBO), so TRL's formulas carry over unchang
 * ``spg_loss`` (SPG, Wang et al. 2025, as its authors released it): REINFORCE on sandwiched per-sequence
   bounds, no ratio and no clipping: the lower bound for A > 0 and ``mix * EUBO + (1 - mix) * lower`` else,
   from per-pass log-probs under SPG's own masks (``estimator: spg``), rows weighted by their length.
+* ``justgrpo_loss``, ``tracerl_loss``, ``espo_loss``: JustGRPO, TraceRL and ESPO as released (their
+  docstrings give the arithmetic and the commits).
 * ``bgpo_loss`` (BGPO, as released in DARE's verl): per-sample sequence ELBO changes over the padded
   canvas length, ratio 1 + d for A > 0 and exp(d) otherwise, PPO and dual clipping, token-mean rows.
 
@@ -54,20 +59,29 @@ import torch
 import torch.nn.functional as F
 from trl.trainer.utils import nanstd
 
-from align.fields import DPO_LOSS_TYPES, LOSS_TYPES, SCALE_REWARDS
+from align.fields import DPO_LOSS_TYPES, SCALE_REWARDS
 from align.logprob.estimators import MaskPlan, eubo_token_values
 
-RATIO_LOSS_TYPES = tuple(t for t in LOSS_TYPES if t not in ("spg", "bgpo", "stabledrl"))  # policy_loss's
+RATIO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "wd1_mean", "stabledrl_clip")  # policy_loss's
+# losses whose released code scores every generated position, the EOS padding after the answer included
+CANVAS_LOSSES = ("espo", "justgrpo")
+# losses whose released code takes the softmax over the whole vocabulary, the mask token included
+FULL_VOCAB_LOSSES = ("justgrpo", "tracerl")
 
 
 def compute_advantages(
-    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group"
+    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group", baseline: str = "group_mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rewards [N] (N = prompts * num_generations, grouped contiguously; NaN = unscorable).
 
+    ``baseline`` ``group_mean`` subtracts the group's mean (TRL); ``leave_one_out`` the mean of the other
+    G - 1 rewards of the group, i.e. G / (G - 1) times the mean-centred reward (DiffuCoder's and ESPO's
+    released advantage; with NaN rewards, the mean of the other scored ones).
     Returns (advantages [N], std_is_zero [N] bool: the row's group has all scored rewards equal, for the
     ``frac_reward_zero_std`` metric, whatever ``scale_rewards`` is).
     """
+    if baseline not in ("group_mean", "leave_one_out"):
+        raise ValueError(f"advantage baseline {baseline!r} is not 'group_mean' or 'leave_one_out'.")
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards {scale_rewards!r} is not one of {SCALE_REWARDS}.")
     if rewards.numel() % num_generations:
@@ -81,6 +95,9 @@ def compute_advantages(
     else:
         std = torch.zeros_like(rewards)
     advantages = rewards - mean
+    if baseline == "leave_one_out":
+        scored = (~torch.isnan(grouped)).sum(1).repeat_interleave(num_generations).to(rewards.dtype)
+        advantages = advantages * scored / (scored - 1).clamp(min=1)
     if scale_rewards != "none":
         advantages = advantages / (std + 1e-4)
     advantages = torch.nan_to_num(advantages, nan=0.0)
@@ -145,7 +162,7 @@ def policy_loss(
     """
     if loss_type not in RATIO_LOSS_TYPES:
         raise ValueError(
-            f"loss_type {loss_type!r} is not one of {RATIO_LOSS_TYPES} (spg: spg_loss, bgpo: bgpo_loss)."
+            f"loss_type {loss_type!r} is not one of {RATIO_LOSS_TYPES} (the others have their own functions)."
         )
     if importance_sampling_level not in ("token", "sequence"):
         raise ValueError(
@@ -166,9 +183,9 @@ def policy_loss(
     if loss_type == "stabledrl_clip":
         clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
         per_token = -(clipped / _masked_mean(clipped, mask)) * adv
-    elif loss_type == "wd1":
+    elif loss_type in ("wd1", "wd1_mean"):
         if group_weights is None and num_generations is None:
-            raise ValueError("loss_type 'wd1' needs group_weights or num_generations to form the groups.")
+            raise ValueError(f"loss_type {loss_type!r} needs group_weights or num_generations to form the groups.")
         if group_weights is None:
             group_weights = wd1_weights(adv[:, 0], num_generations, wd1_psi)
         weights = group_weights.to(logps.dtype)[:, None]
@@ -182,9 +199,11 @@ def policy_loss(
         per_token = per_token + beta * per_token_kl
         metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
 
-    if loss_type in ("grpo", "wd1", "stabledrl_clip"):
+    if loss_type == "wd1":  # the released code: token sums, weighted over each group, mean over groups
+        loss = (per_token * mask).sum() * num_generations / per_token.shape[0]
+    elif loss_type in ("grpo", "wd1_mean", "stabledrl_clip"):
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-        if loss_type == "wd1":
+        if loss_type == "wd1_mean":
             loss = loss * num_generations  # sum of group weights, averaged over groups
     elif loss_type == "bnpo":
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
@@ -196,7 +215,7 @@ def policy_loss(
         norm = mask.sum() if normalizer is None else normalizer
         loss = (per_token * mask).sum() / torch.as_tensor(norm, dtype=per_token.dtype).clamp(min=1.0)
 
-    if loss_type != "wd1":
+    if loss_type not in ("wd1", "wd1_mean"):
         low = ((ratio < 1 - epsilon) & (adv < 0)).float()
         high = ((ratio > 1 + epsilon_high) & (adv > 0)).float()
         metrics["clip_ratio/low_mean"] = _masked_mean(low, mask).detach()
@@ -316,6 +335,107 @@ def bgpo_loss(
     loss = ((per_sample * weights).sum(0) / weights.sum().clamp(min=1.0)).mean()
     metrics = {"ratio/mean": ratio.detach().mean(),
                "clip_ratio/region_mean": (clipped > unclipped).float().mean().detach()}  # fmt: skip
+    return loss, metrics
+
+
+def _clipped_surrogate(logps, old_logps, adv, epsilon, epsilon_high):
+    """Per element ``-min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A)`` with r = exp(logps - old) (old None:
+    on-policy) and the ratio."""
+    old_logps = logps.detach() if old_logps is None else old_logps
+    ratio = torch.exp(logps - old_logps)
+    high = epsilon if epsilon_high is None else epsilon_high
+    return -torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + high) * adv), ratio
+
+
+def nonzero_advantage_rows(advantages: torch.Tensor) -> torch.Tensor:
+    """JustGRPO's ``valid_samples`` of one process: rows whose advantage is nonzero (float scalar)."""
+    return (advantages != 0).sum().float()
+
+
+def justgrpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    gen_length: int,
+    valid_rows: float | torch.Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """JustGRPO as released (LeapLabTHU/JustGRPO@eebe50e grpo.py ``logprob_loss`` l. 25-56, train.py
+    l. 157-219): per-token log-probs [B, T] of the left-to-right replay (estimator trace over
+    ``block_length: 1`` rollouts, full-vocabulary softmax), mask [B, T] every generated position (the EOS
+    padding too), loss = sum of ``-min(r A, clip(r) A)`` / (gen_length x (valid_rows + 1e-5)), where
+    ``valid_rows`` is the mean over processes of each process's rows with a nonzero advantage in this
+    generation batch. Not divided by gradient accumulation: the released code sums the accumulated
+    gradients. The released ratio is always 1 (one update per rollout); off-policy r = exp(logp - old)."""
+    adv = advantages[:, None].to(logps.dtype)
+    per_token, ratio = _clipped_surrogate(logps, old_logps, adv, epsilon, epsilon_high)
+    mask = mask.to(logps.dtype)
+    loss = (per_token * mask).sum() / (gen_length * (torch.as_tensor(valid_rows, dtype=logps.dtype) + 1e-5))
+    return loss, {"ratio/mean": _masked_mean(ratio, mask).detach()}
+
+
+def tracerl_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    passes: float | torch.Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    kl_beta: float = 0.01,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TraceRL as released (Gen-Verse/dLLM-RL@10b4fd1 train/rl_llada.py: the trace rows l. 248-292, the loss
+    ``forward_process`` l. 573-607). Each replay pass of each rollout is one training row; its value is the
+    mean over its targets of ``-min(r A, clip(r) A)`` (r = exp(logp - old), old = the rollout policy) plus
+    ``kl_beta`` x the *sum* over its targets of the k3 KL to the old policy; the loss is the mean over every
+    row that has a target (a token weighs 1 / (rows x its pass's size)). logps / old_logps [B, T] (trace
+    estimates: each token belongs to one pass); targets [P, B, T] bool (the plan's scored positions per pass);
+    ``passes`` the rows with a target in one accumulation window per process (this micro-batch's count when
+    alone), the divisor as dapo's token count is. The released windows are random subsets of pass rows;
+    here a window holds whole rollouts with all their passes (the same expectation)."""
+    adv = advantages[:, None].to(logps.dtype)
+    per_token, ratio = _clipped_surrogate(logps, old_logps, adv, epsilon, epsilon_high)
+    old = logps.detach() if old_logps is None else old_logps
+    kl = kl_penalty(logps, old, "k3")
+    t = targets.to(logps.dtype)  # [P, B, T]
+    sizes = t.sum(-1)  # [P, B]
+    rows = (per_token[None] * t).sum(-1) / sizes.clamp(min=1.0) + kl_beta * (kl[None] * t).sum(-1)
+    loss = rows.sum() / torch.as_tensor(passes, dtype=logps.dtype).clamp(min=1.0)
+    scored = t.sum(0).clamp(max=1.0)
+    return loss, {"ratio/mean": _masked_mean(ratio, scored).detach(), "kl": _masked_mean(kl, scored).detach()}
+
+
+def espo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    *,
+    canvas_length: int,
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ESPO as released (ML-GSAI/ESPO@b5f2dac espo/espo_trainer.py ``compute_loss`` l. 161-233): per-token
+    ELBO terms [B, T] over the whole canvas (estimator espo), sequence ELBO B_i their sum; sequence ratio
+    r_i = exp((B_i - B_old_i) / canvas_length); loss = mean over rows of ``-min(r A, clip(r) A)`` plus
+    beta x sum_i (B_i - B_ref_i)^2 / 2 / (rows x canvas_length) (its k2 KL on the sequence ELBO)."""
+    seq = logps.sum(-1)
+    old = None if old_logps is None else old_logps.sum(-1)
+    per_seq, ratio = _clipped_surrogate(seq / canvas_length, None if old is None else old / canvas_length,
+                                        advantages.to(seq.dtype), epsilon, epsilon_high)  # fmt: skip
+    loss = per_seq.mean()
+    metrics = {"ratio/mean": ratio.mean().detach()}
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("espo with beta != 0 needs ref_logps (the reference model's estimates).")
+        kl = (seq - ref_logps.sum(-1)) ** 2 / 2
+        loss = loss + beta * kl.sum() / (seq.shape[0] * canvas_length)
+        metrics["kl"] = (kl.mean() / canvas_length).detach()
     return loss, metrics
 
 

@@ -102,7 +102,7 @@ def trainable_params(shape: ModelShape, args) -> int:
 
 def passes_per_estimate(args) -> int:
     k = args.num_mc_samples
-    return {"coupled": 2 * k, "trace": math.ceil(args.diffusion_steps / args.trace_merge)}.get(
+    return {"coupled": 2 * k, "espo": 2 * k, "diffucoder": 3 * k, "trace": math.ceil(args.diffusion_steps / args.trace_merge)}.get(
         args.estimator, k
     )
 

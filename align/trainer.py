@@ -41,7 +41,20 @@ from align.data import encode_prompts, prompt_text, require_columns
 from align.errors import RunError
 from align.logprob import combine, make_plan, pass_logprobs, sample_sums
 from align.logprob.estimators import MaskPlan
-from align.losses import bgpo_loss, compute_advantages, policy_loss, spg_loss, stabledrl_loss, wd1_weights
+from align.losses import (
+    CANVAS_LOSSES,
+    FULL_VOCAB_LOSSES,
+    bgpo_loss,
+    compute_advantages,
+    espo_loss,
+    justgrpo_loss,
+    nonzero_advantage_rows,
+    policy_loss,
+    spg_loss,
+    stabledrl_loss,
+    tracerl_loss,
+    wd1_weights,
+)
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
 from align.models.loading import quiet_checkpointing_renames
@@ -229,7 +242,9 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         inputs = self._prepare_inputs(rows)
         ids = inputs["ids"]
         value = None
-        if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type not in ("wd1", "spg", "stabledrl"):
+        if inputs["old"] is None and self.args.beta == 0.0 and self.args.loss_type not in (
+            "wd1", "wd1_mean", "spg", "stabledrl"
+        ):
             value = torch.zeros(inputs["plan"].masked.shape, dtype=torch.float32, device=ids.device)
         return self._backward_in_chunks(
             model,
@@ -285,12 +300,14 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         )
         reward_s = time.perf_counter() - start
         rewards = (per_func * self.reward_weights).nansum(dim=1)
-        advantages, std_is_zero = compute_advantages(rewards, g, self.args.scale_rewards)
+        advantages, std_is_zero = compute_advantages(rewards, g, self.args.scale_rewards,
+                                                     self.args.advantage_baseline)  # fmt: skip
         if self.args.mask_truncated_completions:
             completion_mask = completion_mask * terminated[:, None]
         # wd1 weighs each completion against its own group: computed here, while the groups are contiguous
         # (the buffer is shuffled), and carried in the advantages' place
-        signal = wd1_weights(advantages, g, self.args.wd1_psi) if self.args.loss_type == "wd1" else advantages
+        wd1 = self.args.loss_type in ("wd1", "wd1_mean")
+        signal = wd1_weights(advantages, g, self.args.wd1_psi) if wd1 else advantages
         batch = self._pack(
             prompt_ids, prompt_attn, completion_ids, completion_mask, signal, rollout_index, out.commit_step
         )
@@ -328,6 +345,8 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         prompt_only = torch.cat([prompt_attn, torch.zeros_like(completion_ids)], 1)
         canvas = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(completion_ids)], 1)
         commit = torch.cat([torch.full_like(prompt_ids, -1), commit_step], 1)  # for the trace estimator
+        if args.loss_type in CANVAS_LOSSES:  # their released code scores the EOS padding too
+            full_mask = canvas
         plans = [  # noise the whole generated canvas, score the answer (up to its first EOS)
             make_plan(args.estimator, canvas, num_samples=args.num_mc_samples, prompt_mask=prompt_only,
                       p_mask_prompt=args.p_mask_prompt, generator=self._seeded(rollout_index, 1 + k),
@@ -339,7 +358,15 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         old, ref = self._fixed_logprobs(ids, attn, plans)
         logprob_s = time.perf_counter() - start
         order = torch.randperm(len(ids), generator=self._seeded(rollout_index, -1), device=device)
-        token_count = self.accelerator.gather(full_mask.sum().float()[None]).sum()
+        # the divisor of one generation batch per process: tokens (dapo), passes with a target (tracerl) or
+        # rows with a nonzero advantage (justgrpo), summed over processes / processes
+        if args.loss_type == "tracerl":
+            count = (plans[0].weights != 0).any(-1).sum().float()
+        elif args.loss_type == "justgrpo":
+            count = nonzero_advantage_rows(advantages.to(device))
+        else:
+            count = full_mask.sum().float()
+        token_count = self.accelerator.gather(count[None]).sum()
         return {
             "ids": ids[order], "attn": attn[order], "mask": full_mask[order], "advantages": advantages.to(device)[order],
             "masked": torch.stack([p.masked for p in plans])[:, :, order],
@@ -410,8 +437,10 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         return torch.cat(parts, 1)
 
     def _passes(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
-        # trace replays the sampler, which never emits the mask token: its probability is renormalised away
-        exclude = [self.spec.mask_token_id] if self.args.estimator == "trace" else []
+        # trace replays the sampler, which never emits the mask token: its probability is renormalised away,
+        # except for the losses whose released code softmaxes over the whole vocabulary
+        replay = self.args.estimator == "trace" and self.args.loss_type not in FULL_VOCAB_LOSSES
+        exclude = [self.spec.mask_token_id] if replay else []
         return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
                               spec=self.spec, chunk_size=self.args.mc_chunk_size, exclude_ids=exclude)  # fmt: skip
 
@@ -454,14 +483,29 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
                                            max_weight=args.stabledrl_max_weight)  # fmt: skip
             return self._logged(loss, metrics) / accumulation
         logps = combine(plan, passes)
+        window = inputs["normalizer"] * accumulation / args.steps_per_generation  # per process, one optimizer step
+        if args.loss_type == "justgrpo":  # each generation batch by its own count, gradients summed
+            loss, metrics = justgrpo_loss(logps, inputs["old"], inputs["advantages"], inputs["mask"],
+                                          gen_length=args.max_completion_length, valid_rows=inputs["normalizer"],
+                                          epsilon=args.epsilon, epsilon_high=args.epsilon_high)  # fmt: skip
+            return self._logged(loss, metrics)
+        if args.loss_type == "tracerl":
+            loss, metrics = tracerl_loss(logps, inputs["old"], inputs["advantages"], plan.weights != 0,
+                                         passes=window, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
+                                         kl_beta=args.tracerl_beta)  # fmt: skip
+            return self._logged(loss, metrics)
+        if args.loss_type == "espo":
+            loss, metrics = espo_loss(logps, inputs["old"], inputs["ref"], inputs["advantages"],
+                                      canvas_length=args.max_completion_length, beta=args.beta,
+                                      epsilon=args.epsilon, epsilon_high=args.epsilon_high)  # fmt: skip
+            return self._logged(loss, metrics) / accumulation
         loss, metrics = policy_loss(
             logps, inputs["old"], inputs["ref"], inputs["advantages"], inputs["mask"],
             loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
             delta=args.delta, importance_sampling_level=args.importance_sampling_level,
             kl_estimator=args.kl_estimator, max_completion_length=args.max_completion_length,
-            normalizer=inputs["normalizer"] * accumulation / args.steps_per_generation,
-            num_generations=args.num_generations, wd1_psi=args.wd1_psi,
-            group_weights=inputs["advantages"] if args.loss_type == "wd1" else None,
+            normalizer=window, num_generations=args.num_generations, wd1_psi=args.wd1_psi,
+            group_weights=inputs["advantages"] if args.loss_type in ("wd1", "wd1_mean") else None,
         )  # fmt: skip
         self._logged(loss, metrics)
         return loss if args.loss_type == "dapo" else loss / accumulation

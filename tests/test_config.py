@@ -67,7 +67,7 @@ def test_the_light_vocabularies_match_the_registries():
     assert ESTIMATOR_NAMES == tuple(sorted(ESTIMATORS))
     assert PROTOCOL_NAMES == tuple(sorted(PROTOCOLS))
     logps, mask = torch.zeros(4, 3), torch.ones(4, 3)
-    assert set(LOSS_TYPES) == {*RATIO_LOSS_TYPES, "spg", "bgpo", "stabledrl"}
+    assert set(LOSS_TYPES) == {*RATIO_LOSS_TYPES, "spg", "bgpo", "stabledrl", "espo", "justgrpo", "tracerl"}
     for loss_type in RATIO_LOSS_TYPES:
         policy_loss(logps, None, None, torch.ones(4), mask, loss_type=loss_type, num_generations=2,
                     max_completion_length=3)  # fmt: skip

@@ -21,12 +21,17 @@ Estimators (registered by name; add one with ``@register_estimator("name")``):
   Mask counts are stratified across the K samples (l = floor(u L) + 1 with u = (k + U) / K);
   ``masks_per_timestep`` m draws K / m stratified counts and m independent masks for each (VRPO's
   timesteps-vs-masks allocation; m = 1 is its recommended one mask per timestep).
-* ``coupled`` (DiffuCoder / ESPO, complementary masks): each sample is a pair (S, S^c) with
+* ``coupled`` (our exact-count complementary masks, after DiffuCoder / ESPO): each sample is a pair (S, S^c) with
   l = |S| ~ U{1..L} (stratified), so every completion token is predicted exactly once per pair. The pair
   averages two estimates of B: A = (L/l) F(S) and C = (L/(L-l)) F(S^c) (each unbiased over
   |S^c| in {1..L-1}); when l = L the complement is empty and C reuses F(S) for the missing k = L term.
   Per-token weights: L / (2 l) on S, L / (2 (L - l)) on S^c, and 1 on S when l = L. Two passes per sample
   (the second is empty, and still run, when l = L).
+
+* ``espo`` (ESPO's released coupled masks, see ``espo_plan``): counts x ~ U{0..L} stratified across the
+  batch's rows, weights (L + 1) / (2 x) and (L + 1) / (2 (L - x)); two passes per sample, unbiased.
+* ``diffucoder`` (coupled-GRPO's released estimate, see ``diffucoder_plan``): a fully masked pass plus a
+  Bernoulli(t) mask and its complement, t ~ U(0.2, 0.8); three passes per sample, biased (half one-step).
 
 * ``trace`` (TraceRL, Wang et al. 2025): replays the sampler's own decoding order from
   ``GenerationOutput.commit_step``. Pass tau (one per sampler step, ``num_steps`` of them) shows every
@@ -195,6 +200,61 @@ def coupled_plan(
     return MaskPlan(masked, weights.flatten(0, 1), num_samples)
 
 
+@register_estimator("espo")
+def espo_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, **_
+) -> MaskPlan:
+    """ESPO's coupled masks as released (ML-GSAI/ESPO@b5f2dac ``forward_process`` and ``_get_elbo``): per
+    sample one offset k ~ U{0..L} for the batch, row i masks x_i = round(k + i (L + 1) / B) mod (L + 1) tokens
+    (counts stratified across the rows, each uniform on {0..L}), a uniform subset S; two passes, S with weight
+    (L + 1) / (2 x) and its complement with (L + 1) / (2 (L - x)). Unbiased for the ELBO (both halves are);
+    x = 0 leaves S empty (the complement scores every token), x = L the complement. Rows are those of the
+    plan's batch (the rollout batch; the released code stratifies within each micro-batch)."""
+    cm = completion_mask.bool()
+    rows, length = cm.shape[0], cm.sum(-1)  # [B]
+    stride = torch.arange(rows, device=cm.device)
+    first = []
+    for _ in range(num_samples):
+        offset = (torch.rand((), generator=generator, device=cm.device) * (length + 1)).floor()
+        counts = torch.round(offset + stride * (length + 1) / rows).long() % (length + 1)
+        first.append(_random_subset(cm, counts, generator))
+    first = torch.stack(first)  # [K, B, T]
+    second = cm[None] & ~first
+    scale = (length.float() + 1) / 2
+    w_first = scale / first.sum(-1).clamp(min=1).float()
+    w_second = scale / second.sum(-1).clamp(min=1).float()
+    weights = torch.stack([first.float() * w_first[..., None], second.float() * w_second[..., None]], 1)
+    masked = torch.stack([first, second], 1).flatten(0, 1)  # pass order: S_1, S_1^c, S_2, S_2^c, ...
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt.repeat_interleave(2, dim=0)
+    return MaskPlan(masked, weights.flatten(0, 1), num_samples)
+
+
+@register_estimator("diffucoder")
+def diffucoder_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, **_
+) -> MaskPlan:
+    """Coupled-GRPO's estimate as released (apple/ml-diffucoder@f735e01 ``forward_process`` and
+    ``selective_log_softmax``): per sample one t ~ U(0.2, 0.8) for the batch and three passes: the whole
+    completion masked (weight 1/2), each token masked with probability t (S, weight 1 / (2 t)) and the
+    complement (weight 1 / (2 (1 - t))): per token (one_step + coupled) / 2. Not an unbiased ELBO (the
+    one-step half is mean-field)."""
+    cm = completion_mask.bool()
+    masked, weights = [], []
+    for _ in range(num_samples):
+        t = 0.2 + 0.6 * torch.rand((), generator=generator, device=cm.device)
+        u = torch.rand(cm.shape, generator=generator, device=cm.device)
+        first, second = cm & (u < t), cm & (u > t)
+        masked += [cm, first, second]
+        weights += [cm.float() / 2, first.float() / (2 * t), second.float() / (2 * (1 - t))]
+    masked, weights = torch.stack(masked), torch.stack(weights)
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt.repeat_interleave(3, dim=0)
+    return MaskPlan(masked, weights, num_samples)
+
+
 @register_estimator("trace")
 def trace_plan(
     completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, *, commit_step=None,
@@ -342,9 +402,9 @@ def make_plan(
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor, exclude_ids=()) -> torch.Tensor:
-    """log softmax(logits)[targets] in float32: logits [..., V], targets [...] -> [...]; ``exclude_ids``
-    get probability 0 (the distribution renormalised over the other ids, as the sampler draws)."""
-    logits = logits.float().flatten(0, -2)
+    """log softmax(logits)[targets] in float32 (float64 stays float64): logits [..., V], targets [...] -> [...];
+    ``exclude_ids`` get probability 0 (the distribution renormalised over the other ids, as the sampler draws)."""
+    logits = (logits if logits.dtype == torch.float64 else logits.float()).flatten(0, -2)
     if len(exclude_ids):
         logits = logits.index_fill(-1, torch.as_tensor(list(exclude_ids), device=logits.device), -torch.inf)
     return -F.cross_entropy(logits, targets.flatten(), reduction="none").view(targets.shape)
@@ -384,8 +444,9 @@ def pass_logprobs(
         logits = model_logits(model, noisy, attn, spec, logits_range=(lo, hi)).logits.view(n, b, hi - lo, -1)
         window = scored[..., lo:hi]
         targets = input_ids[None, :, lo:hi].expand(n, -1, -1)
-        values = torch.zeros(n, b, hi - lo, dtype=torch.float32, device=input_ids.device)
-        values = values.masked_scatter(window, gather_logprobs(logits[window], targets[window], exclude_ids))
+        gathered = gather_logprobs(logits[window], targets[window], exclude_ids)
+        values = torch.zeros(n, b, hi - lo, dtype=gathered.dtype, device=input_ids.device)
+        values = values.masked_scatter(window, gathered)
         out.append(F.pad(values, (lo, t - hi)))
     return torch.cat(out)
 
