@@ -36,6 +36,13 @@ def test_yaml_then_command_line_overrides(tmp_path):
     (["--loss_type", "spg", "--estimator", "spg", "--spg_beta", "0"], "spg_beta must be > 0"),
     (["--loss_type", "stabledrl", "--estimator", "coupled"], "loss_type stabledrl is its authors' released algorithm on SPG's bounds"),
     (["--loss_type", "spg", "--estimator", "spg", "--num_mc_samples", "9"], "estimator spg draws one block per Monte Carlo sample: num_mc_samples 9 > 8 blocks"),
+    (["--loss_type", "tracerl", "--estimator", "elbo"], "loss_type tracerl is its authors' loss over replayed rollouts: it needs estimator trace"),
+    (["--loss_type", "tracerl", "--estimator", "trace", "--beta", "0.04"], "loss_type tracerl has no reference-model KL .* tracerl_beta"),
+    (["--loss_type", "justgrpo", "--estimator", "trace"], "loss_type justgrpo scores the exact left-to-right order: it needs block_length 1"),
+    (["--loss_type", "wd1", "--beta", "0.04"], "loss_type wd1 has no KL term"),
+    (["--loss_type", "espo", "--estimator", "coupled"], "loss_type espo and estimator espo go together"),
+    (["--estimator", "espo"], "loss_type espo and estimator espo go together"),
+    (["--advantage_baseline", "loo"], "advantage_baseline 'loo' is not one of"),
 ])  # fmt: skip
 def test_cross_field_errors_state_the_arithmetic(extra, message):
     with pytest.raises(ValueError, match=message):

@@ -100,11 +100,17 @@ def test_ratio_is_one_at_first_inner_iteration_only(workspace, tmp_path):
     assert len(logs(trainer, "time/rollout_s")) == 2  # two rollouts for four steps
 
 
-@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+JUSTGRPO = ("--loss_type", "justgrpo", "--estimator", "trace", "--block_length", "1")
+TRACERL = ("--loss_type", "tracerl", "--estimator", "trace", "--trace_merge", "2")
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", JUSTGRPO, TRACERL])
 def test_gradient_accumulation_matches_one_big_micro_batch(workspace, tmp_path, loss_type):
     # One rollout of 8 completions: one micro-batch of 8, or two of 4 accumulated; plain SGD shows any scale error.
-    common = ("--max_steps", "1", "--optim", "sgd", "--learning_rate", "0.5", "--loss_type", loss_type,
-              "--max_grad_norm", "0")  # fmt: skip
+    # justgrpo sums the micro-batches' gradients, each over the generation's nonzero-advantage rows; tracerl
+    # divides by the passes of the window: both equal one big micro-batch.
+    kind = ("--loss_type", loss_type) if isinstance(loss_type, str) else loss_type
+    common = ("--max_steps", "1", "--optim", "sgd", "--learning_rate", "0.5", *kind, "--max_grad_norm", "0")
     whole = build_trainer(config(workspace, tmp_path / "a", *common))
     split = build_trainer(config(workspace, tmp_path / "b", *common, "--per_device_train_batch_size", "4",
                                  "--gradient_accumulation_steps", "2"))  # fmt: skip
@@ -133,6 +139,13 @@ def test_gradient_accumulation_matches_one_big_micro_batch(workspace, tmp_path, 
      "--max_steps", "2", "--importance_sampling_level", "sequence"),
     ("--loss_type", "stabledrl", "--estimator", "spg", "--block_length", "4", "--num_mc_samples", "2",
      "--num_iterations", "2", "--max_steps", "2"),
+    # the released methods' own estimates and losses, off-policy where they define it
+    (*TRACERL, "--num_iterations", "2", "--max_steps", "2", "--mc_chunk_size", "2"),
+    (*JUSTGRPO, "--mc_chunk_size", "3"),
+    ("--loss_type", "espo", "--estimator", "espo", "--num_mc_samples", "2", "--num_iterations", "2",
+     "--max_steps", "2", "--beta", "0.05", "--advantage_baseline", "leave_one_out"),
+    ("--loss_type", "bnpo", "--estimator", "diffucoder", "--num_iterations", "2", "--max_steps", "2",
+     "--beta", "0.01", "--advantage_baseline", "leave_one_out", "--scale_rewards", "none"),
 ])  # fmt: skip
 def test_chunked_mc_backward_gives_the_joint_gradient(workspace, tmp_path, extra):
     """mc_backward chunked backpropagates pass by pass; with plain SGD the parameters after the step(s)
