@@ -29,6 +29,7 @@ from align.fields import (
     recipe_values,
     resolve_eval,
     resolve_generation_batch,
+    resolve_mc_backward,
 )
 
 
@@ -68,6 +69,7 @@ class GRPOConfig(GRPOFields, ModelDataConfig):
         ModelDataConfig.__post_init__(self)
         resolve_generation_batch(self)
         check_grpo(self)
+        resolve_mc_backward(self)
 
 
 def _to_argv(values: dict) -> list[str]:

@@ -291,10 +291,10 @@ class GRPOFields(ModelDataFields):
     )
     mc_backward: str = _help(
         "estimator",
-        "joint: keep every pass's graph until the loss (fastest); chunked: backpropagate mc_chunk_size passes "
-        "at a time, peak memory flat in num_mc_samples, same gradient, one extra no-grad estimate unless "
-        "on-policy with beta 0.",
-        default="joint",
+        "joint: keep every pass's graph until the loss; chunked: backpropagate mc_chunk_size passes at a time, "
+        "peak memory flat in num_mc_samples, same gradient, one extra no-grad estimate unless on-policy with "
+        "beta 0; auto: chunked when an estimate has more passes than mc_chunk_size, else joint.",
+        default="auto",
     )
     # ---- loss (TRL names) ---------------------------------------------------------------------------
     loss_type: str = _help(
@@ -452,7 +452,7 @@ def check_grpo(c) -> None:
         "importance_sampling_level": ["token", "sequence"],
         "remasking": ["low_confidence", "random"],
         "cache": [None, "prefix", "dual"],
-        "mc_backward": ["joint", "chunked"],
+        "mc_backward": ["auto", "joint", "chunked"],
         "kl_estimator": ["k3", "k2"],
         "eval_protocol": [None, *PROTOCOL_NAMES],
     }
@@ -534,6 +534,20 @@ def check_grpo(c) -> None:
         raise ValueError(f"spg_beta must be > 0 and spg_mix in [0, 1], got {c.spg_beta} and {c.spg_mix}.")
     if c.beta == 0.0 and c.sync_ref_model:
         raise ValueError("sync_ref_model needs a reference model, but beta is 0 (no reference is kept).")
+
+
+def passes_per_estimate(c) -> int:
+    """Forward passes of one estimate under the config's estimator."""
+    k = c.num_mc_samples
+    return {"coupled": 2 * k, "espo": 2 * k, "diffucoder": 3 * k,
+            "trace": math.ceil(c.diffusion_steps / c.trace_merge)}.get(c.estimator, k)  # fmt: skip
+
+
+def resolve_mc_backward(c) -> None:
+    """``mc_backward: auto`` -> chunked when one estimate has more passes than one call stacks (memory flat in
+    the passes), joint otherwise (one chunk: the two are the same computation)."""
+    if c.mc_backward == "auto":
+        c.mc_backward = "chunked" if passes_per_estimate(c) > c.mc_chunk_size else "joint"
 
 
 def check_schedule(gen_length: int, steps: int, block_length: int,
@@ -774,6 +788,7 @@ def preflight(cls, values: dict[str, object]) -> None:
     if hasattr(view, "reward_funcs"):
         resolve_generation_batch(view)
         check_grpo(view)
+        resolve_mc_backward(view)
         check_reward_specs(view.reward_funcs)
     if hasattr(view, "chosen_column"):
         check_dpo(view)

@@ -31,6 +31,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from align.fields import passes_per_estimate
+
 GIB = 1024**3
 
 # Elements per token alive at a phase's peak, as multiples of d_model and mlp_hidden_size (x activation bytes),
@@ -98,13 +100,6 @@ def trainable_params(shape: ModelShape, args) -> int:
         args.lora_r * (i + o) for name, (i, o) in sizes.items() if name in targets or "all-linear" in targets
     )
     return shape.n_layers * per_layer
-
-
-def passes_per_estimate(args) -> int:
-    k = args.num_mc_samples
-    return {"coupled": 2 * k, "espo": 2 * k, "diffucoder": 3 * k, "trace": math.ceil(args.diffusion_steps / args.trace_merge)}.get(
-        args.estimator, k
-    )
 
 
 def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> Plan:

@@ -9,7 +9,7 @@ rollout to the end of the step; the table shows the peak above the resident memo
 between the two modes. glibc is told to return large frees to the system (``MALLOC_MMAP_THRESHOLD_``) so
 that resident memory follows live tensors. Usage (from the repository root):
 
-    python benchmarks/mc_memory.py [--samples 1 2 4 8 --d_model 256 --n_layers 6 --completion 256]
+    python benchmarks/mc_memory.py [--samples 1 2 4 8 --d_model 256 --n_layers 6 --completion 256 --beta 0]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def child(args) -> None:
         "--per_device_train_batch_size", str(args.batch), "--max_steps", "1", "--logging_steps", "1",
         "--dtype", "float32", "--reward_funcs", f"{os.path.abspath(__file__)}:variety", "--report_to", "none", "--save_strategy", "no",
         "--use_cpu", "true", "--estimator", "coupled", "--num_mc_samples", str(args.k), "--mc_chunk_size", "1",
-        "--mc_backward", args.mode, "--seed", "0",
+        "--mc_backward", args.mode, "--seed", "0", "--beta", str(args.beta),
     ])  # fmt: skip
     trainer = build_trainer(config)
     monitor = PeakMonitor()
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--n_layers", type=int, default=6)
     ap.add_argument("--completion", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--beta", type=float, default=0.0, help="KL coefficient (> 0: chunked adds a no-grad estimate)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="joint", help=argparse.SUPPRESS)
@@ -123,14 +124,15 @@ def main() -> None:
         return
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"}
     print(f"random-init LLaDA d_model {args.d_model}, {args.n_layers} layers, batch {args.batch} x "
-          f"{args.completion}-token completions, coupled estimator, mc_chunk_size 1, CPU float32")  # fmt: skip
+          f"{args.completion}-token completions, coupled estimator, mc_chunk_size 1, beta {args.beta}, CPU float32")  # fmt: skip
     print("| num_mc_samples (passes) | joint: extra peak | chunked: extra peak | joint: update s | chunked: update s "
           "| grad norm joint / chunked |\n|---|---|---|---|---|---|")  # fmt: skip
     for k in args.samples:
         row = {}
         for mode in ("joint", "chunked"):
             cmd = [sys.executable, __file__, "--child", "--k", str(k), "--mode", mode, "--d_model", str(args.d_model),
-                   "--n_layers", str(args.n_layers), "--completion", str(args.completion), "--batch", str(args.batch)]  # fmt: skip
+                   "--n_layers", str(args.n_layers), "--completion", str(args.completion), "--batch", str(args.batch),
+                   "--beta", str(args.beta)]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 raise SystemExit(proc.stderr[-3000:])

@@ -151,9 +151,17 @@ def test_chunked_mc_backward_gives_the_joint_gradient(workspace, tmp_path, extra
     """mc_backward chunked backpropagates pass by pass; with plain SGD the parameters after the step(s)
     show any difference from the joint gradient (lr 0.5: a 1e-6 parameter tolerance is a 2e-6 gradient one)."""
     common = ("--max_steps", "1", "--optim", "sgd", "--learning_rate", "0.5", "--max_grad_norm", "0", *extra)
-    joint = build_trainer(config(workspace, tmp_path / "a", *common))
+    joint = build_trainer(config(workspace, tmp_path / "a", *common, "--mc_backward", "joint"))
     chunked = build_trainer(config(workspace, tmp_path / "b", *common, "--mc_backward", "chunked"))
     assert_same_training(joint, chunked)
+
+
+def test_mc_backward_auto_is_chunked_when_an_estimate_has_more_passes_than_one_call(workspace, tmp_path):
+    cases = [(("--estimator", "one_step"), "joint"), (("--estimator", "coupled"), "chunked"),
+             (("--estimator", "coupled", "--mc_chunk_size", "2"), "joint"),
+             (("--estimator", "elbo", "--num_mc_samples", "8", "--mc_chunk_size", "4"), "chunked")]  # fmt: skip
+    for extra, mode in cases:
+        assert config(workspace, tmp_path, *extra).mc_backward == mode, extra
 
 
 def test_wd1_weighs_each_completion_within_its_own_group_whatever_the_row_order(workspace, tmp_path):
@@ -344,7 +352,7 @@ def test_two_process_run(workspace, tmp_path, name, env):
     Carlo passes chunk by chunk (no all-reduce / no DeepSpeed step before the last chunk) gives the same
     parameters as the joint backward (plain SGD, so any gradient difference shows)."""
     accelerate_config = os.path.join(REPO, "recipes", "accelerate", f"{name}.yaml")
-    state, saved = _launch(workspace, tmp_path / "joint", accelerate_config, env)
+    state, saved = _launch(workspace, tmp_path / "joint", accelerate_config, env, "--mc_backward", "joint")
     _, chunked = _launch(workspace, tmp_path / "chunked", accelerate_config, env, "--mc_backward", "chunked")
     worst = max((p - chunked.state_dict()[n]).abs().max().item() for n, p in saved.state_dict().items())
     assert worst < 1e-5, worst
