@@ -179,6 +179,16 @@ def elbo_plan(
     return MaskPlan(masked, weights, num_samples)
 
 
+def _pair_plan(first, second, w_first, w_second, prompt_mask, p_mask_prompt, num_samples, generator) -> MaskPlan:
+    """Complementary passes [K, B, T] with per-row weights [K, B] as one plan, in the order S_1, S_1^c, S_2, ..."""
+    weights = torch.stack([first.float() * w_first[..., None], second.float() * w_second[..., None]], 1)
+    masked = torch.stack([first, second], 1).flatten(0, 1)
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt.repeat_interleave(2, dim=0)
+    return MaskPlan(masked, weights.flatten(0, 1), num_samples)
+
+
 @register_estimator("coupled")
 def coupled_plan(
     completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, **_
@@ -192,12 +202,7 @@ def coupled_plan(
     full = sizes >= length
     w_first = torch.where(full, torch.ones_like(sizes), length / (2 * sizes.clamp(min=1)))
     w_second = length / (2 * (length - sizes).clamp(min=1))
-    weights = torch.stack([first.float() * w_first[..., None], second.float() * w_second[..., None]], 1)
-    masked = torch.stack([first, second], 1).flatten(0, 1)  # pass order: S_1, S_1^c, S_2, S_2^c, ...
-    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
-    if prompt is not None:
-        masked |= prompt.repeat_interleave(2, dim=0)
-    return MaskPlan(masked, weights.flatten(0, 1), num_samples)
+    return _pair_plan(first, second, w_first, w_second, prompt_mask, p_mask_prompt, num_samples, generator)
 
 
 @register_estimator("espo")
@@ -223,12 +228,7 @@ def espo_plan(
     scale = (length.float() + 1) / 2
     w_first = scale / first.sum(-1).clamp(min=1).float()
     w_second = scale / second.sum(-1).clamp(min=1).float()
-    weights = torch.stack([first.float() * w_first[..., None], second.float() * w_second[..., None]], 1)
-    masked = torch.stack([first, second], 1).flatten(0, 1)  # pass order: S_1, S_1^c, S_2, S_2^c, ...
-    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
-    if prompt is not None:
-        masked |= prompt.repeat_interleave(2, dim=0)
-    return MaskPlan(masked, weights.flatten(0, 1), num_samples)
+    return _pair_plan(first, second, w_first, w_second, prompt_mask, p_mask_prompt, num_samples, generator)
 
 
 @register_estimator("diffucoder")
