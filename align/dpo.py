@@ -40,6 +40,7 @@ import torch
 from transformers import Trainer
 from trl.models.utils import prepare_deepspeed
 
+from align.checkpoints import SafeCheckpointMixin
 from align.config import DPOConfig
 from align.data import encode_prompts, prompt_text
 from align.logprob import combine, make_plan, pass_logprobs
@@ -97,7 +98,7 @@ def prepare_pairs(rows, tokenizer, args: DPOConfig, spec) -> list[dict]:
     return pairs
 
 
-class DiffusionDPOTrainer(ChunkedBackwardMixin, Trainer):
+class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
     loss_is_scaled_for_ga = True  # the loss is divided by the accumulation steps here, as in align.trainer
 
     def __init__(

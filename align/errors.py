@@ -57,4 +57,4 @@ def main_guard(prog: str, run, debug: bool = False) -> int:
         if debug:
             raise
         print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)

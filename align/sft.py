@@ -21,6 +21,7 @@ import sys
 import torch
 from transformers import Trainer
 
+from align.checkpoints import SafeCheckpointMixin
 from align.config import SFTConfig
 from align.data import encode_prompts, load_rows, prompt_text
 from align.logprob.estimators import gather_logprobs
@@ -29,7 +30,7 @@ from align.models import family_spec, model_logits
 EPS = 1e-3
 
 
-class DiffusionSFTTrainer(Trainer):
+class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
     def __init__(self, model, args: SFTConfig, train_dataset, processing_class, callbacks=None):
         args.remove_unused_columns = False
         self.spec = family_spec(model, processing_class, args.mask_token_id)

@@ -36,6 +36,7 @@ from trl.trainer.utils import nanstd, print_prompt_completions_sample
 
 import rewards as reward_registry
 from align.callbacks import WallClock
+from align.checkpoints import SafeCheckpointMixin, resolve_resume
 from align.config import GRPOConfig
 from align.data import encode_prompts, prompt_text, require_columns
 from align.errors import RunError
@@ -111,7 +112,7 @@ def _rows(batch: list[dict]) -> list[dict]:
     return batch
 
 
-class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
+class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
     """GRPO trainer whose policy is a bidirectional denoiser (see the module docstring)."""
 
     loss_is_scaled_for_ga = True  # compute_loss scales for gradient accumulation itself (as TRL does)
@@ -193,23 +194,13 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
 
     # ---- the step ----------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, **kwargs):
-        """``resume_from_checkpoint``: a checkpoint folder, or True / "true" for the newest one in output_dir."""
-        if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
-            from transformers.trainer_utils import get_last_checkpoint
-
-            found = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-            if found is None:
-                raise ValueError(
-                    f"resume_from_checkpoint true: {self.args.output_dir} holds no checkpoint-N folder to resume "
-                    "from; drop the flag to start afresh or point it at a checkpoint folder."
-                )
-            resume_from_checkpoint = found
-        elif str(resume_from_checkpoint).lower() == "false":
-            resume_from_checkpoint = None
-        self._resume_dir = resume_from_checkpoint or None
+        """``resume_from_checkpoint``: a checkpoint folder, or True / "true" for the newest complete one in
+        output_dir (``align.checkpoints``)."""
+        log = logger.warning if self.accelerator.is_main_process else None
+        self._resume_dir = resolve_resume(self.args.output_dir, resume_from_checkpoint, log)
         if self._resume_dir and self.accelerator.is_main_process:
             self._drop_completions_after(self._resume_dir)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        return super().train(resume_from_checkpoint=self._resume_dir, **kwargs)
 
     def _drop_completions_after(self, checkpoint: str) -> None:
         """completions.jsonl rows logged after the checkpoint are logged again by the resumed run: drop them."""
@@ -622,13 +613,11 @@ class DiffusionGRPOTrainer(ChunkedBackwardMixin, Trainer):
         if writer is not None:
             writer.add_text("completions", completions_markdown(samples, self.reward_names), step)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        per_phase = self._per_phase
+    def _save_extra(self, folder: str) -> None:
+        """A checkpoint in the middle of a rollout phase keeps this process's rollout buffer."""
         micro = self.state.global_step * self.args.gradient_accumulation_steps
-        if micro % per_phase and self._buffer is not None:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            torch.save({"phase": micro // per_phase, "buffer": self._buffer, "samples": self._samples},
+        if micro % self._per_phase and self._buffer is not None:
+            torch.save({"phase": micro // self._per_phase, "buffer": self._buffer, "samples": self._samples},
                        os.path.join(folder, BUFFER_FILE.format(rank=self.accelerator.process_index)))  # fmt: skip
 
     def _load_buffer(self, phase: int) -> dict:

@@ -252,7 +252,7 @@ def test_kill_and_resume_matches_uninterrupted_run(workspace, tmp_path):
     # completions.jsonl: each step once (step 3, logged before the kill, is not repeated)
     rows = [[json.loads(x) for x in open(tmp_path / d / "out" / "completions.jsonl")] for d in ("a", "b")]
     assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[0]] and rows[1] == rows[0]
-    with pytest.raises(ValueError, match="holds no checkpoint-N folder"):
+    with pytest.raises(ValueError, match="holds no complete checkpoint-N folder"):
         build_trainer(config(workspace, tmp_path / "c", *common)).train(resume_from_checkpoint="true")
 
 

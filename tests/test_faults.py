@@ -1,0 +1,122 @@
+"""What clusters and users do to runs: checkpoints cut mid-write, a full disk, SIGTERM / SIGINT."""
+
+import os
+import re
+import signal
+
+import pytest
+import torch
+from test_trainer import REWARDS, config, workspace  # noqa: F401 (the module fixture)
+
+from align.checkpoints import MANIFEST, Stopped, checkpoint_problem
+from align.errors import RunError, UsageError
+from align.train import build_trainer
+
+COMMON = ("--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1", "--optim", "sgd",
+          "--learning_rate", "0.5", "--max_grad_norm", "0")  # fmt: skip
+
+
+def _params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def _same(a, b):
+    return max((a[n] - b[n]).abs().max().item() for n in a) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def straight(workspace, tmp_path_factory):  # noqa: F811
+    trainer = build_trainer(config(workspace, tmp_path_factory.mktemp("straight"), *COMMON))
+    trainer.train()
+    return _params(trainer)
+
+
+@pytest.mark.parametrize("cut", ["truncated", "removed"])
+def test_resume_skips_a_checkpoint_cut_mid_write(workspace, tmp_path, straight, cut, caplog):  # noqa: F811
+    first = build_trainer(config(workspace, tmp_path, *COMMON))
+    first.train()
+    out = tmp_path / "out"
+    assert all(checkpoint_problem(str(out / f"checkpoint-{n}")) is None for n in (1, 2, 3))
+    assert not os.listdir(out / ".staging")  # every staged checkpoint was renamed
+    if cut == "truncated":  # what a kill or a full disk leaves: half of the weights
+        weights = out / "checkpoint-3" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        why = rf"its file model.safetensors has {weights.stat().st_size} of {2 * weights.stat().st_size}(\d)? bytes"
+    else:
+        (out / "checkpoint-3" / "trainer_state.json").unlink()
+        why = "its file trainer_state.json is missing"  # a full disk before the state was written
+    (out / "checkpoint-4").mkdir()  # a folder from a writer that never finished (no manifest)
+    (out / "checkpoint-4" / "model.safetensors").write_bytes(b"\0" * 10)
+    with pytest.raises(UsageError, match=rf"resume_from_checkpoint {out}/checkpoint-3 is incomplete: {why}; the "
+                       rf"newest complete one is {out}/checkpoint-2 \(or pass true\)\."):  # fmt: skip
+        build_trainer(config(workspace, tmp_path, *COMMON)).train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    resumed = build_trainer(config(workspace, tmp_path, *COMMON))
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint="true")
+    assert re.search(rf"resuming from {out}/checkpoint-2; skipped incomplete {out}/checkpoint-3 \({why}\)", caplog.text)
+    assert f"{out}/checkpoint-4 (it has no {MANIFEST} (its save did not finish))" in caplog.text
+    assert resumed.state.global_step == 3 and _same(_params(resumed), straight)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_complete_checkpoint(workspace, tmp_path, straight):  # noqa: F811
+    trainer = build_trainer(config(workspace, tmp_path, *COMMON))
+    save_rng = trainer._save_rng_state
+
+    def full_disk_at_step_2(output_dir):
+        if trainer.state.global_step == 2:
+            raise OSError(28, "No space left on device", os.path.join(output_dir, "rng_state.pth"))
+        save_rng(output_dir)
+
+    trainer._save_rng_state = full_disk_at_step_2
+    out = tmp_path / "out"
+    with pytest.raises(RunError) as caught:
+        trainer.train()
+    assert str(caught.value) == (
+        f"saving checkpoint-2 failed (No space left on device: {out}/.staging/checkpoint-2/rng_state.pth); nothing "
+        f"was renamed, the newest complete checkpoint is {out}/checkpoint-1: free space and resume with "
+        "--resume_from_checkpoint true."
+    )
+    assert not (out / "checkpoint-2").exists()
+    resumed = build_trainer(config(workspace, tmp_path, *COMMON))
+    resumed.train(resume_from_checkpoint="true")  # from checkpoint-1; the stale staged copy is replaced
+    assert _same(_params(resumed), straight)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_at_the_end_of_the_step_and_the_resume_matches(workspace, tmp_path, straight, name, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("ALIGN_TEST_SIGNAL_NAME", name)
+    monkeypatch.delenv("_ALIGN_SENT", raising=False)
+    argv = (*COMMON, "--save_steps", "100", "--reward_funcs", f"{REWARDS}:signalled")
+    trainer = build_trainer(config(workspace, tmp_path, *argv))
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(Stopped) as caught:
+        trainer.train()  # the signal arrives while step 2 rolls out
+    out = tmp_path / "out"
+    assert str(caught.value) == (
+        f"stopped by {name} after step 2: saved {out}/checkpoint-2; resume with --resume_from_checkpoint true."
+    )
+    assert caught.value.exit_code == 128 + getattr(signal, name)
+    assert checkpoint_problem(str(out / "checkpoint-2")) is None and not (out / "model.safetensors").exists()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers restored
+    resumed = build_trainer(config(workspace, tmp_path, *argv))
+    resumed.train(resume_from_checkpoint="true")
+    assert resumed.state.global_step == 3 and _same(_params(resumed), straight)
+
+
+def test_a_second_signal_stops_at_once(workspace, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("ALIGN_TEST_SIGNALS", "2")
+    monkeypatch.delenv("_ALIGN_SENT", raising=False)
+    trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--reward_funcs", f"{REWARDS}:signalled"))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert not (tmp_path / "out" / "checkpoint-2").exists()  # checkpoint-1 is the last saved
+    assert checkpoint_problem(str(tmp_path / "out" / "checkpoint-1")) is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_saving_again_over_an_existing_checkpoint_keeps_it_complete(workspace, tmp_path):  # noqa: F811
+    trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "1"))
+    trainer.train()
+    trainer._save_checkpoint(trainer.model, None)  # e.g. the step's own save, then a stop request's
+    assert checkpoint_problem(str(tmp_path / "out" / "checkpoint-1")) is None
+    assert torch.load(tmp_path / "out" / "checkpoint-1" / "rng_state.pth", weights_only=False) is not None
