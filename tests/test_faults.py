@@ -3,10 +3,11 @@
 import os
 import re
 import signal
+import subprocess
 
 import pytest
 import torch
-from test_trainer import REWARDS, config, workspace  # noqa: F401 (the module fixture)
+from test_trainer import REPO, REWARDS, _finished_run, _launch, _launch_command, config, workspace  # noqa: F401
 
 from align.checkpoints import MANIFEST, Stopped, checkpoint_problem
 from align.errors import RunError, UsageError
@@ -85,7 +86,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_complete_checkpoint(
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_saves_at_the_end_of_the_step_and_the_resume_matches(workspace, tmp_path, straight, name, monkeypatch):  # noqa: F811
     monkeypatch.setenv("ALIGN_TEST_SIGNAL_NAME", name)
-    monkeypatch.delenv("_ALIGN_SENT", raising=False)
+    monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
     argv = (*COMMON, "--save_steps", "100", "--reward_funcs", f"{REWARDS}:signalled")
     trainer = build_trainer(config(workspace, tmp_path, *argv))
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
@@ -105,7 +106,7 @@ def test_a_signal_saves_at_the_end_of_the_step_and_the_resume_matches(workspace,
 
 def test_a_second_signal_stops_at_once(workspace, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("ALIGN_TEST_SIGNALS", "2")
-    monkeypatch.delenv("_ALIGN_SENT", raising=False)
+    monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
     trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--reward_funcs", f"{REWARDS}:signalled"))
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
@@ -120,3 +121,42 @@ def test_saving_again_over_an_existing_checkpoint_keeps_it_complete(workspace, t
     trainer._save_checkpoint(trainer.model, None)  # e.g. the step's own save, then a stop request's
     assert checkpoint_problem(str(tmp_path / "out" / "checkpoint-1")) is None
     assert torch.load(tmp_path / "out" / "checkpoint-1" / "rng_state.pth", weights_only=False) is not None
+
+
+def test_align_train_prints_one_line_and_exits_143_on_sigterm(workspace, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from align.cli import main
+
+    monkeypatch.setenv("ALIGN_TEST_SIGNAL_NAME", "SIGTERM")
+    monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
+    args = ["train", "--model_name_or_path", str(workspace / "model"), "--dataset_files",
+            str(workspace / "data" / "train.jsonl"), "--output_dir", str(tmp_path / "out"), "--use_chat_template",
+            "false", "--max_completion_length", "8", "--block_length", "8", "--diffusion_steps", "8",
+            "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_steps", "3", "--dtype", "float32",
+            "--reward_funcs", f"{REWARDS}:signalled", "--report_to", "none", "--use_cpu", "true"]  # fmt: skip
+    assert main(args) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"align train: stopped by SIGTERM after step 2: saved {tmp_path}/out/checkpoint-2; resume with "
+                       "--resume_from_checkpoint true.")  # fmt: skip
+    assert any("SIGTERM: finishing step 2, saving a checkpoint, then stopping" in line for line in err)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tmp_path):  # noqa: F811
+    """SIGTERM to rank 0 only: both ranks save checkpoint-2 at the same step (the request is all-reduced), the
+    launch fails with the one line, and both ranks resumed from it end at the uninterrupted run's parameters."""
+    accelerate = os.path.join(REPO, "recipes", "accelerate", "ddp.yaml")
+    env = {"ACCELERATE_USE_CPU": "1"}
+    extra = ("--max_steps", "3", "--reward_funcs", f"{REWARDS}:signalled")
+    _, straight = _launch(workspace, tmp_path / "straight", accelerate, {**env, "ALIGN_TEST_SIGNAL_STEP": "0"}, *extra)
+    cmd = _launch_command(workspace, tmp_path / "cut", accelerate, [], *extra)
+    run_env = {**os.environ, **env, "OMP_NUM_THREADS": "1", "ALIGN_TEST_SIGNAL_RANK": "0"}
+    run_env.pop("_ALIGN_SENT", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=600, cwd=REPO)
+    assert proc.returncode != 0
+    out = tmp_path / "cut" / "out"
+    assert f"stopped by SIGTERM after step 2: saved {out}/checkpoint-2; resume with" in proc.stderr
+    assert checkpoint_problem(str(out / "checkpoint-2")) is None and not (out / "model.safetensors").exists()
+    _, resumed = _launch(workspace, tmp_path / "cut", accelerate, {**env, "ALIGN_TEST_SIGNAL_STEP": "0"}, *extra,
+                         "--resume_from_checkpoint", "true")  # fmt: skip
+    worst = max((p - resumed.state_dict()[n]).abs().max().item() for n, p in straight.state_dict().items())
+    assert worst < 1e-6, worst
