@@ -16,6 +16,8 @@ it (status 143 / 130). A second signal stops at once.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -100,11 +102,16 @@ def resolve_resume(output_dir: str, value, log=None) -> str | None:
             )
         skipped = [p for p in incomplete if _step(p) > _step(newest)]
         if skipped and log is not None:
-            log(f"resuming from {newest}; skipped incomplete " + "; ".join(f"{p} ({incomplete[p]})" for p in skipped))
+            log(
+                f"resuming from {newest}; skipped incomplete "
+                + "; ".join(f"{p} ({incomplete[p]})" for p in skipped)
+            )
         return newest
     path = str(value)
     if not os.path.isdir(path):
-        raise UsageError(f"resume_from_checkpoint {path} is not a folder; give a checkpoint-N folder or true.")
+        raise UsageError(
+            f"resume_from_checkpoint {path} is not a folder; give a checkpoint-N folder or true."
+        )
     problem = checkpoint_problem(path)
     if problem is not None:
         last = f"the newest complete one is {newest}" if newest else f"{output_dir} holds no complete one"
@@ -209,11 +216,33 @@ class SafeCheckpointMixin:
                                    best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
         self.accelerator.wait_for_everyone()
 
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The step's gradient norm (the same on every rank); a non-finite one stops the run here, before the
+        optimizer step, or drops the update (``on_nonfinite: skip``)."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        value = float(norm)
+        if math.isfinite(value):
+            return norm
+        step = self.state.global_step + 1
+        if getattr(self.args, "on_nonfinite", "stop") == "skip":
+            self.optimizer.zero_grad(
+                set_to_none=True
+            )  # no gradient: the optimizer leaves every weight as it is
+            self._nonfinite_skipped = getattr(self, "_nonfinite_skipped", 0) + 1
+            logging.getLogger("align").warning("step %d: gradient norm %s, update skipped (on_nonfinite: skip; %d so "
+                                               "far).", step, value, self._nonfinite_skipped)  # fmt: skip
+            return norm
+        complete, _ = checkpoints(self.args.output_dir)
+        last = complete[-1] if complete else "none yet"
+        raise RunError(
+            f"step {step}: the gradient norm is {value}; stopped before updating the weights (nothing saved). The "
+            f"newest complete checkpoint is {last}. Lower learning_rate (it is {self.args.learning_rate:g}) or "
+            "set on_nonfinite: skip to drop such updates."
+        )
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         """``resume_from_checkpoint``: a checkpoint folder, or true for the newest complete one in output_dir.
         SIGTERM / SIGINT save a checkpoint at the end of the current step and raise ``Stopped``."""
-        import logging
-
         log = logging.getLogger("align").warning if self.accelerator.is_main_process else None
         resume = resolve_resume(self.args.output_dir, resume_from_checkpoint, log)
         stop = next((c for c in self.callback_handler.callbacks if isinstance(c, _StopOnSignal)), None)
@@ -229,8 +258,12 @@ class SafeCheckpointMixin:
                 raise KeyboardInterrupt
             stop.signum = signum
             if self.accelerator.is_main_process:
-                print(f"align: {signal.Signals(signum).name}: finishing step {self.state.global_step + 1}, saving a "
-                      "checkpoint, then stopping (send it again to stop at once).", file=sys.stderr, flush=True)
+                print(
+                    f"align: {signal.Signals(signum).name}: finishing step {self.state.global_step + 1}, saving a "
+                    "checkpoint, then stopping (send it again to stop at once).",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         import threading
 

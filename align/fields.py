@@ -102,6 +102,13 @@ class ModelDataFields:
         "the seconds since training began, for accuracy-vs-wall-clock plots.",
         default=None,
     )
+    on_nonfinite: str = _help(
+        "schedule",
+        "A step whose gradient norm is NaN or inf: stop (one line naming the step and the newest complete "
+        "checkpoint; the weights are not updated) or skip (drop that update with a warning line and a running "
+        "count; not under DeepSpeed).",
+        default="stop",
+    )
 
 
 @dataclass
@@ -403,6 +410,10 @@ def check_model_data(c) -> None:
         raise ValueError(f"dtype {c.dtype!r} is not one of ['bfloat16', 'float16', 'float32'].")
     if c.max_time_s is not None and c.max_time_s <= 0:
         raise ValueError(f"max_time_s must be a positive number of seconds, got {c.max_time_s}.")
+    if c.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite {c.on_nonfinite!r} is not one of ['stop', 'skip'].")
+    if c.on_nonfinite == "skip" and getattr(c, "deepspeed", None):
+        raise ValueError("on_nonfinite skip cannot drop an update under DeepSpeed (its engine steps itself); use stop.")
 
 
 def resolve_eval(c) -> None:

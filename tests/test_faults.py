@@ -50,16 +50,22 @@ def test_resume_skips_a_checkpoint_cut_mid_write(workspace, tmp_path, straight, 
     (out / "checkpoint-4" / "model.safetensors").write_bytes(b"\0" * 10)
     with pytest.raises(UsageError, match=rf"resume_from_checkpoint {out}/checkpoint-3 is incomplete: {why}; the "
                        rf"newest complete one is {out}/checkpoint-2 \(or pass true\)\."):  # fmt: skip
-        build_trainer(config(workspace, tmp_path, *COMMON)).train(resume_from_checkpoint=str(out / "checkpoint-3"))
+        build_trainer(config(workspace, tmp_path, *COMMON)).train(
+            resume_from_checkpoint=str(out / "checkpoint-3")
+        )
     resumed = build_trainer(config(workspace, tmp_path, *COMMON))
     with caplog.at_level("WARNING"):
         resumed.train(resume_from_checkpoint="true")
-    assert re.search(rf"resuming from {out}/checkpoint-2; skipped incomplete {out}/checkpoint-3 \({why}\)", caplog.text)
+    assert re.search(
+        rf"resuming from {out}/checkpoint-2; skipped incomplete {out}/checkpoint-3 \({why}\)", caplog.text
+    )
     assert f"{out}/checkpoint-4 (it has no {MANIFEST} (its save did not finish))" in caplog.text
     assert resumed.state.global_step == 3 and _same(_params(resumed), straight)
 
 
-def test_a_full_disk_stops_with_one_line_and_keeps_the_last_complete_checkpoint(workspace, tmp_path, straight):  # noqa: F811
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_complete_checkpoint(
+    workspace, tmp_path, straight
+):  # noqa: F811
     trainer = build_trainer(config(workspace, tmp_path, *COMMON))
     save_rng = trainer._save_rng_state
 
@@ -84,7 +90,9 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_complete_checkpoint(
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
-def test_a_signal_saves_at_the_end_of_the_step_and_the_resume_matches(workspace, tmp_path, straight, name, monkeypatch):  # noqa: F811
+def test_a_signal_saves_at_the_end_of_the_step_and_the_resume_matches(
+    workspace, tmp_path, straight, name, monkeypatch
+):  # noqa: F811
     monkeypatch.setenv("ALIGN_TEST_SIGNAL_NAME", name)
     monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
     argv = (*COMMON, "--save_steps", "100", "--reward_funcs", f"{REWARDS}:signalled")
@@ -147,7 +155,9 @@ def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tm
     accelerate = os.path.join(REPO, "recipes", "accelerate", "ddp.yaml")
     env = {"ACCELERATE_USE_CPU": "1"}
     extra = ("--max_steps", "3", "--reward_funcs", f"{REWARDS}:signalled")
-    _, straight = _launch(workspace, tmp_path / "straight", accelerate, {**env, "ALIGN_TEST_SIGNAL_STEP": "0"}, *extra)
+    _, straight = _launch(
+        workspace, tmp_path / "straight", accelerate, {**env, "ALIGN_TEST_SIGNAL_STEP": "0"}, *extra
+    )
     cmd = _launch_command(workspace, tmp_path / "cut", accelerate, [], *extra)
     run_env = {**os.environ, **env, "OMP_NUM_THREADS": "1", "ALIGN_TEST_SIGNAL_RANK": "0"}
     run_env.pop("_ALIGN_SENT", None)
@@ -160,3 +170,44 @@ def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tm
                          "--resume_from_checkpoint", "true")  # fmt: skip
     worst = max((p - resumed.state_dict()[n]).abs().max().item() for n, p in straight.state_dict().items())
     assert worst < 1e-6, worst
+
+
+def test_a_nonfinite_gradient_stops_at_that_step_with_one_line(workspace, tmp_path):  # noqa: F811
+    """A NaN gradient at step 3 (what lr 1e6 gave, silently, before a crash inside the sampler a step later)."""
+    trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "5"))
+    weight = dict(trainer.model.named_parameters())["model.transformer.ln_f.weight"]
+    weight.register_hook(lambda g: g * float("nan") if trainer.state.global_step == 2 else g)
+    with pytest.raises(RunError) as caught:
+        trainer.train()
+    after = _params(trainer)
+    assert str(caught.value) == (
+        f"step 3: the gradient norm is nan; stopped before updating the weights (nothing saved). The newest "
+        f"complete checkpoint is {tmp_path}/out/checkpoint-2. Lower learning_rate (it is 0.5) or set "
+        "on_nonfinite: skip to drop such updates."
+    )
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert not (tmp_path / "out" / "checkpoint-3").exists()
+
+
+def test_on_nonfinite_skip_drops_the_update(workspace, tmp_path, caplog):  # noqa: F811
+    trainer = build_trainer(
+        config(workspace, tmp_path, *COMMON, "--on_nonfinite", "skip", "--max_steps", "2")
+    )
+    before = _params(trainer)
+    first = dict(trainer.model.named_parameters())["model.transformer.ln_f.weight"]
+    hook = first.register_hook(lambda g: torch.full_like(g, float("nan")))  # every step's gradient is NaN
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    hook.remove()
+    assert _same(_params(trainer), before)  # no update was applied
+    assert "step 1: gradient norm nan, update skipped (on_nonfinite: skip; 1 so far)." in caplog.text
+    assert "step 2: gradient norm nan, update skipped (on_nonfinite: skip; 2 so far)." in caplog.text
+
+
+def test_nan_logits_in_the_sampler_are_one_line():
+    from align.sampling.diffusion import sample_tokens
+
+    logits = torch.zeros(1, 2, 5)
+    logits[0, 1, 3] = float("nan")
+    with pytest.raises(RunError, match="the model's next-token probabilities are not finite"):
+        sample_tokens(logits, 1.0, "low_confidence")

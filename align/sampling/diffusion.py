@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
+from align.errors import RunError
 from align.fields import check_schedule
 from align.models.family import FamilySpec, family_spec, model_logits
 
@@ -138,6 +139,11 @@ def sample_tokens(
     if temperature > 0:
         rows = rows.float()
         probs = torch.softmax(rows / temperature, dim=-1)
+        if not torch.isfinite(probs).all():  # NaN / inf logits: multinomial would fail with a cryptic message
+            raise RunError(
+                "the model's next-token probabilities are not finite (NaN or inf logits): its weights have "
+                "diverged or the checkpoint is corrupt; lower learning_rate or load an earlier checkpoint."
+            )
         picked = torch.multinomial(probs, 1, generator=generator)[:, 0] if len(rows) else rows.argmax(-1)
     else:
         picked = rows.argmax(-1)
