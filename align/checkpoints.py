@@ -124,7 +124,7 @@ def _step(path: str) -> int:
 
 
 def _fsync_tree(folder: str) -> None:
-    for root, dirs, names in os.walk(folder):
+    for root, _, names in os.walk(folder):
         for name in names:
             with open(os.path.join(root, name), "rb") as f:
                 os.fsync(f.fileno())

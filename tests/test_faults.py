@@ -1,4 +1,5 @@
 """What clusters and users do to runs: checkpoints cut mid-write, a full disk, SIGTERM / SIGINT."""
+# ruff: noqa: F811  (the workspace fixture is imported from test_trainer and named by each test)
 
 import os
 import re
@@ -26,14 +27,14 @@ def _same(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(workspace, tmp_path_factory):  # noqa: F811
+def straight(workspace, tmp_path_factory):
     trainer = build_trainer(config(workspace, tmp_path_factory.mktemp("straight"), *COMMON))
     trainer.train()
     return _params(trainer)
 
 
 @pytest.mark.parametrize("cut", ["truncated", "removed"])
-def test_resume_skips_a_checkpoint_cut_mid_write(workspace, tmp_path, straight, cut, caplog):  # noqa: F811
+def test_resume_skips_a_checkpoint_cut_mid_write(workspace, tmp_path, straight, cut, caplog):
     first = build_trainer(config(workspace, tmp_path, *COMMON))
     first.train()
     out = tmp_path / "out"
@@ -65,7 +66,7 @@ def test_resume_skips_a_checkpoint_cut_mid_write(workspace, tmp_path, straight, 
 
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_complete_checkpoint(
     workspace, tmp_path, straight
-):  # noqa: F811
+):
     trainer = build_trainer(config(workspace, tmp_path, *COMMON))
     save_rng = trainer._save_rng_state
 
@@ -92,7 +93,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_complete_checkpoint(
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_saves_at_the_end_of_the_step_and_the_resume_matches(
     workspace, tmp_path, straight, name, monkeypatch
-):  # noqa: F811
+):
     monkeypatch.setenv("ALIGN_TEST_SIGNAL_NAME", name)
     monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
     argv = (*COMMON, "--save_steps", "100", "--reward_funcs", f"{REWARDS}:signalled")
@@ -112,7 +113,7 @@ def test_a_signal_saves_at_the_end_of_the_step_and_the_resume_matches(
     assert resumed.state.global_step == 3 and _same(_params(resumed), straight)
 
 
-def test_a_second_signal_stops_at_once(workspace, tmp_path, monkeypatch):  # noqa: F811
+def test_a_second_signal_stops_at_once(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_TEST_SIGNALS", "2")
     monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
     trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--reward_funcs", f"{REWARDS}:signalled"))
@@ -123,7 +124,7 @@ def test_a_second_signal_stops_at_once(workspace, tmp_path, monkeypatch):  # noq
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_saving_again_over_an_existing_checkpoint_keeps_it_complete(workspace, tmp_path):  # noqa: F811
+def test_saving_again_over_an_existing_checkpoint_keeps_it_complete(workspace, tmp_path):
     trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "1"))
     trainer.train()
     trainer._save_checkpoint(trainer.model, None)  # e.g. the step's own save, then a stop request's
@@ -131,7 +132,7 @@ def test_saving_again_over_an_existing_checkpoint_keeps_it_complete(workspace, t
     assert torch.load(tmp_path / "out" / "checkpoint-1" / "rng_state.pth", weights_only=False) is not None
 
 
-def test_align_train_prints_one_line_and_exits_143_on_sigterm(workspace, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_align_train_prints_one_line_and_exits_143_on_sigterm(workspace, tmp_path, monkeypatch, capsys):
     from align.cli import main
 
     monkeypatch.setenv("ALIGN_TEST_SIGNAL_NAME", "SIGTERM")
@@ -149,7 +150,7 @@ def test_align_train_prints_one_line_and_exits_143_on_sigterm(workspace, tmp_pat
 
 
 @pytest.mark.slow
-def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tmp_path):  # noqa: F811
+def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tmp_path):
     """SIGTERM to rank 0 only: both ranks save checkpoint-2 at the same step (the request is all-reduced), the
     launch fails with the one line, and both ranks resumed from it end at the uninterrupted run's parameters."""
     accelerate = os.path.join(REPO, "recipes", "accelerate", "ddp.yaml")
@@ -172,7 +173,7 @@ def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tm
     assert worst < 1e-6, worst
 
 
-def test_a_nonfinite_gradient_stops_at_that_step_with_one_line(workspace, tmp_path):  # noqa: F811
+def test_a_nonfinite_gradient_stops_at_that_step_with_one_line(workspace, tmp_path):
     """A NaN gradient at step 3 (what lr 1e6 gave, silently, before a crash inside the sampler a step later)."""
     trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "5"))
     weight = dict(trainer.model.named_parameters())["model.transformer.ln_f.weight"]
@@ -189,7 +190,7 @@ def test_a_nonfinite_gradient_stops_at_that_step_with_one_line(workspace, tmp_pa
     assert not (tmp_path / "out" / "checkpoint-3").exists()
 
 
-def test_on_nonfinite_skip_drops_the_update(workspace, tmp_path, caplog):  # noqa: F811
+def test_on_nonfinite_skip_drops_the_update(workspace, tmp_path, caplog):
     trainer = build_trainer(
         config(workspace, tmp_path, *COMMON, "--on_nonfinite", "skip", "--max_steps", "2")
     )
