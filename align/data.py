@@ -7,6 +7,31 @@ trained on.
 
 from __future__ import annotations
 
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-blank line; a line that is not one is a one-line error
+    naming the file and the line number."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                                 "each line must be one JSON object.") from None  # fmt: skip
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number}: a JSON {type(row).__name__}, not an object; each line must "
+                                 "be one JSON object with the dataset's columns.")  # fmt: skip
+            rows.append(row)
+    return rows
+
 
 def load_rows(config):
     """The configured split as a ``datasets.Dataset`` (hub id or local files), columns renamed and checked."""
@@ -17,7 +42,13 @@ def load_rows(config):
         builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
         if builder is None:
             raise ValueError(f"dataset_files: cannot read .{ext} files; use .jsonl, .json, .csv or .parquet.")
-        dataset = load_dataset(builder, data_files=list(config.dataset_files), split="train")
+        try:
+            dataset = load_dataset(builder, data_files=list(config.dataset_files), split="train")
+        except Exception:
+            for path in config.dataset_files:  # name the file and line instead of datasets' parser traceback
+                if path.endswith(".jsonl"):
+                    read_jsonl(path)
+            raise
     else:
         dataset = load_dataset(config.dataset_name, config.dataset_config, split=config.dataset_split)
     for item in config.rename_columns or []:
@@ -32,7 +63,32 @@ def load_rows(config):
         if hasattr(config, field):
             named[field] = getattr(config, field)
     require_columns(dataset.column_names, named)
+    empty = [i for i, value in enumerate(dataset[config.prompt_column]) if _is_empty(value)]
+    if empty and getattr(config, "drop_empty_prompts", False):
+        logger.warning("dropped %d rows with an empty prompt (drop_empty_prompts): rows %s", len(empty), _rows(empty))
+        keep = set(empty)
+        dataset = dataset.select([i for i in range(len(dataset)) if i not in keep])
+    elif empty:
+        raise ValueError(
+            f"{len(empty)} rows have an empty {config.prompt_column!r} (rows {_rows(empty)}, counting from 0); "
+            "fix the data or set drop_empty_prompts true."
+        )
     return dataset
+
+
+def _is_empty(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, list):  # chat messages
+        return not value or all(not str(m.get("content", "") if isinstance(m, dict) else m).strip() for m in value)
+    return False
+
+
+def _rows(indices: list[int]) -> str:
+    shown = ", ".join(map(str, indices[:10]))
+    return shown + (f", ... {len(indices) - 10} more" if len(indices) > 10 else "")
 
 
 def require_columns(columns: list[str], named: dict[str, str]) -> None:

@@ -102,6 +102,10 @@ class ModelDataFields:
         "the seconds since training began, for accuracy-vs-wall-clock plots.",
         default=None,
     )
+    drop_empty_prompts: bool = _help(
+        "data", "Drop rows whose prompt is empty (the log says how many); false: refuse them, naming the rows.",
+        default=False,
+    )
     on_nonfinite: str = _help(
         "schedule",
         "A step whose gradient norm is NaN or inf: stop (one line naming the step and the newest complete "
@@ -779,6 +783,41 @@ def recipe_values(cls, path: str | None, overrides: list[str], prog: str) -> dic
     return {name: convert(name, known[name].annotation, value) for name, value in values.items()}
 
 
+def check_output_dir(path: str) -> None:
+    """output_dir is a folder this process can write (created when missing), before anything loads."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"output_dir {path} is a file; give a folder (it is created when missing).")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".align-write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"output_dir {path} is not writable ({exc.strerror}); give a folder you can write.") from None
+
+
+def check_hub_push(view) -> None:
+    """push_to_hub needs a token and a reachable hub: checked before training, not after it."""
+    if not getattr(view, "push_to_hub", False):
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("push_to_hub true, but HF_HUB_OFFLINE is set; unset it or set push_to_hub false.")
+    if not get_token():
+        raise ValueError("push_to_hub true needs a hub token: run `hf auth login` or set HF_TOKEN.")
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=10).close()
+    except OSError as exc:
+        raise ValueError(f"push_to_hub true, but the hub ({host}) is unreachable ({exc}); set push_to_hub false "
+                         "and upload the output folder later.") from None  # fmt: skip
+
+
 def preflight(cls, values: dict[str, object]) -> None:
     """Run the config's own checks on a plain view (TrainingArguments' literal defaults, the fields'
     defaults, the recipe's values) and the local paths it names, before anything heavy is imported."""
@@ -808,6 +847,9 @@ def preflight(cls, values: dict[str, object]) -> None:
     for path in view.dataset_files or []:
         if not os.path.exists(path):
             raise ValueError(f"dataset_files: {path} does not exist (paths are relative to {os.getcwd()}).")
+    if view.output_dir:
+        check_output_dir(view.output_dir)
+    check_hub_push(view)
 
 
 def check_reward_specs(specs: list[str]) -> None:
@@ -822,6 +864,13 @@ def check_reward_specs(specs: list[str]) -> None:
             raise ValueError(
                 f"reward {spec!r}: file {target} does not exist (paths are relative to {os.getcwd()})."
             )
+        if target is not None and target.endswith(".py"):
+            with open(target, "rb") as f:
+                source = f.read()
+            try:
+                compile(source, target, "exec")
+            except SyntaxError as exc:
+                raise ValueError(f"reward file {target} line {exc.lineno}: {exc.msg}; fix the file.") from None
 
 
 # ---- help: the project's fields first, grouped; TrainingArguments' after them --------------------------

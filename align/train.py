@@ -33,12 +33,22 @@ def load_policy(config):
 
 def add_lora(model, config):
     """The model wrapped with the config's LoRA adapter (never on the LM head)."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
+    from align.errors import UsageError
     from align.models.loading import quiet_checkpointing_renames
 
     head = model.get_output_embeddings()  # LLaDA's untied head is also named ff_out: keep LoRA off it
     exclude = [name for name, module in model.named_modules() if head is not None and module is head]
+    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and name not in exclude}  # fmt: skip
+    unknown = [t for t in config.lora_target_modules if t not in leaves]
+    if unknown:
+        raise UsageError(
+            f"lora_target_modules {unknown} name no linear layer of this model; its linear layers are "
+            f"{sorted(leaves)}."
+        )
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=config.lora_target_modules, exclude_modules=exclude or None, bias="none",

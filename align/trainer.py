@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from collections import defaultdict
@@ -685,7 +686,20 @@ def _call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
         got = "None" if values is None else f"{len(values)} values"
         raise RewardError(f"reward function {name!r} returned {got} for {len(texts)} completions; return one "
                            "float (or None) per completion.")  # fmt: skip
+    for i, value in enumerate(values):
+        if value is not None and not _is_number(value):
+            raise RewardError(
+                f"reward function {name!r} returned {type(value).__name__} {value!r:.60} for completion {i}; a reward "
+                "is a number (int or float) or None per completion."
+            )
     return values
+
+
+def _is_number(value) -> bool:
+    """An int / float / bool, or a 0-d numpy / torch number (whose ``item()`` is one); never a string."""
+    if isinstance(value, numbers.Real):
+        return True
+    return getattr(value, "ndim", None) == 0 and isinstance(value.item(), numbers.Real)
 
 
 def _first_failing(fn, prompts, texts, ids, columns, state) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -45,7 +46,12 @@ def _from_file(path: str, name: str) -> RewardFn:
     module_name = "align_user_reward_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ValueError(f"reward file {path} line {exc.lineno}: {exc.msg}; fix the file.") from exc
+    except Exception as exc:
+        raise ValueError(f"reward file {path}: importing it raised {type(exc).__name__}: {exc}.") from exc
     return getattr(module, name, None)
 
 
@@ -72,8 +78,17 @@ def get(spec: str | RewardFn) -> RewardFn:
             fn = getattr(importlib.import_module(target), name, None)
         except ImportError as exc:
             raise ValueError(f"reward spec {spec!r}: cannot import module {target!r} ({exc}).") from exc
-    if not callable(fn):
+        except SyntaxError as exc:
+            raise ValueError(f"reward module {target} ({exc.filename}) line {exc.lineno}: {exc.msg}; fix the file.") from exc
+    if inspect.isclass(fn):
+        raise ValueError(
+            f"reward spec {spec!r}: {name} is a class, not a function; give a function "
+            f"def {name.lower()}(prompts, completions, **kwargs) -> list[float], or module:instance of it."
+        )
+    if fn is None:
         raise ValueError(f"reward spec {spec!r}: {target!r} has no function {name!r}.")
+    if not callable(fn):
+        raise ValueError(f"reward spec {spec!r}: {name} is a {type(fn).__name__}, not a function.")
     return fn
 
 

@@ -1,6 +1,7 @@
 """What clusters and users do to runs: checkpoints cut mid-write, a full disk, SIGTERM / SIGINT."""
 # ruff: noqa: F811  (the workspace fixture is imported from test_trainer and named by each test)
 
+import json
 import os
 import re
 import signal
@@ -212,3 +213,113 @@ def test_nan_logits_in_the_sampler_are_one_line():
     logits[0, 1, 3] = float("nan")
     with pytest.raises(RunError, match="the model's next-token probabilities are not finite"):
         sample_tokens(logits, 1.0, "low_confidence")
+
+
+# ---- mistakes that used to print tracebacks: one line each, exact text ----------------------------------
+
+
+def _cli(workspace, tmp_path, *extra):
+    return ["train", "--model_name_or_path", str(workspace / "model"), "--dataset_files",
+            str(workspace / "data" / "train.jsonl"), "--output_dir", str(tmp_path / "out"), "--use_chat_template",
+            "false", "--max_completion_length", "8", "--block_length", "8", "--diffusion_steps", "8",
+            "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_steps", "1", "--dtype", "float32",
+            "--reward_funcs", f"{REWARDS}:ones_fraction", "--report_to", "none", "--use_cpu", "true", *extra]  # fmt: skip
+
+
+def _one_line(capsys, argv, code=2):
+    from align.cli import main
+
+    assert main(argv) == code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("align train:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_one_line_for_a_reward_file_with_a_syntax_error(workspace, tmp_path, capsys):
+    bad = tmp_path / "bad_reward.py"
+    bad.write_text("def score(prompts, completions, **kw):\n    return [1.0 for c in completions\n")
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--reward_funcs", f"{bad}:score"))
+    assert line == f"align train: reward file {bad} line 2: '[' was never closed; fix the file."
+
+
+def test_one_line_for_a_reward_class_and_a_reward_returning_strings(workspace, tmp_path, capsys):
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:ClassReward"))
+    assert line == (f"align train: reward spec '{REWARDS}:ClassReward': ClassReward is a class, not a function; give "
+                    "a function def classreward(prompts, completions, **kwargs) -> list[float], or module:instance of it.")  # fmt: skip
+    line = _one_line(
+        capsys, _cli(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:returns_strings"), code=1
+    )
+    assert line == ("align train: reward function 'returns_strings' returned str '1.0' for completion 0; a reward is a "
+                    "number (int or float) or None per completion.")  # fmt: skip
+
+
+def test_one_line_for_a_corrupt_jsonl_line(workspace, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    lines = (workspace / "data" / "train.jsonl").read_text().splitlines()
+    lines[6] = lines[6][:-3]  # line 7 cut short
+    data.write_text("\n".join(lines) + "\n")
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--dataset_files", str(data)))
+    assert line.startswith(f"align train: {data} line 7: not valid JSON (")
+    assert line.endswith("); each line must be one JSON object.")
+    from align.eval.tasks import TASKS
+
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(data))} line 7: not valid JSON"):
+        TASKS["gsm8k"].load(path=str(data))
+
+
+def test_one_line_for_an_output_dir_that_is_a_file_or_not_writable(workspace, tmp_path, capsys):
+    afile = tmp_path / "taken"
+    afile.write_text("")
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--output_dir", str(afile)))
+    assert line == f"align train: output_dir {afile} is a file; give a folder (it is created when missing)."
+    line = _one_line(
+        capsys, _cli(workspace, tmp_path, "--output_dir", "/proc/align-out")
+    )  # unwritable even as root
+    assert line.startswith("align train: output_dir /proc/align-out is not writable (")
+
+
+def test_one_line_for_push_to_hub_without_the_hub(workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--push_to_hub", "true"))
+    assert (
+        line == "align train: push_to_hub true, but HF_HUB_OFFLINE is set; unset it or set push_to_hub false."
+    )
+
+
+def test_one_line_for_a_model_folder_without_a_tokenizer(workspace, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(workspace / "model", bare)
+    for name in os.listdir(bare):
+        if "token" in name or name.endswith((".model", ".txt")):
+            os.remove(bare / name)
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--model_name_or_path", str(bare)))
+    assert line == (f"align train: {bare} has no tokenizer (no tokenizer.json / tokenizer_config.json): copy the base "
+                    "model's tokenizer files into it (a LoRA export or a checkpoint-N folder has them when saved by align).")  # fmt: skip
+
+
+def test_one_line_for_a_misspelt_lora_target(workspace, tmp_path, capsys):
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--use_peft", "true", "--lora_target_modules", "q_proj",
+                                  "v_prj"))  # fmt: skip
+    assert line.startswith("align train: lora_target_modules ['v_prj'] name no linear layer of this model; its linear "
+                           "layers are [")  # fmt: skip
+    assert "'q_proj'" in line and "'v_proj'" in line
+
+
+def test_empty_prompts_are_refused_by_row_or_dropped_with_a_count(workspace, tmp_path, capsys, caplog):
+    data = tmp_path / "train.jsonl"
+    rows = [json.loads(x) for x in (workspace / "data" / "train.jsonl").read_text().splitlines()]
+    for i in (3, 11):
+        rows[i]["question"] = "  "
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = _one_line(capsys, _cli(workspace, tmp_path, "--dataset_files", str(data)))
+    assert line == ("align train: 2 rows have an empty 'question' (rows 3, 11, counting from 0); fix the data or set "
+                    "drop_empty_prompts true.")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        trainer = build_trainer(
+            config(workspace, tmp_path, "--dataset_files", str(data), "--drop_empty_prompts", "true")
+        )
+    assert len(trainer.train_dataset) == len(rows) - 2
+    assert "dropped 2 rows with an empty prompt (drop_empty_prompts): rows 3, 11" in caplog.text

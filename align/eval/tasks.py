@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +36,9 @@ class Task:
         if path:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"task {self.name}: {path} does not exist (expected JSONL rows).")
-            with open(path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
+            from align.data import read_jsonl
+
+            rows = read_jsonl(path)
         elif self.hub is None:
             raise ValueError(f"task {self.name} has no hub dataset; give it as NAME=path/to/file.jsonl.")
         else:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from align.errors import UsageError
 from align.models.modeling_llada import LLaDAModelLM
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,13 @@ def load_model(
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     """Load the tokenizer; left padding, since prompts are left-padded before the generation canvas."""
+    if os.path.isdir(name_or_path) and not any(
+        os.path.exists(os.path.join(name_or_path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        raise UsageError(
+            f"{name_or_path} has no tokenizer (no tokenizer.json / tokenizer_config.json): copy the base model's "
+            "tokenizer files into it (a LoRA export or a checkpoint-N folder has them when saved by align)."
+        )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
