@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return sft_main(argv[1:])
     if argv[:1] == ["dpo"]:
-        from align.dpo import main as dpo_main
+        from align.train import dpo_main
 
         return dpo_main(argv[1:])
     if argv[:1] == ["plan"]:

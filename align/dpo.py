@@ -258,17 +258,9 @@ def build_trainer(config: DPOConfig) -> DiffusionDPOTrainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from align.fields import DPOFields
-    from align.train import recipe_main
+    from align.train import dpo_main
 
-    return recipe_main(
-        "align dpo",
-        "DPO / VRPO for masked diffusion LMs",
-        DPOFields,
-        "DPOConfig",
-        "align.dpo:build_trainer",
-        argv,
-    )
+    return dpo_main(argv)
 
 
 if __name__ == "__main__":

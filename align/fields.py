@@ -784,17 +784,22 @@ def recipe_values(cls, path: str | None, overrides: list[str], prog: str) -> dic
 
 
 def check_output_dir(path: str) -> None:
-    """output_dir is a folder this process can write (created when missing), before anything loads."""
+    """output_dir is, or can be created as, a folder this process can write; nothing is created here."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"output_dir {path} is a file; give a folder (it is created when missing).")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"output_dir {path} cannot be created: {existing} is a file.")
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".align-write-test-{os.getpid()}")
+        probe = os.path.join(existing, f".align-write-test-{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
     except OSError as exc:
-        raise ValueError(f"output_dir {path} is not writable ({exc.strerror}); give a folder you can write.") from None
+        raise ValueError(f"output_dir {path} is not writable ({exc.strerror} in {existing}); give a folder you can "
+                         "write.") from None  # fmt: skip
 
 
 def check_hub_push(view) -> None:

@@ -187,16 +187,23 @@ def table(plan: Plan, gpu_memory_gb: float | None = None) -> list[str]:
     return lines
 
 
+def misfits(plan: Plan, gpu_memory_gb: float) -> list[str]:
+    """One sentence per phase that does not fit, naming the setting to change."""
+    return [
+        f"the {phase} phase needs about {plan.peak(phase) / GIB:.1f} GiB per GPU (static "
+        f"{plan.static_bytes / GIB:.1f} + {plan.phases[phase] / GIB:.1f}), more than the "
+        f"{gpu_memory_gb:.0f} GiB there: {plan.advice[phase]}"
+        for phase in plan.phases
+        if plan.peak(phase) > gpu_memory_gb * GIB
+    ]
+
+
 def check_fits(plan: Plan, gpu_memory_gb: float) -> None:
     """Raise the first phase that does not fit, naming the setting to change."""
-    for phase in plan.phases:
-        peak = plan.peak(phase)
-        if peak > gpu_memory_gb * GIB:
-            raise ValueError(
-                f"the {phase} phase needs about {peak / GIB:.1f} GiB per GPU (static "
-                f"{plan.static_bytes / GIB:.1f} + {plan.phases[phase] / GIB:.1f}), more than the "
-                f"{gpu_memory_gb:.0f} GiB there: {plan.advice[phase]} (align plan shows every phase)."
-            )
+    problems = misfits(plan, gpu_memory_gb)
+    if problems:
+        more = f"; {len(problems) - 1} more phase(s) too" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]} (align plan shows every phase{more}).")
 
 
 def _get(config, *names, default=None):
@@ -228,12 +235,43 @@ def shape_of(
     return ModelShape(d, layers, heads, kv_heads, h, v, params)
 
 
-def load_shape(model_name_or_path: str, trust_remote_code: bool = False) -> ModelShape:
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """One connection attempt to the hub's endpoint (no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_shape(model_name_or_path: str, trust_remote_code: bool = False, say=None) -> ModelShape:
     """The model's shapes from its config.json alone (LLaDA names, or the usual transformers names); the
-    target models' published shapes when the hub cannot be reached."""
+    target models' published shapes when the hub cannot be reached (tried once; ``say`` is told so)."""
     from transformers import AutoConfig
 
+    from align.errors import looks_local
     from align.models import LLaDAConfig
+
+    if not looks_local(model_name_or_path) and not hub_reachable():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model_name_or_path, "config.json"), str):
+            if model_name_or_path not in KNOWN_SHAPES:
+                raise ValueError(
+                    f"the hub is unreachable and {model_name_or_path} is not in the cache: give a local model folder "
+                    "or run where the hub is reachable."
+                )
+            if say is not None:
+                say(f"hub unreachable: using the published shape of {model_name_or_path}")
+            return shape_of(*KNOWN_SHAPES[model_name_or_path])
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read the cached config without retrying the network
 
     try:
         config = LLaDAConfig.from_pretrained(model_name_or_path)
@@ -311,20 +349,21 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     def run() -> int:
+        from align.fields import GRPOFields, recipe_values
+
+        recipe_values(GRPOFields, args.recipe, overrides, "align plan")  # a bad path or field: before torch loads
         from align.config import load_config
 
         config = load_config(args.recipe, [*overrides, "--use_cpu", "true"], prog="align plan")
         zero = args.zero if args.zero is not None else (2 if config.use_peft else 3)
-        shape = load_shape(config.model_name_or_path, config.trust_remote_code)
+        shape = load_shape(config.model_name_or_path, config.trust_remote_code, say=print)
         plan = make_plan(shape, config, processes=args.gpus * args.nodes, zero=zero)
         print(f"{args.recipe}: {shape.params / 1e9:.2f}B parameters, {args.nodes} x {args.gpus} GPUs of "
               f"{args.gpu_memory:g} GiB, ZeRO-{zero}{', LoRA' if config.use_peft else ''}")  # fmt: skip
         print("\n".join(table(plan, args.gpu_memory)))
-        try:
-            check_fits(plan, args.gpu_memory)
-        except ValueError as e:
-            print(f"does not fit: {e}")
-            return 1
-        return 0
+        problems = misfits(plan, args.gpu_memory)
+        for problem in problems:
+            print(f"does not fit: {problem}.")
+        return 1 if problems else 0
 
     return main_guard("align plan", run, debug=args.debug)

@@ -153,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
+def dpo_main(argv: list[str] | None = None) -> int:
+    """``align dpo``: the DPO fields and ``align.dpo.build_trainer`` (torch loads after help and checks)."""
+    from align.fields import DPOFields
+
+    return recipe_main(
+        "align dpo", "DPO / VRPO for masked diffusion LMs", DPOFields, "DPOConfig", "align.dpo:build_trainer", argv
+    )
+
+
 def sft_main(argv: list[str] | None = None) -> int:
     """``align sft``: the same entry with the SFT fields and ``align.sft.build_trainer``."""
     from align.fields import SFTFields

@@ -77,6 +77,9 @@ def _align(args, cwd=REPO):
      "code_execution, countdown, length_penalty, math_accuracy, python_block_format, reasoning_answer_format, "
      "sudoku, think_answer_format, or give package.module:function or path/to/file.py:function."),
     (["train", *TINY, "--beta", "abc"], 2, "align train: --beta 'abc' is not a number."),
+    (["dpo", "--config", "recipes/tiny/dpo.yaml", "--beta", "abc"], 2, "align dpo: --beta 'abc' is not a number."),
+    (["plan", "recipes/tiny/grpo.yaml", "--num_generation", "8"], 2,
+     "align plan: unknown field --num_generation; did you mean --num_generations or --num_iterations?"),
     (["train", *TINY, "--num_generation", "8"], 2,
      "align train: unknown field --num_generation; did you mean --num_generations or --num_iterations?"),
     (["train", *TINY, "--max_step", "1"], 2, "align train: unknown field --max_step; did you mean --max_steps?"),
@@ -111,6 +114,8 @@ def test_help_is_fast_grouped_and_lists_reward_names():
         ["sft", "--help"],
         ["eval", "--help"],
         ["generate", "--help"],
+        ["dpo", "--help"],
+        ["plan", "--help"],
     ):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(

@@ -323,3 +323,21 @@ def test_empty_prompts_are_refused_by_row_or_dropped_with_a_count(workspace, tmp
         )
     assert len(trainer.train_dataset) == len(rows) - 2
     assert "dropped 2 rows with an empty prompt (drop_empty_prompts): rows 3, 11" in caplog.text
+
+
+def test_align_plan_tries_the_hub_once_and_advises_on_every_phase_that_does_not_fit():
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "align.cli", "plan", "recipes/llada-8b-instruct/grpo/gsm8k_d1.yaml",
+                           "--gpu-memory", "16"], capture_output=True, text=True, cwd=REPO, env=env)  # fmt: skip
+    assert time.monotonic() - start < 120  # no retries (it was ~46 s of them before any output)
+    assert (
+        proc.stdout.splitlines()[0]
+        == "hub unreachable: using the published shape of GSAI-ML/LLaDA-8B-Instruct"
+    )
+    misfit = [line for line in proc.stdout.splitlines() if line.startswith("does not fit: ")]
+    assert proc.returncode == 1 and len(misfit) >= 2, proc.stdout
+    assert all(" phase needs about " in line for line in misfit)
