@@ -1,10 +1,10 @@
 """Math grading under real conditions: a saturated CPU, unguarded scripts, killed and missing workers."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -85,16 +85,27 @@ def test_several_ranks_on_one_node_score_correctly(tmp_path):
 
 
 def test_a_worker_killed_mid_batch_costs_one_retry_not_zeros():
+    """The victim is stopped (SIGSTOP) before its third answer is sent and killed right after, so it dies
+    holding that answer whatever the machine's speed (a timer-based kill raced the batch on an idle machine)."""
     pool = GradingPool(workers=2)
     try:
         pool.grade_many([("1", "1")])  # started and warm
-        victim = pool._workers[0].proc
+        victim = pool._workers[0]
+        send, handed = victim.send, []
+
+        def send_then_die(*pair):
+            if len(handed) == 2:
+                os.kill(victim.proc.pid, signal.SIGSTOP)  # it cannot answer before the kill
+            ok = send(*pair)
+            handed.append(pair)
+            if len(handed) == 3:
+                victim.proc.kill()
+            return ok
+
+        victim.send = send_then_die
         pairs = [(g, g) for g in GOLDS] * 6
-        killer = threading.Thread(target=lambda: (time.sleep(0.3), victim.kill()))
-        killer.start()
         scores = pool.grade_many(pairs)
-        killer.join()
-        assert victim.poll() is not None  # it really died during the batch
+        assert len(handed) == 3 and victim.proc.wait(timeout=30) is not None  # it died holding an answer
         assert scores == [1.0] * len(pairs)
         assert pool.last_stats["retries"] == 1 and pool.last_stats["timeouts"] == 0
     finally:
