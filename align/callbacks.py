@@ -8,13 +8,14 @@ from transformers import TrainerCallback
 
 
 class WallClock(TrainerCallback):
-    """Adds ``wall_s`` (training seconds since this process began training, evaluation excluded) to every
-    log entry and stops training once ``max_time_s`` of them have passed (checked after each optimizer
-    step, so the step in progress finishes). A trainer's ``evaluate`` reports its own duration through
-    ``exclude``."""
+    """Adds ``wall_s`` (training seconds, evaluation excluded) to every log entry and stops training once
+    ``max_time_s`` seconds of this process's training have passed (checked after each optimizer step, so the
+    step in progress finishes). A resumed run continues ``wall_s`` from the checkpoint's last logged value
+    (the seconds between that log and the save are not counted), so time curves never run backwards. A
+    trainer's ``evaluate`` reports its own duration through ``exclude``."""
 
     def __init__(self, max_time_s: float | None = None):
-        self.max_time_s, self.start, self.excluded_s = max_time_s, None, 0.0
+        self.max_time_s, self.start, self.excluded_s, self.offset_s = max_time_s, None, 0.0, 0.0
 
     def elapsed_s(self) -> float:
         return 0.0 if self.start is None else time.monotonic() - self.start - self.excluded_s
@@ -24,6 +25,7 @@ class WallClock(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
+        self.offset_s = max((h["wall_s"] for h in state.log_history if "wall_s" in h), default=0.0)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.max_time_s is not None and self.elapsed_s() >= self.max_time_s:
@@ -32,4 +34,4 @@ class WallClock(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.log_history:  # the Trainer appended a copy of logs before calling us
-            state.log_history[-1]["wall_s"] = round(self.elapsed_s(), 3)
+            state.log_history[-1]["wall_s"] = round(self.offset_s + self.elapsed_s(), 3)

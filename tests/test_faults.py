@@ -341,3 +341,17 @@ def test_align_plan_tries_the_hub_once_and_advises_on_every_phase_that_does_not_
     misfit = [line for line in proc.stdout.splitlines() if line.startswith("does not fit: ")]
     assert proc.returncode == 1 and len(misfit) >= 2, proc.stdout
     assert all(" phase needs about " in line for line in misfit)
+
+
+def test_wall_s_continues_across_a_resume(workspace, tmp_path):
+    from align.callbacks import WallClock
+
+    first = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "2"))
+    first.add_callback(WallClock())
+    first.train()
+    before = [h["wall_s"] for h in first.state.log_history if "wall_s" in h and "loss" in h]
+    resumed = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "4"))
+    resumed.add_callback(WallClock())
+    resumed.train(resume_from_checkpoint="true")
+    after = [h["wall_s"] for h in resumed.state.log_history if "wall_s" in h and "loss" in h]
+    assert len(after) == 4 and after[:2] == before and after == sorted(after) and after[2] >= before[-1]
