@@ -29,10 +29,21 @@ def _generate(args) -> int:
         check_model_path(args.adapter, "--adapter")
     source = DiffusionSource.load(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
                                   batch_size=args.batch_size, seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
+    print(f"align generate: protocol {args.protocol}: {protocol.describe()}", file=sys.stderr)
+    source.progress = True
     texts = source.complete(args.prompt, protocol)
     for prompt, text in zip(args.prompt, texts):
         print(json.dumps({"prompt": prompt, "completion": text, "nfe": source.forward_passes}))
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dllm-align")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _export(args) -> int:
@@ -96,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="align", description="RL alignment for masked diffusion LMs", allow_abbrev=False
     )
+    parser.add_argument("--version", action="version", version=f"align {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    gen = sub.add_parser("generate", help="decode prompts with the diffusion sampler; one JSON line each")
+    gen = sub.add_parser("generate", help="decode prompts with the diffusion sampler; one JSON line each",
+                         description="Decode prompts with a protocol's prompt format and sampler (default protocol: "
+                         "llada); one JSON line per prompt on stdout, the protocol and a progress bar on stderr.")  # fmt: skip
     gen.add_argument("--model", required=True, help="hub id or local path (LLaDA family loads natively)")
     gen.add_argument("--adapter", default=None, help="optional PEFT adapter path")
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")

@@ -525,7 +525,7 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
         self.model.eval()
         try:
             for task, rows in self._eval_tasks:
-                scores, _ = evaluate_task(source, task, rows, protocol, progress=False)
+                scores, _ = evaluate_task(source, task, rows, protocol, progress=True)  # a bar on the main process
                 metrics.update({f"{metric_key_prefix}_{task.name}/{k}": v for k, v in scores.items()
                                 if k not in ("n", "num_samples")})  # fmt: skip
         finally:

@@ -355,3 +355,22 @@ def test_wall_s_continues_across_a_resume(workspace, tmp_path):
     resumed.train(resume_from_checkpoint="true")
     after = [h["wall_s"] for h in resumed.state.log_history if "wall_s" in h and "loss" in h]
     assert len(after) == 4 and after[:2] == before and after == sorted(after) and after[2] >= before[-1]
+
+
+def test_generate_says_its_protocol_and_shows_progress_and_align_has_a_version():
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "align.cli", "generate", "--model", "recipes/tiny/model", "--protocol",
+                           "tiny", "--prompt", "12+34=", "--device", "cpu", "--dtype", "float32"],
+                          capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("align generate: protocol tiny: gen_length 8, block_length 8, steps 8, temperature 0, remasking "
+            "low_confidence, threshold None, cache None, chat_template False") in proc.stderr  # fmt: skip
+    assert "decoding: 100%" in proc.stderr and "1/1" in proc.stderr
+    version = subprocess.run([sys.executable, "-m", "align.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("align ")
+    helped = subprocess.run(
+        [sys.executable, "-m", "align.cli", "eval", "--help"], capture_output=True, text=True
+    )
+    assert "built-in tasks: countdown, gsm8k, humaneval, math500, mbpp, sudoku" in helped.stdout
+    assert "  llada: gen_length 256, block_length 32, steps 256, temperature 0" in helped.stdout

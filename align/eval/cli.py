@@ -66,7 +66,12 @@ def resolve_protocol(args):
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="score a checkpoint or an endpoint on GSM8K / MATH500 / HumanEval / MBPP")
+    from align.eval.tasks import PROTOCOLS, TASKS
+
+    epilog = ("built-in tasks: " + ", ".join(sorted(TASKS)) + " (or NAME=file.jsonl)\n\nprotocols (--protocol; "
+              "each flag above overrides its value):\n" + "\n".join(f"  {name}: {p.describe()}" for name, p in PROTOCOLS.items()))  # fmt: skip
+    p = sub.add_parser("eval", help="score a checkpoint or an endpoint on GSM8K / MATH500 / HumanEval / MBPP",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="diffusion checkpoint: hub id or local path")
     src.add_argument("--endpoint", help="OpenAI-compatible server URL, e.g. http://localhost:8000/v1")

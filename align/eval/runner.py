@@ -50,6 +50,7 @@ class DiffusionSource:
         self.is_main = state.is_main_process
         self.device = str(state.device) if model_context is not None else str(next(model.parameters()).device)
         self.batch_size, self.seed = batch_size, seed
+        self.progress = False  # a progress bar over the decoded blocks (``align generate`` turns it on)
         self.chunk_size = batch_size * state.num_processes
         self.model_context = model_context or (lambda: contextlib.nullcontext(self.model))
         self.forward_passes = 0
@@ -110,6 +111,13 @@ class DiffusionSource:
         from align.sampling import generate, truncate_at_stop
 
         out = []
+        bar = None
+        if self.progress:  # ``align generate``: blocks decoded, so a long decode visibly moves
+            from tqdm.auto import tqdm
+
+            batches = -(-len(messages) // self.batch_size)
+            bar = tqdm(total=batches * (protocol.gen_length // protocol.block_length), desc="decoding", unit="block",
+                       disable=protocol.variable_length)  # fmt: skip
         for start in range(0, len(messages), self.batch_size):
             prompts = [self.prompt(m, protocol) for m in messages[start : start + self.batch_size]]
             enc = encode_prompts(self.tokenizer, prompts, max_length=protocol.max_prompt_length,
@@ -124,13 +132,15 @@ class DiffusionSource:
                 cache=protocol.cache, cache_refresh=protocol.cache_refresh, cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length,
                 boost_token_ids=self.boost_ids(protocol), boost=protocol.boost,
                 boost_after=max(0, protocol.gen_length - protocol.boost_margin),
-                spec=self.spec, generator=generator,
+                spec=self.spec, generator=generator, on_block=None if bar is None else (lambda done, total: bar.update()),
             )  # fmt: skip
             kept, _ = truncate_at_stop(
                 result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
             )
             out += self.tokenizer.batch_decode(kept, skip_special_tokens=True)
             self.forward_passes = result.nfe  # of the last batch (``align generate`` reports it)
+        if bar is not None:
+            bar.close()
         return out
 
 

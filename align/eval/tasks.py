@@ -220,6 +220,15 @@ class Protocol:
         settings = dict(dict(self.per_task).get(task, ()))
         return dataclasses.replace(self, per_task=(), **settings) if settings else self
 
+    def describe(self) -> str:
+        """One line of the decoding settings (``align generate`` and ``align eval --help`` print it)."""
+        text = (f"gen_length {self.gen_length}, block_length {self.block_length}, steps {self.resolved_steps()}, "
+                f"temperature {self.temperature:g}, remasking {self.remasking}, threshold {self.threshold}, "
+                f"cache {self.cache}, chat_template {self.use_chat_template}"
+                + (", variable_length" if self.variable_length else ""))  # fmt: skip
+        per_task = "; ".join(f"{t}: " + ", ".join(f"{k} {v}" for k, v in kv) for t, kv in self.per_task)
+        return text + (f" (per task: {per_task})" if per_task else "")
+
     def as_dict(self) -> dict:
         """JSON-ready (results.json compares it with the next run's): per_task as {task: {field: value}}."""
         per_task = {task: dict(settings) for task, settings in self.per_task}

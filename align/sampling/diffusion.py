@@ -343,6 +343,7 @@ def generate(
     threshold: float | None = None,
     cache: str | None = None,
     cache_refresh: int | None = None,
+    on_block=None,
     variable_length: bool = False,
     suppress_token_ids: list[int] | None = None,
     deprioritize_token_ids: list[int] | None = None,
@@ -404,6 +405,8 @@ def generate(
                 den, x, model_attn, prompt_real, commit, start, start + block_length,
                 steps_per_block, blk * steps_per_block, opts,
             )  # fmt: skip
+            if on_block is not None:  # progress: blocks done of num_blocks
+                on_block(blk + 1, num_blocks)
     else:
         _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length, steps_per_block, opts)
     return GenerationOutput(
