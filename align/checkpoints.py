@@ -197,6 +197,11 @@ class SafeCheckpointMixin:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best and os.path.dirname(os.path.abspath(best)) == os.path.abspath(os.path.join(run_dir, STAGING)):
+                # the Trainer found the best checkpoint in the staging folder: name it where it will be
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
             _fsync_tree(staged)
             manifest = os.path.join(staged, MANIFEST)
             files = _files(staged)
