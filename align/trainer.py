@@ -526,8 +526,9 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
         try:
             for task, rows in self._eval_tasks:
                 scores, _ = evaluate_task(source, task, rows, protocol, progress=True)  # a bar on the main process
+                # n (questions scored) stays: align report draws each held-out point's interval from it
                 metrics.update({f"{metric_key_prefix}_{task.name}/{k}": v for k, v in scores.items()
-                                if k not in ("n", "num_samples")})  # fmt: skip
+                                if k != "num_samples"})  # fmt: skip
         finally:
             self.model.train(was_training)
             for callback in self.callback_handler.callbacks:  # training time excludes evaluation

@@ -374,3 +374,18 @@ def test_generate_says_its_protocol_and_shows_progress_and_align_has_a_version()
     )
     assert "built-in tasks: countdown, gsm8k, humaneval, math500, mbpp, sudoku" in helped.stdout
     assert "  llada: gen_length 256, block_length 32, steps 256, temperature 0" in helped.stdout
+
+
+def test_report_held_out_points_carry_intervals_from_the_logged_counts(tmp_path):
+    from align.eval import report
+
+    runs = [{"label": "grpo", "kind": "train", "history": [
+        {"step": 1, "reward": 0.1}, {"step": 5, "eval_tiny/accuracy": acc, "eval_tiny/n": 200}]} for acc in (0.4, 0.5)]  # fmt: skip
+    panels = report.training_panels(runs)
+    assert [keys for key, _, _, keys in panels if key == "eval_*"] == [
+        ["eval_tiny/accuracy"]
+    ]  # n is no curve
+    assert report._held_out_interval(runs, "eval_tiny/accuracy", "step", 5) == report.wilson(0.45, 400)
+    assert report._held_out_interval(runs, "eval_tiny/accuracy", "step", 1) is None
+    report.write_report(runs, str(tmp_path))
+    assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"

@@ -32,9 +32,12 @@ TRAIN_CURVES = [  # (log key or prefix*, y label, x key)
     ("completions/mean_length", "completion length (tokens)", "step"),
     ("completions/clipped_ratio", "clipped ratio (no EOS)", "step"),
     ("rollout/tokens_per_s", "rollout tokens/s", "step"),
-    ("eval_*", "held-out score (eval during training)", "step"),
-    ("eval_*", "held-out score vs training time", "wall_s"),
+    ("eval_*", "held-out score (%), eval during training", "step"),
+    ("eval_*", "held-out score (%) vs training time", "wall_s"),
 ]
+# one colour per run label in every panel; a panel's several keys differ by line style
+_PALETTE = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000"]
+_STYLES = ["-", "--", ":", "-."]
 X_LABELS = {"step": "step", "wall_s": "training seconds (evaluation excluded)"}
 _BLUE = "#4477aa"
 
@@ -227,7 +230,8 @@ def training_panels(runs: list[dict]) -> list[tuple[str, str, str, list[str]]]:
     """(pattern, title, x key, the logged keys it matches) of every ``TRAIN_CURVES`` panel with data."""
     panels = []
     for key, ylabel, xkey in TRAIN_CURVES:
-        keys = sorted({k for r in runs for h in r["history"] for k in h if _matches(k, key) and xkey in h})
+        keys = sorted({k for r in runs for h in r["history"] for k in h
+                       if _matches(k, key) and xkey in h and not k.endswith("/n")})  # fmt: skip
         if keys:
             panels.append((key, ylabel, xkey, keys))
     return panels
@@ -246,31 +250,75 @@ def _training_section(plt, runs: list[dict], output: str) -> list[str]:
     groups = defaultdict(list)  # label -> its runs (seeds of one setting share a label)
     for run in runs:
         groups[run["label"]].append(run)
+    colours = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(groups)}
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), squeeze=False)
     for ax, (key, ylabel, xkey, keys) in zip(axes.flat, panels):
+        held_out = key == "eval_*"
+        scale = 100.0 if held_out else 1.0  # held-out scores in percent, as the bar charts
         for label, members in groups.items():
-            for k in keys:
+            for j, k in enumerate(keys):
                 xs, ys, lows, highs = _mean_curve(members, k, xkey)
                 if not xs:
                     continue
-                suffix = "" if len(keys) == 1 else f" {_short(k, key)}"
-                name = (label if len(groups) > 1 else "") + suffix
-                (line,) = ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=name.strip() or None)
+                style = dict(color=colours[label], linestyle=_STYLES[j % len(_STYLES)],
+                             marker="." if len(xs) < 40 else None)  # fmt: skip
+                ax.plot(
+                    xs,
+                    [scale * y for y in ys],
+                    label=_short(k, key) if len(keys) > 1 and label == next(iter(groups)) else None,
+                    **style,
+                )
                 if len(members) > 1:
-                    ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+                    ax.fill_between(xs, [scale * y for y in lows], [scale * y for y in highs], color=colours[label],
+                                    alpha=0.15, linewidth=0)  # fmt: skip
+                if held_out:  # a 95% Wilson interval per point over the questions scored (all seeds)
+                    spans = [_held_out_interval(members, k, xkey, x) for x in xs]
+                    low = [100 * (y - c[0]) if c else 0 for y, c in zip(ys, spans)]
+                    high = [100 * (c[1] - y) if c else 0 for y, c in zip(ys, spans)]
+                    ax.errorbar(xs, [scale * y for y in ys], yerr=[low, high], fmt="none", ecolor=colours[label],
+                                capsize=2, linewidth=0.8)  # fmt: skip
         ax.set_title(ylabel, fontsize=9)
+        ax.set_ylabel(ylabel.split(",")[0].replace(" vs training time", ""), fontsize=8)
         ax.set_xlabel(X_LABELS[xkey], fontsize=8)
         ax.tick_params(labelsize=7)
-        if ax.get_legend_handles_labels()[1]:
-            ax.legend(fontsize=6)
+        if held_out:
+            ax.set_ylim(0, 100)
+        if ax.get_legend_handles_labels()[1]:  # the keys' line styles, below the axes
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(keys)),
+                      frameon=False)  # fmt: skip
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.tight_layout()
+    if len(groups) > 1:  # the runs' colours, once, above the panels
+        handles = [plt.Line2D([], [], color=colours[label], label=label) for label in groups]
+        fig.legend(handles=handles, loc="upper center", ncol=min(6, len(groups)), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+    else:
+        fig.tight_layout()
     fig.savefig(os.path.join(output, "training.png"), dpi=110)
     plt.close(fig)
     return lines + ["", "![training curves](training.png)", ""]
+
+
+def _held_out_interval(runs: list[dict], key: str, xkey: str, x: float) -> tuple[float, float] | None:
+    """Wilson 95% interval of a held-out score at one step over every seed's questions, from the logged
+    ``.../n`` beside it; None when the count was not logged."""
+    n_key = key.rsplit("/", 1)[0] + "/n"
+    scored = []
+    for run in runs:
+        for h in run["history"]:
+            if key in h and n_key in h and xkey in h:
+                scored.append((h["step"], h[xkey], h[key], h[n_key]))
+    by_step = defaultdict(list)
+    for step, xv, value, n in scored:
+        by_step[step].append((xv, value, n))
+    for entries in by_step.values():
+        if abs(sum(e[0] for e in entries) / len(entries) - x) < 1e-9:
+            total = sum(e[2] for e in entries)
+            mean = sum(e[1] * e[2] for e in entries) / total if total else 0.0
+            return wilson(mean, int(total)) if total else None
+    return None
 
 
 def _mean_curve(runs: list[dict], key: str, xkey: str) -> tuple[list, list, list, list]:
