@@ -389,3 +389,31 @@ def test_report_held_out_points_carry_intervals_from_the_logged_counts(tmp_path)
     assert report._held_out_interval(runs, "eval_tiny/accuracy", "step", 1) is None
     report.write_report(runs, str(tmp_path))
     assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_zero2_checkpoint_missing_one_ranks_shard_is_skipped(workspace, tmp_path):
+    """2-process ZeRO-2 saving every step: the newest checkpoint loses rank 1's optimizer shard (what a node
+    dying mid-save leaves); resume true takes the one before and ends at the uninterrupted run's parameters."""
+    accelerate = os.path.join(REPO, "recipes", "accelerate", "zero2.yaml")
+    env = {"DS_ACCELERATOR": "cpu"}
+    extra = ("--max_steps", "3")
+    _, straight = _launch(workspace, tmp_path / "straight", accelerate, env, *extra)
+    saving = (*extra, "--save_strategy", "steps", "--save_steps", "1")
+    _launch(workspace, tmp_path / "cut", accelerate, env, *saving)
+    out = tmp_path / "cut" / "out"
+    shards = [
+        p
+        for p in (out / "checkpoint-3").rglob("*")
+        if p.is_file() and ("rank_1" in p.name or "rank1" in p.name)
+    ]
+    assert shards, sorted(p.name for p in (out / "checkpoint-3").rglob("*"))
+    shards[0].unlink()
+    assert "is missing" in checkpoint_problem(str(out / "checkpoint-3"))
+    for name in ("model.safetensors", "trainer_state.json"):  # the finished run's own outputs
+        (out / name).unlink(missing_ok=True)
+    _, resumed = _launch(
+        workspace, tmp_path / "cut", accelerate, env, *saving, "--resume_from_checkpoint", "true"
+    )
+    worst = max((p - resumed.state_dict()[n]).abs().max().item() for n, p in straight.state_dict().items())
+    assert worst < 1e-6, worst
