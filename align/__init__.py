@@ -5,3 +5,16 @@ library loads. ``align.models`` registers the native LLaDA classes with transfor
 """
 
 __version__ = "0.1.0"
+
+
+def lazy_face(package: str, homes: dict[str, str]):
+    """A package's ``__getattr__`` that imports ``package.<module>`` only when one of its names is used
+    (``homes``: name -> module), so importing a torch-free submodule never loads its heavy siblings."""
+    import importlib
+
+    def __getattr__(name: str):
+        if name not in homes:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{homes[name]}"), name)
+
+    return __getattr__

@@ -84,18 +84,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        from align.train import main as train_main
+    if argv[:1] in (["train"], ["sft"], ["dpo"]):
+        from align.runner import recipe_command
 
-        return train_main(argv[1:])
-    if argv[:1] == ["sft"]:
-        from align.train import sft_main
-
-        return sft_main(argv[1:])
-    if argv[:1] == ["dpo"]:
-        from align.train import dpo_main
-
-        return dpo_main(argv[1:])
+        return recipe_command(argv[0], argv[1:])
     if argv[:1] == ["plan"]:
         from align.plan import main as plan_main
 

@@ -31,14 +31,11 @@ the log. Not covered: TRL's other DPO loss types, reference-model syncing, paddi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections import defaultdict
 
 import torch
 from transformers import Trainer
-from trl.models.utils import prepare_deepspeed
 
 from align.checkpoints import SafeCheckpointMixin
 from align.config import DPOConfig
@@ -48,6 +45,7 @@ from align.logprob.estimators import MaskPlan
 from align.losses import dpo_loss
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
+from align.policy_trainer import PolicyTrainerMixin
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +96,7 @@ def prepare_pairs(rows, tokenizer, args: DPOConfig, spec) -> list[dict]:
     return pairs
 
 
-class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
+class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrainerMixin, Trainer):
     loss_is_scaled_for_ga = True  # the loss is divided by the accumulation steps here, as in align.trainer
 
     def __init__(
@@ -111,17 +109,7 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
         pairs = Dataset.from_list(prepare_pairs(train_dataset, processing_class, args, self.spec))
         super().__init__(model=model, args=args, train_dataset=pairs, processing_class=processing_class,
                          data_collator=self._collate, callbacks=callbacks)  # fmt: skip
-        self.use_peft = hasattr(self.model, "disable_adapter")
-        self.ref_model = None
-        if not self.use_peft:
-            if ref_model is None:
-                raise ValueError("DPO under full fine-tuning needs ref_model (a frozen copy of the policy).")
-            ref_model.requires_grad_(False).eval()
-            if self.is_deepspeed_enabled:
-                self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
-            else:
-                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._setup_reference(ref_model, True, "DPO under full fine-tuning needs ref_model (a frozen copy of the policy).")
         self._ref_cache: dict[int, torch.Tensor] | None = None
         if args.precompute_ref_log_probs:
             self._ref_cache = self._precompute_reference(pairs)
@@ -169,14 +157,6 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
         return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
                               spec=self.spec, chunk_size=self.args.mc_chunk_size)  # fmt: skip
 
-    @contextlib.contextmanager
-    def _reference_model(self):
-        if self.ref_model is not None:
-            yield self.ref_model
-        else:
-            with self.accelerator.unwrap_model(self.model).disable_adapter():
-                yield self.model
-
     @torch.no_grad()
     def _reference(self, batch: dict, plan: MaskPlan) -> torch.Tensor:
         """Reference sequence estimates [2N]: from the precomputed table or under ``plan`` now."""
@@ -185,7 +165,7 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
             return torch.stack(
                 [self._ref_cache[i][0] for i in rows] + [self._ref_cache[i][1] for i in rows]
             ).to(batch["ids"].device)
-        with self._reference_model() as ref:
+        with self._reference_model(self.model) as ref:
             return self._estimate(ref, batch["ids"], batch["attn"], plan).sum(-1)
 
     def _precompute_reference(self, pairs) -> dict[int, torch.Tensor]:
@@ -217,8 +197,7 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
         args = self.args
         loss, metrics = dpo_loss(logps.sum(-1), ref, batch["scored"].sum(-1), beta=args.beta,
                                  loss_type=args.loss_type, label_smoothing=args.label_smoothing)  # fmt: skip
-        for key, value in metrics.items():
-            self._metrics[key].append(self.accelerator.gather(value.float()).mean().item())
+        self._record(metrics)
         return loss / self.current_gradient_accumulation_steps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -239,17 +218,11 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, Trainer):
             lambda passes: self._loss(combine(plan, passes), ref, batch),
         )
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training log, not the final summary
-            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items() if v}}
-            self._metrics.clear()
-        super().log(logs, start_time)
-
 
 def build_trainer(config: DPOConfig) -> DiffusionDPOTrainer:
     from align.data import load_rows
     from align.models import load_tokenizer
-    from align.train import load_policy
+    from align.runner import load_policy
 
     dataset = load_rows(config)
     tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
@@ -258,9 +231,9 @@ def build_trainer(config: DPOConfig) -> DiffusionDPOTrainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from align.train import dpo_main
+    from align.runner import recipe_command
 
-    return dpo_main(argv)
+    return recipe_command("dpo", argv)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ import os
 import types
 from dataclasses import dataclass, field
 
+from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, check_objective
+
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
 ESTIMATOR_NAMES = ("blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "wd1_mean", "stabledrl_clip", "stabledrl", "spg", "bgpo",
-              "espo", "justgrpo", "tracerl")  # fmt: skip
-ADVANTAGE_BASELINES = ("group_mean", "leave_one_out")
-SCALE_REWARDS = ("group", "batch", "none")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 # trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "spg", "diffucoder", "espo"))
@@ -501,52 +499,12 @@ def check_grpo(c) -> None:
         )
     check_schedule(c.max_completion_length, c.diffusion_steps, c.block_length,
                    names=("max_completion_length", "diffusion_steps", "block_length"))  # fmt: skip
-    if c.loss_type in ("spg", "bgpo", "stabledrl", "wd1", "justgrpo") and c.beta != 0.0:
-        raise ValueError(f"loss_type {c.loss_type} has no KL term; set beta 0 (it is {c.beta}).")
-    if c.loss_type == "tracerl" and c.beta != 0.0:
-        raise ValueError(
-            f"loss_type tracerl has no reference-model KL (beta {c.beta}); its KL is to the rollout policy, "
-            "weighted by tracerl_beta: set beta 0."
-        )
-    if c.loss_type in ("tracerl", "justgrpo") and c.estimator != "trace":
-        raise ValueError(
-            f"loss_type {c.loss_type} is its authors' loss over replayed rollouts: it needs estimator trace, "
-            f"not {c.estimator!r}."
-        )
-    if c.loss_type == "justgrpo" and (c.block_length != 1 or c.trace_merge != 1
-                                      or c.diffusion_steps != c.max_completion_length):  # fmt: skip
-        raise ValueError(
-            "loss_type justgrpo scores the exact left-to-right order: it needs block_length 1, diffusion_steps = "
-            f"max_completion_length and trace_merge 1 (got {c.block_length}, {c.diffusion_steps}, {c.trace_merge})."
-        )
-    if (c.loss_type == "espo") != (c.estimator == "espo"):
-        raise ValueError(
-            "loss_type espo and estimator espo go together (ESPO's sequence ratio over its own coupled masks); "
-            f"got loss_type {c.loss_type!r} with estimator {c.estimator!r}."
-        )
-    if c.loss_type in ("espo", "justgrpo") and c.mask_truncated_completions:
-        raise ValueError(
-            f"loss_type {c.loss_type} scores every generated position as its released code does; "
-            "mask_truncated_completions cannot drop rows from it: set it false."
-        )
-    if c.loss_type == "tracerl" and c.tracerl_beta < 0:
-        raise ValueError(f"tracerl_beta must be >= 0, got {c.tracerl_beta}.")
-    if c.loss_type in ("spg", "stabledrl") and c.estimator != "spg":
-        raise ValueError(
-            f"loss_type {c.loss_type} is its authors' released algorithm on SPG's bounds: it needs SPG's masks "
-            f"(estimator spg), not {c.estimator!r}."
-        )
-    if c.loss_type == "bgpo" and not c.bgpo_dual_clip > 1.0:
-        raise ValueError(f"bgpo_dual_clip must be > 1 (dual-clip PPO), got {c.bgpo_dual_clip}.")
-    if c.loss_type == "stabledrl" and not c.stabledrl_max_weight > 1.0:
-        raise ValueError(f"stabledrl_max_weight must be > 1, got {c.stabledrl_max_weight}.")
+    check_objective(c)
     if c.estimator == "spg" and c.num_mc_samples > c.max_completion_length // c.block_length:
         raise ValueError(
             f"estimator spg draws one block per Monte Carlo sample: num_mc_samples {c.num_mc_samples} > "
             f"{c.max_completion_length // c.block_length} blocks (max_completion_length / block_length); lower it."
         )
-    if c.loss_type in ("spg", "stabledrl") and not (c.spg_beta > 0 and 0.0 <= c.spg_mix <= 1.0):
-        raise ValueError(f"spg_beta must be > 0 and spg_mix in [0, 1], got {c.spg_beta} and {c.spg_mix}.")
     if c.beta == 0.0 and c.sync_ref_model:
         raise ValueError("sync_ref_model needs a reference model, but beta is 0 (no reference is kept).")
 

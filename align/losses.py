@@ -59,14 +59,11 @@ import torch
 import torch.nn.functional as F
 from trl.trainer.utils import nanstd
 
-from align.fields import DPO_LOSS_TYPES, SCALE_REWARDS
 from align.logprob.estimators import MaskPlan, eubo_token_values
 
 RATIO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "wd1_mean", "stabledrl_clip")  # policy_loss's
-# losses whose released code scores every generated position, the EOS padding after the answer included
-CANVAS_LOSSES = ("espo", "justgrpo")
-# losses whose released code takes the softmax over the whole vocabulary, the mask token included
-FULL_VOCAB_LOSSES = ("justgrpo", "tracerl")
+SCALE_REWARDS = ("group", "batch", "none")  # compute_advantages' (the recipe checks keep torch-free copies)
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")  # dpo_loss's
 
 
 def compute_advantages(

@@ -100,9 +100,9 @@ def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from align.train import sft_main
+    from align.runner import recipe_command
 
-    return sft_main(argv)
+    return recipe_command("sft", argv)
 
 
 if __name__ == "__main__":

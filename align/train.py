@@ -2,65 +2,24 @@
 
 accelerate launch --config_file recipes/accelerate/zero3.yaml -m align.train --config RECIPE.yaml [--field value ...]
 align train --config RECIPE.yaml [--field value ...]
+
+The recipe runner (``align.runner``) reads and checks the recipe, loads the model and trains and saves;
+this file says what GRPO builds.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
-import os
 import sys
 
 logger = logging.getLogger(__name__)
-
-
-def load_policy(config):
-    """(policy, reference or None): LoRA-wrapped under use_peft (reference = adapter disabled)."""
-    from align.models import load_model
-
-    def load():
-        return load_model(
-            config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-            attn_implementation=config.attn_implementation,
-        )  # fmt: skip
-
-    model = load()
-    if config.use_peft:
-        return add_lora(model, config), None
-    return model, (load() if config.beta != 0.0 else None)
-
-
-def add_lora(model, config):
-    """The model wrapped with the config's LoRA adapter (never on the LM head)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from align.errors import UsageError
-    from align.models.loading import quiet_checkpointing_renames
-
-    head = model.get_output_embeddings()  # LLaDA's untied head is also named ff_out: keep LoRA off it
-    exclude = [name for name, module in model.named_modules() if head is not None and module is head]
-    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear) and name not in exclude}  # fmt: skip
-    unknown = [t for t in config.lora_target_modules if t not in leaves]
-    if unknown:
-        raise UsageError(
-            f"lora_target_modules {unknown} name no linear layer of this model; its linear layers are "
-            f"{sorted(leaves)}."
-        )
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules, exclude_modules=exclude or None, bias="none",
-    )  # fmt: skip
-    with quiet_checkpointing_renames():
-        return get_peft_model(model, lora)
 
 
 def build_trainer(config):
     from align.data import load_rows
     from align.models import load_tokenizer
     from align.plan import GIB, preflight_memory
+    from align.runner import load_policy
     from align.trainer import DiffusionGRPOTrainer
 
     dataset = load_rows(config)
@@ -72,103 +31,10 @@ def build_trainer(config):
     return DiffusionGRPOTrainer(model, config, dataset, tokenizer, ref_model=ref_model)
 
 
-def train_and_save(trainer, config) -> None:
-    """Train (resuming when asked), then save the model or adapter, the trainer state and the tokenizer."""
-    import torch.distributed as dist
-
-    from align.callbacks import WallClock
-
-    trainer.add_callback(WallClock(getattr(config, "max_time_s", None)))
-    try:
-        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-        trainer.save_model(config.output_dir)
-        trainer.save_state()
-        if trainer.accelerator.is_main_process:
-            trainer.processing_class.save_pretrained(config.output_dir)
-    except BaseException:
-        for callback in trainer.callback_handler.callbacks:  # end the progress bar's line before the error's
-            bar = getattr(callback, "training_bar", None)
-            if bar is not None:
-                bar.close()
-        raise
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def recipe_main(prog: str, description: str, fields, config_class: str, build, argv: list[str] | None) -> int:
-    """``prog --config RECIPE.yaml [--field value ...]``.
-
-    ``fields`` is the light field class (``align.fields``): help, unknown names, bad values, cross-field
-    arithmetic and missing local paths are answered in one line before torch or transformers load. Then
-    ``align.config.<config_class>`` is built and ``build(config)`` (a callable or "module:function")
-    trains. User errors exit 2, failures while running (a reward that raises) exit 1; ``--debug`` or
-    ``ALIGN_DEBUG=1`` shows tracebacks.
-    """
-    from align.errors import main_guard
-    from align.fields import preflight, recipe_values, render_help
-
-    parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--debug", action="store_true")
-    parser.add_argument("-h", "--help", action="store_true")
-    args, overrides = parser.parse_known_args(argv)
-    if args.help:
-        print(render_help(fields, prog, description), end="")
-        return 0
-
-    def run() -> int:
-        values = recipe_values(fields, args.config, overrides, prog)
-        preflight(fields, values)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        _quiet_cpu_deepspeed()
-        import align.config
-
-        config = align.config.load_config(
-            args.config, overrides, cls=getattr(align.config, config_class), prog=prog
-        )
-        builder = build
-        if isinstance(build, str):
-            module, _, name = build.partition(":")
-            builder = getattr(importlib.import_module(module), name)
-        train_and_save(builder(config), config)
-        return 0
-
-    return main_guard(prog, run, debug=args.debug)
-
-
-def _quiet_cpu_deepspeed() -> None:
-    """Without a GPU, tell DeepSpeed (imported by TRL) it is on CPU instead of letting it warn that it guessed."""
-    import torch
-
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"
-
-
 def main(argv: list[str] | None = None) -> int:
-    from align.fields import GRPOFields
+    from align.runner import recipe_command
 
-    return recipe_main(
-        "align train", "GRPO for masked diffusion LMs", GRPOFields, "GRPOConfig", build_trainer, argv
-    )
-
-
-def dpo_main(argv: list[str] | None = None) -> int:
-    """``align dpo``: the DPO fields and ``align.dpo.build_trainer`` (torch loads after help and checks)."""
-    from align.fields import DPOFields
-
-    return recipe_main(
-        "align dpo", "DPO / VRPO for masked diffusion LMs", DPOFields, "DPOConfig", "align.dpo:build_trainer", argv
-    )
-
-
-def sft_main(argv: list[str] | None = None) -> int:
-    """``align sft``: the same entry with the SFT fields and ``align.sft.build_trainer``."""
-    from align.fields import SFTFields
-
-    return recipe_main(
-        "align sft", "masked-diffusion SFT", SFTFields, "SFTConfig", "align.sft:build_trainer", argv
-    )
+    return recipe_command("train", argv)
 
 
 if __name__ == "__main__":

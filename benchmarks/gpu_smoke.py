@@ -112,7 +112,7 @@ def time_grpo(model, device: str, gen_length: int, steps: int, lora: bool = Fals
         ] + (["--bf16", "true"] if device.startswith("cuda") else ["--use_cpu", "true"])  # fmt: skip
         config = load_config(None, args + (["--use_peft", "true", "--lora_r", "16"] if lora else []))
         if lora:
-            from align.train import add_lora
+            from align.runner import add_lora
 
             model = add_lora(model, config)
         from align.plan import GIB, ModelShape, make_plan

@@ -228,3 +228,24 @@ def test_both_flag_spellings_and_yaml_resume_true(tmp_path):
             ["eval", "--model", "m", "--tasks", "gsm8k", "--output", "o", spelling, "64"]
         )
         assert args.gen_length == 64
+
+
+def test_the_light_path_never_imports_torch():
+    """The torch-free modules and every subcommand's --help leave torch (and transformers) unloaded: the
+    package faces resolve their names lazily."""
+    code = """
+import contextlib, io, sys
+import align.fields, align.objectives, align.rollout, align.sampling.settings, align.eval.tasks, align.cli
+from align.cli import main
+for sub in ("train", "sft", "dpo", "plan", "bench", "eval", "generate", "report", "export"):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main([sub, "--help"])
+        except SystemExit:
+            pass
+print(sorted(m for m in ("torch", "transformers", "trl", "numpy") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = out.stdout.strip().splitlines()[-1]
+    assert "torch" not in loaded and "transformers" not in loaded, loaded

@@ -234,7 +234,7 @@ def test_two_process_dpo(workspace, tmp_path, name, env):
         "--precompute_ref_log_probs", str(precompute).lower(),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, **env, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                          env={**os.environ, **env, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.load(open(tmp_path / "out" / "trainer_state.json"))
     logged = [h for h in state["log_history"] if "rewards/margins" in h]

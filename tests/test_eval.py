@@ -394,7 +394,7 @@ def test_data_parallel_eval_matches_one_process(tmp_path):
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--mixed_precision", "no", "-m", "align.cli", *common, "--output", str(tmp_path / "two")]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     lines = [x for x in proc.stderr.splitlines() if "Loading weights" not in x and "it/s]" not in x]
     assert proc.returncode == 0, "\n".join(lines[:40] + ["..."] + lines[-20:])  # both ranks' own words first

@@ -161,7 +161,7 @@ def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tm
         workspace, tmp_path / "straight", accelerate, {**env, "ALIGN_TEST_SIGNAL_STEP": "0"}, *extra
     )
     cmd = _launch_command(workspace, tmp_path / "cut", accelerate, [], *extra)
-    run_env = {**os.environ, **env, "OMP_NUM_THREADS": "1", "ALIGN_TEST_SIGNAL_RANK": "0"}
+    run_env = {**os.environ, **env, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "ALIGN_TEST_SIGNAL_RANK": "0"}
     run_env.pop("_ALIGN_SENT", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=600, cwd=REPO)
     assert proc.returncode != 0

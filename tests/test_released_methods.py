@@ -23,6 +23,8 @@ from align.logprob import combine, make_plan, pass_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages, nonzero_advantage_rows, policy_loss, wd1_weights
 from align.models import family_spec
+from align.objectives import get_objective
+from align.rollout.batch import MicroBatch
 from align.sampling.diffusion import truncate_at_stop
 from align.trainer import DiffusionGRPOTrainer as GRPOTrainer
 
@@ -54,7 +56,8 @@ def _trainer(model, **args):
                     epsilon=0.2, epsilon_high=None, max_completion_length=None, tracerl_beta=0.01)  # fmt: skip
     defaults.update(args)
     return SimpleNamespace(args=SimpleNamespace(**defaults), spec=family_spec(model), current_gradient_accumulation_steps=2,
-                           _logged=lambda loss, metrics: loss, _metrics=defaultdict(list))  # fmt: skip
+                           objective=get_objective(defaults["loss_type"]), _record=lambda metrics: None,
+                           _metrics=defaultdict(list))  # fmt: skip
 
 
 def _micro_steps(trainer, model, ids, plan, inputs, old=None):
@@ -64,8 +67,9 @@ def _micro_steps(trainer, model, ids, plan, inputs, old=None):
     for rows in (slice(0, half), slice(half, None)):
         part = MaskPlan(plan.masked[:, rows], plan.weights[:, rows], plan.num_samples)
         passes = GRPOTrainer._passes(trainer, model, ids[rows], None, part)
-        micro = {"plan": part, "advantages": inputs["advantages"][rows], "mask": inputs["mask"][rows],
-                 "old": None if old is None else old[rows], "ref": None, "normalizer": inputs["normalizer"]}  # fmt: skip
+        micro = MicroBatch(ids=ids[rows], attn=None, plan=part, advantages=inputs["advantages"][rows],
+                           mask=inputs["mask"][rows], old=None if old is None else old[rows], ref=None,
+                           normalizer=inputs["normalizer"])  # fmt: skip
         loss = GRPOTrainer._policy_loss(trainer, passes, micro)
         loss.backward()
         total += loss.item()

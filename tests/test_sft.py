@@ -73,7 +73,7 @@ def test_short_sft_lowers_the_loss(tmp_path):
 
 
 def test_max_time_s_stops_training_and_every_log_entry_carries_wall_s(tmp_path):
-    from align.train import train_and_save
+    from align.runner import train_and_save
 
     config = sft_config(tmp_path, "--max_steps", "100000", "--max_time_s", "2", "--logging_steps", "1")
     trainer = build_trainer(config)

@@ -1,5 +1,6 @@
 """The GRPO trainer on a random-init tiny LLaDA (CPU): learning signal, ratios, resume, errors, processes."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -173,12 +174,15 @@ def test_wd1_weighs_each_completion_within_its_own_group_whatever_the_row_order(
     trainer = build_trainer(config(workspace, tmp_path, "--loss_type", "wd1"))
     trainer.current_gradient_accumulation_steps = 1
     rows = next(iter(trainer.get_train_dataloader()))
-    batch = trainer._micro_batch(trainer._rollout(rows, rollout_index=0), 0, 0)
-    assert batch["advantages"].abs().sum() > 0
-    perm = torch.randperm(len(batch["ids"]), generator=torch.Generator().manual_seed(0))
-    plan = batch["plan"]
-    moved = {**batch, **{k: batch[k][perm] for k in ("ids", "attn", "mask", "advantages")},
-             "plan": MaskPlan(plan.masked[:, perm], plan.weights[:, perm], plan.num_samples)}  # fmt: skip
+    rollout = trainer.rollouts.run(rows, 0, trainer.state, trainer._metrics)
+    batch = rollout.micro_batch(0, 0, trainer.args.steps_per_generation)
+    assert batch.group_weights.abs().sum() > 0
+    perm = torch.randperm(len(batch.ids), generator=torch.Generator().manual_seed(0))
+    plan = batch.plan
+    moved = dataclasses.replace(
+        batch, **{k: getattr(batch, k)[perm] for k in ("ids", "attn", "mask", "advantages", "group_weights")},
+        plan=MaskPlan(plan.masked[:, perm], plan.weights[:, perm], plan.num_samples),
+    )  # fmt: skip
     with torch.no_grad():
         losses = [trainer.compute_loss(trainer.model, b).item() for b in (batch, moved)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses
@@ -326,7 +330,7 @@ def _launch_command(workspace, tmp_path, accelerate_config, launch, *extra):
 
 def _launch(workspace, tmp_path, accelerate_config, env_extra, *extra):
     cmd = _launch_command(workspace, tmp_path, accelerate_config, [], *extra)
-    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return _finished_run(tmp_path)
@@ -381,7 +385,7 @@ def _launch_two_machines(workspace, tmp_path, name, env_extra, *extra):
     import socket
 
     config = os.path.join(REPO, "recipes", "accelerate", f"multinode_{name}.yaml")
-    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     for attempt in range(3):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -432,7 +436,7 @@ def test_two_machine_ranks_on_loopback_train_like_two_processes_on_one_machine(
 
 def test_lora_never_wraps_the_untied_lm_head(tmp_path):
     from align.config import GRPOConfig
-    from align.train import load_policy
+    from align.runner import load_policy
 
     LLaDAModelLM(tiny_config(d_model=32, n_layers=2, mlp_hidden_size=64, weight_tying=False)).save_pretrained(
         tmp_path
@@ -538,10 +542,51 @@ def test_no_grad_passes_run_one_micro_batch_of_rows_at_a_time(workspace, tmp_pat
     hook = model.register_forward_pre_hook(count, with_kwargs=True)
     try:
         with torch.no_grad():
-            chunked = trainer._passes_by_rows(model, ids, attn, plan)
+            chunked = trainer.rollouts._by_rows(model, ids, attn, plan)
             calls_chunked, calls[:] = list(calls), []
             whole = trainer._passes(model, ids, attn, plan)
     finally:
         hook.remove()
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     assert max(calls_chunked) == 4 * trainer.args.mc_chunk_size and len(calls_chunked) == 3 * plan.num_passes
+
+
+def test_a_rollout_engine_of_ones_own_plugs_in_without_a_trainer_change(workspace, tmp_path):
+    """The seam a server backend uses: an engine registered from outside the library receives the policy
+    before each rollout phase (as a server receives weights) and the recipe's sampler settings, and a run
+    through it (decoding the weights it was sent with the in-process sampler) trains exactly like the
+    default engine."""
+    from align.data import load_rows
+    from align.models import family_spec, load_tokenizer
+    from align.rollout.engine import ENGINES, InProcessEngine, RolloutEngine, build_engine, register_engine
+    from align.runner import load_policy
+    from align.trainer import DiffusionGRPOTrainer
+
+    calls = []
+
+    @register_engine("recording")
+    class Recording(RolloutEngine):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def sync_weights(self, model):
+            calls.append(("sync", type(model).__name__))
+            self.inner.sync_weights(model)
+
+        def generate(self, prompt_ids, attention_mask, settings, *, generator=None, on_block=None, **hooks):
+            calls.append(("generate", prompt_ids.shape[0], settings.gen_length, settings.steps, settings.temperature))
+            return self.inner.generate(prompt_ids, attention_mask, settings, generator=generator, **hooks)
+
+    try:
+        default = build_trainer(config(workspace, tmp_path / "a"))
+        default.train()
+        cfg = config(workspace, tmp_path / "b")
+        model, ref = load_policy(cfg)
+        tokenizer = load_tokenizer(cfg.model_name_or_path)
+        engine = build_engine("recording", inner=InProcessEngine(family_spec(model, tokenizer), model=model))
+        trainer = DiffusionGRPOTrainer(model, cfg, load_rows(cfg), tokenizer, ref_model=ref, engine=engine)
+        trainer.train()
+    finally:
+        ENGINES.pop("recording", None)
+    assert calls == [("sync", "LLaDAModelLM"), ("generate", 8, 8, 8, 1.0)] * 2
+    assert logs(trainer, "loss") == logs(default, "loss") and logs(trainer, "reward") == logs(default, "reward")

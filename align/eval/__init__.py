@@ -1,16 +1,12 @@
-"""Benchmark evaluation of diffusion checkpoints and OpenAI-compatible endpoints (``align eval`` / ``align report``)."""
+"""Benchmark evaluation of diffusion checkpoints and OpenAI-compatible endpoints (``align eval`` / ``align report``).
+Names resolve lazily."""
 
-from align.eval.runner import (
-    DiffusionSource,
-    EndpointSource,
-    OutputFolder,
-    evaluate_task,
-    pass_at_k,
-    task_metrics,
-)
-from align.eval.tasks import PROTOCOLS, TASKS, Protocol, Task, resolve_tasks
+from align import lazy_face
 
-__all__ = [
-    "PROTOCOLS", "TASKS", "DiffusionSource", "EndpointSource", "OutputFolder", "Protocol", "Task", "evaluate_task",
-    "pass_at_k", "resolve_tasks", "task_metrics",
-]  # fmt: skip
+_HOMES = {
+    **{name: "runner" for name in ("DiffusionSource", "EndpointSource", "OutputFolder", "evaluate_task", "pass_at_k",
+                                   "task_metrics")},
+    **{name: "tasks" for name in ("PROTOCOLS", "TASKS", "Protocol", "Task", "resolve_tasks")},
+}  # fmt: skip
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_face(__name__, _HOMES)

@@ -8,7 +8,6 @@ for k in {1, K}; math tasks report ``accuracy`` (= mean score), code tasks ``pas
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 
 from align.errors import RunError
 from align.eval.tasks import Protocol, Task
+from align.rollout.engine import InProcessEngine
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class DiffusionSource:
         self.batch_size, self.seed = batch_size, seed
         self.progress = False  # a progress bar over the decoded blocks (``align generate`` turns it on)
         self.chunk_size = batch_size * state.num_processes
-        self.model_context = model_context or (lambda: contextlib.nullcontext(self.model))
+        self.engine = InProcessEngine(spec, model=model, model_context=model_context)
         self.forward_passes = 0
         self.description = {**(description or {}), "processes": state.num_processes}
 
@@ -95,7 +95,7 @@ class DiffusionSource:
         import torch
 
         n, rank = self.state.num_processes, self.state.process_index
-        with torch.no_grad(), self.model_context() as model:
+        with torch.no_grad(), self.engine.model_context() as model:
             local = self._decode(model, messages[rank::n], protocol, offset, rank)
         if n == 1:
             return local
@@ -108,7 +108,7 @@ class DiffusionSource:
         import torch
 
         from align.data import encode_prompts
-        from align.sampling import generate, truncate_at_stop
+        from align.sampling import truncate_at_stop
 
         out = []
         bar = None
@@ -125,14 +125,11 @@ class DiffusionSource:
             generator = torch.Generator(self.device).manual_seed(
                 hash((self.seed, offset + start, rank)) % 2**63
             )
-            result = generate(
-                model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                gen_length=protocol.gen_length, steps=protocol.resolved_steps(), block_length=protocol.block_length,
-                temperature=protocol.temperature, remasking=protocol.remasking, threshold=protocol.threshold,
-                cache=protocol.cache, cache_refresh=protocol.cache_refresh, cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length,
+            result = self.engine.decode(
+                model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), protocol.sampler(),
+                generator=generator, on_block=None if bar is None else (lambda done, total: bar.update()),
                 boost_token_ids=self.boost_ids(protocol), boost=protocol.boost,
                 boost_after=max(0, protocol.gen_length - protocol.boost_margin),
-                spec=self.spec, generator=generator, on_block=None if bar is None else (lambda done, total: bar.update()),
             )  # fmt: skip
             kept, _ = truncate_at_stop(
                 result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id

@@ -203,6 +203,15 @@ class Protocol:
     def resolved_steps(self) -> int:
         return self.steps if self.steps is not None else max(1, int(self.gen_length * self.steps_per_token))
 
+    def sampler(self):
+        """The sampler's settings of this protocol (``align.sampling.SamplerSettings``)."""
+        from align.sampling.settings import SamplerSettings
+
+        return SamplerSettings(gen_length=self.gen_length, steps=self.resolved_steps(), block_length=self.block_length,
+                               temperature=self.temperature, remasking=self.remasking, cfg_scale=self.cfg_scale,
+                               threshold=self.threshold, cache=self.cache, cache_refresh=self.cache_refresh,
+                               variable_length=self.variable_length)  # fmt: skip
+
     def with_overrides(self, **fields) -> Protocol:
         """These fields set (None = keep); a field set here also wins over the per-task settings."""
         unknown = set(fields) - {f.name for f in dataclasses.fields(self)}

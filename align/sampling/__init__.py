@@ -1,23 +1,10 @@
-"""Masked-diffusion decoding: the LLaDA reference sampler and Fast-dLLM fast modes (one module)."""
+"""Masked-diffusion decoding: the LLaDA reference sampler and Fast-dLLM fast modes (``diffusion``), and
+the settings it decodes with (``settings``, torch-free). Names resolve lazily."""
 
-from align.sampling.diffusion import (
-    GenerationOutput,
-    describe_mode,
-    generate,
-    generate_in_chunks,
-    num_transfer_tokens,
-    sample_tokens,
-    select_transfer,
-    truncate_at_stop,
-)
+from align import lazy_face
 
-__all__ = [
-    "GenerationOutput",
-    "generate",
-    "generate_in_chunks",
-    "describe_mode",
-    "truncate_at_stop",
-    "num_transfer_tokens",
-    "sample_tokens",
-    "select_transfer",
-]
+_HOMES = {name: "diffusion" for name in ("GenerationOutput", "describe_mode", "generate", "generate_in_chunks",
+                                         "num_transfer_tokens", "sample_tokens", "select_transfer", "truncate_at_stop")}  # fmt: skip
+_HOMES["SamplerSettings"] = "settings"
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_face(__name__, _HOMES)
