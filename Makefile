@@ -29,11 +29,11 @@ lint: venv
 
 # Held-out accuracy of the committed tiny model, GRPO on CPU, accuracy again, report + reward curve, JSON line.
 demo: venv
-	$(BIN)/python -m align.demo --output runs/demo
+	$(BIN)/python -m demos.grpo --output runs/demo
 
 # Rebuild recipes/tiny/{data,init,model} from scratch (seeded): task data, tokenizer, masked-diffusion SFT.
 tiny-model: venv
-	$(BIN)/python -m align.tiny recipes/tiny
+	$(BIN)/python -m demos.tiny recipes/tiny
 	rm -rf recipes/tiny/model
 	$(BIN)/align sft --config recipes/tiny/sft.yaml
 	rm -f recipes/tiny/model/training_args.bin
@@ -41,7 +41,7 @@ tiny-model: venv
 # The long-answer tiny model (recipes/tiny-long): 4-digit addition worked column by column, for measuring
 # the fast decoding modes (benchmarks/sampler_speed.py --model recipes/tiny-long/model).
 tiny-long-model: venv
-	$(BIN)/python -m align.tiny recipes/tiny-long long
+	$(BIN)/python -m demos.tiny recipes/tiny-long long
 	rm -rf recipes/tiny-long/model
 	$(BIN)/align sft --config recipes/tiny-long/sft.yaml --output_dir recipes/tiny-long/model --save_strategy no
 	rm -f recipes/tiny-long/model/training_args.bin
@@ -49,18 +49,18 @@ tiny-long-model: venv
 # Verifier-only tasks (recipes/tiny-countdown, recipes/tiny-sudoku): data splits, then SFT on the 2,000 solved problems.
 tiny-puzzle-models: venv
 	for task in countdown sudoku; do \
-	  $(BIN)/python -m align.tiny recipes/tiny-$$task $$task && rm -rf recipes/tiny-$$task/model && \
+	  $(BIN)/python -m demos.tiny recipes/tiny-$$task $$task && rm -rf recipes/tiny-$$task/model && \
 	  $(BIN)/align sft --config recipes/tiny-$$task/sft.yaml --output_dir recipes/tiny-$$task/model --save_strategy no && \
 	  rm -f recipes/tiny-$$task/model/training_args.bin || exit 1; \
 	done
 
 # Equal wall-clock from one SFT checkpoint: more SFT vs GRPO with the verifier vs a shuffled-reward control.
 demo-rl-vs-sft: venv
-	$(BIN)/python -m align.demo_rl_vs_sft --task sudoku --budget-s 600 --output runs/rl-vs-sft
+	$(BIN)/python -m demos.rl_vs_sft --task sudoku --budget-s 600 --output runs/rl-vs-sft
 
 # Preference optimisation on the tiny model: its own right/wrong answers as pairs, VRPO, accuracy before/after.
 demo-dpo: venv
-	$(BIN)/python -m align.demo_dpo --output runs/demo-dpo
+	$(BIN)/python -m demos.dpo --output runs/demo-dpo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

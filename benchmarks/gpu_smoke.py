@@ -94,8 +94,8 @@ def time_grpo(model, device: str, gen_length: int, steps: int, lora: bool = Fals
     from transformers import TrainerCallback
 
     from align.config import load_config
-    from align.tiny import build_tokenizer
     from align.trainer import DiffusionGRPOTrainer
+    from demos.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     rows = [{"question": "".join(str((7 * i + j) % 10) for j in range(40)), "answer": "0"} for i in range(64)]

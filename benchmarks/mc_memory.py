@@ -64,8 +64,8 @@ def child(args) -> None:
 
     from align.config import load_config
     from align.models import LLaDAModelLM
-    from align.tiny import build_tokenizer, tiny_config, write_task
     from align.train import build_trainer
+    from demos.tiny import build_tokenizer, tiny_config, write_task
 
     torch.set_num_threads(2)
     work = tempfile.mkdtemp()

@@ -9,7 +9,7 @@ but the reward (the KL-free update itself, the format reward, more sampling) it 
       --output runs/control-eval --dtype float32
 
 ``shuffled_countdown`` and ``shuffled_sudoku`` do the same for the puzzle verifiers
-(``python -m align.demo_rl_vs_sft`` runs them as its control arm).
+(``python -m demos.rl_vs_sft`` runs them as its control arm).
 """
 
 import random

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from align.demo import main
+from demos.grpo import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

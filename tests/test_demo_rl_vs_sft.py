@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from align.demo_rl_vs_sft import main
+from demos.rl_vs_sft import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

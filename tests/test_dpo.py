@@ -17,7 +17,7 @@ from align.config import DPOConfig, load_config
 from align.dpo import build_trainer
 from align.losses import dpo_loss
 from align.models import LLaDAModelLM
-from align.tiny import build_tokenizer, tiny_config, write_task
+from demos.tiny import build_tokenizer, tiny_config, write_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ import torch
 from align.cli import main
 from align.models import LLaDAConfig, LLaDAModelLM
 from align.plan import GIB, KNOWN_SHAPES, ModelShape, check_fits, make_plan, shape_of
-from align.tiny import tiny_config
+from demos.tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

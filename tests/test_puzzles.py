@@ -6,7 +6,7 @@ import time
 import pytest
 
 import rewards
-from align.tiny import countdown_space, greedy_fill, problems, sudoku_grids, write_puzzle_task
+from demos.tiny import countdown_space, greedy_fill, problems, sudoku_grids, write_puzzle_task
 from rewards.puzzles import countdown, countdown_value, sudoku, sudoku_valid
 
 

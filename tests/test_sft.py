@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from align.config import SFTConfig, load_config
 from align.models import LLaDAModelLM
 from align.sft import EPS, DiffusionSFTTrainer, build_trainer
-from align.tiny import VOCAB, build_tokenizer, tiny_config, write_task
+from demos.tiny import VOCAB, build_tokenizer, tiny_config, write_task
 
 
 def sft_config(tmp_path, *extra):

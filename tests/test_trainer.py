@@ -14,8 +14,8 @@ from transformers import TrainerCallback
 from align.cli import main
 from align.config import load_config
 from align.models import LLaDAModelLM
-from align.tiny import build_tokenizer, tiny_config, write_task
 from align.train import build_trainer
+from demos.tiny import build_tokenizer, tiny_config, write_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REWARDS = os.path.join(REPO, "tests", "fixtures", "tiny_rewards.py")

@@ -183,7 +183,7 @@ def test_mid_phase_checkpoint_from_before_still_resumes(tmp_path, one_thread):
              "--num_iterations", "2", "--max_steps", "4", "--learning_rate", "1e-3"]  # fmt: skip
     if RECORD:
         from align.models import LLaDAModelLM
-        from align.tiny import build_tokenizer, tiny_config
+        from demos.tiny import build_tokenizer, tiny_config
 
         shutil.rmtree(saved, ignore_errors=True)
         torch.manual_seed(0)

@@ -35,7 +35,7 @@ def evaluate(model: str, output: str, limit: int | None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m align.demo")
+    parser = argparse.ArgumentParser(prog="python -m demos.grpo")
     parser.add_argument("--output", default="runs/demo")
     parser.add_argument("--config", default="recipes/tiny/grpo.yaml")
     parser.add_argument("--limit", type=int, default=None, help="held-out questions (default: all 500)")

@@ -4,7 +4,7 @@
     keep one correct and one wrong answer per question as (chosen, rejected) -> align dpo with
     recipes/tiny/dpo.yaml -> held-out accuracy -> table -> {"before": ..., "after": ..., "pairs": ...}
 
-    python -m align.demo_dpo [--output runs/demo-dpo --questions 1024] [--field value ...]
+    python -m demos.dpo [--output runs/demo-dpo --questions 1024] [--field value ...]
 
 The pairs come from the same model the run starts from (on-policy preference data, as an online DPO
 round would build them); the extra ``--field value`` pairs go to ``align dpo``.
@@ -20,7 +20,7 @@ import sys
 import time
 
 from align.cli import main as align
-from align.demo import evaluate
+from demos.grpo import evaluate
 
 MODEL = "recipes/tiny/model"
 TRAIN = "recipes/tiny/data/train.jsonl"
@@ -59,7 +59,7 @@ def build_pairs(path: str, questions: int, samples: int = 8, seed: int = 0) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m align.demo_dpo")
+    parser = argparse.ArgumentParser(prog="python -m demos.dpo")
     parser.add_argument("--output", default="runs/demo-dpo")
     parser.add_argument("--config", default="recipes/tiny/dpo.yaml")
     parser.add_argument("--questions", type=int, default=1024, help="training questions sampled for pairs")

@@ -86,7 +86,7 @@ LABELS = {"sft": "(a) more SFT", "grpo": "(b) GRPO + verifier", "control": "(c) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m align.demo_rl_vs_sft")
+    parser = argparse.ArgumentParser(prog="python -m demos.rl_vs_sft")
     parser.add_argument("--task", default="sudoku", choices=sorted(TASK_SHAPES))
     parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per arm")
     parser.add_argument("--output", default="runs/rl-vs-sft")
