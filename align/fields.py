@@ -67,10 +67,11 @@ class ModelDataFields:
     lora_r: int = _help("model", "LoRA rank.", default=16)
     lora_alpha: int = _help("model", "LoRA alpha.", default=32)
     lora_dropout: float = _help("model", "LoRA dropout.", default=0.0)
-    lora_target_modules: list[str] = _help(
+    lora_target_modules: list[str] | None = _help(
         "model",
-        "Module names LoRA wraps (LLaDA names; the LM head is never wrapped, although untied LLaDA names it ff_out).",
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"],
+        "Module names LoRA wraps; default: the model family's linear layers (LLaDA: q_proj k_proj v_proj attn_out "
+        "ff_proj up_proj ff_out). The LM head is never wrapped, although untied LLaDA names it ff_out.",
+        default=None,
     )
     # ---- data ---------------------------------------------------------------------------------------
     dataset_name: str | None = _help(

@@ -27,6 +27,7 @@ recomputation), attention's 4 x S x d per token and layer added.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -54,13 +55,17 @@ class ModelShape:
     mlp_hidden: int
     vocab: int
     params: int
+    family: str = "llada"  # model_type: the family's LoRA names and shapes (align.models.family)
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
-        """From a native LLaDAConfig."""
-        return shape_of(config.d_model, config.n_layers, config.n_heads, config.n_kv_heads or config.n_heads,
-                        config.mlp_hidden_size, config.embedding_size or config.vocab_size, config.weight_tying,
-                        qkv_bias=bool(getattr(config, "include_qkv_bias", False)))  # fmt: skip
+        """From a config its family reads (the native LLaDAConfig)."""
+        from align.models.family import family_for
+
+        fields = family_for(config.model_type).shape(config)
+        if fields is None:
+            raise ValueError(f"model family {config.model_type!r} does not read its shape from this config.")
+        return dataclasses.replace(shape_of(**fields), family=config.model_type)
 
     @property
     def kv_dim(self) -> int:
@@ -92,10 +97,11 @@ def _act_bytes(dtype: str) -> int:
 def trainable_params(shape: ModelShape, args) -> int:
     if not args.use_peft:
         return shape.params
-    targets = set(args.lora_target_modules or [])
-    d, kv, h = shape.d_model, shape.kv_dim, shape.mlp_hidden
-    sizes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "attn_out": (d, d), "ff_proj": (d, h),
-             "up_proj": (d, h), "ff_out": (h, d)}  # fmt: skip
+    from align.models.family import family_for
+
+    family = family_for(shape.family)
+    targets = set(family.lora_targets if args.lora_target_modules is None else args.lora_target_modules)
+    sizes = family.lora_shapes(shape.d_model, shape.kv_dim, shape.mlp_hidden)
     per_layer = sum(
         args.lora_r * (i + o) for name, (i, o) in sizes.items() if name in targets or "all-linear" in targets
     )
@@ -274,10 +280,8 @@ def load_shape(model_name_or_path: str, trust_remote_code: bool = False, say=Non
         os.environ["HF_HUB_OFFLINE"] = "1"  # read the cached config without retrying the network
 
     try:
-        config = LLaDAConfig.from_pretrained(model_name_or_path)
-        if getattr(config, "model_type", None) == "llada" and getattr(config, "d_model", None):
-            return ModelShape.from_config(config)
-    except (OSError, ValueError, TypeError):
+        return ModelShape.from_config(LLaDAConfig.from_pretrained(model_name_or_path))
+    except (OSError, ValueError, TypeError, AttributeError):
         pass
     try:
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
@@ -299,7 +303,7 @@ def load_shape(model_name_or_path: str, trust_remote_code: bool = False, say=Non
     h = _get(config, "mlp_hidden_size", "intermediate_size", default=4 * d)
     v = _get(config, "embedding_size", "vocab_size")
     tied = bool(_get(config, "weight_tying", "tie_word_embeddings", default=False))
-    return shape_of(d, layers, heads, kv_heads, h, v, tied)
+    return dataclasses.replace(shape_of(d, layers, heads, kv_heads, h, v, tied), family=config.model_type)
 
 
 def processes_and_zero() -> tuple[int, int]:

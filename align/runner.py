@@ -62,7 +62,12 @@ def add_lora(model, config):
     exclude = [name for name, module in model.named_modules() if head is not None and module is head]
     leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
               if isinstance(module, torch.nn.Linear) and name not in exclude}  # fmt: skip
-    unknown = [t for t in config.lora_target_modules if t not in leaves]
+    from align.models.family import family_for
+
+    targets = config.lora_target_modules
+    if targets is None:  # the family's linear layers
+        targets = list(family_for(str(getattr(model.config, "model_type", "")).lower()).lora_targets)
+    unknown = [t for t in targets if t not in leaves]
     if unknown:
         raise UsageError(
             f"lora_target_modules {unknown} name no linear layer of this model; its linear layers are "
@@ -70,7 +75,7 @@ def add_lora(model, config):
         )
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules, exclude_modules=exclude or None, bias="none",
+        target_modules=targets, exclude_modules=exclude or None, bias="none",
     )  # fmt: skip
     with quiet_checkpointing_renames():
         return get_peft_model(model, lora)

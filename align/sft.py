@@ -78,12 +78,13 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
 
 
 def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:
-    from align.models import LLaDAConfig, LLaDAModelLM, load_model, load_tokenizer
+    from align.models import load_model, load_tokenizer
+    from align.models.family import new_model
 
     tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     if config.init_config:
         torch.manual_seed(config.seed)
-        model = LLaDAModelLM(LLaDAConfig.from_json_file(config.init_config))
+        model = new_model(config.init_config)
     else:
         model = load_model(
             config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code

@@ -264,15 +264,10 @@ def load_eval_tasks(args: GRPOConfig) -> list:
 def eval_protocol(args: GRPOConfig):
     """The named ``eval_protocol``, else the rollouts' own prompt format and sampler, decoded greedily."""
     from align.eval.tasks import PROTOCOLS, Protocol
+    from align.sampling.settings import SamplerSettings
 
     if args.eval_protocol:
         return PROTOCOLS[args.eval_protocol]
-    return Protocol(
-        "rollout", system_prompt=args.system_prompt, instruction=None, use_chat_template=args.use_chat_template,
-        gen_length=args.max_completion_length, block_length=args.block_length, steps=args.diffusion_steps,
-        temperature=0.0, remasking=args.remasking, threshold=args.threshold, cache=args.cache,
-        cache_refresh=args.cache_refresh,
-        cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
-    )  # fmt: skip
-
-
+    greedy = SamplerSettings.from_rollout_fields(args).replace(temperature=0.0)
+    return Protocol.from_sampler("rollout", greedy, system_prompt=args.system_prompt, instruction=None,
+                                 use_chat_template=args.use_chat_template, max_prompt_length=args.max_prompt_length)  # fmt: skip

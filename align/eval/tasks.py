@@ -203,6 +203,12 @@ class Protocol:
     def resolved_steps(self) -> int:
         return self.steps if self.steps is not None else max(1, int(self.gen_length * self.steps_per_token))
 
+    @classmethod
+    def from_sampler(cls, name: str, settings, **prompt) -> Protocol:
+        """A protocol decoding with ``settings`` (an ``align.sampling.SamplerSettings``); ``prompt``: the
+        prompt-format fields (system_prompt, instruction, use_chat_template, max_prompt_length, ...)."""
+        return cls(name, **settings.as_kwargs(), **prompt)
+
     def sampler(self):
         """The sampler's settings of this protocol (``align.sampling.SamplerSettings``)."""
         from align.sampling.settings import SamplerSettings

@@ -1,9 +1,16 @@
-"""Per-family facts the sampler and estimators need: mask id, stop ids, whether logits are shifted.
+"""Model families: what the sampler, the estimators, the planner, SFT and LoRA need to know about a model.
 
-Nothing model-specific is a literal anywhere else: LLaDA's mask is 126336, iLLaDA's is 5, Dream's is
-151666, and each comes from the model config or the tokenizer. Dream-style models predict token i from
-position i-1 (AR-style shift); ``model_logits`` undoes that so every caller sees "logit i predicts
-token i".
+A ``Family`` (registered by ``model_type`` with ``register_family``) states its logits convention, how it
+is called (attention inputs, the window of positions whose logits are wanted), its KV-cache forward, the
+names of its linear layers for LoRA and their shapes for the planner, and how a model of it is built from
+a config file; the rest of the library asks the family, never a family literal. ``FamilySpec`` adds the
+token ids read from the config and tokenizer (LLaDA's mask is 126336, iLLaDA's is 5, Dream's is 151666:
+none is a literal anywhere). Dream-style models predict token i from position i-1 (AR-style shift);
+``model_logits`` undoes that so every caller sees "logit i predicts token i".
+
+LLaDA (and iLLaDA, LLaDA-1.5, through their configs) is the native family; a model type without a
+registered family gets the generic one (the usual transformers names, full forward, no cache). A new
+family is one registered class plus ``tests/test_families.py``'s conformance checks passing for it.
 """
 
 from __future__ import annotations
@@ -12,8 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-# model_type -> logits shifted like an AR model?
-_SHIFTED_FAMILIES = {"dream": True, "llada": False, "llada_moe": False, "lladamoe": False}
 _EOT_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
 
 
@@ -31,6 +36,131 @@ class FamilySpec:
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
         return tuple(i for i in (self.eos_token_id, self.eot_token_id) if i is not None)
+
+    @property
+    def family(self) -> Family:
+        return family_for(self.model_type)
+
+
+class Family:
+    """The generic family (any transformers masked-diffusion model); subclasses override what differs."""
+
+    name = "generic"
+    model_types: tuple[str, ...] = ()
+    shift_logits = False
+    supports_cache = False
+    native = False  # an implementation in align.models (else the checkpoint's own code, trust_remote_code)
+    # LoRA targets and their (in, out) shapes from (d_model, kv_dim, mlp_hidden): the usual transformers names
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def lora_shapes(self, d: int, kv: int, h: int) -> dict[str, tuple[int, int]]:
+        return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, h),
+                "up_proj": (d, h), "down_proj": (h, d)}  # fmt: skip
+
+    def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
+        """The model's output with ``logits`` [B, L, V] (or [B, end - start, V] for ``logits_range``), logit i
+        predicting token i."""
+        out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if self.shift_logits:
+            logits = out.logits
+            out.logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        if logits_range is not None:
+            out.logits = out.logits[:, logits_range[0] : logits_range[1]]
+        return out
+
+    def cached_forward(self, model, segment_ids, attention_mask, kv_cache, cache_start: int, logits_range):
+        """Logits of ``segment_ids`` (canvas positions from ``cache_start``) with ``kv_cache`` serving the
+        positions outside it; ``attention_mask`` covers the whole canvas."""
+        raise ValueError(f"model family {self.name!r} has no KV-cache forward; decode with cache None.")
+
+    def shape(self, config) -> dict | None:
+        """The planner's shape fields (d, layers, heads, kv_heads, h, v, tied, qkv_bias) from a config it knows,
+        else None (the planner then reads the usual transformers names)."""
+        return None
+
+    def from_pretrained(self, name_or_path: str, **kwargs):
+        """A checkpoint in the native implementation (only families with ``native``)."""
+        raise ValueError(f"model family {self.name!r} has no native implementation here.")
+
+    def new_model(self, config_file: str):
+        """A randomly initialised model of this family from a config file (SFT from scratch)."""
+        from transformers import AutoConfig, AutoModel
+
+        return AutoModel.from_config(AutoConfig.from_pretrained(config_file))
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    for model_type in cls.model_types:
+        FAMILIES[model_type] = cls()
+    return cls
+
+
+def family_for(model_type: str) -> Family:
+    """The registered family of ``model_type``, else the generic one (AR-shifted for Dream until its
+    adapter lands)."""
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    return _ShiftedGeneric() if model_type == "dream" else Family()
+
+
+def new_model(config_file: str):
+    """A randomly initialised model of the family named by the config file's ``model_type`` (default llada)."""
+    import json
+
+    with open(config_file) as f:
+        model_type = json.load(f).get("model_type", "llada")
+    return family_for(model_type).new_model(config_file)
+
+
+class _ShiftedGeneric(Family):
+    name = "generic-shifted"
+    shift_logits = True
+
+
+@register_family
+class LLaDAFamily(Family):
+    """The native LLaDA implementation (``align.models.modeling_llada``): LLaDA-8B, LLaDA-1.5, iLLaDA."""
+
+    name = "llada"
+    model_types = ("llada",)
+    supports_cache = True
+    native = True
+    lora_targets = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+    def lora_shapes(self, d: int, kv: int, h: int) -> dict[str, tuple[int, int]]:
+        return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "attn_out": (d, d), "ff_proj": (d, h),
+                "up_proj": (d, h), "ff_out": (h, d)}  # fmt: skip
+
+    def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
+        if logits_range is not None and _is_native(model):  # the LM head runs on the window only
+            return model(input_ids=input_ids, attention_mask=attention_mask, logits_range=logits_range, **kwargs)
+        return super().forward(model, input_ids, attention_mask, logits_range, **kwargs)
+
+    def cached_forward(self, model, segment_ids, attention_mask, kv_cache, cache_start: int, logits_range):
+        return model(input_ids=segment_ids, attention_mask=attention_mask, kv_cache=kv_cache, cache_start=cache_start,
+                     logits_range=logits_range)  # fmt: skip
+
+    def shape(self, config) -> dict | None:
+        if getattr(config, "model_type", None) != "llada" or not getattr(config, "d_model", None):
+            return None
+        return dict(d=config.d_model, layers=config.n_layers, heads=config.n_heads,
+                    kv_heads=config.n_kv_heads or config.n_heads, h=config.mlp_hidden_size,
+                    v=config.embedding_size or config.vocab_size, tied=config.weight_tying,
+                    qkv_bias=bool(getattr(config, "include_qkv_bias", False)))  # fmt: skip
+
+    def from_pretrained(self, name_or_path: str, **kwargs):
+        from align.models.modeling_llada import LLaDAModelLM
+
+        return LLaDAModelLM.from_pretrained(name_or_path, **kwargs)
+
+    def new_model(self, config_file: str):
+        from align.models.configuration_llada import LLaDAConfig
+        from align.models.modeling_llada import LLaDAModelLM
+
+        return LLaDAModelLM(LLaDAConfig.from_json_file(config_file))
 
 
 def _first_id(value) -> int | None:
@@ -66,7 +196,7 @@ def family_spec(model_or_config, tokenizer=None, mask_token_id: int | None = Non
         eos_token_id=eos,
         eot_token_id=eot,
         pad_token_id=pad,
-        shift_logits=_SHIFTED_FAMILIES.get(model_type, False),
+        shift_logits=family_for(model_type).shift_logits,
     )
 
 
@@ -83,17 +213,11 @@ def model_logits(
     LLaDA class (also under DDP / DeepSpeed / PEFT wrappers) then skips the LM head elsewhere, other models
     compute everything and are sliced.
     """
-    window = kwargs.pop("logits_range", None)
-    shifted = spec is not None and spec.shift_logits
-    if window is not None and not shifted and _is_native(model):
-        return model(input_ids=input_ids, attention_mask=attention_mask, logits_range=window, **kwargs)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    if shifted:
-        logits = out.logits
-        out.logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-    if window is not None:
-        out.logits = out.logits[:, window[0] : window[1]]
-    return out
+    if spec is not None:
+        family = spec.family
+    else:  # no spec: the native class is recognised through its wrappers, anything else is generic
+        family = FAMILIES["llada"] if _is_native(model) else Family()
+    return family.forward(model, input_ids, attention_mask, **kwargs)
 
 
 def _is_native(model) -> bool:

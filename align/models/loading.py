@@ -1,7 +1,7 @@
 """Loading models, tokenizers and LoRA adapters for diffusion LMs.
 
-LLaDA-family checkpoints (``model_type == "llada"``) load into the native ``LLaDAModelLM`` without remote
-code; any other family needs ``trust_remote_code=True`` explicitly.
+A family with a native implementation (``align.models.family``: LLaDA) loads into it without remote code;
+any other family needs ``trust_remote_code=True`` explicitly.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from align.errors import UsageError
-from align.models.modeling_llada import LLaDAModelLM
+from align.models.family import family_for
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ def load_model(
     """Load a diffusion LM (native class for the LLaDA family) and optionally a PEFT adapter on top."""
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     torch_dtype = resolve_dtype(dtype)
-    if config.model_type == "llada" and not trust_remote_code:
-        model = LLaDAModelLM.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
+    family = family_for(config.model_type)
+    if family.native and not trust_remote_code:
+        model = family.from_pretrained(name_or_path, dtype=torch_dtype, **kwargs)
     else:
         if not trust_remote_code:
             raise ValueError(

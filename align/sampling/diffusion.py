@@ -202,9 +202,10 @@ class _Denoiser:
             raise ValueError(f"cache {cache!r} is not one of {CACHE_MODES}.")
         if refresh is not None and (cache is None or refresh < 1):
             raise ValueError(f"cache_refresh {refresh!r} needs a cache mode and a value >= 1.")
-        if cache is not None and spec.shift_logits:
+        if cache is not None and not spec.family.supports_cache:
             raise ValueError(
-                f"cache={cache!r} is not supported for shifted-logit families ({spec.model_type})."
+                f"cache={cache!r} is not supported for the {spec.family.name} family ({spec.model_type}): it has no "
+                "KV-cache forward; decode with cache None."
             )
         self.model, self.spec, self.cfg_scale, self.cache = model, spec, cfg_scale, cache
         self.suppress, self.refresh = suppress, refresh
@@ -239,8 +240,8 @@ class _Denoiser:
                 self._kv = out.kv_cache
         else:
             seg_end = inp.shape[1] if self.cache == "prefix" else end
-            out = self.model(input_ids=inp[:, start:seg_end], attention_mask=mask, kv_cache=self._kv,
-                             cache_start=start, logits_range=(0, end - start))  # fmt: skip
+            out = self.spec.family.cached_forward(self.model, inp[:, start:seg_end], mask, self._kv, start,
+                                                  (0, end - start))  # fmt: skip
         logits = out.logits
         if self.cfg_scale > 0:
             cond, un = logits.chunk(2)
