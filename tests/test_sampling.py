@@ -221,6 +221,7 @@ def test_variable_length_stops_rows_at_eos_and_saves_compute():
 def test_end_of_thinking_boost_closes_thinking_once_after_the_budget(cache):
     from transformers import AutoTokenizer
 
+    from align.eval.boost import EndOfThinkingBoost
     from align.models import LLaDAModelLM
 
     model = LLaDAModelLM.from_pretrained("recipes/tiny/model").eval()  # the committed model: varied tokens
@@ -231,15 +232,16 @@ def test_end_of_thinking_boost_closes_thinking_once_after_the_budget(cache):
     first = [set(r[:8].tolist()) for r in plain]
     tok = next(t for t in range(len(tokenizer)) if 0 < sum(t in f for f in first) < 4  # some rows wrote it,
                and all(plain[r, 8] != t for r in range(4) if t not in first[r]))  # the others not at 8 # fmt: skip
-    boosted = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs, boost_token_ids=[tok],
-                       boost=100.0, boost_after=8).completion_ids  # fmt: skip
+    boosted = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs,
+                       logits_hook=EndOfThinkingBoost([tok], 100.0, after=8)).completion_ids  # fmt: skip
     assert torch.equal(boosted[:, :8], plain[:, :8])  # nothing is boosted before the budget
     for row in range(4):
         if tok in first[row]:  # already written: never boosted
             assert torch.equal(boosted[row], plain[row])
         else:  # forced at the first position after the budget
             assert boosted[row, 8] == tok and not torch.equal(boosted[row], plain[row])
-    off = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs, boost_token_ids=[tok], boost=0.0)
+    off = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs,
+                   logits_hook=EndOfThinkingBoost([tok], 0.0, after=8))
     assert torch.equal(off.completion_ids, plain)
 
 

@@ -87,6 +87,15 @@ class DiffusionSource:
             )
         return ids
 
+    def logits_hook(self, protocol: Protocol):
+        """The protocol's sampler hook: iLLaDA's end-of-thinking boost when it boosts a token, else None."""
+        ids = self.boost_ids(protocol)
+        if not ids:
+            return None
+        from align.eval.boost import EndOfThinkingBoost
+
+        return EndOfThinkingBoost(ids, protocol.boost, after=max(0, protocol.gen_length - protocol.boost_margin))
+
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
         """Completions of ``messages`` (questions ``offset``.. of the task), on every process.
 
@@ -128,8 +137,7 @@ class DiffusionSource:
             result = self.engine.decode(
                 model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), protocol.sampler(),
                 generator=generator, on_block=None if bar is None else (lambda done, total: bar.update()),
-                boost_token_ids=self.boost_ids(protocol), boost=protocol.boost,
-                boost_after=max(0, protocol.gen_length - protocol.boost_margin),
+                logits_hook=self.logits_hook(protocol),
             )  # fmt: skip
             kept, _ = truncate_at_stop(
                 result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id

@@ -195,7 +195,7 @@ class Protocol:
     system_in_user: bool = (
         False  # the system prompt merged into the first user turn (templates without a system role)
     )
-    boost_token: str | None = None  # end-of-thinking boost (align.sampling.generate's boost_token_ids)
+    boost_token: str | None = None  # end-of-thinking boost (align.eval.boost, the sampler's logits hook)
     boost: float = 0.0
     boost_margin: int = 512  # the boost applies to blocks starting within this many tokens of gen_length
     per_task: tuple = ()  # ((task name, ((field, value), ...)), ...): per-task settings over the above

@@ -272,8 +272,8 @@ def _decode_block(
         full = den.needs_full_pass(i == 0, since)
         since = 0 if full else since
         logits = den.block_logits(x, attn, prompt_real, start, end, full)
-        if opts["boost_ids"] is not None and start - opts["completion_start"] >= opts["boost_after"]:
-            _boost_first_masked(logits, x, masked, opts)
+        if opts["logits_hook"] is not None:  # protocol behaviour, e.g. iLLaDA's end-of-thinking boost
+            opts["logits_hook"](logits, x, masked, opts["completion_start"], start - opts["completion_start"])
         x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"], masked,
                                  [mask_id, *den.suppress])  # fmt: skip
         if opts["deprioritize"] is not None:
@@ -289,21 +289,6 @@ def _decode_block(
         block = x[:, start:end]
         block[transfer] = x0[transfer]
         commit[:, start:end][transfer] = step_offset + i
-
-
-def _boost_first_masked(logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, opts: dict) -> None:
-    """End-of-thinking boost (in place): in each row whose completion holds none of the boosted ids yet, add
-    ``boost`` to their logits at the block's leftmost still-masked position, so that a row still thinking
-    after ``boost_after`` tokens closes its thinking at the next position it writes (once)."""
-    ids = opts["boost_ids"]
-    pending = ~torch.isin(x[:, opts["completion_start"] :], ids).any(-1) & masked.any(-1)
-    if not pending.any():
-        return
-    rows = pending.nonzero()[:, 0]
-    first = masked.long().argmax(-1)[rows]  # leftmost masked position of the block in each pending row
-    grid = logits[rows, first]  # [R, V] (a copy)
-    grid[:, ids] += opts["boost"]
-    logits[rows, first] = grid
 
 
 def describe_mode(
@@ -348,9 +333,7 @@ def generate(
     variable_length: bool = False,
     suppress_token_ids: list[int] | None = None,
     deprioritize_token_ids: list[int] | None = None,
-    boost_token_ids: list[int] | None = None,
-    boost: float = 0.0,
-    boost_after: int = 0,
+    logits_hook=None,
     spec: FamilySpec | None = None,
     generator: torch.Generator | None = None,
 ) -> GenerationOutput:
@@ -358,11 +341,11 @@ def generate(
 
     ``suppress_token_ids`` get logit -inf (e.g. forbid EOS); ``deprioritize_token_ids`` get confidence 0
     so they are committed last (e.g. EOS/EoT). With ``variable_length`` ``gen_length`` is the budget and
-    ``steps`` counts steps per ``gen_length`` as in fixed mode. ``boost_token_ids`` (iLLaDA's end-of-thinking
-    boost against endless thinking; our reading of its evaluation script, not verified against it): in
-    blocks starting at least ``boost_after`` tokens into the completion, a row that has not written one of
-    these ids yet gets ``boost`` added to their logits at its leftmost masked position (100 forces it:
-    the row writes the id once, then the boost stops). Returns a :class:`GenerationOutput`.
+    ``steps`` counts steps per ``gen_length`` as in fixed mode. ``logits_hook(logits, canvas, masked,
+    completion_start, block_offset)`` may change a block's logits [B, block, V] in place before each step
+    samples (``masked`` [B, block]: the block's still-masked positions; ``block_offset``: where the block
+    starts in the completion): protocol behaviour such as iLLaDA's end-of-thinking boost
+    (``align.eval.boost``) lives there, not in the sampler. Returns a :class:`GenerationOutput`.
     """
     if spec is None:
         spec = family_spec(model, mask_token_id=mask_token_id)
@@ -386,10 +369,7 @@ def generate(
     }
     if not len(opts["deprioritize"]):
         opts["deprioritize"] = None
-    opts["boost_ids"] = None
-    if boost_token_ids and boost != 0.0:
-        opts["boost_ids"] = torch.tensor(boost_token_ids, dtype=torch.long, device=device)
-    opts["boost"], opts["boost_after"], opts["completion_start"] = boost, boost_after, p
+    opts["logits_hook"], opts["completion_start"] = logits_hook, p
     den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []), cache_refresh)
     total = p + gen_length
     x = torch.full((b, total), spec.mask_token_id, dtype=torch.long, device=device)
