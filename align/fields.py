@@ -21,6 +21,7 @@ import types
 from dataclasses import dataclass, field
 
 from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, check_objective
+from align.sampling.settings import check_schedule
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
 ESTIMATOR_NAMES = ("blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
@@ -522,25 +523,6 @@ def resolve_mc_backward(c) -> None:
     the passes), joint otherwise (one chunk: the two are the same computation)."""
     if c.mc_backward == "auto":
         c.mc_backward = "chunked" if passes_per_estimate(c) > c.mc_chunk_size else "joint"
-
-
-def check_schedule(gen_length: int, steps: int, block_length: int,
-                   names: tuple[str, str, str] = ("gen_length", "steps", "block_length")) -> None:  # fmt: skip
-    """Block/step arithmetic of the sampler; ``names`` are the caller's field names for the messages."""
-    g, s, b = names
-    if gen_length <= 0 or block_length <= 0 or steps <= 0:
-        raise ValueError(f"{g} ({gen_length}), {b} ({block_length}) and {s} ({steps}) must be positive.")
-    if gen_length % block_length:
-        raise ValueError(
-            f"{g} {gen_length} is not a multiple of {b} {block_length}; use e.g. "
-            f"{g} {math.ceil(gen_length / block_length) * block_length}."
-        )
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        raise ValueError(
-            f"{s} {steps} is not divisible by the number of blocks {num_blocks} "
-            f"({g} {gen_length} / {b} {block_length}); use e.g. {s} {max(1, steps // num_blocks) * num_blocks}."
-        )
 
 
 def check_protocol(protocol) -> None:

@@ -3,7 +3,7 @@ the settings it decodes with (``settings``, torch-free). Names resolve lazily.""
 
 from align import lazy_face
 
-_HOMES = {name: "diffusion" for name in ("GenerationOutput", "describe_mode", "generate", "generate_in_chunks",
+_HOMES = {name: "diffusion" for name in ("GenerationOutput", "generate", "generate_in_chunks",
                                          "num_transfer_tokens", "sample_tokens", "select_transfer", "truncate_at_stop")}  # fmt: skip
 _HOMES["SamplerSettings"] = "settings"
 __all__ = sorted(_HOMES)

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import torch
 
 from align.errors import RunError
-from align.fields import check_schedule
 from align.models.family import FamilySpec, family_spec, model_logits
+from align.sampling.settings import check_schedule
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = (None, "prefix", "dual")
@@ -289,24 +289,6 @@ def _decode_block(
         block = x[:, start:end]
         block[transfer] = x0[transfer]
         commit[:, start:end][transfer] = step_offset + i
-
-
-def describe_mode(
-    gen_length: int, steps: int, block_length: int, threshold: float | None = None, cache: str | None = None,
-    cache_refresh: int | None = None, variable_length: bool = False,
-) -> str:  # fmt: skip
-    """One line naming a decoding mode, e.g. ``threshold 0.9 + dual cache (refresh after 8 commits),
-    256 tokens in blocks of 32, at most 128 passes``."""
-    parts = []
-    if threshold is not None:
-        parts.append(f"threshold {threshold:g}")
-    if cache is not None:
-        refresh = f" (refresh after {cache_refresh} commits)" if cache_refresh else ""
-        parts.append(f"{cache} cache{refresh}")
-    name = " + ".join(parts) or "reference"
-    bound = "at most " if threshold is not None or variable_length else ""
-    grow = "variable length up to " if variable_length else ""
-    return f"{name}, {grow}{gen_length} tokens in blocks of {block_length}, {bound}{steps} passes"
 
 
 def _finished(x: torch.Tensor, p: int, end: int, stop_ids: torch.Tensor) -> torch.Tensor:

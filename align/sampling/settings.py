@@ -9,6 +9,7 @@ the protocol hands the sampler a logits hook instead.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -39,8 +40,34 @@ class SamplerSettings:
         return dataclasses.asdict(self)
 
     def describe(self) -> str:
-        """One line: the mode, e.g. 'fixed-step reference (8 steps, block 8)' or the fast mode's settings."""
-        from align.sampling.diffusion import describe_mode
+        """One line naming the decoding mode, e.g. ``threshold 0.9 + dual cache (refresh after 8 commits),
+        256 tokens in blocks of 32, at most 128 passes``."""
+        parts = []
+        if self.threshold is not None:
+            parts.append(f"threshold {self.threshold:g}")
+        if self.cache is not None:
+            refresh = f" (refresh after {self.cache_refresh} commits)" if self.cache_refresh else ""
+            parts.append(f"{self.cache} cache{refresh}")
+        name = " + ".join(parts) or "reference"
+        bound = "at most " if self.threshold is not None or self.variable_length else ""
+        grow = "variable length up to " if self.variable_length else ""
+        return f"{name}, {grow}{self.gen_length} tokens in blocks of {self.block_length}, {bound}{self.steps} passes"
 
-        return describe_mode(self.gen_length, self.steps, self.block_length, self.threshold, self.cache,
-                             self.cache_refresh)  # fmt: skip
+
+def check_schedule(gen_length: int, steps: int, block_length: int,
+                   names: tuple[str, str, str] = ("gen_length", "steps", "block_length")) -> None:  # fmt: skip
+    """Block/step arithmetic of the sampler; ``names`` are the caller's field names for the messages."""
+    g, s, b = names
+    if gen_length <= 0 or block_length <= 0 or steps <= 0:
+        raise ValueError(f"{g} ({gen_length}), {b} ({block_length}) and {s} ({steps}) must be positive.")
+    if gen_length % block_length:
+        raise ValueError(
+            f"{g} {gen_length} is not a multiple of {b} {block_length}; use e.g. "
+            f"{g} {math.ceil(gen_length / block_length) * block_length}."
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(
+            f"{s} {steps} is not divisible by the number of blocks {num_blocks} "
+            f"({g} {gen_length} / {b} {block_length}); use e.g. {s} {max(1, steps // num_blocks) * num_blocks}."
+        )
