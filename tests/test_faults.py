@@ -118,11 +118,12 @@ def test_a_second_signal_stops_at_once(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_TEST_SIGNALS", "2")
     monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
     trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--reward_funcs", f"{REWARDS}:signalled"))
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)  # SIG_IGN under a background job
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert not (tmp_path / "out" / "checkpoint-2").exists()  # checkpoint-1 is the last saved
     assert checkpoint_problem(str(tmp_path / "out" / "checkpoint-1")) is None
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers restored
 
 
 def test_saving_again_over_an_existing_checkpoint_keeps_it_complete(workspace, tmp_path):
