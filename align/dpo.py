@@ -109,7 +109,9 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
         pairs = Dataset.from_list(prepare_pairs(train_dataset, processing_class, args, self.spec))
         super().__init__(model=model, args=args, train_dataset=pairs, processing_class=processing_class,
                          data_collator=self._collate, callbacks=callbacks)  # fmt: skip
-        self._setup_reference(ref_model, True, "DPO under full fine-tuning needs ref_model (a frozen copy of the policy).")
+        self._setup_reference(
+            ref_model, True, "DPO under full fine-tuning needs ref_model (a frozen copy of the policy)."
+        )
         self._ref_cache: dict[int, torch.Tensor] | None = None
         if args.precompute_ref_log_probs:
             self._ref_cache = self._precompute_reference(pairs)

@@ -151,7 +151,9 @@ SPG_MASKS = "is its authors' released algorithm on SPG's bounds: it needs SPG's 
 def _spg(passes, batch, args, accumulation):
     from align.losses import spg_loss
 
-    return spg_loss(passes, batch.plan.weights != 0, batch.advantages, batch.mask, beta=args.spg_beta, mix=args.spg_mix)
+    return spg_loss(
+        passes, batch.plan.weights != 0, batch.advantages, batch.mask, beta=args.spg_beta, mix=args.spg_mix
+    )
 
 
 def _stabledrl(passes, batch, args, accumulation):

@@ -48,7 +48,9 @@ class PolicyTrainerMixin:
     def _record(self, metrics: dict) -> None:
         """Each metric tensor (a scalar or per-row values) averaged over every process, kept for the log."""
         for key, value in metrics.items():
-            self._metrics[key].append(self.accelerator.gather(value.detach().float().reshape(-1)).mean().item())
+            self._metrics[key].append(
+                self.accelerator.gather(value.detach().float().reshape(-1)).mean().item()
+            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log, not the final summary

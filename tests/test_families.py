@@ -81,7 +81,9 @@ def test_the_cache_forward_equals_the_full_forward_on_the_same_canvas(built):
         out = model_logits(model, ids, None, _spec(family, model), use_cache=True)
         prefix = [(k[:, :, :start], v[:, :, :start]) for k, v in out.kv_cache]
         cached = family.cached_forward(model, ids[:, start:], None, prefix, start, (0, end - start)).logits
-        dual = family.cached_forward(model, ids[:, start:end], None, out.kv_cache, start, (0, end - start)).logits
+        dual = family.cached_forward(
+            model, ids[:, start:end], None, out.kv_cache, start, (0, end - start)
+        ).logits
     torch.testing.assert_close(cached, out.logits[:, start:end], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dual, out.logits[:, start:end], rtol=1e-4, atol=1e-4)
 
@@ -90,7 +92,9 @@ def test_lora_names_exist_and_count_as_the_planner_counts(built):
     family, model = built
     shape = ModelShape.from_config(model.config)
     assert shape.params == sum(p.numel() for p in model.parameters())
-    args = types.SimpleNamespace(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None)
+    args = types.SimpleNamespace(
+        use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None
+    )
     lora = add_lora(model, args)
     trained = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert trained == trainable_params(shape, args) > 0

@@ -118,7 +118,10 @@ def test_a_second_signal_stops_at_once(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_TEST_SIGNALS", "2")
     monkeypatch.setenv("_ALIGN_SENT", "")  # undone at teardown, whatever the reward sets
     trainer = build_trainer(config(workspace, tmp_path, *COMMON, "--reward_funcs", f"{REWARDS}:signalled"))
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)  # SIG_IGN under a background job
+    before = (
+        signal.getsignal(signal.SIGTERM),
+        signal.getsignal(signal.SIGINT),
+    )  # SIG_IGN under a background job
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert not (tmp_path / "out" / "checkpoint-2").exists()  # checkpoint-1 is the last saved
@@ -162,7 +165,13 @@ def test_two_process_ddp_stops_together_when_one_rank_is_signalled(workspace, tm
         workspace, tmp_path / "straight", accelerate, {**env, "ALIGN_TEST_SIGNAL_STEP": "0"}, *extra
     )
     cmd = _launch_command(workspace, tmp_path / "cut", accelerate, [], *extra)
-    run_env = {**os.environ, **env, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "ALIGN_TEST_SIGNAL_RANK": "0"}
+    run_env = {
+        **os.environ,
+        **env,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONFAULTHANDLER": "1",
+        "ALIGN_TEST_SIGNAL_RANK": "0",
+    }
     run_env.pop("_ALIGN_SENT", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=600, cwd=REPO)
     assert proc.returncode != 0

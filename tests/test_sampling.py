@@ -240,8 +240,13 @@ def test_end_of_thinking_boost_closes_thinking_once_after_the_budget(cache):
             assert torch.equal(boosted[row], plain[row])
         else:  # forced at the first position after the budget
             assert boosted[row, 8] == tok and not torch.equal(boosted[row], plain[row])
-    off = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs,
-                   logits_hook=EndOfThinkingBoost([tok], 0.0, after=8))
+    off = generate(
+        model,
+        enc["input_ids"],
+        enc["attention_mask"],
+        **kwargs,
+        logits_hook=EndOfThinkingBoost([tok], 0.0, after=8),
+    )
     assert torch.equal(off.completion_ids, plain)
 
 

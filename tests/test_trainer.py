@@ -574,7 +574,9 @@ def test_a_rollout_engine_of_ones_own_plugs_in_without_a_trainer_change(workspac
             self.inner.sync_weights(model)
 
         def generate(self, prompt_ids, attention_mask, settings, *, generator=None, on_block=None, **hooks):
-            calls.append(("generate", prompt_ids.shape[0], settings.gen_length, settings.steps, settings.temperature))
+            calls.append(
+                ("generate", prompt_ids.shape[0], settings.gen_length, settings.steps, settings.temperature)
+            )
             return self.inner.generate(prompt_ids, attention_mask, settings, generator=generator, **hooks)
 
     try:
@@ -589,4 +591,6 @@ def test_a_rollout_engine_of_ones_own_plugs_in_without_a_trainer_change(workspac
     finally:
         ENGINES.pop("recording", None)
     assert calls == [("sync", "LLaDAModelLM"), ("generate", 8, 8, 8, 1.0)] * 2
-    assert logs(trainer, "loss") == logs(default, "loss") and logs(trainer, "reward") == logs(default, "reward")
+    assert logs(trainer, "loss") == logs(default, "loss") and logs(trainer, "reward") == logs(
+        default, "reward"
+    )

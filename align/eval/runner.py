@@ -94,7 +94,9 @@ class DiffusionSource:
             return None
         from align.eval.boost import EndOfThinkingBoost
 
-        return EndOfThinkingBoost(ids, protocol.boost, after=max(0, protocol.gen_length - protocol.boost_margin))
+        return EndOfThinkingBoost(
+            ids, protocol.boost, after=max(0, protocol.gen_length - protocol.boost_margin)
+        )
 
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
         """Completions of ``messages`` (questions ``offset``.. of the task), on every process.

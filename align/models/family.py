@@ -51,7 +51,15 @@ class Family:
     supports_cache = False
     native = False  # an implementation in align.models (else the checkpoint's own code, trust_remote_code)
     # LoRA targets and their (in, out) shapes from (d_model, kv_dim, mlp_hidden): the usual transformers names
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
 
     def lora_shapes(self, d: int, kv: int, h: int) -> dict[str, tuple[int, int]]:
         return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, h),
@@ -136,7 +144,9 @@ class LLaDAFamily(Family):
 
     def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
         if logits_range is not None and _is_native(model):  # the LM head runs on the window only
-            return model(input_ids=input_ids, attention_mask=attention_mask, logits_range=logits_range, **kwargs)
+            return model(
+                input_ids=input_ids, attention_mask=attention_mask, logits_range=logits_range, **kwargs
+            )
         return super().forward(model, input_ids, attention_mask, logits_range, **kwargs)
 
     def cached_forward(self, model, segment_ids, attention_mask, kv_cache, cache_start: int, logits_range):

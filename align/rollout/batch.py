@@ -58,7 +58,18 @@ class RolloutBatch:
 
     # ---- the buffer file of a mid-phase checkpoint (its keys are those of the files written before) -------
     def state(self) -> dict:
-        keys = ("ids", "attn", "mask", "advantages", "masked", "weights", "num_samples", "old", "ref", "normalizer")
+        keys = (
+            "ids",
+            "attn",
+            "mask",
+            "advantages",
+            "masked",
+            "weights",
+            "num_samples",
+            "old",
+            "ref",
+            "normalizer",
+        )
         out = {k: getattr(self, k) for k in keys}
         if self.group_weights is not None:
             out["group_weights"] = self.group_weights

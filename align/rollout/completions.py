@@ -12,7 +12,9 @@ from itertools import islice
 FILE = "completions.jsonl"
 
 
-def keep_samples(rows, prompt_column: str, texts, per_func, rewards, advantages, reward_names, keep: int) -> list:
+def keep_samples(
+    rows, prompt_column: str, texts, per_func, rewards, advantages, reward_names, keep: int
+) -> list:
     """The first ``keep`` samples of a rollout as logged rows (prompt, completion, reward, advantage, each
     function's reward, None where it returned None)."""
     return [
@@ -42,7 +44,9 @@ def log_completions(samples: list[dict], step: int, output_dir: str, reward_name
         if wandb.run is not None:
             import pandas as pd
 
-            wandb.log({"completions": wandb.Table(dataframe=pd.DataFrame([{"step": step, **s} for s in samples]))})
+            wandb.log(
+                {"completions": wandb.Table(dataframe=pd.DataFrame([{"step": step, **s} for s in samples]))}
+            )
     if tb_writer is not None:
         tb_writer.add_text("completions", completions_markdown(samples, reward_names), step)
 

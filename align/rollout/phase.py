@@ -59,7 +59,9 @@ class RolloutPhase:
         prompts = [self._prompt_text(row) for row in rows]
         prompt_ids, prompt_attn, out, rollout_s = self._generate(prompts, rollout_index)
         completion_ids = out.completion_ids
-        kept, completion_mask = truncate_at_stop(completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id)
+        kept, completion_mask = truncate_at_stop(
+            completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
+        )
         terminated = torch.isin(completion_ids, self.stop_ids.to(completion_ids.device)).any(1).long()
         texts = self.tokenizer.batch_decode(kept, skip_special_tokens=True)
         expanded = [r for r in rows for _ in range(g)]
@@ -74,7 +76,9 @@ class RolloutPhase:
         if args.mask_truncated_completions:
             completion_mask = completion_mask * terminated[:, None]
         # group weights (wd1's) are computed here, while the groups are contiguous: the buffer is shuffled
-        weights = None if self.objective.group_weights is None else self.objective.group_weights(advantages, args)
+        weights = (
+            None if self.objective.group_weights is None else self.objective.group_weights(advantages, args)
+        )
         batch, logprob_s = self._pack(prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, weights,
                                       rollout_index, out.commit_step)  # fmt: skip
         seconds = {"rollout": rollout_s, "reward": reward_s, "logprob": logprob_s}
@@ -96,7 +100,9 @@ class RolloutPhase:
         prompt_ids = enc["input_ids"].repeat_interleave(args.num_generations, 0).to(device)
         prompt_attn = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         start = time.perf_counter()
-        out = self.engine.generate(prompt_ids, prompt_attn, self.settings, generator=self.seeded(rollout_index, 0))
+        out = self.engine.generate(
+            prompt_ids, prompt_attn, self.settings, generator=self.seeded(rollout_index, 0)
+        )
         return prompt_ids, prompt_attn, out, time.perf_counter() - start
 
     def _pack(self, prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, group_weights,
@@ -152,7 +158,9 @@ class RolloutPhase:
                                    for p in plans])  # fmt: skip
         if args.beta != 0.0:
             with self.reference() as reference:
-                ref = torch.stack([reduce_estimate("tokens", p, self._by_rows(reference, ids, attn, p)) for p in plans])
+                ref = torch.stack(
+                    [reduce_estimate("tokens", p, self._by_rows(reference, ids, attn, p)) for p in plans]
+                )
         return old, ref
 
     def _by_rows(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:

@@ -56,7 +56,9 @@ class RewardSet:
             if callable(getattr(fn, "warm_up", None)):
                 fn.warm_up()
 
-    def score(self, prompts, texts, completion_ids, completion_mask, rows, state) -> tuple[torch.Tensor, dict]:
+    def score(
+        self, prompts, texts, completion_ids, completion_mask, rows, state
+    ) -> tuple[torch.Tensor, dict]:
         """([N, F] rewards per function, NaN where a function returned None; {metric: value} the functions
         published in ``last_metrics``)."""
         columns = {k: [r[k] for r in rows] for k in rows[0] if k not in RESERVED}
