@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from align.models.family import FAMILIES, family_for, model_logits, new_model
+from align.models.family import FAMILIES, family_for, family_spec, model_logits, new_model
 from align.plan import ModelShape, trainable_params
 from align.runner import add_lora
 
@@ -40,12 +40,6 @@ def built(request, tmp_path):
     return family_for(request.param), model
 
 
-def _spec(family, model):
-    from align.models import family_spec
-
-    return family_spec(model)
-
-
 def test_built_from_its_config_file_and_found_by_its_model_type(built):
     family, model = built
     assert model.config.model_type in family.model_types and family_for(model.config.model_type) is family
@@ -57,14 +51,14 @@ def test_logits_predict_their_own_position_windowed_and_padding_ignored(built):
     ids = torch.randint(2, vocab - 2, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         raw = model(input_ids=ids).logits
-        full = model_logits(model, ids, None, _spec(family, model)).logits
+        full = model_logits(model, ids, None, family_spec(model)).logits
         expected = torch.cat([raw[:, :1], raw[:, :-1]], 1) if family.shift_logits else raw
         torch.testing.assert_close(full, expected)
-        window = model_logits(model, ids, None, _spec(family, model), logits_range=(4, 9)).logits
+        window = model_logits(model, ids, None, family_spec(model), logits_range=(4, 9)).logits
         torch.testing.assert_close(window, full[:, 4:9], rtol=1e-5, atol=1e-5)
         padded = torch.cat([torch.full((2, 3), 1), ids], 1)
         attn = torch.cat([torch.zeros(2, 3, dtype=torch.long), torch.ones_like(ids)], 1)
-        left = model_logits(model, padded, attn, _spec(family, model)).logits[:, 3:]
+        left = model_logits(model, padded, attn, family_spec(model)).logits[:, 3:]
         if not family.shift_logits:
             torch.testing.assert_close(left, full, rtol=1e-4, atol=1e-4)
 
@@ -78,7 +72,7 @@ def test_the_cache_forward_equals_the_full_forward_on_the_same_canvas(built):
     ids = torch.randint(2, model.config.vocab_size - 2, (2, 16), generator=torch.Generator().manual_seed(2))
     start, end = 8, 12
     with torch.no_grad():
-        out = model_logits(model, ids, None, _spec(family, model), use_cache=True)
+        out = model_logits(model, ids, None, family_spec(model), use_cache=True)
         prefix = [(k[:, :, :start], v[:, :, :start]) for k, v in out.kv_cache]
         cached = family.cached_forward(model, ids[:, start:], None, prefix, start, (0, end - start)).logits
         dual = family.cached_forward(

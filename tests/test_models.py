@@ -167,7 +167,7 @@ def test_logits_range_equals_the_slice_of_full_logits():
         part = model_logits(model, ids, attn, family_spec(model), logits_range=(5, 9)).logits
         torch.testing.assert_close(part, full[:, 5:9])
         # a shifted family (Dream): shift first, then slice, on any model
-        shifted = dataclasses.replace(family_spec(model), model_type="dream", shift_logits=True)
+        shifted = dataclasses.replace(family_spec(model), model_type="dream")
         part = model_logits(model, ids, attn, shifted, logits_range=(5, 9)).logits
         torch.testing.assert_close(part, full[:, 4:8])
         # through a PEFT wrapper the native class is still found and the window applied

@@ -15,13 +15,16 @@ class EndOfThinkingBoost:
 
     def __init__(self, token_ids: list[int], boost: float, after: int):
         self.token_ids, self.boost, self.after = list(token_ids), boost, after
+        self._ids = None  # the ids as a tensor on the canvas's device, made once (the hook runs every step)
 
     def __call__(self, logits, canvas, masked, completion_start: int, block_offset: int) -> None:
         import torch
 
         if not self.token_ids or self.boost == 0.0 or block_offset < self.after:
             return
-        ids = torch.tensor(self.token_ids, dtype=torch.long, device=canvas.device)
+        if self._ids is None or self._ids.device != canvas.device:
+            self._ids = torch.tensor(self.token_ids, dtype=torch.long, device=canvas.device)
+        ids = self._ids
         pending = ~torch.isin(canvas[:, completion_start:], ids).any(-1) & masked.any(-1)
         if not pending.any():
             return

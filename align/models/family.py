@@ -31,7 +31,6 @@ class FamilySpec:
     eos_token_id: int | None = None
     eot_token_id: int | None = None
     pad_token_id: int | None = None
-    shift_logits: bool = False
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -40,6 +39,10 @@ class FamilySpec:
     @property
     def family(self) -> Family:
         return family_for(self.model_type)
+
+    @property
+    def shift_logits(self) -> bool:
+        return self.family.shift_logits
 
 
 class Family:
@@ -92,9 +95,10 @@ class Family:
 
     def new_model(self, config_file: str):
         """A randomly initialised model of this family from a config file (SFT from scratch)."""
-        from transformers import AutoConfig, AutoModel
-
-        return AutoModel.from_config(AutoConfig.from_pretrained(config_file))
+        raise ValueError(
+            f"{config_file}: model family {self.name!r} cannot be built from scratch here; init_config needs a "
+            f"family with a native implementation ({', '.join(sorted(FAMILIES))})."
+        )
 
 
 FAMILIES: dict[str, Family] = {}
@@ -206,7 +210,6 @@ def family_spec(model_or_config, tokenizer=None, mask_token_id: int | None = Non
         eos_token_id=eos,
         eot_token_id=eot,
         pad_token_id=pad,
-        shift_logits=family_for(model_type).shift_logits,
     )
 
 

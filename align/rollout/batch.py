@@ -79,7 +79,7 @@ class RolloutBatch:
     def from_state(cls, state: dict, group_weighted: bool) -> RolloutBatch:
         """A saved buffer. Files written before ``group_weights`` had a name of their own carried wd1's weights
         under ``advantages``: ``group_weighted`` (the objective uses them) reads them from there."""
-        fields = {k: v for k, v in state.items() if k != "logprob_s"}
+        fields = dict(state)
         if group_weighted and fields.get("group_weights") is None:
             fields["group_weights"] = fields["advantages"]
         return cls(**fields)
