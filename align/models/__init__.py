@@ -1,11 +1,15 @@
-"""LLaDA-family models (native, no remote code), family specs and loading."""
+"""Native models (the LLaDA and Dream families, no remote code), family specs and loading."""
 
+from align.models.configuration_dream import DreamConfig
 from align.models.configuration_llada import LLaDAConfig
 from align.models.family import FamilySpec, family_spec, model_logits
 from align.models.loading import load_model, load_tokenizer
+from align.models.modeling_dream import DreamLM
 from align.models.modeling_llada import LLaDAModel, LLaDAModelLM, LLaDAOutput
 
 __all__ = [
+    "DreamConfig",
+    "DreamLM",
     "FamilySpec",
     "LLaDAConfig",
     "LLaDAModel",
@@ -20,12 +24,15 @@ __all__ = [
 
 
 def register_auto_classes() -> None:
-    """Register the native LLaDA classes with AutoConfig / AutoModel (idempotent)."""
+    """Register the native classes with AutoConfig / AutoModel (idempotent)."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     AutoConfig.register("llada", LLaDAConfig, exist_ok=True)
     AutoModel.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
     AutoModelForMaskedLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+    AutoConfig.register("Dream", DreamConfig, exist_ok=True)
+    AutoModel.register(DreamConfig, DreamLM, exist_ok=True)
+    AutoModelForMaskedLM.register(DreamConfig, DreamLM, exist_ok=True)
 
 
-register_auto_classes()  # AutoConfig / AutoModel know model_type "llada" wherever align.models is imported
+register_auto_classes()  # AutoConfig / AutoModel know "llada" and "Dream" wherever align.models is imported

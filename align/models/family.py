@@ -111,11 +111,9 @@ def register_family(cls: type[Family]) -> type[Family]:
 
 
 def family_for(model_type: str) -> Family:
-    """The registered family of ``model_type``, else the generic one (AR-shifted for Dream until its
-    adapter lands)."""
-    if model_type in FAMILIES:
-        return FAMILIES[model_type]
-    return _ShiftedGeneric() if model_type == "dream" else Family()
+    """The registered family of ``model_type`` (case-insensitive: Dream's checkpoints say "Dream"), else the
+    generic one."""
+    return FAMILIES.get(str(model_type).lower()) or Family()
 
 
 def new_model(config_file: str):
@@ -125,11 +123,6 @@ def new_model(config_file: str):
     with open(config_file) as f:
         model_type = json.load(f).get("model_type", "llada")
     return family_for(model_type).new_model(config_file)
-
-
-class _ShiftedGeneric(Family):
-    name = "generic-shifted"
-    shift_logits = True
 
 
 @register_family
@@ -175,6 +168,49 @@ class LLaDAFamily(Family):
         from align.models.modeling_llada import LLaDAModelLM
 
         return LLaDAModelLM(LLaDAConfig.from_json_file(config_file))
+
+
+@register_family
+class DreamFamily(Family):
+    """The native Dream implementation (``align.models.modeling_dream``): Dream-v0-7B, DiffuCoder-7B.
+
+    The model's raw logit i predicts token i + 1; ``forward`` aligns them (logit i predicts token i, the
+    first position repeating raw logit 0, as Dream's sampler does), also inside a ``logits_range`` window,
+    where the head then runs on the window's shifted positions only."""
+
+    name = "dream"
+    model_types = ("dream",)
+    shift_logits = True
+    native = True
+
+    def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
+        kwargs.pop("use_cache", None)  # no KV cache for this family (the sampler refuses cache modes)
+        if logits_range is None or not _is_native(model, "dream"):  # remote code: shift, then slice
+            return super().forward(model, input_ids, attention_mask, logits_range, **kwargs)
+        start, end = logits_range
+        lo, hi = max(start - 1, 0), max(end - 1, 1)  # aligned logit i is raw logit max(i - 1, 0)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_range=(lo, hi), **kwargs)
+        if start == 0 and end >= 2:
+            out.logits = torch.cat([out.logits[:, :1], out.logits], 1)
+        return out
+
+    def shape(self, config) -> dict | None:
+        if str(getattr(config, "model_type", "")).lower() != "dream":
+            return None
+        return dict(d=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
+                    kv_heads=config.num_key_value_heads or config.num_attention_heads, h=config.intermediate_size,
+                    v=config.vocab_size, tied=bool(config.tie_word_embeddings), qkv_bias=True)  # fmt: skip
+
+    def from_pretrained(self, name_or_path: str, **kwargs):
+        from align.models.modeling_dream import DreamLM
+
+        return DreamLM.from_pretrained(name_or_path, **kwargs)
+
+    def new_model(self, config_file: str):
+        from align.models.configuration_dream import DreamConfig
+        from align.models.modeling_dream import DreamLM
+
+        return DreamLM(DreamConfig.from_json_file(config_file))
 
 
 def _first_id(value) -> int | None:
@@ -228,23 +264,28 @@ def model_logits(
     """
     if spec is not None:
         family = spec.family
-    else:  # no spec: the native class is recognised through its wrappers, anything else is generic
-        family = FAMILIES["llada"] if _is_native(model) else Family()
+    else:  # no spec: the family of the (unwrapped) model's config
+        family = family_for(getattr(getattr(_unwrap(model), "config", None), "model_type", ""))
     return family.forward(model, input_ids, attention_mask, **kwargs)
 
 
-def _is_native(model) -> bool:
-    """Whether the (possibly DDP / DeepSpeed / PEFT-wrapped) model is the native LLaDA class."""
-    from align.models.modeling_llada import LLaDAModelLM
-
+def _unwrap(model):
+    """The model under DDP / DeepSpeed / PEFT wrappers (at most five deep)."""
     for _ in range(5):
-        if isinstance(model, LLaDAModelLM):
-            return True
         if hasattr(model, "get_base_model"):  # PEFT
             model = model.get_base_model()
             continue
         inner = getattr(model, "_modules", {}).get("module")  # DDP, DeepSpeed engine
         if inner is None:
-            return False
+            return model
         model = inner
-    return False
+    return model
+
+
+def _is_native(model, family: str = "llada") -> bool:
+    """Whether the (possibly DDP / DeepSpeed / PEFT-wrapped) model is the native class of ``family``."""
+    if family == "dream":
+        from align.models.modeling_dream import DreamLM as native
+    else:
+        from align.models.modeling_llada import LLaDAModelLM as native
+    return isinstance(_unwrap(model), native)

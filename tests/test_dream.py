@@ -1,0 +1,200 @@
+"""The Dream family against independent references written from the official hub files (Dream-org's
+``modeling_dream.py`` and ``generation_utils.py`` as shipped with Dream-v0-Instruct-7B): the native model's
+logits, its parameter names, the aligned (shifted) logits every estimator reads, and Dream's own sampler.
+
+The references below are this file's own arithmetic, read from those files, not copies of them."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from align.models.family import family_for, family_spec, model_logits, new_model
+
+MASK, PAD = 39, 1
+
+# The parameter names of the official checkpoint (Dream-v0-Instruct-7B's model.safetensors.index.json: 339
+# names = these three + 12 per layer x 28 layers).
+OFFICIAL_GLOBAL = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+OFFICIAL_LAYER = {
+    "input_layernorm.weight", "post_attention_layernorm.weight", "mlp.down_proj.weight", "mlp.gate_proj.weight",
+    "mlp.up_proj.weight", "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight",
+    "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias", "self_attn.o_proj.weight",
+}  # fmt: skip
+
+
+def dream_config(**over):
+    cfg = {"model_type": "Dream", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "num_hidden_layers": 2, "intermediate_size": 64, "vocab_size": 40, "max_position_embeddings": 64,
+           "mask_token_id": MASK, "eos_token_id": PAD, "pad_token_id": PAD, "bos_token_id": PAD,
+           "tie_word_embeddings": False, "rope_theta": 10000.0, "rms_norm_eps": 1e-6}  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+def build(tmp_path, seed=0, **over):
+    path = tmp_path / f"dream_{seed}_{len(over)}.json"
+    path.write_text(json.dumps(dream_config(**over)))
+    torch.manual_seed(seed)
+    model = new_model(str(path)).eval()
+    with torch.no_grad():  # biases and norms away from their init, so that every term is exercised
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+# ---- an independent reference of the official forward --------------------------------------------------
+
+
+def _rms(x, w, eps):
+    """DreamRMSNorm: variance in float32, ``weight * x.to(input_dtype)``."""
+    xf = x.float()
+    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rope(positions, dim, base, dtype):
+    """DreamRotaryEmbedding (rope_type default): inv_freq from int64 arange, freqs as a matmul, cos/sin cast."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    freqs = (inv_freq[None, :, None].expand(positions.shape[0], -1, 1) @ positions[:, None, :].float()).transpose(1, 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def official_forward(model, input_ids, mask4d=None, positions=None):
+    """The hub file's DreamModel forward (SDPA path) on ``model``'s weights read by their official names:
+    ``mask4d`` [B, 1, L, L] bool (what the sampler passes; None = "full"), ``positions`` [B, L] (None: arange).
+    Attention is written out (scores, -inf where the mask is False, float32 softmax, rows with no allowed key
+    give 0 as torch's SDPA does); logits are the model's raw ones (not shifted)."""
+    cfg, sd = model.config, dict(model.state_dict())
+    b, length = input_ids.shape
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = cfg.hidden_size // heads
+    h = F.embedding(input_ids, sd["model.embed_tokens.weight"])
+    if positions is None:
+        positions = torch.arange(length)[None]
+    cos, sin = _rope(positions, hd, cfg.rope_theta, h.dtype)
+    cos, sin = cos[:, None], sin[:, None]
+    for i in range(cfg.num_hidden_layers):
+        p = lambda n: sd[f"model.layers.{i}.{n}"]  # noqa: E731
+        x = _rms(h, p("input_layernorm.weight"), cfg.rms_norm_eps)
+        q = F.linear(x, p("self_attn.q_proj.weight"), p("self_attn.q_proj.bias")).view(b, length, heads, hd).transpose(1, 2)
+        k = F.linear(x, p("self_attn.k_proj.weight"), p("self_attn.k_proj.bias")).view(b, length, kv_heads, hd).transpose(1, 2)
+        v = F.linear(x, p("self_attn.v_proj.weight"), p("self_attn.v_proj.bias")).view(b, length, kv_heads, hd).transpose(1, 2)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        k = k[:, :, None].expand(b, kv_heads, heads // kv_heads, length, hd).reshape(b, heads, length, hd)
+        v = v[:, :, None].expand(b, kv_heads, heads // kv_heads, length, hd).reshape(b, heads, length, hd)
+        scores = q @ k.transpose(2, 3) / hd**0.5
+        if mask4d is not None:
+            scores = scores.masked_fill(~mask4d, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = torch.nan_to_num(probs, nan=0.0)
+        attn = (probs @ v).transpose(1, 2).reshape(b, length, heads * hd)
+        h = h + F.linear(attn, p("self_attn.o_proj.weight"))
+        x = _rms(h, p("post_attention_layernorm.weight"), cfg.rms_norm_eps)
+        mlp = F.linear(F.silu(F.linear(x, p("mlp.gate_proj.weight"))) * F.linear(x, p("mlp.up_proj.weight")),
+                       p("mlp.down_proj.weight"))  # fmt: skip
+        h = h + mlp
+    h = _rms(h, sd["model.norm.weight"], cfg.rms_norm_eps)
+    head = sd["model.embed_tokens.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
+    return F.linear(h, head)
+
+
+def sampler_mask(attention_mask):
+    """generation_utils.py ``_sample``: the [B, 1, N, N] mask and ``tok_idx`` (cumsum - 1, pads 1)."""
+    tok_idx = attention_mask.long().cumsum(-1) - 1
+    tok_idx.masked_fill_(attention_mask == 0, 1)
+    am = attention_mask.bool()
+    return am[:, None, None, :] & am[:, None, :, None], tok_idx
+
+
+SHAPES = [
+    dict(),  # GQA 4 / 2, untied
+    dict(num_key_value_heads=4, tie_word_embeddings=True),  # MHA, tied
+    dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=1, num_hidden_layers=3),  # MQA
+]
+
+
+@pytest.mark.parametrize("over", SHAPES, ids=["gqa-untied", "mha-tied", "mqa-3-layers"])
+def test_logits_equal_the_official_forward_with_and_without_padding(tmp_path, over):
+    model = build(tmp_path, **over)
+    ids = torch.randint(2, MASK, (3, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, official_forward(model, ids), rtol=1e-5, atol=1e-5)
+        attn = torch.ones_like(ids)
+        attn[0, :4], attn[1, :1] = 0, 0  # left padding of 4 and 1, row 2 unpadded
+        padded = torch.where(attn.bool(), ids, PAD)
+        mask4d, tok_idx = sampler_mask(attn)
+        ours = model(input_ids=padded, attention_mask=attn).logits
+        theirs = official_forward(model, padded, mask4d, tok_idx)
+        real = attn.bool()
+        torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+        # a real token's logits do not depend on how much padding its row has
+        torch.testing.assert_close(ours[0, 4:], model(input_ids=ids[:1, 4:]).logits[0], rtol=1e-5, atol=1e-5)
+        # the sampler's own 4-D mask and positions, passed through as the official file takes them
+        four = model(input_ids=padded, attention_mask=mask4d, position_ids=tok_idx).logits
+        torch.testing.assert_close(four[real], theirs[real], rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_names_are_the_official_checkpoints(tmp_path):
+    untied = set(build(tmp_path).state_dict())
+    layers = {f"model.layers.{i}.{n}" for i in range(2) for n in OFFICIAL_LAYER}
+    assert untied == OFFICIAL_GLOBAL | layers
+    tied = set(build(tmp_path, tie_word_embeddings=True).state_dict())
+    assert tied == (OFFICIAL_GLOBAL - {"lm_head.weight"}) | layers
+
+
+def test_a_hub_config_loads_natively_and_its_weights_round_trip(tmp_path):
+    """The hub's config.json (model_type "Dream", auto_map to remote code) resolves to the native classes
+    without trust_remote_code; saved weights load back bit-identical."""
+    from transformers import AutoConfig
+
+    from align.models import load_model
+    from align.models.modeling_dream import DreamLM
+
+    hub = dict(dream_config(), architectures=["DreamModel"], attn_implementation="flash_attention_2",
+               auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+               use_sliding_window=False, sliding_window=None, max_window_layers=28, torch_dtype="bfloat16")  # fmt: skip
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(hub))
+    assert AutoConfig.from_pretrained(str(tmp_path / "hub")).mask_token_id == MASK
+    model = build(tmp_path)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = load_model(str(tmp_path / "saved"), dtype="float32")
+    assert isinstance(loaded, DreamLM)
+    ids = torch.randint(2, MASK, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_settings_it_does_not_compute_are_refused_in_one_line(tmp_path):
+    from align.models.configuration_dream import DreamConfig
+
+    for bad, match in ((dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling"),
+                       (dict(use_sliding_window=True), "use_sliding_window"),
+                       (dict(pad_token_id=MASK), "pad_token_id equals mask_token_id")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            DreamConfig(**dict(dream_config(), **bad))
+
+
+def test_aligned_logits_are_the_samplers_shift_and_windows_agree(tmp_path):
+    """What every estimator reads: logit i predicts token i (``cat([l[:, :1], l[:, :-1]])``, the official
+    sampler's line), also through a ``logits_range`` window at either edge, with or without a spec."""
+    model = build(tmp_path)
+    spec = family_spec(model)
+    assert spec.model_type == "dream" and spec.mask_token_id == MASK and family_for("Dream").shift_logits
+    ids = torch.randint(2, MASK, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        raw = official_forward(model, ids)
+        aligned = torch.cat([raw[:, :1], raw[:, :-1]], 1)
+        torch.testing.assert_close(model_logits(model, ids, None, spec).logits, aligned, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model_logits(model, ids).logits, aligned, rtol=1e-5, atol=1e-5)
+        for lo, hi in ((0, 1), (0, 4), (1, 5), (4, 9), (8, 9)):
+            window = model_logits(model, ids, None, spec, logits_range=(lo, hi)).logits
+            torch.testing.assert_close(window, aligned[:, lo:hi], rtol=1e-5, atol=1e-5)
