@@ -57,7 +57,9 @@ def _rms(x, w, eps):
 def _rope(positions, dim, base, dtype):
     """DreamRotaryEmbedding (rope_type default): inv_freq from int64 arange, freqs as a matmul, cos/sin cast."""
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    freqs = (inv_freq[None, :, None].expand(positions.shape[0], -1, 1) @ positions[:, None, :].float()).transpose(1, 2)
+    freqs = (
+        inv_freq[None, :, None].expand(positions.shape[0], -1, 1) @ positions[:, None, :].float()
+    ).transpose(1, 2)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -82,11 +84,23 @@ def official_forward(model, input_ids, mask4d=None, positions=None):
     cos, sin = _rope(positions, hd, cfg.rope_theta, h.dtype)
     cos, sin = cos[:, None], sin[:, None]
     for i in range(cfg.num_hidden_layers):
-        p = lambda n: sd[f"model.layers.{i}.{n}"]  # noqa: E731
+        p = lambda n, i=i: sd[f"model.layers.{i}.{n}"]  # noqa: E731
         x = _rms(h, p("input_layernorm.weight"), cfg.rms_norm_eps)
-        q = F.linear(x, p("self_attn.q_proj.weight"), p("self_attn.q_proj.bias")).view(b, length, heads, hd).transpose(1, 2)
-        k = F.linear(x, p("self_attn.k_proj.weight"), p("self_attn.k_proj.bias")).view(b, length, kv_heads, hd).transpose(1, 2)
-        v = F.linear(x, p("self_attn.v_proj.weight"), p("self_attn.v_proj.bias")).view(b, length, kv_heads, hd).transpose(1, 2)
+        q = (
+            F.linear(x, p("self_attn.q_proj.weight"), p("self_attn.q_proj.bias"))
+            .view(b, length, heads, hd)
+            .transpose(1, 2)
+        )
+        k = (
+            F.linear(x, p("self_attn.k_proj.weight"), p("self_attn.k_proj.bias"))
+            .view(b, length, kv_heads, hd)
+            .transpose(1, 2)
+        )
+        v = (
+            F.linear(x, p("self_attn.v_proj.weight"), p("self_attn.v_proj.bias"))
+            .view(b, length, kv_heads, hd)
+            .transpose(1, 2)
+        )
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         k = k[:, :, None].expand(b, kv_heads, heads // kv_heads, length, hd).reshape(b, heads, length, hd)
         v = v[:, :, None].expand(b, kv_heads, heads // kv_heads, length, hd).reshape(b, heads, length, hd)
@@ -126,7 +140,9 @@ def test_logits_equal_the_official_forward_with_and_without_padding(tmp_path, ov
     model = build(tmp_path, **over)
     ids = torch.randint(2, MASK, (3, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, official_forward(model, ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(input_ids=ids).logits, official_forward(model, ids), rtol=1e-5, atol=1e-5
+        )
         attn = torch.ones_like(ids)
         attn[0, :4], attn[1, :1] = 0, 0  # left padding of 4 and 1, row 2 unpadded
         padded = torch.where(attn.bool(), ids, PAD)

@@ -35,7 +35,8 @@ from align.models.modeling_llada import LLaDAOutput, LLaDARMSNorm, _attention_bi
 def rotary(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos/sin [B, 1, S, D] for positions [B, S], computed in float32 and cast to ``dtype`` (Qwen2.5)."""
     inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.int64).float() / head_dim)
+        theta
+        ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.int64).float() / head_dim)
     )
     freqs = position_ids.float()[..., None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]
@@ -51,7 +52,11 @@ class DreamAttention(nn.Module):
     def __init__(self, config: DreamConfig):
         super().__init__()
         d, hd = config.hidden_size, config.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, hd
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            hd,
+        )
         self.q_proj = nn.Linear(d, self.n_heads * hd, bias=True)
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=True)
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=True)
@@ -63,7 +68,9 @@ class DreamAttention(nn.Module):
         k = self.k_proj(h).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
+        )
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -174,7 +181,9 @@ class DreamLM(DreamPreTrainedModel):
                 position_ids = _position_ids(None, b, s, hidden.device)
         else:
             if attention_mask is not None and attention_mask.shape[1] != s:
-                raise ValueError(f"attention_mask has length {attention_mask.shape[1]} but input_ids has {s}.")
+                raise ValueError(
+                    f"attention_mask has length {attention_mask.shape[1]} but input_ids has {s}."
+                )
             mask = _attention_bias(attention_mask, hidden.dtype)
             if position_ids is None:
                 position_ids = _position_ids(attention_mask, b, s, hidden.device)
