@@ -21,14 +21,14 @@ import types
 from dataclasses import dataclass, field
 
 from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, check_objective
-from align.sampling.settings import check_schedule
+from align.sampling.settings import DREAM_ALGS, REMASKING, check_decoding
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
 ESTIMATOR_NAMES = ("blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 # trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "spg", "diffucoder", "espo"))
-PROTOCOL_NAMES = ("d1", "illada", "llada", "llada-fast", "tiny")
+PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
                    "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
 GROUPS = ("model", "data", "schedule", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")
@@ -251,8 +251,18 @@ class GRPOFields(ModelDataFields):
     )
     temperature: float = _help("rollout", "Sampling temperature (Gumbel-max); 0 = greedy.", default=0.9)
     remasking: str = _help(
-        "rollout", "Which tokens to commit: low_confidence or random.", default="low_confidence"
+        "rollout",
+        "Which tokens to commit: low_confidence or random (LLaDA's schedule), or one of Dream's schedules "
+        "origin, maskgit_plus, topk_margin, entropy (one block: block_length = max_completion_length).",
+        default="low_confidence",
     )
+    top_p: float | None = _help("rollout", "Dream's schedules: nucleus cut of the proposals.", default=None)
+    top_k: int | None = _help("rollout", "Dream's schedules: top-k cut of the proposals.", default=None)
+    alg_temp: float | None = _help(
+        "rollout", "Dream's schedules: draw the positions to commit at this temperature (None: the top ones).",
+        default=None,
+    )
+    diffusion_eps: float = _help("rollout", "Dream's schedules: the last timestep (Dream's eps).", default=1e-3)
     threshold: float | None = _help(
         "rollout", "Fast-dLLM confidence threshold for parallel decoding; None = reference.", default=None
     )
@@ -465,7 +475,7 @@ def check_grpo(c) -> None:
         "scale_rewards": list(SCALE_REWARDS),
         "advantage_baseline": list(ADVANTAGE_BASELINES),
         "importance_sampling_level": ["token", "sequence"],
-        "remasking": ["low_confidence", "random"],
+        "remasking": [*REMASKING, *DREAM_ALGS],
         "cache": [None, "prefix", "dual"],
         "mc_backward": ["auto", "joint", "chunked"],
         "kl_estimator": ["k3", "k2"],
@@ -499,8 +509,9 @@ def check_grpo(c) -> None:
             f"{c.per_device_train_batch_size} x steps_per_generation {c.steps_per_generation}) is not divisible by "
             f"num_generations {c.num_generations}; each prompt's group must fit in one rollout batch."
         )
-    check_schedule(c.max_completion_length, c.diffusion_steps, c.block_length,
-                   names=("max_completion_length", "diffusion_steps", "block_length"))  # fmt: skip
+    check_decoding(c.remasking, c.max_completion_length, c.diffusion_steps, c.block_length,
+                   ("max_completion_length", "diffusion_steps", "block_length"), top_p=c.top_p, top_k=c.top_k,
+                   alg_temp=c.alg_temp, threshold=c.threshold, cache=c.cache, cfg_scale=c.cfg_scale)  # fmt: skip
     check_objective(c)
     if c.estimator == "spg" and c.num_mc_samples > c.max_completion_length // c.block_length:
         raise ValueError(
@@ -533,8 +544,10 @@ def check_protocol(protocol) -> None:
             check_protocol(protocol.for_task(task))
         except ValueError as e:
             raise ValueError(f"{e} (protocol {protocol.name!r}, task {task})") from None
-    check_schedule(protocol.gen_length, protocol.resolved_steps(), protocol.block_length,
-                   ("--gen-length", "--steps", "--block-length"))  # fmt: skip
+    check_decoding(protocol.remasking, protocol.gen_length, protocol.resolved_steps(), protocol.block_length,
+                   ("--gen-length", "--steps", "--block-length"), top_p=protocol.top_p, top_k=protocol.top_k,
+                   alg_temp=protocol.alg_temp, threshold=protocol.threshold, cache=protocol.cache,
+                   cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length)  # fmt: skip
     if protocol.cache_refresh is not None and (protocol.cache is None or protocol.cache_refresh < 1):
         raise ValueError(
             f"--cache-refresh {protocol.cache_refresh} needs --cache prefix or dual and a value >= 1."

@@ -267,8 +267,29 @@ def write_puzzle_task(folder: str, task: str, splits: dict[str, int] | None = No
     return paths
 
 
-def prepare(folder: str = "recipes/tiny", task: str = "short") -> None:
-    """Write the task data and the untrained starting point (tokenizer + config) that ``align sft`` reads."""
+def tiny_dream_config(vocab: list[str] = VOCAB, **overrides):
+    """The Dream-architecture twin of ``tiny_config`` (Qwen2.5 layer with q/k/v biases, GQA 4 / 2 heads, tied
+    embeddings; ~0.8M parameters): the same task, tokenizer and ids, logits shifted as Dream's are."""
+    from align.models import DreamConfig
+
+    fields = dict(
+        hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4, intermediate_size=384,
+        vocab_size=len(vocab), max_position_embeddings=64, rope_theta=10000.0, mask_token_id=vocab.index("<|mask|>"),
+        eos_token_id=vocab.index("<|eos|>"), pad_token_id=vocab.index("<|eos|>"), bos_token_id=vocab.index("<|bos|>"),
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    fields.update(overrides)
+    return DreamConfig(**fields)
+
+
+def prepare(folder: str = "recipes/tiny", task: str = "short", family: str = "llada") -> None:
+    """Write the task data and the untrained starting point (tokenizer + config) that ``align sft`` reads;
+    ``family`` dream writes only the starting point of the Dream twin (it trains on ``recipes/tiny``'s data)."""
+    if family == "dream":
+        init = os.path.join(folder, "init")
+        build_tokenizer(VOCAB).save_pretrained(init)
+        tiny_dream_config(VOCAB).to_json_file(os.path.join(init, "config.json"))
+        return
     data = os.path.join(folder, "data")
     if task in ("countdown", "sudoku"):
         write_puzzle_task(data, task)

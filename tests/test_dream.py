@@ -214,3 +214,161 @@ def test_aligned_logits_are_the_samplers_shift_and_windows_agree(tmp_path):
         for lo, hi in ((0, 1), (0, 4), (1, 5), (4, 9), (8, 9)):
             window = model_logits(model, ids, None, spec, logits_range=(lo, hi)).logits
             torch.testing.assert_close(window, aligned[:, lo:hi], rtol=1e-5, atol=1e-5)
+
+
+# ---- Dream's sampler against an independent reference of the hub's ``_sample`` ------------------------
+
+
+def _hub_top_p(logits, top_p):
+    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
+    remove = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1) > top_p
+    remove[..., 1:] = remove[..., :-1].clone()
+    remove[..., 0] = 0
+    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, sorted_indices, remove)
+    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+
+
+def _hub_sample_tokens(logits, temperature, top_p, top_k, margin=False, neg_entropy=False):
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = _hub_top_p(logits, top_p)
+    if top_k is not None:
+        logits = logits.masked_fill(logits < torch.topk(logits, min(top_k, logits.size(-1)))[0][..., -1, None],
+                                    torch.finfo(logits.dtype).min)  # fmt: skip
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        x0 = torch.distributions.Categorical(probs=probs).sample()
+        confidence = torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
+    else:
+        confidence, x0 = probs.max(dim=-1)
+    if margin:
+        sorted_probs, _ = torch.sort(probs, dim=-1, descending=True)
+        confidence = sorted_probs[:, 0] - sorted_probs[:, 1]
+    if neg_entropy:
+        confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return confidence, x0
+
+
+def hub_sample(model, input_ids, attention_mask, max_new, steps, alg, temperature=0.0, top_p=None, top_k=None,
+               alg_temp=None, eps=1e-3):  # fmt: skip
+    """generation_utils.py ``DreamGenerationMixin._sample`` (global RNG), the model called as the hub calls
+    it: ``model(x, mask_or_full, tok_idx)`` and the sampler's shift ``cat([l[:, :1], l[:, :-1]])``."""
+    x = F.pad(input_ids, (0, max_new), value=MASK)
+    if attention_mask is not None and torch.any(attention_mask == 0.0):
+        attention_mask = F.pad(attention_mask, (0, max_new), value=1.0)
+        tok_idx = attention_mask.long().cumsum(-1) - 1
+        tok_idx.masked_fill_(attention_mask == 0, 1)
+        attention_mask = torch.logical_and(attention_mask.unsqueeze(1).unsqueeze(-2),
+                                           attention_mask.unsqueeze(1).unsqueeze(-1))  # fmt: skip
+    else:
+        tok_idx, attention_mask = None, None  # "full": SDPA without a mask
+    timesteps = torch.linspace(1, eps, steps + 1)
+    for i in range(steps):
+        mask_index = x == MASK
+        logits = model(input_ids=x, attention_mask=attention_mask, position_ids=tok_idx).logits
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        mask_logits = logits[mask_index]
+        t, s = timesteps[i], timesteps[i + 1]
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < steps - 1 else 1
+            x0 = torch.zeros_like(x[mask_index], dtype=torch.long) + MASK
+            transfer_index_t_s = torch.rand(*x0.shape) < p_transfer
+            _, x0[transfer_index_t_s] = _hub_sample_tokens(
+                mask_logits[transfer_index_t_s], temperature, top_p, top_k
+            )
+            x[mask_index] = x0.clone()
+        else:
+            confidence, x0 = _hub_sample_tokens(mask_logits, temperature, top_p, top_k,
+                                                margin=alg == "topk_margin", neg_entropy=alg == "entropy")  # fmt: skip
+            num_mask_token = mask_index.sum() / mask_index.shape[0]
+            number_transfer_tokens = (
+                int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
+            )
+            full_confidence = torch.full_like(x, -torch.inf, dtype=logits.dtype)
+            full_confidence[mask_index] = confidence
+            if number_transfer_tokens > 0:
+                if alg_temp is None or alg_temp == 0:
+                    _, transfer_index = torch.topk(full_confidence, number_transfer_tokens)
+                else:
+                    full_confidence = F.softmax(full_confidence / alg_temp, dim=-1)
+                    transfer_index = torch.multinomial(full_confidence, num_samples=number_transfer_tokens)
+                x_ = torch.zeros_like(x, dtype=torch.long) + MASK
+                x_[mask_index] = x0.clone()
+                row_indices = torch.arange(x.size(0)).unsqueeze(1).expand_as(transfer_index)
+                x[row_indices, transfer_index] = x_[row_indices, transfer_index]
+    return x
+
+
+@pytest.fixture(scope="module")
+def sampler_model(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("dream"), seed=4)
+
+
+CASES = [
+    dict(alg="origin"),
+    dict(alg="maskgit_plus"),
+    dict(alg="topk_margin", top_k=5),
+    dict(alg="entropy", top_p=0.9),
+    dict(alg="maskgit_plus", alg_temp=0.5),
+]
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_greedy_decoding_is_token_for_token_the_hub_sampler(sampler_model, case, padded):
+    from align.sampling import generate
+
+    ids = torch.randint(2, MASK, (3, 5), generator=torch.Generator().manual_seed(7))
+    attn = torch.ones_like(ids)
+    if padded:
+        attn[0, :2] = 0
+        ids = torch.where(attn.bool(), ids, PAD)
+    seed, steps, gen = 11, 6, 12
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        expected = hub_sample(sampler_model, ids, attn if padded else None, gen, steps, **case)
+    out = generate(sampler_model, ids, attn, gen_length=gen, steps=steps, block_length=gen,
+                   remasking=case["alg"], **{k: v for k, v in case.items() if k != "alg"},
+                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    assert torch.equal(out.sequences, expected)
+    committed = out.commit_step[out.completion_ids != MASK]
+    assert (committed >= 0).all() and committed.max() < steps and out.nfe <= steps
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "origin"])
+def test_sampled_tokens_follow_the_filtered_tempered_softmax(sampler_model, alg):
+    """At T = 0.7 with top_k 6: one step on one masked position, 30,000 rows: chi-square against the softmax of
+    the cut, tempered aligned logits (what the hub's Categorical draws from)."""
+    from align.sampling import generate
+
+    rows = 30000
+    prompt = torch.randint(2, MASK, (1, 4), generator=torch.Generator().manual_seed(8))
+    out = generate(sampler_model, prompt.expand(rows, -1), None, gen_length=1, steps=1, block_length=1,
+                   remasking=alg, temperature=0.7, top_k=6, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    with torch.no_grad():
+        canvas = torch.cat([prompt, torch.tensor([[MASK]])], 1)
+        logits = model_logits(sampler_model, canvas).logits[0, -1] / 0.7
+    top = torch.topk(logits, 6)
+    expected = torch.softmax(top.values, -1).double() * rows
+    observed = torch.bincount(out.completion_ids[:, 0], minlength=40).double()
+    assert observed.sum() == observed[top.indices].sum()  # nothing outside the top 6
+    chi2 = (((observed[top.indices] - expected) ** 2) / expected).sum().item()
+    assert chi2 < 20.52, chi2  # the 0.999 quantile of chi-square with 5 degrees of freedom
+
+
+def test_what_dreams_schedules_do_not_do_is_refused_in_one_line(sampler_model):
+    from align.sampling import generate
+
+    ids = torch.randint(2, MASK, (1, 3))
+    for extra, match in ((dict(block_length=4), "set block_length to gen_length"),
+                         (dict(threshold=0.9), "threshold=0.9 is not available"),
+                         (dict(cfg_scale=1.0), "cfg_scale=1.0 is not available"),
+                         (dict(variable_length=True), "variable_length=True is not available")):  # fmt: skip
+        kwargs = {"gen_length": 8, "steps": 4, "block_length": 8, "remasking": "entropy", **extra}
+        with pytest.raises(ValueError, match=match):
+            generate(sampler_model, ids, **kwargs)
+    with pytest.raises(ValueError, match="no KV-cache forward"):  # LLaDA's schedule with a cache on Dream
+        generate(sampler_model, ids, gen_length=8, steps=4, block_length=4, cache="prefix")
+    with pytest.raises(ValueError, match="top_p / top_k / alg_temp apply to Dream's schedules"):
+        generate(sampler_model, ids, gen_length=8, steps=4, block_length=4, top_p=0.9)

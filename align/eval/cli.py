@@ -18,13 +18,16 @@ def add_sampler_flags(p) -> None:
     p.add_argument(
         "--protocol",
         default="d1",
-        help="named preset: d1, llada, llada-fast, illada, tiny (prompt + sampler settings)",
+        help="named preset: d1, llada, llada-fast, illada, dream, diffucoder, tiny (prompt + sampler settings)",
     )
     for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
                        ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int),
-                       ("cache-refresh", int), ("boost", float), ("boost-margin", int)):  # fmt: skip
+                       ("cache-refresh", int), ("boost", float), ("boost-margin", int), ("top-p", float),
+                       ("top-k", int), ("alg-temp", float)):  # fmt: skip
         flag(p, name, type=kind, default=None, help="override the protocol's value")
-    p.add_argument("--remasking", default=None, choices=["low_confidence", "random"])
+    p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "origin", "maskgit_plus",
+                                                         "topk_margin", "entropy"],
+                   help="LLaDA's schedule (low_confidence, random) or Dream's (the others; one block)")  # fmt: skip
     p.add_argument("--cache", default=None, choices=["prefix", "dual"])
     flag(p, "system-prompt", default=None)
     flag(
@@ -56,7 +59,8 @@ def resolve_protocol(args):
         threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
         remasking=args.remasking, cache=args.cache, cache_refresh=args.cache_refresh, system_prompt=args.system_prompt,
         use_chat_template=args.chat_template, variable_length=args.variable_length, boost=args.boost,
-        boost_margin=args.boost_margin, boost_token=args.boost_token,
+        boost_margin=args.boost_margin, boost_token=args.boost_token, top_p=args.top_p, top_k=args.top_k,
+        alg_temp=args.alg_temp,
     )  # fmt: skip
     try:
         check_protocol(protocol)

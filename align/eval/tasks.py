@@ -191,6 +191,10 @@ class Protocol:
     cache_refresh: int | None = None
     cfg_scale: float = 0.0
     variable_length: bool = False
+    top_p: float | None = None  # Dream's schedules (remasking origin / maskgit_plus / topk_margin / entropy)
+    top_k: int | None = None
+    alg_temp: float | None = None
+    eps: float = 1e-3
     max_prompt_length: int = 2048
     system_in_user: bool = (
         False  # the system prompt merged into the first user turn (templates without a system role)
@@ -216,7 +220,8 @@ class Protocol:
         return SamplerSettings(gen_length=self.gen_length, steps=self.resolved_steps(), block_length=self.block_length,
                                temperature=self.temperature, remasking=self.remasking, cfg_scale=self.cfg_scale,
                                threshold=self.threshold, cache=self.cache, cache_refresh=self.cache_refresh,
-                               variable_length=self.variable_length)  # fmt: skip
+                               variable_length=self.variable_length, top_p=self.top_p, top_k=self.top_k,
+                               alg_temp=self.alg_temp, eps=self.eps)  # fmt: skip
 
     def with_overrides(self, **fields) -> Protocol:
         """These fields set (None = keep); a field set here also wins over the per-task settings."""
@@ -240,15 +245,27 @@ class Protocol:
         text = (f"gen_length {self.gen_length}, block_length {self.block_length}, steps {self.resolved_steps()}, "
                 f"temperature {self.temperature:g}, remasking {self.remasking}, threshold {self.threshold}, "
                 f"cache {self.cache}, chat_template {self.use_chat_template}"
-                + (", variable_length" if self.variable_length else ""))  # fmt: skip
+                + (", variable_length" if self.variable_length else "")
+                + "".join(f", {n} {getattr(self, n)}" for n in _DREAM_FIELDS if self._dream()))  # fmt: skip
         per_task = "; ".join(f"{t}: " + ", ".join(f"{k} {v}" for k, v in kv) for t, kv in self.per_task)
         return text + (f" (per task: {per_task})" if per_task else "")
 
     def as_dict(self) -> dict:
         """JSON-ready (results.json compares it with the next run's): per_task as {task: {field: value}}."""
         per_task = {task: dict(settings) for task, settings in self.per_task}
-        return {**dataclasses.asdict(self), "per_task": per_task, "steps": self.resolved_steps()}
+        fields = dataclasses.asdict(self)
+        if not self._dream() and all(dict(kv).keys().isdisjoint(_DREAM_FIELDS) for _, kv in self.per_task):
+            for name in _DREAM_FIELDS:  # as before Dream's schedules existed, so older eval folders resume
+                fields.pop(name)
+        return {**fields, "per_task": per_task, "steps": self.resolved_steps()}
 
+    def _dream(self) -> bool:
+        from align.sampling.settings import DREAM_ALGS
+
+        return self.remasking in DREAM_ALGS
+
+
+_DREAM_FIELDS = ("top_p", "top_k", "alg_temp", "eps")
 
 PROTOCOLS = {
     # d1: zero-shot <reasoning>/<answer> prompt, block 32, steps = length / 2, greedy; lengths 128/256/512.
@@ -277,6 +294,22 @@ PROTOCOLS = {
         boost=100.0,
         boost_margin=512,
         per_task=(("math500", (("gen_length", 4096),)), ("mbpp", (("block_length", 16),))),
+    ),  # fmt: skip
+    # Dream-v0-Instruct-7B as DARE's OpenCompass configs evaluate it (yjyddq/DARE
+    # opencompass/dream_examples/dream_instruct_gen_*): Dream's entropy schedule, temperature 0.2, top_p 0.95,
+    # one token per step, 256 tokens for GSM8K and 512 for MATH, HumanEval and MBPP, the Qwen chat template.
+    # The prompts are this project's (the math instruction, the code tasks' own), not OpenCompass's.
+    "dream": Protocol(
+        "dream", gen_length=256, block_length=256, steps_per_token=1.0, remasking="entropy", temperature=0.2,
+        top_p=0.95, per_task=tuple((t, (("gen_length", 512), ("block_length", 512)))
+                                    for t in ("math500", "humaneval", "mbpp")),
+    ),  # fmt: skip
+    # DiffuCoder-7B-Instruct as its README decodes (apple/ml-diffucoder): 256 tokens in 256 steps, the entropy
+    # schedule, temperature 0.2, top_p 0.95, alg_temp 0, system prompt "You are a helpful assistant.". Its
+    # paper's code evaluation (Qwen2.5-Coder's harness) is not reproduced here.
+    "diffucoder": Protocol(
+        "diffucoder", system_prompt="You are a helpful assistant.", gen_length=256, block_length=256,
+        steps_per_token=1.0, remasking="entropy", temperature=0.2, top_p=0.95,
     ),  # fmt: skip
     # The embedded tiny model: raw "abc+def=" prompt, an 8-token canvas decoded in 8 greedy steps.
     "tiny": Protocol(

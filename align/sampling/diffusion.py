@@ -35,8 +35,10 @@ reproduces reference decoding. ``cache_refresh=k`` bounds the staleness: the who
 grows the canvas block by block until every row has emitted EOS or ``gen_length`` is reached (iLLaDA);
 finished rows stop costing compute.
 
-Not covered: Dream's own ``diffusion_generate`` schedules (entropy/top-p remasking), block diffusion
-models with block-causal attention (SDAR/TraDo), KV caches for models other than the native LLaDA class.
+Dream's own ``diffusion_generate`` schedules live beside this in ``align.sampling.dream`` (``generate``
+dispatches to them for ``remasking`` origin / maskgit_plus / topk_margin / entropy).
+
+Not covered: block diffusion models with block-causal attention (SDAR/TraDo), KV caches for models other than the native LLaDA class.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ import torch
 
 from align.errors import RunError
 from align.models.family import FamilySpec, family_spec, model_logits
-from align.sampling.settings import check_schedule
+from align.sampling.dream import dream_generate
+from align.sampling.settings import DREAM_ALGS, REMASKING, check_decoding
 
-REMASKING = ("low_confidence", "random")
 CACHE_MODES = (None, "prefix", "dual")
 
 
@@ -180,10 +182,7 @@ def select_transfer(
     return rank < k[:, None]
 
 
-def check_settings(gen_length: int, steps: int, block_length: int, spec: FamilySpec, remasking: str) -> None:
-    check_schedule(gen_length, steps, block_length)
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking {remasking!r} is not one of {REMASKING}.")
+def check_pad_id(spec: FamilySpec) -> None:
     if spec.pad_token_id is not None and spec.pad_token_id == spec.mask_token_id:
         raise ValueError(
             f"pad id equals mask id ({spec.mask_token_id}): padded prompt positions would read as masks. "
@@ -318,6 +317,10 @@ def generate(
     logits_hook=None,
     spec: FamilySpec | None = None,
     generator: torch.Generator | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg_temp: float | None = None,
+    eps: float = 1e-3,
 ) -> GenerationOutput:
     """Decode ``gen_length`` tokens after each (left-padded) prompt of input_ids [B, P].
 
@@ -328,6 +331,10 @@ def generate(
     samples (``masked`` [B, block]: the block's still-masked positions; ``block_offset``: where the block
     starts in the completion): protocol behaviour such as iLLaDA's end-of-thinking boost
     (``align.eval.boost``) lives there, not in the sampler. Returns a :class:`GenerationOutput`.
+
+    ``remasking`` one of Dream's schedules (``origin``, ``maskgit_plus``, ``topk_margin``, ``entropy``)
+    decodes with ``align.sampling.dream`` instead (its ``top_p``, ``top_k``, ``alg_temp``, ``eps``; one
+    block, so ``block_length == gen_length``), on any family.
     """
     if spec is None:
         spec = family_spec(model, mask_token_id=mask_token_id)
@@ -335,7 +342,15 @@ def generate(
         raise ValueError(
             f"mask_token_id {mask_token_id} disagrees with the family spec ({spec.mask_token_id})."
         )
-    check_settings(gen_length, steps, block_length, spec, remasking)
+    check_decoding(remasking, gen_length, steps, block_length, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
+                   threshold=threshold, cache=cache, cache_refresh=cache_refresh, cfg_scale=cfg_scale,
+                   variable_length=variable_length, deprioritize_token_ids=deprioritize_token_ids)  # fmt: skip
+    check_pad_id(spec)
+    if remasking in DREAM_ALGS:
+        return dream_generate(model, input_ids, attention_mask, spec=spec, gen_length=gen_length, steps=steps,
+                              alg=remasking, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
+                              eps=eps, generator=generator, logits_hook=logits_hook,
+                              suppress_token_ids=suppress_token_ids)  # fmt: skip
     device = input_ids.device
     b, p = input_ids.shape
     if attention_mask is None:

@@ -12,6 +12,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+REMASKING = ("low_confidence", "random")  # LLaDA's schedule (align.sampling.diffusion)
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")  # Dream's schedules (align.sampling.dream)
+
 
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -19,19 +22,24 @@ class SamplerSettings:
     steps: int  # denoising steps over gen_length
     block_length: int  # semi-autoregressive block
     temperature: float = 0.0  # 0: greedy
-    remasking: str = "low_confidence"  # or "random"
+    remasking: str = "low_confidence"  # or "random"; or one of Dream's schedules (DREAM_ALGS)
     cfg_scale: float = 0.0  # classifier-free guidance
     threshold: float | None = None  # Fast-dLLM parallel decoding: commit every token above it
     cache: str | None = None  # None, "prefix" or "dual" (Fast-dLLM's KV caches)
     cache_refresh: int | None = None  # full passes every this many steps inside a block
     variable_length: bool = False  # grow the canvas block by block until EOS
+    top_p: float | None = None  # Dream's schedules: nucleus cut of the proposals
+    top_k: int | None = None  # Dream's schedules: top-k cut of the proposals
+    alg_temp: float | None = None  # Dream's schedules: draw the committed positions at this temperature
+    eps: float = 1e-3  # Dream's schedules: the last timestep
 
     @classmethod
     def from_rollout_fields(cls, c) -> SamplerSettings:
         """The GRPO recipe's rollout fields (``max_completion_length``, ``diffusion_steps``, ...)."""
         return cls(gen_length=c.max_completion_length, steps=c.diffusion_steps, block_length=c.block_length,
                    temperature=c.temperature, remasking=c.remasking, cfg_scale=c.cfg_scale, threshold=c.threshold,
-                   cache=c.cache, cache_refresh=c.cache_refresh)  # fmt: skip
+                   cache=c.cache, cache_refresh=c.cache_refresh, top_p=c.top_p, top_k=c.top_k, alg_temp=c.alg_temp,
+                   eps=c.diffusion_eps)  # fmt: skip
 
     def replace(self, **fields) -> SamplerSettings:
         return dataclasses.replace(self, **fields)
@@ -48,6 +56,10 @@ class SamplerSettings:
         if self.cache is not None:
             refresh = f" (refresh after {self.cache_refresh} commits)" if self.cache_refresh else ""
             parts.append(f"{self.cache} cache{refresh}")
+        if self.remasking in DREAM_ALGS:
+            cuts = "".join(f", {n} {v:g}" for n, v in (("top_p", self.top_p), ("top_k", self.top_k),
+                                                          ("alg_temp", self.alg_temp)) if v is not None)  # fmt: skip
+            return f"Dream {self.remasking}{cuts}, {self.gen_length} tokens in {self.steps} steps"
         name = " + ".join(parts) or "reference"
         bound = "at most " if self.threshold is not None or self.variable_length else ""
         grow = "variable length up to " if self.variable_length else ""
@@ -71,3 +83,37 @@ def check_schedule(gen_length: int, steps: int, block_length: int,
             f"{s} {steps} is not divisible by the number of blocks {num_blocks} "
             f"({g} {gen_length} / {b} {block_length}); use e.g. {s} {max(1, steps // num_blocks) * num_blocks}."
         )
+
+
+def check_decoding(remasking: str, gen_length: int, steps: int, block_length: int,
+                   names: tuple[str, str, str] = ("gen_length", "steps", "block_length"), *, top_p=None, top_k=None,
+                   alg_temp=None, **fast) -> None:  # fmt: skip
+    """The schedule's arithmetic and which modes go with it: LLaDA's (``REMASKING``) blocks and steps, or
+    Dream's (``DREAM_ALGS``) one block without ``fast`` modes (threshold, cache, cfg_scale, variable_length,
+    ... as the caller names them); ``top_p`` / ``top_k`` / ``alg_temp`` belong to Dream's schedules."""
+    g, s, b = names
+    if remasking not in REMASKING + DREAM_ALGS:
+        raise ValueError(f"remasking {remasking!r} is not one of {REMASKING + DREAM_ALGS}.")
+    if remasking in REMASKING:
+        if (top_p, top_k, alg_temp) != (None, None, None):
+            raise ValueError(
+                f"top_p / top_k / alg_temp apply to Dream's schedules (remasking one of {DREAM_ALGS}), not to "
+                f"remasking {remasking!r}: unset them or choose a Dream schedule."
+            )
+        check_schedule(gen_length, steps, block_length, names)
+        return
+    if gen_length <= 0 or steps <= 0:
+        raise ValueError(f"{g} ({gen_length}) and {s} ({steps}) must be positive.")
+    if block_length != gen_length:
+        raise ValueError(
+            f"remasking {remasking!r} (Dream's schedule) decodes the whole canvas as one block: set {b} to "
+            f"{g} ({gen_length}), not {block_length}."
+        )
+    for name, value in fast.items():
+        if value not in (None, False, 0, 0.0):
+            raise ValueError(
+                f"{name}={value!r} is not available with remasking {remasking!r} (Dream's schedule sets the tokens "
+                f"per step from its timesteps): unset {name}, or use remasking low_confidence for it."
+            )
+    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_k ({top_k}) must be >= 1 and top_p ({top_p}) in (0, 1], or None (off).")
