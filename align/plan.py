@@ -65,7 +65,7 @@ class ModelShape:
         fields = family_for(config.model_type).shape(config)
         if fields is None:
             raise ValueError(f"model family {config.model_type!r} does not read its shape from this config.")
-        return dataclasses.replace(shape_of(**fields), family=config.model_type)
+        return dataclasses.replace(shape_of(**fields), family=str(config.model_type).lower())
 
     @property
     def kv_dim(self) -> int:
@@ -227,7 +227,20 @@ KNOWN_SHAPES = {
     "GSAI-ML/LLaDA-8B-Base": (4096, 32, 32, 32, 12288, 126464, False),
     "GSAI-ML/iLLaDA-8B-Instruct": (4096, 32, 32, 8, 14336, 155136, True),
     "GSAI-ML/iLLaDA-8B-Base": (4096, 32, 32, 8, 14336, 155136, True),
+    # Dream family (model_type "Dream"): Qwen2.5-7B shapes with q/k/v biases, untied
+    "Dream-org/Dream-v0-Instruct-7B": (3584, 28, 28, 4, 18944, 152064, False, True, "dream"),
+    "Dream-org/Dream-v0-Base-7B": (3584, 28, 28, 4, 18944, 152064, False, True, "dream"),
+    "apple/DiffuCoder-7B-Instruct": (3584, 28, 28, 4, 18944, 152064, False, True, "dream"),
+    "apple/DiffuCoder-7B-cpGRPO": (3584, 28, 28, 4, 18944, 152064, False, True, "dream"),
 }
+
+
+def known_shape(name: str) -> ModelShape:
+    """The published shape of a target model (``KNOWN_SHAPES``: d, layers, heads, kv heads, MLP hidden,
+    vocabulary, tied [, q/k/v biases, family])."""
+    d, layers, heads, kv, h, v, tied, *rest = KNOWN_SHAPES[name]
+    bias, family = rest or (False, "llada")
+    return dataclasses.replace(shape_of(d, layers, heads, kv, h, v, tied, bias), family=family)
 
 
 def shape_of(
@@ -276,7 +289,7 @@ def load_shape(model_name_or_path: str, trust_remote_code: bool = False, say=Non
                 )
             if say is not None:
                 say(f"hub unreachable: using the published shape of {model_name_or_path}")
-            return shape_of(*KNOWN_SHAPES[model_name_or_path])
+            return known_shape(model_name_or_path)
         os.environ["HF_HUB_OFFLINE"] = "1"  # read the cached config without retrying the network
 
     try:
@@ -287,11 +300,15 @@ def load_shape(model_name_or_path: str, trust_remote_code: bool = False, say=Non
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         if model_name_or_path in KNOWN_SHAPES:
-            return shape_of(*KNOWN_SHAPES[model_name_or_path])
+            return known_shape(model_name_or_path)
         raise ValueError(
             f"cannot read the config of {model_name_or_path} ({str(e).splitlines()[0]}); give a local model folder "
             "or run where the hub is reachable."
         ) from None
+    from align.models.family import family_for
+
+    if family_for(config.model_type).shape(config) is not None:  # a family that reads its own config (Dream)
+        return ModelShape.from_config(config)
     d = _get(config, "d_model", "hidden_size")
     layers = _get(config, "n_layers", "num_hidden_layers")
     heads = _get(config, "n_heads", "num_attention_heads")

@@ -372,3 +372,148 @@ def test_what_dreams_schedules_do_not_do_is_refused_in_one_line(sampler_model):
         generate(sampler_model, ids, gen_length=8, steps=4, block_length=4, cache="prefix")
     with pytest.raises(ValueError, match="top_p / top_k / alg_temp apply to Dream's schedules"):
         generate(sampler_model, ids, gen_length=8, steps=4, block_length=4, top_p=0.9)
+
+
+# ---- estimators on shifted logits -----------------------------------------------------------------------
+
+
+def _hub_logps(model, noisy, ids):
+    """log p(ids | noisy) per position [B, L] from the official forward and the sampler's shift."""
+    raw = official_forward(model, noisy)
+    aligned = torch.cat([raw[:, :1], raw[:, :-1]], 1)
+    return aligned.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+
+
+@pytest.fixture(scope="module")
+def scoring(tmp_path_factory):
+    model = build(tmp_path_factory.mktemp("dream-est"), seed=5)
+    with torch.no_grad():  # soften the logits so log-probs differ across tokens but stay moderate
+        model.lm_head.weight.mul_(0.25)
+    prompt, length = 3, 4
+    ids = torch.randint(3, MASK, (2, prompt + length), generator=torch.Generator().manual_seed(2))
+    completion = torch.zeros_like(ids, dtype=torch.bool)
+    completion[:, prompt:] = True
+    return model, ids, completion, prompt
+
+
+def test_every_estimators_passes_read_the_shifted_logits(scoring):
+    """Each registered estimator's per-pass log-probs on a Dream model equal the official forward + shift
+    applied to the same noised inputs (the plans themselves are family-independent)."""
+    from align.logprob import ESTIMATORS, make_plan, pass_logprobs
+
+    model, ids, completion, prompt = scoring
+    context = {"commit_step": torch.tensor([[0, 2, 1, 3]] * 2).repeat_interleave(1, 0), "num_steps": 4,
+               "block_length": 2}  # fmt: skip
+    context["commit_step"] = torch.cat([torch.full((2, prompt), -1), context["commit_step"]], 1)
+    for name in sorted(ESTIMATORS):
+        plan = make_plan(
+            name, completion, num_samples=2, generator=torch.Generator().manual_seed(1), **context
+        )
+        with torch.no_grad():
+            ours = pass_logprobs(model, ids, plan, mask_token_id=MASK)
+            for p in range(plan.num_passes):
+                noisy = torch.where(plan.masked[p], MASK, ids)
+                expected = _hub_logps(model, noisy, ids) * (plan.weights[p] != 0)
+                torch.testing.assert_close(ours[p], expected, rtol=1e-5, atol=1e-5, msg=f"{name} pass {p}")
+
+
+@torch.no_grad()
+def _exact_elbo(model, ids, positions):
+    """B = sum_k (1/k) mean_{|S|=k} sum_{i in S} log p(y_i | S masked), every subset, official forward + shift."""
+    import itertools
+
+    total = 0.0
+    for k in range(1, len(positions) + 1):
+        values = []
+        for subset in itertools.combinations(positions, k):
+            noisy = ids.clone()
+            noisy[0, list(subset)] = MASK
+            logp = _hub_logps(model, noisy, ids)[0]
+            values.append(sum(logp[i].item() for i in subset))
+        total += sum(values) / len(values) / k
+    return total
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "coupled"])
+def test_elbo_estimators_are_unbiased_on_a_dream_model(scoring, estimator):
+    from align.logprob import sequence_logprob
+
+    model, ids, completion, prompt = scoring
+    one, cm = ids[:1], completion[:1]
+    exact = _exact_elbo(model, one, list(range(prompt, one.shape[1])))
+    n = 3000
+    with torch.no_grad():
+        est = sequence_logprob(model, one.expand(n, -1), cm.expand(n, -1), estimator=estimator, num_samples=1,
+                               mask_token_id=MASK, generator=torch.Generator().manual_seed(0), chunk_size=4)  # fmt: skip
+    se = est.std().item() / n**0.5
+    assert abs(est.mean().item() - exact) < 4 * se and se < 0.05 * abs(exact), (est.mean().item(), exact, se)
+
+
+def test_one_step_and_trace_are_exact_on_a_dream_model(scoring):
+    from align.logprob import sequence_logprob
+
+    model, ids, completion, prompt = scoring
+    noisy = torch.where(completion, MASK, ids)
+    with torch.no_grad():
+        expected = (_hub_logps(model, noisy, ids) * completion).sum(-1)
+        got = sequence_logprob(model, ids, completion, estimator="one_step", mask_token_id=MASK)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # trace: the tokens committed at step s scored on the canvas where they and everything later is masked
+    order = torch.tensor([2, 0, 3, 1])
+    commit = torch.cat([torch.full((2, prompt), -1), order.expand(2, -1)], 1)
+    with torch.no_grad():
+        expected = torch.zeros(2)
+        for step in range(4):
+            canvas = torch.where(completion & (commit >= step), MASK, ids)
+            expected += (_hub_logps(model, canvas, ids) * (commit == step)).sum(-1)
+        got = sequence_logprob(model, ids, completion, estimator="trace", mask_token_id=MASK, commit_step=commit,
+                               num_steps=4)  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_coupled_grpo_on_a_dream_model_equals_diffucoders_released_trainer(scoring, tmp_path):
+    """apple/ml-diffucoder @ f735e01 ``coupled_grpo.py``: ``get_logits`` takes the raw logits ``[:, :-1]`` and
+    keeps the last K (position i - 1 predicts token i: its shift), ``forward_process`` never masks the prompt
+    and builds three versions (completion fully masked; masked where u < t; the complement where u > t),
+    ``selective_log_softmax`` weights them [1, 1/t, 1/(1 - t)] and halves, ``compute_loss`` is the clipped
+    surrogate's token mean over the micro-batch. Same masks and t here; values and gradients within 1e-5."""
+    from align.logprob import combine, make_plan, pass_logprobs
+    from align.losses import compute_advantages, policy_loss
+
+    model, ids, completion, prompt = scoring
+    ids, completion = ids.repeat(2, 1), completion.repeat(2, 1)  # 4 rows: one group of 4
+    ids[2:, prompt:] = torch.randint(
+        3, MASK, (2, ids.shape[1] - prompt), generator=torch.Generator().manual_seed(9)
+    )
+    k = ids.shape[1] - prompt
+    plan = make_plan("diffucoder", completion, generator=torch.Generator().manual_seed(0))
+    t = 1 / (2 * plan.weights[1][plan.masked[1]][0])  # the plan's t (float32), to give the released code
+    weights = torch.stack([torch.tensor(1.0), 1 / t, 1 / (1 - t)])
+    first = plan.masked[1][:, prompt:]
+
+    def released(m):
+        noisy = torch.where(plan.masked, MASK, ids[None])  # the three versions, prompt never masked
+        logits = torch.stack([m(input_ids=x).logits[:, :-1][:, -k:] for x in noisy])  # get_logits, then [-K:]
+        logps = F.log_softmax(logits, -1).gather(-1, ids[None, :, prompt:, None].expand(3, -1, -1, 1))[..., 0]
+        return (logps[0] + torch.where(first, logps[1] * weights[1], logps[2] * weights[2])) / 2
+
+    ours = combine(plan, pass_logprobs(model, ids, plan, mask_token_id=MASK))[:, prompt:]
+    reference = released(model)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    old_model = build(tmp_path, seed=6)
+    with torch.no_grad():
+        old_ours = combine(plan, pass_logprobs(old_model, ids, plan, mask_token_id=MASK))[:, prompt:]
+        old_ref = released(old_model)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.25])
+    advantages, _ = compute_advantages(rewards, 4, "none", "leave_one_out")
+    mask = torch.ones_like(ours)
+    loss, _ = policy_loss(ours, old_ours, None, advantages, mask, loss_type="bnpo", epsilon=0.2)
+    coef = torch.exp(reference - old_ref)
+    adv = advantages[:, None]
+    per_token = -torch.min(coef * adv, torch.clamp(coef, 0.8, 1.2) * adv)
+    expected = (per_token * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    torch.testing.assert_close(torch.cat([g.flatten() for g in grads]),
+                               torch.cat([g.flatten() for g in expected_grads]), rtol=1e-5, atol=1e-5)  # fmt: skip

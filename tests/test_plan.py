@@ -18,8 +18,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _count(config) -> int:
+    from align.models.modeling_dream import DreamLM
+
+    cls = DreamLM if config.model_type == "Dream" else LLaDAModelLM
     with torch.device("meta"):
-        return sum(p.numel() for p in LLaDAModelLM(config).parameters())
+        return sum(p.numel() for p in cls(config).parameters())
 
 
 @pytest.mark.parametrize(
@@ -32,10 +35,18 @@ def test_parameter_count_is_the_models(overrides):
 
 @pytest.mark.parametrize("name", sorted(KNOWN_SHAPES))
 def test_the_known_target_shapes_count_like_their_configs(name):
-    d, layers, heads, kv, h, v, tied = KNOWN_SHAPES[name]
-    config = LLaDAConfig(d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, mlp_hidden_size=h, vocab_size=v,
-                         weight_tying=tied, mask_token_id=5)  # fmt: skip
-    assert shape_of(*KNOWN_SHAPES[name]).params == _count(config)
+    from align.models import DreamConfig
+    from align.plan import known_shape
+
+    d, layers, heads, kv, h, v, tied, *family = KNOWN_SHAPES[name]
+    if family and family[1] == "dream":
+        config = DreamConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=kv, intermediate_size=h, vocab_size=v, tie_word_embeddings=tied)  # fmt: skip
+    else:
+        config = LLaDAConfig(d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, mlp_hidden_size=h,
+                             vocab_size=v, weight_tying=tied, mask_token_id=5)  # fmt: skip
+    shape = known_shape(name)
+    assert shape.params == _count(config) and shape == ModelShape.from_config(config)
     assert 7.0e9 < _count(config) < 8.5e9
 
 
