@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft tiny-model tiny-long-model tiny-puzzle-models clean
+.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft tiny-model tiny-dream-model tiny-long-model tiny-puzzle-models clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,13 @@ tiny-model: venv
 	rm -rf recipes/tiny/model
 	$(BIN)/align sft --config recipes/tiny/sft.yaml
 	rm -f recipes/tiny/model/training_args.bin
+
+# The tiny Dream-architecture twin (recipes/tiny-dream): the same task, data and tokenizer, Dream's shifted logits.
+tiny-dream-model: venv
+	$(BIN)/python -m demos.tiny recipes/tiny-dream short dream
+	rm -rf recipes/tiny-dream/model
+	$(BIN)/align sft --config recipes/tiny-dream/sft.yaml
+	rm -f recipes/tiny-dream/model/training_args.bin recipes/tiny-dream/model/trainer_state.json
 
 # The long-answer tiny model (recipes/tiny-long): 4-digit addition worked column by column, for measuring
 # the fast decoding modes (benchmarks/sampler_speed.py --model recipes/tiny-long/model).

@@ -31,6 +31,7 @@ from align.logprob import pass_logprobs
 from align.logprob.estimators import MaskPlan
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
+from align.models.family import check_family_settings
 from align.models.loading import quiet_checkpointing_renames
 from align.objectives import get_objective, reduce_estimate
 from align.policy_trainer import PolicyTrainerMixin
@@ -61,6 +62,7 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         self.rewards.warm_up()  # e.g. math_accuracy's grading workers: started before the first rollout
         self.objective = get_objective(args.loss_type)
         self.spec = family_spec(model, processing_class, args.mask_token_id)
+        check_family_settings(self.spec, cache=args.cache)
         self._eval_tasks = load_eval_tasks(args)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          eval_dataset={t.name: rows for t, rows in self._eval_tasks} or None, callbacks=callbacks)  # fmt: skip

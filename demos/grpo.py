@@ -25,6 +25,14 @@ def reward_points(output_dir: str) -> list[tuple[int, float]]:
         return [(h["step"], h["reward"]) for h in json.load(f)["log_history"] if "reward" in h]
 
 
+def recipe_model(config: str) -> str:
+    """The recipe's starting checkpoint (its ``model_name_or_path``)."""
+    import yaml
+
+    with open(config) as f:
+        return yaml.safe_load(f)["model_name_or_path"]
+
+
 def evaluate(model: str, output: str, limit: int | None) -> float:
     argv = ["eval", "--model", model, "--tasks", TEST, "--protocol", "tiny", "--output", output, "--dtype", "float32",
             "--device", "cpu", "--batch-size", "500"]  # fmt: skip
@@ -42,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)  # the rest: --field value pairs for the GRPO recipe
     start = time.monotonic()
     grpo = os.path.join(args.output, "grpo")
-    before = evaluate("recipes/tiny/model", os.path.join(args.output, "before"), args.limit)
+    model = recipe_model(args.config)
+    before = evaluate(model, os.path.join(args.output, "before"), args.limit)
     if (
         align(
             [
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - start) / 60
     print("\n| model | held-out accuracy |\n|---|---|")
     print(
-        f"| recipes/tiny/model (SFT) | {100 * before:.1f}% |\n| after GRPO ({points[-1][0]} steps) | {100 * after:.1f}% |"
+        f"| {model} (SFT) | {100 * before:.1f}% |\n| after GRPO ({points[-1][0]} steps) | {100 * after:.1f}% |"
     )
     print(
         f"reward {points[0][1]:.3f} -> {points[-1][1]:.3f}; {minutes:.1f} min; report: {report_dir}/report.md"

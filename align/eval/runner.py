@@ -105,6 +105,9 @@ class DiffusionSource:
         ZeRO-3 gathering the weights is collective)."""
         import torch
 
+        from align.models.family import check_family_settings
+
+        check_family_settings(self.spec, cache=protocol.cache)
         n, rank = self.state.num_processes, self.state.process_index
         with torch.no_grad(), self.engine.model_context() as model:
             local = self._decode(model, messages[rank::n], protocol, offset, rank)

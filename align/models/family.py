@@ -8,9 +8,10 @@ token ids read from the config and tokenizer (LLaDA's mask is 126336, iLLaDA's i
 none is a literal anywhere). Dream-style models predict token i from position i-1 (AR-style shift);
 ``model_logits`` undoes that so every caller sees "logit i predicts token i".
 
-LLaDA (and iLLaDA, LLaDA-1.5, through their configs) is the native family; a model type without a
-registered family gets the generic one (the usual transformers names, full forward, no cache). A new
-family is one registered class plus ``tests/test_families.py``'s conformance checks passing for it.
+Two families are native: LLaDA (and iLLaDA, LLaDA-1.5, through their configs) and Dream (Dream-v0,
+DiffuCoder; ``model_type`` "Dream"). A model type without a registered family gets the generic one (the
+usual transformers names, full forward, no cache, no shift). A new family is one registered class plus
+``tests/test_families.py``'s conformance checks passing for it.
 """
 
 from __future__ import annotations
@@ -211,6 +212,18 @@ class DreamFamily(Family):
         from align.models.modeling_dream import DreamLM
 
         return DreamLM(DreamConfig.from_json_file(config_file))
+
+
+def check_family_settings(spec: FamilySpec, *, cache: str | None = None) -> None:
+    """One line when a setting needs what the model's family lacks (before any work is done)."""
+    from align.errors import UsageError
+
+    family = spec.family
+    if cache is not None and not family.supports_cache:
+        raise UsageError(
+            f"cache {cache!r} needs a KV-cache forward, which the {family.name} family (model_type "
+            f"{spec.model_type!r}) does not have: set cache to None (threshold decoding works without it)."
+        )
 
 
 def _first_id(value) -> int | None:

@@ -347,10 +347,13 @@ def generate(
                    variable_length=variable_length, deprioritize_token_ids=deprioritize_token_ids)  # fmt: skip
     check_pad_id(spec)
     if remasking in DREAM_ALGS:
-        return dream_generate(model, input_ids, attention_mask, spec=spec, gen_length=gen_length, steps=steps,
-                              alg=remasking, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
-                              eps=eps, generator=generator, logits_hook=logits_hook,
-                              suppress_token_ids=suppress_token_ids)  # fmt: skip
+        out = dream_generate(model, input_ids, attention_mask, spec=spec, gen_length=gen_length, steps=steps,
+                             alg=remasking, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
+                             eps=eps, generator=generator, logits_hook=logits_hook,
+                             suppress_token_ids=suppress_token_ids)  # fmt: skip
+        if on_block is not None:  # one block
+            on_block(1, 1)
+        return out
     device = input_ids.device
     b, p = input_ids.shape
     if attention_mask is None:
