@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from align.models.configuration_llada import refuse_pad_as_mask
+
 
 class DreamConfig(PretrainedConfig):
     model_type = "Dream"
@@ -77,11 +79,7 @@ class DreamConfig(PretrainedConfig):
             eos_token_id=eos_token_id,
             **kwargs,
         )
-        if self.pad_token_id is not None and self.pad_token_id == mask_token_id:
-            raise ValueError(
-                f"DreamConfig: pad_token_id equals mask_token_id ({mask_token_id}); padding would be read as "
-                "masked positions. Set pad_token_id to the EOS id or another non-mask id."
-            )
+        refuse_pad_as_mask("DreamConfig", self.pad_token_id, mask_token_id)
 
     @property
     def head_dim(self) -> int:

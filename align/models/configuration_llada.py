@@ -81,11 +81,7 @@ class LLaDAConfig(PretrainedConfig):
             tie_word_embeddings=weight_tying,
             **kwargs,
         )
-        if self.pad_token_id is not None and self.pad_token_id == mask_token_id:
-            raise ValueError(
-                f"LLaDAConfig: pad_token_id equals mask_token_id ({mask_token_id}); padding would be read as "
-                "masked positions. Set pad_token_id to the EOS id or another non-mask id."
-            )
+        refuse_pad_as_mask("LLaDAConfig", self.pad_token_id, mask_token_id)
 
     # Standard transformers names, so generic tooling (peft, accelerate, DeepSpeed auto-config) works.
     @property
@@ -107,6 +103,14 @@ class LLaDAConfig(PretrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+
+def refuse_pad_as_mask(name: str, pad_token_id: int | None, mask_token_id: int) -> None:
+    if pad_token_id is not None and pad_token_id == mask_token_id:
+        raise ValueError(
+            f"{name}: pad_token_id equals mask_token_id ({mask_token_id}); padding would be read as masked "
+            "positions. Set pad_token_id to the EOS id or another non-mask id."
+        )
 
 
 # OLMo-style fields that would change what the network computes; the LLaDA checkpoints use the first value.
