@@ -115,9 +115,8 @@ class _Server(BaseHTTPRequestHandler):
             self.end_headers()
             return
         user = body["messages"][-1]["content"]
-        if user == "ping" and body.get("max_tokens") == 1:  # align eval's probe before the work
+        if body.get("max_tokens") == 1:  # align eval's probe before the work: its first question, 1 token
             _Server.probes += 1
-            user = "Half of"
         elif _Server.failing and _Server.failing in user:
             self.send_response(500)
             self.end_headers()
@@ -176,7 +175,7 @@ def test_a_later_failure_keeps_finished_tasks_and_a_rerun_skips_them(data_dir, t
         err = capsys.readouterr().err
         assert (
             "align eval: endpoint " in err
-            and "request failed 1 times (HTTP 500" in err
+            and "request failed 1 time(s) (HTTP 500" in err
             and "Traceback" not in err
         )
         results = json.load(open(out / "results.json"))
@@ -200,6 +199,91 @@ def test_a_later_failure_keeps_finished_tasks_and_a_rerun_skips_them(data_dir, t
         assert main([*argv, "--gen-length", "64", "--overwrite"]) == 0 and len(_Server.seen) == 5
     finally:
         server.shutdown()
+
+
+class _Engine(BaseHTTPRequestHandler):
+    """An OpenAI-style server that answers both routes, says what it is, and refuses like vLLM does."""
+
+    requests: list = []
+    refuse = ""  # a prompt containing this gets vLLM's 400 with its JSON error body
+
+    def _send(self, code: int, payload: dict):
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/version":
+            return self._send(200, {"version": "9.9.9"})
+        return self._send(200, {"data": [{"id": "ar", "owned_by": "vllm"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Engine.requests.append((self.path, body))
+        text = body.get("prompt") or body["messages"][-1]["content"]
+        if _Engine.refuse and _Engine.refuse in text:
+            return self._send(400, {"error": {"message": "The decoder prompt cannot be empty", "type": "BadRequestError",
+                                              "code": 400}})  # fmt: skip
+        reply = reply_for(text) + f" seed={body['seed']}"
+        choice = {"text": reply} if self.path == "/v1/completions" else {"message": {"content": reply}}
+        return self._send(200, {"choices": [choice]})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def engine():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Engine.requests, _Engine.refuse = [], ""
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_endpoint_completion_route_per_request_seeds_and_provenance(engine, data_dir, tmp_path):
+    """``use_chat_template: false`` posts /v1/completions with the raw prompt; the samples of one question
+    carry different seeds (seed + answer index); results.json records what served them, not compared."""
+    out = tmp_path / "ar"
+    argv = ["eval", "--endpoint", engine, "--served-model", "ar", "--tasks", "gsm8k", "--data-dir", str(data_dir),
+            "--output", str(out), "--no-chat-template", "--temperature", "1", "--num-samples", "2", "--seed", "5",
+            "--system-prompt", "Be brief."]  # fmt: skip
+    assert main(argv) == 0
+    paths = {path for path, _ in _Engine.requests}
+    assert paths == {"/v1/completions"}
+    probe, *work = [body for _, body in _Engine.requests]
+    assert probe["max_tokens"] == 1 and probe["prompt"] == "Be brief.\n" + GSM8K[0]["question"]
+    assert sorted(b["seed"] for b in work) == list(range(5, 5 + 2 * len(GSM8K)))
+    samples = [json.loads(x) for x in open(out / "gsm8k" / "samples.jsonl")]
+    assert samples[0]["completion"] != samples[1]["completion"]  # the two samples of question 0 differ
+    results = json.load(open(out / "results.json"))
+    (record,) = results["provenance"]
+    assert (
+        record["engine"] == "vllm" and record["engine_version"] == "9.9.9" and "torch" in record["packages"]
+    )
+    assert "provenance" not in results["config"]
+    assert main(argv) == 0  # a rerun finds the task done, whatever the provenance, and adds its own record
+    assert len(json.load(open(out / "results.json"))["provenance"]) == 2
+
+
+def test_a_refused_request_shows_the_servers_message_in_one_line(engine, data_dir, tmp_path, capsys):
+    _Engine.refuse = "Tom has"  # the first question: the probe itself is refused
+    argv = ["eval", "--endpoint", engine, "--served-model", "ar", "--tasks", "gsm8k", "--data-dir", str(data_dir),
+            "--output", str(tmp_path / "ar")]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == (f"align eval: endpoint {engine}/chat/completions did not answer a 1-token request for model 'ar' "
+                   "(HTTP 400 Bad Request: The decoder prompt cannot be empty); check --endpoint and --served-model "
+                   "(the server's /v1/models lists its names).\n")  # fmt: skip
+    _Engine.refuse, _Engine.requests = "6 times 7", []  # mid-eval: a 4xx is not asked again
+    assert main([*argv, "--retries", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "request failed 1 time(s) (HTTP 400 Bad Request: The decoder prompt cannot be empty)" in err
+    lines = [line for line in err.split("\n") if "align eval:" in line]
+    assert len(lines) == 1 and "Traceback" not in err and len(_Engine.requests) == 1 + len(GSM8K)
 
 
 def test_progress_shows_the_running_metric(data_dir, capsys):

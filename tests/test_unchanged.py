@@ -169,6 +169,7 @@ def test_eval_unchanged(tmp_path, one_thread, case):
             "--dtype", "float32", "--device", "cpu", "--limit", "24", "--batch-size", "8", *EVAL_CASES[case]]  # fmt: skip
     assert align(argv) == 0
     results = json.load(open(out / "results.json"))
+    assert [p["engine"] for p in results.pop("provenance")] == ["dllm-align sampler"]  # machine-dependent
     samples = [json.loads(line) for line in open(out / "tiny" / "samples.jsonl")]
     _check(f"eval_{case}", {"results": results, "samples": samples})
 

@@ -124,8 +124,10 @@ def run_eval(args) -> int:
         source = EndpointSource(
             args.endpoint, args.served_model, args.concurrency, args.retries, seed=args.seed
         )
-        source.probe()
-        return _evaluate_all(args, source.description, lambda: source, tasks, protocol)
+        first_task, first_rows = tasks[0]
+        source.probe(first_task.user_message(first_rows[0], protocol), protocol.for_task(first_task.name))
+        return _evaluate_all(args, source.description, lambda: source, tasks, protocol,
+                             provenance=source.provenance())  # fmt: skip
     return _run_diffusion(args, tasks, protocol)
 
 
@@ -148,7 +150,10 @@ def _run_diffusion(args, tasks, protocol) -> int:
         "processes": state.num_processes,
     }
     try:
-        status = _evaluate_all(args, description, load, tasks, protocol, state=state)
+        from align.eval.runner import device_name
+
+        status = _evaluate_all(args, description, load, tasks, protocol, state=state,
+                               provenance={"engine": "dllm-align sampler", "device": device_name(state.device)})  # fmt: skip
     except BaseException:
         end_processes(state, wait=False)  # the others are stopped by the launcher; waiting here would hang
         raise
@@ -156,14 +161,18 @@ def _run_diffusion(args, tasks, protocol) -> int:
     return status
 
 
-def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=None) -> int:
-    """Every task in turn; each is written as it finishes and skipped when an earlier run finished it."""
-    from align.eval.runner import OutputFolder, evaluate_task
+def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=None, provenance=None) -> int:
+    """Every task in turn; each is written as it finishes and skipped when an earlier run finished it.
+    ``provenance`` (engine, device) is recorded with the package versions, not compared on resume."""
+    from align.eval.runner import OutputFolder, evaluate_task, run_provenance
 
     is_main = state is None or state.is_main_process
     config = {"source": description, "protocol": protocol.as_dict(), "num_samples": args.num_samples,
               "seed": args.seed, "limit": args.limit}  # fmt: skip
-    folder = _on_main(state, lambda: OutputFolder(args.output, config, overwrite=args.overwrite))
+    record = run_provenance(provenance or {})
+    folder = _on_main(
+        state, lambda: OutputFolder(args.output, config, overwrite=args.overwrite, provenance=record)
+    )
     for task, rows in tasks:
         finished = _broadcast(state, folder.finished(task.name) if is_main else None)
         if finished is not None:

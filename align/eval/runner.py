@@ -173,13 +173,44 @@ def end_processes(state, wait: bool) -> None:
         dist.destroy_process_group()
 
 
+def device_name(device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what the numbers were computed on."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def run_provenance(source: dict) -> dict:
+    """What produced a result, so that two that disagree can be told apart: the source's engine and device
+    (or the server's engine and version), the versions of this project and its key packages, Python, the
+    host's architecture and the time."""
+    import platform
+    from importlib import metadata
+
+    packages = {}
+    for name in ("dllm-align", "torch", "transformers", "accelerate", "peft", "deepspeed"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {**source, "packages": packages, "python": platform.python_version(), "machine": platform.machine(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+
+
 def diffusion_description(model: str, adapter: str | None, dtype: str) -> dict:
     return {"source": "diffusion", "model": model, "adapter": adapter, "dtype": dtype}
 
 
 @dataclass
 class EndpointSource:
-    """Completions from an OpenAI-compatible ``/v1/chat/completions`` server (e.g. ``vllm serve``)."""
+    """Completions from an OpenAI-compatible server (e.g. ``vllm serve``): ``/v1/chat/completions`` when the
+    protocol uses the chat template (the server applies its own), else ``/v1/completions`` with the
+    protocol's raw prompt text (``use_chat_template: false``: the system prompt, a newline, the question).
+    Each request carries its own seed (``seed`` + the answer's index in the task), so the samples of one
+    question differ at T > 0 and a rerun draws the same ones."""
 
     url: str
     served_model: str
@@ -198,76 +229,122 @@ class EndpointSource:
         return 4 * self.concurrency
 
     @property
-    def chat_url(self) -> str:
+    def base_url(self) -> str:
         base = self.url.rstrip("/")
-        return base + ("" if base.endswith("/v1") else "/v1") + "/chat/completions"
+        return base if base.endswith("/v1") else base + "/v1"
 
-    def probe(self) -> None:
-        """One short request before any work: an unreachable server or unknown model fails at once."""
-        body = {
-            "model": self.served_model,
-            "messages": [{"role": "user", "content": "ping"}],
-            "max_tokens": 1,
-        }
+    @property
+    def chat_url(self) -> str:
+        return self.base_url + "/chat/completions"
+
+    def _url(self, protocol: Protocol) -> str:
+        return self.chat_url if protocol.use_chat_template else self.base_url + "/completions"
+
+    def probe(self, message: str, protocol: Protocol) -> None:
+        """The eval's first request with ``max_tokens`` 1 before any work: an unreachable server, an unknown
+        model or a prompt the server refuses fails at once, with the server's own message."""
+        body = {**self._body(message, protocol, 0), "max_tokens": 1}
         try:
-            self._request(body, timeout_s=min(self.timeout_s, 30.0))
+            self._request(self._url(protocol), body, timeout_s=min(self.timeout_s, 30.0))
         except _REQUEST_ERRORS as exc:
             raise EndpointError(
-                f"endpoint {self.chat_url} did not answer a 1-token request for model {self.served_model!r} "
+                f"endpoint {self._url(protocol)} did not answer a 1-token request for model {self.served_model!r} "
                 f"({_reason(exc)}); check --endpoint and --served-model (the server's /v1/models lists its names)."
             ) from exc
 
-    def _request(self, body: dict, timeout_s: float) -> str:
-        data = json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.chat_url, data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read())["choices"][0]["message"]["content"] or ""
+    def provenance(self) -> dict:
+        """What the server says it is: the engine (``owned_by`` of its model list) and its version (vLLM's
+        ``/version``); None for what it does not say."""
+        root = self.base_url[: -len("/v1")]
+        info = {"engine": None, "engine_version": None, "served_model": self.served_model}
+        for url, read in ((self.base_url + "/models", lambda r: {"engine": next(
+                              (m.get("owned_by") for m in r.get("data", []) if m.get("id") == self.served_model), None)}),
+                          (root + "/version", lambda r: {"engine_version": r.get("version")})):  # fmt: skip
+            try:
+                with urllib.request.urlopen(url, timeout=min(self.timeout_s, 10.0)) as response:
+                    info.update(read(json.loads(response.read())))
+            except (*_REQUEST_ERRORS, AttributeError, TypeError):
+                pass
+        return info
 
-    def _post(self, body: dict) -> str:
+    def _body(self, message: str, protocol: Protocol, index: int) -> dict:
+        body = {"model": self.served_model, "max_tokens": protocol.gen_length, "temperature": protocol.temperature,
+                "seed": self.seed + index}  # fmt: skip
+        if not protocol.use_chat_template:
+            from align.data import prompt_text
+
+            return {**body, "prompt": prompt_text(None, message, system_prompt=protocol.system_prompt,
+                                                  use_chat_template=False)}  # fmt: skip
+        if protocol.system_prompt and protocol.system_in_user:
+            chat = [{"role": "user", "content": f"{protocol.system_prompt}\n\n{message}"}]
+        else:
+            chat = (
+                [{"role": "system", "content": protocol.system_prompt}] if protocol.system_prompt else []
+            ) + [{"role": "user", "content": message}]
+        return {**body, "messages": chat}
+
+    def _request(self, url: str, body: dict, timeout_s: float) -> str:
+        data = json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            choice = json.loads(response.read())["choices"][0]
+        return (choice["message"]["content"] if "messages" in body else choice["text"]) or ""
+
+    def _post(self, url: str, body: dict) -> str:
         for attempt in range(self.retries + 1):
             try:
-                return self._request(body, self.timeout_s)
+                return self._request(url, body, self.timeout_s)
             except _REQUEST_ERRORS as exc:
-                if attempt == self.retries:
+                if attempt == self.retries or _client_error(exc):  # a 4xx will not go away by asking again
                     raise EndpointError(
-                        f"endpoint {self.chat_url}: request failed {self.retries + 1} times ({_reason(exc)})."
+                        f"endpoint {url}: request failed {attempt + 1} time(s) ({_reason(exc)})."
                     ) from exc
                 time.sleep(min(2.0**attempt, 30.0))
         raise AssertionError("unreachable")
 
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
-        def one(message: str) -> str:
-            if protocol.system_prompt and protocol.system_in_user:
-                chat = [{"role": "user", "content": f"{protocol.system_prompt}\n\n{message}"}]
-            else:
-                chat = (
-                    [{"role": "system", "content": protocol.system_prompt}] if protocol.system_prompt else []
-                ) + [{"role": "user", "content": message}]
-            body = {"model": self.served_model, "messages": chat, "max_tokens": protocol.gen_length,
-                    "temperature": protocol.temperature, "seed": self.seed}  # fmt: skip
-            return self._post(body)
-
+        url = self._url(protocol)
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(one, messages))
+            return list(pool.map(lambda im: self._post(url, self._body(im[1], protocol, offset + im[0])),
+                                 enumerate(messages)))  # fmt: skip
 
 
 # what a failed or garbled request raises (URLError and timeouts are OSErrors; a reply without choices)
-_REQUEST_ERRORS = (OSError, KeyError, json.JSONDecodeError)
+_REQUEST_ERRORS = (OSError, KeyError, IndexError, json.JSONDecodeError)
 
 
 class EndpointError(RunError):
-    """The endpoint could not be reached or answered something that is not a chat completion."""
+    """The endpoint could not be reached or answered something that is not a completion."""
+
+
+def _client_error(exc: Exception) -> bool:
+    return isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code not in (408, 429)
+
+
+def _server_message(exc: urllib.error.HTTPError) -> str:
+    """The error message in an HTTP error's body (OpenAI / vLLM: {"error": {"message": ...}} or
+    {"message": ...}), else its first 300 characters."""
+    try:
+        text = exc.read().decode(errors="replace")
+    except (OSError, AttributeError):
+        return ""
+    try:
+        body = json.loads(text)
+        error = body.get("error", body) if isinstance(body, dict) else body
+        text = error.get("message", text) if isinstance(error, dict) else str(error)
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return " ".join(str(text).split())[:300]
 
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
+        message = _server_message(exc)
+        return f"HTTP {exc.code} {exc.reason}" + (f": {message}" if message else "")
     if isinstance(exc, urllib.error.URLError):
         return str(exc.reason)
-    if isinstance(exc, (KeyError, json.JSONDecodeError)):
-        return f"the reply is not a chat completion: {type(exc).__name__} {exc}"
+    if isinstance(exc, (KeyError, IndexError, json.JSONDecodeError)):
+        return f"the reply is not a completion: {type(exc).__name__} {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -354,9 +431,9 @@ class OutputFolder:
     chunk by chunk). Reopening a folder keeps its finished tasks and the finished answers of an unfinished
     one when the settings match; other settings are refused unless ``overwrite``."""
 
-    def __init__(self, output: str, config: dict, overwrite: bool = False):
+    def __init__(self, output: str, config: dict, overwrite: bool = False, provenance: dict | None = None):
         self.output, self.config, self.overwrite = output, config, overwrite
-        self.results = {"tasks": {}, "config": config}
+        self.results = {"tasks": {}, "config": config, "provenance": []}
         path = os.path.join(output, "results.json")
         if os.path.exists(path) and not overwrite:
             with open(path) as f:
@@ -368,6 +445,9 @@ class OutputFolder:
                     "them or choose another --output."
                 )
             self.results["tasks"] = old.get("tasks", {})
+            self.results["provenance"] = old.get("provenance", [])
+        if provenance is not None:  # one entry per run into this folder (a resumed task may span two)
+            self.results["provenance"].append(provenance)
         self._write_results()
 
     def finished(self, name: str) -> dict | None:
