@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-long-model tiny-puzzle-models clean
+.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-long-model tiny-puzzle-models clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -75,6 +75,10 @@ tiny-puzzle-models: venv
 	  $(BIN)/align sft --config recipes/tiny-$$task/sft.yaml --output_dir recipes/tiny-$$task/model --save_strategy no && \
 	  rm -f recipes/tiny-$$task/model/training_args.bin || exit 1; \
 	done
+
+# The tiny diffusion model before / after GRPO beside the tiny AR baseline on a real vLLM server, one report.
+demo-baseline: venv vllm-env
+	$(BIN)/python -m demos.baseline --output runs/demo-baseline
 
 # Equal wall-clock from one SFT checkpoint: more SFT vs GRPO with the verifier vs a shuffled-reward control.
 demo-rl-vs-sft: venv

@@ -332,8 +332,21 @@ def _launch(workspace, tmp_path, accelerate_config, env_extra, *extra):
     cmd = _launch_command(workspace, tmp_path, accelerate_config, [], *extra)
     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, _child_failure(proc.stderr, tmp_path)
     return _finished_run(tmp_path)
+
+
+def _child_failure(stderr: str, tmp_path) -> str:
+    """What a failed 2-process run left: whether it got as far as saving, the C++ / faulthandler reports of a
+    crashed rank (``terminate called``, ``what():``, ``Fatal Python error`` and the stacks after it; the
+    launcher's own traceback would push them out of a plain tail) and the tail."""
+    (tmp_path / "stderr.txt").write_text(stderr)
+    lines = stderr.splitlines()
+    marks = [i for i, line in enumerate(lines) if any(k in line for k in ("terminate called", "what():",
+                                                                           "Fatal Python error", "Current thread"))]  # fmt: skip
+    crash = "\n".join(lines[marks[0] : marks[0] + 60]) if marks else "(no crash report in stderr)"
+    saved = (tmp_path / "out" / "trainer_state.json").exists()
+    return f"saved: {saved}; full stderr in {tmp_path / 'stderr.txt'}\n{crash}\n...\n{stderr[-1500:]}"
 
 
 def _finished_run(tmp_path):
