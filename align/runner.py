@@ -94,6 +94,7 @@ def train_and_save(trainer, config) -> None:
         trainer.save_state()
         if trainer.accelerator.is_main_process:
             trainer.processing_class.save_pretrained(config.output_dir)
+        trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still saves
     except BaseException:
         for callback in trainer.callback_handler.callbacks:  # end the progress bar's line before the error's
             bar = getattr(callback, "training_bar", None)
