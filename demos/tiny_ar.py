@@ -68,18 +68,23 @@ def held_out_accuracy(model, tokenizer, rows: list[dict]) -> float:
     return sum(f"<answer>{r['answer']}</answer>" in t for r, t in zip(rows, texts, strict=True)) / len(rows)
 
 
-def train(folder: str, data: str = "recipes/tiny/data", steps: int = 4000, batch_size: int = 256,
-          lr: float = 3e-3, warmup: int = 100, seed: int = 0) -> float:  # fmt: skip
-    """Train and save ``folder/model`` (AdamW, ``warmup`` linear steps then cosine to 0); returns the
-    held-out accuracy (greedy, transformers)."""
+def train(folder: str, data: str = "recipes/tiny/data", steps: int = 3000, batch_size: int = 256,
+          lr: float = 2e-3, warmup: int = 100, num_train: int = 200000, seed: int = 0) -> float:  # fmt: skip
+    """Train and save ``folder/model`` (AdamW, ``warmup`` linear steps then cosine to 0) on ``num_train`` fresh
+    problems of the tiny task (``demos.tiny.problems``, seeded; the held-out questions left out: 20,000 rows
+    let it memorise, 6.8% held-out after 2,000 steps); returns the held-out accuracy (greedy, transformers)."""
     import math
 
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
+    from demos.tiny import problems
+
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     model = Qwen2ForCausalLM(ar_config())
-    train_rows, test_rows = _rows(os.path.join(data, "train.jsonl")), _rows(os.path.join(data, "test.jsonl"))
+    test_rows = _rows(os.path.join(data, "test.jsonl"))
+    held_out = {r["question"] for r in test_rows}
+    train_rows = [r for r in problems(num_train, seed + 1) if r["question"] not in held_out]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / steps))))  # fmt: skip

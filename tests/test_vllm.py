@@ -83,19 +83,26 @@ def test_align_eval_against_the_server_greedy_and_sampled(server, tmp_path):
     texts = tokenizer.batch_decode(greedy_completions(model, tokenizer, [r["question"] for r in _rows()]),
                                    skip_special_tokens=True)  # fmt: skip
     samples = [json.loads(line) for line in open(tmp_path / "greedy" / "heldout" / "samples.jsonl")]
-    assert [
-        s["completion"] for s in samples
-    ] == texts  # what align eval scored is transformers' greedy answer
-    assert results["tasks"]["heldout"]["accuracy"] > 0.02
+    assert [s["completion"] for s in samples] == texts  # align eval scored transformers' greedy answers
+    assert results["tasks"]["heldout"]["accuracy"] > 0.9  # measured 100% (transformers, all 500 questions)
     (record,) = results["provenance"]
     assert record["engine"] == "vllm" and record["engine_version"] == "0.32.0"
-    assert (
-        align([*base, "--num-samples", "4", "--temperature", "1", "--output", str(tmp_path / "sampled")]) == 0
+    # At T = 1 the trained model is near-deterministic on its task; 4-digit sums (a length it never saw) leave
+    # it unsure, so there the 4 draws of a question differ when each request has its own seed (transformers'
+    # sampling: 17 of 20 questions with differing draws).
+    pairs = [(1000 + 397 * i, 9999 - 211 * i) for i in range(20)]
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(
+        "".join(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a, b in pairs)
     )
-    sampled = json.load(open(tmp_path / "sampled" / "results.json"))["tasks"]["heldout"]
-    samples = [json.loads(line) for line in open(tmp_path / "sampled" / "heldout" / "samples.jsonl")]
-    assert len(samples) == 4 * LIMIT and [s["sample"] for s in samples[:4]] == [0, 1, 2, 3]
+    sampled_argv = ["eval", "--endpoint", url + "/v1", "--served-model", "tiny-ar", "--tasks", f"odd={odd}",
+                    "--protocol", "tiny", "--num-samples", "4", "--temperature", "1", "--output",
+                    str(tmp_path / "sampled")]  # fmt: skip
+    assert align(sampled_argv) == 0
+    sampled = json.load(open(tmp_path / "sampled" / "results.json"))["tasks"]["odd"]
+    samples = [json.loads(line) for line in open(tmp_path / "sampled" / "odd" / "samples.jsonl")]
+    assert len(samples) == 4 * 20 and [s["sample"] for s in samples[:4]] == [0, 1, 2, 3]
     groups = [{s["completion"] for s in samples[i : i + 4]} for i in range(0, len(samples), 4)]
-    assert sum(len(g) > 1 for g in groups) > LIMIT // 10  # the 4 draws of a question are not copies
-    assert sampled["pass@4"] >= sampled["accuracy"] and sampled["n"] == LIMIT  # accuracy: the mean over draws
+    assert sum(len(g) > 1 for g in groups) >= 10, groups  # the draws of a question are not copies
+    assert sampled["pass@4"] >= sampled["accuracy"] and sampled["n"] == 20  # accuracy: the mean over draws
     print(f"vLLM start-up {startup_s:.0f} s; greedy eval of {LIMIT} questions {greedy_s:.1f} s")
