@@ -341,7 +341,7 @@ def test_report_with_tables_intervals_and_plots(tmp_path):
         return str(tmp_path / folder)
 
     folders = [run("base128", 0.5, 10, 128), run("base256", 0.6, 10), run("lora256", 0.7, 40, adapter="out/lora"),
-               run("lora128", 0.65, 40, 128, adapter="out/lora")]  # fmt: skip
+               run("lora128", 0.65, 40, 128, adapter="out/lora"), run("perfect", 1.0, 500)]  # fmt: skip
     assert (
         main(
             [
@@ -349,6 +349,7 @@ def test_report_with_tables_intervals_and_plots(tmp_path):
                 *folders[:2],
                 f"RL={folders[2]}",
                 f"RL128={folders[3]}",
+                f"AR={folders[4]}",  # 100%: its Wilson upper bound rounds below 1.0, the bar must still draw
                 "--output",
                 str(tmp_path / "rep"),
             ]
@@ -359,7 +360,7 @@ def test_report_with_tables_intervals_and_plots(tmp_path):
     lo, hi = wilson(0.6, 10)
     assert f"| base256 | base | - | ? | d1 | 256 | 60.0 [{100 * lo:.1f}, {100 * hi:.1f}] | 10 |" in text
     assert "| RL | base | out/lora | dllm-align sampler, cuda:0 (NVIDIA H100) | d1 | 256 | 70.0 [" in text
-    assert "different numbers of questions (n = 10, 40)" in text
+    assert "different numbers of questions (n = 10, 40, 500)" in text
     for png in ("gsm8k.png", "gsm8k_by_length.png"):
         assert open(tmp_path / "rep" / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="no results.json"):

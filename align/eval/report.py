@@ -177,19 +177,26 @@ def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
     return lines + _length_plot(plt, task, runs, metric, output)
 
 
+def _yerr(points: list) -> list[list[float]]:
+    """matplotlib's [below, above] in percent for (value, (lo, hi) or None) pairs of fractions; never negative
+    (an interval's rounding can leave p a hair outside it: at p = 1 Wilson's upper bound is 0.99999...)."""
+    return [[max(0.0, 100 * (v - ci[0])) if ci else 0.0 for v, ci in points],
+            [max(0.0, 100 * (ci[1] - v)) if ci else 0.0 for v, ci in points]]  # fmt: skip
+
+
 def _bar_chart(plt, task: str, metric: str, bars: list, output: str) -> str:
     fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(bars)), 3.4))
     xs = range(len(bars))
     values = [100 * v for _, v, _, _ in bars]
-    errors = [[100 * (v - ci[0]) if ci else 0 for _, v, ci, _ in bars],
-              [100 * (ci[1] - v) if ci else 0 for _, v, ci, _ in bars]]  # fmt: skip
+    errors = _yerr([(v, ci) for _, v, ci, _ in bars])
     ax.bar(xs, values, color=_BLUE, yerr=errors, capsize=4, ecolor="#333333")
     for x, (_, v, ci, n) in zip(xs, bars):
         top = 100 * (ci[1] if ci else v)
         ax.text(x, top + 1.5, f"{100 * v:.1f}\nn={n}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(xs), [label for label, *_ in bars], rotation=20 if len(bars) > 3 else 0, ha="right"
                   if len(bars) > 3 else "center")  # fmt: skip
-    ax.set_ylim(0, min(100, max(100 * (ci[1] if ci else v) for _, v, ci, _ in bars) + 18))
+    ax.set_ylim(0, max(100 * (ci[1] if ci else v) for _, v, ci, _ in bars) + 18)  # room for the labels
+    ax.set_yticks([t for t in range(0, 101, 20) if t <= ax.get_ylim()[1]])
     ax.set_ylabel(f"{metric} (%), 95% CI")
     ax.set_title(task)
     fig.tight_layout()
@@ -215,10 +222,7 @@ def _length_plot(plt, task: str, runs: list[dict], metric: str, output: str) -> 
         points.sort(key=lambda p: p[0])
         ys = [100 * run["tasks"][task][metric] for _, run in points]
         cis = [interval(run, task, metric) or (v / 100, v / 100) for (_, run), v in zip(points, ys)]
-        errors = [
-            [v - 100 * lo for v, (lo, _) in zip(ys, cis)],
-            [100 * hi - v for v, (_, hi) in zip(ys, cis)],
-        ]
+        errors = _yerr([(v / 100, ci) for v, ci in zip(ys, cis)])
         ax.errorbar([p[0] for p in points], ys, yerr=errors, marker="o", capsize=3,
                     label=_series_name([run["label"] for _, run in points]))  # fmt: skip
     ax.set_xlabel("generation length (tokens)")
@@ -286,9 +290,7 @@ def _training_section(plt, runs: list[dict], output: str) -> list[str]:
                                     alpha=0.15, linewidth=0)  # fmt: skip
                 if held_out:  # a 95% Wilson interval per point over the questions scored (all seeds)
                     spans = [_held_out_interval(members, k, xkey, x) for x in xs]
-                    low = [100 * (y - c[0]) if c else 0 for y, c in zip(ys, spans)]
-                    high = [100 * (c[1] - y) if c else 0 for y, c in zip(ys, spans)]
-                    ax.errorbar(xs, [scale * y for y in ys], yerr=[low, high], fmt="none", ecolor=colours[label],
+                    ax.errorbar(xs, [scale * y for y in ys], yerr=_yerr(list(zip(ys, spans))), fmt="none", ecolor=colours[label],
                                 capsize=2, linewidth=0.8)  # fmt: skip
         ax.set_title(ylabel, fontsize=9)
         ax.set_ylabel(ylabel.split(",")[0].replace(" vs training time", ""), fontsize=8)
