@@ -32,7 +32,6 @@ the log. Not covered: TRL's other DPO loss types, reference-model syncing, paddi
 from __future__ import annotations
 
 import logging
-import sys
 
 import torch
 from transformers import Trainer
@@ -239,4 +238,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from align.runner import exit_process
+
+    exit_process(main())

@@ -16,8 +16,6 @@ response canvas.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from transformers import Trainer
 
@@ -107,4 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from align.runner import exit_process
+
+    exit_process(main())

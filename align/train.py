@@ -10,7 +10,6 @@ this file says what GRPO builds.
 from __future__ import annotations
 
 import logging
-import sys
 
 logger = logging.getLogger(__name__)
 
@@ -38,4 +37,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from align.runner import exit_process
+
+    exit_process(main())
