@@ -402,9 +402,8 @@ def test_every_estimators_passes_read_the_shifted_logits(scoring):
     from align.logprob import ESTIMATORS, make_plan, pass_logprobs
 
     model, ids, completion, prompt = scoring
-    context = {"commit_step": torch.tensor([[0, 2, 1, 3]] * 2).repeat_interleave(1, 0), "num_steps": 4,
-               "block_length": 2}  # fmt: skip
-    context["commit_step"] = torch.cat([torch.full((2, prompt), -1), context["commit_step"]], 1)
+    commit = torch.cat([torch.full((2, prompt), -1), torch.tensor([[0, 2, 1, 3]] * 2)], 1)
+    context = {"commit_step": commit, "num_steps": 4, "block_length": 2}
     for name in sorted(ESTIMATORS):
         plan = make_plan(
             name, completion, num_samples=2, generator=torch.Generator().manual_seed(1), **context

@@ -98,12 +98,11 @@ def dream_generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     attn = F.pad(attention_mask.long(), (0, gen_length), value=1)
-    extra = {}
+    mask4d = positions = None  # no padding: the hub sampler's "full" attention and arange positions
     if not bool(attention_mask.all()):  # the hub sampler's [B, 1, N, N] mask and positions (pads read 1)
         keep = attn.bool()
-        positions = attn.cumsum(-1) - 1
-        extra = {"attention_mask": keep[:, None, None, :] & keep[:, None, :, None],
-                 "position_ids": positions.masked_fill(~keep, 1)}  # fmt: skip
+        mask4d = keep[:, None, None, :] & keep[:, None, :, None]
+        positions = (attn.cumsum(-1) - 1).masked_fill(~keep, 1)
     commit = torch.full((b, gen_length), -1, dtype=torch.long, device=device)
     timesteps = torch.linspace(1, eps, steps + 1, device=device)
     nfe = 0
@@ -112,8 +111,7 @@ def dream_generate(
         masked = window == mask_id
         if not masked.any():
             break
-        logits = model_logits(model, x, extra.get("attention_mask"), spec, logits_range=(p, total),
-                              **{k: v for k, v in extra.items() if k != "attention_mask"}).logits  # fmt: skip
+        logits = model_logits(model, x, mask4d, spec, logits_range=(p, total), position_ids=positions).logits
         nfe += 1
         if logits_hook is not None:
             logits_hook(logits, x, masked, p, 0)
