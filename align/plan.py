@@ -56,6 +56,7 @@ class ModelShape:
     vocab: int
     params: int
     family: str = "llada"  # model_type: the family's LoRA names and shapes (align.models.family)
+    head_dim: int | None = None  # explicit head size (Qwen3 / SDAR); None: d_model / n_heads
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
@@ -69,7 +70,11 @@ class ModelShape:
 
     @property
     def kv_dim(self) -> int:
-        return self.n_kv_heads * self.d_model // self.n_heads
+        return self.n_kv_heads * (self.head_dim or self.d_model // self.n_heads)
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim if self.head_dim else self.d_model
 
 
 @dataclass
@@ -101,7 +106,8 @@ def trainable_params(shape: ModelShape, args) -> int:
 
     family = family_for(shape.family)
     targets = set(family.lora_targets if args.lora_target_modules is None else args.lora_target_modules)
-    sizes = family.lora_shapes(shape.d_model, shape.kv_dim, shape.mlp_hidden)
+    sizes = (family.lora_shapes(shape.d_model, shape.kv_dim, shape.mlp_hidden) if shape.head_dim is None
+             else family.lora_shapes(shape.d_model, shape.kv_dim, shape.mlp_hidden, shape.q_dim))  # fmt: skip
     per_layer = sum(
         args.lora_r * (i + o) for name, (i, o) in sizes.items() if name in targets or "all-linear" in targets
     )
@@ -232,26 +238,35 @@ KNOWN_SHAPES = {
     "Dream-org/Dream-v0-Base-7B": (3584, 28, 28, 4, 18944, 152064, False, True, "dream"),
     "apple/DiffuCoder-7B-Instruct": (3584, 28, 28, 4, 18944, 152064, False, True, "dream"),
     "apple/DiffuCoder-7B-cpGRPO": (3584, 28, 28, 4, 18944, 152064, False, True, "dream"),
+    # SDAR family (model_type "sdar"): Qwen3 shapes, head_dim 128, q/k norms, untied (the hub configs)
+    "JetLM/SDAR-8B-Chat": (4096, 36, 32, 8, 12288, 151936, False, False, "sdar", 128),
+    "JetLM/SDAR-4B-Chat": (2560, 36, 32, 8, 9728, 151936, False, False, "sdar", 128),
+    "Gen-Verse/TraDo-8B-Instruct": (4096, 36, 32, 8, 12288, 151936, False, False, "sdar", 128),
+    "Gen-Verse/TraDo-4B-Instruct": (2560, 36, 32, 8, 9728, 151936, False, False, "sdar", 128),
 }
 
 
 def known_shape(name: str) -> ModelShape:
     """The published shape of a target model (``KNOWN_SHAPES``: d, layers, heads, kv heads, MLP hidden,
-    vocabulary, tied [, q/k/v biases, family])."""
+    vocabulary, tied [, q/k/v biases, family [, head_dim]])."""
     d, layers, heads, kv, h, v, tied, *rest = KNOWN_SHAPES[name]
-    bias, family = rest or (False, "llada")
-    return dataclasses.replace(shape_of(d, layers, heads, kv, h, v, tied, bias), family=family)
+    bias, family, head_dim = (list(rest) + [False, "llada", None][len(rest) :])[:3]
+    return dataclasses.replace(shape_of(d, layers, heads, kv, h, v, tied, bias, head_dim), family=family)
 
 
 def shape_of(
-    d: int, layers: int, heads: int, kv_heads: int, h: int, v: int, tied: bool, qkv_bias: bool = False
-) -> ModelShape:
+    d: int, layers: int, heads: int, kv_heads: int, h: int, v: int, tied: bool, qkv_bias: bool = False,
+    head_dim: int | None = None,
+) -> ModelShape:  # fmt: skip
     """Shapes and parameter count: embeddings (and an untied head), per layer q/k/v/out, the SwiGLU MLP and
-    two norms (plus q/k/v biases when asked), a final norm."""
-    kv = kv_heads * d // heads
-    per_layer = 2 * d * d + 2 * d * kv + 3 * d * h + 2 * d + ((d + 2 * kv) if qkv_bias else 0)
+    two norms (plus q/k/v biases when asked; with an explicit ``head_dim``, Qwen3's q/k norms and
+    q / out projections of heads x head_dim), a final norm."""
+    q = heads * head_dim if head_dim else d
+    kv = kv_heads * (head_dim or d // heads)
+    per_layer = 2 * d * q + 2 * d * kv + 3 * d * h + 2 * d + ((q + 2 * kv) if qkv_bias else 0)
+    per_layer += 2 * head_dim if head_dim else 0
     params = v * d * (1 if tied else 2) + layers * per_layer + d
-    return ModelShape(d, layers, heads, kv_heads, h, v, params)
+    return ModelShape(d, layers, heads, kv_heads, h, v, params, head_dim=head_dim)
 
 
 def hub_reachable(timeout_s: float = 5.0) -> bool:

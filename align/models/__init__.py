@@ -2,10 +2,12 @@
 
 from align.models.configuration_dream import DreamConfig
 from align.models.configuration_llada import LLaDAConfig
+from align.models.configuration_sdar import SDARConfig
 from align.models.family import FamilySpec, family_spec, model_logits
 from align.models.loading import load_model, load_tokenizer
 from align.models.modeling_dream import DreamLM
 from align.models.modeling_llada import LLaDAModel, LLaDAModelLM, LLaDAOutput
+from align.models.modeling_sdar import SDARLM
 
 __all__ = [
     "DreamConfig",
@@ -20,6 +22,8 @@ __all__ = [
     "load_tokenizer",
     "model_logits",
     "register_auto_classes",
+    "SDARConfig",
+    "SDARLM",
 ]
 
 
@@ -33,6 +37,9 @@ def register_auto_classes() -> None:
     AutoConfig.register("Dream", DreamConfig, exist_ok=True)
     AutoModel.register(DreamConfig, DreamLM, exist_ok=True)
     AutoModelForMaskedLM.register(DreamConfig, DreamLM, exist_ok=True)
+    AutoConfig.register("sdar", SDARConfig, exist_ok=True)
+    AutoModel.register(SDARConfig, SDARLM, exist_ok=True)
+    AutoModelForMaskedLM.register(SDARConfig, SDARLM, exist_ok=True)
 
 
-register_auto_classes()  # AutoConfig / AutoModel know "llada" and "Dream" wherever align.models is imported
+register_auto_classes()  # AutoConfig / AutoModel know "llada", "Dream" and "sdar" wherever align.models is imported

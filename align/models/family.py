@@ -8,8 +8,8 @@ token ids read from the config and tokenizer (LLaDA's mask is 126336, iLLaDA's i
 none is a literal anywhere). Dream-style models predict token i from position i-1 (AR-style shift);
 ``model_logits`` undoes that so every caller sees "logit i predicts token i".
 
-Two families are native: LLaDA (and iLLaDA, LLaDA-1.5, through their configs) and Dream (Dream-v0,
-DiffuCoder; ``model_type`` "Dream"). A model type without a registered family gets the generic one (the
+Three families are native: LLaDA (and iLLaDA, LLaDA-1.5, through their configs), Dream (Dream-v0,
+DiffuCoder; ``model_type`` "Dream") and SDAR (SDAR, TraDo: block diffusion, block-causal attention). A model type without a registered family gets the generic one (the
 usual transformers names, full forward, no cache, no shift). A new family is one registered class plus
 ``tests/test_families.py``'s conformance checks passing for it.
 """
@@ -54,6 +54,7 @@ class Family:
     shift_logits = False
     supports_cache = False
     native = False  # an implementation in align.models (else the checkpoint's own code, trust_remote_code)
+    block_causal = False  # attention causal across blocks (block diffusion): decoded by align.sampling.block
     # LoRA targets and their (in, out) shapes from (d_model, kv_dim, mlp_hidden): the usual transformers names
     lora_targets: tuple[str, ...] = (
         "q_proj",
@@ -214,6 +215,55 @@ class DreamFamily(Family):
         return DreamLM(DreamConfig.from_json_file(config_file))
 
 
+@register_family
+class SDARFamily(Family):
+    """The native SDAR implementation (``align.models.modeling_sdar``): SDAR-*-Chat, TraDo-* (block diffusion).
+
+    Logits are not shifted; attention is block-causal, so these models decode block by block with an exact
+    KV cache (``align.sampling.block``) and their likelihoods condition each block on clean earlier blocks.
+    The hub configs carry no block size: ``default_block_size`` is the one the checkpoints were trained with
+    (a config's ``block_size`` wins); the mask id comes from the tokenizer's mask token."""
+
+    name = "sdar"
+    model_types = ("sdar",)
+    native = True
+    block_causal = True
+    default_block_size = 4
+
+    def block_size(self, config) -> int:
+        return getattr(config, "block_size", None) or self.default_block_size
+
+    def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
+        kwargs.pop("use_cache", None)
+        if logits_range is not None and _is_native(model, "sdar"):  # the LM head runs on the window only
+            return model(input_ids=input_ids, attention_mask=attention_mask, logits_range=logits_range, **kwargs)
+        return super().forward(model, input_ids, attention_mask, logits_range, **kwargs)
+
+    def shape(self, config) -> dict | None:
+        if getattr(config, "model_type", None) != "sdar":
+            return None
+        return dict(d=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
+                    kv_heads=config.num_key_value_heads or config.num_attention_heads, h=config.intermediate_size,
+                    v=config.vocab_size, tied=bool(config.tie_word_embeddings),
+                    qkv_bias=bool(config.attention_bias), head_dim=config.head_dim)  # fmt: skip
+
+    def lora_shapes(self, d: int, kv: int, h: int, q: int | None = None) -> dict[str, tuple[int, int]]:
+        q = d if q is None else q  # heads * head_dim (4096 on SDAR-8B, 4096 = d; 4B: 4096 vs d 2560)
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d), "gate_proj": (d, h),
+                "up_proj": (d, h), "down_proj": (h, d)}  # fmt: skip
+
+    def from_pretrained(self, name_or_path: str, **kwargs):
+        from align.models.modeling_sdar import SDARLM
+
+        return SDARLM.from_pretrained(name_or_path, **kwargs)
+
+    def new_model(self, config_file: str):
+        from align.models.configuration_sdar import SDARConfig
+        from align.models.modeling_sdar import SDARLM
+
+        return SDARLM(SDARConfig.from_json_file(config_file))
+
+
 def check_family_settings(spec: FamilySpec, *, cache: str | None = None) -> None:
     """One line when a setting needs what the model's family lacks (before any work is done)."""
     from align.errors import UsageError
@@ -299,6 +349,8 @@ def _is_native(model, family: str = "llada") -> bool:
     """Whether the (possibly DDP / DeepSpeed / PEFT-wrapped) model is the native class of ``family``."""
     if family == "dream":
         from align.models.modeling_dream import DreamLM as native
+    elif family == "sdar":
+        from align.models.modeling_sdar import SDARLM as native
     else:
         from align.models.modeling_llada import LLaDAModelLM as native
     return isinstance(_unwrap(model), native)

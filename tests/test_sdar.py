@@ -1,0 +1,457 @@
+"""The SDAR family against the official modeling file and generation code, rewritten here from reading them.
+
+References (read, not copied; the functions below are this test's own): the hub's ``modeling_sdar.py``
+(verbatim copies in yjyddq/DARE @ f4999da ``models/SDAR-4B-Chat/``; SDAR-8B identical) and
+``block_diffusion_generate`` in JetAstra/SDAR ``generate.py``. The reference forward is written eagerly
+(explicit softmax over masked scores; the file's flash / SDPA paths compute the same), with the hub's
+calling convention: a [1, Lq, Lk] bool mask, ``arange`` positions, keys/values of committed blocks kept
+with ``store_kv=True`` and only read with ``store_kv=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from align.models import SDARConfig, SDARLM
+from align.models.family import FamilySpec, family_for, family_spec, model_logits
+from align.models.modeling_sdar import BlockKVCache
+from align.sampling.block import block_generate
+
+MASK, PAD, EOS = 63, 0, 1
+
+
+def tiny_config(**over) -> SDARConfig:
+    fields = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, rope_theta=10000.0, initializer_range=0.2, pad_token_id=PAD,
+                  eos_token_id=EOS, bos_token_id=EOS, mask_token_id=MASK)  # fmt: skip
+    fields.update(over)
+    return SDARConfig(**fields)
+
+
+def tiny_model(seed=0, **over) -> SDARLM:
+    torch.manual_seed(seed)
+    return SDARLM(tiny_config(**over)).eval()
+
+
+SPEC = FamilySpec(model_type="sdar", mask_token_id=MASK, eos_token_id=EOS, pad_token_id=PAD)
+
+
+# ---------------------------------------------------------------- the reference forward (hub file's arithmetic)
+
+
+def _rms(x, w, eps):
+    dtype = x.dtype
+    x32 = x.float()
+    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def ref_forward(sd, cfg, ids, mask, pos, past=None, store=False):
+    """Logits [1, L, V] of the hub forward; ``past`` (a list per layer of (k, v)) is read, and extended with
+    this input when ``store``."""
+    hd, nh, nkv, eps = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps
+    h = sd["model.embed_tokens.weight"][ids]
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    freqs = (inv_freq[None, :, None].float() @ pos[:, None, :].float()).transpose(1, 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos().to(h.dtype)[:, None], emb.sin().to(h.dtype)[:, None]
+    b, L = ids.shape
+    for i in range(cfg.num_hidden_layers):
+        pre = f"model.layers.{i}."
+        x = _rms(h, sd[pre + "input_layernorm.weight"], eps)
+        q = x @ sd[pre + "self_attn.q_proj.weight"].T
+        k = x @ sd[pre + "self_attn.k_proj.weight"].T
+        v = x @ sd[pre + "self_attn.v_proj.weight"].T
+        q = _rms(q.view(b, L, -1, hd), sd[pre + "self_attn.q_norm.weight"], eps).transpose(1, 2)
+        k = _rms(k.view(b, L, -1, hd), sd[pre + "self_attn.k_norm.weight"], eps).transpose(1, 2)
+        v = v.view(b, L, -1, hd).transpose(1, 2)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        if past is not None and store:
+            if len(past) > i:
+                past[i] = (torch.cat([past[i][0], k], 2), torch.cat([past[i][1], v], 2))
+            else:
+                past.append((k, v))
+            k, v = past[i]
+        elif past is not None and len(past) > i:
+            k, v = torch.cat([past[i][0], k], 2), torch.cat([past[i][1], v], 2)
+        k = k.repeat_interleave(nh // nkv, dim=1)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+        scores = (q @ k.transpose(2, 3)) / math.sqrt(hd)
+        scores = scores.masked_fill(~mask.bool()[:, None], float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ v
+        h = h + out.transpose(1, 2).reshape(b, L, -1) @ sd[pre + "self_attn.o_proj.weight"].T
+        x = _rms(h, sd[pre + "post_attention_layernorm.weight"], eps)
+        gate = torch.nn.functional.silu(x @ sd[pre + "mlp.gate_proj.weight"].T)
+        h = h + (gate * (x @ sd[pre + "mlp.up_proj.weight"].T)) @ sd[pre + "mlp.down_proj.weight"].T
+    h = _rms(h, sd["model.norm.weight"], eps)
+    head = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])
+    return h @ head.T
+
+
+def official_block_mask(num_blocks, block):
+    """generate.py's [1, N, N] mask: tril over blocks, repeated to tokens."""
+    m = torch.tril(torch.ones(num_blocks, num_blocks))
+    return m.repeat_interleave(block, 0).repeat_interleave(block, 1).unsqueeze(0).bool()
+
+
+# ---------------------------------------------------------------- the reference generation (generate.py's loop)
+
+
+def ref_generate(sd, cfg, prompt, gen_length, block, steps, temperature=1.0, top_k=0, top_p=1.0,
+                 strategy="low_confidence_static", threshold=0.85, stop=None, generator=None):  # fmt: skip
+    """block_diffusion_generate for one prompt [1, p]; returns (canvas [1, N], NFE, picked-unmasked flag)."""
+    p = prompt.shape[1]
+    past = []
+    nb = (p + gen_length + block - 1) // block
+    total = nb * block
+    mask = official_block_mask(nb, block)
+    pos = torch.arange(total)[None]
+    x = torch.full((1, total), MASK, dtype=torch.long)
+    x[:, :p] = prompt
+    pre_blocks = p // block
+    nfe, overwrote = 0, False
+    if pre_blocks:
+        n = pre_blocks * block
+        ref_forward(sd, cfg, x[:, :n], mask[:, :n, :n], pos[:, :n], past, store=True)
+        nfe += 1
+    base, rem = divmod(block, steps)
+    ntt = [base + (1 if s < rem else 0) for s in range(steps)]
+    for nbk in range(pre_blocks, nb):
+        lo, hi = nbk * block, (nbk + 1) * block
+        cur = x[:, lo:hi].clone()
+        cmask, cpos = mask[:, lo:hi, :hi], pos[:, lo:hi]
+        for step in range(steps + 1):
+            mi = cur == MASK
+            if mi.sum() == 0:
+                ref_forward(sd, cfg, cur, cmask, cpos, past, store=True)
+                nfe += 1
+                break
+            logits = ref_forward(sd, cfg, cur, cmask, cpos, past, store=False)
+            nfe += 1
+            flat = logits.reshape(-1, logits.shape[-1])
+            flat[:, MASK] = float("-inf")  # the sampler's documented difference: the mask token is never drawn
+            if temperature != 1.0:
+                flat = flat / temperature
+            if top_k > 0:
+                kth = torch.topk(flat, top_k)[0][..., -1, None]
+                flat = torch.where(flat < kth, torch.full_like(flat, float("-inf")), flat)
+            if top_p < 1.0:
+                sl, si = torch.sort(flat, descending=True)
+                sm = torch.cumsum(torch.softmax(sl, -1), -1) > top_p
+                sm[..., 1:] = sm[..., :-1].clone()
+                sm[..., 0] = False
+                flat = flat.masked_fill(torch.scatter(torch.zeros_like(flat, dtype=torch.bool), -1, si, sm), float("-inf"))
+            probs = torch.softmax(flat, -1)
+            tok = torch.multinomial(probs, 1, generator=generator)
+            x0, x0_p = tok.view(cur.shape), torch.gather(probs, -1, tok).view(cur.shape)
+            transfer = torch.zeros_like(x0, dtype=torch.bool)
+            conf = torch.where(mi, x0_p, -torch.inf)
+            if strategy == "sequential":
+                first = mi[0].nonzero()[:, 0].min().item()
+                transfer[0, first : first + ntt[step]] = True
+            elif strategy == "low_confidence_static":
+                transfer[0, torch.topk(conf[0], ntt[step])[1]] = True
+            else:
+                high = conf[0] > threshold
+                if high.sum() >= ntt[step]:
+                    transfer[0] = high
+                else:
+                    transfer[0, torch.topk(conf[0], ntt[step])[1]] = True
+            overwrote |= bool((transfer & ~mi).any())
+            cur[transfer] = x0[transfer]
+        x[:, lo:hi] = cur
+        if stop is not None and any(s in x[:, p:] for s in stop):
+            break
+    return x, nfe, overwrote
+
+
+# ---------------------------------------------------------------- conformance of the forward
+
+
+@pytest.mark.parametrize("over", [{}, {"tie_word_embeddings": True, "num_key_value_heads": 4},
+                                  {"num_key_value_heads": 1, "num_hidden_layers": 3, "attention_bias": True}])  # fmt: skip
+def test_full_canvas_matches_hub_forward(over):
+    model = tiny_model(1, **over)
+    sd = model.state_dict()
+    cfg = model.config
+    torch.manual_seed(2)
+    ids = torch.randint(2, 60, (1, 12))
+    mask = official_block_mask(3, 4)
+    pos = torch.arange(12)[None]
+    ref = ref_forward(sd, cfg, ids, mask, pos)
+    given = model(input_ids=ids, attention_mask=mask).logits  # the caller's mask, as the hub code is called
+    built = model(input_ids=ids).logits  # the block-causal mask built from the config's block size
+    assert torch.allclose(given, ref, atol=1e-5), (given - ref).abs().max()
+    assert torch.allclose(built, ref, atol=1e-5), (built - ref).abs().max()
+    # the family's forward (what estimators call) is the same, also on a window
+    assert torch.allclose(model_logits(model, ids, spec=SPEC).logits, ref, atol=1e-5)
+    window = model_logits(model, ids, spec=SPEC, logits_range=(4, 9)).logits
+    assert torch.allclose(window, ref[:, 4:9], atol=1e-5)
+
+
+def test_attention_is_block_causal_not_full():
+    """Changing a later block never changes an earlier block's logits; changing a token inside a block does
+    change that block's other positions (full attention within the block)."""
+    model = tiny_model(3)
+    torch.manual_seed(4)
+    ids = torch.randint(2, 60, (1, 12))
+    base = model(input_ids=ids).logits
+    later = ids.clone()
+    later[0, 9] = (later[0, 9] + 1) % 60 + 2
+    out = model(input_ids=later).logits
+    assert torch.equal(out[:, :8], base[:, :8])
+    assert not torch.allclose(out[:, 8:], base[:, 8:])
+    inside = ids.clone()
+    inside[0, 7] = (inside[0, 7] + 1) % 60 + 2
+    out = model(input_ids=inside).logits
+    assert torch.equal(out[:, :4], base[:, :4]) and not torch.allclose(out[:, 4:7], base[:, 4:7])
+
+
+def test_kv_cache_layout_matches_hub_protocol():
+    """Prefill of whole blocks with store_kv, then one block read against the cache (store_kv False) and
+    stored: logits equal the reference's cache protocol and the full canvas."""
+    model = tiny_model(5)
+    sd, cfg = model.state_dict(), model.config
+    torch.manual_seed(6)
+    ids = torch.randint(2, 60, (1, 16))
+    mask, pos = official_block_mask(4, 4), torch.arange(16)[None]
+    full = ref_forward(sd, cfg, ids, mask, pos)
+    past, cache = [], BlockKVCache()
+    ref_forward(sd, cfg, ids[:, :8], mask[:, :8, :8], pos[:, :8], past, store=True)
+    model(input_ids=ids[:, :8], kv_cache=cache, store_kv=True)
+    assert cache.length == 8
+    for lo in (8, 12):
+        hi = lo + 4
+        ref = ref_forward(sd, cfg, ids[:, lo:hi], mask[:, lo:hi, :hi], pos[:, lo:hi], past, store=False)
+        ours = model(input_ids=ids[:, lo:hi], kv_cache=cache).logits
+        assert cache.length == lo  # reading does not store
+        assert torch.allclose(ours, ref, atol=1e-5) and torch.allclose(ours, full[:, lo:hi], atol=1e-5)
+        ref_forward(sd, cfg, ids[:, lo:hi], mask[:, lo:hi, :hi], pos[:, lo:hi], past, store=True)
+        model(input_ids=ids[:, lo:hi], kv_cache=cache, store_kv=True)
+        assert cache.length == hi
+        for (k, v), (rk, rv) in zip(cache.layers, past):
+            assert torch.allclose(k, rk, atol=1e-5) and torch.allclose(v, rv, atol=1e-5)
+
+
+def test_left_padding_is_a_batch_of_one():
+    """A row left-padded by pads the mask excludes (positions counting real tokens) has the logits of the
+    same tokens alone."""
+    model = tiny_model(7)
+    torch.manual_seed(8)
+    ids = torch.randint(2, 60, (1, 9))
+    alone = model(input_ids=ids).logits
+    padded = torch.cat([torch.full((1, 3), PAD), ids], 1)
+    attn = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
+    batch = torch.cat([padded, torch.randint(2, 60, (1, 12))])
+    out = model(input_ids=batch, attention_mask=torch.cat([attn, torch.ones(1, 12, dtype=torch.long)])).logits
+    assert torch.allclose(out[:1, 3:], alone, atol=1e-5)
+
+
+def test_state_dict_names_are_the_hub_names():
+    model = tiny_model(0, num_hidden_layers=2)
+    per_layer = {"input_layernorm.weight", "post_attention_layernorm.weight", "mlp.down_proj.weight",
+                 "mlp.gate_proj.weight", "mlp.up_proj.weight", "self_attn.k_norm.weight", "self_attn.k_proj.weight",
+                 "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.q_proj.weight",
+                 "self_attn.v_proj.weight"}  # fmt: skip (the SDAR-4B index's names for layer 0)
+    expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    expected |= {f"model.layers.{i}.{n}" for i in range(2) for n in per_layer}
+    assert set(model.state_dict()) == expected
+    sd = model.state_dict()
+    assert sd["model.layers.0.self_attn.q_proj.weight"].shape == (4 * 16, 32)  # heads x explicit head_dim
+    assert sd["model.layers.0.self_attn.q_norm.weight"].shape == (16,)
+
+
+HUB_CONFIG = {  # SDAR-4B-Chat's config.json fields (the auto_map, flex_attention and training flags included)
+    "architectures": ["SDARForCausalLM"], "auto_map": {"AutoConfig": "configuration_sdar.SDARConfig",
+    "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"}, "attention_bias": False, "attention_dropout": 0.0,
+    "attn_implementation": "flex_attention", "bos_token_id": 151643, "eos_token_id": 151643, "fuse_cross_entropy": True,
+    "head_dim": 128, "hidden_act": "silu", "hidden_size": 2560, "intermediate_size": 9728,
+    "max_position_embeddings": 32768, "max_window_layers": 36, "model_type": "sdar", "num_attention_heads": 32,
+    "num_hidden_layers": 36, "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None,
+    "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "use_cache": False, "use_sliding_window": False, "vocab_size": 151936,
+}  # fmt: skip
+
+
+def test_hub_config_loads_without_remote_code(tmp_path):
+    from transformers import AutoConfig
+
+    from align.plan import ModelShape, known_shape
+
+    (tmp_path / "config.json").write_text(json.dumps(HUB_CONFIG))
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, SDARConfig) and config.head_dim == 128 and config.mask_token_id is None
+    family = family_for(config.model_type)
+    assert family.name == "sdar" and family.block_causal and family.block_size(config) == 4
+    # the mask id comes from the tokenizer's mask token (the hub config has none)
+    tok = type("Tok", (), {"mask_token_id": 151669, "eos_token_id": 151643, "pad_token_id": 151643,
+                           "get_vocab": lambda self: {"<|im_end|>": 151645}})()  # fmt: skip
+    spec = family_spec(config, tok)
+    assert (spec.mask_token_id, spec.stop_token_ids) == (151669, (151643, 151645))
+    # planner: the hub's 8,822,848,512 bytes of bf16 weights are 4,411,424,256 parameters
+    shape = ModelShape.from_config(config)
+    assert shape.params == 4_411_424_256 == known_shape("JetLM/SDAR-4B-Chat").params
+    assert (shape.kv_dim, shape.q_dim) == (1024, 4096)
+
+
+@pytest.mark.parametrize("field,value", [("rope_scaling", {"rope_type": "yarn", "factor": 4.0}),
+                                         ("use_sliding_window", True), ("hidden_act", "gelu"), ("block_size", 0)])  # fmt: skip
+def test_config_refuses_what_it_does_not_compute(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_config_refuses_pad_equal_to_mask():
+    with pytest.raises(ValueError, match="pad_token_id equals mask_token_id"):
+        tiny_config(pad_token_id=MASK)
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    model = tiny_model(9, block_size=4)
+    model.save_pretrained(tmp_path)
+    again = SDARLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(2, 60, (2, 8))
+    assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+    assert again.config.block_size == 4
+
+
+# ---------------------------------------------------------------- the sampler against generate.py
+
+
+def _ours(model, prompts, spec=SPEC, **kw):
+    """block_generate on a list of 1-D prompts, left-padded into one batch."""
+    p = max(len(x) for x in prompts)
+    ids = torch.full((len(prompts), p), PAD)
+    attn = torch.zeros(len(prompts), p, dtype=torch.long)
+    for i, x in enumerate(prompts):
+        ids[i, p - len(x) :] = x
+        attn[i, p - len(x) :] = 1
+    return block_generate(model, ids, attn, spec=spec, **kw)
+
+
+@pytest.mark.parametrize("strategy,steps,plen", [("low_confidence_static", 4, 6), ("low_confidence_static", 2, 8),
+                                                ("low_confidence_dynamic", 4, 5), ("sequential", 4, 7),
+                                                ("low_confidence_dynamic", 2, 4)])  # fmt: skip
+def test_greedy_is_token_identical_to_generate_py(strategy, steps, plen):
+    """T = 0 here against generate.py's greedy setting (top_k = 1) on one prompt: same canvas, same NFE."""
+    model = tiny_model(11)
+    sd, cfg = model.state_dict(), model.config
+    torch.manual_seed(12)
+    prompt = torch.randint(2, 60, (1, plen))
+    ref, ref_nfe, overwrote = ref_generate(sd, cfg, prompt, 12, 4, steps, top_k=1, strategy=strategy, threshold=0.9)
+    assert not overwrote  # settings where the official code only picks masked positions
+    out = _ours(model, [prompt[0]], gen_length=12, block_length=4, steps_per_block=steps, schedule=strategy,
+                threshold=0.9)  # fmt: skip
+    assert torch.equal(out.completion_ids, ref[:, plen : plen + 12])
+    assert out.nfe == ref_nfe
+    assert (out.commit_step > 0).all()
+
+
+@pytest.mark.parametrize("strategy,top_k,top_p", [("low_confidence_static", 0, 1.0), ("low_confidence_dynamic", 5, 0.9),
+                                                 ("sequential", 0, 0.8)])  # fmt: skip
+def test_sampling_with_the_same_seed_is_token_identical(strategy, top_k, top_p):
+    """T > 0, one prompt: the same draws in the same order as generate.py (multinomial per block position)."""
+    model = tiny_model(13)
+    sd, cfg = model.state_dict(), model.config
+    for seed in range(4):
+        prompt = torch.randint(2, 60, (1, 5), generator=torch.Generator().manual_seed(seed))
+        ref, _, overwrote = ref_generate(sd, cfg, prompt, 12, 4, 4, temperature=0.8, top_k=top_k, top_p=top_p,
+                                         strategy=strategy, threshold=0.5,
+                                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        assert not overwrote
+        out = _ours(model, [prompt[0]], gen_length=12, block_length=4, steps_per_block=4, schedule=strategy,
+                    temperature=0.8, top_k=top_k or None, top_p=top_p, threshold=0.5,
+                    generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        assert torch.equal(out.completion_ids, ref[:, 5:17])
+
+
+def test_batch_rows_equal_their_batch_of_one():
+    """Prompts of different lengths (different block phases) in one batch: each row is its greedy batch of one."""
+    model = tiny_model(15)
+    prompts = [torch.randint(2, 60, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5, 10)]
+    batch = _ours(model, prompts, gen_length=12, block_length=4, steps_per_block=4, schedule="low_confidence_static")
+    for i, pr in enumerate(prompts):
+        alone = _ours(model, [pr], gen_length=12, block_length=4, steps_per_block=4, schedule="low_confidence_static")
+        assert torch.equal(batch.completion_ids[i], alone.completion_ids[0])
+        # global step numbers differ (other rows' blocks step too); the order inside each block does not
+        block_of = (len(pr) + torch.arange(12)) // 4
+        for blk in block_of.unique():
+            here = block_of == blk
+            assert torch.equal(batch.commit_step[i][here].argsort(stable=True),
+                               alone.commit_step[0][here].argsort(stable=True))  # fmt: skip
+        assert torch.equal(batch.sequences[i, : batch.prompt_length], torch.cat([torch.full((10 - len(pr),), PAD), pr]))
+
+
+def test_the_official_overwrite_is_not_reproduced():
+    """Prompt of 7 with blocks of 4 in 2 steps: the partial block has 1 mask, step 0 asks for 2, and
+    generate.py overwrites a prompt token with a draw; here the prompt is kept (the documented difference)."""
+    model = tiny_model(17)
+    sd, cfg = model.state_dict(), model.config
+    prompt = torch.randint(2, 60, (1, 7), generator=torch.Generator().manual_seed(3))
+    ref, _, overwrote = ref_generate(sd, cfg, prompt, 8, 4, 2, top_k=1)
+    assert overwrote
+    out = _ours(model, [prompt[0]], gen_length=8, block_length=4, steps_per_block=2)
+    assert torch.equal(out.sequences[0, :7], prompt[0])
+
+
+def test_rows_stop_after_the_block_with_a_stop_token():
+    """variable_length: a row that emitted a stop token decodes no further block (EOS after it, commit step
+    -1), as generate.py's stopping criterion does for one prompt; the others go on, and fewer passes run."""
+    import dataclasses
+
+    model = tiny_model(19)
+    prompts = [torch.randint(2, 60, (n,), generator=torch.Generator().manual_seed(n)) for n in (4, 6, 9, 5)]
+    full = _ours(model, prompts, gen_length=24, block_length=4, steps_per_block=4)
+    # the stop token: one the greedy decode emits in some rows' middles (so those rows stop early)
+    tokens, counts = full.completion_ids[:, :16].unique(return_counts=True)
+    stop = int(tokens[counts.argmax()])
+    spec = dataclasses.replace(SPEC, eos_token_id=stop)
+    out = _ours(model, prompts, gen_length=24, block_length=4, steps_per_block=4, variable_length=True, spec=spec)
+    stopped = 0
+    for i, pr in enumerate(prompts):
+        c, steps = out.completion_ids[i], out.commit_step[i]
+        hits = (c == stop).nonzero()
+        if not len(hits):
+            assert (steps > 0).all() and torch.equal(c, full.completion_ids[i])
+            continue
+        first = int(hits[0, 0])
+        end = min((len(pr) + first) // 4 * 4 + 4 - len(pr), 24)  # the end of the block holding the first stop
+        assert torch.equal(c[:end], full.completion_ids[i, :end])  # greedy: the same tokens up to there
+        assert (steps[:end] > 0).all() and (steps[end:] == -1).all() and (c[end:] == stop).all()
+        if end < 24:
+            stopped += 1
+            alone = _ours(model, [pr], gen_length=24, block_length=4, steps_per_block=4, variable_length=True,
+                          spec=spec)  # fmt: skip
+            fixed = _ours(model, [pr], gen_length=24, block_length=4, steps_per_block=4, spec=spec)
+            assert torch.equal(alone.completion_ids[0], c) and alone.nfe < fixed.nfe
+    assert stopped >= 1
+
+
+def test_chi_square_of_a_batched_first_draw():
+    """T = 1 in a batch: the first committed token of a masked block follows the model's softmax (chi-square
+    against the exact probabilities, 16 rows x 60 draws)."""
+    model = tiny_model(21)
+    prompt = torch.randint(2, 60, (8,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=torch.cat([prompt, torch.full((4,), MASK)])[None]).logits[0, 8], -1)
+    counts = torch.zeros(64)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(60):
+        out = _ours(model, [prompt] * 16, gen_length=4, block_length=4, steps_per_block=4, schedule="sequential",
+                    temperature=1.0, generator=gen)  # fmt: skip
+        counts += torch.bincount(out.completion_ids[:, 0], minlength=64).float()
+    expected = probs * counts.sum()
+    keep = expected >= 5
+    stat = (((counts - expected) ** 2) / expected)[keep].sum() + (
+        (counts[~keep].sum() - expected[~keep].sum()) ** 2 / expected[~keep].sum().clamp(min=1e-9)
+    )
+    dof = int(keep.sum())  # kept bins plus the pooled one, minus one
+    assert stat < dof + 5 * math.sqrt(2 * dof), (float(stat), dof)
