@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from align.models import SDARConfig, SDARLM
+from align.models import SDARLM, SDARConfig
 from align.models.family import FamilySpec, family_for, family_spec, model_logits
 from align.models.modeling_sdar import BlockKVCache
 from align.sampling.block import block_generate
