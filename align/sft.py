@@ -23,7 +23,8 @@ from align.checkpoints import SafeCheckpointMixin
 from align.config import SFTConfig
 from align.data import encode_prompts, load_rows, prompt_text
 from align.logprob.estimators import gather_logprobs
-from align.models import family_spec, model_logits
+from align.models import family_spec
+from align.models.family import noised_logits
 
 EPS = 1e-3
 
@@ -67,7 +68,7 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
         masked = response & (torch.rand(ids.shape, device=ids.device) < p_mask)
         noisy = torch.where(masked, self.spec.mask_token_id, ids)
         start = ids.shape[1] - self.args.max_completion_length  # the response canvas: logits only there
-        logits = model_logits(model, noisy, attn, self.spec, logits_range=(start, ids.shape[1])).logits
+        logits = noised_logits(model, ids, noisy, attn, self.spec, logits_range=(start, ids.shape[1])).logits
         window, targets = masked[:, start:], ids[:, start:]
         nll = torch.zeros(window.shape, dtype=torch.float32, device=ids.device)
         nll = nll.masked_scatter(window, -gather_logprobs(logits[window], targets[window]))

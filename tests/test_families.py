@@ -25,6 +25,11 @@ TINY = {
         "num_hidden_layers": 2, "intermediate_size": 64, "vocab_size": 40, "max_position_embeddings": 64,
         "mask_token_id": 39, "eos_token_id": 1, "pad_token_id": 1, "bos_token_id": 1, "tie_word_embeddings": False,
     },
+    "sdar": {  # head_dim explicit and unequal to hidden / heads, as on SDAR-4B
+        "model_type": "sdar", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "num_hidden_layers": 2, "intermediate_size": 64, "vocab_size": 40, "max_position_embeddings": 64,
+        "mask_token_id": 39, "eos_token_id": 1, "pad_token_id": 1, "bos_token_id": 1, "tie_word_embeddings": False,
+    },
 }  # fmt: skip
 
 

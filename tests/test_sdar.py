@@ -455,3 +455,157 @@ def test_chi_square_of_a_batched_first_draw():
     )
     dof = int(keep.sum())  # kept bins plus the pooled one, minus one
     assert stat < dof + 5 * math.sqrt(2 * dof), (float(stat), dof)
+
+
+# ---------------------------------------------------------------- block-diffusion likelihoods
+
+
+def _block_canvas():
+    """A prompt of 3 and a completion of 6 with blocks of 4: blocks hold 1 (after the prompt's 3), 4 and 1
+    completion tokens (the last block cut at the canvas end)."""
+    torch.manual_seed(31)
+    ids = torch.randint(2, 60, (1, 9))
+    completion = torch.zeros(1, 9, dtype=torch.bool)
+    completion[0, 3:] = True
+    return ids, completion
+
+
+def _block_logp(model, ids, masked, i):
+    """log p(y_i | the canvas up to i's block end, ``masked`` positions of i's block masked): a plain
+    block-causal forward on the truncated canvas (earlier blocks clean), the hub code's layout."""
+    end = min((i // 4 + 1) * 4, ids.shape[1])
+    noisy = ids[:, :end].clone()
+    here = masked.clone()
+    here[(torch.arange(ids.shape[1]) // 4) != i // 4] = False
+    noisy[0, here[:end]] = MASK
+    with torch.no_grad():
+        mask = official_block_mask((end + 3) // 4, 4)[:, :end, :end]
+        logits = ref_forward(model.state_dict(), model.config, noisy, mask, torch.arange(end)[None])
+    return torch.log_softmax(logits[0, i], -1)[ids[0, i]].double()
+
+
+def _exact_block_elbo(model, ids, completion):
+    """sum over blocks of each block's exact-count ELBO, enumerated: sum_k (1/k) mean_{|S|=k} sum_S log p."""
+    import itertools
+
+    total = torch.zeros((), dtype=torch.float64)
+    cols = completion[0].nonzero()[:, 0].tolist()
+    for blk in sorted({c // 4 for c in cols}):
+        inside = [c for c in cols if c // 4 == blk]
+        for k in range(1, len(inside) + 1):
+            subsets = list(itertools.combinations(inside, k))
+            acc = torch.zeros((), dtype=torch.float64)
+            for subset in subsets:
+                masked = torch.zeros(ids.shape[1], dtype=torch.bool)
+                masked[list(subset)] = True
+                acc += sum(_block_logp(model, ids, masked, i) for i in subset)
+            total += acc / len(subsets) / k
+    return total
+
+
+def _enumerated(model, ids, completion, weight_fn):
+    """The expectation of a plan over every mask of the completion: sum_S P-weight(S) * pass values, the
+    passes run through the library's estimator path (pass_logprobs -> the family's noised forward)."""
+    import itertools
+
+    from align.logprob.estimators import MaskPlan, pass_logprobs
+
+    cols = completion[0].nonzero()[:, 0].tolist()
+    masks, weights = [], []
+    for k in range(1, len(cols) + 1):
+        for subset in itertools.combinations(cols, k):
+            m = torch.zeros(1, ids.shape[1], dtype=torch.bool)
+            m[0, list(subset)] = True
+            for mask, w in weight_fn(m, len(cols)):
+                masks.append(mask)
+                weights.append(w)
+    plan = MaskPlan(torch.stack(masks), torch.stack(weights), 1)
+    with torch.no_grad():
+        values = pass_logprobs(model, ids, plan, mask_token_id=MASK, spec=SPEC, chunk_size=8)
+    return (plan.weights.double() * values.double()).sum()
+
+
+def test_noised_forward_is_the_per_block_layout():
+    """The family's one-forward layout (clean canvas + noised columns) gives each noised token the logits of
+    a plain forward on the canvas cut at its block's end with only its own block noised."""
+    from align.models.family import noised_logits
+
+    model = tiny_model(33)
+    ids, completion = _block_canvas()
+    masked = torch.zeros(9, dtype=torch.bool)
+    masked[[3, 5, 6, 8]] = True
+    noisy = torch.where(masked[None], MASK, ids)
+    with torch.no_grad():
+        out = noised_logits(model, ids, noisy, None, SPEC, logits_range=(3, 9)).logits
+    for i in (3, 5, 6, 8):
+        ref = _block_logp(model, ids, masked, i)
+        assert torch.allclose(torch.log_softmax(out[0, i - 3], -1)[ids[0, i]].double(), ref, atol=1e-5)
+
+
+def test_elbo_plan_is_the_block_elbo_exactly():
+    """LLaDA's exact-count ELBO weights (l ~ U{1..L}, S uniform of size l, weight L / l) over the whole
+    completion, read through the block layout, equal the sum of the blocks' own ELBOs (enumerated)."""
+    model = tiny_model(35)
+    ids, completion = _block_canvas()
+    exact = _exact_block_elbo(model, ids, completion)
+
+    def elbo(mask, n):
+        k = int(mask.sum())
+        yield mask, mask.double() * (n / k) / (n * math.comb(n, k))  # P(l = k) P(S | k) * L / l
+
+    assert torch.allclose(_enumerated(model, ids, completion, elbo), exact, atol=1e-6)
+
+
+def test_coupled_plan_is_the_block_elbo_exactly():
+    """The coupled pairs (S, S^c) with the library's weights give the same block ELBO in expectation."""
+    model = tiny_model(37)
+    ids, completion = _block_canvas()
+    exact = _exact_block_elbo(model, ids, completion)
+    cm = completion[0]
+
+    def coupled(mask, n):
+        k = int(mask.sum())
+        p = 1 / (n * math.comb(n, k))
+        comp = cm[None] & ~mask
+        if k == n:
+            yield mask, mask.double() * p  # weight 1 on S when l = L
+        else:
+            yield mask, mask.double() * p * n / (2 * k)
+            yield comp, comp.double() * p * n / (2 * (n - k))
+
+    assert torch.allclose(_enumerated(model, ids, completion, coupled), exact, atol=1e-6)
+
+
+def test_trace_replay_is_the_sampler_log_probability():
+    """TraceRL's replay on a block model: with the sequential schedule at T = 1 (the order does not depend on
+    the draws) the trace estimate of a sampled completion is exactly its log-probability under the sampler,
+    computed here step by step with the reference forward (each block given the clean earlier ones)."""
+    from align.logprob import make_plan, pass_logprobs
+    from align.logprob.estimators import combine
+
+    model = tiny_model(39)
+    prompt = torch.randint(2, 60, (1, 3), generator=torch.Generator().manual_seed(2))
+    out = _ours(model, [prompt[0]], gen_length=9, block_length=4, steps_per_block=4, schedule="sequential",
+                temperature=1.0, generator=torch.Generator().manual_seed(4))  # fmt: skip
+    ids = out.sequences
+    cm = torch.zeros_like(ids, dtype=torch.bool)
+    cm[:, 3:] = True
+    step = torch.full_like(ids, -1)
+    step[:, 3:] = out.commit_step
+    plan = make_plan("trace", cm, commit_step=step, num_steps=int(step.max()) + 1)
+    with torch.no_grad():
+        est = combine(plan, pass_logprobs(model, ids, plan, mask_token_id=MASK, spec=SPEC, exclude_ids=[MASK]))
+    # the sampler's probability: token i drawn with the block's later positions still masked
+    exact = torch.zeros((), dtype=torch.float64)
+    sd, cfg = model.state_dict(), model.config
+    for i in range(3, ids.shape[1]):
+        end = (i // 4 + 1) * 4
+        canvas = torch.full((1, end), MASK)
+        canvas[0, : min(end, ids.shape[1])] = ids[0, :end]
+        canvas[0, i:] = MASK  # sequential: the positions at and after i in the block are still masked
+        canvas[0, : i // 4 * 4] = ids[0, : i // 4 * 4]
+        with torch.no_grad():
+            logits = ref_forward(sd, cfg, canvas, official_block_mask(end // 4, 4), torch.arange(end)[None])[0, i]
+        logits[MASK] = -torch.inf
+        exact += torch.log_softmax(logits.double(), -1)[ids[0, i]]
+    assert torch.allclose(est.sum().double(), exact, atol=1e-5)

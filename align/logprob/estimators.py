@@ -82,7 +82,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from align.models.family import FamilySpec, model_logits
+from align.models.family import FamilySpec, noised_logits
 
 
 @dataclass
@@ -441,7 +441,8 @@ def pass_logprobs(
         # under ZeRO-3 every process must run the same number of forwards.
         columns = scored.any(0).any(0).nonzero()
         lo, hi = (columns[0].item(), columns[-1].item() + 1) if len(columns) else (0, 1)
-        logits = model_logits(model, noisy, attn, spec, logits_range=(lo, hi)).logits.view(n, b, hi - lo, -1)
+        clean = input_ids.repeat(n, 1)
+        logits = noised_logits(model, clean, noisy, attn, spec, logits_range=(lo, hi)).logits.view(n, b, hi - lo, -1)
         window = scored[..., lo:hi]
         targets = input_ids[None, :, lo:hi].expand(n, -1, -1)
         gathered = gather_logprobs(logits[window], targets[window], exclude_ids)

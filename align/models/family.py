@@ -81,6 +81,11 @@ class Family:
             out.logits = out.logits[:, logits_range[0] : logits_range[1]]
         return out
 
+    def noised_forward(self, model, clean_ids, noisy_ids, attention_mask=None, logits_range=None):
+        """Logits of a noised canvas (logit i predicts token i) for the likelihood estimators and SFT;
+        ``clean_ids`` is the same canvas unmasked. Full-attention families read the noised canvas alone."""
+        return self.forward(model, noisy_ids, attention_mask, logits_range=logits_range)
+
     def cached_forward(self, model, segment_ids, attention_mask, kv_cache, cache_start: int, logits_range):
         """Logits of ``segment_ids`` (canvas positions from ``cache_start``) with ``kv_cache`` serving the
         positions outside it; ``attention_mask`` covers the whole canvas."""
@@ -239,6 +244,31 @@ class SDARFamily(Family):
             return model(input_ids=input_ids, attention_mask=attention_mask, logits_range=logits_range, **kwargs)
         return super().forward(model, input_ids, attention_mask, logits_range, **kwargs)
 
+    def noised_forward(self, model, clean_ids, noisy_ids, attention_mask=None, logits_range=None):
+        """The block-diffusion layout (SDAR's training layout, one forward): the clean canvas, then the noised
+        canvas from the block holding the first noised column; a noised token sees the clean tokens of
+        earlier blocks and the noised-stream tokens of its own block (a prompt's partial block as the sampler
+        shows it). So each block's noise is scored given clean earlier blocks, and any masking plan becomes
+        its block-conditional form (tests/test_sdar.py enumerates it)."""
+        from align.models.modeling_sdar import two_stream_inputs
+
+        differ = (clean_ids != noisy_ids).any(0).nonzero()
+        first = int(differ[0]) if len(differ) else clean_ids.shape[1] - 1
+        if logits_range is not None:
+            first = min(first, logits_range[0])
+        t = clean_ids.shape[1]
+        ids, mask, positions, n = two_stream_inputs(
+            clean_ids, noisy_ids, attention_mask, first, self.block_size(_unwrap(model).config)
+        )
+        start = t - n  # the canvas column of the noised stream's first column
+        if logits_range is None:  # the whole canvas: the clean stream left of the noised one, then that
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions)
+            out.logits = torch.cat([out.logits[:, :start], out.logits[:, t:]], 1)
+            return out
+        lo, hi = logits_range
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                     logits_range=(t + lo - start, t + hi - start))  # fmt: skip
+
     def shape(self, config) -> dict | None:
         if getattr(config, "model_type", None) != "sdar":
             return None
@@ -330,6 +360,16 @@ def model_logits(
     else:  # no spec: the family of the (unwrapped) model's config
         family = family_for(getattr(getattr(_unwrap(model), "config", None), "model_type", ""))
     return family.forward(model, input_ids, attention_mask, **kwargs)
+
+
+def noised_logits(model, clean_ids, noisy_ids, attention_mask=None, spec: FamilySpec | None = None, **kwargs):
+    """``model_logits`` for a noised canvas whose clean version is ``clean_ids``: the family decides how the
+    model reads it (block-diffusion families condition each block on the clean earlier blocks)."""
+    if spec is not None:
+        family = spec.family
+    else:
+        family = family_for(getattr(getattr(_unwrap(model), "config", None), "model_type", ""))
+    return family.noised_forward(model, clean_ids, noisy_ids, attention_mask, **kwargs)
 
 
 def _unwrap(model):

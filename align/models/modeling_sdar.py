@@ -62,6 +62,34 @@ def block_causal_mask(
     return keep[:, None]
 
 
+def two_stream_inputs(clean_ids, noisy_ids, attention_mask, first: int, block_size: int):
+    """(ids [B, T + N], bool mask [B, 1, T + N, T + N], positions [B, T + N], N) of the block-diffusion layout:
+    the clean canvas [B, T], then the noised canvas from the start of the block holding column ``first`` (the
+    first noised one; the earliest such block start over the rows). Clean queries are block-causal; a noised
+    query of block j sees clean keys of blocks < j and noised-stream keys of block j (a prompt's partial
+    block included, so its prompt tokens attend to the noised block, as in the sampler, never to the clean
+    answer). Pad keys are excluded; positions count real tokens."""
+    b, t = clean_ids.shape
+    dev = clean_ids.device
+    real = torch.ones(b, t, dtype=torch.long, device=dev) if attention_mask is None else attention_mask.long()
+    pos = (real.cumsum(-1) - 1).clamp(min=0)
+    if first < t:
+        first = max(0, int((first - pos[:, first] % block_size).min()))
+    ids = torch.cat([clean_ids, noisy_ids[:, first:]], 1)
+    positions = torch.cat([pos, pos[:, first:]], 1)
+    key_real = torch.cat([real, real[:, first:]], 1).bool()
+    blk = torch.div(positions, block_size, rounding_mode="floor")
+    n = t - first
+    noisy = torch.cat([torch.zeros(t, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)])
+    qb, kb = blk[:, :, None], blk[:, None, :]
+    qn, kn = noisy[None, :, None], noisy[None, None, :]
+    clean_q = ~qn & ~kn & (kb <= qb)
+    noisy_q = qn & ((~kn & (kb < qb)) | (kn & (kb == qb)))
+    keep = (clean_q | noisy_q) & key_real[:, None, :]
+    keep = keep | ~keep.any(-1, keepdim=True)
+    return ids, keep[:, None], positions, n
+
+
 class SDARAttention(nn.Module):
     def __init__(self, config: SDARConfig):
         super().__init__()
