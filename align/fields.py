@@ -24,10 +24,10 @@ from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, che
 from align.sampling.settings import DREAM_ALGS, REMASKING, check_decoding
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = ("blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
+ESTIMATOR_NAMES = ("block_trace", "blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 # trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
-DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "spg", "diffucoder", "espo"))
+DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "block_trace", "spg", "diffucoder", "espo"))
 PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
                    "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
@@ -525,8 +525,10 @@ def check_grpo(c) -> None:
 def passes_per_estimate(c) -> int:
     """Forward passes of one estimate under the config's estimator."""
     k = c.num_mc_samples
+    per_block = max(1, c.diffusion_steps // max(1, c.max_completion_length // c.block_length))
     return {"coupled": 2 * k, "espo": 2 * k, "diffucoder": 3 * k,
-            "trace": math.ceil(c.diffusion_steps / c.trace_merge)}.get(c.estimator, k)  # fmt: skip
+            "trace": math.ceil(c.diffusion_steps / c.trace_merge),
+            "block_trace": math.ceil(per_block / c.trace_merge)}.get(c.estimator, k)  # fmt: skip
 
 
 def resolve_mc_backward(c) -> None:

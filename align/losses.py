@@ -27,7 +27,7 @@ per-token values sum to the sequence ELBO), so TRL's formulas carry over unchang
 * ``spg_loss`` (SPG, Wang et al. 2025, as its authors released it): REINFORCE on sandwiched per-sequence
   bounds, no ratio and no clipping: the lower bound for A > 0 and ``mix * EUBO + (1 - mix) * lower`` else,
   from per-pass log-probs under SPG's own masks (``estimator: spg``), rows weighted by their length.
-* ``justgrpo_loss``, ``tracerl_loss``, ``espo_loss``: JustGRPO, TraceRL and ESPO as released (their
+* ``justgrpo_loss``, ``tracerl_loss`` (``tracerl_block_loss`` for block diffusion), ``espo_loss``: JustGRPO, TraceRL and ESPO as released (their
   docstrings give the arithmetic and the commits).
 * ``bgpo_loss`` (BGPO, as released in DARE's verl): per-sample sequence ELBO changes over the padded
   canvas length, ratio 1 + d for A > 0 and exp(d) otherwise, PPO and dual clipping, token-mean rows.
@@ -403,6 +403,40 @@ def tracerl_loss(
     rows = (per_token[None] * t).sum(-1) / sizes.clamp(min=1.0) + kl_beta * (kl[None] * t).sum(-1)
     loss = rows.sum() / torch.as_tensor(passes, dtype=logps.dtype).clamp(min=1.0)
     scored = t.sum(0).clamp(max=1.0)
+    return loss, {"ratio/mean": _masked_mean(ratio, scored).detach(), "kl": _masked_mean(kl, scored).detach()}
+
+
+def tracerl_block_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    canvas_length: int,
+    passes: float | torch.Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    kl_beta: float = 0.01,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TraceRL for block-diffusion models as released (Gen-Verse/dLLM-RL@10b4fd1 train/rl_sdar.py: rows from
+    ``one_round_vectorized``, loss ``forward_process``). A row is one replay pass of one rollout (estimator
+    block_trace); its value is ``-sum over its targets of min(r A, clip(r) A) / L1`` plus ``kl_beta x sum over
+    its targets of k3(old || new) / L1``, with L1 = ``canvas_length`` (the response canvas, not the target
+    count) and log r = logp - old clamped to [-10, 10] as released (and the k3 exponent likewise); the loss
+    is the sum over rows / ``passes`` (rows with a target in one accumulation window per process: the
+    released ``/ B`` over micro-batches of rows, then ``/ gradient_accumulation_steps``)."""
+    old = logps.detach() if old_logps is None else old_logps
+    t = targets.to(logps.dtype)  # [P, B, T]
+    scored = t.sum(0).clamp(max=1.0)  # [B, T]: each target token belongs to one pass
+    log_ratio = torch.where(scored.bool(), logps - old, torch.zeros_like(logps)).clamp(-10.0, 10.0)
+    ratio = torch.exp(log_ratio)
+    high = epsilon if epsilon_high is None else epsilon_high
+    adv = advantages[:, None].to(logps.dtype)
+    surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + high) * adv)
+    diff = torch.where(scored.bool(), logps - old, torch.zeros_like(logps))
+    kl = torch.exp((-diff).clamp(-10.0, 10.0)) - 1.0 + diff
+    rows = (-(surrogate[None] * t).sum(-1) + kl_beta * (kl[None] * t).sum(-1)) / canvas_length  # [P, B]
+    loss = rows.sum() / torch.as_tensor(passes, dtype=logps.dtype).clamp(min=1.0)
     return loss, {"ratio/mean": _masked_mean(ratio, scored).detach(), "kl": _masked_mean(kl, scored).detach()}
 
 

@@ -199,7 +199,7 @@ register_objective(Objective("espo", _espo, scores_canvas=True, estimators=("esp
 
 
 # ---- JustGRPO and TraceRL: losses over replayed rollouts -------------------------------------------
-REPLAYED = "is its authors' loss over replayed rollouts: it needs estimator trace"
+REPLAYED = "is its authors' loss over replayed rollouts: it needs estimator trace (block_trace on block diffusion)"
 
 
 def _check_justgrpo(c) -> None:
@@ -229,8 +229,12 @@ def _justgrpo(logps, batch, args, accumulation):  # each generation batch by its
 
 
 def _tracerl(logps, batch, args, accumulation):
-    from align.losses import tracerl_loss
+    from align.losses import tracerl_block_loss, tracerl_loss
 
+    if args.estimator == "block_trace":  # the released SDAR trainer's arithmetic (rl_sdar.py)
+        return tracerl_block_loss(logps, batch.old, batch.advantages, batch.plan.weights != 0,
+                                  canvas_length=args.max_completion_length, passes=_window(batch, args, accumulation),
+                                  epsilon=args.epsilon, epsilon_high=args.epsilon_high, kl_beta=args.tracerl_beta)  # fmt: skip
     return tracerl_loss(logps, batch.old, batch.advantages, batch.plan.weights != 0,
                         passes=_window(batch, args, accumulation), epsilon=args.epsilon,
                         epsilon_high=args.epsilon_high, kl_beta=args.tracerl_beta)  # fmt: skip
@@ -240,5 +244,5 @@ register_objective(Objective("justgrpo", _justgrpo, divisor="rows", scales_itsel
                              full_vocab=True, kl="none", estimators=("trace",), estimator_note=REPLAYED,
                              check=_check_justgrpo))  # fmt: skip
 register_objective(Objective("tracerl", _tracerl, divisor="passes", scales_itself=True, full_vocab=True,
-                             estimators=("trace",), estimator_note=REPLAYED, check=_check_tracerl))  # fmt: skip
+                             estimators=("trace", "block_trace"), estimator_note=REPLAYED, check=_check_tracerl))  # fmt: skip
 LOSS_TYPES = tuple(OBJECTIVES)

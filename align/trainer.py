@@ -174,7 +174,7 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         """Per-pass log-probs [P, n, L]. The trace estimator replays the sampler, which never emits the mask
         token: its probability is renormalised away, except for objectives whose released code softmaxes
         over the whole vocabulary."""
-        replay = self.args.estimator == "trace" and not self.objective.full_vocab
+        replay = self.args.estimator in ("trace", "block_trace") and not self.objective.full_vocab
         exclude = [self.spec.mask_token_id] if replay else []
         return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
                               spec=self.spec, chunk_size=self.args.mc_chunk_size, exclude_ids=exclude)  # fmt: skip

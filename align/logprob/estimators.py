@@ -69,8 +69,17 @@ Per-pass values: ``pass_logprobs`` returns the unweighted [P, B, T] log-probabil
 which are not linear in the passes (EUBO, BGPO's per-sample terms) and the chunked backward
 (``align.mc_backward``) work from one set of forwards; ``combine`` forms the linear estimate.
 
-Rows may have different completion lengths; each row's L is its own. Not covered here: block-diffusion
-likelihoods, replay of variable-length (growing-canvas) rollouts.
+* ``block_trace`` (TraceRL for block-diffusion models, see ``block_trace_plan``): one pass per group of
+  commit steps inside every block at once, the rows TraceRL's SDAR trainer builds.
+
+Block-diffusion models (a family with ``block_causal``, e.g. SDAR) read every plan through the family's
+block layout (``Family.noised_forward``: the clean canvas plus the noised one, one forward): each block's
+masked tokens are predicted given the clean earlier blocks and their own noised block, never a later block.
+With that layout ``elbo`` / ``coupled`` are unbiased for the sum of the blocks' own ELBOs (their noise level
+shared across blocks; enumerated in tests/test_sdar.py) and ``trace`` replays the block sampler exactly.
+
+Rows may have different completion lengths; each row's L is its own. Not covered here: replay of
+variable-length (growing-canvas) LLaDA rollouts.
 """
 
 from __future__ import annotations
@@ -269,6 +278,56 @@ def trace_plan(
     edges = torch.arange(0, num_steps, merge, device=cm.device)
     masked = torch.stack([cm & (step >= e) for e in edges])
     weights = torch.stack([cm & (step >= e) & (step < e + merge) for e in edges]).float()
+    return MaskPlan(masked, weights, 1)
+
+
+@register_estimator("block_trace")
+def block_trace_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, *, commit_step=None,
+    num_steps=None, merge=1, block_length=None, **_,
+) -> MaskPlan:  # fmt: skip
+    """TraceRL's replay rows for block-diffusion models (dLLM-RL ``train/rl_sdar.py``: ``collapse_k_unique``
+    and ``one_round_vectorized``). Blocks are the sampler's (position-aligned, positions counting the real
+    prompt and completion tokens); inside each block the commit steps' sorted distinct values are grouped
+    ``merge`` at a time (``shrink``; a group stands for its last value). Pass r holds, for every block at
+    once, the r-th group: its tokens are the targets (weight 1) and every token of that block in group >= r
+    is masked. Read through the family's block layout (each block sees only clean earlier blocks), a pass
+    shows every block in the state the sampler had when it committed that group. The pass count is fixed,
+    ceil(steps per block / merge) with steps per block = ``num_steps`` / ceil(completion length / block_length),
+    so every process runs as many forwards (ZeRO-3); passes with no target in some block still run."""
+    if commit_step is None or num_steps is None or block_length is None:
+        raise ValueError("estimator 'block_trace' replays the block sampler: it needs commit_step [B, T], "
+                         "num_steps and block_length.")  # fmt: skip
+    if merge < 1:
+        raise ValueError(f"trace merge (TraceRL's shrink) must be >= 1, got {merge}.")
+    cm = completion_mask.bool()
+    real = cm if prompt_mask is None else cm | prompt_mask.bool()
+    block = (real.long().cumsum(-1) - 1).clamp(min=0) // block_length  # [B, T] the sampler's block
+    step = commit_step.to(cm.device).masked_fill(~cm, -1)
+    length = int(cm.sum(-1).max())
+    per_block = max(1, num_steps // max(1, math.ceil(length / block_length)))
+    rounds = math.ceil(per_block / merge)
+    # each token's group: the rank of its step among its block's distinct steps, // merge
+    b, t = cm.shape
+    key = block * (step.max() + 2) + step  # distinct per (block, step); shown tokens (-1) sort first
+    group = torch.full_like(step, -1)
+    for r in range(b):
+        live = step[r] >= 0
+        if not live.any():
+            continue
+        keys = key[r, live]
+        uniq = torch.unique(keys)  # sorted
+        blk_of = torch.div(uniq, step.max() + 2, rounding_mode="floor")
+        first = torch.searchsorted(uniq, blk_of * (step.max() + 2))  # index of each block's first key
+        rank = torch.arange(len(uniq), device=cm.device) - first
+        group[r, live] = (rank // merge)[torch.searchsorted(uniq, keys)]
+    if int(group.max()) >= rounds:
+        raise ValueError(
+            f"a block holds tokens committed at more than {per_block} distinct steps, the sampler's steps per block "
+            f"(num_steps {num_steps} over blocks of {block_length}): the commit steps are not this sampler's."
+        )
+    masked = torch.stack([cm & (step >= 0) & (group >= g) for g in range(rounds)])
+    weights = torch.stack([cm & (step >= 0) & (group == g) for g in range(rounds)]).float()
     return MaskPlan(masked, weights, 1)
 
 
