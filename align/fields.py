@@ -21,7 +21,7 @@ import types
 from dataclasses import dataclass, field
 
 from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, check_objective
-from align.sampling.settings import DREAM_ALGS, REMASKING, check_decoding
+from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
 ESTIMATOR_NAMES = ("block_trace", "blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
@@ -252,12 +252,14 @@ class GRPOFields(ModelDataFields):
     temperature: float = _help("rollout", "Sampling temperature (Gumbel-max); 0 = greedy.", default=0.9)
     remasking: str = _help(
         "rollout",
-        "Which tokens to commit: low_confidence or random (LLaDA's schedule), or one of Dream's schedules "
-        "origin, maskgit_plus, topk_margin, entropy (one block: block_length = max_completion_length).",
+        "Which tokens to commit: low_confidence or random (LLaDA's schedule), one of Dream's schedules "
+        "origin, maskgit_plus, topk_margin, entropy (one block: block_length = max_completion_length), or for "
+        "block-diffusion models (SDAR, TraDo) low_confidence_static, low_confidence_dynamic (with threshold), "
+        "sequential (block_length = the model's block size).",
         default="low_confidence",
     )
-    top_p: float | None = _help("rollout", "Dream's schedules: nucleus cut of the proposals.", default=None)
-    top_k: int | None = _help("rollout", "Dream's schedules: top-k cut of the proposals.", default=None)
+    top_p: float | None = _help("rollout", "Dream's and SDAR's schedules: nucleus cut of the proposals.", default=None)
+    top_k: int | None = _help("rollout", "Dream's and SDAR's schedules: top-k cut of the proposals.", default=None)
     alg_temp: float | None = _help(
         "rollout", "Dream's schedules: draw the positions to commit at this temperature (None: the top ones).",
         default=None,
@@ -475,7 +477,7 @@ def check_grpo(c) -> None:
         "scale_rewards": list(SCALE_REWARDS),
         "advantage_baseline": list(ADVANTAGE_BASELINES),
         "importance_sampling_level": ["token", "sequence"],
-        "remasking": [*REMASKING, *DREAM_ALGS],
+        "remasking": [*REMASKING, *DREAM_ALGS, *BLOCK_SCHEDULES],
         "cache": [None, "prefix", "dual"],
         "mc_backward": ["auto", "joint", "chunked"],
         "kl_estimator": ["k3", "k2"],

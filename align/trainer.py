@@ -62,7 +62,8 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         self.rewards.warm_up()  # e.g. math_accuracy's grading workers: started before the first rollout
         self.objective = get_objective(args.loss_type)
         self.spec = family_spec(model, processing_class, args.mask_token_id)
-        check_family_settings(self.spec, cache=args.cache)
+        check_family_settings(self.spec, cache=args.cache, remasking=args.remasking, block_length=args.block_length,
+                              estimator=args.estimator)  # fmt: skip
         self._eval_tasks = load_eval_tasks(args)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          eval_dataset={t.name: rows for t, rows in self._eval_tasks} or None, callbacks=callbacks)  # fmt: skip

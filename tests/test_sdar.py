@@ -609,3 +609,56 @@ def test_trace_replay_is_the_sampler_log_probability():
         logits[MASK] = -torch.inf
         exact += torch.log_softmax(logits.double(), -1)[ids[0, i]]
     assert torch.allclose(est.sum().double(), exact, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the library's entry points and bad input
+
+
+def test_generate_dispatches_block_schedules_and_stops_rows():
+    from align.sampling import generate
+
+    model = tiny_model(41)
+    ids = torch.randint(2, 60, (2, 6), generator=torch.Generator().manual_seed(1))
+    out = generate(model, ids, gen_length=8, steps=8, block_length=4, remasking="low_confidence_static", spec=SPEC)
+    ref = block_generate(model, ids, None, spec=SPEC, gen_length=8, block_length=4, steps_per_block=4,
+                         variable_length=True)  # fmt: skip
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(remasking="low_confidence", block_length=4), "was not trained for: use one of low_confidence_static"),
+    (dict(remasking="low_confidence_static", block_length=8), "block_length 8 contradicts the model's block size 4"),
+    (dict(remasking="low_confidence_dynamic", block_length=4), "set threshold in"),
+    (dict(remasking="low_confidence_static", block_length=4, threshold=0.9), "threshold applies to"),
+    (dict(remasking="low_confidence_static", block_length=4, cfg_scale=1.0), "cfg_scale=1.0 is not available"),
+    (dict(remasking="low_confidence_static", block_length=4, alg_temp=0.5), "alg_temp applies"),
+])  # fmt: skip
+def test_block_settings_that_contradict_the_model_are_one_line(kwargs, match):
+    from align.sampling import generate
+
+    model = tiny_model(43)
+    ids = torch.randint(2, 60, (1, 4))
+    spec = family_spec(model)
+    assert spec.block_size == 4 and spec.mask_token_id == MASK
+    with pytest.raises(ValueError, match=match):
+        generate(model, ids, gen_length=8, steps=8, spec=spec, **kwargs)
+
+
+def test_family_checks_name_both_values():
+    from align.errors import UsageError
+    from align.models.family import check_family_settings
+
+    model = tiny_model(45, block_size=8)
+    spec = family_spec(model)
+    assert spec.block_size == 8
+    with pytest.raises(UsageError, match="block_length 4 contradicts the model's block size 8"):
+        check_family_settings(spec, block_length=4)
+    with pytest.raises(UsageError, match="cache 'prefix' is Fast-dLLM's approximate cache"):
+        check_family_settings(spec, cache="prefix")
+    with pytest.raises(UsageError, match="use estimator block_trace"):
+        check_family_settings(spec, estimator="trace")
+    llada = FamilySpec(model_type="llada", mask_token_id=5)
+    with pytest.raises(UsageError, match="is a block-diffusion schedule"):
+        check_family_settings(llada, remasking="sequential")
+    with pytest.raises(UsageError, match="block_trace is for block-diffusion models"):
+        check_family_settings(llada, estimator="block_trace")

@@ -107,7 +107,8 @@ class DiffusionSource:
 
         from align.models.family import check_family_settings
 
-        check_family_settings(self.spec, cache=protocol.cache)
+        check_family_settings(self.spec, cache=protocol.cache, remasking=protocol.remasking,
+                              block_length=protocol.block_length)  # fmt: skip
         n, rank = self.state.num_processes, self.state.process_index
         with torch.no_grad(), self.engine.model_context() as model:
             local = self._decode(model, messages[rank::n], protocol, offset, rank)

@@ -32,6 +32,7 @@ class FamilySpec:
     eos_token_id: int | None = None
     eot_token_id: int | None = None
     pad_token_id: int | None = None
+    block_size: int | None = None  # block-diffusion families: the model's block size (else None)
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -294,11 +295,46 @@ class SDARFamily(Family):
         return SDARLM(SDARConfig.from_json_file(config_file))
 
 
-def check_family_settings(spec: FamilySpec, *, cache: str | None = None) -> None:
-    """One line when a setting needs what the model's family lacks (before any work is done)."""
+def check_family_settings(spec: FamilySpec, *, cache: str | None = None, remasking: str | None = None,
+                          block_length: int | None = None, estimator: str | None = None) -> None:  # fmt: skip
+    """One line when a setting needs what the model's family lacks or contradicts the model (before any
+    work is done): a cache mode it cannot run, a schedule for the other kind of attention, a block length
+    that is not a block model's block size, an estimator of the other kind."""
     from align.errors import UsageError
+    from align.sampling.settings import BLOCK_SCHEDULES
 
     family = spec.family
+    what = f"the {family.name} family (model_type {spec.model_type!r})"
+    if family.block_causal:
+        if cache is not None:
+            raise UsageError(
+                f"cache {cache!r} is Fast-dLLM's approximate cache for full attention; {what} decodes block by "
+                "block with its own exact cache: set cache to None."
+            )
+        if remasking is not None and remasking not in BLOCK_SCHEDULES:
+            raise UsageError(
+                f"remasking {remasking!r} denoises the whole canvas at once, which {what} (block-causal attention) "
+                f"was not trained for: use one of {', '.join(BLOCK_SCHEDULES)}."
+            )
+        size = spec.block_size or family.default_block_size
+        if block_length is not None and block_length != size:
+            raise UsageError(
+                f"block_length {block_length} contradicts the model's block size {size} ({what}): set block_length "
+                f"{size}."
+            )
+        if estimator == "trace":
+            raise UsageError(
+                f"estimator trace replays one pass per sampler step over the whole canvas; for {what} use "
+                "estimator block_trace (TraceRL's block rows: every block's next step in one pass)."
+            )
+        return
+    if remasking in BLOCK_SCHEDULES:
+        raise UsageError(
+            f"remasking {remasking!r} is a block-diffusion schedule; {what} has full attention (no block-causal "
+            "model): use low_confidence."
+        )
+    if estimator == "block_trace":
+        raise UsageError(f"estimator block_trace is for block-diffusion models; {what} has full attention: use trace.")
     if cache is not None and not family.supports_cache:
         raise UsageError(
             f"cache {cache!r} needs a KV-cache forward, which the {family.name} family (model_type "
@@ -333,12 +369,14 @@ def family_spec(model_or_config, tokenizer=None, mask_token_id: int | None = Non
         if eot is None:
             vocab = tokenizer.get_vocab()
             eot = next((vocab[t] for t in _EOT_TOKENS if t in vocab and vocab[t] != eos), None)
+    family = family_for(model_type)
     return FamilySpec(
         model_type=model_type,
         mask_token_id=int(mask),
         eos_token_id=eos,
         eot_token_id=eot,
         pad_token_id=pad,
+        block_size=family.block_size(config) if family.block_causal else None,
     )
 
 

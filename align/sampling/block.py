@@ -44,8 +44,7 @@ import torch.nn.functional as F
 
 from align.errors import RunError
 from align.models.family import FamilySpec
-
-BLOCK_SCHEDULES = ("low_confidence_static", "low_confidence_dynamic", "sequential")
+from align.sampling.settings import BLOCK_SCHEDULES
 
 
 def transfer_schedule(block_length: int, steps: int) -> list[int]:

@@ -38,7 +38,11 @@ finished rows stop costing compute.
 Dream's own ``diffusion_generate`` schedules live beside this in ``align.sampling.dream`` (``generate``
 dispatches to them for ``remasking`` origin / maskgit_plus / topk_margin / entropy).
 
-Not covered: block diffusion models with block-causal attention (SDAR/TraDo), KV caches for models other than the native LLaDA class.
+Block-diffusion models (block-causal attention: SDAR, TraDo) decode with SDAR's own schedules and an
+exact block cache in ``align.sampling.block`` (``generate`` dispatches to it for ``remasking``
+low_confidence_static / low_confidence_dynamic / sequential, the only schedules such a family accepts).
+
+Not covered: Fast-dLLM's KV caches for full-attention models other than the native LLaDA class.
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ from dataclasses import dataclass
 import torch
 
 from align.errors import RunError
-from align.models.family import FamilySpec, family_spec, model_logits
+from align.models.family import FamilySpec, check_family_settings, family_spec, model_logits
 from align.sampling.dream import dream_generate
-from align.sampling.settings import DREAM_ALGS, REMASKING, check_decoding
+from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
 
 CACHE_MODES = (None, "prefix", "dual")
 
@@ -346,6 +350,19 @@ def generate(
                    threshold=threshold, cache=cache, cache_refresh=cache_refresh, cfg_scale=cfg_scale,
                    variable_length=variable_length, deprioritize_token_ids=deprioritize_token_ids)  # fmt: skip
     check_pad_id(spec)
+    check_family_settings(spec, cache=cache, remasking=remasking, block_length=block_length)
+    if remasking in BLOCK_SCHEDULES:  # block diffusion: a row's tokens before its stop token do not depend on
+        # what follows it (block-causal), so every row stops there, as SDAR's generate.py does
+        if logits_hook is not None or deprioritize_token_ids:
+            raise ValueError(f"remasking {remasking!r} takes no logits hook or deprioritized ids (a protocol "
+                             "behaviour of LLaDA-family models).")  # fmt: skip
+        from align.sampling.block import block_generate
+
+        return block_generate(model, input_ids, attention_mask, spec=spec, gen_length=gen_length,
+                              block_length=block_length, steps_per_block=steps // (gen_length // block_length),
+                              schedule=remasking, temperature=temperature, top_k=top_k, top_p=top_p,
+                              threshold=threshold, variable_length=True, suppress_token_ids=suppress_token_ids,
+                              generator=generator, on_block=on_block)  # fmt: skip
     if remasking in DREAM_ALGS:
         out = dream_generate(model, input_ids, attention_mask, spec=spec, gen_length=gen_length, steps=steps,
                              alg=remasking, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,

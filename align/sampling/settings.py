@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 REMASKING = ("low_confidence", "random")  # LLaDA's schedule (align.sampling.diffusion)
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")  # Dream's schedules (align.sampling.dream)
+# SDAR's block-diffusion schedules (align.sampling.block): block-causal models only
+BLOCK_SCHEDULES = ("low_confidence_static", "low_confidence_dynamic", "sequential")
 
 
 @dataclass(frozen=True)
@@ -22,14 +24,14 @@ class SamplerSettings:
     steps: int  # denoising steps over gen_length
     block_length: int  # semi-autoregressive block
     temperature: float = 0.0  # 0: greedy
-    remasking: str = "low_confidence"  # or "random"; or one of Dream's schedules (DREAM_ALGS)
+    remasking: str = "low_confidence"  # or "random"; Dream's schedules (DREAM_ALGS); SDAR's (BLOCK_SCHEDULES)
     cfg_scale: float = 0.0  # classifier-free guidance
     threshold: float | None = None  # Fast-dLLM parallel decoding: commit every token above it
     cache: str | None = None  # None, "prefix" or "dual" (Fast-dLLM's KV caches)
     cache_refresh: int | None = None  # full passes every this many steps inside a block
     variable_length: bool = False  # grow the canvas block by block until EOS
-    top_p: float | None = None  # Dream's schedules: nucleus cut of the proposals
-    top_k: int | None = None  # Dream's schedules: top-k cut of the proposals
+    top_p: float | None = None  # Dream's and SDAR's schedules: nucleus cut of the proposals
+    top_k: int | None = None  # Dream's and SDAR's schedules: top-k cut of the proposals
     alg_temp: float | None = None  # Dream's schedules: draw the committed positions at this temperature
     eps: float = 1e-3  # Dream's schedules: the last timestep
 
@@ -56,6 +58,11 @@ class SamplerSettings:
         if self.cache is not None:
             refresh = f" (refresh after {self.cache_refresh} commits)" if self.cache_refresh else ""
             parts.append(f"{self.cache} cache{refresh}")
+        if self.remasking in BLOCK_SCHEDULES:
+            cuts = "".join(f", {n} {v:g}" for n, v in (("top_p", self.top_p), ("top_k", self.top_k),
+                                                          ("threshold", self.threshold)) if v is not None)  # fmt: skip
+            return (f"block diffusion {self.remasking}{cuts} + exact block cache, up to {self.gen_length} tokens in "
+                    f"blocks of {self.block_length}, at most {self.steps} steps")  # fmt: skip
         if self.remasking in DREAM_ALGS:
             cuts = "".join(f", {n} {v:g}" for n, v in (("top_p", self.top_p), ("top_k", self.top_k),
                                                           ("alg_temp", self.alg_temp)) if v is not None)  # fmt: skip
@@ -88,12 +95,16 @@ def check_schedule(gen_length: int, steps: int, block_length: int,
 def check_decoding(remasking: str, gen_length: int, steps: int, block_length: int,
                    names: tuple[str, str, str] = ("gen_length", "steps", "block_length"), *, top_p=None, top_k=None,
                    alg_temp=None, **fast) -> None:  # fmt: skip
-    """The schedule's arithmetic and which modes go with it: LLaDA's (``REMASKING``) blocks and steps, or
+    """The schedule's arithmetic and which modes go with it: LLaDA's (``REMASKING``) blocks and steps,
     Dream's (``DREAM_ALGS``) one block without ``fast`` modes (threshold, cache, cfg_scale, variable_length,
-    ... as the caller names them); ``top_p`` / ``top_k`` / ``alg_temp`` belong to Dream's schedules."""
+    ... as the caller names them), or SDAR's (``BLOCK_SCHEDULES``) blocks with a threshold for the dynamic
+    one; ``top_p`` / ``top_k`` belong to Dream's and SDAR's schedules, ``alg_temp`` to Dream's."""
     g, s, b = names
-    if remasking not in REMASKING + DREAM_ALGS:
-        raise ValueError(f"remasking {remasking!r} is not one of {REMASKING + DREAM_ALGS}.")
+    if remasking not in REMASKING + DREAM_ALGS + BLOCK_SCHEDULES:
+        raise ValueError(f"remasking {remasking!r} is not one of {REMASKING + DREAM_ALGS + BLOCK_SCHEDULES}.")
+    if remasking in BLOCK_SCHEDULES:
+        _check_block(remasking, gen_length, steps, block_length, names, top_p, top_k, alg_temp, fast)
+        return
     if remasking in REMASKING:
         if (top_p, top_k, alg_temp) != (None, None, None):
             raise ValueError(
@@ -114,6 +125,29 @@ def check_decoding(remasking: str, gen_length: int, steps: int, block_length: in
             raise ValueError(
                 f"{name}={value!r} is not available with remasking {remasking!r} (Dream's schedule sets the tokens "
                 f"per step from its timesteps): unset {name}, or use remasking low_confidence for it."
+            )
+    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_k ({top_k}) must be >= 1 and top_p ({top_p}) in (0, 1], or None (off).")
+
+
+def _check_block(remasking, gen_length, steps, block_length, names, top_p, top_k, alg_temp, fast) -> None:
+    g, s, b = names
+    check_schedule(gen_length, steps, block_length, names)
+    threshold = fast.get("threshold")
+    if remasking == "low_confidence_dynamic" and (threshold is None or not 0 < threshold < 1):
+        raise ValueError(
+            f"remasking low_confidence_dynamic commits every token above a threshold: set threshold in (0, 1) "
+            f"(SDAR's and TraDo's configs use 0.9), not {threshold}."
+        )
+    if remasking != "low_confidence_dynamic" and threshold is not None:
+        raise ValueError(f"threshold applies to remasking low_confidence_dynamic, not {remasking!r}: unset it.")
+    if alg_temp is not None:
+        raise ValueError(f"alg_temp applies to Dream's schedules, not to remasking {remasking!r}: unset it.")
+    for name, value in fast.items():
+        if name not in ("threshold", "variable_length") and value not in (None, False, 0, 0.0, []):
+            raise ValueError(
+                f"{name}={value!r} is not available with remasking {remasking!r} (block diffusion decodes with its "
+                f"own exact block cache): unset {name}."
             )
     if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_k ({top_k}) must be >= 1 and top_p ({top_p}) in (0, 1], or None (off).")
