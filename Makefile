@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-long-model tiny-puzzle-models clean
+.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-puzzle-models clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,13 @@ tiny-dream-model: venv
 	rm -rf recipes/tiny-dream/model
 	$(BIN)/align sft --config recipes/tiny-dream/sft.yaml
 	rm -f recipes/tiny-dream/model/training_args.bin recipes/tiny-dream/model/trainer_state.json
+
+# The tiny block-diffusion twin (recipes/tiny-sdar): the same task, data and tokenizer, SDAR's block-causal attention.
+tiny-sdar-model: venv
+	$(BIN)/python -m demos.tiny recipes/tiny-sdar short sdar
+	rm -rf recipes/tiny-sdar/model
+	$(BIN)/align sft --config recipes/tiny-sdar/sft.yaml
+	rm -f recipes/tiny-sdar/model/training_args.bin recipes/tiny-sdar/model/trainer_state.json
 
 # The long-answer tiny model (recipes/tiny-long): 4-digit addition worked column by column, for measuring
 # the fast decoding modes (benchmarks/sampler_speed.py --model recipes/tiny-long/model).

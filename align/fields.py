@@ -28,7 +28,7 @@ ESTIMATOR_NAMES = ("block_trace", "blockwise", "coupled", "diffucoder", "elbo", 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 # trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "block_trace", "spg", "diffucoder", "espo"))
-PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny")
+PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny", "tiny-block", "trado")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
                    "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
 GROUPS = ("model", "data", "schedule", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")

@@ -130,13 +130,19 @@ def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> 
     if args.beta != 0.0 and not args.use_peft:
         plan.static["reference"] = weights / processes if zero == 3 else weights
 
+    from align.models.family import family_for
+
+    block_model = family_for(shape.family).block_causal  # block diffusion: exact block cache, two-stream estimates
     seq = args.max_prompt_length + args.max_completion_length
     window = args.max_completion_length
     # rollout: one sampler call
     rows = args.rollout_batch_size or args.generation_batch_size
     logits = rows * args.block_length * v * ROLLOUT_LOGIT_BYTES
-    cache = 2 * layers * rows * seq * shape.kv_dim * b if args.cache else 0
-    plan.phases["rollout"] = rows * seq * (ROLLOUT_D * d + ROLLOUT_H * h) * b + logits + cache
+    cache = 2 * layers * rows * seq * shape.kv_dim * b if args.cache or block_model else 0
+    encoded = args.block_length if block_model else seq  # a block model's sampler passes run on one block
+    plan.phases["rollout"] = rows * encoded * (ROLLOUT_D * d + ROLLOUT_H * h) * b + logits + cache
+    if block_model:  # likelihood passes read the clean canvas and the noised completion in one forward
+        seq = args.max_prompt_length + 2 * args.max_completion_length
     plan.advice["rollout"] = "set rollout_batch_size (rows per sampler call) lower" + (
         " or cache: None" if args.cache else ""
     )
@@ -161,7 +167,10 @@ def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> 
     rollouts = micro / per_rollout
     gen_rows = args.generation_batch_size
     steps = args.diffusion_steps
-    sampler_calls = steps * math.ceil(gen_rows / rows)
+    blocks = args.max_completion_length // args.block_length
+    # a block model's sampler: a prefill, then per block its steps and one pass storing it (at most: rows stop
+    # at EOS and the dynamic schedule takes fewer steps)
+    sampler_calls = (1 + steps + blocks if block_model else steps) * math.ceil(gen_rows / rows)
     fixed = (
         int(args.gradient_accumulation_steps % per_rollout != 0) + int(args.beta != 0.0)
     ) * args.num_iterations
@@ -170,7 +179,9 @@ def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> 
     policy_calls = micro * chunks * (2 if args.mc_backward == "chunked" else 1)
     plan.forward_passes = round(rollouts * (sampler_calls + est_calls) + policy_calls)
     token_flops = 2 * shape.params + 4 * seq * d * layers
-    if (
+    if block_model:  # the prompt once, each block (steps per block + 1) times
+        gen_tokens = rollouts * gen_rows * (args.max_prompt_length + (steps + blocks) * args.block_length)
+    elif (
         args.cache
     ):  # a full pass per block, then the block alone (dual) or the block and what follows (prefix)
         blocks = args.max_completion_length // args.block_length

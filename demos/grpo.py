@@ -33,8 +33,8 @@ def recipe_model(config: str) -> str:
         return yaml.safe_load(f)["model_name_or_path"]
 
 
-def evaluate(model: str, output: str, limit: int | None) -> float:
-    argv = ["eval", "--model", model, "--tasks", TEST, "--protocol", "tiny", "--output", output, "--dtype", "float32",
+def evaluate(model: str, output: str, limit: int | None, protocol: str = "tiny") -> float:
+    argv = ["eval", "--model", model, "--tasks", TEST, "--protocol", protocol, "--output", output, "--dtype", "float32",
             "--device", "cpu", "--batch-size", "500"]  # fmt: skip
     if align(argv + (["--limit", str(limit)] if limit else [])) != 0:
         raise SystemExit(f"align eval failed for {model}")
@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="runs/demo")
     parser.add_argument("--config", default="recipes/tiny/grpo.yaml")
     parser.add_argument("--limit", type=int, default=None, help="held-out questions (default: all 500)")
+    parser.add_argument("--protocol", default="tiny", help="the held-out decoding protocol (tiny-block for block models)")
     args, overrides = parser.parse_known_args(argv)  # the rest: --field value pairs for the GRPO recipe
     start = time.monotonic()
     grpo = os.path.join(args.output, "grpo")
     model = recipe_model(args.config)
-    before = evaluate(model, os.path.join(args.output, "before"), args.limit)
+    before = evaluate(model, os.path.join(args.output, "before"), args.limit, args.protocol)
     if (
         align(
             [
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         != 0
     ):
         raise SystemExit("align train failed")
-    after = evaluate(grpo, os.path.join(args.output, "after"), args.limit)
+    after = evaluate(grpo, os.path.join(args.output, "after"), args.limit, args.protocol)
     report_dir = os.path.join(args.output, "report")
     align(["report", f"before={os.path.join(args.output, 'before')}", f"after={os.path.join(args.output, 'after')}",
            f"GRPO={grpo}", "--output", report_dir])  # fmt: skip

@@ -282,13 +282,30 @@ def tiny_dream_config(vocab: list[str] = VOCAB, **overrides):
     return DreamConfig(**fields)
 
 
+def tiny_sdar_config(vocab: list[str] = VOCAB, **overrides):
+    """The block-diffusion twin of ``tiny_config`` (Qwen3 layer with per-head q/k norms, GQA 4 / 2 heads,
+    block-causal attention in blocks of 4, tied embeddings; ~0.8M parameters): the same task, tokenizer and
+    ids, decoded block by block as SDAR / TraDo are."""
+    from align.models import SDARConfig
+
+    fields = dict(
+        hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4,
+        intermediate_size=384, vocab_size=len(vocab), max_position_embeddings=64, rope_theta=10000.0,
+        mask_token_id=vocab.index("<|mask|>"), eos_token_id=vocab.index("<|eos|>"), pad_token_id=vocab.index("<|eos|>"),
+        bos_token_id=vocab.index("<|bos|>"), tie_word_embeddings=True, block_size=4,
+    )  # fmt: skip
+    fields.update(overrides)
+    return SDARConfig(**fields)
+
+
 def prepare(folder: str = "recipes/tiny", task: str = "short", family: str = "llada") -> None:
     """Write the task data and the untrained starting point (tokenizer + config) that ``align sft`` reads;
-    ``family`` dream writes only the starting point of the Dream twin (it trains on ``recipes/tiny``'s data)."""
-    if family == "dream":
+    ``family`` dream / sdar writes only the starting point of that twin (it trains on ``recipes/tiny``'s data)."""
+    if family in ("dream", "sdar"):
         init = os.path.join(folder, "init")
         build_tokenizer(VOCAB).save_pretrained(init)
-        tiny_dream_config(VOCAB).to_json_file(os.path.join(init, "config.json"))
+        config = tiny_dream_config(VOCAB) if family == "dream" else tiny_sdar_config(VOCAB)
+        config.to_json_file(os.path.join(init, "config.json"))
         return
     data = os.path.join(folder, "data")
     if task in ("countdown", "sudoku"):

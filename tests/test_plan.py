@@ -19,8 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _count(config) -> int:
     from align.models.modeling_dream import DreamLM
+    from align.models.modeling_sdar import SDARLM
 
-    cls = DreamLM if config.model_type == "Dream" else LLaDAModelLM
+    cls = {"Dream": DreamLM, "sdar": SDARLM}.get(config.model_type, LLaDAModelLM)
     with torch.device("meta"):
         return sum(p.numel() for p in cls(config).parameters())
 
@@ -39,6 +40,14 @@ def test_the_known_target_shapes_count_like_their_configs(name):
     from align.plan import known_shape
 
     d, layers, heads, kv, h, v, tied, *family = KNOWN_SHAPES[name]
+    if family and family[1] == "sdar":
+        from align.models import SDARConfig
+
+        config = SDARConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                            intermediate_size=h, vocab_size=v, tie_word_embeddings=tied, head_dim=family[2])  # fmt: skip
+        assert known_shape(name).params == ModelShape.from_config(config).params == _count(config)
+        assert 4.0e9 < _count(config) < 8.5e9
+        return
     if family and family[1] == "dream":
         config = DreamConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
                              num_key_value_heads=kv, intermediate_size=h, vocab_size=v, tie_word_embeddings=tied)  # fmt: skip

@@ -260,9 +260,10 @@ class Protocol:
         return {**fields, "per_task": per_task, "steps": self.resolved_steps()}
 
     def _dream(self) -> bool:
-        from align.sampling.settings import DREAM_ALGS
+        """Whether the schedule reads the cut fields (Dream's and SDAR's schedules)."""
+        from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS
 
-        return self.remasking in DREAM_ALGS
+        return self.remasking in DREAM_ALGS + BLOCK_SCHEDULES
 
 
 _DREAM_FIELDS = ("top_p", "top_k", "alg_temp", "eps")
@@ -310,6 +311,20 @@ PROTOCOLS = {
     "diffucoder": Protocol(
         "diffucoder", system_prompt="You are a helpful assistant.", gen_length=256, block_length=256,
         steps_per_token=1.0, remasking="entropy", temperature=0.2, top_p=0.95,
+    ),  # fmt: skip
+    # TraDo / SDAR as dLLM-RL evaluates them (Gen-Verse/dLLM-RL configs/trado_eval.yaml): blocks of 4 decoded in 4
+    # steps each with the exact block cache, low_confidence_dynamic at threshold 0.9, temperature 1, no top-k /
+    # top-p cut, 2000 tokens, stopping at EOS; the Qwen chat template, its CoT instruction after the question
+    # (theirs follows a single newline, ours the project's blank line).
+    "trado": Protocol(
+        "trado", instruction="Please reason step by step, and put your final answer within \\boxed{}.",
+        gen_length=2000, block_length=4, steps_per_token=1.0, temperature=1.0, remasking="low_confidence_dynamic",
+        threshold=0.9,
+    ),  # fmt: skip
+    # The embedded tiny block-diffusion model (recipes/tiny-sdar): the tiny prompt, two blocks of 4, greedy.
+    "tiny-block": Protocol(
+        "tiny-block", instruction=None, use_chat_template=False, gen_length=8, block_length=4, steps_per_token=1.0,
+        remasking="low_confidence_static", max_prompt_length=16,
     ),  # fmt: skip
     # The embedded tiny model: raw "abc+def=" prompt, an 8-token canvas decoded in 8 greedy steps.
     "tiny": Protocol(

@@ -108,10 +108,12 @@ def block_generate(
     block_length: int, steps_per_block: int, schedule: str = "low_confidence_static", temperature: float = 0.0,
     top_k: int | None = None, top_p: float | None = None, threshold: float | None = None,
     variable_length: bool = False, suppress_token_ids=None, generator: torch.Generator | None = None,
-    on_block=None,
+    on_block=None, use_cache: bool = True,
 ):  # fmt: skip
     """Decode ``gen_length`` tokens after each (left-padded) prompt of input_ids [B, P] block by block with
-    an exact KV cache. Returns ``diffusion.GenerationOutput`` (sequences [B, P + gen_length])."""
+    an exact KV cache (``use_cache=False``: every pass re-encodes the canvas up to the current block, the
+    same tokens at more cost, for measuring the cache). Returns ``diffusion.GenerationOutput`` (sequences
+    [B, P + gen_length])."""
     from align.models.modeling_sdar import BlockKVCache
     from align.sampling.diffusion import GenerationOutput
 
@@ -145,7 +147,7 @@ def block_generate(
     cache, active = BlockKVCache(), torch.arange(bsz, device=device)
     first = int(start.min()) // blk  # blocks before it hold no mask in any row
     nfe, step = 0, 0
-    if first > 0:
+    if first > 0 and use_cache:
         model(input_ids=x[:, : first * blk], attention_mask=real[:, : first * blk], kv_cache=cache, store_kv=True)
         nfe += 1
     num_blocks = total // blk
@@ -157,7 +159,11 @@ def block_generate(
             masked = cur == mask_id
             if not masked.any():
                 break
-            logits = model(input_ids=cur, attention_mask=attn, kv_cache=cache).logits
+            if use_cache:
+                logits = model(input_ids=cur, attention_mask=attn, kv_cache=cache).logits
+            else:  # the canvas so far, this block's current tokens last
+                canvas = torch.cat([x[active, :lo], cur], 1)
+                logits = model(input_ids=canvas, attention_mask=attn, logits_range=(lo, hi)).logits
             nfe += 1
             logits[..., suppress] = -torch.inf  # the mask token and the caller's suppressed ids
             x0, x0_p = propose(logits.reshape(-1, logits.shape[-1]), temperature, top_k, top_p, generator)
@@ -167,8 +173,9 @@ def block_generate(
                 pick = _select(masked[r], x0_p[r], schedule_n[s], schedule, threshold)
                 cur[r, pick] = x0[r, pick]
                 commit[int(active[r]), lo:hi][pick] = step
-        model(input_ids=cur, attention_mask=attn, kv_cache=cache, store_kv=True)
-        nfe += 1
+        if use_cache:
+            model(input_ids=cur, attention_mask=attn, kv_cache=cache, store_kv=True)
+            nfe += 1
         x[active, lo:hi] = cur
         if on_block is not None:
             on_block(b + 1 - first, num_blocks - first)
@@ -181,7 +188,8 @@ def block_generate(
                 active = active[keep]
                 if not len(active):
                     break
-                cache.select(keep.nonzero()[:, 0])
+                if use_cache:
+                    cache.select(keep.nonzero()[:, 0])
     # back to the library's layout: the prompt as given, then each row's first gen_length tokens
     idx = (start[:, None] + torch.arange(gen_length, device=device)[None]).clamp(max=total - 1)
     beyond = start[:, None] + torch.arange(gen_length, device=device)[None] >= total  # never (ends >= start + G)
