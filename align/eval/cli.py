@@ -25,9 +25,12 @@ def add_sampler_flags(p) -> None:
                        ("cache-refresh", int), ("boost", float), ("boost-margin", int), ("top-p", float),
                        ("top-k", int), ("alg-temp", float)):  # fmt: skip
         flag(p, name, type=kind, default=None, help="override the protocol's value")
-    p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "origin", "maskgit_plus",
-                                                         "topk_margin", "entropy"],
-                   help="LLaDA's schedule (low_confidence, random) or Dream's (the others; one block)")  # fmt: skip
+    from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING
+
+    p.add_argument("--remasking", default=None, choices=[*REMASKING, *DREAM_ALGS, *BLOCK_SCHEDULES],
+                   help="LLaDA's schedule (low_confidence, random), Dream's (origin, maskgit_plus, topk_margin, "
+                        "entropy; one block) or SDAR's for block-diffusion models (low_confidence_static, "
+                        "low_confidence_dynamic with --threshold, sequential)")  # fmt: skip
     p.add_argument("--cache", default=None, choices=["prefix", "dual"])
     flag(p, "system-prompt", default=None)
     flag(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from align.models.configuration_llada import refuse_pad_as_mask
+from align.models.configuration_llada import refuse_pad_as_mask, refuse_uncomputed
 
 
 class DreamConfig(PretrainedConfig):
@@ -46,18 +46,7 @@ class DreamConfig(PretrainedConfig):
                 f"DreamConfig: hidden_size {hidden_size} must be divisible by num_attention_heads "
                 f"{num_attention_heads}, and num_attention_heads by num_key_value_heads {num_key_value_heads}."
             )
-        if rope_scaling not in (None, {}) and (rope_scaling or {}).get("rope_type", "default") != "default":
-            raise ValueError(
-                f"DreamConfig: rope_scaling={rope_scaling!r} is not computed by the native implementation "
-                "(plain RoPE only); use trust_remote_code for this checkpoint."
-            )
-        for field, value, allowed in (("use_sliding_window", use_sliding_window, (False,)),
-                                      ("hidden_act", hidden_act, ("silu",))):  # fmt: skip
-            if value not in allowed:
-                raise ValueError(
-                    f"DreamConfig: {field}={value!r} is not computed by the native implementation (it has "
-                    f"{allowed[0]!r}); use trust_remote_code for this checkpoint."
-                )
+        refuse_uncomputed("DreamConfig", rope_scaling, use_sliding_window, hidden_act)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size

@@ -105,6 +105,22 @@ class LLaDAConfig(PretrainedConfig):
         return self.d_model // self.n_heads
 
 
+def refuse_uncomputed(name: str, rope_scaling, use_sliding_window: bool, hidden_act: str) -> None:
+    """One line for the Qwen-style settings the native Dream / SDAR models do not compute."""
+    if rope_scaling not in (None, {}) and (rope_scaling or {}).get("rope_type", "default") != "default":
+        raise ValueError(
+            f"{name}: rope_scaling={rope_scaling!r} is not computed by the native implementation "
+            "(plain RoPE only); use trust_remote_code for this checkpoint."
+        )
+    for field, value, allowed in (("use_sliding_window", use_sliding_window, (False,)),
+                                  ("hidden_act", hidden_act, ("silu",))):  # fmt: skip
+        if value not in allowed:
+            raise ValueError(
+                f"{name}: {field}={value!r} is not computed by the native implementation (it has "
+                f"{allowed[0]!r}); use trust_remote_code for this checkpoint."
+            )
+
+
 def refuse_pad_as_mask(name: str, pad_token_id: int | None, mask_token_id: int) -> None:
     if pad_token_id is not None and pad_token_id == mask_token_id:
         raise ValueError(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from align.models.configuration_llada import refuse_pad_as_mask
+from align.models.configuration_llada import refuse_pad_as_mask, refuse_uncomputed
 
 
 class SDARConfig(PretrainedConfig):
@@ -56,18 +56,7 @@ class SDARConfig(PretrainedConfig):
                 f"SDARConfig: num_attention_heads {num_attention_heads} must be divisible by "
                 f"num_key_value_heads {num_key_value_heads}."
             )
-        if rope_scaling not in (None, {}) and (rope_scaling or {}).get("rope_type", "default") != "default":
-            raise ValueError(
-                f"SDARConfig: rope_scaling={rope_scaling!r} is not computed by the native implementation "
-                "(plain RoPE only); use trust_remote_code for this checkpoint."
-            )
-        for field, value, allowed in (("use_sliding_window", use_sliding_window, (False,)),
-                                      ("hidden_act", hidden_act, ("silu",))):  # fmt: skip
-            if value not in allowed:
-                raise ValueError(
-                    f"SDARConfig: {field}={value!r} is not computed by the native implementation (it has "
-                    f"{allowed[0]!r}); use trust_remote_code for this checkpoint."
-                )
+        refuse_uncomputed("SDARConfig", rope_scaling, use_sliding_window, hidden_act)
         if block_size is not None and block_size < 1:
             raise ValueError(f"SDARConfig: block_size {block_size} must be a positive number of tokens.")
         self.vocab_size = vocab_size

@@ -48,6 +48,37 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def init_weights(module: nn.Module, std: float) -> None:
+    """Qwen-style initialisation (normal(0, std) linears and embeddings, zero biases, unit norms)."""
+    if isinstance(module, nn.Linear):
+        module.weight.data.normal_(0.0, std)
+        if module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.data.normal_(0.0, std)
+    elif isinstance(module, LLaDARMSNorm):
+        module.weight.data.fill_(1.0)
+
+
+class TiedHead:
+    """The embeddings and LM head of a model with ``self.model.embed_tokens`` and, unless
+    ``tie_word_embeddings``, ``self.lm_head``."""
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return None if self.config.tie_word_embeddings else self.lm_head
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.config.tie_word_embeddings:
+            return F.linear(hidden, self.model.embed_tokens.weight)
+        return self.lm_head(hidden)
+
+
 class DreamAttention(nn.Module):
     def __init__(self, config: DreamConfig):
         super().__init__()
@@ -111,15 +142,7 @@ class DreamPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb"]
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(0.0, std)
-        elif isinstance(module, LLaDARMSNorm):
-            module.weight.data.fill_(1.0)
+        init_weights(module, self.config.initializer_range)
 
 
 class DreamBackbone(DreamPreTrainedModel):
@@ -133,7 +156,7 @@ class DreamBackbone(DreamPreTrainedModel):
         self.post_init()
 
 
-class DreamLM(DreamPreTrainedModel):
+class DreamLM(TiedHead, DreamPreTrainedModel):
     """Dream masked-diffusion LM: ``forward(input_ids, attention_mask) -> LLaDAOutput(logits [B, L, V])``,
     logits *unshifted* (see the module docstring). With ``tie_word_embeddings`` there is no ``lm_head``
     parameter: the head is the embedding matrix (a checkpoint's ``lm_head.weight`` is then ignored)."""
@@ -146,20 +169,6 @@ class DreamLM(DreamPreTrainedModel):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module | None:
-        return None if self.config.tie_word_embeddings else self.lm_head
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.config.tie_word_embeddings:
-            return F.linear(hidden, self.model.embed_tokens.weight)
-        return self.lm_head(hidden)
 
     def forward(
         self,

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from align.models.configuration_sdar import SDARConfig
-from align.models.modeling_dream import _rotate, rotary
+from align.models.modeling_dream import DreamMLP, TiedHead, _rotate, init_weights, rotary
 from align.models.modeling_llada import LLaDAOutput, LLaDARMSNorm
 
 
@@ -116,18 +116,6 @@ class SDARAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1)), new
 
 
-class SDARMLP(nn.Module):
-    def __init__(self, config: SDARConfig):
-        super().__init__()
-        d, h = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(d, h, bias=False)
-        self.up_proj = nn.Linear(d, h, bias=False)
-        self.down_proj = nn.Linear(h, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class SDARLayer(GradientCheckpointingLayer):
     """One pre-norm Qwen3 layer; the mask decides what each query sees."""
 
@@ -136,7 +124,7 @@ class SDARLayer(GradientCheckpointingLayer):
         self.input_layernorm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = SDARAttention(config)
         self.post_attention_layernorm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SDARMLP(config)
+        self.mlp = DreamMLP(config)  # the same SwiGLU under the same names
 
     def forward(self, hidden, cos, sin, mask, past=None):
         attn, new = self.self_attn(self.input_layernorm(hidden), cos, sin, mask, past)
@@ -154,15 +142,7 @@ class SDARPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb"]
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(0.0, std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(0.0, std)
-        elif isinstance(module, LLaDARMSNorm):
-            module.weight.data.fill_(1.0)
+        init_weights(module, self.config.initializer_range)
 
 
 class SDARBackbone(SDARPreTrainedModel):
@@ -176,7 +156,7 @@ class SDARBackbone(SDARPreTrainedModel):
         self.post_init()
 
 
-class SDARLM(SDARPreTrainedModel):
+class SDARLM(TiedHead, SDARPreTrainedModel):
     """SDAR block-diffusion LM: ``forward(input_ids, attention_mask) -> LLaDAOutput(logits [B, L, V])``.
     With ``tie_word_embeddings`` there is no ``lm_head`` parameter (the head is the embedding matrix)."""
 
@@ -194,20 +174,6 @@ class SDARLM(SDARPreTrainedModel):
         from align.models.family import SDARFamily
 
         return self.config.block_size or SDARFamily.default_block_size
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module | None:
-        return None if self.config.tie_word_embeddings else self.lm_head
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.config.tie_word_embeddings:
-            return F.linear(hidden, self.model.embed_tokens.weight)
-        return self.lm_head(hidden)
 
     def forward(
         self,
