@@ -17,10 +17,14 @@ logger = logging.getLogger(__name__)
 def build_trainer(config):
     from align.data import load_rows
     from align.models import load_tokenizer
+    from align.models.family import check_checkpoint_settings
     from align.plan import GIB, preflight_memory
     from align.runner import load_policy
     from align.trainer import DiffusionGRPOTrainer
 
+    check_checkpoint_settings(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
+                              cache=config.cache, remasking=config.remasking, block_length=config.block_length,
+                              estimator=config.estimator)  # fmt: skip (settings the model's family cannot run)
     dataset = load_rows(config)
     plan = preflight_memory(config)  # before any weight loads: a plan that cannot fit is refused here
     if plan is not None:

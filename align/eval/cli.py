@@ -136,6 +136,12 @@ def run_eval(args) -> int:
 
 def _run_diffusion(args, tasks, protocol) -> int:
     from align.eval.runner import DiffusionSource, diffusion_description, end_processes, process_state
+    from align.models.family import check_checkpoint_settings
+
+    for task, _ in tasks:  # a setting the model's family cannot run: one line before any weights are read
+        p = protocol.for_task(task.name)
+        check_checkpoint_settings(args.model, trust_remote_code=args.trust_remote_code, cache=p.cache,
+                                  remasking=p.remasking, block_length=p.block_length)  # fmt: skip
 
     state = process_state(args.device)
     loaded = []

@@ -342,6 +342,22 @@ def check_family_settings(spec: FamilySpec, *, cache: str | None = None, remaski
         )
 
 
+def check_checkpoint_settings(name_or_path: str, *, trust_remote_code: bool = False, **settings) -> None:
+    """``check_family_settings`` from a checkpoint's config alone (before its weights are loaded); a config
+    that cannot be read here is left to the loader's own message."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return
+    model_type = str(getattr(config, "model_type", "")).lower()
+    family = family_for(model_type)
+    spec = FamilySpec(model_type=model_type, mask_token_id=-1,
+                      block_size=family.block_size(config) if family.block_causal else None)  # fmt: skip
+    check_family_settings(spec, **settings)
+
+
 def _first_id(value) -> int | None:
     if isinstance(value, (list, tuple)):
         return int(value[0]) if value else None
