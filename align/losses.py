@@ -412,7 +412,7 @@ def tracerl_block_loss(
     advantages: torch.Tensor,
     targets: torch.Tensor,
     *,
-    canvas_length: int,
+    canvas_length: int | torch.Tensor,
     passes: float | torch.Tensor,
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
@@ -421,8 +421,10 @@ def tracerl_block_loss(
     """TraceRL for block-diffusion models as released (Gen-Verse/dLLM-RL@10b4fd1 train/rl_sdar.py: rows from
     ``one_round_vectorized``, loss ``forward_process``). A row is one replay pass of one rollout (estimator
     block_trace); its value is ``-sum over its targets of min(r A, clip(r) A) / L1`` plus ``kl_beta x sum over
-    its targets of k3(old || new) / L1``, with L1 = ``canvas_length`` (the response canvas, not the target
-    count) and log r = logp - old clamped to [-10, 10] as released (and the k3 exponent likewise); the loss
+    its targets of k3(old || new) / L1``, with L1 = ``canvas_length`` (the released trainer pads the step's
+    responses to the longest one, at most max_gen_length: the trainer passes the generation batch's longest
+    answer over all processes; not the target count) and log r = logp - old clamped to [-10, 10] as released
+    (and the k3 exponent likewise); the loss
     is the sum over rows / ``passes`` (rows with a target in one accumulation window per process: the
     released ``/ B`` over micro-batches of rows, then ``/ gradient_accumulation_steps``)."""
     old = logps.detach() if old_logps is None else old_logps

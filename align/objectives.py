@@ -232,8 +232,9 @@ def _tracerl(logps, batch, args, accumulation):
     from align.losses import tracerl_block_loss, tracerl_loss
 
     if args.estimator == "block_trace":  # the released SDAR trainer's arithmetic (rl_sdar.py)
+        length = args.max_completion_length if batch.longest is None else batch.longest  # the released L1
         return tracerl_block_loss(logps, batch.old, batch.advantages, batch.plan.weights != 0,
-                                  canvas_length=args.max_completion_length, passes=_window(batch, args, accumulation),
+                                  canvas_length=length, passes=_window(batch, args, accumulation),
                                   epsilon=args.epsilon, epsilon_high=args.epsilon_high, kl_beta=args.tracerl_beta)  # fmt: skip
     return tracerl_loss(logps, batch.old, batch.advantages, batch.plan.weights != 0,
                         passes=_window(batch, args, accumulation), epsilon=args.epsilon,

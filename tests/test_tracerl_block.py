@@ -123,3 +123,27 @@ def test_loss_and_gradient_equal_the_released_arithmetic():
     assert torch.allclose(ours, ref, atol=1e-6), (ours, ref)
     assert torch.allclose(g_ours, g_ref, atol=1e-7)
     assert g_ours[2].abs().sum() > 0  # zero advantage: only the KL term moves it
+
+
+def test_the_objective_divides_by_the_generation_batchs_longest_answer():
+    """loss_type tracerl with block_trace: L1 is the longest scored answer of the generation batch (the
+    released trainer pads the step's responses to the longest), carried by the rollout buffer."""
+    from types import SimpleNamespace
+
+    from align.objectives import get_objective
+    from align.rollout.batch import MicroBatch
+
+    steps = _step_maps()
+    plan = _plan(steps, 1)
+    b = steps.shape[0]
+    new = torch.randn(b, L0 + L1).requires_grad_()
+    old = new.detach() + 0.1 * torch.randn(b, L0 + L1)
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    batch = MicroBatch(ids=torch.zeros(b, L0 + L1, dtype=torch.long), attn=torch.ones(b, L0 + L1), mask=plan.weights.sum(0) > 0,
+                       advantages=adv, plan=plan, old=old, ref=None, normalizer=torch.tensor(12.0),
+                       longest=torch.tensor(7.0))  # fmt: skip
+    args = SimpleNamespace(estimator="block_trace", max_completion_length=L1, epsilon=0.2, epsilon_high=None,
+                           tracerl_beta=0.01, steps_per_generation=1)  # fmt: skip
+    loss, _ = get_objective("tracerl").loss(new, batch, args, 1)
+    expected, _ = tracerl_block_loss(new, old, adv, plan.weights != 0, canvas_length=7.0, passes=12.0, kl_beta=0.01)
+    assert torch.allclose(loss, expected)

@@ -26,6 +26,7 @@ class MicroBatch:
     ref: torch.Tensor | None  # [n, L] reference estimates; None without a KL term
     normalizer: torch.Tensor  # scalar: the objective's divisor of one generation batch per process
     group_weights: torch.Tensor | None = None  # [n] weights computed over each completion's group (wd1)
+    longest: torch.Tensor | None = None  # scalar: the generation batch's longest scored answer, all processes
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RolloutBatch:
     ref: torch.Tensor | None  # [I, N, L]
     normalizer: torch.Tensor  # scalar
     group_weights: torch.Tensor | None = None  # [N]
+    longest: torch.Tensor | None = None  # scalar
 
     def micro_batch(self, part: int, iteration: int, parts: int) -> MicroBatch:
         """Rows ``part`` of ``parts`` equal slices, under inner iteration ``iteration``'s plan."""
@@ -53,7 +55,7 @@ class RolloutBatch:
             ids=self.ids[rows], attn=self.attn[rows], mask=self.mask[rows], advantages=self.advantages[rows],
             plan=MaskPlan(self.masked[iteration][:, rows], self.weights[iteration][:, rows], self.num_samples),
             old=pick(self.old), ref=pick(self.ref), normalizer=self.normalizer,
-            group_weights=None if self.group_weights is None else self.group_weights[rows],
+            group_weights=None if self.group_weights is None else self.group_weights[rows], longest=self.longest,
         )  # fmt: skip
 
     # ---- the buffer file of a mid-phase checkpoint (its keys are those of the files written before) -------
@@ -71,8 +73,9 @@ class RolloutBatch:
             "normalizer",
         )
         out = {k: getattr(self, k) for k in keys}
-        if self.group_weights is not None:
-            out["group_weights"] = self.group_weights
+        for key in ("group_weights", "longest"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @classmethod

@@ -137,13 +137,14 @@ class RolloutPhase:
         else:
             count = full_mask.sum().float()
         total = self.accelerator.gather(count[None]).sum()
+        longest = self.accelerator.gather(full_mask.sum(1).max()[None].float()).max()  # TraceRL-SDAR's L1
         shuffled = lambda t: None if t is None else t.to(device)[order]  # noqa: E731
         batch = RolloutBatch(
             ids=ids[order], attn=attn[order], mask=full_mask[order], advantages=shuffled(advantages),
             masked=torch.stack([p.masked for p in plans])[:, :, order],
             weights=torch.stack([p.weights for p in plans])[:, :, order], num_samples=plans[0].num_samples,
             old=None if old is None else old[:, order], ref=None if ref is None else ref[:, order],
-            normalizer=total / self.accelerator.num_processes, group_weights=shuffled(group_weights),
+            normalizer=total / self.accelerator.num_processes, group_weights=shuffled(group_weights), longest=longest,
         )  # fmt: skip
         return batch, logprob_s
 
