@@ -151,8 +151,7 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
                 args.estimator, batch["canvas"][j : j + 1], num_samples=args.num_mc_samples, generator=generator,
                 score_mask=batch["scored"][j : j + 1], masks_per_timestep=args.masks_per_timestep,
             ))  # fmt: skip
-        return MaskPlan(torch.cat([p.masked for p in plans], 1), torch.cat([p.weights for p in plans], 1),
-                        plans[0].num_samples)  # fmt: skip
+        return MaskPlan.cat_rows(plans)
 
     def _passes(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
         return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,

@@ -24,10 +24,12 @@ from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, che
 from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = ("block_trace", "blockwise", "coupled", "diffucoder", "elbo", "espo", "one_step", "spg", "trace")
+ESTIMATOR_NAMES = ("block_trace", "blockwise", "coupled", "diffucoder", "elbo", "espo", "growing", "one_step", "spg",
+                   "trace")  # fmt: skip
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 # trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
-DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES if n not in ("trace", "block_trace", "spg", "diffucoder", "espo"))
+DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES
+                       if n not in ("trace", "block_trace", "growing", "spg", "diffucoder", "espo"))  # fmt: skip
 PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny", "tiny-block", "trado")
 BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
                    "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
@@ -278,6 +280,13 @@ class GRPOFields(ModelDataFields):
         default=None,
     )
     cfg_scale: float = _help("rollout", "Classifier-free guidance scale (0 = off).", default=0.0)
+    variable_length: bool = _help(
+        "rollout",
+        "Grow each rollout block by block (each block decoded on the canvas cut at its end) until it emits a "
+        "stop token, max_completion_length at most (iLLaDA's decoding); needs estimator growing, the likelihood "
+        "of that process. Block-diffusion models always stop at their stop token.",
+        default=False,
+    )
     max_gpu_memory_gb: float | None = _help(
         "schedule",
         "GiB per process for the start-up memory check (align plan's phases); default: the visible GPU's "
@@ -513,7 +522,16 @@ def check_grpo(c) -> None:
         )
     check_decoding(c.remasking, c.max_completion_length, c.diffusion_steps, c.block_length,
                    ("max_completion_length", "diffusion_steps", "block_length"), top_p=c.top_p, top_k=c.top_k,
-                   alg_temp=c.alg_temp, threshold=c.threshold, cache=c.cache, cfg_scale=c.cfg_scale)  # fmt: skip
+                   alg_temp=c.alg_temp, threshold=c.threshold, cache=c.cache, cfg_scale=c.cfg_scale,
+                   variable_length=c.variable_length)  # fmt: skip
+    if c.remasking not in BLOCK_SCHEDULES and c.variable_length != (c.estimator == "growing"):
+        raise ValueError(
+            "variable_length rollouts are scored by estimator growing (each block on the canvas cut at its end, "
+            "as they were decoded); a fixed-canvas estimator would noise blocks the sampler never wrote: set "
+            "estimator growing." if c.variable_length else
+            "estimator growing scores variable-length rollouts (the canvas cut at each block): set "
+            "variable_length true, or use blockwise for fixed canvases."
+        )  # fmt: skip
     check_objective(c)
     if c.estimator == "spg" and c.num_mc_samples > c.max_completion_length // c.block_length:
         raise ValueError(

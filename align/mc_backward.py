@@ -53,9 +53,7 @@ class ChunkedBackwardMixin:
         size = self.args.mc_chunk_size
         starts = range(0, plan.num_passes, size)
         for start in starts:
-            part = MaskPlan(
-                plan.masked[start : start + size], plan.weights[start : start + size], plan.num_samples
-            )
+            part = plan.passes(start, start + size)
             with self._accumulating(model, last=start == starts[-1]):
                 with self.compute_loss_context_manager():
                     surrogate = (self._passes(model, ids, attn, part) * grad[start : start + size]).sum()

@@ -26,7 +26,7 @@ from align.callbacks import WallClock
 from align.checkpoints import SafeCheckpointMixin, resolve_resume
 from align.config import GRPOConfig
 from align.data import require_columns
-from align.errors import RunError
+from align.errors import RunError, UsageError
 from align.logprob import pass_logprobs
 from align.logprob.estimators import MaskPlan
 from align.mc_backward import ChunkedBackwardMixin
@@ -64,6 +64,11 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         self.spec = family_spec(model, processing_class, args.mask_token_id)
         check_family_settings(self.spec, cache=args.cache, remasking=args.remasking, block_length=args.block_length,
                               estimator=args.estimator)  # fmt: skip
+        if args.variable_length and not self.spec.stop_token_ids:
+            raise UsageError(
+                f"variable_length rollouts stop at an EOS / end-of-turn token, and model_type {self.spec.model_type!r} "
+                "has none in its config or tokenizer: set eos_token_id in the config, or variable_length false."
+            )
         self._eval_tasks = load_eval_tasks(args)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          eval_dataset={t.name: rows for t, rows in self._eval_tasks} or None, callbacks=callbacks)  # fmt: skip

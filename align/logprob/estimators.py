@@ -69,6 +69,9 @@ Per-pass values: ``pass_logprobs`` returns the unweighted [P, B, T] log-probabil
 which are not linear in the passes (EUBO, BGPO's per-sample terms) and the chunked backward
 (``align.mc_backward``) work from one set of forwards; ``combine`` forms the linear estimate.
 
+* ``growing`` (variable-length rollouts, see ``growing_plan``): one block's ELBO per sample on the canvas
+  cut at that block's end (``MaskPlan.visible``), earlier blocks clean, the process iLLaDA decodes with.
+
 * ``block_trace`` (TraceRL for block-diffusion models, see ``block_trace_plan``): one pass per group of
   commit steps inside every block at once, the rows TraceRL's SDAR trainer builds.
 
@@ -78,7 +81,7 @@ masked tokens are predicted given the clean earlier blocks and their own noised 
 With that layout ``elbo`` / ``coupled`` are unbiased for the sum of the blocks' own ELBOs (their noise level
 shared across blocks; enumerated in tests/test_sdar.py) and ``trace`` replays the block sampler exactly.
 
-Rows may have different completion lengths; each row's L is its own. Not covered here: replay of
+Rows may have different completion lengths; each row's L is its own. Not covered here: trace replay of
 variable-length (growing-canvas) LLaDA rollouts.
 """
 
@@ -105,10 +108,28 @@ class MaskPlan:
     masked: torch.Tensor
     weights: torch.Tensor
     num_samples: int
+    visible: torch.Tensor | None = None  # [P, B, T] keys each pass may see (None: all); ``growing``'s cut canvas
 
     @property
     def num_passes(self) -> int:
         return self.masked.shape[0]
+
+    def rows(self, rows) -> MaskPlan:
+        """The plan of batch rows ``rows`` (a slice or an index tensor)."""
+        vis = None if self.visible is None else self.visible[:, rows]
+        return MaskPlan(self.masked[:, rows], self.weights[:, rows], self.num_samples, vis)
+
+    def passes(self, start: int, end: int) -> MaskPlan:
+        """Passes [start, end) (their weights as in the whole plan)."""
+        vis = None if self.visible is None else self.visible[start:end]
+        return MaskPlan(self.masked[start:end], self.weights[start:end], self.num_samples, vis)
+
+    @staticmethod
+    def cat_rows(plans: list[MaskPlan]) -> MaskPlan:
+        """Plans of the same passes over different rows, side by side."""
+        vis = None if plans[0].visible is None else torch.cat([p.visible for p in plans], 1)
+        return MaskPlan(torch.cat([p.masked for p in plans], 1), torch.cat([p.weights for p in plans], 1),
+                        plans[0].num_samples, vis)  # fmt: skip
 
 
 PlanFn = Callable[..., MaskPlan]
@@ -331,6 +352,44 @@ def block_trace_plan(
     return MaskPlan(masked, weights, 1)
 
 
+@register_estimator("growing")
+def growing_plan(
+    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, *, block_length=None,
+    score_mask=None, **_,
+) -> MaskPlan:  # fmt: skip
+    """The likelihood of variable-length rollouts (``variable_length``: the canvas grows block by block and
+    each block is decoded on the canvas cut at its end, iLLaDA's process). Blocks of ``block_length`` from
+    the completion's start; a row's blocks are those up to the one holding its last scored token (its stop
+    token: later blocks were never decoded). Each sample picks one of the row's nB blocks b (stratified
+    across samples), shows the prompt and the clean earlier blocks, hides everything after b (``visible``:
+    no later canvas, as when b was decoded) and masks a uniform subset S of size l ~ U{1..L_b} of b; weight
+    nB * L_b / l on S. Unbiased for ``sum_b ELBO(y_b | x, y_<b)`` on the cut canvas; one pass per sample."""
+    if block_length is None or block_length < 1:
+        raise ValueError(f"estimator 'growing' needs block_length >= 1, got {block_length}.")
+    cm = completion_mask.bool()
+    scored = cm if score_mask is None else score_mask.bool() & cm
+    block = torch.where(cm, (cm.long().cumsum(-1) - 1) // block_length, -1)  # [B, T]
+    last = torch.where(scored, block, -1).amax(-1)  # [B] the block holding the last scored token
+    num_blocks = (last + 1).clamp(min=1)
+    chosen = (_stratified_uniform(num_samples, cm.shape[0], generator, cm.device) * num_blocks).floor().long()
+    masked, weights, visible = [], [], []
+    for j in range(num_samples):
+        inside = cm & (block == chosen[j][:, None])
+        size_b = inside.sum(-1)
+        u = torch.rand(cm.shape[0], generator=generator, device=cm.device)
+        sizes = torch.minimum((u * size_b).floor().long() + 1, size_b)
+        subset = _random_subset(inside, sizes, generator)
+        masked.append(subset)
+        visible.append(~cm | (block <= chosen[j][:, None]))
+        scale = num_blocks.float() * size_b.float() / sizes.clamp(min=1).float()
+        weights.append(subset.float() * scale[:, None])
+    masked, weights, visible = torch.stack(masked), torch.stack(weights), torch.stack(visible)
+    prompt = _prompt_masking(prompt_mask, p_mask_prompt, num_samples, generator)
+    if prompt is not None:
+        masked |= prompt
+    return MaskPlan(masked, weights, num_samples, visible)
+
+
 @register_estimator("blockwise")
 def blockwise_plan(
     completion_mask,
@@ -496,6 +555,9 @@ def pass_logprobs(
         n = masked.shape[0]
         noisy = torch.where(masked, mask_token_id, input_ids[None]).flatten(0, 1)
         attn = None if attention_mask is None else attention_mask.repeat(n, 1)
+        if plan.visible is not None:  # the pass's cut canvas: keys beyond it are padding to the model
+            seen = plan.visible[start : start + chunk_size].flatten(0, 1)
+            attn = seen.long() if attn is None else attn * seen.long()
         # Logits only for the columns some row scores. A chunk that scores nothing still runs its forward:
         # under ZeRO-3 every process must run the same number of forwards.
         columns = scored.any(0).any(0).nonzero()

@@ -322,6 +322,11 @@ def check_family_settings(spec: FamilySpec, *, cache: str | None = None, remaski
                 f"block_length {block_length} contradicts the model's block size {size} ({what}): set block_length "
                 f"{size}."
             )
+        if estimator == "growing":
+            raise UsageError(
+                f"estimator growing cuts a full-attention canvas at each block; {what} is block-causal, so every "
+                "estimator already conditions each block on clean earlier blocks only: use elbo, coupled or block_trace."
+            )
         if estimator == "trace":
             raise UsageError(
                 f"estimator trace replays one pass per sampler step over the whole canvas; for {what} use "

@@ -45,6 +45,7 @@ class RolloutBatch:
     normalizer: torch.Tensor  # scalar
     group_weights: torch.Tensor | None = None  # [N]
     longest: torch.Tensor | None = None  # scalar
+    visible: torch.Tensor | None = None  # [I, P, N, L] the plans' cut canvases (estimator growing)
 
     def micro_batch(self, part: int, iteration: int, parts: int) -> MicroBatch:
         """Rows ``part`` of ``parts`` equal slices, under inner iteration ``iteration``'s plan."""
@@ -53,7 +54,8 @@ class RolloutBatch:
         pick = lambda t: None if t is None else t[iteration][rows]  # noqa: E731
         return MicroBatch(
             ids=self.ids[rows], attn=self.attn[rows], mask=self.mask[rows], advantages=self.advantages[rows],
-            plan=MaskPlan(self.masked[iteration][:, rows], self.weights[iteration][:, rows], self.num_samples),
+            plan=MaskPlan(self.masked[iteration][:, rows], self.weights[iteration][:, rows], self.num_samples,
+                          None if self.visible is None else self.visible[iteration][:, rows]),
             old=pick(self.old), ref=pick(self.ref), normalizer=self.normalizer,
             group_weights=None if self.group_weights is None else self.group_weights[rows], longest=self.longest,
         )  # fmt: skip
@@ -73,7 +75,7 @@ class RolloutBatch:
             "normalizer",
         )
         out = {k: getattr(self, k) for k in keys}
-        for key in ("group_weights", "longest"):
+        for key in ("group_weights", "longest", "visible"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out

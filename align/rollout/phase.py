@@ -143,6 +143,7 @@ class RolloutPhase:
             ids=ids[order], attn=attn[order], mask=full_mask[order], advantages=shuffled(advantages),
             masked=torch.stack([p.masked for p in plans])[:, :, order],
             weights=torch.stack([p.weights for p in plans])[:, :, order], num_samples=plans[0].num_samples,
+            visible=None if plans[0].visible is None else torch.stack([p.visible for p in plans])[:, :, order],
             old=None if old is None else old[:, order], ref=None if ref is None else ref[:, order],
             normalizer=total / self.accelerator.num_processes, group_weights=shuffled(group_weights), longest=longest,
         )  # fmt: skip
@@ -171,7 +172,7 @@ class RolloutPhase:
         size = self.args.per_device_train_batch_size
         parts = [
             self.passes(model, ids[i : i + size], attn[i : i + size],
-                        MaskPlan(plan.masked[:, i : i + size], plan.weights[:, i : i + size], plan.num_samples))
+                        plan.rows(slice(i, i + size)))
             for i in range(0, ids.shape[0], size)
         ]  # fmt: skip
         return torch.cat(parts, 1)

@@ -41,7 +41,7 @@ class SamplerSettings:
         return cls(gen_length=c.max_completion_length, steps=c.diffusion_steps, block_length=c.block_length,
                    temperature=c.temperature, remasking=c.remasking, cfg_scale=c.cfg_scale, threshold=c.threshold,
                    cache=c.cache, cache_refresh=c.cache_refresh, top_p=c.top_p, top_k=c.top_k, alg_temp=c.alg_temp,
-                   eps=c.diffusion_eps)  # fmt: skip
+                   eps=c.diffusion_eps, variable_length=c.variable_length)  # fmt: skip
 
     def replace(self, **fields) -> SamplerSettings:
         return dataclasses.replace(self, **fields)

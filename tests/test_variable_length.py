@@ -1,0 +1,124 @@
+"""Variable-length GRPO rollouts (iLLaDA's block-by-block growth until EOS) and their likelihood, estimator
+``growing``: each block's ELBO on the canvas cut at that block's end, the earlier blocks clean."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import MASK_ID, tiny_model
+
+from align.logprob import make_plan, pass_logprobs, sequence_logprob
+from align.logprob.estimators import MaskPlan
+
+P, L, BLOCK = 3, 5, 2  # blocks {P, P+1}, {P+2, P+3}, {P+4}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model(seed=5)
+    with torch.no_grad():
+        model.model.transformer.ff_out.weight.mul_(0.25)
+    ids = torch.randint(2, 38, (1, P + L), generator=torch.Generator().manual_seed(1))
+    completion = torch.zeros(1, P + L, dtype=torch.bool)
+    completion[:, P:] = True
+    return model, ids, completion
+
+
+def _blocks(upto=L):
+    cols = list(range(P, P + upto))
+    return [cols[i : i + BLOCK] for i in range(0, len(cols), BLOCK)]
+
+
+@torch.no_grad()
+def exact_growing(model, ids, scored_upto=L):
+    """sum over the decoded blocks of each block's exact-count ELBO on the canvas *cut* at its end (the model
+    is run on the sliced ids: nothing after the block exists), scored positions only."""
+    scored = set(range(P, P + scored_upto))
+    blocks = [b for b in _blocks() if any(i in scored for i in b)]
+    total = 0.0
+    for block in blocks:
+        end = block[-1] + 1
+        for k in range(1, len(block) + 1):
+            values = []
+            for subset in itertools.combinations(block, k):
+                noisy = ids[:, :end].clone()
+                noisy[0, list(subset)] = MASK_ID
+                logp = model(noisy).logits[0].log_softmax(-1)
+                values.append(sum(logp[i, ids[0, i]].item() for i in subset if i in scored))
+            total += sum(values) / len(values) / k
+    return total
+
+
+@torch.no_grad()
+def enumerated(model, ids, completion, scored_upto=L):
+    """The growing plan's expectation over every (block, subset) draw, through pass_logprobs with ``visible``."""
+    scored = torch.zeros_like(completion)
+    scored[0, P : P + scored_upto] = True
+    blocks = [b for b in _blocks() if any(i < P + scored_upto for i in b)]
+    masks, weights, visible = [], [], []
+    for block in blocks:
+        for k in range(1, len(block) + 1):
+            for subset in itertools.combinations(block, k):
+                m = torch.zeros_like(completion)
+                m[0, list(subset)] = True
+                # P(block) P(l = k) P(S | k) x the plan's weight nB L_b / k
+                p = (1 / len(blocks)) * (1 / len(block)) / math.comb(len(block), k)
+                masks.append(m)
+                weights.append((m & scored).double() * p * len(blocks) * len(block) / k)
+                v = torch.ones_like(completion)
+                v[0, block[-1] + 1 :] = False
+                visible.append(v)
+    plan = MaskPlan(torch.stack(masks), torch.stack(weights), 1, torch.stack(visible))
+    values = pass_logprobs(model, ids, plan, mask_token_id=MASK_ID, chunk_size=4)
+    return float((plan.weights * values.double()).sum())
+
+
+@pytest.mark.parametrize("scored_upto", [L, 3])  # the whole canvas; an answer stopping inside block 2
+def test_growing_is_exactly_the_cut_canvas_block_elbo(setup, scored_upto):
+    model, ids, completion = setup
+    exact = exact_growing(model, ids, scored_upto)
+    assert abs(enumerated(model, ids, completion, scored_upto) - exact) < 1e-5
+
+
+def test_growing_plan_draws_are_unbiased_and_cut_the_canvas(setup):
+    model, ids, completion = setup
+    exact = exact_growing(model, ids)
+    n = 3000
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        est = sequence_logprob(model, ids.expand(n, -1), completion.expand(n, -1), estimator="growing",
+                               num_samples=2, mask_token_id=MASK_ID, generator=g, chunk_size=2, block_length=BLOCK)  # fmt: skip
+    se = est.std().item() / math.sqrt(n)
+    assert abs(est.mean().item() - exact) < 4 * se and se < 0.05 * abs(exact), (est.mean().item(), exact, se)
+    plan = make_plan("growing", completion, num_samples=3, generator=g, block_length=BLOCK)
+    blocks = _blocks()
+    for j in range(3):  # one block's subset masked; nothing after it visible; everything before it clean
+        scored = plan.weights[j, 0].nonzero().flatten().tolist()
+        b = next(i for i, blk in enumerate(blocks) if scored[0] in blk)
+        assert set(scored) <= set(blocks[b]) and plan.masked[j, 0].nonzero().flatten().tolist() == scored
+        assert plan.visible[j, 0, : blocks[b][-1] + 1].all() and not plan.visible[j, 0, blocks[b][-1] + 1 :].any()
+
+
+def test_blocks_after_the_stop_are_never_drawn(setup):
+    """A row whose answer ends in block 1 (EOS at P + 2): its samples pick blocks 0 or 1, never block 2."""
+    _, _, completion = setup
+    score = torch.zeros_like(completion)
+    score[0, P : P + 3] = True
+    plan = make_plan("growing", completion.expand(64, -1), num_samples=4, block_length=BLOCK,
+                     score_mask=score.expand(64, -1), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert not plan.masked[..., P + 4 :].any() and plan.masked[..., P : P + 4].any()
+    assert not plan.weights[..., P + 3 :].any()
+
+
+def test_a_fixed_canvas_estimator_with_variable_length_rollouts_is_one_line():
+    from align.config import GRPOConfig, load_config
+
+    base = ["--use_cpu", "true", "--max_completion_length", "32", "--diffusion_steps", "32"]
+    with pytest.raises(ValueError, match="set estimator growing"):
+        load_config("recipes/tiny/grpo.yaml", base + ["--variable_length", "true"], cls=GRPOConfig)
+    with pytest.raises(ValueError, match="set variable_length true"):
+        load_config("recipes/tiny/grpo.yaml", base + ["--estimator", "growing"], cls=GRPOConfig)
+    with pytest.raises(ValueError, match="not a multiple of block_length"):
+        load_config("recipes/tiny/grpo.yaml", ["--use_cpu", "true", "--max_completion_length", "30", "--diffusion_steps",
+                                               "30", "--variable_length", "true", "--estimator", "growing"], cls=GRPOConfig)  # fmt: skip
