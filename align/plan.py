@@ -114,8 +114,14 @@ def trainable_params(shape: ModelShape, args) -> int:
     return shape.n_layers * per_layer
 
 
-def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> Plan:
-    """The plan of GRPO config ``args`` (align.config) for a model of ``shape`` on ``processes`` ranks."""
+def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0, expected_length: float | None = None) -> Plan:
+    """The plan of GRPO config ``args`` (align.config) for a model of ``shape`` on ``processes`` ranks.
+
+    With ``variable_length`` rollouts, ``expected_length`` (the mean completion length, default the budget)
+    sets the work: a row decodes ceil(E / block_length) blocks, each on the canvas cut at its end, and
+    estimator growing scores one of them per sample (a cut canvas of prompt + (nb + 1) / 2 blocks on average).
+    Memory stays the budget's (the longest row reaches it) and sampler calls assume every call runs to the
+    budget (a call lasts as long as its longest row): both upper bounds."""
     b = _act_bytes(args.dtype)
     d, h, layers, v = shape.d_model, shape.mlp_hidden, shape.n_layers, shape.vocab
     trainable = trainable_params(shape, args)
@@ -179,7 +185,18 @@ def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> 
     policy_calls = micro * chunks * (2 if args.mc_backward == "chunked" else 1)
     plan.forward_passes = round(rollouts * (sampler_calls + est_calls) + policy_calls)
     token_flops = 2 * shape.params + 4 * seq * d * layers
-    if block_model:  # the prompt once, each block (steps per block + 1) times
+    growing = bool(getattr(args, "variable_length", False)) and not block_model
+    if growing:
+        length = min(args.max_completion_length, expected_length or args.max_completion_length)
+        decoded = min(blocks, math.ceil(length / args.block_length))
+        per_block = max(1, steps // blocks)
+        cut = [args.max_prompt_length + (b + 1) * args.block_length for b in range(decoded)]
+        if args.cache:  # a full pass over the cut canvas per block, then the block alone
+            per_row = sum(cut) + decoded * (per_block - 1) * args.block_length
+        else:
+            per_row = per_block * sum(cut)
+        gen_tokens = rollouts * gen_rows * per_row
+    elif block_model:  # the prompt once, each block (steps per block + 1) times
         gen_tokens = rollouts * gen_rows * (args.max_prompt_length + (steps + blocks) * args.block_length)
     elif (
         args.cache
@@ -189,8 +206,11 @@ def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0) -> 
         gen_tokens = rollouts * gen_rows * (blocks * seq + (steps - blocks) * partial)
     else:  # every sampler step encodes the whole canvas
         gen_tokens = rollouts * steps * gen_rows * seq
-    est_tokens = rollouts * fixed * passes * gen_rows * seq
-    train_tokens = micro * passes * args.per_device_train_batch_size * seq
+    est_seq = seq
+    if growing and args.estimator == "growing":  # one block's cut canvas per pass, (nb + 1) / 2 blocks on average
+        est_seq = args.max_prompt_length + args.block_length * (decoded + 1) / 2
+    est_tokens = rollouts * fixed * passes * gen_rows * est_seq
+    train_tokens = micro * passes * args.per_device_train_batch_size * est_seq
     backward = 3 + int(args.activation_checkpointing) + (1 if args.mc_backward == "chunked" else 0)
     plan.flops = token_flops * (gen_tokens + est_tokens + backward * train_tokens)
     return plan
@@ -392,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80: H100)")
     parser.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3],
                         help="ZeRO stage (default: 2 with LoRA, else 3)")  # fmt: skip
+    parser.add_argument("--expected-length", type=float, default=None,
+                        help="variable_length recipes: the mean completion length the work is planned for "
+                             "(default: the budget)")  # fmt: skip
     parser.add_argument("--debug", action="store_true")
     args, overrides = parser.parse_known_args(argv)
 
@@ -404,9 +427,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.recipe, [*overrides, "--use_cpu", "true"], prog="align plan")
         zero = args.zero if args.zero is not None else (2 if config.use_peft else 3)
         shape = load_shape(config.model_name_or_path, config.trust_remote_code, say=print)
-        plan = make_plan(shape, config, processes=args.gpus * args.nodes, zero=zero)
+        if args.expected_length is not None and not config.variable_length:
+            raise ValueError("--expected-length plans variable-length rollouts; the recipe has variable_length false.")
+        plan = make_plan(shape, config, processes=args.gpus * args.nodes, zero=zero,
+                         expected_length=args.expected_length)  # fmt: skip
+        expected = f", mean completion {args.expected_length:g} tokens" if args.expected_length else ""
         print(f"{args.recipe}: {shape.params / 1e9:.2f}B parameters, {args.nodes} x {args.gpus} GPUs of "
-              f"{args.gpu_memory:g} GiB, ZeRO-{zero}{', LoRA' if config.use_peft else ''}")  # fmt: skip
+              f"{args.gpu_memory:g} GiB, ZeRO-{zero}{', LoRA' if config.use_peft else ''}{expected}")  # fmt: skip
         print("\n".join(table(plan, args.gpu_memory)))
         problems = misfits(plan, args.gpu_memory)
         for problem in problems:
