@@ -127,3 +127,30 @@ def test_a_plan_that_cannot_fit_is_refused_with_the_setting_to_change(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("align train: the rollout phase needs about") and "rollout_batch_size" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_variable_length_work_follows_the_expected_length():
+    """Variable-length rollouts: FLOPs shrink with the mean completion length (blocks decoded on cut canvases,
+    growing's passes on the average cut), memory and forward calls stay the budget's (upper bounds)."""
+    shape = shape_of(*KNOWN_SHAPES["GSAI-ML/iLLaDA-8B-Instruct"])
+    base = dict(variable_length=True, estimator="growing", max_completion_length=2048, max_prompt_length=512,
+                block_length=32, diffusion_steps=1024, generation_batch_size=64, rollout_batch_size=16,
+                per_device_train_batch_size=4, gradient_accumulation_steps=4, steps_per_generation=4,
+                num_iterations=2, num_mc_samples=2, mc_chunk_size=1, cache="dual", dtype="bfloat16",
+                activation_checkpointing=True, beta=0.005)  # fmt: skip
+    full = make_plan(shape, _args(**base), processes=8, zero=3)
+    at_budget = make_plan(shape, _args(**base), processes=8, zero=3, expected_length=2048)
+    half = make_plan(shape, _args(**base), processes=8, zero=3, expected_length=1024)
+    short = make_plan(shape, _args(**base), processes=8, zero=3, expected_length=100)
+    assert full.flops == at_budget.flops > half.flops > short.flops
+    assert full.phases == half.phases == short.phases and full.forward_passes == short.forward_passes
+    fixed = make_plan(shape, _args(**{**base, "variable_length": False, "estimator": "coupled", "num_mc_samples": 1}),
+                      processes=8, zero=3)  # fmt: skip
+    assert fixed.flops > full.flops  # the fixed canvas encodes the whole budget at every block
+
+
+def test_expected_length_needs_a_variable_length_recipe(capsys):
+    from align.cli import main
+
+    assert main(["plan", os.path.join(REPO, "recipes", "tiny", "grpo.yaml"), "--expected-length", "5"]) == 2
+    assert "--expected-length plans variable-length rollouts" in capsys.readouterr().err

@@ -122,3 +122,21 @@ def test_a_fixed_canvas_estimator_with_variable_length_rollouts_is_one_line():
     with pytest.raises(ValueError, match="not a multiple of block_length"):
         load_config("recipes/tiny/grpo.yaml", ["--use_cpu", "true", "--max_completion_length", "30", "--diffusion_steps",
                                                "30", "--variable_length", "true", "--estimator", "growing"], cls=GRPOConfig)  # fmt: skip
+
+
+def test_the_rollout_buffer_keeps_the_cut_canvas_across_a_mid_phase_checkpoint():
+    """visible (and TraceRL's longest) survive the buffer file of a mid-phase checkpoint, and each micro-batch's
+    plan carries its rows' cut canvas."""
+    from align.rollout.batch import RolloutBatch
+
+    completion = torch.zeros(4, P + L, dtype=torch.bool)
+    completion[:, P:] = True
+    plan = make_plan("growing", completion, num_samples=2, block_length=BLOCK, generator=torch.Generator().manual_seed(3))
+    batch = RolloutBatch(ids=torch.zeros(4, P + L, dtype=torch.long), attn=torch.ones(4, P + L), mask=completion,
+                         advantages=torch.zeros(4), masked=plan.masked[None], weights=plan.weights[None], num_samples=2,
+                         old=None, ref=None, normalizer=torch.tensor(1.0), longest=torch.tensor(5.0),
+                         visible=plan.visible[None])  # fmt: skip
+    again = RolloutBatch.from_state(batch.state(), group_weighted=False)
+    assert torch.equal(again.visible, batch.visible) and again.longest == 5.0
+    micro = again.micro_batch(1, 0, 2)
+    assert torch.equal(micro.plan.visible, plan.visible[:, 2:4]) and micro.longest == 5.0
