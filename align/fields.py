@@ -287,6 +287,15 @@ class GRPOFields(ModelDataFields):
         "of that process. Block-diffusion models always stop at their stop token.",
         default=False,
     )
+    boost_token: str | None = _help(
+        "rollout",
+        "iLLaDA's end-of-thinking boost in rollouts: this single token (e.g. </think>) gets boost added to its "
+        "logit at a block's first masked position in blocks starting within boost_margin tokens of "
+        "max_completion_length, until the row writes it (the illada eval protocol's setting). None: off.",
+        default=None,
+    )
+    boost: float = _help("rollout", "The end-of-thinking boost's logit increment (iLLaDA: 100).", default=0.0)
+    boost_margin: int = _help("rollout", "Blocks starting this close to the budget are boosted.", default=512)
     max_gpu_memory_gb: float | None = _help(
         "schedule",
         "GiB per process for the start-up memory check (align plan's phases); default: the visible GPU's "
@@ -524,6 +533,11 @@ def check_grpo(c) -> None:
                    ("max_completion_length", "diffusion_steps", "block_length"), top_p=c.top_p, top_k=c.top_k,
                    alg_temp=c.alg_temp, threshold=c.threshold, cache=c.cache, cfg_scale=c.cfg_scale,
                    variable_length=c.variable_length)  # fmt: skip
+    if c.boost_token and c.boost != 0.0 and c.remasking not in REMASKING:
+        raise ValueError(
+            f"boost_token is iLLaDA's end-of-thinking boost for LLaDA's schedule, not remasking {c.remasking!r}: "
+            "unset boost_token or set boost 0."
+        )
     if c.remasking not in BLOCK_SCHEDULES and c.variable_length != (c.estimator == "growing"):
         raise ValueError(
             "variable_length rollouts are scored by estimator growing (each block on the canvas cut at its end, "

@@ -43,6 +43,7 @@ class RolloutPhase:
                  accelerator, *, passes: Callable, policy: Callable, reference: Callable):  # fmt: skip
         self.args, self.objective, self.engine, self.rewards = args, objective, engine, rewards
         self.tokenizer, self.spec, self.accelerator = tokenizer, spec, accelerator
+        self.boost = self._end_of_thinking_boost()
         self.passes, self.policy, self.reference = passes, policy, reference
         self.settings = SamplerSettings.from_rollout_fields(args)
         self.stop_ids = torch.tensor(spec.stop_token_ids, dtype=torch.long)
@@ -100,10 +101,28 @@ class RolloutPhase:
         prompt_ids = enc["input_ids"].repeat_interleave(args.num_generations, 0).to(device)
         prompt_attn = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         start = time.perf_counter()
+        hooks = {} if self.boost is None else {"logits_hook": self.boost}
         out = self.engine.generate(
-            prompt_ids, prompt_attn, self.settings, generator=self.seeded(rollout_index, 0)
+            prompt_ids, prompt_attn, self.settings, generator=self.seeded(rollout_index, 0), **hooks
         )
         return prompt_ids, prompt_attn, out, time.perf_counter() - start
+
+    def _end_of_thinking_boost(self):
+        """iLLaDA's end-of-thinking boost for rollouts (``boost_token`` / ``boost`` / ``boost_margin``), or None.
+        The rollouts are then drawn with the boosted logits; the estimators score the model's own ones."""
+        args = self.args
+        if not getattr(args, "boost_token", None) or args.boost == 0.0:
+            return None
+        from align.errors import UsageError
+        from align.eval.boost import EndOfThinkingBoost
+
+        ids = self.tokenizer.encode(args.boost_token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise UsageError(
+                f"boost_token {args.boost_token!r} is {len(ids)} tokens for this tokenizer, not one: give a single "
+                "token (iLLaDA's is </think>) or set boost 0."
+            )
+        return EndOfThinkingBoost(ids, args.boost, after=max(0, args.max_completion_length - args.boost_margin))
 
     def _pack(self, prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, group_weights,
               rollout_index, commit_step) -> tuple[RolloutBatch, float]:  # fmt: skip
