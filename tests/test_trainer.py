@@ -230,10 +230,15 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
-def test_kill_and_resume_matches_uninterrupted_run(workspace, tmp_path):
+VARIABLE = ("--variable_length", "true", "--estimator", "growing", "--max_completion_length", "16",
+            "--block_length", "4", "--diffusion_steps", "16")  # fmt: skip (the cut canvases ride in the buffer)
+
+
+@pytest.mark.parametrize("rollouts", [(), VARIABLE], ids=["fixed", "variable_length"])
+def test_kill_and_resume_matches_uninterrupted_run(workspace, tmp_path, rollouts):
     # steps_per_generation 2 x num_iterations 2: checkpoint-2 falls in the middle of a rollout phase.
     common = ("--max_steps", "5", "--steps_per_generation", "2", "--per_device_train_batch_size", "4",
-              "--num_iterations", "2", "--beta", "0.02", "--log_completions", "true")  # fmt: skip
+              "--num_iterations", "2", "--beta", "0.02", "--log_completions", "true", *rollouts)  # fmt: skip
     straight = build_trainer(config(workspace, tmp_path / "a", *common))
     straight.train()
     killed = build_trainer(
