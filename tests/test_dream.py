@@ -412,7 +412,15 @@ def test_every_estimators_passes_read_the_shifted_logits(scoring):
             ours = pass_logprobs(model, ids, plan, mask_token_id=MASK)
             for p in range(plan.num_passes):
                 noisy = torch.where(plan.masked[p], MASK, ids)
-                expected = _hub_logps(model, noisy, ids) * (plan.weights[p] != 0)
+                if plan.visible is None:
+                    expected = _hub_logps(model, noisy, ids)
+                else:  # growing's cut canvas: the official forward on each row's visible prefix alone
+                    expected = torch.zeros(ids.shape)
+                    for r in range(ids.shape[0]):
+                        n = int(plan.visible[p, r].sum())
+                        assert plan.visible[p, r, :n].all()  # a prefix
+                        expected[r, :n] = _hub_logps(model, noisy[r : r + 1, :n], ids[r : r + 1, :n])[0]
+                expected = expected * (plan.weights[p] != 0)
                 torch.testing.assert_close(ours[p], expected, rtol=1e-5, atol=1e-5, msg=f"{name} pass {p}")
 
 
