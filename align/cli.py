@@ -27,6 +27,10 @@ def _generate(args) -> int:
     check_model_path(args.model, "--model")
     if args.adapter:
         check_model_path(args.adapter, "--adapter")
+    from align.models.family import check_checkpoint_settings
+
+    check_checkpoint_settings(args.model, trust_remote_code=args.trust_remote_code, cache=protocol.cache,
+                              remasking=protocol.remasking, block_length=protocol.block_length)  # fmt: skip
     source = DiffusionSource.load(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
                                   batch_size=args.batch_size, seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
     print(f"align generate: protocol {args.protocol}: {protocol.describe()}", file=sys.stderr)

@@ -79,3 +79,12 @@ def test_align_train_refuses_a_contradicting_block_length_before_loading(tmp_pat
     err = capsys.readouterr().err
     assert "block_length 8 contradicts the model's block size 4" in err and "Loading weights" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_align_generate_decodes_the_twin_and_refuses_llada_schedules(capsys):
+    assert align(["generate", "--model", MODEL, "--protocol", "tiny-block", "--prompt", "123+456=", "--dtype",
+                  "float32"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completion"] == "<answer>579</answer>"
+    assert align(["generate", "--model", MODEL, "--protocol", "tiny", "--prompt", "1+1=", "--dtype", "float32"]) == 2
+    err = capsys.readouterr().err
+    assert "was not trained for" in err and "Loading weights" not in err
