@@ -33,8 +33,10 @@ differences: where the official code asks ``torch.topk`` for more positions than
 prompt's partial block with n_s > 1, or a block the dynamic rule got ahead of), it also picks unmasked
 positions and overwrites them, prompt tokens included, with fresh draws; here a step commits at most the
 masked positions. And the mask token is never proposed (its logit is -inf): the official code can draw
-it, leaving the position masked, and then fails indexing its schedule past the last step. ``commit_step`` records the global step at which each token was committed (trace
-replay); with ``deprioritize``-style or logits hooks, CFG and Fast-dLLM caches refused (one line).
+it, leaving the position masked, and then fails indexing its schedule past the last step.
+
+``commit_step`` records the global step at which each token was committed (trace replay). Logits hooks,
+deprioritized ids, CFG and Fast-dLLM's caches are refused in one line (``generate`` and the recipe checks).
 """
 
 from __future__ import annotations
