@@ -106,8 +106,7 @@ def trainable_params(shape: ModelShape, args) -> int:
 
     family = family_for(shape.family)
     targets = set(family.lora_targets if args.lora_target_modules is None else args.lora_target_modules)
-    sizes = (family.lora_shapes(shape.d_model, shape.kv_dim, shape.mlp_hidden) if shape.head_dim is None
-             else family.lora_shapes(shape.d_model, shape.kv_dim, shape.mlp_hidden, shape.q_dim))  # fmt: skip
+    sizes = family.lora_shapes(shape.d_model, shape.kv_dim, shape.mlp_hidden, shape.q_dim)
     per_layer = sum(
         args.lora_r * (i + o) for name, (i, o) in sizes.items() if name in targets or "all-linear" in targets
     )

@@ -67,8 +67,11 @@ class Family:
         "down_proj",
     )
 
-    def lora_shapes(self, d: int, kv: int, h: int) -> dict[str, tuple[int, int]]:
-        return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, h),
+    def lora_shapes(self, d: int, kv: int, h: int, q: int | None = None) -> dict[str, tuple[int, int]]:
+        """(in, out) per LoRA target from d_model, the k/v width, the MLP width and the q / attention-output width
+        (heads x head_dim; d_model unless the config has an explicit head_dim, e.g. SDAR-4B: 4096 vs 2560)."""
+        q = d if q is None else q
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d), "gate_proj": (d, h),
                 "up_proj": (d, h), "down_proj": (h, d)}  # fmt: skip
 
     def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
@@ -143,8 +146,9 @@ class LLaDAFamily(Family):
     native = True
     lora_targets = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
-    def lora_shapes(self, d: int, kv: int, h: int) -> dict[str, tuple[int, int]]:
-        return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "attn_out": (d, d), "ff_proj": (d, h),
+    def lora_shapes(self, d: int, kv: int, h: int, q: int | None = None) -> dict[str, tuple[int, int]]:
+        q = d if q is None else q
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "attn_out": (q, d), "ff_proj": (d, h),
                 "up_proj": (d, h), "ff_out": (h, d)}  # fmt: skip
 
     def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
@@ -277,11 +281,6 @@ class SDARFamily(Family):
                     kv_heads=config.num_key_value_heads or config.num_attention_heads, h=config.intermediate_size,
                     v=config.vocab_size, tied=bool(config.tie_word_embeddings),
                     qkv_bias=bool(config.attention_bias), head_dim=config.head_dim)  # fmt: skip
-
-    def lora_shapes(self, d: int, kv: int, h: int, q: int | None = None) -> dict[str, tuple[int, int]]:
-        q = d if q is None else q  # heads * head_dim (4096 on SDAR-8B, 4096 = d; 4B: 4096 vs d 2560)
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d), "gate_proj": (d, h),
-                "up_proj": (d, h), "down_proj": (h, d)}  # fmt: skip
 
     def from_pretrained(self, name_or_path: str, **kwargs):
         from align.models.modeling_sdar import SDARLM
