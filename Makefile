@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-puzzle-models clean
+.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,14 @@ tiny-long-model: venv
 	rm -rf recipes/tiny-long/model
 	$(BIN)/align sft --config recipes/tiny-long/sft.yaml --output_dir recipes/tiny-long/model --save_strategy no
 	rm -f recipes/tiny-long/model/training_args.bin
+
+# The mixed-length tiny model (recipes/tiny-mixed): short and worked answers on one canvas, fine-tuned from the
+# long-answer model on whole and growing canvases, for benchmarks/variable_length_cost.py.
+tiny-mixed-model: venv
+	$(BIN)/python -m demos.tiny recipes/tiny-mixed mixed
+	rm -rf recipes/tiny-mixed/model
+	$(BIN)/align sft --config recipes/tiny-mixed/sft.yaml
+	rm -f recipes/tiny-mixed/model/training_args.bin recipes/tiny-mixed/model/trainer_state.json
 
 # Verifier-only tasks (recipes/tiny-countdown, recipes/tiny-sudoku): data splits, then SFT on the 2,000 solved problems.
 tiny-puzzle-models: venv

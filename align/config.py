@@ -26,6 +26,7 @@ from align.fields import (
     check_dpo,
     check_grpo,
     check_model_data,
+    check_sft,
     recipe_values,
     resolve_eval,
     resolve_generation_batch,
@@ -49,6 +50,10 @@ class ModelDataConfig(ModelDataFields, TrainingArguments):
 @dataclass
 class SFTConfig(SFTFields, ModelDataConfig):
     """Masked-diffusion SFT (LLaDA's objective): prompt clean, response + EOS padding masked at t ~ U(0, 1)."""
+
+    def __post_init__(self):
+        ModelDataConfig.__post_init__(self)
+        check_sft(self)
 
 
 @dataclass

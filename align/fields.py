@@ -133,6 +133,28 @@ class SFTFields(ModelDataFields):
         "Responses are padded with EOS (and trained to predict it) up to this many tokens; longer ones are cut.",
         default=256,
     )
+    growing_fraction: float = _help(
+        "data",
+        "Fraction of rows trained on the growing canvas instead of the whole one: one block (of block_length, "
+        "up to the block holding the response's first EOS) masked at t ~ U, the clean earlier blocks before "
+        "it and no later canvas, the process variable_length decoding runs (iLLaDA's). 0 = LLaDA's objective "
+        "only; 1 = growing only; between, a model that decodes both ways.",
+        default=0.0,
+    )
+    block_length: int | None = _help(
+        "data", "Block size of the growing canvas (growing_fraction > 0); it must divide max_completion_length.",
+        default=None,
+    )
+
+
+def check_sft(c) -> None:
+    if not 0.0 <= c.growing_fraction <= 1.0:
+        raise ValueError(f"growing_fraction must be in [0, 1], got {c.growing_fraction}.")
+    if c.growing_fraction > 0 and (not c.block_length or c.max_completion_length % c.block_length):
+        raise ValueError(
+            f"growing_fraction {c.growing_fraction} needs block_length dividing max_completion_length "
+            f"({c.max_completion_length}), got {c.block_length}: set e.g. --block_length 8."
+        )
 
 
 @dataclass
@@ -837,6 +859,8 @@ def preflight(cls, values: dict[str, object]) -> None:
         check_reward_specs(view.reward_funcs)
     if hasattr(view, "chosen_column"):
         check_dpo(view)
+    if hasattr(view, "growing_fraction"):
+        check_sft(view)
     if not getattr(view, "init_config", None):
         check_model_path(view.model_name_or_path, "model_name_or_path")
     for path in view.dataset_files or []:

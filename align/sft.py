@@ -11,6 +11,13 @@ minimise
 including its EOS padding). Rows are laid out as generation sees them: left-padded prompt, then the
 response canvas.
 
+``growing_fraction`` > 0 trains that fraction of the rows on the growing canvas instead (what
+``variable_length`` decoding runs, iLLaDA's process): the ``growing`` estimator's masking with one sample,
+one block b of ``block_length`` among those up to the block holding the response's first stop token, the
+earlier blocks clean, every key after b cut, a uniform l ~ U{1..L_b} of b's tokens masked with weight
+nB * L_b / l, normalised by the tokens up to that stop token. Its expectation is the sum of the blocks'
+ELBOs given the clean earlier blocks, per real token.
+
     align sft --config recipes/tiny/sft.yaml [--field value ...]
 """
 
@@ -22,7 +29,7 @@ from transformers import Trainer
 from align.checkpoints import SafeCheckpointMixin
 from align.config import SFTConfig
 from align.data import encode_prompts, load_rows, prompt_text
-from align.logprob.estimators import gather_logprobs
+from align.logprob.estimators import gather_logprobs, growing_plan
 from align.models import family_spec
 from align.models.family import noised_logits
 
@@ -66,14 +73,32 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
         t = torch.rand(ids.shape[0], 1, device=ids.device)
         p_mask = (1 - EPS) * t + EPS
         masked = response & (torch.rand(ids.shape, device=ids.device) < p_mask)
+        weights, scored = None, response.sum(1)
+        if self.args.growing_fraction > 0:  # some rows on the growing canvas: one block, no later canvas
+            masked, weights, scored, attn = self._growing_rows(ids, attn, response, masked, p_mask, scored)
         noisy = torch.where(masked, self.spec.mask_token_id, ids)
         start = ids.shape[1] - self.args.max_completion_length  # the response canvas: logits only there
         logits = noised_logits(model, ids, noisy, attn, self.spec, logits_range=(start, ids.shape[1])).logits
         window, targets = masked[:, start:], ids[:, start:]
         nll = torch.zeros(window.shape, dtype=torch.float32, device=ids.device)
         nll = nll.masked_scatter(window, -gather_logprobs(logits[window], targets[window]))
-        per_row = (nll / p_mask).sum(1) / response.sum(1)
+        per_row = (nll / p_mask if weights is None else nll * weights[:, start:]).sum(1) / scored
         return per_row.mean()
+
+    def _growing_rows(self, ids, attn, response, masked, p_mask, scored):
+        """Replace a ``growing_fraction`` of the rows by the ``growing`` estimator's masking (one sample):
+        one block up to the one holding the first stop token, its weights nB * L_b / l, keys after it cut;
+        normalised by the tokens up to that stop token (the row's real length)."""
+        stop = torch.isin(ids, torch.tensor(self.spec.stop_token_ids, device=ids.device)) & response
+        first_stop = torch.where(stop, stop.long().cumsum(1), 0) == 1
+        real = response & ((stop.long().cumsum(1) - first_stop.long()) == 0)  # up to and including the stop
+        plan = growing_plan(response, 1, score_mask=real, block_length=self.args.block_length)
+        rows = torch.rand(ids.shape[0], device=ids.device) < self.args.growing_fraction
+        col = rows[:, None]
+        masked = torch.where(col, plan.masked[0], masked)
+        weights = torch.where(col, plan.weights[0], masked.float() / p_mask)
+        attn = torch.where(col, attn * plan.visible[0].long(), attn)
+        return masked, weights, torch.where(rows, real.sum(1), scored), attn
 
 
 def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:

@@ -13,6 +13,10 @@ left, each column written ``a+b+c=ss`` (digits, incoming carry, two-digit sum), 
 ``"4567+8912="`` -> ``"7+2+0=096+1+0=075+9+0=144+8+1=13<answer>13479</answer>"``: 39 tokens, where
 every column depends on the one before it through its carry.
 
+The *mixed* variant (``recipes/tiny-mixed``) alternates the two: a 3-digit question is answered directly (6
+tokens), a 4-digit one worked (39 tokens), so answer lengths differ by question on one 48-token canvas; it
+measures variable-length rollouts against fixed canvases (benchmarks/variable_length_cost.py).
+
 The *verifier-only* tasks (``countdown``, ``sudoku``; committed under ``recipes/tiny-countdown`` and
 ``recipes/tiny-sudoku``) have many valid answers and are scored by ``rewards.puzzles``, never against a
 stored answer: ``"3,7,5:26="`` -> ``<answer>3*7+5</answer>`` (three numbers in 1..20, binary + - * / and
@@ -68,7 +72,7 @@ def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
     return LLaDAConfig(**fields)
 
 
-TASKS = ("short", "long", "countdown", "sudoku")
+TASKS = ("short", "long", "mixed", "countdown", "sudoku")
 
 
 def worked_sum(a: int, b: int) -> str:
@@ -213,7 +217,8 @@ def sudoku_problems(n: int, rng: random.Random) -> list[dict]:
 
 
 def problems(n: int, seed: int, task: str = "short") -> list[dict]:
-    """n distinct problems of a task: additions ``a+b=`` (3-digit ``short``, 4-digit worked ``long``),
+    """n distinct problems of a task: additions ``a+b=`` (3-digit ``short``, 4-digit worked ``long``, the two
+    alternating in ``mixed``),
     ``countdown`` (``"3,7,5:26="``) or 4x4 ``sudoku`` (``"1030020040010300="``, 0 = blank)."""
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}.")
@@ -222,6 +227,9 @@ def problems(n: int, seed: int, task: str = "short") -> list[dict]:
         return countdown_problems(n, rng)
     if task == "sudoku":
         return sudoku_problems(n, rng)
+    if task == "mixed":  # alternating short (6 tokens) and worked long (39 tokens) answers
+        short, long = addition_problems(n - n // 2, rng, "short"), addition_problems(n // 2, rng, "long")
+        return [row for pair in itertools.zip_longest(short, long) for row in pair if row is not None]
     return addition_problems(n, rng, task)
 
 
@@ -312,6 +320,8 @@ def prepare(folder: str = "recipes/tiny", task: str = "short", family: str = "ll
         write_puzzle_task(data, task)
     else:
         write_task(data, num_train=20000 if task == "short" else 50000, task=task)
+    if task == "mixed":
+        return  # fine-tuned from recipes/tiny-long/model: no starting point of its own
     vocab = PUZZLE_VOCAB if task in ("countdown", "sudoku") else VOCAB
     init = os.path.join(folder, "init")
     build_tokenizer(vocab).save_pretrained(init)

@@ -97,3 +97,56 @@ def test_a_dataset_smaller_than_one_dropped_batch_is_refused(tmp_path):
     config = sft_config(tmp_path, "--per_device_train_batch_size", "512", "--dataloader_drop_last", "true")
     with pytest.raises(ValueError, match="the dataset has 256 rows, fewer than one batch"):
         build_trainer(config)
+
+
+def test_growing_rows_score_one_block_on_the_cut_canvas(tmp_path):
+    """growing_fraction 1: every row masks inside one block at or before the block holding its first EOS, sees
+    no key after that block, and its loss is -sum(log p on the mask) * nB * L_b / l / (tokens up to the EOS),
+    recomputed here from the captured forward. Tokens after the EOS block then cannot move the loss; with
+    LLaDA's objective (growing_fraction 0) they do."""
+    trainer = build_trainer(sft_config(tmp_path, "--growing_fraction", "1", "--block_length", "2"))
+    model = trainer.model.eval()
+    rows = [{"question": "1+2=", "completion": "<answer>3</answer>"},
+            {"question": "100+200=", "completion": "<answer>300</answer>"}]  # fmt: skip
+    batch = trainer._collate(rows)
+    start, eos = batch["input_ids"].shape[1] - 8, trainer.spec.eos_token_id
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append((a, kw)), with_kwargs=True)
+    losses = []
+    for draw in range(6):
+        torch.manual_seed(draw)
+        losses.append(trainer.compute_loss(model, batch))
+    hook.remove()
+    ids = batch["input_ids"]
+    for loss, (args, kwargs) in zip(losses, seen, strict=True):
+        noisy = kwargs.get("input_ids", args[0] if args else None)
+        attn = kwargs["attention_mask"]
+        masked = (noisy == trainer.spec.mask_token_id)[:, start:]
+        expected = []
+        for i in range(2):
+            real = int((ids[i, start:] == eos).nonzero()[0]) + 1  # up to and including the first EOS
+            blocks = masked[i].nonzero().flatten() // 2
+            assert len(blocks) and (blocks == blocks[0]).all() and blocks[0] <= (real - 1) // 2
+            b, nb = int(blocks[0]), (real - 1) // 2 + 1
+            assert attn[i, start:].tolist() == [1] * (2 * b + 2) + [0] * (8 - 2 * b - 2)
+            logp = model(noisy[i : i + 1], attention_mask=attn[i : i + 1]).logits[0, start:].log_softmax(-1)
+            nll = -logp[masked[i]].gather(-1, ids[i, start:][masked[i]][:, None]).sum()
+            expected.append(nll * nb * 2 / masked[i].sum() / real)
+        assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_ids"][:, -2:] = VOCAB.index("7")  # the last block: after both rows' EOS block
+    for fraction, moves in ((1.0, False), (0.0, True)):
+        trainer.args.growing_fraction = fraction
+        torch.manual_seed(3)
+        before = trainer.compute_loss(model, batch)
+        torch.manual_seed(3)
+        assert bool(trainer.compute_loss(model, changed) != before) == moves
+
+
+def test_growing_fraction_needs_a_block_length_dividing_the_canvas(tmp_path):
+    with pytest.raises(ValueError, match="growing_fraction 0.5 needs block_length dividing max_completion_length"):
+        sft_config(tmp_path, "--growing_fraction", "0.5")
+    with pytest.raises(ValueError, match=r"\(8\), got 3: set e.g. --block_length 8"):
+        sft_config(tmp_path, "--growing_fraction", "0.5", "--block_length", "3")
+    with pytest.raises(ValueError, match=r"growing_fraction must be in \[0, 1\], got 1.5"):
+        sft_config(tmp_path, "--growing_fraction", "1.5", "--block_length", "2")
