@@ -15,6 +15,7 @@ backend is one new module that registers itself; the trainer does not change.
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 from align.sampling.settings import SamplerSettings
 
@@ -30,7 +31,12 @@ def register_engine(name: str):
     return wrap
 
 
+_MODULES = {"server": "align.rollout.server"}  # engines whose module registers them when imported
+
+
 def build_engine(name: str, **options):
+    if name not in ENGINES and name in _MODULES:
+        importlib.import_module(_MODULES[name])
     if name not in ENGINES:
         raise ValueError(f"rollout engine {name!r} is not one of {sorted(ENGINES)}.")
     return ENGINES[name](**options)

@@ -1,0 +1,263 @@
+"""A rollout server for dense diffusion LMs: the project's sampler behind a request API with weight updates.
+
+``DiffusionServer`` holds a model and decodes token-in / token-out requests with ``align.sampling`` (every
+mode the sampler has; temperature honoured). Requests that arrive while a batch is being decoded queue and
+are decoded together (cross-request batching: rows of one batch are independent, each left-padded and masked,
+so a request's greedy tokens do not depend on its batch-mates). Each result's ``token_ids`` end at its stop
+token; ``extra_fields`` carry the whole decoded canvas (``canvas``: a fixed canvas also holds the tokens the
+sampler wrote after the stop token, which later steps saw), its step map (``commit_step``: the step at which
+each canvas token was committed, -1 never), from which the ``trace`` estimator's passes are rebuilt, the
+weights version it was decoded with and its batch's forward calls (``nfe``).
+
+Two faces: ``generate(prompt_ids, sampling_params, request_id)`` (async, one request: verl's server
+contract, the field names of its ``TokenOutput``) and ``generate_batch(prompts, sampling_params)`` (async,
+one call for many rows: what ``ServerEngine`` sends). ``update_weights(named_tensors)`` copies weights in
+between batches (never during one); a name the model lacks or a shape it disagrees with is refused before
+any weight changes. ``decode_batch`` / ``load_weights`` are the same, synchronous, in the caller's thread.
+
+Under Ray (``ray_server(...)``: the class as a Ray actor, made on demand) the same methods are remote; the
+actor is async, so ``generate`` calls from many clients overlap and batch. ``ServerEngine`` (registered as
+rollout engine ``server``) lets the project's trainer roll out on such a server: ``sync_weights(model)``
+pushes the policy's weights before each rollout phase.
+
+sampling_params: any ``SamplerSettings`` field by name (``temperature``, ``steps``, ``remasking``, ...), a
+``seed`` (else the server's own generator), and vLLM / verl names that have a meaning here: ``max_tokens``
+(must be at least the canvas: a diffusion canvas is not cut short), ``logprobs`` (none are returned: a
+diffusion LM has no left-to-right token log-probabilities; the estimators compute likelihoods). Any other
+key is refused in one line naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from align.rollout.engine import RolloutEngine, register_engine
+from align.sampling.settings import SamplerSettings
+
+_SETTING_NAMES = {f.name for f in dataclasses.fields(SamplerSettings)}
+_IGNORED = {"logprobs", "detokenize", "skip_special_tokens", "spaces_between_special_tokens"}
+
+
+@dataclass
+class TokenOutput:
+    """One request's result, with verl's field names: the completion up to and including its stop token."""
+
+    token_ids: list[int]
+    log_probs: list[float] | None = None
+    stop_reason: str | None = None  # "completed" (a stop token) or "length" (the canvas filled)
+    extra_fields: dict = field(default_factory=dict)  # commit_step, weights_version, nfe (of its batch)
+
+
+class DiffusionServer:
+    """The server (module docstring). ``model`` / ``tokenizer`` in this process, or ``model_path`` to load."""
+
+    def __init__(self, model_path: str | None = None, *, model=None, tokenizer=None, settings=None,
+                 dtype: str = "float32", device: str = "cpu", max_batch_rows: int = 256, seed: int = 0,
+                 trust_remote_code: bool = False):  # fmt: skip
+        from align.models import family_spec, load_model, load_tokenizer
+
+        if model is None:
+            if model_path is None:
+                raise ValueError("DiffusionServer needs a model_path or a model.")
+            model = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+            tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+        self.model = model.to(device).eval()
+        self.spec = family_spec(model, tokenizer)
+        if not self.spec.stop_token_ids:
+            raise ValueError("the model has no EOS / EoT id: a server cannot tell where a completion ends.")
+        if isinstance(settings, dict):
+            settings = SamplerSettings(**settings)
+        if settings is None:
+            raise ValueError("DiffusionServer needs the default sampler settings (gen_length, steps, block_length).")
+        self.settings, self.device, self.max_batch_rows = settings, device, max_batch_rows
+        self.pad_id = self.spec.pad_token_id if self.spec.pad_token_id is not None else self.spec.stop_token_ids[0]
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.version = 0
+        self.stats = {"batches": 0, "rows": 0, "nfe": 0}
+        self._lock = threading.Lock()  # one decode or weight update at a time
+        self._pending: list = []  # (prompt, params, future) queued by generate()
+        self._runner: asyncio.Task | None = None
+
+    # ---- settings -------------------------------------------------------------------------------------------
+    def settings_for(self, sampling_params: dict | None) -> tuple[SamplerSettings, int | None]:
+        """The sampler settings and seed a request asks for (module docstring); one-line errors otherwise."""
+        params = dict(sampling_params or {})
+        seed = params.pop("seed", None)
+        max_tokens = params.pop("max_tokens", params.pop("max_new_tokens", None))
+        for key in _IGNORED:
+            params.pop(key, None)
+        unknown = sorted(set(params) - _SETTING_NAMES)
+        if unknown:
+            raise ValueError(f"sampling_params {unknown} mean nothing to the diffusion sampler; it takes "
+                             f"{sorted(_SETTING_NAMES)}, seed, max_tokens.")  # fmt: skip
+        settings = self.settings.replace(**params)
+        if max_tokens is not None and int(max_tokens) < settings.gen_length:
+            raise ValueError(f"max_tokens {max_tokens} is below the canvas (gen_length {settings.gen_length}): a "
+                             "diffusion canvas is decoded whole; lower gen_length (with steps / block_length).")  # fmt: skip
+        return settings, seed
+
+    # ---- synchronous core -----------------------------------------------------------------------------------
+    def decode_batch(self, prompts: list[list[int]], sampling_params: dict | None = None, *, hooks=None):
+        """``TokenOutput`` per prompt, decoded as one batch (chunks of ``max_batch_rows``)."""
+        settings, seed = self.settings_for(sampling_params)
+        return self._decode(prompts, settings, seed, hooks or {})
+
+    def _decode(self, prompts, settings: SamplerSettings, seed, hooks) -> list[TokenOutput]:
+        from align.sampling import generate_in_chunks
+
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every request needs a non-empty prompt_ids.")
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attn[i, width - len(p) :] = 1
+        generator = self.generator if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+        with self._lock, torch.no_grad():
+            out = generate_in_chunks(self.model, ids.to(self.device), attn.to(self.device),
+                                     rows_per_call=self.max_batch_rows, **settings.as_kwargs(), spec=self.spec,
+                                     generator=generator, **hooks)  # fmt: skip
+            version = self.version
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(prompts)
+        self.stats["nfe"] += out.nfe
+        stops = torch.tensor(self.spec.stop_token_ids)
+        results = []
+        for row, steps in zip(out.completion_ids.cpu(), out.commit_step.cpu(), strict=True):
+            hit = torch.isin(row, stops).nonzero()
+            end = int(hit[0]) + 1 if len(hit) else len(row)
+            results.append(TokenOutput(token_ids=row[:end].tolist(), stop_reason="completed" if len(hit) else "length",
+                                       extra_fields={"canvas": row.tolist(), "commit_step": steps.tolist(),
+                                                     "weights_version": version, "nfe": out.nfe}))  # fmt: skip
+        return results
+
+    def load_weights(self, weights) -> int:
+        """Copy ``(name, tensor)`` pairs (or a state dict) into the model between batches; returns the new
+        weights version. Every name and shape is checked before anything is copied."""
+        pairs = list(weights.items() if isinstance(weights, dict) else weights)
+        own = dict(self.model.state_dict(keep_vars=True))
+        for name, tensor in pairs:
+            if name not in own:
+                raise ValueError(f"update_weights: the served model has no tensor {name!r} (it has e.g. "
+                                 f"{next(iter(own))!r}); send the policy's own state_dict names.")  # fmt: skip
+            if tuple(tensor.shape) != tuple(own[name].shape):
+                raise ValueError(f"update_weights: {name} has shape {tuple(tensor.shape)}, the served model's is "
+                                 f"{tuple(own[name].shape)}.")  # fmt: skip
+        with self._lock, torch.no_grad():
+            for name, tensor in pairs:
+                own[name].copy_(tensor.to(own[name].device, own[name].dtype))
+            self.version += 1
+            return self.version
+
+    # ---- async faces (verl's contract; Ray actor methods) -----------------------------------------------------
+    async def generate(self, prompt_ids: list[int], sampling_params: dict | None = None, request_id: str = "",
+                       **unused) -> TokenOutput:  # fmt: skip
+        """One request (verl's token-in / token-out contract). Queued and decoded with the requests that
+        arrive while the previous batch runs and ask for the same settings. ``unused`` takes verl's
+        multimodal and priority arguments."""
+        settings, seed = self.settings_for(sampling_params)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((list(prompt_ids), settings, seed, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run_pending())
+        return await future
+
+    async def _run_pending(self) -> None:
+        await asyncio.sleep(0)  # let the requests sent together reach the queue
+        while self._pending:
+            key = self._pending[0][1:3]
+            group = [r for r in self._pending if r[1:3] == key][: self.max_batch_rows]
+            for r in group:
+                self._pending.remove(r)
+            try:
+                results = await asyncio.to_thread(self._decode, [r[0] for r in group], key[0], key[1], {})
+            except Exception as error:  # every request of the batch learns why
+                for r in group:
+                    r[3].set_exception(error)
+                continue
+            for r, result in zip(group, results, strict=True):
+                r[3].set_result(result)
+
+    async def generate_batch(self, prompts: list[list[int]], sampling_params: dict | None = None, hooks=None):
+        return await asyncio.to_thread(self.decode_batch, prompts, sampling_params, hooks=hooks)
+
+    async def update_weights(self, weights, wire_format: str = "named_tensors", **unused) -> int:
+        if wire_format != "named_tensors":
+            raise ValueError(f"update_weights takes wire_format 'named_tensors', not {wire_format!r}.")
+        return await asyncio.to_thread(self.load_weights, weights)
+
+    async def get_stats(self) -> dict:
+        return {**self.stats, "weights_version": self.version}
+
+    # verl's lifecycle calls: weights and caches stay resident on this server
+    async def resume(self, tags=None):
+        return None
+
+    async def release(self):
+        return None
+
+    async def wake_up(self):
+        return None
+
+    async def sleep(self):
+        return None
+
+
+def ray_server(*args, num_cpus: float = 1, num_gpus: float = 0, **kwargs):
+    """A ``DiffusionServer`` as a Ray actor (Ray must be initialised); arguments as ``DiffusionServer``."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(DiffusionServer).remote(*args, **kwargs)
+
+
+@register_engine("server")
+class ServerEngine(RolloutEngine):
+    """The project's trainer rolling out on a ``DiffusionServer`` (a Ray actor handle, or an object in this
+    process): the batch goes as one ``generate_batch`` call, with a seed drawn from the trainer's generator so
+    a seeded run stays reproducible; ``sync_weights`` pushes the policy's state dict."""
+
+    def __init__(self, server, *, spec):
+        self.server, self.spec = server, spec
+        self.remote = hasattr(server.generate_batch, "remote")
+
+    def _call(self, method: str, *args, **kwargs):
+        fn = getattr(self.server, method)
+        if self.remote:
+            import ray
+
+            return ray.get(fn.remote(*args, **kwargs))
+        return asyncio.run(fn(*args, **kwargs))
+
+    def sync_weights(self, model) -> None:
+        from align.models.family import _unwrap
+
+        state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+        self._call("update_weights", state)
+
+    def generate(self, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None,
+                 **hooks):  # fmt: skip
+        from align.sampling import GenerationOutput
+
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), attention_mask.cpu(), strict=True)]
+        params = dataclasses.asdict(settings)
+        if generator is not None:
+            params["seed"] = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        results = self._call("generate_batch", prompts, params, hooks or None)
+        completion = torch.tensor([r.extra_fields["canvas"] for r in results], dtype=torch.long)
+        commit = torch.tensor([r.extra_fields["commit_step"] for r in results], dtype=torch.long)
+        device = prompt_ids.device
+        if on_block is not None:
+            on_block(1, 1)
+        return GenerationOutput(sequences=torch.cat([prompt_ids, completion.to(device)], 1),
+                                attention_mask=torch.cat([attention_mask, torch.ones_like(completion).to(device)], 1),
+                                commit_step=commit.to(device), nfe=results[0].extra_fields["nfe"] if results else 0,
+                                prompt_length=prompt_ids.shape[1])  # fmt: skip
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "remote": self.remote}

@@ -1,0 +1,197 @@
+"""The dense-diffusion rollout server (align.rollout.server): in-process generation's tokens through its request
+API and its batch engine, cross-request batching, step maps that replay to the trace estimator's passes, weight
+updates in and back out, refusals; then the same server as a Ray actor (Ray started and stopped here)."""
+
+import asyncio
+import json
+import time
+
+import pytest
+import torch
+
+from align.logprob.estimators import trace_plan
+from align.models import family_spec, load_model, load_tokenizer
+from align.rollout.engine import InProcessEngine, build_engine
+from align.rollout.server import DiffusionServer, ServerEngine
+from align.sampling import SamplerSettings
+
+MODEL = "recipes/tiny/model"
+SETTINGS = SamplerSettings(gen_length=8, steps=8, block_length=8)
+
+
+def _prompts(tok, n=8):
+    rows = [json.loads(line) for line in open("recipes/tiny/data/test.jsonl")][:n]
+    return [tok.encode(r["question"]) for r in rows]
+
+
+def _batch(prompts, pad):
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, attn
+
+
+@pytest.fixture(scope="module")
+def served():
+    model, tok = load_model(MODEL, dtype="float32").eval(), load_tokenizer(MODEL)
+    server = DiffusionServer(model=load_model(MODEL, dtype="float32"), tokenizer=tok, settings=SETTINGS)
+    return model, tok, family_spec(model, tok), server
+
+
+def test_greedy_requests_and_the_batch_engine_give_in_process_tokens(served):
+    model, tok, spec, server = served
+    prompts = _prompts(tok)
+    ids, attn = _batch(prompts, server.pad_id)
+    local = InProcessEngine(spec, model=model).generate(ids, attn, SETTINGS)
+    engine = build_engine("server", server=server, spec=spec)
+    remote = engine.generate(ids, attn, SETTINGS, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(remote.sequences, local.sequences) and torch.equal(remote.commit_step, local.commit_step)
+    before = dict(server.stats)
+
+    async def send_all():  # eight clients at once: one batch
+        return await asyncio.gather(*(server.generate(p, {}, request_id=str(i)) for i, p in enumerate(prompts)))
+
+    outputs = asyncio.run(send_all())
+    assert server.stats["batches"] - before["batches"] == 1 and server.stats["rows"] - before["rows"] == 8
+    for out, row in zip(outputs, local.completion_ids, strict=True):
+        stop = (row == spec.eos_token_id).nonzero()
+        end = int(stop[0]) + 1 if len(stop) else len(row)
+        assert out.token_ids == row[:end].tolist() and out.extra_fields["canvas"] == row.tolist()
+        assert out.stop_reason == ("completed" if len(stop) else "length")
+    assert any(o.token_ids != outputs[0].token_ids for o in outputs)  # not one answer for all
+    alone = [server.decode_batch([p])[0].token_ids for p in prompts]  # no batch-mates, no padding
+    assert alone == [o.token_ids for o in outputs]
+
+
+def test_sampled_group_differs_and_its_step_maps_replay_to_the_trace_passes(served):
+    _, tok, spec, server = served
+    prompt = _prompts(tok, 1)[0]
+    seen = []
+    hook = server.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append((kw["input_ids"] if "input_ids" in kw else a[0]).clone()), with_kwargs=True
+    )
+    try:
+        group = server.decode_batch([prompt] * 8, {"temperature": 1.0, "seed": 3})
+    finally:
+        hook.remove()
+    canvases = {tuple(o.extra_fields["canvas"]) for o in group}
+    assert len(canvases) > 1  # T = 1: the group is not one completion eight times
+    canvas = torch.tensor([o.extra_fields["canvas"] for o in group])
+    commit = torch.tensor([o.extra_fields["commit_step"] for o in group])
+    assert sorted(commit[0].tolist()) == list(range(8))  # one token per step, every position committed once
+    full = torch.cat([torch.tensor([prompt] * 8), canvas], 1)
+    completion = torch.zeros_like(full, dtype=torch.bool)
+    completion[:, len(prompt) :] = True
+    plan = trace_plan(completion, 1, commit_step=torch.cat([torch.full((8, len(prompt)), -1), commit], 1),
+                      num_steps=SETTINGS.steps)  # fmt: skip
+    replayed = torch.where(plan.masked, spec.mask_token_id, full[None])
+    assert len(seen) == SETTINGS.steps and torch.equal(torch.stack(seen), replayed)  # the sampler's own inputs
+    again = server.decode_batch([prompt] * 8, {"temperature": 1.0, "seed": 3})
+    assert [o.token_ids for o in again] == [o.token_ids for o in group]  # a seed makes a request reproducible
+
+
+def test_pushed_weights_change_outputs_and_the_originals_restore_them(served):
+    model, tok, spec, server = served
+    prompts = _prompts(tok)
+    original = {k: v.clone() for k, v in server.model.state_dict().items()}
+    first = [o.token_ids for o in server.decode_batch(prompts)]
+    engine = ServerEngine(server, spec=spec)
+    perturbed = load_model(MODEL, dtype="float32")
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    version = server.version
+    engine.sync_weights(perturbed)
+    changed = server.decode_batch(prompts)
+    assert server.version == version + 1 and changed[0].extra_fields["weights_version"] == version + 1
+    assert [o.token_ids for o in changed] != first
+    engine.sync_weights(model)  # the committed weights back
+    assert all(torch.equal(server.model.state_dict()[k], v) for k, v in original.items())
+    assert [o.token_ids for o in server.decode_batch(prompts)] == first
+
+
+def test_bad_requests_and_updates_are_refused_in_one_line(served):
+    _, tok, _, server = served
+    prompt = _prompts(tok, 1)
+    with pytest.raises(ValueError, match=r"sampling_params \['repetition_penalty'\] mean nothing"):
+        server.decode_batch(prompt, {"repetition_penalty": 1.1})
+    with pytest.raises(ValueError, match="max_tokens 4 is below the canvas"):
+        server.decode_batch(prompt, {"max_tokens": 4})
+    assert server.decode_batch(prompt, {"max_tokens": 64, "logprobs": 1})[0].log_probs is None
+    before = {k: v.clone() for k, v in server.model.state_dict().items()}
+    name = next(iter(before))
+    with pytest.raises(ValueError, match="the served model has no tensor 'lm_head.weight'"):
+        server.load_weights([(name, before[name] + 1), ("lm_head.weight", torch.zeros(1))])
+    with pytest.raises(ValueError, match=f"update_weights: {name} has shape"):
+        server.load_weights({name: torch.zeros(3)})
+    assert all(torch.equal(server.model.state_dict()[k], v) for k, v in before.items())  # nothing copied
+
+    async def failing():
+        return await server.generate([], {})
+
+    with pytest.raises(ValueError, match="non-empty prompt_ids"):
+        asyncio.run(failing())
+
+
+def test_batched_requests_beat_one_at_a_time(served):
+    """16 requests sent together (one batch) against the same 16 sent one after another, in one run."""
+    _, tok, _, server = served
+    prompts = _prompts(tok, 16)
+
+    async def together():
+        return await asyncio.gather(*(server.generate(p) for p in prompts))
+
+    async def one_by_one():
+        return [await server.generate(p) for p in prompts]
+
+    asyncio.run(together())  # warm-up
+    timings = {}
+    for name, run in (("together", together), ("one_by_one", one_by_one)):
+        start, batches = time.perf_counter(), server.stats["batches"]
+        outputs = asyncio.run(run())
+        timings[name] = (time.perf_counter() - start, server.stats["batches"] - batches, outputs)
+    assert timings["together"][1] == 1 and timings["one_by_one"][1] == 16
+    assert [o.token_ids for o in timings["together"][2]] == [o.token_ids for o in timings["one_by_one"][2]]
+    assert timings["together"][0] < 0.5 * timings["one_by_one"][0], timings
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 writes an auth token otherwise
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}})  # fmt: skip
+    yield ray
+    ray.shutdown()
+    assert not ray.is_initialized()
+
+
+def test_the_server_as_a_ray_actor_batches_requests_and_takes_weights(served, ray_cluster):
+    from align.rollout.server import ray_server
+
+    ray = ray_cluster
+    model, tok, spec, _ = served
+    actor = ray_server(MODEL, settings=SETTINGS.as_kwargs())
+    prompts = _prompts(tok)
+    ids, attn = _batch(prompts, spec.eos_token_id if spec.pad_token_id is None else spec.pad_token_id)
+    local = InProcessEngine(spec, model=model).generate(ids, attn, SETTINGS)
+    engine = ServerEngine(actor, spec=spec)
+    assert engine.describe() == {"engine": "server", "remote": True}
+    assert torch.equal(engine.generate(ids, attn, SETTINGS).sequences, local.sequences)
+    before = ray.get(actor.get_stats.remote())
+    outputs = ray.get([actor.generate.remote(p, {}, str(i)) for i, p in enumerate(prompts)])  # eight clients
+    after = ray.get(actor.get_stats.remote())
+    assert [o.extra_fields["canvas"] for o in outputs] == local.completion_ids.tolist()
+    assert after["rows"] - before["rows"] == 8 and after["batches"] - before["batches"] < 8  # batched across requests
+    perturbed = load_model(MODEL, dtype="float32")
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    engine.sync_weights(perturbed)
+    assert not torch.equal(engine.generate(ids, attn, SETTINGS).sequences, local.sequences)
+    engine.sync_weights(model)
+    assert torch.equal(engine.generate(ids, attn, SETTINGS).sequences, local.sequences)
+    assert ray.get(actor.get_stats.remote())["weights_version"] == 2
+    ray.kill(actor)
