@@ -390,6 +390,22 @@ def test_two_process_run(workspace, tmp_path, name, env):
     assert all(h["num_tokens"] == pytest.approx(8 * h["completions/mean_length"]) for h in logged), logged
 
 
+@pytest.mark.slow
+def test_variable_length_rollouts_under_zero3(workspace, tmp_path):
+    """Two ZeRO-3 processes with variable-length rollouts: the sampler runs on the gathered policy (no collective
+    inside it), so each rank's rows may stop at different blocks; the growing estimate runs num_mc_samples
+    passes per micro-batch on every rank whatever its lengths, so the sharded forwards stay in step. 3 steps
+    finish (a mismatch would hang until the timeout) and train every parameter."""
+    accelerate_config = os.path.join(REPO, "recipes", "accelerate", "zero3.yaml")
+    state, saved = _launch(workspace, tmp_path, accelerate_config, {"DS_ACCELERATOR": "cpu"}, "--max_steps", "3",
+                           "--temperature", "1.0", *VARIABLE)  # fmt: skip
+    logged = [h for h in state["log_history"] if "reward" in h]
+    assert [h["step"] for h in logged] == [1, 2, 3]
+    assert all(1 <= h["rollout/forward_passes"] <= 16 for h in logged)  # at most 4 blocks x 4 steps
+    initial = LLaDAModelLM.from_pretrained(workspace / "model")
+    assert all(not torch.equal(p, initial.state_dict()[n]) for n, p in saved.state_dict().items())
+
+
 # What a failed meeting of the two launches looks like (the set-up, not the code under test): retried.
 _RENDEZVOUS_FAILURES = ("likely a timeout", "DistNetworkError", "Connection refused", "EADDRINUSE",
                         "address already in use", "RendezvousTimeoutError")  # fmt: skip

@@ -363,7 +363,9 @@ def growing_plan(
     token: later blocks were never decoded). Each sample picks one of the row's nB blocks b (stratified
     across samples), shows the prompt and the clean earlier blocks, hides everything after b (``visible``:
     no later canvas, as when b was decoded) and masks a uniform subset S of size l ~ U{1..L_b} of b; weight
-    nB * L_b / l on S. Unbiased for ``sum_b ELBO(y_b | x, y_<b)`` on the cut canvas; one pass per sample."""
+    nB * L_b / l on S. Unbiased for ``sum_b ELBO(y_b | x, y_<b)`` on the cut canvas; one pass per sample,
+    whatever the rows' lengths, so every process runs as many forwards (ZeRO-3; the variable-length sampler
+    itself runs on the gathered policy, where ranks may stop at different blocks)."""
     if block_length is None or block_length < 1:
         raise ValueError(f"estimator 'growing' needs block_length >= 1, got {block_length}.")
     cm = completion_mask.bool()
