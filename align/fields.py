@@ -330,6 +330,17 @@ class GRPOFields(ModelDataFields):
         "bounds the rollout's memory (align plan says when it must); the rows then get other random draws.",
         default=None,
     )
+    rollout_engine: str = _help(
+        "rollout",
+        "Where rollouts are decoded: in_process (the policy in each training process) or ray_server (a "
+        "DiffusionServer Ray actor per process, align.rollout.server; the policy's weights are pushed to it "
+        "before each rollout phase; full fine-tuning without ZeRO-3). ray_address: the cluster to join.",
+        default="in_process",
+    )
+    ray_address: str | None = _help(
+        "rollout", "Ray cluster address for rollout_engine ray_server (None: join RAY_ADDRESS or start one).",
+        default=None,
+    )
     mask_truncated_completions: bool = _help(
         "rollout", "Exclude completions with no EOS from the loss.", default=False
     )
@@ -522,6 +533,7 @@ def check_grpo(c) -> None:
         "mc_backward": ["auto", "joint", "chunked"],
         "kl_estimator": ["k3", "k2"],
         "eval_protocol": [None, *PROTOCOL_NAMES],
+        "rollout_engine": ["in_process", "ray_server"],
     }
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
@@ -534,6 +546,9 @@ def check_grpo(c) -> None:
         )
     if c.trace_merge < 1:
         raise ValueError(f"trace_merge must be >= 1, got {c.trace_merge}.")
+    if c.rollout_engine == "ray_server" and (c.use_peft or "zero3" in str(getattr(c, "deepspeed", None) or "")):
+        raise ValueError("rollout_engine ray_server pushes the whole state dict of a fully fine-tuned policy; LoRA "
+                         "and ZeRO-3 are not supported with it yet: use rollout_engine in_process.")  # fmt: skip
     if not 0.0 <= c.p_mask_prompt < 1.0:
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {c.p_mask_prompt}.")
     if not c.reward_timeout_s > 0:

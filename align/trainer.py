@@ -76,8 +76,7 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
                               "beta != 0 under full fine-tuning needs ref_model (a frozen copy of the policy).")  # fmt: skip
         if self.ref_model is not None and args.sync_ref_model:
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
-        self.engine = engine or InProcessEngine(self.spec, model_context=self._unwrapped,
-                                                rows_per_call=args.rollout_batch_size)  # fmt: skip
+        self.engine = engine or self._default_engine(args)
         self.rollouts = RolloutPhase(args, self.objective, self.engine, self.rewards, processing_class, self.spec,
                                      self.accelerator, passes=self._passes, policy=self._unwrapped,
                                      reference=self._reference)  # fmt: skip
@@ -88,6 +87,23 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         self._rollout_time_s = 0.0
         if self.accelerator.is_main_process:
             logger.info("rollouts: %s (%s)", self.rollouts.settings.describe(), self.engine.describe())
+
+    def _default_engine(self, args) -> RolloutEngine:
+        """The recipe's ``rollout_engine``: the policy in this process, or a Ray server actor of its own."""
+        if args.rollout_engine == "ray_server":
+            import ray
+
+            from align.rollout.server import ServerEngine, ray_server
+            from align.sampling.settings import SamplerSettings
+
+            if not ray.is_initialized():
+                ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+            settings = SamplerSettings.from_rollout_fields(args)
+            server = ray_server(args.model_name_or_path, settings=settings.as_kwargs(), dtype=args.dtype or "float32",
+                                max_batch_rows=args.rollout_batch_size or 256, seed=args.seed + self.accelerator.process_index,
+                                trust_remote_code=args.trust_remote_code)  # fmt: skip
+            return ServerEngine(server, spec=self.spec)
+        return InProcessEngine(self.spec, model_context=self._unwrapped, rows_per_call=args.rollout_batch_size)
 
     @contextlib.contextmanager
     def _unwrapped(self):

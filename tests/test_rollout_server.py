@@ -195,3 +195,39 @@ def test_the_server_as_a_ray_actor_batches_requests_and_takes_weights(served, ra
     assert torch.equal(engine.generate(ids, attn, SETTINGS).sequences, local.sequences)
     assert ray.get(actor.get_stats.remote())["weights_version"] == 2
     ray.kill(actor)
+
+
+def test_the_trainer_rolls_out_on_a_ray_server_as_it_does_in_process(ray_cluster, tmp_path):
+    """rollout_engine ray_server: rollouts at T = 1 on a server actor of the trainer's own (the trainer's
+    generator state travels with the batch), the policy pushed to it before each rollout phase, train the
+    same parameters as in-process rollouts (2 steps)."""
+    from align.config import load_config
+    from align.train import build_trainer
+
+    def run(name, *extra):
+        argv = ["--model_name_or_path", MODEL, "--dataset_files", "recipes/tiny/data/train.jsonl",
+                "--output_dir", str(tmp_path / name), "--use_chat_template", "false", "--max_completion_length", "8",
+                "--block_length", "8", "--diffusion_steps", "8", "--num_generations", "4", "--temperature", "1",
+                "--per_device_train_batch_size", "8", "--max_steps", "2", "--logging_steps", "1", "--dtype",
+                "float32", "--reward_funcs", "math_accuracy", "--report_to", "none", "--save_strategy", "no",
+                "--learning_rate", "1e-3", "--use_cpu", "true", "--seed", "3", "--max_prompt_length", "16", *extra]  # fmt: skip
+        trainer = build_trainer(load_config(None, argv))
+        trainer.train()
+        return trainer
+
+    local = run("local")
+    served = run("served", "--rollout_engine", "ray_server")
+    assert isinstance(served.engine, ServerEngine) and served.engine.remote
+    assert ray_cluster.get(served.engine.server.get_stats.remote())["weights_version"] == 2  # one push per phase
+    a, b = local.model.state_dict(), served.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not all(torch.equal(a[k], load_model(MODEL, dtype="float32").state_dict()[k]) for k in a)  # it trained
+
+
+def test_rollout_engine_ray_server_is_refused_with_lora(tmp_path):
+    from align.config import load_config
+
+    with pytest.raises(ValueError, match="rollout_engine ray_server pushes the whole state dict"):
+        load_config(None, ["--model_name_or_path", MODEL, "--dataset_files", "recipes/tiny/data/train.jsonl",
+                           "--output_dir", str(tmp_path), "--rollout_engine", "ray_server", "--use_peft", "true",
+                           "--use_cpu", "true", "--reward_funcs", "math_accuracy"])  # fmt: skip

@@ -21,7 +21,7 @@ rollout engine ``server``) lets the project's trainer roll out on such a server:
 pushes the policy's weights before each rollout phase.
 
 sampling_params: any ``SamplerSettings`` field by name (``temperature``, ``steps``, ``remasking``, ...), a
-``seed`` (else the server's own generator), and vLLM / verl names that have a meaning here: ``max_tokens``
+``seed`` (else the server's own generator; ``generator_state``: a generator's state to draw with), and vLLM / verl names that have a meaning here: ``max_tokens``
 (must be at least the canvas: a diffusion canvas is not cut short), ``logprobs`` (none are returned: a
 diffusion LM has no left-to-right token log-probabilities; the estimators compute likelihoods). Any other
 key is refused in one line naming it.
@@ -88,6 +88,8 @@ class DiffusionServer:
         """The sampler settings and seed a request asks for (module docstring); one-line errors otherwise."""
         params = dict(sampling_params or {})
         seed = params.pop("seed", None)
+        if "generator_state" in params:  # the caller's generator itself (ServerEngine): its exact draws
+            seed = params.pop("generator_state")
         max_tokens = params.pop("max_tokens", params.pop("max_new_tokens", None))
         for key in _IGNORED:
             params.pop(key, None)
@@ -118,7 +120,13 @@ class DiffusionServer:
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             attn[i, width - len(p) :] = 1
-        generator = self.generator if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+        if seed is None:
+            generator = self.generator
+        elif isinstance(seed, torch.Tensor):
+            generator = torch.Generator(device=self.device)
+            generator.set_state(seed)
+        else:
+            generator = torch.Generator(device=self.device).manual_seed(int(seed))
         with self._lock, torch.no_grad():
             out = generate_in_chunks(self.model, ids.to(self.device), attn.to(self.device),
                                      rows_per_call=self.max_batch_rows, **settings.as_kwargs(), spec=self.spec,
@@ -135,6 +143,8 @@ class DiffusionServer:
             results.append(TokenOutput(token_ids=row[:end].tolist(), stop_reason="completed" if len(hit) else "length",
                                        extra_fields={"canvas": row.tolist(), "commit_step": steps.tolist(),
                                                      "weights_version": version, "nfe": out.nfe}))  # fmt: skip
+        if isinstance(seed, torch.Tensor):  # hand the advanced state back
+            results[0].extra_fields["generator_state"] = generator.get_state()
         return results
 
     def load_weights(self, weights) -> int:
@@ -219,8 +229,10 @@ def ray_server(*args, num_cpus: float = 1, num_gpus: float = 0, **kwargs):
 @register_engine("server")
 class ServerEngine(RolloutEngine):
     """The project's trainer rolling out on a ``DiffusionServer`` (a Ray actor handle, or an object in this
-    process): the batch goes as one ``generate_batch`` call, with a seed drawn from the trainer's generator so
-    a seeded run stays reproducible; ``sync_weights`` pushes the policy's state dict."""
+    process): the batch goes as one ``generate_batch`` call carrying the trainer's generator state, which the
+    server decodes with and hands back advanced, so the rollouts are the in-process ones draw for draw;
+    ``sync_weights`` pushes the policy's state dict. Rows go as one batch (the server's ``max_batch_rows``
+    chunks them as ``rollout_batch_size`` does in process)."""
 
     def __init__(self, server, *, spec):
         self.server, self.spec = server, spec
@@ -247,8 +259,10 @@ class ServerEngine(RolloutEngine):
         prompts = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), attention_mask.cpu(), strict=True)]
         params = dataclasses.asdict(settings)
         if generator is not None:
-            params["seed"] = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            params["generator_state"] = generator.get_state()
         results = self._call("generate_batch", prompts, params, hooks or None)
+        if generator is not None:  # the server drew from the same stream: continue it here
+            generator.set_state(results[0].extra_fields["generator_state"])
         completion = torch.tensor([r.extra_fields["canvas"] for r in results], dtype=torch.long)
         commit = torch.tensor([r.extra_fields["commit_step"] for r in results], dtype=torch.long)
         device = prompt_ids.device
