@@ -35,6 +35,7 @@ runs under plain data parallelism, each worker holding the whole model), its PPO
 
 from __future__ import annotations
 
+import json
 import types
 
 import torch
@@ -310,3 +311,150 @@ def check_verl_config(config, model_type: str) -> None:
         raise ValueError(f"actor_rollout_ref.actor.strategy {strategy!r} scores {model_type!r} with causal "
                          "next-token log-probabilities, which a diffusion LM does not have: run its actor as "
                          f"align.verl.DiffusionPolicyWorker (strategy {ENGINE!r}).")  # fmt: skip
+
+
+# ---- a single-controller GRPO loop on verl's worker groups ---------------------------------------------------
+def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, on_step=None) -> list[dict]:
+    """GRPO with verl's single controller: ``workers`` ``DiffusionPolicyWorker`` s (data parallel) train, ``servers``
+    ``DiffusionServer`` actors roll out, this process draws the prompts, scores the rewards, forms the
+    advantages and the masks, and pushes the updated weights to the servers after each step (through the
+    object store: the whole state dict, gathered from worker 0). ``config`` is a GRPO recipe
+    (``align.config.GRPOConfig``): its model, data, rollout, estimator, loss and reward fields;
+    ``per_device_train_batch_size`` rows per worker per step, on-policy (one update per rollout).
+    ``on_step(entry, state_dict)`` sees each step's log and weights (default: print the log). Returns the
+    logs. Ray must be started (``ray.init``) by the caller."""
+    import ray
+    from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+
+    from align.models import family_spec, load_tokenizer
+    from align.rollout.server import ray_server
+    from align.sampling import SamplerSettings
+
+    c = config
+    if c.num_iterations != 1 or c.beta != 0.0:
+        raise ValueError("align.verl.train runs on-policy without a reference: set num_iterations 1 and beta 0.")
+    g, rows_per_step = c.num_generations, c.per_device_train_batch_size * workers
+    if rows_per_step % g:
+        raise ValueError(f"per_device_train_batch_size x workers ({rows_per_step}) must be a multiple of "
+                         f"num_generations ({g}).")  # fmt: skip
+    tok = load_tokenizer(c.model_name_or_path, trust_remote_code=c.trust_remote_code)
+    from transformers import AutoConfig
+
+    spec = family_spec(AutoConfig.from_pretrained(c.model_name_or_path, trust_remote_code=c.trust_remote_code), tok)
+    loss = {"loss_type": c.loss_type, "estimator": c.estimator, "epsilon": c.epsilon, "epsilon_high": c.epsilon_high,
+            "num_mc_samples": c.num_mc_samples, "max_completion_length": c.max_completion_length,
+            "num_generations": g, "block_length": c.block_length}  # fmt: skip
+    have = ray.available_resources()
+    need = {"GPU": workers + servers} if use_gpu else {"CPU": workers}  # servers take no CPU slot of their own
+    for kind, count in need.items():
+        if have.get(kind, 0) < count:
+            raise ValueError(f"the Ray cluster has {have.get(kind, 0):g} free {kind}s, this run needs {count} "
+                             f"({workers} workers{f' + {servers} servers' if use_gpu else ''}): lower --workers / "
+                             "--servers or add nodes (Ray would wait for them forever).")  # fmt: skip
+    pool = RayResourcePool([workers], use_gpu=use_gpu, max_colocate_count=1)
+    cls = RayClassWithInitArgs(cls=ray.remote(DiffusionPolicyWorker), model_path=c.model_name_or_path, loss=loss,
+                               dtype=c.dtype, backend="nccl" if use_gpu else "gloo",
+                               learning_rate=c.learning_rate)  # fmt: skip
+    group = RayWorkerGroup(resource_pool=pool, ray_cls_with_init=cls, device_name="cuda" if use_gpu else "cpu")
+    group.init_model()
+    settings = SamplerSettings.from_rollout_fields(c)
+    actors = [ray_server(c.model_name_or_path, settings=settings.as_kwargs(), dtype=c.dtype, seed=c.seed + i,
+                         num_cpus=0, num_gpus=1 if use_gpu else 0) for i in range(servers)]  # fmt: skip
+    try:
+        return _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step)
+    finally:  # nothing of this run stays on the cluster
+        for actor in [*actors, *group.workers]:
+            ray.kill(actor)
+        for pg in getattr(pool, "pgs", None) or []:
+            ray.util.remove_placement_group(pg)
+
+
+def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> list[dict]:
+    import ray
+    from verl import DataProto
+
+    from align.data import encode_prompts, load_rows, prompt_text
+    from align.losses import compute_advantages
+    from align.rollout.rewards import RewardSet
+    from align.sampling import truncate_at_stop
+
+    rewards = RewardSet(c.reward_funcs, c.reward_weights, c.reward_timeout_s)
+    rows = load_rows(c)
+    rng = torch.Generator().manual_seed(c.seed)
+    history = []
+    for step in range(c.max_steps):
+        picked = [rows[i] for i in torch.randperm(len(rows), generator=rng)[: rows_per_step // g].tolist()]
+        prompts = [prompt_text(tok, r[c.prompt_column], system_prompt=c.system_prompt,
+                               use_chat_template=c.use_chat_template) for r in picked]  # fmt: skip
+        enc = encode_prompts(tok, prompts, max_length=c.max_prompt_length, use_chat_template=c.use_chat_template)
+        prompt_ids, prompt_attn = enc["input_ids"].repeat_interleave(g, 0), enc["attention_mask"].repeat_interleave(g, 0)
+        requests = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_attn, strict=True)]
+        share = -(-len(requests) // servers)
+        calls = [actor.generate_batch.remote(requests[i * share : (i + 1) * share],
+                                             {"seed": c.seed * 1000003 + step * servers + i})
+                 for i, actor in enumerate(actors)]  # fmt: skip
+        results = [r for part in ray.get(calls) for r in part]
+        canvas = torch.tensor([r.extra_fields["canvas"] for r in results])
+        commit = torch.tensor([r.extra_fields["commit_step"] for r in results])
+        kept, completion_mask = truncate_at_stop(canvas, spec.stop_token_ids, spec.eos_token_id)
+        texts = tok.batch_decode(kept, skip_special_tokens=True)
+        expanded = [r for r in picked for _ in range(g)]
+        per_func, _ = rewards.score([p for p in prompts for _ in range(g)], texts, canvas, completion_mask,
+                                    expanded, {"global_step": step})  # fmt: skip
+        reward = rewards.weighted(per_func)
+        advantages, _ = compute_advantages(reward, g, c.scale_rewards, c.advantage_baseline)
+        ids = torch.cat([prompt_ids, canvas], 1)
+        attn = torch.cat([prompt_attn, torch.ones_like(canvas)], 1)
+        generated = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(canvas)], 1)
+        scored = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
+        fields = {"input_ids": ids, "attention_mask": attn, "response_mask": scored, "advantages": advantages,
+                  **mask_fields(generated, estimator=c.estimator, num_samples=c.num_mc_samples,
+                                seed=c.seed * 7919 + step, score_mask=scored, block_length=c.block_length,
+                                commit_step=torch.cat([torch.full_like(prompt_ids, -1), commit], 1),
+                                num_steps=c.diffusion_steps, merge=c.trace_merge)}  # fmt: skip
+        count = count_for(c.loss_type, scored, advantages, fields["mc_weights"])
+        meta = {"num_samples": c.num_mc_samples, "count": count, "micro_batch_size": c.per_device_train_batch_size}
+        out = group.update_actor(DataProto.from_dict(tensors=fields, meta_info=meta))
+        state = group.state_dict()[0]  # every worker holds the same weights after the averaged step
+        versions = ray.get([actor.update_weights.remote(state) for actor in actors])
+        entry = {"step": step + 1, "loss": float(out.batch["loss"][0]), "reward": float(reward.nanmean()),
+                 "completions/mean_length": float(completion_mask.sum(1).float().mean()), "weights_version": versions[0]}  # fmt: skip
+        history.append(entry)
+        if on_step is None:
+            print(json.dumps(entry), flush=True)
+        else:
+            on_step(entry, state)
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m align.verl --config RECIPE.yaml [--workers N --servers M --gpu] [--field value ...]``."""
+    import argparse
+    import os
+
+    import ray
+
+    from align.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m align.verl")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--servers", type=int, default=1)
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker and per server")
+    parser.add_argument("--ray_address", default=None)
+    args, rest = parser.parse_known_args(argv)
+    config = load_config(args.config, rest)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_AUTH_MODE") if k in os.environ}})  # fmt: skip
+    try:
+        history = train(config, workers=args.workers, servers=args.servers, use_gpu=args.gpu)
+    finally:
+        ray.shutdown()
+    return 0 if history else 1
+
+
+if __name__ == "__main__":
+    from align.errors import main_guard
+
+    raise SystemExit(main_guard("python -m align.verl", main))
