@@ -331,6 +331,8 @@ def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, 
     from align.sampling import SamplerSettings
 
     c = config
+    if c.use_peft:
+        raise ValueError("align.verl.train fine-tunes all weights (the worker has no LoRA yet): set use_peft false.")
     if c.num_iterations != 1 or c.beta != 0.0:
         raise ValueError("align.verl.train runs on-policy without a reference: set num_iterations 1 and beta 0.")
     g, rows_per_step = c.num_generations, c.per_device_train_batch_size * workers
@@ -406,7 +408,11 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
         ids = torch.cat([prompt_ids, canvas], 1)
         attn = torch.cat([prompt_attn, torch.ones_like(canvas)], 1)
         generated = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(canvas)], 1)
+        if c.mask_truncated_completions:  # rows that never stopped leave the loss, as in the trainer
+            completion_mask = completion_mask * torch.isin(canvas, torch.tensor(spec.stop_token_ids)).any(1)[:, None]
         scored = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
+        if get_objective(c.loss_type).scores_canvas:  # their released code scores the EOS padding too
+            scored = generated
         fields = {"input_ids": ids, "attention_mask": attn, "response_mask": scored, "advantages": advantages,
                   **mask_fields(generated, estimator=c.estimator, num_samples=c.num_mc_samples,
                                 seed=c.seed * 7919 + step, score_mask=scored, block_length=c.block_length,
