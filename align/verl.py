@@ -271,15 +271,23 @@ def _replica_class():
     from align.rollout.server import ray_server
 
     class DiffusionReplica(RolloutReplica):
-        """One ``DiffusionServer`` actor per replica: weights arrive through its ``update_weights``."""
+        """One ``DiffusionServer`` actor per replica: weights arrive through its ``update_weights``; its results
+        carry verl's ``TokenOutput`` field names (``align.rollout.server.TokenOutput``)."""
+
+        def rollout_worker_use_gpu(self) -> bool:
+            import torch
+
+            return torch.cuda.is_available()
 
         async def launch_servers(self):
+            """The canvas is ``response_length``; ``custom: {dllm_align: {...}}`` gives any other sampler setting
+            (``steps``, ``block_length``, ``remasking``, ...; default one token per step, one block)."""
             rollout = self.config
-            settings = {"gen_length": rollout.response_length,
-                        "steps": int(getattr(rollout, "diffusion_steps", None) or rollout.response_length),
-                        "block_length": int(getattr(rollout, "block_length", None) or rollout.response_length),
-                        "temperature": float(rollout.temperature)}  # fmt: skip
-            server = ray_server(self.model_config.local_path, settings=settings, num_gpus=0)
+            settings = {"gen_length": rollout.response_length, "steps": rollout.response_length,
+                        "block_length": rollout.response_length, "temperature": float(rollout.temperature),
+                        **((rollout.custom or {}).get(ENGINE) or {})}  # fmt: skip
+            path = getattr(self.model_config, "local_path", None) or self.model_config.path
+            server = ray_server(path, settings=settings, num_cpus=0, num_gpus=1 if self.rollout_worker_use_gpu() else 0)
             self.servers = [server]
             self._server_handle = server
             self._server_address = None  # token-in / token-out only: no OpenAI endpoint

@@ -231,3 +231,24 @@ def test_rollout_engine_ray_server_is_refused_with_lora(tmp_path):
         load_config(None, ["--model_name_or_path", MODEL, "--dataset_files", "recipes/tiny/data/train.jsonl",
                            "--output_dir", str(tmp_path), "--rollout_engine", "ray_server", "--use_peft", "true",
                            "--use_cpu", "true", "--reward_funcs", "math_accuracy"])  # fmt: skip
+
+
+def test_the_verl_rollout_replica_launches_a_server_that_answers_verls_generate(served, ray_cluster):
+    pytest.importorskip("verl")
+    import types
+
+    from verl.workers.config import RolloutConfig
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    from align.verl import register_rollout
+
+    _, tok, spec, server = served
+    register_rollout()
+    config = RolloutConfig(name="dllm_align", response_length=8, prompt_length=16, temperature=0.0,
+                           tensor_model_parallel_size=1)  # fmt: skip
+    replica = RolloutReplicaRegistry.get("dllm_align")(0, config, types.SimpleNamespace(local_path=MODEL, path=MODEL))
+    asyncio.run(replica.launch_servers())
+    prompt = _prompts(tok, 1)[0]
+    out = ray_cluster.get(replica.server_handle.generate.remote(prompt, {"temperature": 0.0}, "request-0"))
+    assert out.token_ids == server.decode_batch([prompt])[0].token_ids and out.stop_reason == "completed"
+    ray_cluster.kill(replica.server_handle)
