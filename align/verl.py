@@ -148,14 +148,16 @@ class DiffusionPolicyWorker(_worker_base()):
 
     @_register("DP_COMPUTE_PROTO")
     def compute_log_prob(self, data):
-        """Per-token estimates [n, T] under the carried plan (no grad): the old / reference log-probs."""
+        """Estimates under the carried plan (no grad): the old / reference log-probs, per token [n, T] (per
+        sample [n, K] for a sample-level objective, ``meta_info["loss"]["loss_type"]`` or the worker's)."""
         from verl import DataProto
 
         plan = plan_of(data.batch, data.meta_info["num_samples"])
         with torch.no_grad():
             passes = pass_logprobs(self.model, data.batch["input_ids"], plan, mask_token_id=self.spec.mask_token_id,
                                    attention_mask=data.batch["attention_mask"], spec=self.spec)  # fmt: skip
-        estimate = reduce_estimate(get_objective(self.args.loss_type).old_reduce, plan, passes)
+        loss_type = data.meta_info.get("loss", {}).get("loss_type", self.args.loss_type)
+        estimate = reduce_estimate(get_objective(loss_type).old_reduce, plan, passes)
         return DataProto.from_dict(tensors={"old_log_probs": estimate})
 
     def _loss_and_grads(self, data):

@@ -117,7 +117,7 @@ def workers():
     assert not ray.is_initialized()
 
 
-@pytest.mark.parametrize("loss,estimator,num_samples", [("dapo", "coupled", 1), ("spg", "spg", 2)])
+@pytest.mark.parametrize("loss,estimator,num_samples", [("dapo", "coupled", 1), ("spg", "spg", 2), ("bgpo", "elbo", 2)])
 def test_two_ray_workers_give_one_process_loss_and_gradients_for_any_split(workers, loss, estimator, num_samples):
     from verl import DataProto
 
@@ -148,7 +148,7 @@ def test_two_ray_workers_give_one_process_loss_and_gradients_for_any_split(worke
         fields["old_log_probs"] = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(2)) * response
     for micro in (8, 4):  # 8 + 8 (one micro-batch per worker) and 4 x 4 (two per worker)
         # dapo divides by the batch's token count, carried as meta_info["count"]: any split is the whole batch;
-        # spg by each micro-batch's own lengths (its released code, per device): the mean over the slices
+        # spg and bgpo by each micro-batch's own lengths (their released code, per device): the mean over slices
         ref_loss, ref_grad = _reference(model, spec, fields, args, num_samples, count,
                                         chunks=1 if loss == "dapo" else 16 // micro)  # fmt: skip
         out = workers.compute_loss_grads(DataProto.from_dict(tensors=fields,
