@@ -132,9 +132,9 @@ class DiffusionServer:
                                      rows_per_call=self.max_batch_rows, **settings.as_kwargs(), spec=self.spec,
                                      generator=generator, **hooks)  # fmt: skip
             version = self.version
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(prompts)
-        self.stats["nfe"] += out.nfe
+            self.stats["batches"] += 1
+            self.stats["rows"] += len(prompts)
+            self.stats["nfe"] += out.nfe
         stops = torch.tensor(self.spec.stop_token_ids)
         results = []
         for row, steps in zip(out.completion_ids.cpu(), out.commit_step.cpu(), strict=True):
@@ -171,6 +171,8 @@ class DiffusionServer:
         """One request (verl's token-in / token-out contract). Queued and decoded with the requests that
         arrive while the previous batch runs and ask for the same settings. ``unused`` takes verl's
         multimodal and priority arguments."""
+        if "generator_state" in (sampling_params or {}):
+            raise ValueError("generate takes a seed, not a generator_state (that is generate_batch's, one caller's).")
         settings, seed = self.settings_for(sampling_params)
         future = asyncio.get_running_loop().create_future()
         self._pending.append((list(prompt_ids), settings, seed, future))
