@@ -252,3 +252,22 @@ def test_the_verl_rollout_replica_launches_a_server_that_answers_verls_generate(
     out = ray_cluster.get(replica.server_handle.generate.remote(prompt, {"temperature": 0.0}, "request-0"))
     assert out.token_ids == server.decode_batch([prompt])[0].token_ids and out.stop_reason == "completed"
     ray_cluster.kill(replica.server_handle)
+
+
+@pytest.mark.parametrize("path,settings", [
+    ("recipes/tiny/model", dict(gen_length=8, steps=8, block_length=4, threshold=0.9, cache="dual")),
+    ("recipes/tiny/model", dict(gen_length=16, steps=16, block_length=8, variable_length=True)),
+    ("recipes/tiny-dream/model", dict(gen_length=8, steps=8, block_length=8, remasking="entropy")),
+    ("recipes/tiny-sdar/model", dict(gen_length=8, steps=8, block_length=4, remasking="low_confidence_static")),
+], ids=["llada-threshold-dual-cache", "llada-variable-length", "dream-entropy", "sdar-block"])  # fmt: skip
+def test_other_families_and_modes_through_the_server_match_in_process(path, settings):
+    """Every decoding mode reaches the server through its settings: fast LLaDA modes, variable length, Dream's
+    schedules and SDAR's block sampler give the in-process tokens and step maps (greedy)."""
+    model, tok = load_model(path, dtype="float32").eval(), load_tokenizer(path)
+    spec = family_spec(model, tok)
+    server = DiffusionServer(model=load_model(path, dtype="float32"), tokenizer=tok, settings=settings)
+    prompts = _prompts(tok, 6)
+    ids, attn = _batch(prompts, server.pad_id)
+    local = InProcessEngine(spec, model=model).generate(ids, attn, SamplerSettings(**settings))
+    remote = ServerEngine(server, spec=spec).generate(ids, attn, SamplerSettings(**settings))
+    assert torch.equal(remote.sequences, local.sequences) and torch.equal(remote.commit_step, local.commit_step)
