@@ -49,6 +49,24 @@ class Objective:
     exclusive: bool = False
     check: Callable | None = None
 
+    def divisor_count(self, mask, advantages, weights):
+        """This objective's divisor of one generation batch on one process (float scalar tensor): the scored
+        tokens of ``mask``, the rows with a nonzero advantage, or the (pass, row) pairs of the plan's
+        ``weights`` that score something (either layout, [P, B, T] or [B, P, T])."""
+        if self.divisor == "passes":
+            return (weights != 0).any(-1).sum().float()
+        if self.divisor == "rows":
+            from align.losses import nonzero_advantage_rows
+
+            return nonzero_advantage_rows(advantages)
+        return mask.sum().float()
+
+    def excluded_ids(self, estimator: str, mask_token_id: int) -> list[int]:
+        """Token ids renormalised away from the estimate: a trace replay never emits the mask token, except
+        for objectives whose released code softmaxes over the whole vocabulary."""
+        replay = estimator in ("trace", "block_trace") and not self.full_vocab
+        return [mask_token_id] if replay else []
+
     @property
     def old_reduce(self) -> str:
         """How the old policy's estimate is kept in the buffer: per-sample sums for a sample-level ratio."""

@@ -32,6 +32,7 @@ from align.data import encode_prompts, load_rows, prompt_text
 from align.logprob.estimators import gather_logprobs, growing_plan
 from align.models import family_spec
 from align.models.family import noised_logits
+from align.sampling import truncate_at_stop
 
 EPS = 1e-3
 
@@ -89,9 +90,10 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
         """Replace a ``growing_fraction`` of the rows by the ``growing`` estimator's masking (one sample):
         one block up to the one holding the first stop token, its weights nB * L_b / l, keys after it cut;
         normalised by the tokens up to that stop token (the row's real length)."""
-        stop = torch.isin(ids, torch.tensor(self.spec.stop_token_ids, device=ids.device)) & response
-        first_stop = torch.where(stop, stop.long().cumsum(1), 0) == 1
-        real = response & ((stop.long().cumsum(1) - first_stop.long()) == 0)  # up to and including the stop
+        start = ids.shape[1] - self.args.max_completion_length
+        _, kept = truncate_at_stop(ids[:, start:], self.spec.stop_token_ids, self.spec.eos_token_id)
+        real = torch.zeros_like(response)
+        real[:, start:] = kept.bool()  # the response up to and including its first stop token
         plan = growing_plan(response, 1, score_mask=real, block_length=self.args.block_length)
         rows = torch.rand(ids.shape[0], device=ids.device) < self.args.growing_fraction
         col = rows[:, None]

@@ -99,7 +99,7 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
             if not ray.is_initialized():
                 ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
             settings = SamplerSettings.from_rollout_fields(args)
-            server = ray_server(args.model_name_or_path, settings=settings.as_kwargs(), dtype=args.dtype or "float32",
+            server = ray_server(args.model_name_or_path, settings=settings.as_kwargs(), dtype=args.dtype,
                                 max_batch_rows=args.rollout_batch_size or 256, seed=args.seed + self.accelerator.process_index,
                                 trust_remote_code=args.trust_remote_code)  # fmt: skip
             return ServerEngine(server, spec=self.spec)
@@ -196,8 +196,7 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         """Per-pass log-probs [P, n, L]. The trace estimator replays the sampler, which never emits the mask
         token: its probability is renormalised away, except for objectives whose released code softmaxes
         over the whole vocabulary."""
-        replay = self.args.estimator in ("trace", "block_trace") and not self.objective.full_vocab
-        exclude = [self.spec.mask_token_id] if replay else []
+        exclude = self.objective.excluded_ids(self.args.estimator, self.spec.mask_token_id)
         return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
                               spec=self.spec, chunk_size=self.args.mc_chunk_size, exclude_ids=exclude)  # fmt: skip
 

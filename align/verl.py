@@ -68,15 +68,8 @@ def plan_of(batch, num_samples: int) -> MaskPlan:
 
 
 def count_for(loss_type: str, mask, advantages, plan_weights) -> float:
-    """The objective's divisor of the whole batch (``align.objectives``: tokens, rows or passes)."""
-    from align.losses import nonzero_advantage_rows
-
-    divisor = get_objective(loss_type).divisor
-    if divisor == "passes":
-        return float((plan_weights != 0).any(-1).sum())  # weights batch-first [B, P, T]: (row, pass) pairs
-    if divisor == "rows":
-        return float(nonzero_advantage_rows(advantages))
-    return float(mask.sum())
+    """The objective's divisor of the whole batch (``Objective.divisor_count``: tokens, rows or passes)."""
+    return float(get_objective(loss_type).divisor_count(mask, advantages, plan_weights))
 
 
 def loss_args(**overrides) -> types.SimpleNamespace:
@@ -97,10 +90,9 @@ def shard_loss(model, spec, batch, args, *, num_samples: int, normalizer: float,
     trainer scales it; the estimate under the carried plan."""
     objective = get_objective(args.loss_type)
     plan = plan_of(batch, num_samples)
-    replay = args.estimator in ("trace", "block_trace") and not objective.full_vocab
     passes = pass_logprobs(model, batch["input_ids"], plan, mask_token_id=spec.mask_token_id,
                            attention_mask=batch["attention_mask"], spec=spec,
-                           exclude_ids=[spec.mask_token_id] if replay else [])  # fmt: skip
+                           exclude_ids=objective.excluded_ids(args.estimator, spec.mask_token_id))  # fmt: skip
     get = lambda k: batch[k] if k in batch.keys() else None  # noqa: E731
     micro = MicroBatch(ids=batch["input_ids"], attn=batch["attention_mask"], mask=batch["response_mask"],
                        advantages=batch["advantages"], plan=plan, old=get("old_log_probs"), ref=get("ref_log_prob"),

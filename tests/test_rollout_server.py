@@ -134,7 +134,8 @@ def test_bad_requests_and_updates_are_refused_in_one_line(served):
 
 
 def test_batched_requests_beat_one_at_a_time(served):
-    """16 requests sent together (one batch) against the same 16 sent one after another, in one run."""
+    """16 requests sent together (one batch) against the same 16 sent one after another, in one run: the CPU
+    time of this process, the better of two tries each."""
     _, tok, _, server = served
     prompts = _prompts(tok, 16)
 
@@ -146,10 +147,11 @@ def test_batched_requests_beat_one_at_a_time(served):
 
     asyncio.run(together())  # warm-up
     timings = {}
-    for name, run in (("together", together), ("one_by_one", one_by_one)):
-        start, batches = time.perf_counter(), server.stats["batches"]
+    for name, run in (("together", together), ("one_by_one", one_by_one)) * 2:  # CPU seconds of this process
+        start, batches = time.process_time(), server.stats["batches"]  # (all its threads): other load adds none
         outputs = asyncio.run(run())
-        timings[name] = (time.perf_counter() - start, server.stats["batches"] - batches, outputs)
+        spent = time.process_time() - start
+        timings[name] = (min(spent, timings.get(name, (spent,))[0]), server.stats["batches"] - batches, outputs)
     assert timings["together"][1] == 1 and timings["one_by_one"][1] == 16
     assert [o.token_ids for o in timings["together"][2]] == [o.token_ids for o in timings["one_by_one"][2]]
     assert timings["together"][0] < 0.5 * timings["one_by_one"][0], timings

@@ -19,7 +19,7 @@ import torch
 from align.data import encode_prompts, prompt_text
 from align.logprob import make_plan
 from align.logprob.estimators import MaskPlan
-from align.losses import compute_advantages, nonzero_advantage_rows
+from align.losses import compute_advantages
 from align.objectives import Objective, reduce_estimate
 from align.rollout.batch import RolloutBatch
 from align.rollout.completions import keep_samples
@@ -149,12 +149,7 @@ class RolloutPhase:
         logprob_s = time.perf_counter() - start
         order = torch.randperm(len(ids), generator=self.seeded(rollout_index, -1), device=device)
         # the objective's divisor of one generation batch per process, summed over processes / processes
-        if self.objective.divisor == "passes":
-            count = (plans[0].weights != 0).any(-1).sum().float()
-        elif self.objective.divisor == "rows":
-            count = nonzero_advantage_rows(advantages.to(device))
-        else:
-            count = full_mask.sum().float()
+        count = self.objective.divisor_count(full_mask, advantages.to(device), plans[0].weights)
         total = self.accelerator.gather(count[None]).sum()
         longest = self.accelerator.gather(full_mask.sum(1).max()[None].float()).max()  # TraceRL-SDAR's L1
         shuffled = lambda t: None if t is None else t.to(device)[order]  # noqa: E731

@@ -110,7 +110,7 @@ class DiffusionServer:
         return self._decode(prompts, settings, seed, hooks or {})
 
     def _decode(self, prompts, settings: SamplerSettings, seed, hooks) -> list[TokenOutput]:
-        from align.sampling import generate_in_chunks
+        from align.sampling import generate_in_chunks, truncate_at_stop
 
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every request needs a non-empty prompt_ids.")
@@ -135,12 +135,12 @@ class DiffusionServer:
             self.stats["batches"] += 1
             self.stats["rows"] += len(prompts)
             self.stats["nfe"] += out.nfe
-        stops = torch.tensor(self.spec.stop_token_ids)
+        canvas = out.completion_ids.cpu()
+        _, kept = truncate_at_stop(canvas, self.spec.stop_token_ids, self.pad_id)
+        stopped = torch.isin(canvas, torch.tensor(self.spec.stop_token_ids)).any(1)
         results = []
-        for row, steps in zip(out.completion_ids.cpu(), out.commit_step.cpu(), strict=True):
-            hit = torch.isin(row, stops).nonzero()
-            end = int(hit[0]) + 1 if len(hit) else len(row)
-            results.append(TokenOutput(token_ids=row[:end].tolist(), stop_reason="completed" if len(hit) else "length",
+        for row, steps, end, done in zip(canvas, out.commit_step.cpu(), kept.sum(1).tolist(), stopped, strict=True):
+            results.append(TokenOutput(token_ids=row[:end].tolist(), stop_reason="completed" if done else "length",
                                        extra_fields={"canvas": row.tolist(), "commit_step": steps.tolist(),
                                                      "weights_version": version, "nfe": out.nfe}))  # fmt: skip
         if isinstance(seed, torch.Tensor):  # hand the advanced state back
