@@ -53,7 +53,8 @@ def load_policy(config):
 
 
 def add_lora(model, config):
-    """The model wrapped with the config's LoRA adapter (never on the LM head)."""
+    """The model wrapped with the config's LoRA adapter (never on the LM head). Its initial weights are drawn
+    from ``config.seed`` alone (not from whatever the global RNG holds), and the global RNG is left as it was."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -79,7 +80,8 @@ def add_lora(model, config):
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=targets, exclude_modules=exclude or None, bias="none",
     )  # fmt: skip
-    with quiet_checkpointing_renames():
+    with quiet_checkpointing_renames(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
         return get_peft_model(model, lora)
 
 

@@ -63,6 +63,16 @@ def checkpoints(output: str) -> list[tuple[int, float, str]]:
     return [p for p in points if p[1] is not None]
 
 
+def budget_stop(output: str) -> dict:
+    """The arm's stop by its budget: the training seconds at the step that stopped it and at the step before."""
+    with open(os.path.join(output, "trainer_state.json")) as f:
+        stops = [h for h in json.load(f)["log_history"] if "max_time/elapsed_s" in h]
+    if not stops:
+        return {}
+    return {"stop_elapsed_s": stops[-1]["max_time/elapsed_s"],
+            "previous_step_elapsed_s": stops[-1]["max_time/previous_step_elapsed_s"]}  # fmt: skip
+
+
 def plot(curves: dict[str, list[tuple[float, float]]], path: str, title: str) -> None:
     import matplotlib
 
@@ -109,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 (wall_s, evaluate(folder, task, os.path.join(out, "eval", f"{arm}-{step}"), args.limit))
             )
         curves[LABELS[arm]] = curve
-        rows.append({"arm": arm, "steps": saved[-1][0], "wall_s": curve[-1][0], "accuracy": curve[-1][1]})
+        rows.append({"arm": arm, "steps": saved[-1][0], "wall_s": curve[-1][0], "accuracy": curve[-1][1],
+                     **budget_stop(run)})  # fmt: skip
     plot(curves, os.path.join(out, "accuracy_vs_wall_clock.png"),
          f"tiny {task}: {args.budget_s:.0f} s per arm from the same SFT checkpoint")  # fmt: skip
     with open(os.path.join(out, "curves.json"), "w") as f:

@@ -1,7 +1,72 @@
-import pytest
-import torch
+"""Suite-wide settings: one kernel thread per process, Ctrl-C that stops the suite whatever the code under test
+does with SIGINT, and an optional collection order (``ALIGN_TEST_ORDER=reverse`` or ``random:SEED``) for
+checking that no test depends on what ran before it."""
 
-from align.models import LLaDAConfig, LLaDAModelLM
+import os
+import random
+import signal
+
+# Tiny models gain nothing from a second kernel thread, and on a busy 2-core machine torch's default (one thread
+# per core) is several times slower than one; subprocesses (align, accelerate launch) inherit the setting.
+THREADS = int(os.environ.get("ALIGN_TEST_THREADS", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from align.models import LLaDAConfig, LLaDAModelLM  # noqa: E402
+
+torch.set_num_threads(THREADS)
+
+# Training and evaluation turn SIGINT into "finish the step, save, stop", so a Ctrl-C would only fail the
+# running test. Every SIGINT handler installed during the suite is wrapped: it records the signal, then does
+# what its code asked; after the test, a recorded Ctrl-C stops pytest.
+_interrupted: list[int] = []
+_install_handler = signal.signal
+
+
+def _watched_signal(signum, handler):
+    own = handler is signal.default_int_handler or getattr(
+        handler, "suite_watched", False
+    )  # raises / wrapped
+    if signum == signal.SIGINT and callable(handler) and not own:
+        inner = handler
+
+        def handler(sig, frame):
+            _interrupted.append(sig)
+            return inner(sig, frame)
+
+        handler.suite_watched = True
+    return _install_handler(signum, handler)
+
+
+signal.signal = _watched_signal
+
+
+@pytest.fixture
+def sends_sigint():
+    """For a test that signals its own process on purpose: its SIGINT is not a Ctrl-C."""
+    yield
+    _interrupted.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    result = yield
+    if _interrupted:
+        raise KeyboardInterrupt(f"Ctrl-C during {item.nodeid}")
+    return result
+
+
+def pytest_collection_modifyitems(session, config, items):
+    order = os.environ.get("ALIGN_TEST_ORDER", "")
+    if order == "reverse":
+        items.reverse()
+    elif order.startswith("random:"):
+        random.Random(int(order.split(":", 1)[1])).shuffle(items)
+    elif order:
+        raise pytest.UsageError(f"ALIGN_TEST_ORDER={order!r}: expected 'reverse' or 'random:SEED'.")
+
 
 VOCAB = 40
 MASK_ID = 39

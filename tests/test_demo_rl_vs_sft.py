@@ -21,7 +21,9 @@ def test_three_arms_spend_the_same_budget_and_are_scored_along_the_way(task, tmp
     assert set(result) == {"task", "start", "sft", "grpo", "control"}
     curves = json.load(open(out / task / "curves.json"))
     for arm in curves["arms"]:
-        assert 6.0 <= arm["wall_s"] < 6.0 + 15.0  # stopped by the budget, after the step in progress
+        # stopped by the budget at the first step that ended past it (a load-independent check: the seconds
+        # the stop rule compared, not a window on the wall clock)
+        assert arm["previous_step_elapsed_s"] < 6.0 <= arm["stop_elapsed_s"] <= arm["wall_s"] + 1e-3
         assert arm["steps"] >= 1
     for label, points in curves["curves"].items():
         assert points[0] == [0.0, result["start"]] and len(points) >= 2, label

@@ -120,7 +120,7 @@ def test_a_stuck_answer_kills_only_its_worker_and_is_retried_once():
         scores = pool.grade_many(pairs)
         assert scores == [0.0] + [1.0] * len(GOLDS)
         assert pool.last_stats == {"retries": 1, "timeouts": 1, "errors": 0}
-        assert time.monotonic() - start < 60
+        assert time.monotonic() - start < 300  # hang guard: 2 x 1 s of grader CPU (about 3 s idle)
     finally:
         pool.close()
 
@@ -160,6 +160,18 @@ def test_hostile_and_unusual_answers(gold, completion, score):
     assert math_accuracy(None, [completion], answer=[gold]) == [score]
 
 
+def _graders_cpu_s() -> float:
+    """CPU seconds (user + system) the shared grading pool's live workers have used, from /proc."""
+    from rewards import math as module
+
+    total = 0.0
+    for worker in module._POOL._workers if module._POOL else []:
+        with open(f"/proc/{worker.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
 @pytest.mark.parametrize("completion", [
     "The answer is " * 7200 + "$x",  # was 165 s at 7,000: a backtracking regex
     "<answer>" * 12_500,
@@ -172,8 +184,8 @@ def test_hostile_and_unusual_answers(gold, completion, score):
 def test_100_kb_adversarial_completions_are_scored_in_under_a_second(completion):
     math_accuracy(None, ["#### 1"], answer=["1.5"])  # the pool is warm: start-up is not the answer's time
     assert len(completion) >= 100_000
-    start = time.process_time()
-    wall = time.monotonic()
+    start, graders = time.process_time(), _graders_cpu_s()
     scores = math_accuracy(None, [completion], answer=["5.5"])
-    assert scores == [0.0]
-    assert time.process_time() - start < 1.0 and time.monotonic() - wall < 5.0  # caller CPU; wall with slack
+    assert scores == [0.0] and math_accuracy.last_metrics["timeouts"] == math_accuracy.last_metrics["retries"] == 0
+    # CPU seconds of the caller and of the grading workers (kernel counters: other load on the machine adds none)
+    assert (time.process_time() - start) + (_graders_cpu_s() - graders) < 1.0

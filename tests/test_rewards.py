@@ -39,10 +39,11 @@ CASES = [  # (gold, completion, expected score)
 
 
 def test_answer_equivalence_table():
-    start = time.monotonic()
     scores = math_accuracy(None, [c for _, c, _ in CASES], answer=[g for g, _, _ in CASES])
     assert scores == [s for _, _, s in CASES]
-    assert time.monotonic() - start < 60
+    # bounded by the graders' CPU limit, not the wall clock: only the tower of powers ran out of CPU (once, then
+    # once more on a fresh worker), every other answer was graded on its first try
+    assert math_accuracy.last_metrics["timeouts"] <= 1 and math_accuracy.last_metrics["retries"] <= 1
 
 
 def test_unparseable_gold_gives_none_and_warns(caplog):

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -53,7 +54,8 @@ def test_benign_program_runs(sandbox):
 def test_loops_and_sleeps_time_out(sandbox, code):
     start = time.monotonic()
     result = sandbox.run(code)
-    assert result.status == "timeout" and time.monotonic() - start < 6
+    # a hang guard under the 60 s sleep: the 3 s timeout ended it (measured 3.1 s idle)
+    assert result.status == "timeout" and time.monotonic() - start < 40
 
 
 def test_fork_bomb_is_contained(sandbox):
@@ -61,7 +63,7 @@ def test_fork_bomb_is_contained(sandbox):
     result = sandbox.run(
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     )
-    assert result.status in ("timeout", "error") and time.monotonic() - start < 8
+    assert result.status in ("timeout", "error") and time.monotonic() - start < 60  # hang guard; 3.1 s idle
     assert sandbox.run("print('after')").stdout.strip() == "after"
 
 
@@ -130,7 +132,7 @@ def test_setsid_daemon_does_not_outlive_the_call(sandbox, listener):
 def test_output_flood_is_capped(sandbox):
     start = time.monotonic()
     result = sandbox.run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)")
-    assert len(result.stdout) <= sandbox.limits.max_output_bytes and time.monotonic() - start < 6
+    assert len(result.stdout) <= sandbox.limits.max_output_bytes and time.monotonic() - start < 60  # hang guard
     assert result.status in ("error", "timeout")
 
 
@@ -207,7 +209,8 @@ def test_cpu_limit_reports_timeout_in_both_backends(backend):
         pytest.skip("bubblewrap not installed")
     box = Sandbox(backend=backend, workers=1, limits=SandboxLimits(timeout_s=30, cpu_s=1, memory_mb=512))
     result = box.run("while True: pass")
-    assert result.status == "timeout" and result.wall_s < 10
+    # ended by the CPU limit's SIGXCPU (bwrap adds 128), not by the 30 s wall timeout, however busy the machine
+    assert result.status == "timeout" and result.returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU)
 
 
 def test_no_process_in_the_sandbox_holds_the_callers_environment(sandbox, monkeypatch):
@@ -281,7 +284,8 @@ def test_links_and_fifos_in_the_work_dir_cannot_hang_or_leak_to_the_caller(sandb
     )
     start = time.monotonic()
     result = sandbox.run(code)
-    assert result.stdout.strip() == "done" and time.monotonic() - start < 5
+    # a harness that opened one of those FIFOs would block until the timeout ("timeout", not "ok")
+    assert result.status == "ok" and result.stdout.strip() == "done" and time.monotonic() - start < 60
     assert "host-secret-4711" not in result.stdout + result.stderr
 
 
@@ -297,7 +301,7 @@ def test_a_judge_that_hangs_is_killed_and_replaced(tmp_path):
         start = time.monotonic()
         hang = ["for _ in range(n()):\n    pass"]
         assert score_program("def n():\n    return 10**18\n", hang, sandbox=box) == 0.0
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < 120  # hang guard: the watchdog fired at 2 s + 1 s (4 s idle)
         assert score_program("def n():\n    return 3\n", hang, sandbox=box) == 1.0
     finally:
         module.JUDGE_MARGIN_S = old

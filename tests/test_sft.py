@@ -1,7 +1,6 @@
 """Masked-diffusion SFT: batch layout, the LLaDA loss against a direct computation, and learning."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -77,14 +76,15 @@ def test_max_time_s_stops_training_and_every_log_entry_carries_wall_s(tmp_path):
 
     config = sft_config(tmp_path, "--max_steps", "100000", "--max_time_s", "2", "--logging_steps", "1")
     trainer = build_trainer(config)
-    started = time.monotonic()
     train_and_save(trainer, config)
-    assert time.monotonic() - started < 30
     history = json.load(open(tmp_path / "out" / "trainer_state.json"))["log_history"]
     steps = [h["step"] for h in history if "loss" in h]
     walls = [h["wall_s"] for h in history]
     assert 2 <= len(steps) < 100000 and steps == list(range(1, len(steps) + 1))
-    assert walls == sorted(walls) and 2.0 <= walls[-1] < 2.0 + 10.0  # the step in progress finishes
+    assert walls == sorted(walls) and walls[-1] >= 2.0
+    # stopped at the first step that ended past the budget (the step in progress finishes, no later one runs)
+    [stop] = [h for h in history if "max_time/elapsed_s" in h]
+    assert stop["step"] == steps[-1] and stop["max_time/previous_step_elapsed_s"] < 2.0 <= stop["max_time/elapsed_s"]
     assert (tmp_path / "out" / "model.safetensors").exists()  # saved as at max_steps
 
 

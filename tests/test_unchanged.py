@@ -137,6 +137,19 @@ def test_grpo_run_unchanged(tmp_path, one_thread, case):
     _check(f"grpo_{case}", _grpo_run(tmp_path, GRPO_CASES[case]))
 
 
+@pytest.mark.parametrize("case", ["lora_kl", "dapo_chunked_ga"])
+def test_a_pinned_run_does_not_depend_on_what_ran_before(tmp_path, one_thread, case):
+    """The global RNG as two different earlier tests would leave it: the same run, bit for bit (LoRA's
+    initial weights once came from whatever that state was)."""
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        torch.rand(seed)
+        runs.append(_grpo_run(tmp_path / str(seed), GRPO_CASES[case]))
+    assert runs[0] == runs[1]
+    _check(f"grpo_{case}", runs[0])
+
+
 def test_dpo_run_unchanged(tmp_path, one_thread):
     from align.dpo import build_trainer
 
