@@ -50,6 +50,37 @@ def _compile_error(source: str, name: str) -> Exception | None:
     return None
 
 
+_WARNED_HELPERS: set[tuple[str, ...]] = set()
+
+
+def _warn_missing_helpers(test: str, entry_point: str, context: str | None) -> None:
+    """A check() program that calls a function it does not define, that is no builtin, stdlib module or the
+    entry point, and that no ``test_helpers`` code defines (HumanEval/38 calls the prompt's
+    ``encode_cyclic``): one warning naming it, since every program would score 0 on that row."""
+    import ast
+    import builtins
+    import sys
+
+    from rewards.judge import _bound_by
+
+    nodes = list(ast.walk(ast.parse(test)))
+    called = {n.func.id for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    bound = {n.name for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    bound |= {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    bound |= {n.arg for n in nodes if isinstance(n, ast.arg)}  # check(candidate) and nested helpers' parameters
+    bound |= {(n.asname or n.name).split(".")[0] for n in nodes if isinstance(n, ast.alias)}  # imports anywhere
+    known = bound | _bound_by(context or "") | set(sys.stdlib_module_names) | {entry_point}
+    missing = tuple(sorted(n for n in called - known if not hasattr(builtins, n)))
+    if missing and missing not in _WARNED_HELPERS:
+        _WARNED_HELPERS.add(missing)
+        logger.warning(
+            "code_execution: the row's check() program calls %s, which neither it nor a test_helpers column "
+            "defines; every program scores 0 on such rows until the dataset carries the prompt's helpers in "
+            "test_helpers (align.eval.tasks.prompt_context builds them from a HumanEval prompt).",
+            ", ".join(missing),
+        )
+
+
 def _check_tests(tests, form: str) -> None:
     """A row whose tests do not compile is the dataset's error, not the candidate's: say which test."""
     for index, test in enumerate(tests if form == "asserts" else [tests]):
@@ -91,6 +122,7 @@ def score_program(code: str, tests, entry_point: str | None = None, sandbox=None
                 "code_execution: a test program needs the column 'entry_point' (the function to check)."
             )
         _check_tests(tests, "check")
+        _warn_missing_helpers(tests, entry_point, context)
         if _compile_error(code, "<completion>"):
             return 0.0
         return float(run_tests(code, "check", tests, entry_point, sandbox, setup, context)[0])

@@ -1,13 +1,16 @@
 """Format and length rewards (pure string checks; no model, no sandbox).
 
 * ``think_answer_format``: 1.0 when the completion is ``<think>...</think>`` followed by
-  ``<answer>...</answer>`` (iLLaDA / R1 style), else 0. The opening ``<think>`` may be missing: chat
+  a non-empty ``<answer>...</answer>`` (iLLaDA / R1 style), else 0. The opening ``<think>`` may be missing: chat
   templates that open the thinking section in the prompt leave only ``...</think><answer>...</answer>``.
 * ``reasoning_answer_format``: d1's layout, ``<reasoning>...</reasoning>`` then ``<answer>...</answer>``:
   1.0 for the strict layout (each tag on its own line), 0.5 for the tags in order anywhere, else 0.
 * ``answer_tag_format``: 1.0 when the completion holds exactly one non-empty ``<answer>...</answer>`` and
   nothing after it, else 0 (the answer-only layout of short tasks such as the embedded tiny task).
-* ``python_block_format``: 1.0 when the completion has a fenced python block that parses, else 0.
+* ``python_block_format``: 1.0 when the completion has a fenced block whose fences stand at the start of
+  their own lines, whose language is python, py, python3 or empty, and whose body is at least one Python
+  statement that parses; else 0 (a fence inside a comment or string, another language's block, an empty
+  block or prose around no block score 0).
 * ``length_penalty``: 0 up to ``soft_limit`` characters, falling linearly to -1 at ``hard_limit``,
   minus the fraction of repeated lines (iLLaDA's "Wait, let me check again" loops) beyond the first
   occurrence; always in [-2, 0].
@@ -18,16 +21,16 @@ from __future__ import annotations
 import ast
 import re
 
-from rewards.code import extract_code
 from rewards.math import completion_text
 
-_THINK_ANSWER = re.compile(r"^\s*(?:<think>)?(?:(?!</?think>).)*</think>\s*<answer>.*?</answer>\s*$", re.S)
+_THINK_ANSWER = re.compile(r"^\s*(?:<think>)?(?:(?!</?think>).)*</think>\s*<answer>(.*?)</answer>\s*$", re.S)
 _SPACE = re.compile(r"\s*")
 _ANSWER_ONLY = re.compile(r"^(?:(?!<answer>).)*<answer>(?:(?!</?answer>).)+</answer>\s*$", re.S)
 
 
 def think_answer_format(prompts, completions, **_columns) -> list[float]:
-    return [1.0 if _THINK_ANSWER.match(completion_text(c)) else 0.0 for c in completions]
+    found = [_THINK_ANSWER.match(completion_text(c)) for c in completions]
+    return [1.0 if m and m.group(1).strip() else 0.0 for m in found]  # an empty answer is no answer
 
 
 def _reasoning_strict(text: str) -> bool:
@@ -65,19 +68,25 @@ def answer_tag_format(prompts, completions, **_columns) -> list[float]:
     return [1.0 if _ANSWER_ONLY.match(completion_text(c)) else 0.0 for c in completions]
 
 
+_LINE_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
+_PYTHON_TAGS = ("python", "py", "python3", "")
+
+
+def _python_statements(body: str) -> bool:
+    try:
+        return bool(ast.parse(body).body)
+    except (SyntaxError, ValueError):
+        return False
+
+
 def python_block_format(prompts, completions, **_columns) -> list[float]:
-    scores = []
-    for c in completions:
-        text = completion_text(c)
-        if "```" not in text:
-            scores.append(0.0)
-            continue
-        try:
-            ast.parse(extract_code(text))
-            scores.append(1.0)
-        except (SyntaxError, ValueError):
-            scores.append(0.0)
-    return scores
+    return [
+        1.0
+        if any(lang.lower() in _PYTHON_TAGS and _python_statements(body)
+               for lang, body in _LINE_FENCE.findall(completion_text(c)))
+        else 0.0
+        for c in completions
+    ]  # fmt: skip
 
 
 def repeated_line_fraction(text: str) -> float:

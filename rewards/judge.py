@@ -19,6 +19,13 @@ What is judged where:
   back (lists, dicts, sets).
 * A test passes when its code finishes here without an exception and the sandbox neither died nor
   broke the protocol while it ran. There is no secret to steal: the verdict is computed here.
+* The judge computes everything from the row and from plain-data answers to its own calls. A test's
+  namespace is built here from data the judge owns: its builtins are the judge's own, set last; the
+  stdlib modules and dataset helpers it uses are the judge's; the candidate's functions come in only as
+  handles under names that are not dunder names, builtins, modules, helpers or names the test binds; the
+  setup code's objects only as handles, only for a row that has setup code, only under names this process
+  finds bound in that setup source (read with ``ast``). Whatever else the sandbox reports is dropped, and
+  a message outside the protocol's shape at its point in the exchange fails the candidate.
 
 Out of scope: a test that is itself weak (``assert candidate(x)`` with a truthy wrong value, answers the
 prompt shows) passes wrong programs in any harness; the judge does not defend against the tests.
@@ -114,6 +121,9 @@ class Session:
             self._break("the sandbox did not start the program")
         if type(reply[1]) is not dict or type(reply[2]) is not dict:
             self._break("the sandbox sent names that are not a dict")
+        for names in reply[1:]:
+            if any(type(k) is not str or not k.isidentifier() for k in names):
+                self._break("the sandbox sent a name that is not an identifier")
         self.setup_names, self.names = self.decode(reply[1]), self.decode(reply[2])
 
     def call(self, target: Remote, args: tuple, kwargs: dict):
@@ -356,16 +366,50 @@ def _named_modules(names: set[str]) -> dict:
     return modules
 
 
-def _bound_names(called: list[str], names: dict) -> dict:
-    """The candidate's functions a test sees, given the names it calls in order. Names of builtins
-    (``len``, ``str``, ``sum``) are the judge's own unless the test calls no other function of the
-    candidate's: then the first builtin name it calls is the function under test (MBPP 126 tests a
-    function named ``sum``), and only that one."""
-    own = {k: v for k, v in names.items() if type(v) is Remote and not hasattr(builtins, k)}
-    if any(name in own for name in called):
+def _bound_by(source: str) -> set[str]:
+    """The names a source binds at module level (assignments, defs, classes, imports, loop and ``with``
+    targets), read with ``ast`` here; nothing for a source that does not parse."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    bound, todo = set(), [tree]
+    while todo:
+        for node in ast.iter_child_nodes(todo.pop()):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(node.name)  # its body is a scope of its own
+            elif isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                continue
+            elif isinstance(node, ast.alias):
+                bound.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                bound.add(node.id)
+            else:
+                todo.append(node)
+    return bound
+
+
+def _bound_names(called: list[str], names: dict, reserved: set[str]) -> dict:
+    """The candidate's functions a test sees (handles only), given the names it calls in order. Never a
+    dunder name or a ``reserved`` one (the test's modules, helpers and own names). Names of builtins
+    (``len``, ``str``, ``sum``) are the judge's own unless every name the test calls is a builtin's:
+    then the first of them the candidate defines is the function under test (MBPP 126 tests a function
+    named ``sum``), and only that one."""
+    usable = {k: v for k, v in names.items() if type(v) is Remote and not k.startswith("__") and k not in reserved}
+    own = {k: v for k, v in usable.items() if not hasattr(builtins, k)}
+    if any(not hasattr(builtins, name) for name in called):
         return own
-    shadowing = [name for name in called if type(names.get(name)) is Remote]
-    return {**own, shadowing[0]: names[shadowing[0]]} if shadowing else own
+    shadowing = [name for name in called if name in usable]
+    return {**own, shadowing[0]: usable[shadowing[0]]} if shadowing else own
+
+
+def _setup_handles(setup: str | None, sent: dict, reserved: set[str]) -> dict:
+    """The setup code's objects a test sees: handles, only under names the setup source binds (found here),
+    never dunder names, builtins or ``reserved`` names; nothing when the row has no setup code."""
+    if not setup:
+        return {}
+    allowed = {n for n in _bound_by(setup) if not n.startswith("__") and not hasattr(builtins, n)} - reserved
+    return {k: v for k, v in sent.items() if k in allowed and type(v) is Remote}
 
 
 def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
@@ -375,18 +419,22 @@ def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
     notes = []
     try:
         parsed = [_identifiers(source) for source in tests]
-        mentioned = set().union(*(names for names, _ in parsed), _identifiers(job.get("context") or "")[0])
+        context = job.get("context") or ""
+        mentioned = set().union(*(names for names, _ in parsed), _identifiers(context)[0])
         modules = _named_modules(mentioned)
+        helpers = _bound_by(context) | set(modules)
         entry = session.names.get(job.get("entry_point") or "")
         passed = []
         for index, (test, (_, called)) in enumerate(zip(tests, parsed)):
-            ns = {"__builtins__": builtins, "__name__": "__main__"}
+            reserved = helpers | _bound_by(test)  # the test's own names and what it imports or defines
+            ns = {}
             if job["form"] == "asserts":
-                ns.update(_bound_names(called, session.names))
+                ns.update(_bound_names(called, session.names, reserved))
             elif type(entry) is Remote:  # HumanEval/33's test calls the entry point by its name too
                 ns[job["entry_point"]] = entry
+            ns.update(_setup_handles(job.get("setup"), session.setup_names, reserved))
             ns.update(modules)
-            ns.update(session.setup_names)
+            ns.update({"__builtins__": builtins, "__name__": "__main__"})  # last: nothing sent can replace them
             try:
                 if job.get("context"):  # trusted dataset helpers, defined here and never by the candidate
                     exec(compile(job["context"], "context.py", "exec"), ns)

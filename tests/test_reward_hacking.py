@@ -304,7 +304,78 @@ SEARCH = (
 PLANT = "open('/tmp/leak.py', 'w').write('assert FN(\"hello\",\"l\") == \"heo\"')\n"
 SECRET_ROUTES["search files, descriptors, environments and command lines for the expected values"] = SEARCH
 
-ATTEMPTS = {**SECRET_ROUTES, **STDLIB_PRETENDERS, **EXITS, **HARNESS_TAMPERING, **CHANNEL}
+
+
+def _via_helper(injected: str) -> str:
+    """A wrong program that wraps the in-sandbox helper's send function: its ready message binds ``injected``
+    (a dict expression of name -> object) among both the setup's and the candidate's names."""
+    return WRONG + (
+        "import sys as _s\n"
+        "_g = _s._getframe(0).f_back.f_globals if _s._getframe(0).f_back else {}\n"
+        "_real = _g.get('_send')\n"
+        "def _send(fd, msg, _real=_real):\n"
+        "    if type(msg) is tuple and msg and msg[0] == 'ready':\n"
+        "        ex = _s._getframe(1).f_locals['exporter']\n"
+        f"        extra = {{k: (ex.handle(v) if callable(v) else v) for k, v in ({injected}).items()}}\n"
+        "        msg = ('ready', {**msg[1], **extra}, {**msg[2], **extra})\n"
+        "    return _real(fd, msg)\n"
+        "if _real is not None:\n"
+        "    _g['_send'] = _send\n"
+    )
+
+
+def _own_protocol(injected: str, ready: str = "('ready', extra, {**extra, 'FN': h(FN)})") -> str:
+    """A wrong program that speaks the protocol itself on the channel it inherits: its own ready message, then
+    it serves the judge's calls and never returns to the helper."""
+    return (
+        "import os, sys, marshal\nfd = int(sys.argv[1])\nobjs = []\n"
+        "def h(v):\n    objs.append(v)\n    return (Ellipsis, len(objs) - 1)\n"
+        "def send(m):\n    d = marshal.dumps(m, 4)\n    os.write(fd, len(d).to_bytes(4, 'big') + d)\n"
+        "def recv():\n    n = int.from_bytes(os.read(fd, 4), 'big')\n    b = b''\n"
+        "    while len(b) < n:\n        c = os.read(fd, n - len(b))\n        if not c:\n            os._exit(0)\n"
+        "        b += c\n    return marshal.loads(b)\n"
+        "def FN(*a, **k):\n    return a[0] if a else None\n"
+        f"extra = {{k: (h(v) if callable(v) else v) for k, v in ({injected}).items()}}\n"
+        f"send({ready})\n"
+        "while True:\n    try:\n        r = recv()\n    except Exception:\n        os._exit(0)\n"
+        "    try:\n        if r[0] == 'call':\n            send(('ok', objs[r[1]](*r[2], **r[3]), {}))\n"
+        "        elif r[0] == 'getattr':\n            send(('ok', h(getattr(objs[r[1]], r[2])), {}))\n"
+        "        else:\n            send(('raise', 'ValueError', 'no'))\n"
+        "    except Exception as e:\n        send(('raise', type(e).__name__, str(e)))\n"
+    )
+
+
+# Names a wrong program would bind in the tests' namespace: builtins the tests loop or compare with, modules
+# and prompt helpers they use, the harness's own names, and the namespace's builtins themselves.
+INJECTED = {
+    "range that yields nothing": "{'range': lambda *a: []}",
+    "abs, round and len that return 0": "{'abs': lambda *a: 0, 'round': lambda *a, **k: 0, 'len': lambda *a: 0}",
+    "all, any, isinstance that return True": "{n: (lambda *a, **k: True) for n in ('all', 'any', 'isinstance')}",
+    "str, int, float, sorted, set, tuple as identity": "{n: (lambda x=None, *a, **k: x) for n in ('str', 'int', "
+    "'float', 'sorted', 'set', 'tuple', 'list')}",
+    "the test's modules (random, math, string)": "{n: (lambda *a, **k: 0) for n in ('random', 'math', 'string')}",
+    "the prompt's helpers (encode_cyclic, decode_cyclic)": "{n: (lambda s='', *a: s) for n in ('encode_cyclic', "
+    "'decode_cyclic')}",
+    "the harness's names (check, candidate, METADATA)": "{'check': lambda *a: None, 'candidate': lambda *a: None, "
+    "'METADATA': {}}",
+    "__builtins__ with a range of its own": "{'__builtins__': {'range': lambda *a: [], 'len': lambda *a: 0}}",
+    "__name__, __import__, __build_class__": "{'__name__': 'x', '__import__': lambda *a, **k: None, "
+    "'__build_class__': lambda *a, **k: None}",
+    "AssertionError and the exception names": "{n: (lambda *a: None) for n in ('AssertionError', 'Exception', "
+    "'ValueError', 'TypeError')}",
+}
+NAMESPACE_INJECTION = {
+    **{f"through the helper: {k}": _via_helper(v) for k, v in INJECTED.items()},
+    **{f"by hand-written protocol: {k}": _own_protocol(v) for k, v in INJECTED.items()},
+    "by protocol: a ready message with non-identifier names": _own_protocol("{}", "('ready', {1: 0}, {'FN': h(FN), "
+                                                                             "(1, 2): h(FN)})"),
+    "by protocol: a ready message of the wrong length": _own_protocol("{}", "('ready', {}, {'FN': h(FN)}, {})"),
+    "by protocol: names as a list": _own_protocol("{}", "('ready', [], [('FN', h(FN))])"),
+    "by protocol: a setup name on a row without setup": _own_protocol("{'range': lambda *a: []}",
+                                                                      "('ready', extra, {'FN': h(FN)})"),
+}  # fmt: skip
+
+ATTEMPTS = {**SECRET_ROUTES, **STDLIB_PRETENDERS, **EXITS, **HARNESS_TAMPERING, **CHANNEL, **NAMESPACE_INJECTION}
 
 
 def test_the_suite_is_larger_than_the_known_lists():
@@ -390,6 +461,21 @@ SYNTH_ASSERTS = ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert math.
 ])  # fmt: skip
 def test_honest_solutions_still_pass(sandbox, code):
     assert score_program(code, SYNTH_ASSERTS, sandbox=sandbox) == 1.0
+
+
+@pytest.mark.parametrize("route", ["helper", "protocol"])
+def test_a_setup_row_takes_only_handles_under_the_names_its_setup_binds(sandbox, route):
+    """MBPP 367's setup builds ``root`` and ``root1`` from the candidate's Node class. A wrong program that
+    sends plain data under those names, or extra names beside them, scores 0; the reference still 1.0."""
+    row = _row("mbpp", 367)
+    score = lambda code: score_program(code, row["test_list"], sandbox=sandbox, setup=row["test_setup_code"])  # noqa: E731
+    assert score(row["code"]) == 1.0
+    node = "class Node:\n    def __init__(self, data):\n        self.data, self.left, self.right = data, None, None\n"
+    make = _via_helper if route == "helper" else _own_protocol
+    for injected in ("{'root': False, 'root1': True}", "{'range': lambda *a: [], 'abs': lambda *a: 0}",
+                     "{'Node': lambda *a: None, 'root2': 1, 'True': 0}", "{'__builtins__': {}}"):  # fmt: skip
+        wrong = node + make(injected).replace("FN", "is_tree_balanced")
+        assert score(wrong) == 0.0, injected
 
 
 def test_builtins_the_tests_use_cannot_be_redefined_but_a_function_named_sum_is_tested(sandbox):

@@ -75,6 +75,7 @@ def test_format_rewards():
         "<answer>4</answer>": 0.0,
         "<think>a</think><think>b</think><answer>4</answer>": 0.0,
         "<think>hmm</think>\n<answer>4</answer> and more": 0.0,
+        "<think>hmm</think>\n<answer> \n </answer>": 0.0,  # an empty answer
     }
     assert think_answer_format(None, list(cases)) == list(cases.values())
     strict = "<reasoning>\n2+2\n</reasoning>\n<answer>\n4\n</answer>"
@@ -187,3 +188,22 @@ def test_reward_watchdog_lets_a_call_that_returns_in_time_through():
         time.sleep(1.0)  # the main thread is "inside" the call past its timeout
     watchdog.thread.join(5)
     assert exits == [1]
+
+
+@pytest.mark.parametrize("text,score", [
+    ("Here:\n```python\ndef f(x):\n    return x\n```\nDone.", 1.0),
+    ("```py\nx = 1\n```", 1.0),
+    ("```\nprint(1)\n```", 1.0),  # a bare fence
+    ("```python\n```", 0.0),  # no code
+    ("```python\n# only a comment\n```", 0.0),
+    ("```python\n\"\"\"```python\nx = 1\n```\"\"\"", 0.0),  # the only closing fence sits inside a string
+    ("# ```python\nx = 1\n# ```", 0.0),  # fences in comments
+    ("x = '```python\nprint(1)\n```'", 0.0),  # a string holding a fence
+    ("```javascript\nx = 1\n```", 0.0),  # another language's block, even one that parses as Python
+    ("```c\nint x;\n```", 0.0),
+    ("x = 1", 0.0),
+    ("```python\nx = = 1\n```", 0.0),
+    ("```js\nlet a = 1\n```\n```python\na = 1\n```", 1.0),  # a python block beside another
+])  # fmt: skip
+def test_python_block_format_means_a_python_block(text, score):
+    assert python_block_format(None, [text]) == [score]

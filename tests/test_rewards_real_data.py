@@ -45,6 +45,29 @@ def test_humaneval_canonical_solutions_pass_and_stubs_fail():
 
 
 @needs_bwrap
+def test_a_row_whose_test_calls_a_missing_prompt_helper_is_one_warning_naming_it(caplog):
+    """HumanEval/32, /38 and /50 test through the prompt's helpers (poly, encode_cyclic, encode_shift): with
+    test_helpers no warning on any of the 164 rows; without, one line naming the helper, and the reference
+    scores 0 (the judge never takes a helper from the candidate)."""
+    from rewards import code
+
+    rows = benchdata.load("humaneval")
+    code._WARNED_HELPERS.clear()
+    for r in rows:
+        code._warn_missing_helpers(r["test"], r["entry_point"], prompt_context(r["prompt"], r["entry_point"]))
+    assert "code_execution:" not in caplog.text
+    row = next(r for r in rows if r["task_id"] == "HumanEval/38")
+    assert code_execution(None, [row["prompt"] + row["canonical_solution"]], tests=[row["test"]],
+                          entry_point=[row["entry_point"]]) == [0.0]  # fmt: skip
+    [line] = [m for m in caplog.messages if m.startswith("code_execution:")]
+    assert line.startswith("code_execution: the row's check() program calls encode_cyclic, which neither it ")
+    for r in rows:
+        code._warn_missing_helpers(r["test"], r["entry_point"], None)
+    named = sorted(m.split(" calls ")[1].split(",")[0] for m in caplog.messages if m.startswith("code_execution:"))
+    assert named == ["encode_cyclic", "encode_shift", "poly"]
+
+
+@needs_bwrap
 def test_mbpp_reference_solutions_pass_and_wrong_variants_fail():
     rows = benchdata.load("mbpp")
     assert len(rows) == 500
