@@ -4,8 +4,9 @@ A checkpoint is written into ``OUTPUT_DIR/.staging/checkpoint-N`` by every rank,
 done, the saving process writes ``checkpoint_complete.json`` (every file's size) and renames the folder to
 ``OUTPUT_DIR/checkpoint-N``; older checkpoints are rotated only after that. A folder named
 ``checkpoint-N`` without a manifest, or whose files do not have the sizes it lists, is incomplete (an older
-writer, a disk that filled later, a copy cut short): ``--resume_from_checkpoint true`` takes the newest
-complete one and says which it skipped; an explicit incomplete path is refused naming the newest complete.
+writer, a disk that filled later, a copy cut short); one whose files no longer match the manifest's checksums
+(XXH3-128, BLAKE2b without xxhash; checked when resuming) is corrupted: ``--resume_from_checkpoint true``
+takes the newest complete, uncorrupted one and says which it skipped; an explicit incomplete path is refused naming the newest complete.
 Multi-node runs need ``output_dir`` on a filesystem every node shares (as DeepSpeed checkpoints already do).
 
 SIGTERM (what SLURM and Kubernetes send before preemption) and SIGINT request a stop: the optimizer step in
@@ -26,6 +27,7 @@ import sys
 
 from transformers import TrainerCallback
 
+from align import fingerprint
 from align.errors import RunError, UsageError
 
 STAGING = ".staging"
@@ -50,15 +52,48 @@ def _files(folder: str) -> dict[str, int]:
     return sizes
 
 
-def checkpoint_problem(folder: str) -> str | None:
-    """Why ``folder`` is not a complete checkpoint written by this project, or None when it is."""
+def _digest(algorithm: str | None = None):
+    """A new hash object: XXH3-128 (xxhash, several GB/s) when installed, else BLAKE2b-128."""
+    import hashlib
+
+    if algorithm in (None, "xxh3_128"):
+        try:
+            import xxhash
+
+            return xxhash.xxh3_128()
+        except ImportError:
+            if algorithm is not None:
+                raise
+    if algorithm in (None, "blake2b"):
+        return hashlib.blake2b(digest_size=16)
+    raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+
+
+def _checksum(path: str, algorithm: str) -> str:
+    digest = _digest(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksums(folder: str, names) -> dict:
+    algorithm = "xxh3_128" if type(_digest()).__module__.startswith("xxhash") else "blake2b"
+    return {"algorithm": algorithm, "files": {n: _checksum(os.path.join(folder, n), algorithm) for n in sorted(names)}}
+
+
+def checkpoint_problem(folder: str, verify_content: bool = False) -> str | None:
+    """Why ``folder`` is not a complete checkpoint written by this project, or None when it is. Sizes are
+    always checked; ``verify_content`` also checks every file's checksum (manifests from before checksums
+    have sizes only)."""
     manifest = os.path.join(folder, MANIFEST)
     if not os.path.isfile(manifest):
         return f"it has no {MANIFEST} (its save did not finish)"
     try:
         with open(manifest) as f:
-            listed = json.load(f)["files"]
-    except (OSError, ValueError, KeyError):
+            content = json.load(f)
+        listed, sums = content["files"], content.get("checksums")
+    except (OSError, ValueError, KeyError, TypeError):
         return f"its {MANIFEST} is unreadable"
     for name, size in listed.items():
         path = os.path.join(folder, name)
@@ -66,6 +101,14 @@ def checkpoint_problem(folder: str) -> str | None:
             return f"its file {name} is missing"
         if os.path.getsize(path) != size:
             return f"its file {name} has {os.path.getsize(path)} of {size} bytes"
+    if verify_content and sums:
+        for name, expected in sums["files"].items():
+            try:
+                actual = _checksum(os.path.join(folder, name), sums["algorithm"])
+            except (ImportError, ValueError, OSError) as exc:
+                return f"its file {name} cannot be checked ({exc})"
+            if actual != expected:
+                return f"its file {name} does not match its {sums['algorithm']} checksum (corrupted after writing)"
     return None
 
 
@@ -94,6 +137,10 @@ def resolve_resume(output_dir: str, value, log=None) -> str | None:
     complete, incomplete = checkpoints(output_dir)
     newest = complete[-1] if complete else None
     if value is True or str(value).lower() == "true":
+        while newest is not None and (corrupt := checkpoint_problem(newest, verify_content=True)) is not None:
+            incomplete[newest] = corrupt
+            complete.pop()
+            newest = complete[-1] if complete else None
         if newest is None:
             detail = f" ({len(incomplete)} incomplete: {', '.join(sorted(incomplete))})" if incomplete else ""
             raise UsageError(
@@ -112,7 +159,7 @@ def resolve_resume(output_dir: str, value, log=None) -> str | None:
         raise UsageError(
             f"resume_from_checkpoint {path} is not a folder; give a checkpoint-N folder or true."
         )
-    problem = checkpoint_problem(path)
+    problem = checkpoint_problem(path, verify_content=True)
     if problem is not None:
         last = f"the newest complete one is {newest}" if newest else f"{output_dir} holds no complete one"
         raise UsageError(f"resume_from_checkpoint {path} is incomplete: {problem}; {last} (or pass true).")
@@ -185,6 +232,9 @@ class SafeCheckpointMixin:
         try:
             super()._save_checkpoint(model, trial)
             self._save_extra(staged)
+            if self.args.should_save:
+                fingerprint.write(staged, self._run_fields(), getattr(self, "_accepted_changes", []),
+                                  self.state.global_step)  # fmt: skip
         except OSError as exc:
             complete, _ = checkpoints(run_dir)
             last = complete[-1] if complete else "none"
@@ -206,7 +256,7 @@ class SafeCheckpointMixin:
             manifest = os.path.join(staged, MANIFEST)
             files = _files(staged)
             with open(manifest + ".tmp", "w") as f:
-                json.dump({"step": self.state.global_step, "files": files}, f)
+                json.dump({"step": self.state.global_step, "files": files, "checksums": _checksums(staged, files)}, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(manifest + ".tmp", manifest)
@@ -220,6 +270,12 @@ class SafeCheckpointMixin:
                 rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                    best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
         self.accelerator.wait_for_everyone()
+
+    def _run_fields(self) -> dict:
+        """This run's fingerprint fields (``align.fingerprint``), computed once."""
+        if getattr(self, "_fingerprint_fields", None) is None:
+            self._fingerprint_fields = fingerprint.run_fields(self.args, getattr(self, "spec", None))
+        return self._fingerprint_fields
 
     def _get_grad_norm(self, model, grad_norm=None):
         """The step's gradient norm (the same on every rank); a non-finite one stops the run here, before the
@@ -250,6 +306,10 @@ class SafeCheckpointMixin:
         SIGTERM / SIGINT save a checkpoint at the end of the current step and raise ``Stopped``."""
         log = logging.getLogger("align").warning if self.accelerator.is_main_process else None
         resume = resolve_resume(self.args.output_dir, resume_from_checkpoint, log)
+        if resume is not None:
+            self._accepted_changes = fingerprint.check_resume(
+                resume, self._run_fields(), getattr(self.args, "allow_changed", None), log or (lambda _: None)
+            )
         stop = next((c for c in self.callback_handler.callbacks if isinstance(c, _StopOnSignal)), None)
         if stop is None:
             stop = _StopOnSignal(self)

@@ -104,6 +104,12 @@ class ModelDataFields:
         "the seconds since training began, for accuracy-vs-wall-clock plots.",
         default=None,
     )
+    allow_changed: list[str] | None = _help(
+        "schedule",
+        "Fields a resumed run may change from its checkpoint's recipe (or all); without it, resuming into a "
+        "different learning rate, reward, group size, estimator, dataset... stops with one line naming each change.",
+        default=None,
+    )
     drop_empty_prompts: bool = _help(
         "data", "Drop rows whose prompt is empty (the log says how many); false: refuse them, naming the rows.",
         default=False,
@@ -779,6 +785,32 @@ def parse_overrides(argv: list[str], known: dict[str, FieldInfo]) -> dict[str, o
     return out
 
 
+_YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
+
+
+def _check_yaml_traps(path: str, root, known) -> None:
+    """A recipe's YAML read strictly: a field given twice is refused (YAML keeps the last silently), and a bare
+    yes / no / on / off for a field that is not a boolean (YAML 1.1 reads ``save_strategy: no`` as false) is
+    refused with the quoted form to write."""
+    if root is None or not hasattr(root, "value") or not isinstance(root.value, list):
+        return
+    seen: dict[str, int] = {}
+    for key, value in root.value:
+        name = getattr(key, "value", None)
+        if not isinstance(name, str):
+            continue
+        line = key.start_mark.line + 1
+        if name in seen:
+            raise ValueError(f"{path}: field {name!r} is given twice (lines {seen[name]} and {line}); keep one.")
+        seen[name] = line
+        info = known.get(name)
+        is_bool = info is not None and str(info.annotation).startswith("bool")
+        if (getattr(value, "tag", "").endswith(":bool") and value.style is None
+                and str(value.value).lower() in _YAML11_BOOLS and not is_bool):  # fmt: skip
+            raise ValueError(f"{path}: line {line}: YAML reads {name}: {value.value} as a boolean; quote it: "
+                             f"{name}: \"{value.value}\".")  # fmt: skip
+
+
 def suggest(name: str, known, prefix: str = "--") -> str:
     """'; did you mean --x?' for the closest known names, else '.'."""
     close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.75)
@@ -792,9 +824,16 @@ def recipe_values(cls, path: str | None, overrides: list[str], prog: str) -> dic
     known = {**training_args_fields(), **our_fields(cls)}
     values: dict[str, object] = {}
     if path is not None:
+        if os.path.isdir(path):
+            raise ValueError(f"--config {path} is a folder; give a recipe YAML file (e.g. {path.rstrip('/')}/grpo.yaml).")
         try:
             with open(path) as f:
-                values = yaml.safe_load(f) or {}
+                text = f.read()
+            if not text.strip():
+                raise ValueError(f"--config {path} is empty; give a recipe with fields, or leave --config out and "
+                                 "give every field on the command line.")  # fmt: skip
+            values = yaml.safe_load(text) or {}
+            _check_yaml_traps(path, yaml.compose(text, Loader=yaml.SafeLoader), known)
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())}).") from exc
         if not isinstance(values, dict):

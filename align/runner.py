@@ -80,8 +80,10 @@ def add_lora(model, config):
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=targets, exclude_modules=exclude or None, bias="none",
     )  # fmt: skip
-    with quiet_checkpointing_renames(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    seed = getattr(config, "seed", None)  # a run's config has one; a bare namespace (the planner's) may not
+    with quiet_checkpointing_renames(), torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
         return get_peft_model(model, lora)
 
 
@@ -123,15 +125,21 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
     from align.fields import preflight, recipe_values, render_help
 
     parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", action="append", default=None)
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
     args, overrides = parser.parse_known_args(argv)
     if args.help:
         print(render_help(fields, prog, description), end="")
         return 0
+    configs, args.config = args.config or [], (args.config or [None])[-1]
 
     def run() -> int:
+        if len(configs) > 1:
+            from align.errors import UsageError
+
+            raise UsageError(f"--config given {len(configs)} times ({', '.join(configs)}); give one recipe and "
+                             "override its fields with --field value.")  # fmt: skip
         values = recipe_values(fields, args.config, overrides, prog)
         preflight(fields, values)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -249,3 +249,41 @@ print(sorted(m for m in ("torch", "transformers", "trl", "numpy") if m in sys.mo
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = out.stdout.strip().splitlines()[-1]
     assert "torch" not in loaded and "transformers" not in loaded, loaded
+
+
+def test_recipe_traps_are_one_line_each(tmp_path):
+    """YAML 1.1 booleans for string fields, a field given twice, an empty recipe, a folder, --config twice:
+    one line each, exit 2, before torch loads; a bare yes for a boolean field still means true."""
+    recipes = {
+        "no.yaml": "save_strategy: no\n",
+        "off.yaml": "dataset_files: [recipes/tiny/data/train.jsonl]\nlr_scheduler_type: linear\ncache: off\n",
+        "twice.yaml": "learning_rate: 1.0e-6\nnum_generations: 4\nlearning_rate: 2.0e-6\n",
+        "empty.yaml": "\n",
+    }
+    for name, text in recipes.items():
+        (tmp_path / name).write_text(text)
+    cases = [
+        (["--config", str(tmp_path / "no.yaml")],
+         f'{tmp_path}/no.yaml: line 1: YAML reads save_strategy: no as a boolean; quote it: save_strategy: "no".'),
+        (["--config", str(tmp_path / "off.yaml")],
+         f'{tmp_path}/off.yaml: line 3: YAML reads cache: off as a boolean; quote it: cache: "off".'),
+        (["--config", str(tmp_path / "twice.yaml")],
+         f"{tmp_path}/twice.yaml: field 'learning_rate' is given twice (lines 1 and 3); keep one."),
+        (["--config", str(tmp_path / "empty.yaml")],
+         f"--config {tmp_path}/empty.yaml is empty; give a recipe with fields, or leave --config out and give every "
+         "field on the command line."),
+        (["--config", str(tmp_path)], f"--config {tmp_path} is a folder; give a recipe YAML file (e.g. {tmp_path}/grpo.yaml)."),
+        (["--config", "recipes/tiny/grpo.yaml", "--config", str(tmp_path / "no.yaml")],
+         f"--config given 2 times (recipes/tiny/grpo.yaml, {tmp_path}/no.yaml); give one recipe and override its "
+         "fields with --field value."),
+    ]  # fmt: skip
+    for args, line in cases:
+        status, err, cpu_s = _align(["train", *args])
+        assert (status, err) == (2, f"align train: {line}\n")
+        assert cpu_s < 1.0
+    (tmp_path / "yes.yaml").write_text("use_peft: yes\nsave_strategy: \"no\"\n")
+    from align.config import load_config
+
+    config = load_config(str(tmp_path / "yes.yaml"), ["--dataset_files", "recipes/tiny/data/train.jsonl",
+                                                      "--output_dir", str(tmp_path / "o")])  # fmt: skip
+    assert config.use_peft is True and str(config.save_strategy.value) == "no"

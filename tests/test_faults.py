@@ -429,3 +429,109 @@ def test_zero2_checkpoint_missing_one_ranks_shard_is_skipped(workspace, tmp_path
     )
     worst = max((p - resumed.state_dict()[n]).abs().max().item() for n, p in straight.state_dict().items())
     assert worst < 1e-6, worst
+
+
+# One change from each class of what a run computes (rollout, sampler, estimator, loss, rewards, batch
+# arithmetic, optimisation, seed, model): a resumed run refuses each, naming it with its old and new value.
+FINGERPRINT_CHANGES = {
+    "learning_rate": (("--learning_rate", "0.25"), "learning_rate 0.5 -> 0.25"),
+    "lr_scheduler_type": (("--lr_scheduler_type", "constant"), 'lr_scheduler_type "linear" -> "constant"'),
+    "num_generations": (("--num_generations", "8"), "num_generations 4 -> 8"),
+    "per_device_train_batch_size": (("--per_device_train_batch_size", "4"), "per_device_train_batch_size 8 -> 4"),
+    "temperature": (("--temperature", "0.7"), "temperature 1.0 -> 0.7"),
+    "diffusion_steps": (("--diffusion_steps", "4"), "diffusion_steps 8 -> 4"),
+    "estimator": (("--estimator", "coupled"), 'estimator "one_step" -> "coupled"'),
+    "num_mc_samples": (("--num_mc_samples", "2"), "num_mc_samples 1 -> 2"),
+    "loss_type": (("--loss_type", "grpo"), 'loss_type "dapo" -> "grpo"'),
+    "beta": (("--beta", "0.04"), "beta 0.0 -> 0.04"),
+    "reward_funcs": (("--reward_funcs", f"{REWARDS}:ones_fraction", "answer_tag_format"), "reward_funcs ["),
+    "reward_weights": (("--reward_weights", "2.0"), "reward_weights null -> [2.0]"),
+    "scale_rewards": (("--scale_rewards", "none"), 'scale_rewards "group" -> "none"'),
+    "seed": (("--seed", "4"), "seed 3 -> 4"),
+    "mask_token_id": (("--mask_token_id", "2"), "mask_token_id null -> 2"),
+}
+
+
+def test_a_resumed_run_refuses_each_changed_field_and_accepts_it_on_purpose(workspace, tmp_path, caplog):
+    from align.checkpoints import resolve_resume
+    from align.fingerprint import FILE, check_resume, run_fields
+
+    first = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "1"))
+    first.train()
+    checkpoint = str(tmp_path / "out" / "checkpoint-1")
+    saved = json.load(open(os.path.join(checkpoint, FILE)))
+    assert saved["step"] == 1 and saved["fields"]["learning_rate"] == 0.5 and len(saved["sha256"]) == 64
+    assert checkpoint_problem(checkpoint) is None  # the fingerprint is one of the manifest's files
+    assert resolve_resume(str(tmp_path / "out"), "true") == checkpoint
+    # the same recipe (a longer run is not a change) resumes without a word
+    same = config(workspace, tmp_path, *COMMON, "--max_steps", "5")
+    assert check_resume(checkpoint, run_fields(same, first.spec), None) == []
+    for name, (argv, shown) in FINGERPRINT_CHANGES.items():
+        changed = run_fields(config(workspace, tmp_path, *COMMON, *argv), first.spec)
+        with pytest.raises(UsageError) as refused:
+            check_resume(checkpoint, changed, None)
+        text = str(refused.value)
+        assert text.startswith(f"resume from {checkpoint}: this run's recipe differs from the checkpoint's: "), name
+        assert shown in text and name in text.split("--allow_changed ")[1].split(" (or all)")[0].split(), text
+        assert "\n" not in text
+    # the data file's content is part of the identity
+    data = tmp_path / "train.jsonl"
+    data.write_text((workspace / "data" / "train.jsonl").read_text())
+    moved = run_fields(config(workspace, tmp_path, *COMMON, "--dataset_files", str(data)), first.spec)
+    with pytest.raises(UsageError, match="dataset_files "):
+        check_resume(checkpoint, moved, None)
+    data.write_text(data.read_text().replace("1", "2"))
+    edited = run_fields(config(workspace, tmp_path, *COMMON, "--dataset_files", str(data)), first.spec)
+    with pytest.raises(UsageError, match="dataset_files_identity "):
+        check_resume(checkpoint, edited, ["dataset_files"])
+    with pytest.raises(UsageError, match="allow_changed learning_rat: no such fingerprint field"):
+        check_resume(checkpoint, changed, ["learning_rat"])
+    # through the trainer: refused before any step, then accepted on purpose and recorded
+    with pytest.raises(UsageError, match=r"learning_rate 0\.5 -> 0\.25"):
+        build_trainer(config(workspace, tmp_path, *COMMON, "--learning_rate", "0.25")).train(
+            resume_from_checkpoint="true"
+        )
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
+    accepted = build_trainer(config(workspace, tmp_path, *COMMON, "--learning_rate", "0.25", "--max_steps", "2",
+                                    "--allow_changed", "learning_rate"))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        accepted.train(resume_from_checkpoint="true")
+    assert "with changed recipe values (allow_changed): learning_rate 0.5 -> 0.25" in caplog.text
+    later = json.load(open(tmp_path / "out" / "checkpoint-2" / FILE))
+    assert later["fields"]["learning_rate"] == 0.25
+    assert later["accepted"] == [{"step": 1, "changes": {"learning_rate": [0.5, 0.25]}}]
+
+
+def test_a_flipped_byte_in_any_file_of_a_checkpoint_is_caught_on_resume(workspace, tmp_path, straight):
+    """Every file of a checkpoint (weights, optimizer, scheduler, RNG, trainer state, the rollout buffer, the
+    fingerprint...) has its checksum in the manifest: one flipped byte, size unchanged, and resume skips that
+    checkpoint with one line, or refuses it when named."""
+    from align.checkpoints import resolve_resume
+
+    build_trainer(config(workspace, tmp_path, *COMMON)).train()
+    out = tmp_path / "out"
+    manifest = json.load(open(out / "checkpoint-3" / MANIFEST))
+    names = sorted(manifest["files"])
+    assert manifest["checksums"]["algorithm"] in ("xxh3_128", "blake2b")
+    assert sorted(manifest["checksums"]["files"]) == names and len(names) >= 6
+    for name in names:
+        path = out / "checkpoint-3" / name
+        original = path.read_bytes()
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        try:
+            assert checkpoint_problem(str(out / "checkpoint-3")) is None  # sizes alone cannot tell
+            why = checkpoint_problem(str(out / "checkpoint-3"), verify_content=True)
+            assert why == (f"its file {name} does not match its {manifest['checksums']['algorithm']} checksum "
+                           "(corrupted after writing)"), name  # fmt: skip
+            said = []
+            assert resolve_resume(str(out), "true", log=said.append) == str(out / "checkpoint-2")
+            assert len(said) == 1 and f"skipped incomplete {out}/checkpoint-3 ({why})" in said[0]
+            with pytest.raises(UsageError, match=re.escape(f"checkpoint-3 is incomplete: {why}")):
+                resolve_resume(str(out), str(out / "checkpoint-3"))
+        finally:
+            path.write_bytes(original)
+    resumed = build_trainer(config(workspace, tmp_path, *COMMON, "--max_steps", "3"))
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert resumed.state.global_step == 3 and _same(_params(resumed), straight)

@@ -292,6 +292,23 @@ def test_wrong_length_reward_and_none_rewards(workspace, tmp_path):
     assert logs(trainer, "rewards/none_for_odd/mean") == [0.5]
 
 
+@pytest.mark.parametrize("name,message", [
+    ("nan_on_third", r"'nan_on_third' returned nan for sample 2 \(prompt '.*', completion '.*'\); stopped before any "
+                     r"update\. Return a finite number, or None"),
+    ("inf_on_first", r"'inf_on_first' returned -inf for sample 0 \(prompt "),
+    ("numpy_nan", r"'numpy_nan' returned nan for sample 7 \(prompt "),
+    ("as_dict", r"'as_dict' returned a dict \(keys \['score'\]\) for 8 completions; return a list with one float"),
+])  # fmt: skip
+def test_a_non_finite_or_dict_reward_stops_the_run_before_any_update(workspace, tmp_path, name, message):
+    trainer = build_trainer(config(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:ones_fraction",
+                                   f"{REWARDS}:{name}"))  # fmt: skip
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with pytest.raises(RuntimeError, match=message):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+
 def test_reward_signals_kwargs_hint_all_none_warning_and_counters(workspace, tmp_path, caplog):
     trainer = build_trainer(config(workspace, tmp_path, "--reward_funcs", f"{REWARDS}:no_kwargs"))
     with pytest.raises(
@@ -628,3 +645,30 @@ def test_a_rollout_engine_of_ones_own_plugs_in_without_a_trainer_change(workspac
     assert logs(trainer, "loss") == logs(default, "loss") and logs(trainer, "reward") == logs(
         default, "reward"
     )
+
+
+def test_lora_starts_from_the_same_adapter_in_two_processes_with_the_same_seed(workspace, tmp_path):
+    """Two processes, one of which has drawn from the global RNG first: the same seed gives the same lora_A
+    (it once came from whatever state the process's RNG was in); another seed gives another."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\nfrom align.config import load_config\nfrom align.runner import load_policy\n"
+        "torch.manual_seed(int(sys.argv[1])); torch.rand(int(sys.argv[1]) + 1)\n"
+        "config = load_config(None, sys.argv[3:])\n"
+        "model, _ = load_policy(config)\n"
+        "print(sum(float(p.double().sum()) * (i + 1) for i, (n, p) in enumerate(sorted(model.named_parameters())) "
+        "if 'lora_A' in n))\n"
+    )
+    argv = ["--model_name_or_path", str(workspace / "model"), "--dataset_files", str(workspace / "data" / "train.jsonl"),
+            "--output_dir", str(tmp_path / "out"), "--use_peft", "true", "--lora_r", "4", "--dtype", "float32",
+            "--use_cpu", "true", "--report_to", "none"]  # fmt: skip
+
+    def adapter(noise: int, seed: int) -> str:
+        proc = subprocess.run([sys.executable, "-c", code, str(noise), "-", *argv, "--seed", str(seed)],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert adapter(1, 7) == adapter(5, 7) != adapter(1, 8)

@@ -12,8 +12,8 @@ the weighted sum skips it). Optional attributes: ``warm_up()``, called once befo
 (e.g. ``math_accuracy`` starts its grading workers there); ``last_metrics``, a dict read after each
 call and logged as ``rewards/<name>/<key>`` (timeouts, retries).
 
-A call that raises, returns the wrong count or anything but numbers / None stops the run with a
-``RewardError`` naming the function and the first failing sample; a call that runs past
+A call that raises, returns the wrong count, a dict, a NaN or an infinity, or anything but numbers / None
+stops the run (before any update) with a ``RewardError`` naming the function and the first failing sample; a call that runs past
 ``reward_timeout_s`` is stopped by ``align.watchdog``.
 """
 
@@ -100,6 +100,10 @@ def call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
             else f" on sample {culprit} (prompt {prompts[culprit][-200:]!r}, completion {texts[culprit][:200]!r})"
         )
         raise RewardError(f"reward function {name!r} raised {type(exc).__name__}: {exc}{where}") from exc
+    if isinstance(values, (dict, str, bytes)):
+        what = f"a dict (keys {list(values)[:5]!r})" if isinstance(values, dict) else f"a {type(values).__name__}"
+        raise RewardError(f"reward function {name!r} returned {what} for {len(texts)} completions; return a list "
+                          "with one float (or None) per completion.")  # fmt: skip
     values = list(values) if values is not None else None
     if values is None or len(values) != len(texts):
         got = "None" if values is None else f"{len(values)} values"
@@ -110,6 +114,12 @@ def call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
             raise RewardError(
                 f"reward function {name!r} returned {type(value).__name__} {value!r:.60} for completion {i}; a reward "
                 "is a number (int or float) or None per completion."
+            )
+        if value is not None and not math.isfinite(float(value)):  # NaN is not None: it would vanish in the sum
+            raise RewardError(
+                f"reward function {name!r} returned {float(value)} for sample {i} (prompt {prompts[i][-200:]!r}, "
+                f"completion {texts[i][:200]!r}); stopped before any update. Return a finite number, or None for a "
+                "completion the function cannot score."
             )
     return values
 
