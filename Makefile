@@ -51,7 +51,7 @@ demo: venv
 tiny-model: venv
 	$(BIN)/python -m demos.tiny recipes/tiny
 	rm -rf recipes/tiny/model
-	$(BIN)/align sft --config recipes/tiny/sft.yaml
+	$(BIN)/align sft --config recipes/tiny/sft.yaml --output_dir recipes/tiny/model --overwrite_output_dir true
 	rm -f recipes/tiny/model/training_args.bin
 
 # vLLM's CPU build in its own environment, outside the checkout (its torch / transformers pins are not the
@@ -73,14 +73,14 @@ tiny-ar-model: venv
 tiny-dream-model: venv
 	$(BIN)/python -m demos.tiny recipes/tiny-dream short dream
 	rm -rf recipes/tiny-dream/model
-	$(BIN)/align sft --config recipes/tiny-dream/sft.yaml
+	$(BIN)/align sft --config recipes/tiny-dream/sft.yaml --output_dir recipes/tiny-dream/model --overwrite_output_dir true
 	rm -f recipes/tiny-dream/model/training_args.bin recipes/tiny-dream/model/trainer_state.json
 
 # The tiny block-diffusion twin (recipes/tiny-sdar): the same task, data and tokenizer, SDAR's block-causal attention.
 tiny-sdar-model: venv
 	$(BIN)/python -m demos.tiny recipes/tiny-sdar short sdar
 	rm -rf recipes/tiny-sdar/model
-	$(BIN)/align sft --config recipes/tiny-sdar/sft.yaml
+	$(BIN)/align sft --config recipes/tiny-sdar/sft.yaml --output_dir recipes/tiny-sdar/model --overwrite_output_dir true
 	rm -f recipes/tiny-sdar/model/training_args.bin recipes/tiny-sdar/model/trainer_state.json
 
 # The long-answer tiny model (recipes/tiny-long): 4-digit addition worked column by column, for measuring
@@ -88,7 +88,7 @@ tiny-sdar-model: venv
 tiny-long-model: venv
 	$(BIN)/python -m demos.tiny recipes/tiny-long long
 	rm -rf recipes/tiny-long/model
-	$(BIN)/align sft --config recipes/tiny-long/sft.yaml --output_dir recipes/tiny-long/model --save_strategy no
+	$(BIN)/align sft --config recipes/tiny-long/sft.yaml --output_dir recipes/tiny-long/model --overwrite_output_dir true --save_strategy no
 	rm -f recipes/tiny-long/model/training_args.bin
 
 # The mixed-length tiny model (recipes/tiny-mixed): short and worked answers on one canvas, fine-tuned from the
@@ -96,14 +96,14 @@ tiny-long-model: venv
 tiny-mixed-model: venv
 	$(BIN)/python -m demos.tiny recipes/tiny-mixed mixed
 	rm -rf recipes/tiny-mixed/model
-	$(BIN)/align sft --config recipes/tiny-mixed/sft.yaml
+	$(BIN)/align sft --config recipes/tiny-mixed/sft.yaml --output_dir recipes/tiny-mixed/model --overwrite_output_dir true
 	rm -f recipes/tiny-mixed/model/training_args.bin recipes/tiny-mixed/model/trainer_state.json
 
 # Verifier-only tasks (recipes/tiny-countdown, recipes/tiny-sudoku): data splits, then SFT on the 2,000 solved problems.
 tiny-puzzle-models: venv
 	for task in countdown sudoku; do \
 	  $(BIN)/python -m demos.tiny recipes/tiny-$$task $$task && rm -rf recipes/tiny-$$task/model && \
-	  $(BIN)/align sft --config recipes/tiny-$$task/sft.yaml --output_dir recipes/tiny-$$task/model --save_strategy no && \
+	  $(BIN)/align sft --config recipes/tiny-$$task/sft.yaml --output_dir recipes/tiny-$$task/model --overwrite_output_dir true --save_strategy no && \
 	  rm -f recipes/tiny-$$task/model/training_args.bin || exit 1; \
 	done
 

@@ -110,6 +110,12 @@ class ModelDataFields:
         "different learning rate, reward, group size, estimator, dataset... stops with one line naming each change.",
         default=None,
     )
+    overwrite_output_dir: bool = _help(
+        "schedule",
+        "Write into an output_dir that holds files committed to git (e.g. a recipe's committed model folder); "
+        "without it such a run is refused before anything loads.",
+        default=False,
+    )
     drop_empty_prompts: bool = _help(
         "data", "Drop rows whose prompt is empty (the log says how many); false: refuse them, naming the rows.",
         default=False,

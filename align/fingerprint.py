@@ -27,7 +27,7 @@ from align.errors import UsageError
 FILE = "run_fingerprint.json"
 
 OPERATIONAL = frozenset({
-    "max_time_s", "allow_changed", "reward_timeout_s", "rollout_batch_size", "rollout_engine", "ray_address",
+    "max_time_s", "allow_changed", "overwrite_output_dir", "reward_timeout_s", "rollout_batch_size", "rollout_engine", "ray_address",
     "max_gpu_memory_gb", "mc_chunk_size", "mc_backward", "eval_tasks", "eval_protocol", "eval_limit",
     "eval_data_dir", "log_completions", "num_completions_to_print", "on_nonfinite",
 })  # fmt: skip

@@ -142,6 +142,11 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
                              "override its fields with --field value.")  # fmt: skip
         values = recipe_values(fields, args.config, overrides, prog)
         preflight(fields, values)
+        if values.get("output_dir"):
+            from align.output_dir import check_not_committed
+
+            resuming = str(values.get("resume_from_checkpoint") or "false").lower() != "false"
+            check_not_committed(str(values["output_dir"]), bool(values.get("overwrite_output_dir")), resuming)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _quiet_cpu_deepspeed()
         import align.config
@@ -149,6 +154,10 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
         config = align.config.load_config(
             args.config, overrides, cls=getattr(align.config, config_class), prog=prog
         )
+        if os.environ.get("RANK", "0") == "0":  # the launch's main process holds the folder for the whole run
+            from align.output_dir import OutputLock
+
+            lock = OutputLock(config.output_dir).acquire()  # noqa: F841 - held until this process exits
         builder = build
         if isinstance(build, str):
             module, _, name = build.partition(":")

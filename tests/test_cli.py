@@ -88,6 +88,10 @@ def _align(args, cwd=REPO):
     (["train", *TINY, "--use_peft", "maybe"], 2, "align train: --use_peft 'maybe' is not true or false."),
     (["sft", "--config", os.path.join(REPO, "recipes", "tiny", "sft.yaml"), "--num_generations", "8"], 2,
      "align sft: unknown field --num_generations."),
+    (["sft", "--config", "recipes/tiny/sft.yaml", "--output_dir", "recipes/tiny/model"], 2,
+     "align sft: output_dir recipes/tiny/model holds files committed to git (chat_template.jinja, config.json, "
+     "model.safetensors and 2 more); training would overwrite them: give another --output_dir, or "
+     "--overwrite_output_dir true to replace them on purpose."),
     (["eval", "--model", "/no/such/path", "--tasks", "gsm8k", "--output", "o"], 2,
      "align eval: --model /no/such/path does not exist; give a local checkpoint folder or a hub id (org/name)."),
     (["eval", "--model", "x", "--tasks", "gsm8k", "--output", "o", "--limit", "abc"], 2,
@@ -287,3 +291,27 @@ def test_recipe_traps_are_one_line_each(tmp_path):
     config = load_config(str(tmp_path / "yes.yaml"), ["--dataset_files", "recipes/tiny/data/train.jsonl",
                                                       "--output_dir", str(tmp_path / "o")])  # fmt: skip
     assert config.use_peft is True and str(config.save_strategy.value) == "no"
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_naming_the_holder(tmp_path):
+    """Two processes: the one holding output_dir's lock is named; once it is gone (killed, no clean-up), the
+    folder is free again."""
+    import signal
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom align.output_dir import OutputLock\n"
+                               f"OutputLock({str(out)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(600)\n"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        status, err, _ = _align(["train", *TINY, "--output_dir", str(out), "--max_steps", "1"])
+        assert status == 2 and err.startswith(f"align train: output_dir {out} is in use by another run (pid "
+                                              f"{holder.pid} on host ")  # fmt: skip
+        assert err.endswith("); wait for it or stop it, or give another --output_dir.\n") and err.count("\n") == 1
+        assert not any(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    from align.output_dir import OutputLock
+
+    OutputLock(str(out)).acquire().release()  # the dead holder's lock went with its process
