@@ -45,6 +45,8 @@ def test_accelerate_config_parses(path):
     assert cfg.num_machines == (2 if name != os.path.basename(path) else 1)
     if "zero" in name:
         assert cfg.deepspeed_config["zero_stage"] == int(name[4])
+    if "zero3" in name:  # else a full fine-tune ends with shards only, no model align eval can read
+        assert cfg.deepspeed_config.get("zero3_save_16bit_model") is True
 
 
 @pytest.mark.parametrize("path", BENCH, ids=lambda p: os.path.relpath(p, REPO))

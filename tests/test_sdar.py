@@ -674,3 +674,21 @@ def test_the_cache_is_exact():
         cached = _ours(model, prompts, variable_length=True, **kw)
         plain = _ours(model, prompts, variable_length=True, use_cache=False, **kw)
         assert torch.equal(cached.sequences, plain.sequences) and torch.equal(cached.commit_step, plain.commit_step)
+
+
+def test_a_checkpoint_with_the_hub_config_as_published_loads_through_load_model(tmp_path):
+    """SDAR-*-Chat and TraDo configs ask for flex_attention; the native class computes the same attention with
+    SDPA, so load_model (what align train / eval / generate call) takes the checkpoint as published."""
+    from align.models.loading import load_model
+
+    model = tiny_model(1, block_size=4)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    shape = {k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                    "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
+                                    "pad_token_id", "eos_token_id", "bos_token_id", "mask_token_id", "block_size")}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps({**HUB_CONFIG, **shape}))  # the hub's fields, tiny shapes
+    loaded = load_model(str(tmp_path), dtype="float32").eval()
+    assert type(loaded) is SDARLM and loaded.config.hub_attn_implementation == "flex_attention"
+    ids = torch.randint(2, 60, (2, 8))
+    assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -459,13 +459,14 @@ def _launch_two_machines(workspace, tmp_path, name, env_extra, *extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name,env", [("ddp", {"ACCELERATE_USE_CPU": "1"}), ("zero2", {"DS_ACCELERATOR": "cpu"})]
+    "name,env", [("ddp", {"ACCELERATE_USE_CPU": "1"}), ("zero2", {"DS_ACCELERATOR": "cpu"}),
+                 ("zero3", {"DS_ACCELERATOR": "cpu"})]  # fmt: skip
 )
 def test_two_machine_ranks_on_loopback_train_like_two_processes_on_one_machine(
     workspace, tmp_path, name, env
 ):
     """The multi-node launch configs: 2 machine ranks x 1 process reach the same parameters and logs as 2
-    processes on one machine; under DDP the step-1 checkpoint of a two-machine run, resumed by a fresh launch
+    processes on one machine, and leave a model that loads (ZeRO-3 too: its shards gathered at the end); under DDP the step-1 checkpoint of a two-machine run, resumed by a fresh launch
     of both ranks, ends at the uninterrupted run's parameters."""
     one_state, one = _launch(
         workspace, tmp_path / "one", os.path.join(REPO, "recipes", "accelerate", f"{name}.yaml"), env

@@ -10,8 +10,9 @@ config, and the authors' callers pass them by hand:
   (``SDARFamily.default_block_size``, 4: SDAR and TraDo were trained with blocks of 4), the one place the
   number is written.
 
-``attn_implementation`` ("flex_attention" on the hub) is kept and unused: the native model computes the
-same block-causal attention with SDPA. RoPE scaling, sliding windows and another activation are refused.
+``attn_implementation`` ("flex_attention" on the hub) is kept as ``hub_attn_implementation`` and not
+passed on (transformers would refuse it for this class): the native model computes the same block-causal
+attention with SDPA. RoPE scaling, sliding windows and another activation are refused.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class SDARConfig(PretrainedConfig):
         self.attention_dropout = attention_dropout
         self.block_size = block_size
         self.mask_token_id = mask_token_id
+        # The hub configs ask for flex_attention, which transformers refuses for a class that does not declare it:
+        # the family decides (the native model computes the same block-causal attention with SDPA).
+        self.hub_attn_implementation = kwargs.pop("attn_implementation", None)
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             pad_token_id=pad_token_id,
