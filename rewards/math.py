@@ -75,18 +75,32 @@ def last_boxed(text: str) -> str | None:
     return boxed[-1] if boxed else None
 
 
+def _last(pattern: re.Pattern, text: str, end: int | None = None) -> re.Match | None:
+    """The last match of a literal, case-insensitive ``pattern`` in ``text[:end]``, found on the text itself
+    (``text.lower()`` can change lengths: a dotted İ lowers to two characters and shifts every index)."""
+    found = None
+    for found in pattern.finditer(text, 0, len(text) if end is None else end):  # noqa: B007 - the last one
+        pass
+    return found
+
+
+_OPEN_TAG, _CLOSE_TAG = re.compile("<answer>", re.I), re.compile("</answer>", re.I)
+_ANSWER_IS = re.compile("answer is", re.I)
+
+
 def last_answer_tag(text: str) -> str | None:
     """Content of the last ``<answer>...</answer>`` (case-insensitive; linear, unlike a lazy regex)."""
-    end = text.lower().rfind("</answer>")
-    start = text.lower().rfind("<answer>", 0, end) if end >= 0 else -1
-    return text[start + len("<answer>") : end] if start >= 0 else None
+    end = _last(_CLOSE_TAG, text)
+    start = _last(_OPEN_TAG, text, end.start()) if end else None
+    return text[start.end() : end.start()] if start else None
 
 
 def _said_answer(text: str) -> str | None:
-    """What follows the last "answer is" on its line (linear: rfind, never a backtracking regex)."""
-    at = text.lower().rfind("answer is")
-    if at < 0:
+    """What follows the last "answer is" on its line (linear, never a backtracking regex)."""
+    found = _last(_ANSWER_IS, text)
+    if found is None:
         return None
+    at = found.start()
     line = text[at + len("answer is") :].split("\n", 1)[0].strip(" \t:")
     line = line.strip().rstrip(".").strip()
     if line.startswith("$") and line.endswith("$") and len(line) > 1:
@@ -94,18 +108,34 @@ def _said_answer(text: str) -> str | None:
     return line.strip() or None
 
 
+HEDGE = "\x1e"  # joins the different boxed values of one answer: every one of them must equal the gold
+
+
+def _boxed_answer(boxed: list[str]) -> str:
+    """One boxed value, or the different ones joined by ``HEDGE`` (in order, each once)."""
+    distinct = list(dict.fromkeys(b.strip() for b in boxed))
+    if len({_clean(b) for b in distinct}) == 1:
+        return distinct[-1]
+    return HEDGE.join(distinct)
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer string of a model's completion, or None when there is none.
 
-    Several *different* boxed values in one completion are a hedge, not an answer: "" is returned
-    (it scores 0). Every step is linear in the length of the completion."""
+    Several *different* boxed values (in the answer tag, or in the whole completion when it has no tag) are
+    returned joined by ``HEDGE``: the answer is right only when every one of them equals the gold, so
+    ``\boxed{15\frac{39}{40}} = \boxed{\frac{639}{40}}`` is right and a hedge (``\boxed{5} or \boxed{7}``)
+    is wrong. A self-correction ("first \boxed{5}, that is wrong; correct is \boxed{7}") counts as a hedge:
+    prose cannot be told from hedging reliably, and a policy rewarded for retracted boxes learns to box every
+    candidate. Every step is linear in the length of the completion."""
     tag = last_answer_tag(text)
     if tag is not None:
         inner = tag.strip()
-        return last_boxed(inner) or inner
+        boxed = boxed_contents(inner)
+        return _boxed_answer(boxed) if boxed else inner
     boxed = boxed_contents(text)
     if boxed:
-        return boxed[-1] if len({_clean(b) for b in boxed}) == 1 else ""
+        return _boxed_answer(boxed)
     hashes = _HASHES.findall(text)
     if hashes:
         return hashes[-1].strip()
@@ -132,9 +162,13 @@ def _ascii_digits(text: str) -> str:
     return unicodedata.normalize("NFKC", text).translate(_DIGITS)
 
 
+_GROUPED = re.compile(r"(?<=\d)(?:,[ \t]*(?:\\[!,;: ][ \t]*)?|\\[!,;: ][ \t]*)(?=\d{3}(?!\d))")
+
+
 def _clean(answer: str) -> str:
-    answer = _ascii_digits(answer).strip().rstrip(".").strip().replace("\\!", "")  # \! is a LaTeX thin space: 32,\!348
-    answer = re.sub(r"(?<=\d),(?=\d{3}\b)", "", answer)  # 1,000 -> 1000
+    answer = _ascii_digits(answer).strip().rstrip(".").strip()
+    # digit groups: 1,000  1\,000  11,\! 111,\! 100  (LaTeX thin / negative spaces between groups of three)
+    answer = _GROUPED.sub("", answer).replace("\\!", "")
     answer = answer.replace("\\$", "").replace("\\%", "").replace("%", "")
     return answer.strip().lstrip("$").rstrip("$").strip()
 
@@ -168,9 +202,9 @@ def integer_verdict(gold: str, prediction: str | None) -> float | None:
         return None
     if prediction is None:
         return 0.0
-    p = _clean(prediction)
-    if _INTEGER.fullmatch(p):
-        return float(_same_integer(g, p))
+    parts = [_clean(p) for p in prediction.split(HEDGE)]
+    if all(_INTEGER.fullmatch(p) for p in parts):
+        return float(all(_same_integer(g, p) for p in parts))
     return 0.0 if unacceptable(prediction, gold) else None
 
 
@@ -184,20 +218,131 @@ def self_contradicting(prediction: str, gold: str) -> bool:
     return bool(_CONTRADICTIONS.search(prediction)) and not _CONTRADICTIONS.search(gold_answer(gold))
 
 
-def grade(gold: str, prediction: str | None) -> float | None:
-    """1.0 / 0.0 for a prediction against gold; None when the gold cannot be parsed. Unbounded in time:
-    call it through ``GradingPool`` (which kills a worker whose answer runs too long)."""
+_RATIONAL = re.compile(r"(-?)(?:(\d+)(?:\.(\d*))?|\.(\d+)|\\[dt]?frac\{(-?\d+)\}\{(\d+)\}|(\d+)/(\d+))")
+_UNIT = re.compile(r"^(.*?\d)\s*(?:\\(?:text|mbox|mathrm)\{\s*([^{}]*?)\s*\}|([A-Za-z]{1,12}))\s*$", re.S)
+_BASE = re.compile(r"^(.*?\d)\s*_\s*\{?\s*(\d+)\s*\}?$")
+
+
+def _rational(text: str):
+    """The exact value of a plain number (integer, decimal, a/b, \\frac{a}{b}) as a Fraction, else None."""
+    from fractions import Fraction
+
+    m = _RATIONAL.fullmatch(_clean(text).replace(" ", ""))
+    if m is None:
+        return None
+    sign, whole, decimals, bare, num, den, a, b = m.groups()
+    if num is not None:
+        value = Fraction(int(num), int(den)) if int(den) else None
+    elif a is not None:
+        value = Fraction(int(a), int(b)) if int(b) else None
+    else:
+        value = Fraction(f"{whole or 0}.{decimals or bare or 0}")
+    return None if value is None else (-value if sign else value)
+
+
+_ARITHMETIC = re.compile(r"[\d\s+\-*/().]{1,200}")
+
+
+def _side_value(text: str):
+    """The exact value of one side of an equation: a plain number, or +, -, *, / of numbers (\\times,
+    \\cdot, \\div included) evaluated on Fractions; None for anything else."""
+    import ast
+    from fractions import Fraction
+
+    value = _rational(text)
+    if value is not None:
+        return value
+    text = _clean(text).replace("\\times", "*").replace("\\cdot", "*").replace("\\div", "/")
+    if not _ARITHMETIC.fullmatch(text):
+        return None
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+
+    def value_of(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return Fraction(str(node.value))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            inner = value_of(node.operand)
+            return -inner if isinstance(node.op, ast.USub) else inner
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+            left, right = value_of(node.left), value_of(node.right)
+            if isinstance(node.op, ast.Div):
+                return left / right if right else None
+            return {ast.Add: left + right, ast.Sub: left - right, ast.Mult: left * right}[type(node.op)]
+        raise ValueError
+
+    try:
+        return value_of(tree)
+    except (ValueError, TypeError, ZeroDivisionError):
+        return None
+
+
+def _decimal_places(text: str) -> int | None:
+    m = _RATIONAL.fullmatch(_clean(text).replace(" ", ""))
+    if m is None or (m.group(3) is None and m.group(4) is None):
+        return None
+    return len(m.group(3) or m.group(4) or "")
+
+
+def _sides(text: str) -> list[str]:
+    """``text`` split at every top-level ``=`` (not inside braces or brackets)."""
+    sides, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "{([":
+            depth += 1
+        elif ch in "})]":
+            depth = max(0, depth - 1)
+        elif ch == "=" and depth == 0 and text[i - 1 : i] not in ("<", ">", "!", "\\"):
+            sides.append(text[start:i])
+            start = i + 1
+    return sides + [text[start:]]
+
+
+def _one_verdict(gold_text: str, gold_parsed, prediction: str) -> float:
+    """1.0 / 0.0 for one answer against the gold: units and bases must agree where both carry them, an
+    equation chain counts only when its numeric sides agree (then its last side is the answer), two plain
+    numbers compare exactly (a decimal gold with k decimals accepts a value that rounds to it)."""
     from math_verify import verify
 
-    gold_parsed = _parse(gold_answer(gold))
-    if not gold_parsed:
-        return None
-    if prediction is None or unacceptable(prediction, gold):
+    gold_unit, pred_unit = _UNIT.match(gold_text.strip()), _UNIT.match(prediction.strip())
+    if gold_unit and pred_unit:
+        g, p = (" ".join((u.group(2) or u.group(3)).split()).lower() for u in (gold_unit, pred_unit))
+        if g != p:  # 72 m is not 72 cm
+            return 0.0
+    gold_base, pred_base = _BASE.match(gold_text.strip()), _BASE.match(prediction.strip())
+    if gold_base and pred_base and gold_base.group(2) != pred_base.group(2):  # 52_9 is not 52_8
         return 0.0
+    sides = _sides(prediction)
+    if len(sides) > 1 and len(_sides(gold_text)) == 1:  # an equation as the gold (a plane, a line) is math-verify's
+        values = {v for v in (_side_value(side) for side in sides) if v is not None}
+        if len(values) > 1:  # 73 = 72
+            return 0.0
+        prediction = sides[-1]
+    exact_gold, exact_pred = _rational(gold_text), _rational(prediction)
+    if exact_gold is not None and exact_pred is not None:
+        if exact_gold == exact_pred:
+            return 1.0
+        places = _decimal_places(gold_text)
+        return float(places is not None and abs(exact_pred - exact_gold) * 10**places * 2 < 1)
     pred_parsed = _parse(prediction)
     if not pred_parsed:
         return 0.0
     return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=None) else 0.0
+
+
+def grade(gold: str, prediction: str | None) -> float | None:
+    """1.0 / 0.0 for a prediction against gold; None when the gold cannot be parsed. A prediction of several
+    boxed values (joined by ``HEDGE``) is right only when each of them is. Unbounded in time: call it through
+    ``GradingPool`` (which kills a worker whose answer runs too long)."""
+    gold_text = gold_answer(gold)
+    gold_parsed = _parse(gold_text)
+    if not gold_parsed:
+        return None
+    if prediction is None or unacceptable(prediction, gold):
+        return 0.0
+    return min(_one_verdict(gold_text, gold_parsed, p) for p in prediction.split(HEDGE))
 
 
 class GraderStartError(RuntimeError):

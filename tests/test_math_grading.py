@@ -189,3 +189,53 @@ def test_100_kb_adversarial_completions_are_scored_in_under_a_second(completion)
     assert scores == [0.0] and math_accuracy.last_metrics["timeouts"] == math_accuracy.last_metrics["retries"] == 0
     # CPU seconds of the caller and of the grading workers (kernel counters: other load on the machine adds none)
     assert (time.process_time() - start) + (_graders_cpu_s() - graders) < 1.0
+
+
+@pytest.mark.parametrize("gold,completion,score", [
+    ("72", "\\boxed{73 = 72}", 0.0),  # an equation chain whose sides disagree
+    ("5", "\\boxed{2+2 = 5}", 0.0),
+    ("12", "\\boxed{3 \\times 4 = 12}", 1.0),  # sides that agree: the last one is the answer
+    ("72", "\\boxed{x = 72 = 72}", 1.0),
+    ("\\frac{1}{2}", "\\boxed{0.5000001}", 0.0),  # no float tolerance against an exact gold
+    ("1/2", "\\boxed{0.5}", 1.0),
+    ("0.33", "\\boxed{\\frac{1}{3}}", 1.0),  # a decimal gold's stated tolerance: its own last place
+    ("0.33", "\\boxed{0.34}", 0.0),
+    ("72\\text{ m}", "\\boxed{72\\text{ cm}}", 0.0),  # units are part of the answer when both carry one
+    ("72 m", "\\boxed{72 cm}", 0.0),
+    ("72\\text{ m}", "\\boxed{72\\text{ m}}", 1.0),
+    ("52_9", "\\boxed{52_8}", 0.0),  # a base subscript is part of the number
+    ("52_9", "\\boxed{52_{9}}", 1.0),
+    ("\\frac{639}{40}", "<answer>\\boxed{15\\frac{39}{40}} = \\boxed{\\frac{639}{40}}</answer>", 1.0),  # MATH-500 #451
+    ("7", "<answer>\\boxed{5} or \\boxed{7}</answer>", 0.0),  # two boxes that differ: a hedge
+    ("7", "first \\boxed{5}, that is wrong; correct is \\boxed{7}", 0.0),  # a self-correction counts as a hedge
+    ("1000", "\\boxed{1\\,000}", 1.0),  # thin-space thousands
+    ("11111111100", "\\boxed{11,\\! 111,\\! 111,\\! 100}", 1.0),
+    ("5", "\u0130<answer>5</answer>", 1.0),  # a dotted I lowers to two characters: no shifted slice
+    ("5", "\u0130\u0130 the answer is 5", 1.0),
+    ("(1, 2)", "\\boxed{(1,\\, 2)}", 1.0),
+])  # fmt: skip
+def test_verdicts_that_mean_what_they_say(gold, completion, score):
+    assert math_accuracy(None, [completion], answer=[gold]) == [score]
+
+
+def test_real_gold_rewrites_keep_right_answers_right_and_wrong_ones_wrong():
+    """GSM8K golds of four digits or more in the forms models write them (thin spaces, \\! separators, an
+    agreeing chain) score 1; a chain that disagrees with itself scores 0."""
+    from rewards import benchdata
+    from rewards.math import gold_answer
+
+    rows = [r for r in benchdata.load("gsm8k") if len(gold_answer(r["answer"]).replace(",", "")) >= 4][:60]
+    golds = [gold_answer(r["answer"]).replace(",", "") for r in rows]  # some golds are written 114,200
+    assert len(rows) == 60
+
+    def grouped(n: str, sep: str) -> str:
+        head = len(n) % 3 or 3
+        return sep.join([n[:head]] + [n[i : i + 3] for i in range(head, len(n), 3)])
+
+    thin, negative = "\\,", ",\\! "
+    for form, want in ((lambda g: f"\\boxed{{{grouped(g, thin)}}}", 1.0),
+                       (lambda g: f"\\boxed{{{grouped(g, negative)}}}", 1.0),
+                       (lambda g: f"\\boxed{{n = {g} = {g}}}", 1.0),
+                       (lambda g: f"\\boxed{{{int(g) + 1} = {g}}}", 0.0)):  # fmt: skip
+        scores = math_accuracy(None, [form(g) for g in golds], answer=[r["answer"] for r in rows])
+        assert [g for g, s in zip(golds, scores) if s != want] == [], form(golds[0])
