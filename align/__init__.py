@@ -6,6 +6,11 @@ library loads. ``align.models`` registers the native LLaDA classes with transfor
 
 __version__ = "0.1.0"
 
+# The Python API (TRL's names): ``from align import DiffusionGRPOTrainer, GRPOConfig``; loaded on first use.
+API = {"DiffusionGRPOTrainer": "trainer", "GRPOConfig": "config", "SFTConfig": "config", "DPOConfig": "config",
+       "load_config": "config", "load_model": "models", "load_tokenizer": "models"}  # fmt: skip
+__all__ = sorted(API)
+
 
 def lazy_face(package: str, homes: dict[str, str]):
     """A package's ``__getattr__`` that imports ``package.<module>`` only when one of its names is used
@@ -18,3 +23,6 @@ def lazy_face(package: str, homes: dict[str, str]):
         return getattr(importlib.import_module(f"{package}.{homes[name]}"), name)
 
     return __getattr__
+
+
+__getattr__ = lazy_face("align", API)

@@ -31,7 +31,7 @@ def build_trainer(config):
         logger.info("align plan: peak per GPU %s GiB", {k: round(plan.peak(k) / GIB, 1) for k in plan.phases})
     tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     model, ref_model = load_policy(config)
-    return DiffusionGRPOTrainer(model, config, dataset, tokenizer, ref_model=ref_model)
+    return DiffusionGRPOTrainer(model, args=config, train_dataset=dataset, processing_class=tokenizer, ref_model=ref_model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,8 +53,36 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
 
     loss_is_scaled_for_ga = True  # compute_loss scales for gradient accumulation itself (as TRL does)
 
-    def __init__(self, model, args: GRPOConfig, train_dataset, processing_class, reward_funcs=None,
-                 ref_model=None, callbacks=None, engine: RolloutEngine | None = None):  # fmt: skip
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, callbacks=None, peft_config=None, ref_model=None,
+                 engine: RolloutEngine | None = None):  # fmt: skip
+        """TRL's ``GRPOTrainer`` signature. ``model``: a loaded diffusion LM, or a hub id / local path loaded
+        with ``args.dtype`` (the tokenizer too, when ``processing_class`` is None); ``reward_funcs``: reward
+        names, ``module:function`` specs or callables (default ``args.reward_funcs``); ``train_dataset``:
+        rows with ``args.prompt_column`` and the rewards' columns (a ``datasets.Dataset`` or anything with
+        ``column_names``); ``peft_config``: a ``peft.LoraConfig`` to train instead of every weight (its
+        initial weights follow ``args.seed``); ``ref_model``: a frozen copy of the policy, needed for
+        ``beta != 0`` under full fine-tuning; ``engine``: the rollout backend (default: the sampler in this
+        process). Evaluation during training comes from ``args.eval_tasks``, not ``eval_dataset``."""
+        if args is None or train_dataset is None:
+            raise UsageError("DiffusionGRPOTrainer needs args (a GRPOConfig) and train_dataset.")
+        if eval_dataset is not None:
+            raise UsageError("DiffusionGRPOTrainer: eval_dataset is not used; set args.eval_tasks (align eval's "
+                             "tasks, scored with the rollout sampler during training).")  # fmt: skip
+        if isinstance(model, str):
+            from align.models import load_model, load_tokenizer
+
+            processing_class = processing_class or load_tokenizer(model, trust_remote_code=args.trust_remote_code)
+            model = load_model(model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        if processing_class is None:
+            raise UsageError("DiffusionGRPOTrainer: pass processing_class (the tokenizer) with a loaded model.")
+        if peft_config is not None:
+            import torch
+            from peft import get_peft_model
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(args.seed)
+                model = get_peft_model(model, peft_config)
         args.remove_unused_columns = False
         require_columns(train_dataset.column_names, {"prompt_column": args.prompt_column})
         specs = reward_funcs if reward_funcs is not None else args.reward_funcs

@@ -638,7 +638,8 @@ def test_a_rollout_engine_of_ones_own_plugs_in_without_a_trainer_change(workspac
         model, ref = load_policy(cfg)
         tokenizer = load_tokenizer(cfg.model_name_or_path)
         engine = build_engine("recording", inner=InProcessEngine(family_spec(model, tokenizer), model=model))
-        trainer = DiffusionGRPOTrainer(model, cfg, load_rows(cfg), tokenizer, ref_model=ref, engine=engine)
+        trainer = DiffusionGRPOTrainer(model, args=cfg, train_dataset=load_rows(cfg), processing_class=tokenizer,
+                                       ref_model=ref, engine=engine)
         trainer.train()
     finally:
         ENGINES.pop("recording", None)
@@ -673,3 +674,34 @@ def test_lora_starts_from_the_same_adapter_in_two_processes_with_the_same_seed(w
         return proc.stdout.strip().splitlines()[-1]
 
     assert adapter(1, 7) == adapter(5, 7) != adapter(1, 8)
+
+
+def test_the_python_api_takes_trls_signature_and_trains_as_the_cli_does(workspace, tmp_path):
+    """``from align import DiffusionGRPOTrainer``: TRL's argument names and order (model as a path,
+    reward_funcs callables, args, train_dataset), one step equal to the recipe path's."""
+    import importlib.util
+
+    import align
+    from align.data import load_rows
+    from align.errors import UsageError
+
+    spec = importlib.util.spec_from_file_location("tiny_rewards", REWARDS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ones_fraction = module.ones_fraction
+
+    cfg = config(workspace, tmp_path, "--max_steps", "1")
+    via_cli = build_trainer(cfg)
+    via_cli.train()
+    api = align.DiffusionGRPOTrainer(str(workspace / "model"), [ones_fraction], config(workspace, tmp_path, "--max_steps", "1"),
+                                     load_rows(cfg))  # fmt: skip
+    api.train()
+    assert all(torch.equal(p, dict(via_cli.model.named_parameters())[n]) for n, p in api.model.named_parameters())
+    assert logs(api, "reward") == logs(via_cli, "reward")
+    with pytest.raises(UsageError, match="eval_dataset"):
+        align.DiffusionGRPOTrainer(str(workspace / "model"), args=cfg, train_dataset=load_rows(cfg), eval_dataset=[1])
+    from peft import LoraConfig
+
+    lora = align.DiffusionGRPOTrainer(str(workspace / "model"), args=cfg, train_dataset=load_rows(cfg),
+                                      peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    assert any("lora_A" in n for n, _ in lora.model.named_parameters())
