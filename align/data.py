@@ -120,10 +120,13 @@ def prompt_text(
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode_prompts(tokenizer, prompts: list[str], *, max_length: int, use_chat_template: bool) -> dict:
-    """Left-padded, left-truncated ``input_ids`` / ``attention_mask`` [B, P] (chat text carries its own BOS)."""
+def encode_prompts(tokenizer, prompts: list[str], *, max_length: int, use_chat_template: bool,
+                   add_special_tokens: bool | None = None) -> dict:  # fmt: skip
+    """Left-padded, left-truncated ``input_ids`` / ``attention_mask`` [B, P] (chat text carries its own BOS,
+    so the tokenizer's special tokens are added only to plain text, unless ``add_special_tokens`` says)."""
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    special = (not use_chat_template) if add_special_tokens is None else add_special_tokens
     return tokenizer(
         prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-        add_special_tokens=not use_chat_template,
+        add_special_tokens=special,
     )  # fmt: skip

@@ -323,13 +323,16 @@ class GRPOFields(ModelDataFields):
     )
     boost_token: str | None = _help(
         "rollout",
-        "iLLaDA's end-of-thinking boost in rollouts: this single token (e.g. </think>) gets boost added to its "
-        "logit at a block's first masked position in blocks starting within boost_margin tokens of "
-        "max_completion_length, until the row writes it (the illada eval protocol's setting). None: off.",
+        "iLLaDA's end-of-thinking boost in rollouts, as its authors' evaluation computes it (the illada eval "
+        "protocol's rule): at each step, the leftmost masked position of the block gets boost * progress ** "
+        "boost_power added to the next piece of this text's tokens (e.g. </think>), progress being the position's "
+        "share of max_completion_length, until the completion holds the whole text. None: off.",
         default=None,
     )
-    boost: float = _help("rollout", "The end-of-thinking boost's logit increment (iLLaDA: 100).", default=0.0)
-    boost_margin: int = _help("rollout", "Blocks starting this close to the budget are boosted.", default=512)
+    boost: float = _help("rollout", "The end-of-thinking boost's scale (iLLaDA: 100).", default=0.0)
+    boost_power: float = _help(
+        "rollout", "The end-of-thinking boost's power of progress (iLLaDA: 3; 1 for HumanEval).", default=3.0
+    )
     max_gpu_memory_gb: float | None = _help(
         "schedule",
         "GiB per process for the start-up memory check (align plan's phases); default: the visible GPU's "

@@ -18,14 +18,16 @@ import sys
 def main() -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
-    from rewards.math import grade
+    from rewards.math import grade, raw_math_verify
+
+    modes = {"grade": grade, "math_verify": raw_math_verify}
 
     grade("1", "1")  # import sympy / math-verify and warm their caches before saying ready
     protocol.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         job = json.loads(line)
         try:
-            reply = {"score": grade(job["gold"], job["pred"])}
+            reply = {"score": modes[job.get("mode", "grade")](job["gold"], job["pred"])}
         except Exception as exc:  # a deterministic failure of this answer, reported to the parent
             reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         protocol.write(json.dumps(reply) + "\n")

@@ -387,9 +387,9 @@ class _Worker:
                 "installed for that interpreter (pip install math-verify)."
             )
 
-    def send(self, gold: str, pred: str | None) -> bool:
+    def send(self, gold: str, pred: str | None, mode: str = "grade") -> bool:
         try:
-            self.proc.stdin.write((json.dumps({"gold": gold, "pred": pred}) + "\n").encode())
+            self.proc.stdin.write((json.dumps({"gold": gold, "pred": pred, "mode": mode}) + "\n").encode())
             self.proc.stdin.flush()
             return True
         except (BrokenPipeError, OSError):
@@ -459,13 +459,15 @@ class GradingPool:
                 worker.kill()
             self._workers = []
 
-    def grade_many(self, pairs: list[tuple[str, str | None]]) -> list[float | None]:
-        """Scores (1.0 / 0.0 / None for unparseable gold) for (gold, prediction) pairs, in order."""
+    def grade_many(self, pairs: list[tuple[str, str | None]], mode: str = "grade") -> list[float | None]:
+        """Scores (1.0 / 0.0 / None for unparseable gold) for (gold, prediction) pairs, in order. ``mode``
+        "grade": this module's ``grade``; "math_verify": math-verify's own ``verify(parse(gold),
+        parse(prediction))`` on the raw texts, as lm-eval's minerva_math scores them."""
         with self._lock:
             self._ensure_started()
-            return self._run(pairs)
+            return self._run([(g, p, mode) for g, p in pairs])
 
-    def _run(self, pairs: list[tuple[str, str | None]]) -> list[float | None]:
+    def _run(self, pairs: list[tuple[str, str | None, str]]) -> list[float | None]:
         todo = deque(range(len(pairs)))
         failures = [0] * len(pairs)
         results: list[float | None] = [None] * len(pairs)
@@ -517,6 +519,17 @@ class GradingPool:
                     fail(slot, item)
         self.last_stats = stats
         return results
+
+
+def raw_math_verify(gold: str, prediction: str | None) -> float:
+    """math-verify's ``verify(parse(gold), parse(prediction))`` with its defaults (no timeouts: the pool
+    bounds the CPU), as lm-eval's minerva_math scores a whole response."""
+    from math_verify import parse, verify
+
+    if prediction is None:
+        return 0.0
+    return float(verify(parse(gold, parsing_timeout=None), parse(prediction, parsing_timeout=None),
+                        timeout_seconds=None))  # fmt: skip
 
 
 _POOL: GradingPool | None = None

@@ -218,7 +218,11 @@ def test_variable_length_stops_rows_at_eos_and_saves_compute():
 
 
 @pytest.mark.parametrize("cache", [None, "dual"])
-def test_end_of_thinking_boost_closes_thinking_once_after_the_budget(cache):
+def test_end_of_thinking_boost_grows_with_progress_and_stops_once_written(cache):
+    """boost * progress ** power at the block's leftmost masked position: with power 12 the boost is under
+    1e-3 over the first block of 24 tokens (nothing changes there) and reaches 100 at the last token; a row
+    that wrote the token in the first block is never boosted, and rows that had not write it. (The exact rule
+    is checked against the authors' code in tests/test_illada_protocol.py.)"""
     from transformers import AutoTokenizer
 
     from align.eval.boost import EndOfThinkingBoost
@@ -229,24 +233,19 @@ def test_end_of_thinking_boost_closes_thinking_once_after_the_budget(cache):
     enc = tokenizer(["123+456=", "999+1=", "500+500=", "31+47="], return_tensors="pt", padding=True)
     kwargs = dict(gen_length=24, steps=24, block_length=8, cache=cache)
     plain = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs).completion_ids
-    first = [set(r[:8].tolist()) for r in plain]
-    tok = next(t for t in range(len(tokenizer)) if 0 < sum(t in f for f in first) < 4  # some rows wrote it,
-               and all(plain[r, 8] != t for r in range(4) if t not in first[r]))  # the others not at 8 # fmt: skip
+    early = [set(r[:8].tolist()) for r in plain]
+    tok = next(t for t in range(3, len(tokenizer)) if 0 < sum(t in e for e in early) < 4  # some rows wrote it early,
+               and all(t not in plain[r].tolist() for r in range(4) if t not in early[r]))  # the others never # fmt: skip
     boosted = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs,
-                       logits_hook=EndOfThinkingBoost([tok], 100.0, after=8)).completion_ids  # fmt: skip
-    assert torch.equal(boosted[:, :8], plain[:, :8])  # nothing is boosted before the budget
+                       logits_hook=EndOfThinkingBoost([tok], 100.0, 12.0, 24)).completion_ids  # fmt: skip
+    assert torch.equal(boosted[:, :8], plain[:, :8])  # a boost under 1e-3 changes nothing
+    rest = [row for row in range(4) if tok not in early[row]]
     for row in range(4):
-        if tok in first[row]:  # already written: never boosted
+        if tok in early[row]:  # already written: never boosted
             assert torch.equal(boosted[row], plain[row])
-        else:  # forced at the first position after the budget
-            assert boosted[row, 8] == tok and not torch.equal(boosted[row], plain[row])
-    off = generate(
-        model,
-        enc["input_ids"],
-        enc["attention_mask"],
-        **kwargs,
-        logits_hook=EndOfThinkingBoost([tok], 0.0, after=8),
-    )
+    assert any(tok in boosted[row, 8:].tolist() for row in rest)  # rows that had not written it now do
+    off = generate(model, enc["input_ids"], enc["attention_mask"], **kwargs,
+                   logits_hook=EndOfThinkingBoost([tok], 0.0, 12.0, 24))  # fmt: skip
     assert torch.equal(off.completion_ids, plain)
 
 

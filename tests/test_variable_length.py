@@ -143,20 +143,21 @@ def test_the_rollout_buffer_keeps_the_cut_canvas_across_a_mid_phase_checkpoint()
 
 
 def test_the_end_of_thinking_boost_reaches_the_rollouts(tmp_path):
-    """boost_token / boost / boost_margin: iLLaDA's boost in GRPO rollouts (here on </answer>, every block):
-    each logged completion writes the boosted token first; a multi-token boost token is one line."""
+    """boost_token / boost / boost_power: iLLaDA's boost in GRPO rollouts (here on </answer>, power 0: the full
+    100 from the first position): each logged completion writes the boosted token first; a boost text the
+    tokenizer cannot write is one line."""
     import json
 
     from align.cli import main as align
 
     out = tmp_path / "run"
     argv = ["train", "--config", "recipes/tiny/grpo.yaml", "--boost_token", "</answer>", "--boost", "100",
-            "--boost_margin", "8", "--max_steps", "1", "--logging_steps", "1", "--log_completions", "true",
+            "--boost_power", "0", "--max_steps", "1", "--logging_steps", "1", "--log_completions", "true",
             "--output_dir", str(out), "--report_to", "none"]  # fmt: skip
     assert align(argv) == 0
     rows = [json.loads(line) for line in open(out / "completions.jsonl")]
     assert rows and all(r["completion"].startswith("</answer>") for r in rows)
-    assert align([*argv[:4], "</answer>12", *argv[5:], "--output_dir", str(tmp_path / "two")]) == 2
+    assert align([*argv[:4], "</think>", *argv[5:], "--output_dir", str(tmp_path / "two")]) == 2
 
 
 def test_the_committed_mixed_length_model_decodes_both_ways_and_variable_reads_less():

@@ -1,35 +1,70 @@
-"""iLLaDA's end-of-thinking boost, as a logits hook the ``illada`` protocol hands the sampler.
+"""iLLaDA's end-of-thinking boost, as its authors' evaluation computes it (``apply_end_think_logit_boost`` in
+the ``generate.py`` that ships with iLLaDA's evaluation code), handed to the sampler as a logits hook.
 
-Our reading of what appears to be the authors' evaluation script (not verified against it): in blocks
-starting at least ``after`` tokens into the completion, a row that has not written one of ``token_ids`` yet
-gets ``boost`` added to their logits at the block's leftmost still-masked position, so a row still thinking
-near the end of its budget closes its thinking at the next position it writes (100 forces it; the row
-writes the id once, then the boost stops).
+At every denoising step, for each row whose completion does not yet hold the whole end-of-thinking sequence
+(``</think>``'s token ids) and whose current block still has a masked position:
+
+* the position is the block's leftmost still-masked one;
+* the token is the next piece of the sequence: ``sequence[j]`` for the longest ``j`` (from ``len - 1`` down to
+  1) such that the ``j`` tokens just left of the position are ``sequence[:j]`` and lie in the completion, else
+  ``sequence[0]``;
+* ``boost * progress ** power`` is added to that one logit, with ``progress = (offset + 1) / budget`` clamped
+  to [0, 1]: ``offset`` the position's 0-based offset in the completion, ``budget`` the row's generation budget.
+  The increment is cast to the logits' dtype first, as theirs is.
+
+The boost is added before the token is chosen and its confidence computed, so both see it. The authors use
+boost 100 with power 3 (power 1 for HumanEval). Not covered: rows of Dream's schedules get the boost with
+the whole canvas as their budget (their decoders pass no per-row budget).
 """
 
 from __future__ import annotations
 
 
+def holds_sequence(tokens, sequence):
+    """[R] bool: whether each row of ``tokens`` [R, n] holds ``sequence`` [k] contiguously."""
+    import torch
+
+    k = len(sequence)
+    if tokens.shape[1] < k:
+        return torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    return (tokens.unfold(1, k, 1) == sequence).all(-1).any(-1)
+
+
 class EndOfThinkingBoost:
-    """``align.sampling.generate``'s ``logits_hook`` (its docstring gives the call)."""
+    """``align.sampling.generate``'s ``logits_hook`` (its docstring gives the call). ``budget``: the budget
+    used when the sampler passes none (Dream's schedules)."""
 
-    def __init__(self, token_ids: list[int], boost: float, after: int):
-        self.token_ids, self.boost, self.after = list(token_ids), boost, after
-        self._ids = None  # the ids as a tensor on the canvas's device, made once (the hook runs every step)
+    def __init__(self, token_ids: list[int], boost: float, power: float, budget: int):
+        self.token_ids, self.boost, self.power, self.budget = list(token_ids), boost, power, budget
+        self._ids = (
+            None  # the sequence as a tensor on the canvas's device, made once (the hook runs every step)
+        )
 
-    def __call__(self, logits, canvas, masked, completion_start: int, block_offset: int) -> None:
+    def __call__(
+        self, logits, canvas, masked, completion_start: int, block_offset: int, budgets=None
+    ) -> None:
         import torch
 
-        if not self.token_ids or self.boost == 0.0 or block_offset < self.after:
+        if not self.token_ids or self.boost <= 0.0:
             return
         if self._ids is None or self._ids.device != canvas.device:
             self._ids = torch.tensor(self.token_ids, dtype=torch.long, device=canvas.device)
-        ids = self._ids
-        pending = ~torch.isin(canvas[:, completion_start:], ids).any(-1) & masked.any(-1)
-        if not pending.any():
+        seq, k = self._ids, len(self.token_ids)
+        completion = canvas[:, completion_start:]
+        rows = (masked.any(-1) & ~holds_sequence(completion, seq)).nonzero()[:, 0]
+        if not len(rows):
             return
-        rows = pending.nonzero()[:, 0]
-        first = masked.long().argmax(-1)[rows]  # leftmost masked position of the block in each pending row
-        grid = logits[rows, first]  # [R, V] (a copy)
-        grid[:, ids] += self.boost
-        logits[rows, first] = grid
+        first = masked.long().argmax(-1)[rows]  # the leftmost masked position of the block, per row
+        offset = block_offset + first  # its 0-based offset in the completion
+        piece = torch.zeros_like(rows)
+        for j in range(k - 1, 0, -1):  # the longest prefix of the sequence just left of the position wins
+            cols = (offset[:, None] - j + torch.arange(j, device=canvas.device)).clamp(min=0)
+            left = completion[rows[:, None], cols]
+            found = (offset >= j) & (left == seq[:j]).all(-1) & (piece == 0)
+            piece = torch.where(found, torch.full_like(piece, j), piece)
+        token = seq[piece]
+        if budgets is None:
+            budgets = torch.full((canvas.shape[0],), self.budget, device=canvas.device)
+        progress = ((offset + 1).double() / budgets[rows].double()).clamp_(0.0, 1.0)
+        increment = (self.boost * progress.pow(self.power)).to(logits.dtype)
+        logits[rows, first, token] += increment

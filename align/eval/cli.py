@@ -22,7 +22,7 @@ def add_sampler_flags(p) -> None:
     )
     for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
                        ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int),
-                       ("cache-refresh", int), ("boost", float), ("boost-margin", int), ("top-p", float),
+                       ("cache-refresh", int), ("boost", float), ("boost-power", float), ("top-p", float),
                        ("top-k", int), ("alg-temp", float)):  # fmt: skip
         flag(p, name, type=kind, default=None, help="override the protocol's value")
     from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING
@@ -62,7 +62,7 @@ def resolve_protocol(args):
         threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
         remasking=args.remasking, cache=args.cache, cache_refresh=args.cache_refresh, system_prompt=args.system_prompt,
         use_chat_template=args.chat_template, variable_length=args.variable_length, boost=args.boost,
-        boost_margin=args.boost_margin, boost_token=args.boost_token, top_p=args.top_p, top_k=args.top_k,
+        boost_power=args.boost_power, boost_token=args.boost_token, top_p=args.top_p, top_k=args.top_k,
         alg_temp=args.alg_temp,
     )  # fmt: skip
     try:

@@ -76,15 +76,13 @@ class DiffusionSource:
                            use_chat_template=protocol.use_chat_template, system_in_user=protocol.system_in_user)  # fmt: skip
 
     def boost_ids(self, protocol: Protocol) -> list[int]:
-        """The end-of-thinking token's id (one line naming the token when this tokenizer lacks it)."""
+        """The end-of-thinking text's token ids (one line when this vocabulary cannot write it)."""
         if not protocol.boost_token or protocol.boost == 0.0:
             return []
         ids = self.tokenizer.encode(protocol.boost_token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(
-                f"protocol {protocol.name!r} boosts {protocol.boost_token!r}, which this tokenizer writes as "
-                f"{len(ids)} tokens, not one; pass --boost 0 to decode without the boost."
-            )
+        if not writes(self.tokenizer, ids, protocol.boost_token):
+            raise ValueError(f"protocol {protocol.name!r} boosts {protocol.boost_token!r}, which this tokenizer "
+                             "cannot write; pass --boost 0 to decode without the boost.")  # fmt: skip
         return ids
 
     def logits_hook(self, protocol: Protocol):
@@ -94,9 +92,51 @@ class DiffusionSource:
             return None
         from align.eval.boost import EndOfThinkingBoost
 
-        return EndOfThinkingBoost(
-            ids, protocol.boost, after=max(0, protocol.gen_length - protocol.boost_margin)
-        )
+        return EndOfThinkingBoost(ids, protocol.boost, protocol.boost_power, protocol.gen_length)
+
+    def stop_strings(self, protocol: Protocol) -> list[str]:
+        """The protocol's stop strings and the tokenizer's EOS text (iLLaDA's ``generate_until``)."""
+        stops = list(protocol.stop_strings)
+        eos = getattr(self.tokenizer, "eos_token", None)
+        if eos and eos not in stops:
+            stops.append(eos)
+        return stops
+
+    def stop_check(self, protocol: Protocol):
+        """A sampler ``stop_check``: after each block, a row is done when its text so far (special tokens kept)
+        holds one of the stop strings; None for protocols that stop at stop token ids."""
+        if not protocol.stop_strings:
+            return None
+        stops = self.stop_strings(protocol)
+
+        def done(completions):
+            import torch
+
+            texts = self.tokenizer.batch_decode(completions, skip_special_tokens=False)
+            return torch.tensor([any(s in t for s in stops) for t in texts])
+
+        return done
+
+    def stop_rule(self, protocol: Protocol) -> dict:
+        """The sampler's variable-length stop arguments of this protocol (none in fixed-length decoding)."""
+        if not protocol.variable_length:
+            return {}
+        rule = {"stop_check": self.stop_check(protocol)} if protocol.stop_strings else {}
+        return {**rule, "max_length": protocol.max_length} if protocol.max_length else rule
+
+    def cut_texts(self, completions, commit_step, protocol: Protocol) -> list[str]:
+        """Stop-string protocols: each row's decoded blocks as text (special tokens kept), cut before the
+        first occurrence of each stop string in turn."""
+        stops = self.stop_strings(protocol)
+        texts = []
+        for row, steps in zip(completions, commit_step):
+            unused = (steps < 0).nonzero()  # the filler after a row's last block was never decoded
+            n = int(unused[0]) if len(unused) else len(row)
+            text = self.tokenizer.decode(row[:n], skip_special_tokens=False)
+            for stop in stops:
+                text = text.split(stop)[0]
+            texts.append(text)
+        return texts
 
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
         """Completions of ``messages`` (questions ``offset``.. of the task), on every process.
@@ -136,23 +176,33 @@ class DiffusionSource:
         for start in range(0, len(messages), self.batch_size):
             prompts = [self.prompt(m, protocol) for m in messages[start : start + self.batch_size]]
             enc = encode_prompts(self.tokenizer, prompts, max_length=protocol.max_prompt_length,
-                                 use_chat_template=protocol.use_chat_template)  # fmt: skip
+                                 use_chat_template=protocol.use_chat_template,
+                                 add_special_tokens=protocol.encode_special_tokens)  # fmt: skip
             generator = torch.Generator(self.device).manual_seed(
                 hash((self.seed, offset + start, rank)) % 2**63
             )
             result = self.engine.decode(
                 model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), protocol.sampler(),
                 generator=generator, on_block=None if bar is None else (lambda done, total: bar.update()),
-                logits_hook=self.logits_hook(protocol),
+                logits_hook=self.logits_hook(protocol), **self.stop_rule(protocol),
             )  # fmt: skip
-            kept, _ = truncate_at_stop(
-                result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
-            )
-            out += self.tokenizer.batch_decode(kept, skip_special_tokens=True)
+            if protocol.stop_strings:
+                out += self.cut_texts(result.completion_ids.cpu(), result.commit_step.cpu(), protocol)
+            else:
+                kept, _ = truncate_at_stop(
+                    result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
+                )
+                out += self.tokenizer.batch_decode(kept, skip_special_tokens=True)
             self.forward_passes = result.nfe  # of the last batch (``align generate`` reports it)
         if bar is not None:
             bar.close()
         return out
+
+
+def writes(tokenizer, ids: list[int], text: str) -> bool:
+    """Whether ``ids`` (the tokenizer's encoding of ``text``) decode back to ``text``: a vocabulary without
+    its pieces maps them to an unknown or other token."""
+    return bool(ids) and tokenizer.decode(ids, skip_special_tokens=False).strip() == text.strip()
 
 
 def process_state(device: str | None = None):
@@ -380,7 +430,7 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
             decoded += len(completions)
             if not is_main:
                 continue
-            scores, extracted = task.score(expanded[start : start + chunk], completions)
+            scores, extracted = task.score(expanded[start : start + chunk], completions, protocol)
             new = [
                 {"index": i // num_samples, "sample": i % num_samples, "prompt": messages[i], "completion": c,
                  "extracted": e, "score": s}

@@ -21,6 +21,25 @@ from dataclasses import dataclass
 D1_FORMAT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
 MATH_INSTRUCTION = "Solve the problem step by step and put the final answer in \\boxed{}."
 CODE_INSTRUCTION = "Write a Python solution in one fenced ```python block."
+# The prompts of iLLaDA's evaluation tasks (gsm8k_cot_reasoning, humaneval_reasoning, mbpp_reasoning of the
+# authors' lm-eval fork; MATH is lm-eval's minerva_math, zero-shot), as str.format templates over a row.
+ILLADA_GSM8K = (
+    "Q: {question}\n\nA: Solve the problem step by step. At the end, write the final answer on a separate line in "
+    "this exact format:\n#### <number>\n"
+)
+MINERVA_MATH = "Problem:\n{problem}\n\nSolution:"
+ILLADA_HUMANEVAL = (
+    "Solve the following Python programming problem.\nKeep your reasoning concise and put it inside "
+    "<think>...</think>. You must close </think>, then output only the final Python solution in a ```python code "
+    "block.\n\n{prompt}"
+)
+ILLADA_MBPP = (
+    "You are an expert Python programmer. Solve the task using the asserts as the ground truth.\n\nTask: {text}\n\n"
+    "Your code must pass these tests:\n{test_list[0]}\n{test_list[1]}\n{test_list[2]}\n\nThink through the "
+    "solution if needed. When you give the final answer, put the complete Python code in this exact format:\n"
+    "[BEGIN]\nfinal Python code only\n[DONE]\n\nRules for the final answer: use the exact function name from the "
+    "asserts. Do not write Markdown fences. Do not include tests or explanations between [BEGIN] and [DONE]."
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,8 @@ class Task:
                     f"task {self.name}: could not load {self.hub[0]} from the hub ({type(exc).__name__}: "
                     f"{' '.join(str(exc).split())[:200]}); offline, pass --data-dir DIR with DIR/{self.name}.jsonl."
                 ) from exc
+        if self.name == "mbpp" and rows and "text" not in rows[0] and "prompt" in rows[0]:
+            rows = [{**r, "text": r["prompt"]} for r in rows]  # the sanitized config names the task "prompt"
         missing = {self.question, *self.gold_columns()} - set(rows[0] if rows else {})
         if rows and missing:
             raise ValueError(
@@ -69,6 +90,12 @@ class Task:
         return named.get(self.name, ("answer",) if self.kind == "math" else ("tests",))
 
     def user_message(self, row: dict, protocol: Protocol) -> str:
+        if protocol.prompt_template is not None:
+            try:
+                return protocol.prompt_template.format(**row)
+            except (KeyError, IndexError) as exc:
+                raise ValueError(f"protocol {protocol.name!r}: task {self.name}'s prompt needs the row field {exc}; "
+                                 f"the row has {sorted(row)}.") from None  # fmt: skip
         question = str(row[self.question])
         if self.kind in ("math", "verifier"):
             return question if protocol.instruction is None else f"{question}\n\n{protocol.instruction}"
@@ -79,8 +106,14 @@ class Task:
             question = f"Complete the following Python function:\n```python\n{question}\n```"
         return f"{question}\n\n{CODE_INSTRUCTION}"
 
-    def score(self, rows: list[dict], completions: list[str]) -> tuple[list[float], list[str | None]]:
-        """(scores in [0, 1], extracted answers or programs) for completions of rows."""
+    def score(self, rows: list[dict], completions: list[str], protocol: Protocol | None = None
+              ) -> tuple[list[float], list[str | None]]:  # fmt: skip
+        """(scores in [0, 1], extracted answers or programs) for completions of rows (a protocol with its own
+        ``scoring`` extracts and scores as its authors do)."""
+        if protocol is not None and protocol.scoring == "illada":
+            from align.eval import illada
+
+            return illada.score(self, rows, completions)  # (other tasks come back here without a protocol)
         if self.kind == "math":
             from rewards.math import extract_answer, math_accuracy
 
@@ -145,7 +178,7 @@ TASKS = {
     "gsm8k": Task("gsm8k", "math", ("openai/gsm8k", "main", "test"), "question"),
     "math500": Task("math500", "math", ("HuggingFaceH4/MATH-500", None, "test"), "problem"),
     "humaneval": Task("humaneval", "code", ("openai/openai_humaneval", None, "test"), "prompt"),
-    "mbpp": Task("mbpp", "code", ("google-research-datasets/mbpp", "sanitized", "test"), "prompt"),
+    "mbpp": Task("mbpp", "code", ("google-research-datasets/mbpp", "full", "test"), "text"),
     "countdown": Task("countdown", "verifier", None, "question"),
     "sudoku": Task("sudoku", "verifier", None, "question"),
 }
@@ -199,9 +232,15 @@ class Protocol:
     system_in_user: bool = (
         False  # the system prompt merged into the first user turn (templates without a system role)
     )
+    prompt_template: str | None = None  # the user message as a task's own prompt: str.format over the row
+    scoring: str | None = None  # "illada": the tasks' own answer extraction (align.eval.illada), else ours
     boost_token: str | None = None  # end-of-thinking boost (align.eval.boost, the sampler's logits hook)
     boost: float = 0.0
-    boost_margin: int = 512  # the boost applies to blocks starting within this many tokens of gen_length
+    boost_power: float = 3.0  # the boost is boost * progress ** boost_power (progress through the row's budget)
+    stop_strings: tuple = ()  # variable length: a row stops after the block whose text (special tokens kept)
+    # holds one of these or the EOS text, and its text is cut before the first of them (iLLaDA's generate_until)
+    max_length: int | None = None  # variable length: each row's budget is min(gen_length, max_length - prompt)
+    encode_special_tokens: bool | None = None  # tokenize chat text with the tokenizer's special tokens (None: no)
     per_task: tuple = ()  # ((task name, ((field, value), ...)), ...): per-task settings over the above
 
     def resolved_steps(self) -> int:
@@ -257,7 +296,9 @@ class Protocol:
         if not self._dream() and all(dict(kv).keys().isdisjoint(_DREAM_FIELDS) for _, kv in self.per_task):
             for name in _DREAM_FIELDS:  # as before Dream's schedules existed, so older eval folders resume
                 fields.pop(name)
-        return {**fields, "per_task": per_task, "steps": self.resolved_steps()}
+        import json
+
+        return json.loads(json.dumps({**fields, "per_task": per_task, "steps": self.resolved_steps()}))  # lists
 
     def _dream(self) -> bool:
         """Whether the schedule reads the cut fields (Dream's and SDAR's schedules)."""
@@ -279,22 +320,25 @@ PROTOCOLS = {
     # reference accuracy (98.2%) at 9-11x its speed (two runs). Not a published protocol: check it on your
     # model before comparing its scores with papers' llada numbers.
     "llada-fast": Protocol("llada-fast", gen_length=256, steps_per_token=1.0, threshold=0.9, cache="prefix"),
-    # iLLaDA (the settings of what appears to be the authors' evaluation script, unverified): variable-length
-    # decoding block by block until EOS, block 32, one step per token, budgets 2048 tokens (GSM8K, HumanEval,
-    # MBPP with blocks of 16) and 4096 (MATH), the system prompt merged into the user turn (its chat template
-    # has no system role), and an end-of-thinking boost of 100 on `</think>`. When the boost starts is our
-    # choice (not known from the script): in the last 512 tokens of the budget, so a row still thinking then
-    # closes its thinking and has room to answer.
+    # iLLaDA-8B-Instruct as its authors evaluate it (eval_illada.sh / eval_illada.py of ML-GSAI/LLaDA PR #134,
+    # align/eval/illada.py has the details): variable-length decoding block by block, one token per step
+    # (blocks of 32; 16 for MBPP), greedy; each row's budget min(gen_length, 4096 - its prompt) in whole blocks
+    # (2048; 4096 for MATH); after each block the row stops when its text, special tokens kept, holds one of
+    # the task's stop strings or the EOS text, and the text is cut before them; the end-of-thinking boost
+    # 100 * progress ** 3 (** 1 for HumanEval); the tasks' own prompts, the chat text tokenized with the
+    # tokenizer's special tokens, and the tasks' own answer extraction.
     "illada": Protocol(
-        "illada",
-        gen_length=2048,
-        variable_length=True,
-        steps_per_token=1.0,
-        system_in_user=True,
-        boost_token="</think>",
-        boost=100.0,
-        boost_margin=512,
-        per_task=(("math500", (("gen_length", 4096),)), ("mbpp", (("block_length", 16),))),
+        "illada", instruction=None, gen_length=2048, variable_length=True, steps_per_token=1.0,
+        system_in_user=True, boost_token="</think>", boost=100.0, boost_power=3.0, max_length=4096,
+        encode_special_tokens=True, scoring="illada",
+        per_task=(
+            ("gsm8k", (("prompt_template", ILLADA_GSM8K), ("stop_strings", ("Q:", "</s>", "<|im_end|>")))),
+            ("math500", (("gen_length", 4096), ("prompt_template", MINERVA_MATH), ("stop_strings", ("Problem:",)))),
+            ("humaneval", (("boost_power", 1.0), ("prompt_template", ILLADA_HUMANEVAL),
+                           ("stop_strings", ("\nTest the above solution", "\nNow test the solution",
+                                             "\nThe above solution")))),
+            ("mbpp", (("block_length", 16), ("prompt_template", ILLADA_MBPP), ("stop_strings", ("[DONE]",)))),
+        ),
     ),  # fmt: skip
     # Dream-v0-Instruct-7B as DARE's OpenCompass configs evaluate it (yjyddq/DARE
     # opencompass/dream_examples/dream_instruct_gen_*): Dream's entropy schedule, temperature 0.2, top_p 0.95,

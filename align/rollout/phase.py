@@ -108,21 +108,21 @@ class RolloutPhase:
         return prompt_ids, prompt_attn, out, time.perf_counter() - start
 
     def _end_of_thinking_boost(self):
-        """iLLaDA's end-of-thinking boost for rollouts (``boost_token`` / ``boost`` / ``boost_margin``), or None.
-        The rollouts are then drawn with the boosted logits; the estimators score the model's own ones."""
+        """iLLaDA's end-of-thinking boost for rollouts (``boost_token`` / ``boost`` / ``boost_power``: the illada
+        eval protocol's rule), or None. The rollouts are then drawn with the boosted logits; the estimators score
+        the model's own ones."""
         args = self.args
         if not getattr(args, "boost_token", None) or args.boost == 0.0:
             return None
         from align.errors import UsageError
         from align.eval.boost import EndOfThinkingBoost
+        from align.eval.runner import writes
 
         ids = self.tokenizer.encode(args.boost_token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise UsageError(
-                f"boost_token {args.boost_token!r} is {len(ids)} tokens for this tokenizer, not one: give a single "
-                "token (iLLaDA's is </think>) or set boost 0."
-            )
-        return EndOfThinkingBoost(ids, args.boost, after=max(0, args.max_completion_length - args.boost_margin))
+        if not writes(self.tokenizer, ids, args.boost_token):
+            raise UsageError(f"boost_token {args.boost_token!r}: this tokenizer cannot write it (its tokens do not "
+                             "decode back to it); unset boost_token or set boost 0.")  # fmt: skip
+        return EndOfThinkingBoost(ids, args.boost, args.boost_power, args.max_completion_length)
 
     def _pack(self, prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, group_weights,
               rollout_index, commit_step) -> tuple[RolloutBatch, float]:  # fmt: skip

@@ -276,7 +276,8 @@ def _decode_block(
         since = 0 if full else since
         logits = den.block_logits(x, attn, prompt_real, start, end, full)
         if opts["logits_hook"] is not None:  # protocol behaviour, e.g. iLLaDA's end-of-thinking boost
-            opts["logits_hook"](logits, x, masked, opts["completion_start"], start - opts["completion_start"])
+            opts["logits_hook"](logits, x, masked, opts["completion_start"], start - opts["completion_start"],
+                                budgets=opts["budgets"])  # fmt: skip
         x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"], masked,
                                  [mask_id, *den.suppress])  # fmt: skip
         if opts["deprioritize"] is not None:
@@ -319,6 +320,8 @@ def generate(
     suppress_token_ids: list[int] | None = None,
     deprioritize_token_ids: list[int] | None = None,
     logits_hook=None,
+    stop_check=None,
+    max_length: int | None = None,
     spec: FamilySpec | None = None,
     generator: torch.Generator | None = None,
     top_p: float | None = None,
@@ -334,7 +337,14 @@ def generate(
     completion_start, block_offset)`` may change a block's logits [B, block, V] in place before each step
     samples (``masked`` [B, block]: the block's still-masked positions; ``block_offset``: where the block
     starts in the completion): protocol behaviour such as iLLaDA's end-of-thinking boost
-    (``align.eval.boost``) lives there, not in the sampler. Returns a :class:`GenerationOutput`.
+    (``align.eval.boost``) lives there, not in the sampler; it also gets ``budgets`` [B], each row's generation
+    budget. Returns a :class:`GenerationOutput`.
+
+    Variable-length decoding only: ``stop_check(completions [R, n]) -> [R] bool`` decides after each block
+    which rows are done (default: a stop token id was written; a protocol may decode the text and look for
+    its stop strings instead); ``max_length`` (the model's context) gives each row the budget
+    ``min(gen_length, max_length - its prompt length)`` rounded down to whole blocks, as iLLaDA's evaluation
+    does; a row stops when its budget is spent.
 
     ``remasking`` one of Dream's schedules (``origin``, ``maskgit_plus``, ``topk_margin``, ``entropy``)
     decodes with ``align.sampling.dream`` instead (its ``top_p``, ``top_k``, ``alg_temp``, ``eps``; one
@@ -387,6 +397,16 @@ def generate(
     if not len(opts["deprioritize"]):
         opts["deprioritize"] = None
     opts["logits_hook"], opts["completion_start"] = logits_hook, p
+    if (stop_check is not None or max_length is not None) and not variable_length:
+        raise ValueError("stop_check and max_length decide when variable-length rows stop; set variable_length.")
+    budgets = torch.full((b,), gen_length, dtype=torch.long, device=device)
+    if max_length is not None:
+        room = max_length - attention_mask.sum(-1).to(device)
+        budgets = torch.clamp(torch.minimum(budgets, room) // block_length * block_length, min=0)
+        if bool((budgets == 0).any()):
+            raise ValueError(f"a prompt leaves less than one block of {block_length} tokens before max_length "
+                             f"{max_length}; shorten it or raise max_length.")  # fmt: skip
+    opts["budgets"], opts["stop_check"] = budgets, stop_check
     den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []), cache_refresh)
     total = p + gen_length
     x = torch.full((b, total), spec.mask_token_id, dtype=torch.long, device=device)
@@ -453,7 +473,8 @@ def _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length
         raise ValueError("variable_length=True needs an EOS/EoT id in the family spec to know when to stop.")
     fill = spec.eos_token_id if spec.eos_token_id is not None else int(stop[0])
     active = torch.arange(x.shape[0], device=x.device)
-    num_blocks = (x.shape[1] - p) // block_length
+    budgets = opts["budgets"]
+    num_blocks = int(budgets.max()) // block_length
     for blk in range(num_blocks):
         start, end = p + blk * block_length, p + (blk + 1) * block_length
         sub_x, sub_commit = x[active, :end], commit[active, :end]
@@ -461,10 +482,14 @@ def _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length
         model_attn = None if bool(sub_attn.all()) else sub_attn
         _decode_block(
             den, sub_x, model_attn, prompt_real[active, :end], sub_commit, start, end,
-            steps_per_block, blk * steps_per_block, opts,
+            steps_per_block, blk * steps_per_block, {**opts, "budgets": budgets[active]},
         )  # fmt: skip
         x[active, :end], commit[active, :end] = sub_x, sub_commit
-        done = _finished(sub_x, p, end, stop)
+        if opts["stop_check"] is not None:
+            done = opts["stop_check"](sub_x[:, p:end]).to(x.device)
+        else:
+            done = _finished(sub_x, p, end, stop)
+        done = done | (budgets[active] <= end - p)  # the row's budget is spent
         if done.any():
             x[active[done], end:] = fill
             active = active[~done]
