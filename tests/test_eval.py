@@ -593,3 +593,35 @@ def test_illada_protocol_per_task_settings_merged_system_prompt_and_boost(tmp_pa
     assert "boosts '</think>', which this tokenizer cannot write; pass --boost 0" in err
     argv[argv.index(str(tmp_path / "e"))] = str(tmp_path / "f")
     assert main([*argv, "--boost", "0"]) == 0
+
+
+def test_every_number_carries_its_run_record_and_report_refuses_mixed_protocols(tmp_path, capsys):
+    """results.json: the protocol's settings and their hash, each task's data hash, the model folder's content
+    hash, seed and sample count; align report refuses rows of one task decoded under different protocol
+    settings (one line), accepts them marked with --allow-mixed, and compares other lengths as usual."""
+    from align.cli import main as align
+
+    model = os.path.join(REPO, "recipes", "tiny", "model")
+    test = os.path.join(REPO, "recipes", "tiny", "data", "test.jsonl")
+    base = ["eval", "--model", model, "--tasks", f"tiny={test}", "--protocol", "tiny", "--dtype", "float32",
+            "--device", "cpu", "--limit", "8"]  # fmt: skip
+    for name, extra in (("a", []), ("b", ["--threshold", "0.5"]), ("c", ["--gen-length", "16", "--block-length", "8"])):
+        assert align([*base, *extra, "--output", str(tmp_path / name)]) == 0
+    results = {n: json.load(open(tmp_path / n / "results.json")) for n in "abc"}
+    config, record = results["a"]["config"], results["a"]["provenance"][-1]
+    assert len(config["protocol_hash"]) == 64 and set(config["task_hashes"]) == {"tiny"}
+    assert config["protocol_hash"] != results["b"]["config"]["protocol_hash"]
+    assert config["task_hashes"] == results["b"]["config"]["task_hashes"]
+    identity = record["model_identity"]
+    assert identity["path"] == model and len(identity["content"]) == 64 and identity["files"] >= 3
+    assert identity == results["b"]["provenance"][-1]["model_identity"] and record["seed"] == 0
+    capsys.readouterr()
+    assert align(["report", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("align report: task tiny: A and B were evaluated under different protocol settings (threshold); "
+                   "their scores do not compare. Report them apart, or pass --allow-mixed to put them in one table, "
+                   "marked.")  # fmt: skip
+    assert align(["report", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}", "--output", str(tmp_path / "r"),
+                  "--allow-mixed"]) == 0  # fmt: skip
+    assert "| B (other protocol) |" in open(tmp_path / "r" / "report.md").read()
+    assert align(["report", f"A={tmp_path / 'a'}", f"C={tmp_path / 'c'}", "--output", str(tmp_path / "s")]) == 0

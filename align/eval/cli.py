@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -105,6 +106,8 @@ def add_report_parser(sub) -> None:
     p.add_argument("runs", nargs="+", help="align eval --output folders or align train output_dirs, optionally "
                    "LABEL=FOLDER")  # fmt: skip
     p.add_argument("--output", required=True, help="folder for report.md and the PNGs")
+    p.add_argument("--allow-mixed", action="store_true", help="put runs decoded or prompted with different "
+                   "protocol settings in one table (their rows are marked); refused by default")  # fmt: skip
 
 
 def run_eval(args) -> int:
@@ -176,9 +179,18 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
     from align.eval.runner import OutputFolder, evaluate_task, run_provenance
 
     is_main = state is None or state.is_main_process
-    config = {"source": description, "protocol": protocol.as_dict(), "num_samples": args.num_samples,
-              "seed": args.seed, "limit": args.limit}  # fmt: skip
-    record = run_provenance(provenance or {})
+    from align.eval.runner import folder_identity, settings_hash
+
+    settings = protocol.as_dict()
+    config = {"source": description, "protocol": settings, "protocol_hash": settings_hash(settings),
+              "num_samples": args.num_samples, "seed": args.seed, "limit": args.limit,
+              "task_hashes": {task.name: settings_hash({"task": dataclasses.asdict(task), "rows": rows})
+                              for task, rows in tasks}}  # fmt: skip
+    identity = {}
+    if is_main and description.get("model") and getattr(args, "model", None):
+        identity = {"model_identity": folder_identity(description["model"]),
+                    "adapter_identity": folder_identity(description.get("adapter"))}  # fmt: skip
+    record = run_provenance({**(provenance or {}), **identity, "seed": args.seed, "num_samples": args.num_samples})
     folder = _on_main(
         state, lambda: OutputFolder(args.output, config, overwrite=args.overwrite, provenance=record)
     )
@@ -240,5 +252,5 @@ def run_report(args) -> int:
     for item in args.runs:
         label, _, folder = item.rpartition("=")
         runs.append(load_run(folder, label or None))
-    print(write_report(runs, args.output))
+    print(write_report(runs, args.output, allow_mixed=args.allow_mixed))
     return 0

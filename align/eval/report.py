@@ -11,7 +11,9 @@ completion length, clipped ratio, rollout tokens/s and any ``eval/...`` score ag
 Labels are ``LABEL=FOLDER`` as given, else the folder names; training runs given the same label (seeds of
 one setting) are drawn as their mean per step with a min-max band.
 
-Not covered: significance tests between runs (the intervals are per run).
+Rows of one task evaluated under different protocol settings (beyond the generation length) are refused in one
+line, or with ``--allow-mixed`` shown marked "(other protocol)". Not covered: significance tests between runs (the
+intervals are per run).
 """
 
 from __future__ import annotations
@@ -132,8 +134,32 @@ def _source(run: dict) -> tuple[str, str]:
     return source.get("served_model") or source.get("model") or "?", source.get("adapter") or ""
 
 
-def write_report(runs: list[dict], output: str) -> str:
-    """Write ``output/report.md`` and its PNGs; returns the report's path."""
+def check_comparable(runs: list[dict], allow_mixed: bool) -> dict[str, set[str]]:
+    """{task: labels of rows whose protocol differs from the task's first run} (beyond the generation length and
+    step count); a difference is refused in one line unless ``allow_mixed``."""
+    from align.eval.runner import comparable_key
+
+    marked = {}
+    for task in sorted({t for run in runs for t in run["tasks"]}):
+        rows = [run for run in runs if task in run["tasks"]]
+        keys = [comparable_key(run["config"].get("protocol", {})) for run in rows]
+        odd = {run["label"] for run, key in zip(rows, keys) if key != keys[0]}
+        if odd and not allow_mixed:
+            from align.errors import UsageError
+
+            first = rows[0]["config"].get("protocol", {})
+            other = next(run for run in rows if run["label"] in odd)["config"].get("protocol", {})
+            fields = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and k not in ("gen_length", "steps"))
+            raise UsageError(f"task {task}: {rows[0]['label']} and {', '.join(sorted(odd))} were evaluated under different "
+                             f"protocol settings ({', '.join(fields)}); their scores do not compare. Report them apart, "
+                             "or pass --allow-mixed to put them in one table, marked.")  # fmt: skip
+        marked[task] = odd
+    return marked
+
+
+def write_report(runs: list[dict], output: str, allow_mixed: bool = False) -> str:
+    """Write ``output/report.md`` and its PNGs; returns the report's path. Rows of one task must share their
+    protocol settings (beyond the length) unless ``allow_mixed``, which marks the odd ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,6 +168,10 @@ def write_report(runs: list[dict], output: str) -> str:
     os.makedirs(output, exist_ok=True)
     evals = [r for r in runs if r["kind"] == "eval"]
     trains = [r for r in runs if r["kind"] == "train"]
+    marked = check_comparable(evals, allow_mixed)
+    for run in evals:  # the odd rows carry a mark in every table they appear in
+        if any(run["label"] in labels for labels in marked.values()):
+            run["label"] += " (other protocol)"
     lines = ["# Report", ""]
     for task in sorted({t for run in evals for t in run["tasks"]}):
         lines += _task_section(plt, task, [run for run in evals if task in run["tasks"]], output)

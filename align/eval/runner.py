@@ -251,6 +251,43 @@ def run_provenance(source: dict) -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
 
 
+def settings_hash(settings: dict) -> str:
+    """sha256 of settings as sorted JSON (the same settings give the same hash on any machine)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def comparable_key(protocol: dict) -> str:
+    """The hash ``align report`` compares rows by: the protocol's settings except the generation length and
+    step count (the report shows the length in a column and plots scores against it)."""
+    return settings_hash({k: v for k, v in protocol.items() if k not in ("gen_length", "steps")})
+
+
+def folder_identity(path: str | None) -> dict | None:
+    """What a model or adapter folder is: a local folder's content hash (XXH3-128 of every file, with its
+    name), a hub id's revision when the local cache knows it; None for no path."""
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        from align.checkpoints import _checksums
+
+        names = sorted(os.path.relpath(os.path.join(root, n), path) for root, _, files in os.walk(path)
+                       for n in files if not n.startswith("."))  # fmt: skip
+        sums = _checksums(path, names)
+        return {"path": path, "content": settings_hash(sums), "algorithm": sums["algorithm"], "files": len(names)}
+    revision = None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, "config.json")
+        if isinstance(found, str) and "/snapshots/" in found:
+            revision = found.split("/snapshots/")[1].split("/")[0]
+    except Exception:  # noqa: BLE001 - no cache, no hub library: the revision is unknown
+        revision = None
+    return {"hub_id": path, "revision": revision}
+
+
 def diffusion_description(model: str, adapter: str | None, dtype: str) -> dict:
     return {"source": "diffusion", "model": model, "adapter": adapter, "dtype": dtype}
 
