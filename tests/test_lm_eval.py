@@ -36,9 +36,9 @@ metric_list:
 
 
 def test_lm_evals_own_evaluator_runs_a_local_task_through_the_project_sampler(tmp_path, monkeypatch):
-    import align.lm_eval  # noqa: F401 - registers dllm_align
     from lm_eval.tasks import TaskManager
 
+    import align.lm_eval  # noqa: F401 - registers dllm_align
     from align.eval.runner import DiffusionSource, process_state
     from align.eval.tasks import PROTOCOLS
 
