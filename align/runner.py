@@ -154,15 +154,19 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
         config = align.config.load_config(
             args.config, overrides, cls=getattr(align.config, config_class), prog=prog
         )
-        if os.environ.get("RANK", "0") == "0":  # the launch's main process holds the folder for the whole run
-            from align.output_dir import OutputLock
+        from align.output_dir import OutputLock
 
-            lock = OutputLock(config.output_dir).acquire()  # noqa: F841 - held until this process exits
-        builder = build
-        if isinstance(build, str):
-            module, _, name = build.partition(":")
-            builder = getattr(importlib.import_module(module), name)
-        train_and_save(builder(config), config)
+        lock = OutputLock(config.output_dir)
+        if os.environ.get("RANK", "0") == "0":  # the launch's main process holds the folder for the whole run
+            lock.acquire()
+        try:
+            builder = build
+            if isinstance(build, str):
+                module, _, name = build.partition(":")
+                builder = getattr(importlib.import_module(module), name)
+            train_and_save(builder(config), config)
+        finally:
+            lock.release()  # (a later run in this process, e.g. a demo's next step, takes it again)
         return 0
 
     return main_guard(prog, run, debug=args.debug)

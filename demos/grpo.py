@@ -53,24 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     grpo = os.path.join(args.output, "grpo")
     model = recipe_model(args.config)
     before = evaluate(model, os.path.join(args.output, "before"), args.limit, args.protocol)
-    if (
-        align(
-            [
-                "train",
-                "--config",
-                args.config,
-                "--output_dir",
-                grpo,
-                "--report_to",
-                "none",
-                "--log_completions",
-                "false",
-                *overrides,
-            ]
-        )  # fmt: skip
-        != 0
-    ):
-        raise SystemExit("align train failed")
+    if os.path.exists(os.path.join(grpo, "model.safetensors")):  # a finished run: evaluate it again
+        print(f"demo: reusing the finished GRPO run in {grpo} (delete it to train again)", file=sys.stderr)
+    else:  # after Ctrl-C (which saves a checkpoint) the same command goes on from it
+        from align.checkpoints import checkpoints
+
+        resume = ["--resume_from_checkpoint", "true"] if checkpoints(grpo)[0] else []
+        command = ["train", "--config", args.config, "--output_dir", grpo, "--report_to", "none",
+                   "--log_completions", "false", *resume, *overrides]  # fmt: skip
+        if align(command) != 0:
+            raise SystemExit("align train failed (Ctrl-C keeps a checkpoint: the same command continues from it)")
     after = evaluate(grpo, os.path.join(args.output, "after"), args.limit, args.protocol)
     report_dir = os.path.join(args.output, "report")
     align(["report", f"before={os.path.join(args.output, 'before')}", f"after={os.path.join(args.output, 'after')}",
