@@ -44,13 +44,14 @@ class OutputLock:
     filesystem's (NFSv4 releases a dead client's locks when its lease expires)."""
 
     def __init__(self, output_dir: str):
-        self.output_dir, self.fd = output_dir, None
+        self.output_dir, self.fd, self.created = output_dir, None, False
 
     def acquire(self) -> OutputLock:
         import fcntl
         import socket
         import time
 
+        self.created = not os.path.isdir(self.output_dir)
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, LOCK)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -68,6 +69,15 @@ class OutputLock:
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock; the file stays, stale content is harmless
-            self.fd = None
+        """Drop the lock; a folder this lock created and nothing else wrote to (a run refused before its first
+        step) is removed, so a refused run leaves nothing behind."""
+        if self.fd is None:
+            return
+        os.close(self.fd)  # closing drops the flock; the file stays, stale content is harmless
+        self.fd = None
+        try:
+            if self.created and os.listdir(self.output_dir) == [LOCK]:
+                os.remove(os.path.join(self.output_dir, LOCK))
+                os.rmdir(self.output_dir)
+        except OSError:
+            pass

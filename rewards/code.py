@@ -39,13 +39,14 @@ def extract_code(text: str) -> str:
 
 
 def _compile_error(source: str, name: str) -> Exception | None:
-    """The SyntaxError / ValueError compiling ``source`` raises, or None ("invalid escape sequence" and
-    the like are warnings, the program's business)."""
+    """The error compiling ``source`` raises, or None ("invalid escape sequence" and the like are warnings, the
+    program's business). Any error counts, not only SyntaxError / ValueError: deeply nested source makes the
+    compiler raise RecursionError or MemoryError, which must cost that program its score, not the batch."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compile(source, name, "exec")
-    except (SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the program does not compile
         return exc
     return None
 

@@ -115,6 +115,13 @@ class Session:
                               stderr=self.stderr)  # fmt: skip
         finally:
             theirs.close()
+        try:
+            self._start(code, setup)
+        except BaseException:  # whatever stops the start-up (a malformed ready message included) ends the process
+            self.close()
+            raise
+
+    def _start(self, code: str, setup: str | None) -> None:
         self._send(("serve", code, setup or ""))
         reply = self._recv()
         if type(reply) is not tuple or len(reply) != 3 or reply[0] != "ready":
@@ -166,12 +173,15 @@ class Session:
             return tree
         if kind is tuple and len(tree) == 2 and tree[0] is Ellipsis and type(tree[1]) is int:
             return Remote(self, tree[1])
-        if kind in (tuple, list, set, frozenset):
-            return kind(self.decode(v, depth + 1, budget) for v in tree)
-        if kind is dict:
-            return {
-                self.decode(k, depth + 1, budget): self.decode(v, depth + 1, budget) for k, v in tree.items()
-            }
+        try:
+            if kind in (tuple, list, set, frozenset):
+                return kind(self.decode(v, depth + 1, budget) for v in tree)
+            if kind is dict:
+                return {
+                    self.decode(k, depth + 1, budget): self.decode(v, depth + 1, budget) for k, v in tree.items()
+                }
+        except TypeError:  # a handle (unhashable here) as a set item or dict key
+            self._break("a reply holds a set item or dict key that is not plain data")
         self._break(f"a reply holds a {kind.__name__}, which is not plain data")
 
     def _break(self, why: str):

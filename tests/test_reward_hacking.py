@@ -562,3 +562,16 @@ def test_the_search_for_expected_values_would_find_them_if_they_were_there(sandb
     assert label == "MBPP 11 asserts"
     assert score(PLANT + SEARCH, sandbox) == pytest.approx(1 / 3)
     assert score(SEARCH, sandbox) == 0.0
+
+
+@pytest.mark.parametrize("nested", ["x = " + "-" * 5000 + "1\n", "f = " + "lambda: " * 5000 + "1\n",
+                                    "x = 1" + " + 1" * 200_000 + "\n"])  # fmt: skip
+def test_source_the_compiler_cannot_take_scores_zero_and_the_batch_goes_on(nested):
+    """Deeply nested source makes compile() raise RecursionError or MemoryError in the trainer's process: it
+    costs that program its score, never the batch (it used to escape code_execution and stop the run)."""
+    from rewards.code import code_execution
+
+    row = _row("mbpp", 11)
+    honest = f"```python\n{row['code']}\n```"
+    wrong = "```python\ndef remove_Occ(s, ch):\n    return s\n" + nested + "```"
+    assert code_execution(None, [honest, wrong], tests=[row["test_list"]] * 2) == [1.0, 0.0]
