@@ -19,6 +19,9 @@ What is judged where:
   back (lists, dicts, sets).
 * A test passes when its code finishes here without an exception and the sandbox neither died nor
   broke the protocol while it ran. There is no secret to steal: the verdict is computed here.
+* The judge's own work is bounded: its address space (``JUDGE_MEMORY_BYTES``; a reply that would need more
+  fails the program) and its CPU per program (``judge_cpu_s``, set by the caller; past it the judge is
+  ended, the program scores 0 and the slot gets a fresh judge).
 * The judge computes everything from the row and from plain-data answers to its own calls. A test's
   namespace is built here from data the judge owns: its builtins are the judge's own, set last; the
   stdlib modules and dataset helpers it uses are the judge's; the candidate's functions come in only as
@@ -464,7 +467,22 @@ def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
         session.close()
 
 
+JUDGE_MEMORY_BYTES = 1 << 30  # the judge's address space: a reply cannot make it allocate more (MemoryError)
+
+
+def _bound_cpu(seconds: float) -> None:
+    """This process may use ``seconds`` more CPU (its own, not the sandbox's) on the job: past it the kernel's
+    SIGXCPU ends the judge (a C-level loop, say hashing a reply's set, never returns to Python), the caller
+    sees no answer, scores the program 0 and starts a fresh judge."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    limit = int(used.ru_utime + used.ru_stime + seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.RLIM_INFINITY))
+
+
 def run_job(job: dict) -> dict:
+    _bound_cpu(float(job.get("judge_cpu_s") or 60.0))
     spec = job["spec"]
     workdir = None
     if spec.get("make_cwd"):  # the process backend: a private work dir for the program's files
@@ -499,6 +517,12 @@ def _read_message(stream):
 
 
 def main() -> None:
+    import resource
+
+    # The judge's own bounds (its children, the sandboxes, get their own limits from their command lines):
+    # memory, so a reply cannot make it allocate gigabytes (marshal sizes a tuple from its header), and CPU per
+    # job (``_bound_cpu``).
+    resource.setrlimit(resource.RLIMIT_AS, (JUDGE_MEMORY_BYTES, resource.RLIM_INFINITY))
     replies = os.fdopen(os.dup(1), "wb")
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)  # prints of the tests must not corrupt the protocol (nor fill the caller's stderr file)

@@ -221,7 +221,8 @@ class Sandbox:
             if judge is None or judge.proc.poll() is not None:
                 judge = self._judges[slot] = _Judge()
             limit_s = runs * self.limits.timeout_s + JUDGE_MARGIN_S
-            reply = judge.ask({**job, "spec": self._spec(uid, slot)}, limit_s)
+            cpu_s = runs * self.limits.timeout_s + JUDGE_CPU_MARGIN_S  # the judge's own CPU on this program
+            reply = judge.ask({**job, "spec": self._spec(uid, slot), "judge_cpu_s": cpu_s}, limit_s)
             if reply is None:
                 tail = judge.stderr_tail()
                 judge.kill()
@@ -278,6 +279,7 @@ class Sandbox:
 
 
 JUDGE_MARGIN_S = 30.0  # judge start-up and the tests' own work, beyond the sandbox's wall timeout
+JUDGE_CPU_MARGIN_S = 5.0  # the judge's own CPU per program beyond the sandbox's timeout (tests, decoding)
 
 
 class _Judge:

@@ -336,3 +336,42 @@ def test_memory_is_capped_for_the_whole_run_not_per_process():
     finally:
         box.close()
     assert not os.path.exists(parent)  # the cgroups go with the sandbox
+
+
+TUPLE_HEADERS = (  # a ready message that is 10 bytes of tuple headers: marshal sizes each tuple before its items
+    "import os, sys\ndef add(a, b):\n    return a\n"
+    "msg = (b'(' + (1 << 28).to_bytes(4, 'little')) * 2\nfd = int(sys.argv[1])\n"
+    "os.write(fd, len(msg).to_bytes(4, 'big') + msg)\nos.read(fd, 1)\n"
+)
+HASH_DAG = (  # a set holding a 64-level tuple DAG: hashing it in marshal.loads never ends (2 ** 64 steps)
+    "import os, sys, marshal\ndef add(a, b):\n    return a\nt = 0\nfor _ in range(64):\n    t = (t, t)\n"
+    "msg = marshal.dumps(('ready', {}, {'x': [t]}), 4)\ni = msg.index(b'[\\x01\\x00\\x00\\x00')\n"
+    "msg = msg[:i] + b'<' + msg[i + 1:]\nfd = int(sys.argv[1])\nos.write(fd, len(msg).to_bytes(4, 'big') + msg)\n"
+    "os.read(fd, 1)\n"
+)
+
+
+def test_a_reply_cannot_make_the_judge_allocate_gigabytes_or_spin_past_its_cpu_budget(caplog):
+    """The judge runs outside the sandbox: its address space is capped (a 10-byte reply once made it zero-fill
+    2 GB per header) and its own CPU per program is bounded by a kernel limit (a hash DAG once kept it busy
+    until the wall-clock watchdog, timeout + 30 s). Both programs score 0, the judge's peak memory and the
+    CPU it used (kernel counters: other load adds none) stay bounded, and the slot judges the next program."""
+    import resource
+
+    from rewards import judge as judge_module
+
+    box = Sandbox(backend="bwrap", workers=1, limits=SandboxLimits(timeout_s=2, cpu_s=2, memory_mb=512))
+    tests = ["assert add(2, 3) == 5"]
+    try:
+        assert score_program(TUPLE_HEADERS, tests, sandbox=box) == 0.0
+        with open(f"/proc/{box._judges[0].proc.pid}/status") as f:
+            peak_kb = int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+        assert peak_kb < 256 * 1024 < judge_module.JUDGE_MEMORY_BYTES // 1024  # measured ~20 MB (it was 2 GB a header)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert score_program(HASH_DAG, tests, sandbox=box) == 0.0  # the judge is ended by SIGXCPU and replaced
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        assert spent < 2 + 5 + 4, spent  # the budget: timeout 2 s + 5 s margin (+ rounding and start-up)
+        assert score_program("def add(a, b):\n    return a + b\n", tests, sandbox=box) == 1.0
+    finally:
+        box.close()
