@@ -589,7 +589,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> str:
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if key == "processes":
+        if key in ("processes", "protocol_hash"):  # (the protocol's own fields say what changed)
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             inner = _differences(a, b, f"{prefix}{key}.")
