@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 from conftest import assert_same_training
+from test_trainer import free_port
 from transformers import TrainerCallback
 
 from align.config import DPOConfig, load_config
@@ -226,7 +227,7 @@ def test_two_process_dpo(workspace, tmp_path, name, env):
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         os.path.join(REPO, "recipes", "accelerate", f"{name}.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-        "-m", "align.dpo", "--model_name_or_path", str(workspace / "model"), "--dataset_files",
+        "--main_process_port", free_port(), "-m", "align.dpo", "--model_name_or_path", str(workspace / "model"), "--dataset_files",
         str(workspace / "pairs.jsonl"), "--output_dir", str(tmp_path / "out"), "--use_chat_template", "false",
         "--max_prompt_length", "16", "--max_completion_length", "8", "--num_mc_samples", "2",
         "--per_device_train_batch_size", "2", "--max_steps", str(steps), "--logging_steps", "1", "--dtype", "float32",

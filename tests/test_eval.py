@@ -484,8 +484,11 @@ def test_data_parallel_eval_matches_one_process(tmp_path):
     common = ["eval", "--model", os.path.join(REPO, "recipes", "tiny", "model"), "--tasks", f"tiny={test}",
               "--protocol", "tiny", "--limit", "21", "--dtype", "float32"]  # fmt: skip
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
+    from test_trainer import free_port
+
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--mixed_precision", "no", "-m", "align.cli", *common, "--output", str(tmp_path / "two")]  # fmt: skip
+              "--mixed_precision", "no", "--main_process_port", free_port(), "-m", "align.cli", *common, "--output",
+              str(tmp_path / "two")]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     lines = [x for x in proc.stderr.splitlines() if "Loading weights" not in x and "it/s]" not in x]

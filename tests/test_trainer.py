@@ -336,7 +336,18 @@ def test_align_train_rejects_a_malformed_config(tmp_path):
                            "or num_iterations? `align train --help` lists the fields.\n")  # fmt: skip
 
 
+def free_port() -> str:
+    """A port the OS picked as free just now (a launch's rendezvous: accelerate's fixed default, 29500, meets any
+    other job on the machine that uses it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _launch_command(workspace, tmp_path, accelerate_config, launch, *extra):
+    launch = launch or ["--main_process_port", free_port()]  # one machine: a port of its own
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
         "--num_processes", "2", "--mixed_precision", "no", *launch, "-m", "align.train",
