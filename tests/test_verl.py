@@ -201,9 +201,11 @@ def test_the_loop_refuses_a_run_the_cluster_cannot_place(workers, tmp_path):
 
     config = load_config("recipes/tiny/grpo.yaml", ["--max_steps", "1", "--output_dir", str(tmp_path),
                                                     "--report_to", "none", "--per_device_train_batch_size", "8"])  # fmt: skip
-    free = int(ray.available_resources().get("CPU", 0))
-    with pytest.raises(ValueError, match=f"has {free} free CPUs, this run needs {free + 1}"):
-        train(config, workers=free + 1)
+    # more workers than the cluster has CPUs at all: refused whatever earlier tests' actors still hold (the free
+    # count read here once raced their release: it grew before train() read it)
+    total = int(ray.cluster_resources()["CPU"])
+    with pytest.raises(ValueError, match=rf"the Ray cluster has \d+ free CPUs, this run needs {total + 1} "):
+        train(config, workers=total + 1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the reason below is a CPU host's")
