@@ -118,7 +118,9 @@ def time_grpo(model, device: str, gen_length: int, steps: int, lora: bool = Fals
         from align.plan import GIB, ModelShape, make_plan
 
         plan = make_plan(ModelShape.from_config(model.config), config)
-        trainer = DiffusionGRPOTrainer(model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer = DiffusionGRPOTrainer(
+            model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        )
         starts = []
 
         class Clock(TrainerCallback):

@@ -68,8 +68,12 @@ def _warn_missing_helpers(test: str, entry_point: str, context: str | None) -> N
     called = {n.func.id for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     bound = {n.name for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     bound |= {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    bound |= {n.arg for n in nodes if isinstance(n, ast.arg)}  # check(candidate) and nested helpers' parameters
-    bound |= {(n.asname or n.name).split(".")[0] for n in nodes if isinstance(n, ast.alias)}  # imports anywhere
+    bound |= {
+        n.arg for n in nodes if isinstance(n, ast.arg)
+    }  # check(candidate) and nested helpers' parameters
+    bound |= {
+        (n.asname or n.name).split(".")[0] for n in nodes if isinstance(n, ast.alias)
+    }  # imports anywhere
     known = bound | _bound_by(context or "") | set(sys.stdlib_module_names) | {entry_point}
     missing = tuple(sorted(n for n in called - known if not hasattr(builtins, n)))
     if missing and missing not in _WARNED_HELPERS:

@@ -120,7 +120,9 @@ class Session:
             theirs.close()
         try:
             self._start(code, setup)
-        except BaseException:  # whatever stops the start-up (a malformed ready message included) ends the process
+        except (
+            BaseException
+        ):  # whatever stops the start-up (a malformed ready message included) ends the process
             self.close()
             raise
 
@@ -181,7 +183,8 @@ class Session:
                 return kind(self.decode(v, depth + 1, budget) for v in tree)
             if kind is dict:
                 return {
-                    self.decode(k, depth + 1, budget): self.decode(v, depth + 1, budget) for k, v in tree.items()
+                    self.decode(k, depth + 1, budget): self.decode(v, depth + 1, budget)
+                    for k, v in tree.items()
                 }
         except TypeError:  # a handle (unhashable here) as a set item or dict key
             self._break("a reply holds a set item or dict key that is not plain data")
@@ -408,7 +411,9 @@ def _bound_names(called: list[str], names: dict, reserved: set[str]) -> dict:
     (``len``, ``str``, ``sum``) are the judge's own unless every name the test calls is a builtin's:
     then the first of them the candidate defines is the function under test (MBPP 126 tests a function
     named ``sum``), and only that one."""
-    usable = {k: v for k, v in names.items() if type(v) is Remote and not k.startswith("__") and k not in reserved}
+    usable = {
+        k: v for k, v in names.items() if type(v) is Remote and not k.startswith("__") and k not in reserved
+    }
     own = {k: v for k, v in usable.items() if not hasattr(builtins, k)}
     if any(not hasattr(builtins, name) for name in called):
         return own
@@ -447,7 +452,9 @@ def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
                 ns[job["entry_point"]] = entry
             ns.update(_setup_handles(job.get("setup"), session.setup_names, reserved))
             ns.update(modules)
-            ns.update({"__builtins__": builtins, "__name__": "__main__"})  # last: nothing sent can replace them
+            ns.update(
+                {"__builtins__": builtins, "__name__": "__main__"}
+            )  # last: nothing sent can replace them
             try:
                 if job.get("context"):  # trusted dataset helpers, defined here and never by the candidate
                     exec(compile(job["context"], "context.py", "exec"), ns)

@@ -608,7 +608,11 @@ def test_every_number_carries_its_run_record_and_report_refuses_mixed_protocols(
     test = os.path.join(REPO, "recipes", "tiny", "data", "test.jsonl")
     base = ["eval", "--model", model, "--tasks", f"tiny={test}", "--protocol", "tiny", "--dtype", "float32",
             "--device", "cpu", "--limit", "8"]  # fmt: skip
-    for name, extra in (("a", []), ("b", ["--threshold", "0.5"]), ("c", ["--gen-length", "16", "--block-length", "8"])):
+    for name, extra in (
+        ("a", []),
+        ("b", ["--threshold", "0.5"]),
+        ("c", ["--gen-length", "16", "--block-length", "8"]),
+    ):
         assert align([*base, *extra, "--output", str(tmp_path / name)]) == 0
     results = {n: json.load(open(tmp_path / n / "results.json")) for n in "abc"}
     config, record = results["a"]["config"], results["a"]["provenance"][-1]
@@ -619,7 +623,9 @@ def test_every_number_carries_its_run_record_and_report_refuses_mixed_protocols(
     assert identity["path"] == model and len(identity["content"]) == 64 and identity["files"] >= 3
     assert identity == results["b"]["provenance"][-1]["model_identity"] and record["seed"] == 0
     capsys.readouterr()
-    assert align(["report", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}", "--output", str(tmp_path / "r")]) == 2
+    assert (
+        align(["report", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}", "--output", str(tmp_path / "r")]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err == ("align report: task tiny: A and B were evaluated under different protocol settings (threshold); "
                    "their scores do not compare. Report them apart, or pass --allow-mixed to put them in one table, "
@@ -627,4 +633,6 @@ def test_every_number_carries_its_run_record_and_report_refuses_mixed_protocols(
     assert align(["report", f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}", "--output", str(tmp_path / "r"),
                   "--allow-mixed"]) == 0  # fmt: skip
     assert "| B (other protocol) |" in open(tmp_path / "r" / "report.md").read()
-    assert align(["report", f"A={tmp_path / 'a'}", f"C={tmp_path / 'c'}", "--output", str(tmp_path / "s")]) == 0
+    assert (
+        align(["report", f"A={tmp_path / 'a'}", f"C={tmp_path / 'c'}", "--output", str(tmp_path / "s")]) == 0
+    )

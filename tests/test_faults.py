@@ -437,7 +437,10 @@ FINGERPRINT_CHANGES = {
     "learning_rate": (("--learning_rate", "0.25"), "learning_rate 0.5 -> 0.25"),
     "lr_scheduler_type": (("--lr_scheduler_type", "constant"), 'lr_scheduler_type "linear" -> "constant"'),
     "num_generations": (("--num_generations", "8"), "num_generations 4 -> 8"),
-    "per_device_train_batch_size": (("--per_device_train_batch_size", "4"), "per_device_train_batch_size 8 -> 4"),
+    "per_device_train_batch_size": (
+        ("--per_device_train_batch_size", "4"),
+        "per_device_train_batch_size 8 -> 4",
+    ),
     "temperature": (("--temperature", "0.7"), "temperature 1.0 -> 0.7"),
     "diffusion_steps": (("--diffusion_steps", "4"), "diffusion_steps 8 -> 4"),
     "estimator": (("--estimator", "coupled"), 'estimator "one_step" -> "coupled"'),
@@ -471,7 +474,9 @@ def test_a_resumed_run_refuses_each_changed_field_and_accepts_it_on_purpose(work
         with pytest.raises(UsageError) as refused:
             check_resume(checkpoint, changed, None)
         text = str(refused.value)
-        assert text.startswith(f"resume from {checkpoint}: this run's recipe differs from the checkpoint's: "), name
+        assert text.startswith(
+            f"resume from {checkpoint}: this run's recipe differs from the checkpoint's: "
+        ), name
         assert shown in text and name in text.split("--allow_changed ")[1].split(" (or all)")[0].split(), text
         assert "\n" not in text
     # the data file's content is part of the identity

@@ -186,7 +186,10 @@ def test_100_kb_adversarial_completions_are_scored_in_under_a_second(completion)
     assert len(completion) >= 100_000
     start, graders = time.process_time(), _graders_cpu_s()
     scores = math_accuracy(None, [completion], answer=["5.5"])
-    assert scores == [0.0] and math_accuracy.last_metrics["timeouts"] == math_accuracy.last_metrics["retries"] == 0
+    assert (
+        scores == [0.0]
+        and math_accuracy.last_metrics["timeouts"] == math_accuracy.last_metrics["retries"] == 0
+    )
     # CPU seconds of the caller and of the grading workers (kernel counters: other load on the machine adds none)
     assert (time.process_time() - start) + (_graders_cpu_s() - graders) < 1.0
 

@@ -190,7 +190,9 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
     if is_main and description.get("model") and getattr(args, "model", None):
         identity = {"model_identity": folder_identity(description["model"]),
                     "adapter_identity": folder_identity(description.get("adapter"))}  # fmt: skip
-    record = run_provenance({**(provenance or {}), **identity, "seed": args.seed, "num_samples": args.num_samples})
+    record = run_provenance(
+        {**(provenance or {}), **identity, "seed": args.seed, "num_samples": args.num_samples}
+    )
     folder = _on_main(
         state, lambda: OutputFolder(args.output, config, overwrite=args.overwrite, provenance=record)
     )

@@ -149,7 +149,11 @@ def check_comparable(runs: list[dict], allow_mixed: bool) -> dict[str, set[str]]
 
             first = rows[0]["config"].get("protocol", {})
             other = next(run for run in rows if run["label"] in odd)["config"].get("protocol", {})
-            fields = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and k not in ("gen_length", "steps"))
+            fields = sorted(
+                k
+                for k in set(first) | set(other)
+                if first.get(k) != other.get(k) and k not in ("gen_length", "steps")
+            )
             raise UsageError(f"task {task}: {rows[0]['label']} and {', '.join(sorted(odd))} were evaluated under different "
                              f"protocol settings ({', '.join(fields)}); their scores do not compare. Report them apart, "
                              "or pass --allow-mixed to put them in one table, marked.")  # fmt: skip

@@ -275,7 +275,12 @@ def folder_identity(path: str | None) -> dict | None:
         names = sorted(os.path.relpath(os.path.join(root, n), path) for root, _, files in os.walk(path)
                        for n in files if not n.startswith("."))  # fmt: skip
         sums = _checksums(path, names)
-        return {"path": path, "content": settings_hash(sums), "algorithm": sums["algorithm"], "files": len(names)}
+        return {
+            "path": path,
+            "content": settings_hash(sums),
+            "algorithm": sums["algorithm"],
+            "files": len(names),
+        }
     revision = None
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -101,7 +101,11 @@ def call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
         )
         raise RewardError(f"reward function {name!r} raised {type(exc).__name__}: {exc}{where}") from exc
     if isinstance(values, (dict, str, bytes)):
-        what = f"a dict (keys {list(values)[:5]!r})" if isinstance(values, dict) else f"a {type(values).__name__}"
+        what = (
+            f"a dict (keys {list(values)[:5]!r})"
+            if isinstance(values, dict)
+            else f"a {type(values).__name__}"
+        )
         raise RewardError(f"reward function {name!r} returned {what} for {len(texts)} completions; return a list "
                           "with one float (or None) per completion.")  # fmt: skip
     values = list(values) if values is not None else None
@@ -115,7 +119,9 @@ def call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
                 f"reward function {name!r} returned {type(value).__name__} {value!r:.60} for completion {i}; a reward "
                 "is a number (int or float) or None per completion."
             )
-        if value is not None and not math.isfinite(float(value)):  # NaN is not None: it would vanish in the sum
+        if value is not None and not math.isfinite(
+            float(value)
+        ):  # NaN is not None: it would vanish in the sum
             raise RewardError(
                 f"reward function {name!r} returned {float(value)} for sample {i} (prompt {prompts[i][-200:]!r}, "
                 f"completion {texts[i][:200]!r}); stopped before any update. Return a finite number, or None for a "

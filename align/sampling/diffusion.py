@@ -398,7 +398,9 @@ def generate(
         opts["deprioritize"] = None
     opts["logits_hook"], opts["completion_start"] = logits_hook, p
     if (stop_check is not None or max_length is not None) and not variable_length:
-        raise ValueError("stop_check and max_length decide when variable-length rows stop; set variable_length.")
+        raise ValueError(
+            "stop_check and max_length decide when variable-length rows stop; set variable_length."
+        )
     budgets = torch.full((b,), gen_length, dtype=torch.long, device=device)
     if max_length is not None:
         room = max_length - attention_mask.sum(-1).to(device)
