@@ -24,9 +24,12 @@ def _generate(args) -> int:
     from align.eval.runner import DiffusionSource
 
     protocol = resolve_protocol(args)
-    check_model_path(args.model, "--model")
+    check_model_path(args.model, "--model", adapter_flag="--adapter")
+    from align.machine import check_device
+
+    check_device(args.device)
     if args.adapter:
-        check_model_path(args.adapter, "--adapter")
+        check_model_path(args.adapter, "--adapter", adapter=True)
     from align.models.family import check_checkpoint_settings
 
     check_checkpoint_settings(args.model, trust_remote_code=args.trust_remote_code, cache=protocol.cache,
@@ -55,7 +58,7 @@ def _export(args) -> int:
     from align.errors import check_model_path
 
     check_model_path(args.model, "--model")
-    check_model_path(args.adapter, "--adapter")
+    check_model_path(args.adapter, "--adapter", adapter=True)
     from align.models import load_model, load_tokenizer
 
     model = load_model(

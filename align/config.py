@@ -31,6 +31,7 @@ from align.fields import (
     resolve_eval,
     resolve_generation_batch,
     resolve_mc_backward,
+    resolve_method_defaults,
 )
 
 
@@ -73,6 +74,7 @@ class GRPOConfig(GRPOFields, ModelDataConfig):
         resolve_eval(self)
         ModelDataConfig.__post_init__(self)
         resolve_generation_batch(self)
+        resolve_method_defaults(self)
         check_grpo(self)
         resolve_mc_backward(self)
 

@@ -7,8 +7,11 @@ trained on.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import tempfile
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +46,22 @@ def load_rows(config):
         if builder is None:
             raise ValueError(f"dataset_files: cannot read .{ext} files; use .jsonl, .json, .csv or .parquet.")
         try:
-            dataset = load_dataset(builder, data_files=list(config.dataset_files), split="train")
+            dataset = load_dataset(builder, data_files=list(config.dataset_files), split="train",
+                                   cache_dir=_writable_cache())  # fmt: skip
         except Exception:
             for path in config.dataset_files:  # name the file and line instead of datasets' parser traceback
                 if path.endswith(".jsonl"):
                     read_jsonl(path)
             raise
     else:
-        dataset = load_dataset(config.dataset_name, config.dataset_config, split=config.dataset_split)
+        try:
+            dataset = load_dataset(config.dataset_name, config.dataset_config, split=config.dataset_split)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise ValueError(f"the datasets cache is not writable ({exc.strerror}: {exc.filename}); set "
+                             "HF_DATASETS_CACHE (or HF_HOME) to a writable folder, or give the data as "
+                             "dataset_files.") from None  # fmt: skip
     for item in config.rename_columns or []:
         old, new = item.split(":")
         if old not in dataset.column_names:
@@ -74,6 +85,28 @@ def load_rows(config):
             "fix the data or set drop_empty_prompts true."
         )
     return dataset
+
+
+def _writable_cache() -> str | None:
+    """None (datasets' own cache) when that cache can be written; else a private temporary folder, so that
+    local files still load from a read-only shared cache (a cluster's HF_HOME mounted read-only)."""
+    import datasets.config
+
+    root = str(datasets.config.HF_DATASETS_CACHE)
+    try:
+        os.makedirs(root, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root):
+            pass
+        return None
+    except OSError as exc:
+        private = tempfile.mkdtemp(prefix="align-datasets-")
+        import atexit
+        import shutil
+
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        logger.warning("the datasets cache %s is not writable (%s); local data files are read through %s instead.",
+                       root, exc.strerror, private)  # fmt: skip
+        return private
 
 
 def _is_empty(value) -> bool:
@@ -108,6 +141,9 @@ def prompt_text(
     """The prompt string for one question (a string, or a list of chat messages). ``system_in_user`` puts
     the system prompt at the start of the first user turn (for chat templates without a system role)."""
     if not use_chat_template:
+        if isinstance(question, list):  # str() of chat messages would be their Python repr
+            raise ValueError("the prompts are chat messages (lists of role / content), but use_chat_template is "
+                             "false; set use_chat_template true, or give plain-text prompts.")  # fmt: skip
         return (system_prompt + "\n" if system_prompt else "") + str(question)
     messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
     if system_prompt and system_in_user:

@@ -222,10 +222,13 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
 def build_trainer(config: DPOConfig) -> DiffusionDPOTrainer:
     from align.data import load_rows
     from align.models import load_tokenizer
+    from align.models.family import check_checkpoint_settings
     from align.runner import load_policy
 
+    check_checkpoint_settings(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     dataset = load_rows(config)
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
+                               chat_off="use_chat_template false" if config.use_chat_template else None)
     model, ref_model = load_policy(config)
     return DiffusionDPOTrainer(model, config, dataset, tokenizer, ref_model=ref_model)
 

@@ -29,13 +29,29 @@ def looks_local(name_or_path: str) -> bool:
     )
 
 
-def check_model_path(name_or_path: str, flag: str) -> None:
-    """A local model folder that does not exist is reported before anything loads."""
-    if looks_local(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
+def check_model_path(name_or_path: str, flag: str, adapter_flag: str | None = None, adapter: bool = False) -> None:
+    """A local model folder that does not exist, or that holds a LoRA adapter where a model belongs, is
+    reported before anything loads (``adapter_flag``: the command's flag for an adapter on top of a base, if
+    any; ``adapter``: the folder is meant to hold one)."""
+    path = os.path.expanduser(name_or_path)
+    if looks_local(name_or_path) and not os.path.isdir(path):
         what = "is not a folder" if os.path.exists(name_or_path) else "does not exist"
         raise UsageError(
             f"{flag} {name_or_path} {what}; give a local checkpoint folder or a hub id (org/name)."
         )
+    adapter_file = os.path.join(path, "adapter_config.json")
+    if not adapter and os.path.isfile(adapter_file) and not os.path.isfile(os.path.join(path, "config.json")):
+        import json
+
+        try:
+            with open(adapter_file, encoding="utf-8") as f:
+                base = json.load(f).get("base_model_name_or_path") or "BASE"
+        except (OSError, ValueError, AttributeError):
+            base = "BASE"
+        merge = f"align export --model {base} --adapter {name_or_path} --output MERGED"
+        fix = (f"give {flag} {base} {adapter_flag} {name_or_path}, or merge them first ({merge})" if adapter_flag
+               else f"merge it into its base first ({merge}) and give {flag} MERGED")  # fmt: skip
+        raise UsageError(f"{flag} {name_or_path} holds a LoRA adapter (adapter_config.json), not a model; {fix}.")
 
 
 def main_guard(prog: str, run, debug: bool = False) -> int:
@@ -51,7 +67,8 @@ def main_guard(prog: str, run, debug: bool = False) -> int:
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
         if debug:
             raise
-        print(f"{prog}: {exc}", file=sys.stderr)
+        if "LOCAL_RANK" not in os.environ or os.environ.get("RANK", "0") == "0":  # a launch's ranks: say it once
+            print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except RunError as exc:
         if debug:

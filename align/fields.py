@@ -73,7 +73,8 @@ class ModelDataFields:
     lora_target_modules: list[str] | None = _help(
         "model",
         "Module names LoRA wraps; default: the model family's linear layers (LLaDA: q_proj k_proj v_proj attn_out "
-        "ff_proj up_proj ff_out). The LM head is never wrapped, although untied LLaDA names it ff_out.",
+        "ff_proj up_proj ff_out); all-linear (PEFT's name) wraps every linear layer. The LM head is never wrapped, "
+        "although untied LLaDA names it ff_out.",
         default=None,
     )
     # ---- data ---------------------------------------------------------------------------------------
@@ -400,9 +401,10 @@ class GRPOFields(ModelDataFields):
         "loss", "Ratio per token or per sequence (GSPO / ESPO).", default="token"
     )
     num_iterations: int = _help("loss", "Inner updates per rollout batch (mu).", default=1)
-    scale_rewards: str = _help(
-        "loss", "Advantage scaling: group, batch or none (mean-centring only).", default="group"
-    )
+    scale_rewards: str | None = _help(
+        "loss", "Advantage scaling: group, batch or none (mean-centring only); default group (TRL's), or what a "
+        "released method's code fixes (wd1: none).", default=None,
+    )  # fmt: skip
     advantage_baseline: str = _help(
         "loss", "group_mean (TRL) or leave_one_out (DiffuCoder, ESPO: r minus the mean of the other G - 1 "
         "rewards of its group); scale_rewards divides either by the group's std.", default="group_mean",
@@ -533,6 +535,23 @@ def resolve_generation_batch(c) -> None:
             f"generation_batch_size {c.generation_batch_size} != per_device_train_batch_size {per_device} x "
             f"steps_per_generation {c.steps_per_generation}; set only one of the two."
         )
+
+
+def resolve_method_defaults(c) -> None:
+    """Fields a released method's own code fixes (``Objective.defaults``, e.g. wd1's raw advantages) take its
+    value when the recipe leaves them unset, and a recipe that sets another value is refused in one line;
+    unset fields of other methods get the general default (``scale_rewards: group``, TRL's)."""
+    from align.objectives import OBJECTIVES
+
+    objective = OBJECTIVES.get(c.loss_type)
+    fixed = {} if objective is None else dict(objective.defaults)
+    for name, general in (("scale_rewards", "group"),):
+        value, wanted = getattr(c, name), fixed.get(name)
+        if value is None:
+            setattr(c, name, wanted if wanted is not None else general)
+        elif wanted is not None and value != wanted:
+            raise ValueError(f"loss_type {c.loss_type} runs with {name} {wanted}, as its authors' code does; the "
+                             f"recipe sets {name} {value!r}: remove it or set {wanted}.")  # fmt: skip
 
 
 def check_grpo(c) -> None:
@@ -917,6 +936,7 @@ def preflight(cls, values: dict[str, object]) -> None:
     check_model_data(view)
     if hasattr(view, "reward_funcs"):
         resolve_generation_batch(view)
+        resolve_method_defaults(view)
         check_grpo(view)
         resolve_mc_backward(view)
         check_reward_specs(view.reward_funcs)
@@ -929,9 +949,24 @@ def preflight(cls, values: dict[str, object]) -> None:
     for path in view.dataset_files or []:
         if not os.path.exists(path):
             raise ValueError(f"dataset_files: {path} does not exist (paths are relative to {os.getcwd()}).")
+        if os.path.isfile(path) and _blank_file(path):
+            raise ValueError(f"dataset_files: {path} is empty (no rows); give a file with one row per line "
+                             "(JSONL), or the file this recipe meant.")  # fmt: skip
+    from align.machine import check_report_to
+
+    check_report_to(getattr(view, "report_to", None))
     if view.output_dir:
         check_output_dir(view.output_dir)
     check_hub_push(view)
+
+
+def _blank_file(path: str) -> bool:
+    """True when the file holds nothing but whitespace (read until the first other byte)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
 
 
 def check_reward_specs(specs: list[str]) -> None:

@@ -17,7 +17,8 @@ gradient does not depend on the estimate's value, so ``mc_backward: chunked`` sk
 ``scores_canvas`` (the EOS padding is scored too), ``full_vocab`` (the replayed softmax keeps the mask
 token), ``kl`` (``reference``: beta may be > 0; ``none``: beta must be 0), ``estimators`` (the only ones it
 runs with, ``estimator_note`` says why; ``exclusive``: that estimator runs with this objective only) and
-``check`` (its own config checks, one-line ValueErrors, run by ``align.fields``).
+``check`` (its own config checks, one-line ValueErrors, run by ``align.fields``) and ``defaults`` (recipe
+fields its released code fixes: unset, they take that value; set otherwise, the recipe is refused).
 
 A new loss: write its arithmetic in ``align.losses`` and register one entry here; its test goes beside
 the others (a reference written out from the authors' code).
@@ -48,6 +49,7 @@ class Objective:
     estimator_note: str = ""
     exclusive: bool = False
     check: Callable | None = None
+    defaults: tuple[tuple[str, object], ...] = ()  # recipe fields its released code fixes (align.fields)
 
     def divisor_count(self, mask, advantages, weights):
         """This objective's divisor of one generation batch on one process (float scalar tensor): the scored
@@ -146,7 +148,8 @@ def _wd1_weights(advantages, args):
 for _name in ("grpo", "bnpo", "dr_grpo"):
     register_objective(Objective(_name, _ratio_loss))
 register_objective(Objective("dapo", _ratio_loss, scales_itself=True))
-register_objective(Objective("wd1", _ratio_loss, value_free=False, group_weights=_wd1_weights, kl="none"))
+register_objective(Objective("wd1", _ratio_loss, value_free=False, group_weights=_wd1_weights, kl="none",
+                             defaults=(("scale_rewards", "none"),)))  # its code softmaxes raw advantages
 register_objective(Objective("wd1_mean", _ratio_loss, value_free=False, group_weights=_wd1_weights))
 register_objective(Objective("stabledrl_clip", _ratio_loss))
 
@@ -201,7 +204,7 @@ def _bgpo(sums, batch, args, accumulation):
                      epsilon=args.epsilon, epsilon_high=args.epsilon_high, dual_clip=args.bgpo_dual_clip)  # fmt: skip
 
 
-register_objective(Objective("bgpo", _bgpo, reduce="samples", kl="none", check=_check_bgpo))
+register_objective(Objective("bgpo", _bgpo, reduce="samples", kl="none", check=_check_bgpo, scores_canvas=True))
 
 
 # ---- ESPO: the sequence ratio over its own coupled masks -------------------------------------------

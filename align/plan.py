@@ -397,6 +397,37 @@ def preflight_memory(args) -> Plan | None:
     return plan
 
 
+def launch_zero(recipe: str) -> int | None:
+    """The ZeRO stage of the launch command a recipe's header gives (``accelerate launch --config_file
+    X.yaml ...``: X's ``zero_stage`` under DeepSpeed, 0 for DDP), or None when it names none. The config file
+    is looked up from the working directory, then from the folders above the recipe."""
+    import re
+
+    with open(recipe, encoding="utf-8") as f:
+        header = "".join(line for line in f if line.lstrip().startswith("#"))
+    found = re.search(r"--config_file\s+(\S+\.ya?ml)", header)
+    if found is None:
+        return None
+    name = found.group(1)
+    candidates = [name] + [os.path.join(parent, name) for parent in _parents(os.path.abspath(recipe))]
+    path = next((c for c in candidates if os.path.isfile(c)), None)
+    if path is None:
+        return None
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        launch = yaml.safe_load(f) or {}
+    if str(launch.get("distributed_type", "")).upper() != "DEEPSPEED":
+        return 0
+    return int((launch.get("deepspeed_config") or {}).get("zero_stage", 0))
+
+
+def _parents(path: str):
+    while (parent := os.path.dirname(path)) != path:
+        yield parent
+        path = parent
+
+
 def main(argv: list[str] | None = None) -> int:
     """``align plan RECIPE.yaml [--gpus N --nodes M --gpu-memory GB --zero Z] [--field value ...]``."""
     import argparse
@@ -410,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80: H100)")
     parser.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3],
-                        help="ZeRO stage (default: 2 with LoRA, else 3)")  # fmt: skip
+                        help="ZeRO stage (default: the stage of the launch command in the recipe's header; "
+                             "without one, 2 with LoRA, else 3)")  # fmt: skip
     parser.add_argument("--expected-length", type=float, default=None,
                         help="variable_length recipes: the mean completion length the work is planned for "
                              "(default: the budget)")  # fmt: skip
@@ -424,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         from align.config import load_config
 
         config = load_config(args.recipe, [*overrides, "--use_cpu", "true"], prog="align plan")
-        zero = args.zero if args.zero is not None else (2 if config.use_peft else 3)
+        zero = args.zero if args.zero is not None else launch_zero(args.recipe)
+        zero = zero if zero is not None else (2 if config.use_peft else 3)
         shape = load_shape(config.model_name_or_path, config.trust_remote_code, say=print)
         if args.expected_length is not None and not config.variable_length:
             raise ValueError("--expected-length plans variable-length rollouts; the recipe has variable_length false.")

@@ -70,6 +70,8 @@ def add_lora(model, config):
     targets = config.lora_target_modules
     if targets is None:  # the family's linear layers
         targets = list(family_for(str(getattr(model.config, "model_type", "")).lower()).lora_targets)
+    elif list(targets) in (["all-linear"], ["all_linear"]):  # PEFT's name: every linear layer but the head
+        targets = sorted(leaves)
     unknown = [t for t in targets if t not in leaves]
     if unknown:
         raise UsageError(
@@ -140,6 +142,10 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
 
             raise UsageError(f"--config given {len(configs)} times ({', '.join(configs)}); give one recipe and "
                              "override its fields with --field value.")  # fmt: skip
+        from align.machine import check_cpu_launch, check_launch_env
+
+        check_launch_env()
+        check_cpu_launch()
         values = recipe_values(fields, args.config, overrides, prog)
         preflight(fields, values)
         if values.get("output_dir"):
@@ -154,6 +160,7 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
         config = align.config.load_config(
             args.config, overrides, cls=getattr(align.config, config_class), prog=prog
         )
+        _choose_cpu_threads(config)
         from align.output_dir import OutputLock
 
         lock = OutputLock(config.output_dir)
@@ -188,6 +195,17 @@ def exit_process(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+def _choose_cpu_threads(config) -> None:
+    """A run on CPU takes the cores that are not busy (``align.machine.set_cpu_threads``) unless
+    OMP_NUM_THREADS says otherwise; processes of one launch share the machine's cores."""
+    import torch
+
+    if config.use_cpu or not torch.cuda.is_available():
+        from align.machine import set_cpu_threads
+
+        set_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _quiet_cpu_deepspeed() -> None:

@@ -105,13 +105,15 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
 
 def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:
     from align.models import load_model, load_tokenizer
-    from align.models.family import new_model
+    from align.models.family import check_checkpoint_settings, new_model
 
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
+                               chat_off="use_chat_template false" if config.use_chat_template else None)
     if config.init_config:
         torch.manual_seed(config.seed)
         model = new_model(config.init_config)
     else:
+        check_checkpoint_settings(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
         model = load_model(
             config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code
         )

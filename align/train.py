@@ -26,10 +26,14 @@ def build_trainer(config):
                               cache=config.cache, remasking=config.remasking, block_length=config.block_length,
                               estimator=config.estimator)  # fmt: skip (settings the model's family cannot run)
     dataset = load_rows(config)
+    from align.rollout.rewards import check_reward_columns
+
+    check_reward_columns(config.reward_funcs, dataset.column_names)
     plan = preflight_memory(config)  # before any weight loads: a plan that cannot fit is refused here
     if plan is not None:
         logger.info("align plan: peak per GPU %s GiB", {k: round(plan.peak(k) / GIB, 1) for k in plan.phases})
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
+                               chat_off="use_chat_template false" if config.use_chat_template else None)
     model, ref_model = load_policy(config)
     return DiffusionGRPOTrainer(model, args=config, train_dataset=dataset, processing_class=tokenizer, ref_model=ref_model)
 

@@ -40,7 +40,7 @@ from align.rollout.batch import MicroBatch, RolloutBatch
 from align.rollout.engine import InProcessEngine, RolloutEngine
 from align.rollout.phase import RolloutPhase
 from align.rollout.prompts import RolloutBatchSampler, RolloutLoader
-from align.rollout.rewards import RewardSet
+from align.rollout.rewards import RewardSet, check_reward_columns
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         args.remove_unused_columns = False
         require_columns(train_dataset.column_names, {"prompt_column": args.prompt_column})
         specs = reward_funcs if reward_funcs is not None else args.reward_funcs
+        check_reward_columns(specs, list(train_dataset.column_names))
+        warn_repeated_passes(args)
         self.rewards = RewardSet(specs, args.reward_weights, args.reward_timeout_s)
         self.rewards.warm_up()  # e.g. math_accuracy's grading workers: started before the first rollout
         self.objective = get_objective(args.loss_type)
@@ -322,3 +324,18 @@ def eval_protocol(args: GRPOConfig):
     greedy = SamplerSettings.from_rollout_fields(args).replace(temperature=0.0)
     return Protocol.from_sampler("rollout", greedy, system_prompt=args.system_prompt, instruction=None,
                                  use_chat_template=args.use_chat_template, max_prompt_length=args.max_prompt_length)  # fmt: skip
+
+
+def warn_repeated_passes(args) -> bool:
+    """``one_step`` masks the whole completion and, without ``p_mask_prompt``, no prompt token: its Monte Carlo
+    samples are then the same pass repeated (the same gradient for ``num_mc_samples`` times the compute). Says
+    so once; returns whether it did."""
+    if args.estimator != "one_step" or args.num_mc_samples <= 1 or args.p_mask_prompt:
+        return False
+    logger.warning(
+        "estimator one_step with num_mc_samples %d and p_mask_prompt 0: every sample masks the same positions "
+        "(the whole completion, no prompt token), so the %d passes are identical: %dx the estimate's compute for "
+        "the same gradient. Set num_mc_samples 1, or p_mask_prompt > 0 for distinct masks (d1: 0.15).",
+        args.num_mc_samples, args.num_mc_samples, args.num_mc_samples,
+    )  # fmt: skip
+    return True

@@ -404,7 +404,8 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
         texts = tok.batch_decode(kept, skip_special_tokens=True)
         expanded = [r for r in picked for _ in range(g)]
         per_func, _ = rewards.score([p for p in prompts for _ in range(g)], texts, canvas, completion_mask,
-                                    expanded, {"global_step": step})  # fmt: skip
+                                    expanded, {"global_step": step},
+                                    raw_prompts=[r[c.prompt_column] for r in expanded])  # fmt: skip
         reward = rewards.weighted(per_func)
         advantages, _ = compute_advantages(reward, g, c.scale_rewards, c.advantage_baseline)
         ids = torch.cat([prompt_ids, canvas], 1)

@@ -174,3 +174,6 @@ def code_execution(prompts, completions, tests=None, entry_point=None, test_setu
 
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
         return list(pool.map(score, range(n), codes, tests, entry_points, setups, helpers))
+
+
+code_execution.gold_columns = (("tests",),)  # read by the trainer's column check

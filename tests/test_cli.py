@@ -315,3 +315,276 @@ def test_a_second_run_into_the_same_output_dir_is_refused_naming_the_holder(tmp_
     from align.output_dir import OutputLock
 
     OutputLock(str(out)).acquire().release()  # the dead holder's lock went with its process
+
+
+# ---- the new-user mistakes (issue list): one line each that says what to fix, exit 2 -----------------------
+def _no_chat_copy(tmp_path):
+    """recipes/tiny/model without its chat template (its tokenizer files carry none)."""
+    import shutil
+
+    path = tmp_path / "nochat"
+    shutil.copytree(os.path.join(REPO, "recipes", "tiny", "model"), path)
+    (path / "chat_template.jinja").unlink()
+    assert "chat_template" not in (path / "tokenizer_config.json").read_text()
+    return path
+
+
+def _fake_adapter(tmp_path):
+    path = tmp_path / "lora"
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "recipes/tiny/model",
+                                                          "peft_type": "LORA"}))  # fmt: skip
+    (path / "adapter_model.safetensors").write_bytes(b"")
+    return path
+
+
+def test_mistakes_known_before_torch_loads_are_one_line_and_fast(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    adapter = _fake_adapter(tmp_path)
+    cols = tmp_path / "cols.jsonl"
+    cols.write_text('{"q": "1+1=", "a": "2"}\n')
+    out = str(tmp_path / "o")
+    cases = [
+        (["train", *TINY, "--dataset_files", str(empty), "--output_dir", out],
+         f"align train: dataset_files: {empty} is empty (no rows); give a file with one row per line (JSONL), or the "
+         "file this recipe meant."),
+        (["train", *TINY, "--model_name_or_path", str(adapter), "--output_dir", out],
+         f"align train: model_name_or_path {adapter} holds a LoRA adapter (adapter_config.json), not a model; merge "
+         f"it into its base first (align export --model recipes/tiny/model --adapter {adapter} --output MERGED) and "
+         "give model_name_or_path MERGED."),
+        (["eval", "--model", str(adapter), "--tasks", f"t={cols}", "--output", out],
+         f"align eval: --model {adapter} holds a LoRA adapter (adapter_config.json), not a model; give --model "
+         f"recipes/tiny/model --adapter {adapter}, or merge them first (align export --model recipes/tiny/model "
+         f"--adapter {adapter} --output MERGED)."),
+        (["eval", "--model", "recipes/tiny/model", "--tasks", f"t={cols}", "--output", out],
+         "align eval: task t: rows lack column(s) ['answer', 'question']; they have ['a', 'q'] (rename with "
+         "--rename-columns old:new ...)."),
+        (["eval", "--model", "recipes/tiny/model", "--tasks", f"t={cols}", "--output", out, "--rename-columns", "x:question"],
+         "align eval: task t: --rename-columns x:...: no column 'x'; the rows have ['a', 'q']."),
+    ]  # fmt: skip
+    for args, line in cases:
+        status, err, cpu_s = _align(args)
+        assert (status, err) == (2, line + "\n")
+        assert cpu_s < 1.0, f"{cpu_s:.2f} s of CPU before the error"
+
+
+def test_a_logging_integration_that_is_not_installed_is_one_line(tmp_path):
+    import importlib.util
+
+    from align.machine import INTEGRATION_MODULES
+
+    missing = next((n for n, mods in INTEGRATION_MODULES.items() if n not in ("tensorboard", "azure_ml")
+                    and not any(importlib.util.find_spec(m) for m in mods)), None)  # fmt: skip
+    assert missing is not None  # this venv installs none of wandb, mlflow, comet_ml, ...
+    status, err, cpu_s = _align(["train", *TINY, "--report_to", "tensorboard", missing, "--output_dir", str(tmp_path)])
+    assert (status, err) == (2, f"align train: report_to {missing} needs the {INTEGRATION_MODULES[missing][0]} "
+                                f"package, which is not installed here; pip install {INTEGRATION_MODULES[missing][0]}, "
+                                "or log elsewhere (--report_to tensorboard).\n")  # fmt: skip
+    assert cpu_s < 1.0
+
+
+def test_stray_distributed_variables_outside_a_launcher_are_one_line(tmp_path):
+    from align.errors import UsageError
+    from align.machine import check_launch_env
+
+    env = {**os.environ, "WORLD_SIZE": "4", "RANK": "1"}
+    for key in ("LOCAL_RANK", "MASTER_ADDR"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "align.cli", "train", *TINY, "--output_dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, env=env)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (2, "align train: WORLD_SIZE=4, RANK=1 in the environment, but no "
+                                                 "launcher started this process (LOCAL_RANK and MASTER_ADDR are unset); "
+                                                 "unset them for a single-process run (env -u WORLD_SIZE -u RANK ...), or "
+                                                 "start it with accelerate launch.\n")  # fmt: skip
+    check_launch_env({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"})  # a launch
+    check_launch_env({"WORLD_SIZE": "1", "RANK": "0"})  # one process says so: harmless
+    with pytest.raises(UsageError, match="RANK must be in 0..WORLD_SIZE-1"):
+        check_launch_env({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x"})
+    with pytest.raises(UsageError, match="is not a number"):
+        check_launch_env({"WORLD_SIZE": "two"})
+
+
+def test_a_deepspeed_launch_asking_for_bf16_on_a_cpu_machine_names_the_flags():
+    import torch
+
+    from align.errors import UsageError
+    from align.machine import check_cpu_launch
+
+    launch = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_MIXED_PRECISION": "bf16"}
+    if torch.cuda.is_available():
+        check_cpu_launch(launch)
+        return
+    with pytest.raises(UsageError) as caught:
+        check_cpu_launch(launch)
+    assert str(caught.value) == ("this DeepSpeed launch asks for bf16 mixed precision on a machine without a GPU; on "
+                                 "CPU add --mixed_precision no to accelerate launch (DS_ACCELERATOR=cpu accelerate "
+                                 "launch --config_file ... --mixed_precision no -m align.train ... --use_cpu true).")  # fmt: skip
+    check_cpu_launch({**launch, "ACCELERATE_MIXED_PRECISION": "no"})
+    check_cpu_launch({"ACCELERATE_MIXED_PRECISION": "bf16"})  # DDP on CPU runs bf16 autocast
+
+
+def test_mistakes_found_from_the_checkpoint_are_one_line_before_weights_load(tmp_path):
+    """An autoregressive checkpoint (the README's own AR baseline shape), with or without its remote-code
+    flag; a model without a chat template when prompts are chat; --device cuda on a CPU-only torch; a
+    reward's gold column under another name; the hub unreachable for a built-in task (no retries)."""
+    import socket
+
+    import torch
+
+    nochat = _no_chat_copy(tmp_path)
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"question": "1+1=", "solution_text": "2"}\n' * 16)
+    ar = ("recipes/tiny-ar/model (Qwen2ForCausalLM) is an autoregressive model (transformers' qwen2, causal "
+          "attention), not a masked diffusion model; give a diffusion checkpoint (LLaDA, Dream, SDAR, ...); an "
+          "autoregressive baseline is evaluated through its server: align eval --endpoint URL --served-model NAME.")  # fmt: skip
+    chat = ("has no chat template (none in its tokenizer files), and prompts are formatted as chat; give plain-text "
+            "prompts ({}) or add the chat template (chat_template.jinja) of the model it was trained from.")  # fmt: skip
+    with socket.socket() as s:  # a port nothing listens on: the hub is unreachable whatever the network
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    data = ["--tasks", "t=recipes/tiny/data/test.jsonl", "--limit", "2"]
+    cases = [
+        (["eval", "--model", "recipes/tiny-ar/model", *data, "--output", str(tmp_path / "e1")], f"align eval: {ar}"),
+        (["eval", "--model", "recipes/tiny-ar/model", "--trust-remote-code", *data, "--output", str(tmp_path / "e2")],
+         f"align eval: {ar}"),
+        (["train", *TINY, "--model_name_or_path", "recipes/tiny-ar/model", "--trust_remote_code", "true",
+          "--output_dir", str(tmp_path / "o1")], f"align train: {ar}"),
+        (["train", *TINY, "--model_name_or_path", str(nochat), "--use_chat_template", "true",
+          "--output_dir", str(tmp_path / "o2")], f"align train: {nochat} " + chat.format("use_chat_template false")),
+        (["eval", "--model", str(nochat), *data, "--protocol", "llada", "--output", str(tmp_path / "e3")],
+         f"align eval: {nochat} " + chat.format("--no-chat-template")),
+        (["train", *TINY, "--dataset_files", str(gold), "--output_dir", str(tmp_path / "o3")],
+         "align train: reward math_accuracy reads a column named 'answer' or 'solution', which the data lacks (it has "
+         "['question', 'solution_text']); rename one with --rename_columns old:answer."),
+        (["eval", "--model", "recipes/tiny/model", "--tasks", "gsm8k", "--limit", "1", "--output", str(tmp_path / "e4")],
+         f"align eval: task gsm8k: the hub is unreachable from here (127.0.0.1:{closed}: Connection refused) and "
+         "openai/gsm8k is not in the local cache; offline, pass --data-dir DIR with DIR/gsm8k.jsonl."),
+    ]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append((["eval", "--model", "recipes/tiny/model", *data, "--device", "cuda", "--output", str(tmp_path / "e5")],
+                      f"align eval: --device cuda: {'this torch is a CPU build' if torch.version.cuda is None else 'no CUDA device is visible'} "
+                      f"(torch {torch.__version__}); use --device cpu or leave --device out."))  # fmt: skip
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed}"}
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                "ALL_PROXY", "all_proxy"):  # fmt: skip
+        env.pop(key, None)
+    for args, line in cases:
+        proc = subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True, text=True, cwd=REPO,
+                              env=env)  # fmt: skip
+        lines = [x for x in proc.stderr.splitlines() if x.startswith(("align train:", "align eval:"))]
+        assert (proc.returncode, lines) == (2, [line]), proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "Retrying" not in proc.stderr
+        assert not any(tmp_path.glob("o*/model.safetensors"))
+
+
+def test_a_model_whose_config_and_tokenizer_have_no_mask_token_is_refused(tmp_path):
+    """A checkpoint with code of its own (auto_map) whose config has no mask_token_id and whose tokenizer
+    has no mask token: not a masked diffusion model, whatever its architecture says."""
+    import shutil
+    import types
+
+    from align.errors import UsageError
+    from align.models.family import check_mask_token
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(REPO, "recipes", "tiny-ar", "model", name), tmp_path / name)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    settings.pop("mask_token", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    config = types.SimpleNamespace(model_type="mydlm", architectures=["MyDLM"], auto_map={"AutoModel": "m.MyDLM"})
+    with pytest.raises(UsageError) as caught:
+        check_mask_token(str(tmp_path), config)
+    assert str(caught.value).startswith(f"{tmp_path} (MyDLM) is not a masked diffusion model: its config has no "
+                                        "mask_token_id and its tokenizer no mask token.")  # fmt: skip
+    check_mask_token(str(tmp_path), types.SimpleNamespace(**vars(config), mask_token_id=2))  # the config says
+
+
+def test_conversational_data_gives_rewards_chat_completions_as_trl_does():
+    """open-r1's rewards read completion[0]["content"]: with chat-message prompts every reward gets the
+    prompts as messages and each completion as [{"role": "assistant", "content": text}]; plain-text data
+    keeps plain strings."""
+    import torch
+
+    from align.rollout.rewards import RewardSet
+
+    seen = {}
+
+    def accuracy_reward(completions, solution, **kwargs):  # open-r1's shape
+        seen["prompts"], seen["completions"] = kwargs["prompts"], completions
+        return [float(c[0]["content"] == s) for c, s in zip(completions, solution)]
+
+    rewards = RewardSet([accuracy_reward])
+    chat = [{"role": "user", "content": "1+1="}]
+    rows = [{"prompt": chat, "solution": "2"}] * 2
+    ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3)
+    out, _ = rewards.score(["<text>"] * 2, ["2", "3"], ids, mask, rows, None, raw_prompts=[chat, chat])
+    assert out[:, 0].tolist() == [1.0, 0.0]
+    assert seen["prompts"] == [chat, chat] and seen["completions"][0] == [{"role": "assistant", "content": "2"}]
+    from align.rollout.rewards import RewardError
+
+    with pytest.raises(RewardError):  # plain-text data: the same reward meets strings, as under TRL
+        rewards.score(["q"] * 2, ["2", "3"], ids, mask, [{"prompt": "q", "solution": "2"}] * 2, None,
+                      raw_prompts=["q", "q"])  # fmt: skip
+
+
+def test_chat_prompts_with_use_chat_template_false_are_refused_not_trained_as_their_repr():
+    """Conversational DPO pairs (or GRPO / SFT prompts) with use_chat_template false: one line, instead of
+    training on the Python repr of the message list."""
+    from align.data import prompt_text
+
+    with pytest.raises(ValueError) as caught:
+        prompt_text(None, [{"role": "user", "content": "hi"}], use_chat_template=False)
+    assert str(caught.value) == ("the prompts are chat messages (lists of role / content), but use_chat_template is "
+                                 "false; set use_chat_template true, or give plain-text prompts.")  # fmt: skip
+    assert prompt_text(None, "hi", system_prompt="s", use_chat_template=False) == "s\nhi"
+
+
+def test_peft_all_linear_wraps_every_linear_layer_but_the_head():
+    import types
+
+    import torch
+
+    from align.runner import add_lora
+
+    model = tiny_model()
+    head = model.get_output_embeddings()
+    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    layers = sum(isinstance(m, torch.nn.Linear) and m is not head for m in model.modules())
+    config = types.SimpleNamespace(lora_target_modules=["all-linear"], lora_r=2, lora_alpha=4, lora_dropout=0.0,
+                                   seed=0)  # fmt: skip
+    wrapped = add_lora(model, config)
+    assert set(wrapped.peft_config["default"].target_modules) == leaves and len(leaves) >= 4
+    assert not any("lora_" in n for n, _ in head.named_parameters())
+    wrapped_layers = {n.rsplit(".", 2)[0] for n, _ in wrapped.named_parameters() if "lora_A" in n}
+    assert len(wrapped_layers) == layers  # every linear layer but the head
+
+
+def test_cpu_runs_take_the_idle_cores_unless_the_user_chose():
+    from align.machine import cpu_threads, set_cpu_threads
+
+    assert [cpu_threads(2, 2.1), cpu_threads(2, 0.0), cpu_threads(8, 3.4), cpu_threads(8, 0.2), cpu_threads(4, 9.0)] == [1, 2, 5, 8, 1]
+    assert os.environ.get("OMP_NUM_THREADS")  # conftest chose: a run keeps the user's choice
+    assert set_cpu_threads() is None
+
+
+def test_a_read_only_hugging_face_cache_still_reads_local_data(tmp_path):
+    """HF_HOME on a read-only mount (a cluster's shared cache): local data files load through a private
+    temporary cache with one warning, and the run trains. Needs a private mount namespace (root here)."""
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {cache} {cache} && mount -o remount,bind,ro "
+                            f"{cache} {cache} && ! touch {cache}/x"], capture_output=True)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespace here (needs root / CAP_SYS_ADMIN)")
+    out = tmp_path / "out"
+    command = (f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} {cache} && exec {sys.executable} "
+               f"-m align.cli train {' '.join(TINY)} --max_steps 1 --save_strategy no --report_to none "
+               f"--output_dir {out}")  # fmt: skip
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "HF_HOME": str(cache)}, timeout=600)  # hang guard; ~15 s observed
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [warning] = [x for x in proc.stderr.splitlines() if "align.data" in x]
+    assert f"the datasets cache {cache}/datasets is not writable (Read-only file system); local data files are " \
+           "read through " in warning
+    assert (out / "model.safetensors").is_file() and not any(cache.iterdir())

@@ -40,6 +40,7 @@ def test_yaml_then_command_line_overrides(tmp_path):
     (["--loss_type", "tracerl", "--estimator", "trace", "--beta", "0.04"], "loss_type tracerl has no reference-model KL .* tracerl_beta"),
     (["--loss_type", "justgrpo", "--estimator", "trace"], "loss_type justgrpo scores the exact left-to-right order: it needs block_length 1"),
     (["--loss_type", "wd1", "--beta", "0.04"], "loss_type wd1 has no KL term"),
+    (["--loss_type", "wd1", "--scale_rewards", "group"], "^loss_type wd1 runs with scale_rewards none, as its authors' code does; the recipe sets scale_rewards 'group': remove it or set none.$"),
     (["--loss_type", "espo", "--estimator", "coupled"], "loss_type espo and estimator espo go together"),
     (["--estimator", "espo"], "loss_type espo and estimator espo go together"),
     (["--advantage_baseline", "loo"], "advantage_baseline 'loo' is not one of"),
@@ -47,6 +48,16 @@ def test_yaml_then_command_line_overrides(tmp_path):
 def test_cross_field_errors_state_the_arithmetic(extra, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, BASE + extra)
+
+
+def test_a_released_methods_fixed_fields_are_its_defaults():
+    """wd1's code softmaxes raw (mean-centred) advantages: under loss_type wd1 an unset scale_rewards is none;
+    every other loss keeps TRL's group default; an explicit value the method allows stands."""
+    assert load_config(None, BASE + ["--loss_type", "wd1"]).scale_rewards == "none"
+    assert load_config(None, BASE + ["--loss_type", "wd1", "--scale_rewards", "none"]).scale_rewards == "none"
+    assert load_config(None, BASE + ["--loss_type", "wd1_mean"]).scale_rewards == "group"  # our variant: TRL's
+    assert load_config(None, BASE).scale_rewards == "group"
+    assert load_config(None, BASE + ["--scale_rewards", "batch"]).scale_rewards == "batch"
 
 
 def test_malformed_and_unknown_yaml_fields(tmp_path):
@@ -100,3 +111,25 @@ def test_a_parsed_config_does_not_change_how_later_commands_convert_values():
     assert our_fields(GRPOFields)["max_time_s"].annotation == "float | None"
     values = recipe_values(GRPOFields, None, ["--max_time_s", "5", "--mask_token_id", "3"], "align train")
     assert values["max_time_s"] == 5.0 and values["mask_token_id"] == 3
+
+
+def test_one_step_samples_that_repeat_one_pass_are_named(caplog):
+    """one_step without prompt masking draws the same mask for every Monte Carlo sample: a warning names the
+    waste; with p_mask_prompt (d1's 0.15) the samples differ and nothing is said."""
+    import logging
+
+    from align.logprob import make_plan
+    from align.trainer import warn_repeated_passes
+
+    canvas = torch.tensor([[0, 0, 1, 1, 1]])
+    prompt = torch.tensor([[1, 1, 0, 0, 0]])
+    same = make_plan("one_step", canvas, num_samples=3, prompt_mask=prompt, p_mask_prompt=0.0,
+                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert all(torch.equal(same.masked[0], m) for m in same.masked)  # the waste the warning names
+    with caplog.at_level(logging.WARNING, logger="align.trainer"):
+        assert warn_repeated_passes(load_config(None, BASE + ["--estimator", "one_step", "--num_mc_samples", "3",
+                                                              "--p_mask_prompt", "0"]))  # fmt: skip
+    assert "the 3 passes are identical: 3x the estimate's compute for the same gradient" in caplog.text
+    assert not warn_repeated_passes(load_config(None, BASE + ["--estimator", "one_step", "--num_mc_samples", "3",
+                                                              "--p_mask_prompt", "0.15"]))  # fmt: skip
+    assert not warn_repeated_passes(load_config(None, BASE + ["--estimator", "one_step"]))

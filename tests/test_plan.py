@@ -154,3 +154,40 @@ def test_expected_length_needs_a_variable_length_recipe(capsys):
 
     assert main(["plan", os.path.join(REPO, "recipes", "tiny", "grpo.yaml"), "--expected-length", "5"]) == 2
     assert "--expected-length plans variable-length rollouts" in capsys.readouterr().err
+
+
+def test_a_recipe_is_planned_under_the_zero_stage_of_its_own_launch_command(tmp_path, capsys, monkeypatch):
+    """`*_zero2.yaml` full fine-tuning recipes launch with zero2.yaml: align plan shards them as ZeRO-2 (the LoRA
+    rule alone would say ZeRO-3); --zero still wins; a recipe with no launch line keeps the LoRA rule."""
+    from align.plan import launch_zero
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dream = os.path.join(REPO, "recipes", "dream-7b-instruct", "grpo", "math_coupled_zero2.yaml")
+    assert launch_zero(dream) == 2
+    assert launch_zero(os.path.join(REPO, "recipes", "illada-8b-instruct", "grpo", "math_full_zero3.yaml")) == 3
+    assert main(["plan", dream]) == 0
+    assert f"{dream}: 7.62B parameters, 1 x 8 GPUs of 80 GiB, ZeRO-2\n" in capsys.readouterr().out
+    assert main(["plan", dream, "--zero", "3"]) == 0
+    assert ", ZeRO-3\n" in capsys.readouterr().out
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("\n".join(line for line in open(dream) if not line.startswith("#")))
+    assert launch_zero(str(bare)) is None
+    ddp = tmp_path / "ddp.yaml"
+    ddp.write_text("# accelerate launch --config_file recipes/accelerate/ddp.yaml -m align.train\nbeta: 0.0\n")
+    monkeypatch.chdir(REPO)
+    assert launch_zero(str(ddp)) == 0  # found from the working directory (the repository root here)
+
+
+def test_the_readme_plan_table_is_the_one_the_script_prints(monkeypatch):
+    """README's table of every committed GRPO recipe equals `benchmarks/plan_table.py`'s output (regenerate it
+    with --write after a planner or recipe change)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import plan_table
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    printed = plan_table.table()
+    assert len(printed) == 2 + len(plan_table.recipes()) >= 2 + 14
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        assert plan_table.readme_table(f.read()) == printed

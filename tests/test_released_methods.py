@@ -272,7 +272,11 @@ def test_wd1_equals_the_released_code_and_wd1_mean_is_the_token_mean():
     both = torch.cat([logps, logps2]).detach().requires_grad_()
     masks = torch.cat([mask, mask2])
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
-    advantages, _ = compute_advantages(rewards, 6, "none")
+    from align.fields import resolve_method_defaults
+
+    recipe = SimpleNamespace(loss_type="wd1", scale_rewards=None)  # a wd1 recipe that leaves it unset
+    resolve_method_defaults(recipe)
+    advantages, _ = compute_advantages(rewards, 6, recipe.scale_rewards)
     weights = wd1_weights(advantages.double(), 6, 1.0)
     order = torch.randperm(12, generator=torch.Generator().manual_seed(0))  # the trainer's shuffled buffer
     loss, _ = policy_loss(both[order], None, None, weights[order], masks[order], loss_type="wd1",
@@ -482,3 +486,88 @@ def test_vrpo_allocation_one_mask_per_timestep_and_shared_plans():
                            _reference=lambda batch, plan: plan)  # fmt: skip
     policy_plan, reference_plan = DPOTrainer._pair_inputs(fake, {"ids": 0})
     assert policy_plan is reference_plan
+
+
+# ---- BGPO ----------------------------------------------------------------------------------------------
+
+
+def _phase(model, **args):
+    """A stand-in ``self`` for ``RolloutPhase._pack`` (one process, on-policy, no reference)."""
+    from align.rollout.phase import RolloutPhase
+
+    defaults = dict(estimator="elbo", num_mc_samples=3, p_mask_prompt=0.0, diffusion_steps=4, trace_merge=1,
+                    block_length=6, num_iterations=1, gradient_accumulation_steps=1, steps_per_generation=1,
+                    beta=0.0, seed=0, per_device_train_batch_size=4)  # fmt: skip
+    defaults.update(args)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), process_index=0, num_processes=1, gather=lambda t: t)
+    phase = SimpleNamespace(args=SimpleNamespace(**defaults), accelerator=accelerator,
+                            objective=get_objective(defaults.get("loss_type", "bgpo")))  # fmt: skip
+    phase.seeded = lambda index, stream: RolloutPhase.seeded(phase, index, stream)
+    phase._fixed_logprobs = lambda ids, attn, plans: RolloutPhase._fixed_logprobs(phase, ids, attn, plans)
+    return phase
+
+
+def _bgpo_elbo_released(model, ids, masked, prompt_len):
+    """yjyddq/DARE @ f4999da ``dllm_dp_actor.py`` l. 100-125 for one Monte Carlo draw: the canvas positions
+    ``masked`` [B, L] replaced by the mask token (the prompt shown), ``(CE / p_mask).sum() / response_length``
+    with p_mask = x / L over every masked position of the padded response (its response mask is all ones:
+    ``rollout_utils.py`` l. 337), negated: l = -(1/x) sum CE."""
+    length = ids.shape[1] - prompt_len
+    noisy = ids.clone()
+    noisy[:, prompt_len:][masked] = MASK_ID
+    logits = model(noisy).logits[:, prompt_len:]
+    ce = F.cross_entropy(logits.transpose(1, 2), ids[:, prompt_len:], reduction="none")  # [B, L]
+    p_mask = masked.sum(-1, keepdim=True).double() / length
+    return -((ce / p_mask) * masked).sum(-1) / length
+
+
+def test_bgpo_scores_the_whole_canvas_through_the_trainers_mask_path():
+    """BGPO's released pipeline scores every response position (EOS padding included, so each row weighs
+    the same in the token-mean). Through the trainer's own path (the phase's mask and plans, its passes and
+    loss) on answers of unequal length, value and gradient equal the released arithmetic, off-policy."""
+    from test_losses import _bgpo_released
+
+    from align.rollout.phase import RolloutPhase
+
+    prompt_len, length, rows, k = 3, 6, 4, 3
+    ids = _rows(rows, prompt_len, length, [6, 1, 3, 0], seed=5)
+    completion = ids[:, prompt_len:]
+    _, completion_mask = truncate_at_stop(completion, (EOS_ID,), EOS_ID)
+    assert completion_mask.sum(1).tolist() == [6, 2, 4, 1]  # what a fixed-length objective would score
+    advantages = torch.tensor([1.0, -0.5, 0.8, -1.2], dtype=torch.float64)
+    model = _model()
+    phase = _phase(model, num_mc_samples=k)
+    batch, _ = RolloutPhase._pack(phase, ids[:, :prompt_len], torch.ones(rows, prompt_len, dtype=torch.long),
+                                  completion, completion_mask, advantages, None, 0,
+                                  torch.zeros_like(completion))  # fmt: skip
+    assert batch.mask[:, prompt_len:].all() and not batch.mask[:, :prompt_len].any()  # the whole canvas
+    trainer = _trainer(model, estimator="elbo", loss_type="bgpo", max_completion_length=length, bgpo_dual_clip=3.0,
+                       num_mc_samples=k)  # fmt: skip
+    trainer.current_gradient_accumulation_steps = 1  # the whole generation batch in one micro-step
+    micro = batch.micro_batch(0, 0, 1)
+    ordered = micro.ids
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # an old policy a little away from this one, as at the second inner iteration
+        old_model = _model()
+        for p in old_model.parameters():
+            p.mul_(1 + 0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))  # 5% relative
+        old_sums = torch.stack([_bgpo_elbo_released(old_model, ordered, micro.plan.masked[j][:, prompt_len:], prompt_len)
+                                for j in range(k)], 1) * length  # fmt: skip
+    micro.old = old_sums
+    loss = GRPOTrainer._policy_loss(trainer, GRPOTrainer._passes(trainer, model, ordered, None, micro.plan), micro)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    # the released side: per draw the ELBO over the masked canvas positions, verl's token-mean over an all-ones
+    # response mask, the mean over draws
+    released = []
+    for j in range(k):
+        l_theta = _bgpo_elbo_released(model, ordered, micro.plan.masked[j][:, prompt_len:], prompt_len)
+        released.append(_bgpo_released((old_sums[:, j] / length)[:, None].expand(-1, length),
+                                       l_theta[:, None].expand(-1, length),
+                                       micro.advantages[:, None].expand(-1, length).double(),
+                                       torch.ones(rows, length, dtype=torch.float64), 0.2, 3.0))  # fmt: skip
+    reference = sum(released) / k
+    reference_grads = torch.autograd.grad(reference, list(model.parameters()))
+    assert torch.isfinite(reference) and not torch.equal(loss, -micro.advantages.mean())  # off-policy, log(1 + d) defined
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=0)
+    ours, theirs = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in reference_grads])
+    assert (ours - theirs).norm() / theirs.norm() < 1e-6

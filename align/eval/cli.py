@@ -89,6 +89,8 @@ def add_eval_parser(sub) -> None:
         "--tasks", required=True, help="comma list: gsm8k,math500,humaneval,mbpp or NAME=file.jsonl"
     )
     flag(p, "data-dir", default=None, help="read DATA_DIR/<task>.jsonl instead of the hub")
+    flag(p, "rename-columns", nargs="+", default=None, metavar="OLD:NEW",
+         help="rename the data's columns first (e.g. q:question a:answer), as training's rename_columns")  # fmt: skip
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
     flag(p, "num-samples", type=int, default=1, help="answers per question (pass@k with k = this)")
     p.add_argument("--output", required=True, help="folder for results.json and <task>/samples.jsonl; a rerun "
@@ -122,10 +124,14 @@ def run_eval(args) -> int:
     if args.endpoint and not args.served_model:
         raise UsageError("--endpoint needs --served-model (the name the server knows the model by).")
     if args.model:
-        check_model_path(args.model, "--model")
+        check_model_path(args.model, "--model", adapter_flag="--adapter")
+    from align.machine import check_device, check_launch_env
+
+    check_device(args.device)
+    check_launch_env()
     if args.adapter:
-        check_model_path(args.adapter, "--adapter")
-    tasks = load_tasks(args.tasks, args.data_dir, args.limit)
+        check_model_path(args.adapter, "--adapter", adapter=True)
+    tasks = load_tasks(args.tasks, args.data_dir, args.limit, args.rename_columns)
     if args.endpoint:
         source = EndpointSource(
             args.endpoint, args.served_model, args.concurrency, args.retries, seed=args.seed
@@ -145,6 +151,10 @@ def _run_diffusion(args, tasks, protocol) -> int:
         p = protocol.for_task(task.name)
         check_checkpoint_settings(args.model, trust_remote_code=args.trust_remote_code, cache=p.cache,
                                   remasking=p.remasking, block_length=p.block_length)  # fmt: skip
+    if any(protocol.for_task(task.name).use_chat_template for task, _ in tasks):
+        from align.models import load_tokenizer
+
+        load_tokenizer(args.model, trust_remote_code=args.trust_remote_code, chat_off="--no-chat-template")
 
     state = process_state(args.device)
     loaded = []

@@ -49,8 +49,9 @@ class Task:
     hub: tuple[str, str | None, str] | None  # (dataset id, config, split)
     question: str  # the column holding the question (for code tasks: the prompt)
 
-    def load(self, data_dir: str | None = None, path: str | None = None) -> list[dict]:
-        """Rows from ``path``, ``data_dir/<name>.jsonl`` or the hub (same columns as the hub dataset)."""
+    def load(self, data_dir: str | None = None, path: str | None = None, rename: list[str] | None = None) -> list[dict]:
+        """Rows from ``path``, ``data_dir/<name>.jsonl`` or the hub (same columns as the hub dataset);
+        ``rename``: ``old:new`` column renames applied first (training's ``rename_columns``)."""
         path = path or (os.path.join(data_dir, f"{self.name}.jsonl") if data_dir else None)
         if path:
             if not os.path.exists(path):
@@ -63,19 +64,25 @@ class Task:
         else:
             from datasets import load_dataset
 
+            unreachable = hub_unreachable()
             try:
-                rows = list(load_dataset(self.hub[0], self.hub[1], split=self.hub[2]))
+                with offline(unreachable is not None):  # a cached copy still loads; nothing retries for a minute
+                    rows = list(load_dataset(self.hub[0], self.hub[1], split=self.hub[2]))
             except (OSError, ConnectionError, ValueError) as exc:
+                why = (f"the hub is unreachable from here ({unreachable}) and {self.hub[0]} is not in the local "
+                       "cache" if unreachable else f"could not load {self.hub[0]} from the hub "
+                       f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")  # fmt: skip
                 raise FileNotFoundError(
-                    f"task {self.name}: could not load {self.hub[0]} from the hub ({type(exc).__name__}: "
-                    f"{' '.join(str(exc).split())[:200]}); offline, pass --data-dir DIR with DIR/{self.name}.jsonl."
+                    f"task {self.name}: {why}; offline, pass --data-dir DIR with DIR/{self.name}.jsonl."
                 ) from exc
+        rows = rename_columns(rows, rename or [], self.name)
         if self.name == "mbpp" and rows and "text" not in rows[0] and "prompt" in rows[0]:
             rows = [{**r, "text": r["prompt"]} for r in rows]  # the sanitized config names the task "prompt"
         missing = {self.question, *self.gold_columns()} - set(rows[0] if rows else {})
         if rows and missing:
             raise ValueError(
-                f"task {self.name}: rows lack column(s) {sorted(missing)}; they have {sorted(rows[0])}."
+                f"task {self.name}: rows lack column(s) {sorted(missing)}; they have {sorted(rows[0])} (rename "
+                "with --rename-columns old:new ...)."
             )
         return rows
 
@@ -157,6 +164,49 @@ class Task:
         return code
 
 
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the dataset hub cannot be reached from here (one TCP connection to ``HF_ENDPOINT``), or None when it
+    can, when offline mode is already on, or when a proxy decides (then the hub client's own errors stand)."""
+    import socket
+    from urllib.parse import urlparse
+
+    env = os.environ
+    if any(env.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None
+    if any(env.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(env.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+class offline:
+    """While active (and ``on``), the hub clients read only their local caches (their offline mode, set
+    in-process: the environment variables are read once, at import)."""
+
+    def __init__(self, on: bool):
+        self.on, self.saved = on, []
+
+    def __enter__(self):
+        if self.on:
+            import datasets.config
+            import huggingface_hub.constants
+
+            for module in (datasets.config, huggingface_hub.constants):
+                self.saved.append((module, module.HF_HUB_OFFLINE))
+                module.HF_HUB_OFFLINE = True
+        return self
+
+    def __exit__(self, *exc):
+        for module, value in self.saved:
+            module.HF_HUB_OFFLINE = value
+        return False
+
+
 def prompt_context(prompt: str, entry_point: str) -> str:
     """The prompt's top-level code except ``entry_point``'s own definition: imports, helper functions,
     constants. A prompt that does not parse contributes its import lines."""
@@ -199,10 +249,28 @@ def resolve_tasks(spec: str) -> list[tuple[Task, str | None]]:
 
 
 def load_tasks(
-    spec: str, data_dir: str | None = None, limit: int | None = None
+    spec: str, data_dir: str | None = None, limit: int | None = None, rename: list[str] | None = None
 ) -> list[tuple[Task, list[dict]]]:
-    """[(Task, its first ``limit`` rows)] for a ``resolve_tasks`` spec, every file read and checked now."""
-    return [(task, task.load(data_dir, path)[:limit]) for task, path in resolve_tasks(spec)]
+    """[(Task, its first ``limit`` rows)] for a ``resolve_tasks`` spec, every file read and checked now
+    (``rename``: ``old:new`` column renames for every task's rows)."""
+    return [(task, task.load(data_dir, path, rename)[:limit]) for task, path in resolve_tasks(spec)]
+
+
+def rename_columns(rows: list[dict], renames: list[str], task: str) -> list[dict]:
+    """``old:new`` renames (``--rename-columns``), each naming a column the rows have."""
+    pairs = []
+    for item in renames:
+        if item.count(":") != 1 or "" in item.split(":"):
+            raise ValueError(f"--rename-columns entry {item!r} is not 'old:new'.")
+        pairs.append(tuple(item.split(":")))
+    if not rows or not pairs:
+        return rows
+    for old, _ in pairs:
+        if old not in rows[0]:
+            raise ValueError(f"task {task}: --rename-columns {old}:...: no column {old!r}; the rows have "
+                             f"{sorted(rows[0])}.")  # fmt: skip
+    mapping = dict(pairs)
+    return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
 
 
 @dataclass(frozen=True)

@@ -357,9 +357,43 @@ def check_checkpoint_settings(name_or_path: str, *, trust_remote_code: bool = Fa
         return
     model_type = str(getattr(config, "model_type", "")).lower()
     family = family_for(model_type)
+    check_mask_token(name_or_path, config, trust_remote_code)
     spec = FamilySpec(model_type=model_type, mask_token_id=-1,
                       block_size=family.block_size(config) if family.block_causal else None)  # fmt: skip
     check_family_settings(spec, **settings)
+
+
+def check_mask_token(name_or_path: str, config, trust_remote_code: bool = False) -> None:
+    """One line before any weights are read for a checkpoint that is not a masked diffusion model: one of
+    transformers' own causal LM types with no code of its own (an autoregressive model: Qwen2, Llama, ...),
+    or a config without ``mask_token_id`` whose tokenizer has no mask token."""
+    from align.errors import UsageError
+
+    model_type = str(getattr(config, "model_type", "")).lower()
+    architectures = ", ".join(getattr(config, "architectures", None) or [model_type])
+    baseline = ("an autoregressive baseline is evaluated through its server: align eval --endpoint URL "
+                "--served-model NAME")  # fmt: skip
+    if model_type not in FAMILIES and not getattr(config, "auto_map", None):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise UsageError(f"{name_or_path} ({architectures}) is an autoregressive model (transformers' "
+                             f"{model_type}, causal attention), not a masked diffusion model; give a diffusion "
+                             f"checkpoint (LLaDA, Dream, SDAR, ...); {baseline}.")  # fmt: skip
+    if getattr(config, "mask_token_id", None) is not None:
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return  # no readable tokenizer: the loader says so
+    if getattr(tokenizer, "mask_token_id", None) is not None:
+        return
+    raise UsageError(
+        f"{name_or_path} ({architectures}) is not a masked diffusion model: its config has no mask_token_id and "
+        f"its tokenizer no mask token. Give a diffusion checkpoint (LLaDA, Dream, SDAR, ...); {baseline}."
+    )
 
 
 def _first_id(value) -> int | None:

@@ -75,8 +75,10 @@ def load_model(
     return model
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
-    """Load the tokenizer; left padding, since prompts are left-padded before the generation canvas."""
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, chat_off: str | None = None):
+    """Load the tokenizer; left padding, since prompts are left-padded before the generation canvas.
+    ``chat_off``: prompts will go through its chat template, and this is how the user turns that off (a
+    tokenizer without a template is then refused in one line naming it)."""
     if os.path.isdir(name_or_path) and not any(
         os.path.exists(os.path.join(name_or_path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     ):
@@ -86,6 +88,12 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
         )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
+    if chat_off is not None and not getattr(tokenizer, "chat_template", None):
+        raise UsageError(
+            f"{name_or_path} has no chat template (none in its tokenizer files), and prompts are formatted as chat; "
+            f"give plain-text prompts ({chat_off}) or add the chat template (chat_template.jinja) of the model it "
+            "was trained from."
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -68,7 +68,8 @@ class RolloutPhase:
         expanded = [r for r in rows for _ in range(g)]
         start = time.perf_counter()
         per_func, reward_metrics = self.rewards.score([p for p in prompts for _ in range(g)], texts, completion_ids,
-                                                      completion_mask, expanded, state)  # fmt: skip
+                                                      completion_mask, expanded, state,
+                                                      raw_prompts=[r[args.prompt_column] for r in expanded])  # fmt: skip
         reward_s = time.perf_counter() - start
         for key, value in reward_metrics.items():
             metrics[key].append(value)

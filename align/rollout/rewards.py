@@ -34,6 +34,36 @@ logger = logging.getLogger(__name__)
 RESERVED = ("prompts", "completions", "completion_ids", "trainer_state")  # reward arguments, not columns
 
 
+def needed_columns(fn) -> list[tuple[str, ...]]:
+    """The dataset columns a reward reads, each as a group of which one must exist: what it declares
+    (``fn.gold_columns``, for rewards whose columns are optional keywords) plus its parameters that have no
+    default and are not the trainer's own arguments."""
+    import inspect
+
+    groups = [tuple(g) for g in getattr(fn, "gold_columns", ())]
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return groups
+    for p in params:
+        if p.name in RESERVED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is not p.empty:
+            continue
+        if (p.name,) not in groups:
+            groups.append((p.name,))
+    return groups
+
+
+def check_reward_columns(specs: list, columns: list[str]) -> None:
+    """Every reward finds the columns it reads in the data, checked once before any weights load."""
+    for spec in specs:
+        fn, name = reward_registry.get(spec), reward_registry.name_of(spec)
+        for group in needed_columns(fn):
+            if not set(group) & set(columns):
+                named = " or ".join(repr(c) for c in group)
+                raise ValueError(f"reward {name} reads a column named {named}, which the data lacks (it has "
+                                 f"{columns}); rename one with --rename_columns old:{group[0]}.")  # fmt: skip
+
+
 class RewardError(RunError):
     """A reward function raised or returned the wrong number of values (the message names it and the sample)."""
 
@@ -57,10 +87,14 @@ class RewardSet:
                 fn.warm_up()
 
     def score(
-        self, prompts, texts, completion_ids, completion_mask, rows, state
+        self, prompts, texts, completion_ids, completion_mask, rows, state, raw_prompts=None
     ) -> tuple[torch.Tensor, dict]:
         """([N, F] rewards per function, NaN where a function returned None; {metric: value} the functions
-        published in ``last_metrics``)."""
+        published in ``last_metrics``). ``raw_prompts``: the rows' prompts as the data holds them; when they
+        are chat messages the functions get them, and each completion as ``[{"role": "assistant", "content":
+        text}]``, as TRL gives conversational data to its reward functions."""
+        if raw_prompts and isinstance(raw_prompts[0], list):
+            prompts, texts = list(raw_prompts), [[{"role": "assistant", "content": t}] for t in texts]
         columns = {k: [r[k] for r in rows] for k in rows[0] if k not in RESERVED}
         ids = [c[m.bool()].tolist() for c, m in zip(completion_ids, completion_mask)]
         out = torch.full((len(texts), len(self.funcs)), float("nan"))
