@@ -31,8 +31,9 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES
                        if n not in ("trace", "block_trace", "growing", "spg", "diffucoder", "espo"))  # fmt: skip
 PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny", "tiny-block", "trado")
-BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "math_accuracy",
-                   "python_block_format", "reasoning_answer_format", "sudoku", "think_answer_format")  # fmt: skip
+BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "loop_penalty",
+                   "math_accuracy", "python_block_format", "reasoning_answer_format", "repetition_penalty", "sudoku",
+                   "think_answer_format")  # fmt: skip
 GROUPS = ("model", "data", "schedule", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")
 
 
@@ -970,8 +971,18 @@ def _blank_file(path: str) -> bool:
 
 
 def check_reward_specs(specs: list[str]) -> None:
-    """Built-in names and file paths are checked here; modules are imported when the trainer starts."""
-    for spec in specs:
+    """Built-in names (with their parameters) and file paths are checked here; modules are imported when the
+    trainer starts."""
+    for full in specs:
+        spec, params = full, {}
+        if "(" in full:
+            from rewards import split_params
+
+            spec, params = split_params(full)
+        if params and spec in BUILTIN_REWARDS:
+            from rewards import get
+
+            get(full)  # its parameters: names and values
         target = spec.rsplit(":", 1)[0] if ":" in spec else None
         if target is None and spec not in BUILTIN_REWARDS:
             hint = suggest(spec, BUILTIN_REWARDS, prefix="")

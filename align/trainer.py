@@ -264,7 +264,7 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
                 scores, _ = evaluate_task(source, task, rows, protocol, progress=True)  # a bar on the main process
                 # n (questions scored) stays: align report draws each held-out point's interval from it
                 metrics.update({f"{metric_key_prefix}_{task.name}/{k}": v for k, v in scores.items()
-                                if k != "num_samples"})  # fmt: skip
+                                if k not in ("num_samples", "loop_rate", "unclosed_think_rate")})  # fmt: skip
         finally:
             self.model.train(was_training)
             for callback in self.callback_handler.callbacks:  # training time excludes evaluation

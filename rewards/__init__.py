@@ -22,6 +22,7 @@ from rewards.format import (
     reasoning_answer_format,
     think_answer_format,
 )
+from rewards.loops import loop_penalty, repetition_penalty
 from rewards.math import math_accuracy
 from rewards.puzzles import countdown, sudoku
 
@@ -37,6 +38,8 @@ BUILTINS: dict[str, RewardFn] = {
     "length_penalty": length_penalty,
     "countdown": countdown,
     "sudoku": sudoku,
+    "repetition_penalty": repetition_penalty,
+    "loop_penalty": loop_penalty,
 }
 
 
@@ -55,10 +58,39 @@ def _from_file(path: str, name: str) -> RewardFn:
     return getattr(module, name, None)
 
 
+def split_params(spec: str) -> tuple[str, dict]:
+    """``name(k=v, ...)`` -> (``name``, {k: v}): a spec's parameters, as Python literals by keyword; a spec
+    without parentheses has none."""
+    import ast
+
+    target, paren, rest = spec.partition("(")
+    if not paren:
+        return spec, {}
+    if not rest.endswith(")"):
+        raise ValueError(f"reward spec {spec!r}: parameters are written name(key=value, ...), closed by ')'.")
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+        if call.args:
+            raise ValueError("positional")
+        params = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        if None in params:
+            raise ValueError("**")
+    except (SyntaxError, ValueError):
+        raise ValueError(f"reward spec {spec!r}: parameters are written name(key=value, ...) with Python literal "
+                         "values, e.g. repetition_penalty(ngram_size=3, max_penalty=-1.0).") from None  # fmt: skip
+    return target.strip(), params
+
+
 def get(spec: str | RewardFn) -> RewardFn:
-    """Resolve a reward spec: built-in name, ``package.module:function`` or ``path/to/file.py:function``."""
+    """Resolve a reward spec: built-in name, ``package.module:function`` or ``path/to/file.py:function``, each
+    optionally with parameters, ``name(key=value, ...)`` (bound as keyword arguments; a function's ``check``
+    attribute, when it has one, validates them first)."""
     if callable(spec):
         return spec
+    target, params = split_params(spec)
+    if params:
+        return _with_params(get(target), target, params)
+    spec = target
     if spec in BUILTINS:
         return BUILTINS[spec]
     if ":" not in spec:
@@ -92,11 +124,30 @@ def get(spec: str | RewardFn) -> RewardFn:
     return fn
 
 
+def _with_params(fn: RewardFn, target: str, params: dict) -> RewardFn:
+    import functools
+
+    named = {
+        p.name for p in inspect.signature(fn).parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    unknown = sorted(set(params) - named - {"prompts", "completions", "completion_ids", "trainer_state"})
+    if unknown or set(params) & {"prompts", "completions", "completion_ids", "trainer_state"}:
+        bad = unknown or sorted(set(params) & {"prompts", "completions", "completion_ids", "trainer_state"})
+        options = sorted(named - {"prompts", "completions", "completion_ids", "trainer_state"})
+        raise ValueError(f"reward {target}: no parameter {', '.join(bad)}; its parameters are {', '.join(options)}.")
+    check = getattr(fn, "check", None)
+    if callable(check):
+        check(**params)
+    bound = functools.partial(fn, **params)
+    functools.update_wrapper(bound, fn)
+    return bound
+
+
 def name_of(spec: str | RewardFn) -> str:
-    """Metric name of a reward (``rewards/<name>/mean``)."""
+    """Metric name of a reward (``rewards/<name>/mean``; a spec's parameters are not part of it)."""
     if callable(spec):
         return getattr(spec, "__name__", type(spec).__name__)
-    return spec.rsplit(":", 1)[-1]
+    return split_params(spec)[0].rsplit(":", 1)[-1]
 
 
 __all__ = ["BUILTINS", "get", "name_of"]

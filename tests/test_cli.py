@@ -74,8 +74,17 @@ def _align(args, cwd=REPO):
      f"align train: dataset_files: missing.jsonl does not exist (paths are relative to {REPO})."),
     (["train", *TINY, "--reward_funcs", "math_acuracy", "answer_tag_format"], 2,
      "align train: unknown reward 'math_acuracy'; did you mean math_accuracy? Built-ins are answer_tag_format, "
-     "code_execution, countdown, length_penalty, math_accuracy, python_block_format, reasoning_answer_format, "
-     "sudoku, think_answer_format, or give package.module:function or path/to/file.py:function."),
+     "code_execution, countdown, length_penalty, loop_penalty, math_accuracy, python_block_format, "
+     "reasoning_answer_format, repetition_penalty, sudoku, think_answer_format, or give package.module:function or "
+     "path/to/file.py:function."),
+    (["train", *TINY, "--reward_funcs", "repetition_penalty(ngram_size=0)", "answer_tag_format"], 2,
+     "align train: repetition_penalty: ngram_size must be a whole number >= 1, got 0."),
+    (["train", *TINY, "--reward_funcs", "repetition_penalty(ngram=3)", "answer_tag_format"], 2,
+     "align train: reward repetition_penalty: no parameter ngram; its parameters are max_penalty, ngram_size."),
+    (["train", *TINY, "--reward_funcs", "loop_penalty(penalty=1)", "answer_tag_format"], 2,
+     "align train: loop_penalty: penalty 1 should not be positive (it is a penalty)."),
+    (["train", *TINY, "--reward_funcs", "loop_penalty(penalty=-1", "answer_tag_format"], 2,
+     "align train: reward spec 'loop_penalty(penalty=-1': parameters are written name(key=value, ...), closed by ')'."),
     (["train", *TINY, "--beta", "abc"], 2, "align train: --beta 'abc' is not a number."),
     (["dpo", "--config", "recipes/tiny/dpo.yaml", "--beta", "abc"], 2, "align dpo: --beta 'abc' is not a number."),
     (["plan", "recipes/tiny/grpo.yaml", "--num_generation", "8"], 2,

@@ -375,3 +375,26 @@ def test_a_reply_cannot_make_the_judge_allocate_gigabytes_or_spin_past_its_cpu_b
         assert score_program("def add(a, b):\n    return a + b\n", tests, sandbox=box) == 1.0
     finally:
         box.close()
+
+
+def test_storage_routes_stay_inside_the_sandboxs_bounds(sandbox):
+    """/dev/shm is read-only; a sparse file or a mapping larger than the file-size limit is refused; /tmp fills
+    up to its limits; extended attributes (kept outside the tmpfs size) cannot be set at all."""
+    if sandbox.backend != "bwrap":
+        pytest.skip("the isolated backend's bounds")
+    probes = {
+        "open('/dev/shm/x', 'wb').write(b'x' * 10**6)": "30",  # EROFS
+        "f = open('/tmp/s', 'wb'); f.truncate(10**12)": "27",  # EFBIG: RLIMIT_FSIZE
+        "import mmap, os\nfd = os.open('/tmp/m', os.O_RDWR | os.O_CREAT); os.ftruncate(fd, 2 * 10**9)": "27",
+        "open('/tmp/f', 'w').close()\nimport os\nos.setxattr('/tmp/f', 'user.k', b'v' * 60000)": "1",  # EPERM
+    }
+    for code, errno in probes.items():
+        wrapped = "try:\n" + "".join(f"    {line}\n" for line in code.splitlines()) + "    print('done')\n" \
+                  "except OSError as e:\n    print('errno', e.errno)\n"  # fmt: skip
+        result = sandbox.run(wrapped)
+        assert (result.status, result.stdout.strip()) == ("ok", f"errno {errno}"), (code, result)
+    fill = sandbox.run("n = 0\ntry:\n    for i in range(1000):\n        f = open(f'/tmp/b{i}', 'wb')\n"
+                       "        for _ in range(16):\n            f.write(b'x' * 2**20); n += 1\n        f.close()\n"
+                       "except OSError as e:\n    print(n, e.errno)")  # fmt: skip
+    written, errno = fill.stdout.split()
+    assert fill.status == "ok" and errno == "28" and int(written) <= sandbox.limits.tmpfs_mb  # ENOSPC at the tmpfs size

@@ -568,7 +568,7 @@ def test_completions_table_goes_to_wandb_when_asked(workspace, tmp_path, monkeyp
     trainer.train()
     [entry] = logged
     table = entry["completions"]
-    assert list(table.columns) == ["step", "prompt", "completion", "reward", "advantage", "ones_fraction"]
+    assert list(table.columns) == ["step", "prompt", "completion", "reward", "advantage", "ones_fraction", "loop"]
     assert len(table) == 4 and set(table["step"]) == {1}
 
 

@@ -27,6 +27,7 @@ from collections import defaultdict
 
 from align.eval.runner import pass_at_k
 
+LOOP_METRICS = ("loop_rate", "unclosed_think_rate")  # per task, rewards/loops.py (% of answers)
 TRAIN_CURVES = [  # (log key or prefix*, y label, x key)
     ("reward", "mean reward", "step"),
     ("rewards/*/mean", "mean of each reward", "step"),
@@ -190,6 +191,7 @@ def write_report(runs: list[dict], output: str, allow_mixed: bool = False) -> st
 def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
     metric = main_metric(runs[0]["tasks"][task])
     extra = sorted({k for r in runs for k in r["tasks"][task] if k.startswith("pass@") and k != metric})
+    extra += [k for k in LOOP_METRICS if any(k in r["tasks"][task] for r in runs)]  # beside the score
     lines = [f"## {task}", "", f"| run | model | adapter | engine | protocol | gen length | {metric} (95% CI) | "
              + "".join(f"{k} | " for k in extra) + "n |", "|---" * (8 + len(extra)) + "|"]  # fmt: skip
     bars = []

@@ -510,6 +510,11 @@ def task_metrics(task: Task, samples: list[dict], n: int, num_samples: int) -> d
         metrics["pass@1"] = _mean(pass_at_k(num_samples, c, 1) for c in correct)
     if num_samples > 1:
         metrics[f"pass@{num_samples}"] = _mean(pass_at_k(num_samples, c, num_samples) for c in correct)
+    from rewards.loops import completion_loop, unclosed_think
+
+    texts = [str(s.get("completion") or "") for s in samples]
+    metrics["loop_rate"] = _mean(completion_loop(t) is not None for t in texts)  # rewards/loops.py
+    metrics["unclosed_think_rate"] = _mean(unclosed_think(t) for t in texts)
     return metrics
 
 

@@ -13,16 +13,18 @@ FILE = "completions.jsonl"
 
 
 def keep_samples(
-    rows, prompt_column: str, texts, per_func, rewards, advantages, reward_names, keep: int
+    rows, prompt_column: str, texts, per_func, rewards, advantages, reward_names, keep: int, looping=None
 ) -> list:
     """The first ``keep`` samples of a rollout as logged rows (prompt, completion, reward, advantage, each
-    function's reward, None where it returned None)."""
+    function's reward, None where it returned None; ``loop``: whether it loops, rewards/loops.py)."""
+    looping = looping if looping is not None else [None] * len(texts)
     return [
         {
             "prompt": str(r[prompt_column]), "completion": t, "reward": float(rw), "advantage": float(a),
             **{n: _num(v) for n, v in zip(reward_names, pf.tolist())},
+            **({} if lp is None else {"loop": bool(lp)}),
         }
-        for r, t, pf, rw, a in islice(zip(rows, texts, per_func, rewards, advantages), keep)
+        for r, t, pf, rw, a, lp in islice(zip(rows, texts, per_func, rewards, advantages, looping), keep)
     ]  # fmt: skip
 
 
@@ -35,6 +37,8 @@ def log_completions(samples: list[dict], step: int, output_dir: str, reward_name
     with open(os.path.join(output_dir, FILE), "a") as f:
         f.writelines(json.dumps({"step": step, **sample}) + "\n" for sample in samples)
     rewards = {name: [s[name] for s in samples] for name in reward_names}
+    if samples and "loop" in samples[0]:  # the table marks looping samples (1 = loops)
+        rewards["loop"] = [float(s["loop"]) for s in samples]
     prompts, texts = [s["prompt"] for s in samples], [s["completion"] for s in samples]
     if is_rich_available():
         print_prompt_completions_sample(prompts, texts, rewards, [s["advantage"] for s in samples], step)

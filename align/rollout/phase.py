@@ -27,6 +27,7 @@ from align.rollout.engine import RolloutEngine
 from align.rollout.rewards import RewardSet
 from align.sampling import truncate_at_stop
 from align.sampling.settings import SamplerSettings
+from rewards.loops import completion_loop, unclosed_think
 
 
 class RolloutPhase:
@@ -84,9 +85,13 @@ class RolloutPhase:
         batch, logprob_s = self._pack(prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, weights,
                                       rollout_index, out.commit_step)  # fmt: skip
         seconds = {"rollout": rollout_s, "reward": reward_s, "logprob": logprob_s}
-        self._log(metrics, per_func, rewards, std_is_zero, completion_mask, terminated, out, seconds)
+        looping = [completion_loop(t) is not None for t in texts]
+        unclosed = [unclosed_think(t, opened=prompts[i // g].rstrip().endswith("<think>")) for i, t in enumerate(texts)]
+        flags = {"loop_ratio": torch.tensor(looping, dtype=torch.float32),
+                 "unclosed_think_ratio": torch.tensor(unclosed, dtype=torch.float32)}  # fmt: skip
+        self._log(metrics, per_func, rewards, std_is_zero, completion_mask, terminated, out, seconds, flags)
         self.samples = keep_samples(expanded, args.prompt_column, texts, per_func, rewards, advantages,
-                                    self.rewards.names, args.num_completions_to_print)  # fmt: skip
+                                    self.rewards.names, args.num_completions_to_print, looping)  # fmt: skip
         return batch
 
     def _prompt_text(self, row: dict) -> str:
@@ -192,7 +197,7 @@ class RolloutPhase:
         ]  # fmt: skip
         return torch.cat(parts, 1)
 
-    def _log(self, m, per_func, rewards, std_is_zero, mask, terminated, out, seconds: dict) -> None:
+    def _log(self, m, per_func, rewards, std_is_zero, mask, terminated, out, seconds: dict, flags: dict) -> None:
         from trl.trainer.utils import nanstd
 
         gather = lambda t: self.accelerator.gather(t.to(self.accelerator.device))  # noqa: E731
@@ -213,6 +218,8 @@ class RolloutPhase:
         m["completions/clipped_ratio"].append(1.0 - term.float().mean().item())
         done = lengths[term]
         m["completions/mean_terminated_length"].append(done.mean().item() if len(done) else 0.0)
+        for key, flag in flags.items():  # rewards/loops.py's definitions, over every process's completions
+            m[f"completions/{key}"].append(gather(flag).mean().item())
         m["rollout/forward_passes"].append(float(out.nfe))
         m["rollout/full_passes"].append(float(out.full_passes))
         m["rollout/tokens_per_s"].append(out.completion_ids.numel() / max(seconds["rollout"], 1e-9))
