@@ -7,8 +7,15 @@ library loads. ``align.models`` registers the native LLaDA classes with transfor
 __version__ = "0.1.0"
 
 # The Python API (TRL's names): ``from align import DiffusionGRPOTrainer, GRPOConfig``; loaded on first use.
-API = {"DiffusionGRPOTrainer": "trainer", "GRPOConfig": "config", "SFTConfig": "config", "DPOConfig": "config",
-       "load_config": "config", "load_model": "models", "load_tokenizer": "models"}  # fmt: skip
+API = {
+    "DiffusionGRPOTrainer": "trainer",
+    "GRPOConfig": "config",
+    "SFTConfig": "config",
+    "DPOConfig": "config",
+    "load_config": "config",
+    "load_model": "models",
+    "load_tokenizer": "models",
+}
 __all__ = sorted(API)
 
 

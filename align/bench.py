@@ -81,13 +81,28 @@ def _fields(values: dict) -> list[str]:
 def cell_command(spec: dict, task: str, method: str, seed: int, output: str) -> list[str]:
     """The ``align train`` command line of one cell (the same budget and evaluation for every method)."""
     t = spec["tasks"][task]
-    evaluation = {"eval_tasks": t["eval"], "eval_steps": spec.get("eval_steps", 10), "eval_on_start": True,
-                  "save_strategy": "no", "report_to": "none", "log_completions": False}  # fmt: skip
+    evaluation = {
+        "eval_tasks": t["eval"],
+        "eval_steps": spec.get("eval_steps", 10),
+        "eval_on_start": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "log_completions": False,
+    }
     if spec.get("eval_limit"):
         evaluation["eval_limit"] = spec["eval_limit"]
-    return [*spec["launch"], "--config", t["recipe"], *_fields(spec["budget"]),
-            *_fields(spec["methods"][method] or {}), *_fields(evaluation), "--seed", str(seed),
-            "--output_dir", output]  # fmt: skip
+    return [
+        *spec["launch"],
+        "--config",
+        t["recipe"],
+        *_fields(spec["budget"]),
+        *_fields(spec["methods"][method] or {}),
+        *_fields(evaluation),
+        "--seed",
+        str(seed),
+        "--output_dir",
+        output,
+    ]
 
 
 def run_cell(command: list[str], output: str, env: dict | None = None) -> str | None:
@@ -114,15 +129,22 @@ def cell_result(output: str, task_name: str) -> dict:
     evals = [h for h in history if key in h]
     if not evals:
         raise ValueError(f"{output}: no {key} in trainer_state.json (was eval_tasks set?).")
-    return {"start": evals[0][key], "final": evals[-1][key], "steps": max(h.get("step", 0) for h in history),
-            "wall_s": max(h.get("wall_s", 0.0) for h in history)}  # fmt: skip
+    return {
+        "start": evals[0][key],
+        "final": evals[-1][key],
+        "steps": max(h.get("step", 0) for h in history),
+        "wall_s": max(h.get("wall_s", 0.0) for h in history),
+    }
 
 
 def table(spec: dict, results: dict, tasks: list, methods: list, n_questions: dict) -> list[str]:
     from align.eval.report import wilson
 
-    lines = ["| task | method | held-out accuracy, mean over seeds (95% CI) | seeds' range | start | steps | "
-             "training s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| task | method | held-out accuracy, mean over seeds (95% CI) | seeds' range | start | steps | "
+        "training s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task in tasks:
         for method in methods:
             cells = [c for c in results.values() if c["task"] == task and c["method"] == method]
@@ -202,8 +224,11 @@ def run(args) -> int:
         status = (
             f"failed ({error})" if error else f"{100 * shown['start']:.1f}% -> {100 * shown['final']:.1f}%"
         )
-        print(f"[{finished[0]}/{len(cells)}] {t} {m} seed {s}: {status}  "
-              f"({(time.monotonic() - started) / 60:.1f} min)", flush=True)  # fmt: skip
+        print(
+            f"[{finished[0]}/{len(cells)}] {t} {m} seed {s}: {status}  "
+            f"({(time.monotonic() - started) / 60:.1f} min)",
+            flush=True,
+        )
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -218,8 +243,10 @@ def run(args) -> int:
     print("\n".join(lines))
     _reports(out, tasks, methods, seeds, results)
     failed = [k for k, c in results.items() if "error" in c]
-    print(f"{len(cells) - len(failed)}/{len(cells)} cells finished in {(time.monotonic() - started) / 60:.1f} min; "
-          f"table: {out}/table.md; curves: {out}/report-<task>/report.md")  # fmt: skip
+    print(
+        f"{len(cells) - len(failed)}/{len(cells)} cells finished in {(time.monotonic() - started) / 60:.1f} min; "
+        f"table: {out}/table.md; curves: {out}/report-<task>/report.md"
+    )
     return 1 if failed else 0
 
 
@@ -227,8 +254,12 @@ def _reports(out: str, tasks: list, methods: list, seeds: list, results: dict) -
     from align.eval.report import load_run, write_report
 
     for task in tasks:
-        runs = [load_run(os.path.join(out, task, m, f"seed-{s}"), label=m) for m in methods for s in seeds
-                if "error" not in results[f"{task}/{m}/{s}"]]  # fmt: skip
+        runs = [
+            load_run(os.path.join(out, task, m, f"seed-{s}"), label=m)
+            for m in methods
+            for s in seeds
+            if "error" not in results[f"{task}/{m}/{s}"]
+        ]
         if runs:
             write_report(runs, os.path.join(out, f"report-{task}"))
 

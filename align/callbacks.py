@@ -33,9 +33,14 @@ class WallClock(TrainerCallback):
         elapsed = self.elapsed_s()
         if self.max_time_s is not None and elapsed >= self.max_time_s:
             control.should_training_stop = True
-            state.log_history.append({"step": state.global_step, "wall_s": round(self.offset_s + elapsed, 3),
-                                      "max_time/elapsed_s": round(elapsed, 3),
-                                      "max_time/previous_step_elapsed_s": round(self.previous_step_s, 3)})  # fmt: skip
+            state.log_history.append(
+                {
+                    "step": state.global_step,
+                    "wall_s": round(self.offset_s + elapsed, 3),
+                    "max_time/elapsed_s": round(elapsed, 3),
+                    "max_time/previous_step_elapsed_s": round(self.previous_step_s, 3),
+                }
+            )
         self.previous_step_s = elapsed
         return control
 

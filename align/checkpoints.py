@@ -79,7 +79,10 @@ def _checksum(path: str, algorithm: str) -> str:
 
 def _checksums(folder: str, names) -> dict:
     algorithm = "xxh3_128" if type(_digest()).__module__.startswith("xxhash") else "blake2b"
-    return {"algorithm": algorithm, "files": {n: _checksum(os.path.join(folder, n), algorithm) for n in sorted(names)}}
+    return {
+        "algorithm": algorithm,
+        "files": {n: _checksum(os.path.join(folder, n), algorithm) for n in sorted(names)},
+    }
 
 
 def checkpoint_problem(folder: str, verify_content: bool = False) -> str | None:
@@ -116,8 +119,11 @@ def checkpoints(output_dir: str) -> tuple[list[str], dict[str, str]]:
     """(complete checkpoint folders, oldest first; {incomplete folder: why})."""
     if not os.path.isdir(output_dir):
         return [], {}
-    found = sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
-                   if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name)))  # fmt: skip
+    found = sorted(
+        (int(m.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
     complete, incomplete = [], {}
     for _, name in found:
         path = os.path.join(output_dir, name)
@@ -196,8 +202,9 @@ class _StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         import torch
 
-        requested = torch.tensor([0.0 if self.signum is None else float(self.signum)],
-                                 device=self.trainer.accelerator.device)  # fmt: skip
+        requested = torch.tensor(
+            [0.0 if self.signum is None else float(self.signum)], device=self.trainer.accelerator.device
+        )
         if self.trainer.accelerator.num_processes > 1:
             requested = self.trainer.accelerator.reduce(requested, reduction="sum")
         if requested.item() > 0:
@@ -233,8 +240,9 @@ class SafeCheckpointMixin:
             super()._save_checkpoint(model, trial)
             self._save_extra(staged)
             if self.args.should_save:
-                fingerprint.write(staged, self._run_fields(), getattr(self, "_accepted_changes", []),
-                                  self.state.global_step)  # fmt: skip
+                fingerprint.write(
+                    staged, self._run_fields(), getattr(self, "_accepted_changes", []), self.state.global_step
+                )
         except OSError as exc:
             complete, _ = checkpoints(run_dir)
             last = complete[-1] if complete else "none"
@@ -248,7 +256,9 @@ class SafeCheckpointMixin:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             best = self.state.best_model_checkpoint
-            if best and os.path.dirname(os.path.abspath(best)) == os.path.abspath(os.path.join(run_dir, STAGING)):
+            if best and os.path.dirname(os.path.abspath(best)) == os.path.abspath(
+                os.path.join(run_dir, STAGING)
+            ):
                 # the Trainer found the best checkpoint in the staging folder: name it where it will be
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
                 self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
@@ -256,7 +266,10 @@ class SafeCheckpointMixin:
             manifest = os.path.join(staged, MANIFEST)
             files = _files(staged)
             with open(manifest + ".tmp", "w") as f:
-                json.dump({"step": self.state.global_step, "files": files, "checksums": _checksums(staged, files)}, f)
+                json.dump(
+                    {"step": self.state.global_step, "files": files, "checksums": _checksums(staged, files)},
+                    f,
+                )
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(manifest + ".tmp", manifest)
@@ -267,8 +280,12 @@ class SafeCheckpointMixin:
             if limit is not None:
                 from transformers.trainer_utils import rotate_checkpoints
 
-                rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
+                rotate_checkpoints(
+                    output_dir=run_dir,
+                    save_total_limit=limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                    use_mtime=True,
+                )
         self.accelerator.wait_for_everyone()
 
     def _run_fields(self) -> dict:
@@ -290,8 +307,12 @@ class SafeCheckpointMixin:
                 set_to_none=True
             )  # no gradient: the optimizer leaves every weight as it is
             self._nonfinite_skipped = getattr(self, "_nonfinite_skipped", 0) + 1
-            logging.getLogger("align").warning("step %d: gradient norm %s, update skipped (on_nonfinite: skip; %d so "
-                                               "far).", step, value, self._nonfinite_skipped)  # fmt: skip
+            logging.getLogger("align").warning(
+                "step %d: gradient norm %s, update skipped (on_nonfinite: skip; %d so far).",
+                step,
+                value,
+                self._nonfinite_skipped,
+            )
             return norm
         complete, _ = checkpoints(self.args.output_dir)
         last = complete[-1] if complete else "none yet"

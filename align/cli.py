@@ -32,10 +32,22 @@ def _generate(args) -> int:
         check_model_path(args.adapter, "--adapter", adapter=True)
     from align.models.family import check_checkpoint_settings
 
-    check_checkpoint_settings(args.model, trust_remote_code=args.trust_remote_code, cache=protocol.cache,
-                              remasking=protocol.remasking, block_length=protocol.block_length)  # fmt: skip
-    source = DiffusionSource.load(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
-                                  batch_size=args.batch_size, seed=args.seed, trust_remote_code=args.trust_remote_code)  # fmt: skip
+    check_checkpoint_settings(
+        args.model,
+        trust_remote_code=args.trust_remote_code,
+        cache=protocol.cache,
+        remasking=protocol.remasking,
+        block_length=protocol.block_length,
+    )
+    source = DiffusionSource.load(
+        args.model,
+        adapter=args.adapter,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(f"align generate: protocol {args.protocol}: {protocol.describe()}", file=sys.stderr)
     source.progress = True
     texts = source.complete(args.prompt, protocol)
@@ -67,8 +79,16 @@ def _export(args) -> int:
     model = model.merge_and_unload()
     model.save_pretrained(args.output)
     load_tokenizer(args.adapter if _has_tokenizer(args.adapter) else args.model).save_pretrained(args.output)
-    print(json.dumps({"merged": args.output, "base": args.model, "adapter": args.adapter,
-                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "merged": args.output,
+                "base": args.model,
+                "adapter": args.adapter,
+                "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            }
+        )
+    )
     return 0
 
 
@@ -108,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"align {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    gen = sub.add_parser("generate", help="decode prompts with the diffusion sampler; one JSON line each",
-                         description="Decode prompts with a protocol's prompt format and sampler (default protocol: "
-                         "llada); one JSON line per prompt on stdout, the protocol and a progress bar on stderr.")  # fmt: skip
+    gen = sub.add_parser(
+        "generate",
+        help="decode prompts with the diffusion sampler; one JSON line each",
+        description="Decode prompts with a protocol's prompt format and sampler (default protocol: "
+        "llada); one JSON line per prompt on stdout, the protocol and a progress bar on stderr.",
+    )
     gen.add_argument("--model", required=True, help="hub id or local path (LLaDA family loads natively)")
     gen.add_argument("--adapter", default=None, help="optional PEFT adapter path")
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")

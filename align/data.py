@@ -27,11 +27,15 @@ def read_jsonl(path: str) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                                 "each line must be one JSON object.") from None  # fmt: skip
+                raise ValueError(
+                    f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    "each line must be one JSON object."
+                ) from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: a JSON {type(row).__name__}, not an object; each line must "
-                                 "be one JSON object with the dataset's columns.")  # fmt: skip
+                raise ValueError(
+                    f"{path} line {number}: a JSON {type(row).__name__}, not an object; each line must "
+                    "be one JSON object with the dataset's columns."
+                )
             rows.append(row)
     return rows
 
@@ -46,8 +50,9 @@ def load_rows(config):
         if builder is None:
             raise ValueError(f"dataset_files: cannot read .{ext} files; use .jsonl, .json, .csv or .parquet.")
         try:
-            dataset = load_dataset(builder, data_files=list(config.dataset_files), split="train",
-                                   cache_dir=_writable_cache())  # fmt: skip
+            dataset = load_dataset(
+                builder, data_files=list(config.dataset_files), split="train", cache_dir=_writable_cache()
+            )
         except Exception:
             for path in config.dataset_files:  # name the file and line instead of datasets' parser traceback
                 if path.endswith(".jsonl"):
@@ -59,9 +64,11 @@ def load_rows(config):
         except OSError as exc:
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
-            raise ValueError(f"the datasets cache is not writable ({exc.strerror}: {exc.filename}); set "
-                             "HF_DATASETS_CACHE (or HF_HOME) to a writable folder, or give the data as "
-                             "dataset_files.") from None  # fmt: skip
+            raise ValueError(
+                f"the datasets cache is not writable ({exc.strerror}: {exc.filename}); set "
+                "HF_DATASETS_CACHE (or HF_HOME) to a writable folder, or give the data as "
+                "dataset_files."
+            ) from None
     for item in config.rename_columns or []:
         old, new = item.split(":")
         if old not in dataset.column_names:
@@ -76,7 +83,9 @@ def load_rows(config):
     require_columns(dataset.column_names, named)
     empty = [i for i, value in enumerate(dataset[config.prompt_column]) if _is_empty(value)]
     if empty and getattr(config, "drop_empty_prompts", False):
-        logger.warning("dropped %d rows with an empty prompt (drop_empty_prompts): rows %s", len(empty), _rows(empty))
+        logger.warning(
+            "dropped %d rows with an empty prompt (drop_empty_prompts): rows %s", len(empty), _rows(empty)
+        )
         keep = set(empty)
         dataset = dataset.select([i for i in range(len(dataset)) if i not in keep])
     elif empty:
@@ -104,8 +113,12 @@ def _writable_cache() -> str | None:
         import shutil
 
         atexit.register(shutil.rmtree, private, ignore_errors=True)
-        logger.warning("the datasets cache %s is not writable (%s); local data files are read through %s instead.",
-                       root, exc.strerror, private)  # fmt: skip
+        logger.warning(
+            "the datasets cache %s is not writable (%s); local data files are read through %s instead.",
+            root,
+            exc.strerror,
+            private,
+        )
         return private
 
 
@@ -115,7 +128,9 @@ def _is_empty(value) -> bool:
     if isinstance(value, str):
         return not value.strip()
     if isinstance(value, list):  # chat messages
-        return not value or all(not str(m.get("content", "") if isinstance(m, dict) else m).strip() for m in value)
+        return not value or all(
+            not str(m.get("content", "") if isinstance(m, dict) else m).strip() for m in value
+        )
     return False
 
 
@@ -135,15 +150,21 @@ def require_columns(columns: list[str], named: dict[str, str]) -> None:
 
 
 def prompt_text(
-    tokenizer, question, *, system_prompt: str | None = None, use_chat_template: bool = True,
+    tokenizer,
+    question,
+    *,
+    system_prompt: str | None = None,
+    use_chat_template: bool = True,
     system_in_user: bool = False,
-) -> str:  # fmt: skip
+) -> str:
     """The prompt string for one question (a string, or a list of chat messages). ``system_in_user`` puts
     the system prompt at the start of the first user turn (for chat templates without a system role)."""
     if not use_chat_template:
         if isinstance(question, list):  # str() of chat messages would be their Python repr
-            raise ValueError("the prompts are chat messages (lists of role / content), but use_chat_template is "
-                             "false; set use_chat_template true, or give plain-text prompts.")  # fmt: skip
+            raise ValueError(
+                "the prompts are chat messages (lists of role / content), but use_chat_template is "
+                "false; set use_chat_template true, or give plain-text prompts."
+            )
         return (system_prompt + "\n" if system_prompt else "") + str(question)
     messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
     if system_prompt and system_in_user:
@@ -156,13 +177,23 @@ def prompt_text(
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode_prompts(tokenizer, prompts: list[str], *, max_length: int, use_chat_template: bool,
-                   add_special_tokens: bool | None = None) -> dict:  # fmt: skip
+def encode_prompts(
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_length: int,
+    use_chat_template: bool,
+    add_special_tokens: bool | None = None,
+) -> dict:
     """Left-padded, left-truncated ``input_ids`` / ``attention_mask`` [B, P] (chat text carries its own BOS,
     so the tokenizer's special tokens are added only to plain text, unless ``add_special_tokens`` says)."""
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     special = (not use_chat_template) if add_special_tokens is None else add_special_tokens
     return tokenizer(
-        prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_length,
         add_special_tokens=special,
-    )  # fmt: skip
+    )

@@ -80,16 +80,23 @@ def prepare_pairs(rows, tokenizer, args: DPOConfig, spec) -> list[dict]:
         if max(len(v) for v in ids.values()) > args.max_completion_length:
             too_long.append(i)
             continue
-        prompt = prompt_text(tokenizer, row[args.prompt_column], system_prompt=args.system_prompt,
-                             use_chat_template=args.use_chat_template)  # fmt: skip
+        prompt = prompt_text(
+            tokenizer,
+            row[args.prompt_column],
+            system_prompt=args.system_prompt,
+            use_chat_template=args.use_chat_template,
+        )
         pairs.append({"index": i, "prompt": prompt, "chosen": ids["chosen"], "rejected": ids["rejected"]})
     if too_long:
         shown = ", ".join(map(str, too_long[:10])) + (", ..." if len(too_long) > 10 else "")
         logger.warning(
             "%d of %d pairs dropped: a response (with its end token) is longer than max_completion_length %d "
             "(rows %s); raise max_completion_length to keep them.",
-            len(too_long), len(too_long) + len(pairs), args.max_completion_length, shown,
-        )  # fmt: skip
+            len(too_long),
+            len(too_long) + len(pairs),
+            args.max_completion_length,
+            shown,
+        )
     if not pairs:
         raise ValueError("no preference pair is left to train on (see the rows named above).")
     return pairs
@@ -106,8 +113,14 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
         args.remove_unused_columns = False
         self.spec = family_spec(model, processing_class, args.mask_token_id)
         pairs = Dataset.from_list(prepare_pairs(train_dataset, processing_class, args, self.spec))
-        super().__init__(model=model, args=args, train_dataset=pairs, processing_class=processing_class,
-                         data_collator=self._collate, callbacks=callbacks)  # fmt: skip
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=pairs,
+            processing_class=processing_class,
+            data_collator=self._collate,
+            callbacks=callbacks,
+        )
         self._setup_reference(
             ref_model, True, "DPO under full fine-tuning needs ref_model (a frozen copy of the policy)."
         )
@@ -119,8 +132,12 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
     def _collate(self, rows: list[dict]) -> dict:
         """Prompts left-padded, then chosen responses, then rejected ones: ids/attn [2N, P + L]."""
         args, tok, spec = self.args, self.processing_class, self.spec
-        enc = encode_prompts(tok, [r["prompt"] for r in rows], max_length=args.max_prompt_length,
-                             use_chat_template=args.use_chat_template)  # fmt: skip
+        enc = encode_prompts(
+            tok,
+            [r["prompt"] for r in rows],
+            max_length=args.max_prompt_length,
+            use_chat_template=args.use_chat_template,
+        )
         n, length = len(rows), args.max_completion_length
         canvas = torch.full((2 * n, length), spec.eos_token_id, dtype=torch.long)
         scored = torch.zeros(2 * n, length, dtype=torch.long)
@@ -147,15 +164,28 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
         for j in range(2 * n):
             key = (args.seed, rows[j % n], j // n, stream) + (() if fixed else (step,))
             generator = torch.Generator(batch["ids"].device).manual_seed(hash(key) % 2**63)
-            plans.append(make_plan(
-                args.estimator, batch["canvas"][j : j + 1], num_samples=args.num_mc_samples, generator=generator,
-                score_mask=batch["scored"][j : j + 1], masks_per_timestep=args.masks_per_timestep,
-            ))  # fmt: skip
+            plans.append(
+                make_plan(
+                    args.estimator,
+                    batch["canvas"][j : j + 1],
+                    num_samples=args.num_mc_samples,
+                    generator=generator,
+                    score_mask=batch["scored"][j : j + 1],
+                    masks_per_timestep=args.masks_per_timestep,
+                )
+            )
         return MaskPlan.cat_rows(plans)
 
     def _passes(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
-        return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
-                              spec=self.spec, chunk_size=self.args.mc_chunk_size)  # fmt: skip
+        return pass_logprobs(
+            model,
+            ids,
+            plan,
+            mask_token_id=self.spec.mask_token_id,
+            attention_mask=attn,
+            spec=self.spec,
+            chunk_size=self.args.mc_chunk_size,
+        )
 
     @torch.no_grad()
     def _reference(self, batch: dict, plan: MaskPlan) -> torch.Tensor:
@@ -195,8 +225,14 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
 
     def _loss(self, logps: torch.Tensor, ref: torch.Tensor, batch: dict) -> torch.Tensor:
         args = self.args
-        loss, metrics = dpo_loss(logps.sum(-1), ref, batch["scored"].sum(-1), beta=args.beta,
-                                 loss_type=args.loss_type, label_smoothing=args.label_smoothing)  # fmt: skip
+        loss, metrics = dpo_loss(
+            logps.sum(-1),
+            ref,
+            batch["scored"].sum(-1),
+            beta=args.beta,
+            loss_type=args.loss_type,
+            label_smoothing=args.label_smoothing,
+        )
         self._record(metrics)
         return loss / self.current_gradient_accumulation_steps
 
@@ -227,8 +263,11 @@ def build_trainer(config: DPOConfig) -> DiffusionDPOTrainer:
 
     check_checkpoint_settings(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     dataset = load_rows(config)
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
-                               chat_off="use_chat_template false" if config.use_chat_template else None)
+    tokenizer = load_tokenizer(
+        config.model_name_or_path,
+        trust_remote_code=config.trust_remote_code,
+        chat_off="use_chat_template false" if config.use_chat_template else None,
+    )
     model, ref_model = load_policy(config)
     return DiffusionDPOTrainer(model, config, dataset, tokenizer, ref_model=ref_model)
 

@@ -29,7 +29,9 @@ def looks_local(name_or_path: str) -> bool:
     )
 
 
-def check_model_path(name_or_path: str, flag: str, adapter_flag: str | None = None, adapter: bool = False) -> None:
+def check_model_path(
+    name_or_path: str, flag: str, adapter_flag: str | None = None, adapter: bool = False
+) -> None:
     """A local model folder that does not exist, or that holds a LoRA adapter where a model belongs, is
     reported before anything loads (``adapter_flag``: the command's flag for an adapter on top of a base, if
     any; ``adapter``: the folder is meant to hold one)."""
@@ -49,9 +51,14 @@ def check_model_path(name_or_path: str, flag: str, adapter_flag: str | None = No
         except (OSError, ValueError, AttributeError):
             base = "BASE"
         merge = f"align export --model {base} --adapter {name_or_path} --output MERGED"
-        fix = (f"give {flag} {base} {adapter_flag} {name_or_path}, or merge them first ({merge})" if adapter_flag
-               else f"merge it into its base first ({merge}) and give {flag} MERGED")  # fmt: skip
-        raise UsageError(f"{flag} {name_or_path} holds a LoRA adapter (adapter_config.json), not a model; {fix}.")
+        fix = (
+            f"give {flag} {base} {adapter_flag} {name_or_path}, or merge them first ({merge})"
+            if adapter_flag
+            else f"merge it into its base first ({merge}) and give {flag} MERGED"
+        )
+        raise UsageError(
+            f"{flag} {name_or_path} holds a LoRA adapter (adapter_config.json), not a model; {fix}."
+        )
 
 
 def main_guard(prog: str, run, debug: bool = False) -> int:
@@ -67,7 +74,9 @@ def main_guard(prog: str, run, debug: bool = False) -> int:
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
         if debug:
             raise
-        if "LOCAL_RANK" not in os.environ or os.environ.get("RANK", "0") == "0":  # a launch's ranks: say it once
+        if (
+            "LOCAL_RANK" not in os.environ or os.environ.get("RANK", "0") == "0"
+        ):  # a launch's ranks: say it once
             print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except RunError as exc:

@@ -24,16 +24,37 @@ from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, che
 from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
 
 # The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = ("block_trace", "blockwise", "coupled", "diffucoder", "elbo", "espo", "growing", "one_step", "spg",
-                   "trace")  # fmt: skip
+ESTIMATOR_NAMES = (
+    "block_trace",
+    "blockwise",
+    "coupled",
+    "diffucoder",
+    "elbo",
+    "espo",
+    "growing",
+    "one_step",
+    "spg",
+    "trace",
+)
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
 # trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
-DPO_ESTIMATORS = tuple(n for n in ESTIMATOR_NAMES
-                       if n not in ("trace", "block_trace", "growing", "spg", "diffucoder", "espo"))  # fmt: skip
+DPO_ESTIMATORS = tuple(
+    n for n in ESTIMATOR_NAMES if n not in ("trace", "block_trace", "growing", "spg", "diffucoder", "espo")
+)
 PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny", "tiny-block", "trado")
-BUILTIN_REWARDS = ("answer_tag_format", "code_execution", "countdown", "length_penalty", "loop_penalty",
-                   "math_accuracy", "python_block_format", "reasoning_answer_format", "repetition_penalty", "sudoku",
-                   "think_answer_format")  # fmt: skip
+BUILTIN_REWARDS = (
+    "answer_tag_format",
+    "code_execution",
+    "countdown",
+    "length_penalty",
+    "loop_penalty",
+    "math_accuracy",
+    "python_block_format",
+    "reasoning_answer_format",
+    "repetition_penalty",
+    "sudoku",
+    "think_answer_format",
+)
 GROUPS = ("model", "data", "schedule", "rollout", "estimator", "loss", "rewards", "evaluation", "logging")
 
 
@@ -119,7 +140,8 @@ class ModelDataFields:
         default=False,
     )
     drop_empty_prompts: bool = _help(
-        "data", "Drop rows whose prompt is empty (the log says how many); false: refuse them, naming the rows.",
+        "data",
+        "Drop rows whose prompt is empty (the log says how many); false: refuse them, naming the rows.",
         default=False,
     )
     on_nonfinite: str = _help(
@@ -156,7 +178,8 @@ class SFTFields(ModelDataFields):
         default=0.0,
     )
     block_length: int | None = _help(
-        "data", "Block size of the growing canvas (growing_fraction > 0); it must divide max_completion_length.",
+        "data",
+        "Block size of the growing canvas (growing_fraction > 0); it must divide max_completion_length.",
         default=None,
     )
 
@@ -190,13 +213,16 @@ class DPOFields(ModelDataFields):
         "loss", "DPO temperature: how far the policy may move from the reference.", default=0.1
     )
     loss_type: str = _help(
-        "loss", "DPO loss: sigmoid, ipo, hinge, robust (TRL 1.16's definitions) or cdpo (conservative DPO: "
-        "TRL 0.x's sigmoid with label smoothing).", default="sigmoid"
+        "loss",
+        "DPO loss: sigmoid, ipo, hinge, robust (TRL 1.16's definitions) or cdpo (conservative DPO: "
+        "TRL 0.x's sigmoid with label smoothing).",
+        default="sigmoid",
     )
     label_smoothing: float = _help(
-        "loss", "robust / cdpo: probability that a preference label is flipped (TRL 1.16's sigmoid has none).",
+        "loss",
+        "robust / cdpo: probability that a preference label is flipped (TRL 1.16's sigmoid has none).",
         default=0.0,
-    )  # fmt: skip
+    )
     precompute_ref_log_probs: bool = _help(
         "loss",
         "Estimate the reference once before training (masks fixed per row, from the seed) instead of at "
@@ -235,8 +261,11 @@ class DPOFields(ModelDataFields):
 
 
 def check_dpo(c) -> None:
-    choices = {"loss_type": list(DPO_LOSS_TYPES), "estimator": list(DPO_ESTIMATORS),
-               "mc_backward": ["joint", "chunked"]}  # fmt: skip
+    choices = {
+        "loss_type": list(DPO_LOSS_TYPES),
+        "estimator": list(DPO_ESTIMATORS),
+        "mc_backward": ["joint", "chunked"],
+    }
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"{name} {getattr(c, name)!r} is not one of {allowed}.")
@@ -296,13 +325,20 @@ class GRPOFields(ModelDataFields):
         "sequential (block_length = the model's block size).",
         default="low_confidence",
     )
-    top_p: float | None = _help("rollout", "Dream's and SDAR's schedules: nucleus cut of the proposals.", default=None)
-    top_k: int | None = _help("rollout", "Dream's and SDAR's schedules: top-k cut of the proposals.", default=None)
+    top_p: float | None = _help(
+        "rollout", "Dream's and SDAR's schedules: nucleus cut of the proposals.", default=None
+    )
+    top_k: int | None = _help(
+        "rollout", "Dream's and SDAR's schedules: top-k cut of the proposals.", default=None
+    )
     alg_temp: float | None = _help(
-        "rollout", "Dream's schedules: draw the positions to commit at this temperature (None: the top ones).",
+        "rollout",
+        "Dream's schedules: draw the positions to commit at this temperature (None: the top ones).",
         default=None,
     )
-    diffusion_eps: float = _help("rollout", "Dream's schedules: the last timestep (Dream's eps).", default=1e-3)
+    diffusion_eps: float = _help(
+        "rollout", "Dream's schedules: the last timestep (Dream's eps).", default=1e-3
+    )
     threshold: float | None = _help(
         "rollout", "Fast-dLLM confidence threshold for parallel decoding; None = reference.", default=None
     )
@@ -355,7 +391,8 @@ class GRPOFields(ModelDataFields):
         default="in_process",
     )
     ray_address: str | None = _help(
-        "rollout", "Ray cluster address for rollout_engine ray_server (None: join RAY_ADDRESS or start one).",
+        "rollout",
+        "Ray cluster address for rollout_engine ray_server (None: join RAY_ADDRESS or start one).",
         default=None,
     )
     mask_truncated_completions: bool = _help(
@@ -389,10 +426,12 @@ class GRPOFields(ModelDataFields):
     )
     # ---- loss (TRL names) ---------------------------------------------------------------------------
     loss_type: str = _help(
-        "loss", "Loss: grpo, bnpo, dr_grpo, dapo (TRL's aggregations of the clipped ratio); as their authors "
+        "loss",
+        "Loss: grpo, bnpo, dr_grpo, dapo (TRL's aggregations of the clipped ratio); as their authors "
         "released them: wd1, spg and stabledrl (estimator spg), bgpo, espo (estimator espo), justgrpo and "
-        "tracerl (estimator trace); our variants: wd1_mean, stabledrl_clip (align/losses.py).", default="dapo",
-    )  # fmt: skip
+        "tracerl (estimator trace); our variants: wd1_mean, stabledrl_clip (align/losses.py).",
+        default="dapo",
+    )
     beta: float = _help("loss", "KL coefficient; 0 skips the reference model.", default=0.0)
     kl_estimator: str = _help("loss", "KL estimator: k3 (TRL) or k2.", default="k3")
     epsilon: float = _help("loss", "Lower clip range of the ratio.", default=0.2)
@@ -403,35 +442,48 @@ class GRPOFields(ModelDataFields):
     )
     num_iterations: int = _help("loss", "Inner updates per rollout batch (mu).", default=1)
     scale_rewards: str | None = _help(
-        "loss", "Advantage scaling: group, batch or none (mean-centring only); default group (TRL's), or what a "
-        "released method's code fixes (wd1: none).", default=None,
-    )  # fmt: skip
+        "loss",
+        "Advantage scaling: group, batch or none (mean-centring only); default group (TRL's), or what a "
+        "released method's code fixes (wd1: none).",
+        default=None,
+    )
     advantage_baseline: str = _help(
-        "loss", "group_mean (TRL) or leave_one_out (DiffuCoder, ESPO: r minus the mean of the other G - 1 "
-        "rewards of its group); scale_rewards divides either by the group's std.", default="group_mean",
-    )  # fmt: skip
-    wd1_psi: float = _help("loss", "Temperature of wd1's advantage softmax (1 = wd1's released code).", default=1.0)
+        "loss",
+        "group_mean (TRL) or leave_one_out (DiffuCoder, ESPO: r minus the mean of the other G - 1 "
+        "rewards of its group); scale_rewards divides either by the group's std.",
+        default="group_mean",
+    )
+    wd1_psi: float = _help(
+        "loss", "Temperature of wd1's advantage softmax (1 = wd1's released code).", default=1.0
+    )
     tracerl_beta: float = _help(
-        "loss", "tracerl: coefficient of the k3 KL to the rollout (old) policy, TraceRL's beta (0.01 in its "
-        "configs); TraceRL has no reference-model KL (beta stays 0).", default=0.01,
-    )  # fmt: skip
+        "loss",
+        "tracerl: coefficient of the k3 KL to the rollout (old) policy, TraceRL's beta (0.01 in its "
+        "configs); TraceRL has no reference-model KL (beta stays 0).",
+        default=0.01,
+    )
     spg_beta: float = _help(
-        "loss", "spg: beta of the upper bound (EUBO) for negative-advantage samples (SPG: 1.5 math, 1.0 sudoku, "
-        "2.0 countdown).", default=1.5,
-    )  # fmt: skip
+        "loss",
+        "spg: beta of the upper bound (EUBO) for negative-advantage samples (SPG: 1.5 math, 1.0 sudoku, "
+        "2.0 countdown).",
+        default=1.5,
+    )
     spg_mix: float = _help(
         "loss",
         "spg: negative-advantage samples use mix * EUBO + (1 - mix) * ELBO (1 = EUBO only).",
         default=0.5,
     )
     bgpo_dual_clip: float = _help(
-        "loss", "bgpo: for negative advantages the loss is capped at -A * this (dual-clip PPO; verl's "
-        "clip_ratio_c).", default=3.0,
-    )  # fmt: skip
+        "loss",
+        "bgpo: for negative advantages the loss is capped at -A * this (dual-clip PPO; verl's clip_ratio_c).",
+        default=3.0,
+    )
     stabledrl_max_weight: float = _help(
-        "loss", "stabledrl: importance weights are clipped from above at this value before self-normalising "
-        "(StableDRL's ais_clip_iw).", default=5.0,
-    )  # fmt: skip
+        "loss",
+        "stabledrl: importance weights are clipped from above at this value before self-normalising "
+        "(StableDRL's ais_clip_iw).",
+        default=5.0,
+    )
     sync_ref_model: bool = _help("loss", "Periodically mix policy weights into the reference.", default=False)
     ref_model_sync_steps: int = _help("loss", "Steps between reference syncs.", default=512)
     ref_model_mixup_alpha: float = _help(
@@ -498,7 +550,9 @@ def check_model_data(c) -> None:
     if c.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite {c.on_nonfinite!r} is not one of ['stop', 'skip'].")
     if c.on_nonfinite == "skip" and getattr(c, "deepspeed", None):
-        raise ValueError("on_nonfinite skip cannot drop an update under DeepSpeed (its engine steps itself); use stop.")
+        raise ValueError(
+            "on_nonfinite skip cannot drop an update under DeepSpeed (its engine steps itself); use stop."
+        )
 
 
 def resolve_eval(c) -> None:
@@ -551,8 +605,10 @@ def resolve_method_defaults(c) -> None:
         if value is None:
             setattr(c, name, wanted if wanted is not None else general)
         elif wanted is not None and value != wanted:
-            raise ValueError(f"loss_type {c.loss_type} runs with {name} {wanted}, as its authors' code does; the "
-                             f"recipe sets {name} {value!r}: remove it or set {wanted}.")  # fmt: skip
+            raise ValueError(
+                f"loss_type {c.loss_type} runs with {name} {wanted}, as its authors' code does; the "
+                f"recipe sets {name} {value!r}: remove it or set {wanted}."
+            )
 
 
 def check_grpo(c) -> None:
@@ -581,9 +637,13 @@ def check_grpo(c) -> None:
         )
     if c.trace_merge < 1:
         raise ValueError(f"trace_merge must be >= 1, got {c.trace_merge}.")
-    if c.rollout_engine == "ray_server" and (c.use_peft or "zero3" in str(getattr(c, "deepspeed", None) or "")):
-        raise ValueError("rollout_engine ray_server pushes the whole state dict of a fully fine-tuned policy; LoRA "
-                         "and ZeRO-3 are not supported with it yet: use rollout_engine in_process.")  # fmt: skip
+    if c.rollout_engine == "ray_server" and (
+        c.use_peft or "zero3" in str(getattr(c, "deepspeed", None) or "")
+    ):
+        raise ValueError(
+            "rollout_engine ray_server pushes the whole state dict of a fully fine-tuned policy; LoRA "
+            "and ZeRO-3 are not supported with it yet: use rollout_engine in_process."
+        )
     if not 0.0 <= c.p_mask_prompt < 1.0:
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {c.p_mask_prompt}.")
     if not c.reward_timeout_s > 0:
@@ -601,10 +661,20 @@ def check_grpo(c) -> None:
             f"{c.per_device_train_batch_size} x steps_per_generation {c.steps_per_generation}) is not divisible by "
             f"num_generations {c.num_generations}; each prompt's group must fit in one rollout batch."
         )
-    check_decoding(c.remasking, c.max_completion_length, c.diffusion_steps, c.block_length,
-                   ("max_completion_length", "diffusion_steps", "block_length"), top_p=c.top_p, top_k=c.top_k,
-                   alg_temp=c.alg_temp, threshold=c.threshold, cache=c.cache, cfg_scale=c.cfg_scale,
-                   variable_length=c.variable_length)  # fmt: skip
+    check_decoding(
+        c.remasking,
+        c.max_completion_length,
+        c.diffusion_steps,
+        c.block_length,
+        ("max_completion_length", "diffusion_steps", "block_length"),
+        top_p=c.top_p,
+        top_k=c.top_k,
+        alg_temp=c.alg_temp,
+        threshold=c.threshold,
+        cache=c.cache,
+        cfg_scale=c.cfg_scale,
+        variable_length=c.variable_length,
+    )
     if c.boost_token and c.boost != 0.0 and c.remasking not in REMASKING:
         raise ValueError(
             f"boost_token is iLLaDA's end-of-thinking boost for LLaDA's schedule, not remasking {c.remasking!r}: "
@@ -614,10 +684,11 @@ def check_grpo(c) -> None:
         raise ValueError(
             "variable_length rollouts are scored by estimator growing (each block on the canvas cut at its end, "
             "as they were decoded); a fixed-canvas estimator would noise blocks the sampler never wrote: set "
-            "estimator growing." if c.variable_length else
-            "estimator growing scores variable-length rollouts (the canvas cut at each block): set "
+            "estimator growing."
+            if c.variable_length
+            else "estimator growing scores variable-length rollouts (the canvas cut at each block): set "
             "variable_length true, or use blockwise for fixed canvases."
-        )  # fmt: skip
+        )
     check_objective(c)
     if c.estimator == "spg" and c.num_mc_samples > c.max_completion_length // c.block_length:
         raise ValueError(
@@ -632,9 +703,13 @@ def passes_per_estimate(c) -> int:
     """Forward passes of one estimate under the config's estimator."""
     k = c.num_mc_samples
     per_block = max(1, c.diffusion_steps // max(1, c.max_completion_length // c.block_length))
-    return {"coupled": 2 * k, "espo": 2 * k, "diffucoder": 3 * k,
-            "trace": math.ceil(c.diffusion_steps / c.trace_merge),
-            "block_trace": math.ceil(per_block / c.trace_merge)}.get(c.estimator, k)  # fmt: skip
+    return {
+        "coupled": 2 * k,
+        "espo": 2 * k,
+        "diffucoder": 3 * k,
+        "trace": math.ceil(c.diffusion_steps / c.trace_merge),
+        "block_trace": math.ceil(per_block / c.trace_merge),
+    }.get(c.estimator, k)
 
 
 def resolve_mc_backward(c) -> None:
@@ -652,10 +727,20 @@ def check_protocol(protocol) -> None:
             check_protocol(protocol.for_task(task))
         except ValueError as e:
             raise ValueError(f"{e} (protocol {protocol.name!r}, task {task})") from None
-    check_decoding(protocol.remasking, protocol.gen_length, protocol.resolved_steps(), protocol.block_length,
-                   ("--gen-length", "--steps", "--block-length"), top_p=protocol.top_p, top_k=protocol.top_k,
-                   alg_temp=protocol.alg_temp, threshold=protocol.threshold, cache=protocol.cache,
-                   cfg_scale=protocol.cfg_scale, variable_length=protocol.variable_length)  # fmt: skip
+    check_decoding(
+        protocol.remasking,
+        protocol.gen_length,
+        protocol.resolved_steps(),
+        protocol.block_length,
+        ("--gen-length", "--steps", "--block-length"),
+        top_p=protocol.top_p,
+        top_k=protocol.top_k,
+        alg_temp=protocol.alg_temp,
+        threshold=protocol.threshold,
+        cache=protocol.cache,
+        cfg_scale=protocol.cfg_scale,
+        variable_length=protocol.variable_length,
+    )
     if protocol.cache_refresh is not None and (protocol.cache is None or protocol.cache_refresh < 1):
         raise ValueError(
             f"--cache-refresh {protocol.cache_refresh} needs --cache prefix or dual and a value >= 1."
@@ -830,14 +915,22 @@ def _check_yaml_traps(path: str, root, known) -> None:
             continue
         line = key.start_mark.line + 1
         if name in seen:
-            raise ValueError(f"{path}: field {name!r} is given twice (lines {seen[name]} and {line}); keep one.")
+            raise ValueError(
+                f"{path}: field {name!r} is given twice (lines {seen[name]} and {line}); keep one."
+            )
         seen[name] = line
         info = known.get(name)
         is_bool = info is not None and str(info.annotation).startswith("bool")
-        if (getattr(value, "tag", "").endswith(":bool") and value.style is None
-                and str(value.value).lower() in _YAML11_BOOLS and not is_bool):  # fmt: skip
-            raise ValueError(f"{path}: line {line}: YAML reads {name}: {value.value} as a boolean; quote it: "
-                             f"{name}: \"{value.value}\".")  # fmt: skip
+        if (
+            getattr(value, "tag", "").endswith(":bool")
+            and value.style is None
+            and str(value.value).lower() in _YAML11_BOOLS
+            and not is_bool
+        ):
+            raise ValueError(
+                f"{path}: line {line}: YAML reads {name}: {value.value} as a boolean; quote it: "
+                f'{name}: "{value.value}".'
+            )
 
 
 def suggest(name: str, known, prefix: str = "--") -> str:
@@ -854,13 +947,17 @@ def recipe_values(cls, path: str | None, overrides: list[str], prog: str) -> dic
     values: dict[str, object] = {}
     if path is not None:
         if os.path.isdir(path):
-            raise ValueError(f"--config {path} is a folder; give a recipe YAML file (e.g. {path.rstrip('/')}/grpo.yaml).")
+            raise ValueError(
+                f"--config {path} is a folder; give a recipe YAML file (e.g. {path.rstrip('/')}/grpo.yaml)."
+            )
         try:
             with open(path) as f:
                 text = f.read()
             if not text.strip():
-                raise ValueError(f"--config {path} is empty; give a recipe with fields, or leave --config out and "
-                                 "give every field on the command line.")  # fmt: skip
+                raise ValueError(
+                    f"--config {path} is empty; give a recipe with fields, or leave --config out and "
+                    "give every field on the command line."
+                )
             values = yaml.safe_load(text) or {}
             _check_yaml_traps(path, yaml.compose(text, Loader=yaml.SafeLoader), known)
         except yaml.YAMLError as exc:
@@ -870,8 +967,10 @@ def recipe_values(cls, path: str | None, overrides: list[str], prog: str) -> dic
         for name in values:
             if name not in known:
                 hint = suggest(name, known, prefix="")
-                raise ValueError(f"{path}: unknown config field {name!r}{hint[:-1] if hint == '.' else hint} "
-                                 f"`{prog} --help` lists the fields.")  # fmt: skip
+                raise ValueError(
+                    f"{path}: unknown config field {name!r}{hint[:-1] if hint == '.' else hint} "
+                    f"`{prog} --help` lists the fields."
+                )
             if isinstance(values[name], dict):
                 raise ValueError(f"{path}: field {name!r} is a nested mapping; flatten it.")
     values.update(parse_overrides(overrides, known))
@@ -893,8 +992,9 @@ def check_output_dir(path: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as exc:
-        raise ValueError(f"output_dir {path} is not writable ({exc.strerror} in {existing}); give a folder you can "
-                         "write.") from None  # fmt: skip
+        raise ValueError(
+            f"output_dir {path} is not writable ({exc.strerror} in {existing}); give a folder you can write."
+        ) from None
 
 
 def check_hub_push(view) -> None:
@@ -914,8 +1014,10 @@ def check_hub_push(view) -> None:
     try:
         socket.create_connection((host, 443), timeout=10).close()
     except OSError as exc:
-        raise ValueError(f"push_to_hub true, but the hub ({host}) is unreachable ({exc}); set push_to_hub false "
-                         "and upload the output folder later.") from None  # fmt: skip
+        raise ValueError(
+            f"push_to_hub true, but the hub ({host}) is unreachable ({exc}); set push_to_hub false "
+            "and upload the output folder later."
+        ) from None
 
 
 def preflight(cls, values: dict[str, object]) -> None:
@@ -951,8 +1053,10 @@ def preflight(cls, values: dict[str, object]) -> None:
         if not os.path.exists(path):
             raise ValueError(f"dataset_files: {path} does not exist (paths are relative to {os.getcwd()}).")
         if os.path.isfile(path) and _blank_file(path):
-            raise ValueError(f"dataset_files: {path} is empty (no rows); give a file with one row per line "
-                             "(JSONL), or the file this recipe meant.")  # fmt: skip
+            raise ValueError(
+                f"dataset_files: {path} is empty (no rows); give a file with one row per line "
+                "(JSONL), or the file this recipe meant."
+            )
     from align.machine import check_report_to
 
     check_report_to(getattr(view, "report_to", None))
@@ -986,8 +1090,10 @@ def check_reward_specs(specs: list[str]) -> None:
         target = spec.rsplit(":", 1)[0] if ":" in spec else None
         if target is None and spec not in BUILTIN_REWARDS:
             hint = suggest(spec, BUILTIN_REWARDS, prefix="")
-            raise ValueError(f"unknown reward {spec!r}{'.' if hint == '.' else hint} Built-ins are "
-                             f"{', '.join(BUILTIN_REWARDS)}, or give package.module:function or path/to/file.py:function.")  # fmt: skip
+            raise ValueError(
+                f"unknown reward {spec!r}{'.' if hint == '.' else hint} Built-ins are "
+                f"{', '.join(BUILTIN_REWARDS)}, or give package.module:function or path/to/file.py:function."
+            )
         if target is not None and target.endswith(".py") and not os.path.isfile(target):
             raise ValueError(
                 f"reward {spec!r}: file {target} does not exist (paths are relative to {os.getcwd()})."
@@ -998,13 +1104,20 @@ def check_reward_specs(specs: list[str]) -> None:
             try:
                 compile(source, target, "exec")
             except SyntaxError as exc:
-                raise ValueError(f"reward file {target} line {exc.lineno}: {exc.msg}; fix the file.") from None
+                raise ValueError(
+                    f"reward file {target} line {exc.lineno}: {exc.msg}; fix the file."
+                ) from None
 
 
 # ---- help: the project's fields first, grouped; TrainingArguments' after them --------------------------
 def render_help(cls, prog: str, description: str) -> str:
-    lines = [f"usage: {prog} [--config RECIPE.yaml] [--field value ...]", "", description + ". A recipe YAML "
-             "sets fields; --field value overrides it (the command line wins). Booleans: --flag true|false.", ""]  # fmt: skip
+    lines = [
+        f"usage: {prog} [--config RECIPE.yaml] [--field value ...]",
+        "",
+        description + ". A recipe YAML "
+        "sets fields; --field value overrides it (the command line wins). Booleans: --flag true|false.",
+        "",
+    ]
     ours = our_fields(cls)
     for group in GROUPS:
         members = [f for f in ours.values() if f.group == group]

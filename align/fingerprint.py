@@ -26,16 +26,45 @@ from align.errors import UsageError
 
 FILE = "run_fingerprint.json"
 
-OPERATIONAL = frozenset({
-    "max_time_s", "allow_changed", "overwrite_output_dir", "reward_timeout_s", "rollout_batch_size", "rollout_engine", "ray_address",
-    "max_gpu_memory_gb", "mc_chunk_size", "mc_backward", "eval_tasks", "eval_protocol", "eval_limit",
-    "eval_data_dir", "log_completions", "num_completions_to_print", "on_nonfinite",
-})  # fmt: skip
+OPERATIONAL = frozenset(
+    {
+        "max_time_s",
+        "allow_changed",
+        "overwrite_output_dir",
+        "reward_timeout_s",
+        "rollout_batch_size",
+        "rollout_engine",
+        "ray_address",
+        "max_gpu_memory_gb",
+        "mc_chunk_size",
+        "mc_backward",
+        "eval_tasks",
+        "eval_protocol",
+        "eval_limit",
+        "eval_data_dir",
+        "log_completions",
+        "num_completions_to_print",
+        "on_nonfinite",
+    }
+)
 TRAINING_FIELDS = (
-    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "weight_decay",
-    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "seed", "bf16", "fp16",
-)  # fmt: skip
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "bf16",
+    "fp16",
+)
 _DIGEST_EDGE = 1 << 20
 
 
@@ -108,8 +137,10 @@ def check_resume(checkpoint: str, now: dict, allow: list[str] | None, log=None) 
     path = os.path.join(checkpoint, FILE)
     warn = log or logging.getLogger("align").warning
     if not os.path.isfile(path):
-        warn(f"resuming {checkpoint}: it has no {FILE} (saved before run fingerprints); its recipe cannot be "
-             "compared with this run's.")  # fmt: skip
+        warn(
+            f"resuming {checkpoint}: it has no {FILE} (saved before run fingerprints); its recipe cannot be "
+            "compared with this run's."
+        )
         return []
     with open(path) as f:
         saved = json.load(f)
@@ -120,8 +151,10 @@ def check_resume(checkpoint: str, now: dict, allow: list[str] | None, log=None) 
     allow = list(allow or [])
     unknown = [a for a in allow if a != "all" and a not in found and a not in now]
     if unknown:
-        raise UsageError(f"allow_changed {' '.join(unknown)}: no such fingerprint field; the fields that changed "
-                         f"are {' '.join(found)}.")  # fmt: skip
+        raise UsageError(
+            f"allow_changed {' '.join(unknown)}: no such fingerprint field; the fields that changed "
+            f"are {' '.join(found)}."
+        )
     refused = {k: v for k, v in found.items() if "all" not in allow and k not in allow}
     if refused:
         listed = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in refused.items())
@@ -131,8 +164,10 @@ def check_resume(checkpoint: str, now: dict, allow: list[str] | None, log=None) 
             "(or all)."
         )
     step = saved.get("step")
-    warn(f"resuming {checkpoint} with changed recipe values (allow_changed): "
-         + "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in found.items()))  # fmt: skip
+    warn(
+        f"resuming {checkpoint} with changed recipe values (allow_changed): "
+        + "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in found.items())
+    )
     return history + [{"step": step, "changes": {k: [old, new] for k, (old, new) in found.items()}}]
 
 

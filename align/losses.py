@@ -182,7 +182,9 @@ def policy_loss(
         per_token = -(clipped / _masked_mean(clipped, mask)) * adv
     elif loss_type in ("wd1", "wd1_mean"):
         if group_weights is None and num_generations is None:
-            raise ValueError(f"loss_type {loss_type!r} needs group_weights or num_generations to form the groups.")
+            raise ValueError(
+                f"loss_type {loss_type!r} needs group_weights or num_generations to form the groups."
+            )
         if group_weights is None:
             group_weights = wd1_weights(adv[:, 0], num_generations, wd1_psi)
         weights = group_weights.to(logps.dtype)[:, None]
@@ -233,12 +235,16 @@ def spg_bounds(per_pass: torch.Tensor, scored: torch.Tensor, mask: torch.Tensor,
     lower = ((per_pass * scored).sum(-1) / counts[..., 0].clamp(min=1)).mean(0)  # [B]
     lengths = mask.to(per_pass.dtype).sum(-1)  # [B]
     inverse_t = scored * lengths[None, :, None] / counts.clamp(min=1)
-    per_token = eubo_token_values(MaskPlan(scored, inverse_t, per_pass.shape[0]), per_pass, beta)  # 0 if unscored
+    per_token = eubo_token_values(
+        MaskPlan(scored, inverse_t, per_pass.shape[0]), per_pass, beta
+    )  # 0 if unscored
     upper = per_token.sum(-1) / scored.any(0).sum(-1).clamp(min=1)
     return lower, upper, lengths
 
 
-def _sandwiched(advantages: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, mix: float) -> torch.Tensor:
+def _sandwiched(
+    advantages: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, mix: float
+) -> torch.Tensor:
     """SPG's choice per row: the lower bound where A > 0, ``mix * upper + (1 - mix) * lower`` elsewhere."""
     return torch.where(advantages > 0, lower, mix * upper + (1 - mix) * lower)
 
@@ -294,7 +300,10 @@ def spg_loss(
     bound = _sandwiched(advantages, lower, upper, mix)
     loss = (-advantages * bound * lengths).sum() / lengths.sum().clamp(min=1e-8)
     negative = (advantages <= 0).float()
-    return loss, {"spg/bound_gap": (upper - lower).mean().detach(), "spg/negative_frac": negative.mean().detach()}
+    return loss, {
+        "spg/bound_gap": (upper - lower).mean().detach(),
+        "spg/negative_frac": negative.mean().detach(),
+    }
 
 
 def bgpo_loss(
@@ -330,8 +339,10 @@ def bgpo_loss(
     per_sample = torch.where(adv < 0, torch.minimum(-adv * dual_clip, ppo), ppo)  # [B, K]
     weights = lengths.to(d.dtype)[:, None]
     loss = ((per_sample * weights).sum(0) / weights.sum().clamp(min=1.0)).mean()
-    metrics = {"ratio/mean": ratio.detach().mean(),
-               "clip_ratio/region_mean": (clipped > unclipped).float().mean().detach()}  # fmt: skip
+    metrics = {
+        "ratio/mean": ratio.detach().mean(),
+        "clip_ratio/region_mean": (clipped > unclipped).float().mean().detach(),
+    }
     return loss, metrics
 
 
@@ -459,8 +470,13 @@ def espo_loss(
     beta x sum_i (B_i - B_ref_i)^2 / 2 / (rows x canvas_length) (its k2 KL on the sequence ELBO)."""
     seq = logps.sum(-1)
     old = None if old_logps is None else old_logps.sum(-1)
-    per_seq, ratio = _clipped_surrogate(seq / canvas_length, None if old is None else old / canvas_length,
-                                        advantages.to(seq.dtype), epsilon, epsilon_high)  # fmt: skip
+    per_seq, ratio = _clipped_surrogate(
+        seq / canvas_length,
+        None if old is None else old / canvas_length,
+        advantages.to(seq.dtype),
+        epsilon,
+        epsilon_high,
+    )
     loss = per_seq.mean()
     metrics = {"ratio/mean": ratio.mean().detach()}
     if beta != 0.0:
@@ -512,9 +528,11 @@ def dpo_loss(
     reward_chosen, reward_rejected = beta * chosen.detach(), beta * rejected.detach()
     logps_chosen, logps_rejected = logps.detach().chunk(2)
     metrics = {
-        "rewards/chosen": reward_chosen, "rewards/rejected": reward_rejected,
+        "rewards/chosen": reward_chosen,
+        "rewards/rejected": reward_rejected,
         "rewards/accuracies": (reward_chosen > reward_rejected).float(),
         "rewards/margins": reward_chosen - reward_rejected,
-        "logps/chosen": logps_chosen, "logps/rejected": logps_rejected,
-    }  # fmt: skip
+        "logps/chosen": logps_chosen,
+        "logps/rejected": logps_rejected,
+    }
     return losses.mean(), metrics

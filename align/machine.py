@@ -68,11 +68,14 @@ def check_device(device: str | None, flag: str = "--device") -> None:
         return
     if not torch.cuda.is_available():
         why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
-        raise UsageError(f"{flag} {device}: {why} (torch {torch.__version__}); use --device cpu or leave "
-                         f"{flag} out.")  # fmt: skip
+        raise UsageError(
+            f"{flag} {device}: {why} (torch {torch.__version__}); use --device cpu or leave {flag} out."
+        )
     count = torch.cuda.device_count()
     if parsed.index is not None and parsed.index >= count:
-        raise UsageError(f"{flag} {device}: this process sees {count} CUDA device(s) (cuda:0..cuda:{count - 1}).")
+        raise UsageError(
+            f"{flag} {device}: this process sees {count} CUDA device(s) (cuda:0..cuda:{count - 1})."
+        )
 
 
 def check_launch_env(environ=None) -> None:
@@ -86,16 +89,21 @@ def check_launch_env(environ=None) -> None:
     try:
         world, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
     except ValueError:
-        raise UsageError(f"{shown} in the environment is not a number; unset it or start the run with "
-                         "accelerate launch.") from None  # fmt: skip
+        raise UsageError(
+            f"{shown} in the environment is not a number; unset it or start the run with accelerate launch."
+        ) from None
     launched = "LOCAL_RANK" in env and "MASTER_ADDR" in env
     if world > 1 and not launched:
-        raise UsageError(f"{shown} in the environment, but no launcher started this process (LOCAL_RANK and "
-                         "MASTER_ADDR are unset); unset them for a single-process run (env -u WORLD_SIZE -u RANK "
-                         "...), or start it with accelerate launch.")  # fmt: skip
+        raise UsageError(
+            f"{shown} in the environment, but no launcher started this process (LOCAL_RANK and "
+            "MASTER_ADDR are unset); unset them for a single-process run (env -u WORLD_SIZE -u RANK "
+            "...), or start it with accelerate launch."
+        )
     if not 0 <= rank < max(world, 1):
-        raise UsageError(f"{shown} in the environment: RANK must be in 0..WORLD_SIZE-1; unset them or start the "
-                         "run with accelerate launch.")  # fmt: skip
+        raise UsageError(
+            f"{shown} in the environment: RANK must be in 0..WORLD_SIZE-1; unset them or start the "
+            "run with accelerate launch."
+        )
 
 
 def check_cpu_launch(environ=None) -> None:
@@ -109,9 +117,11 @@ def check_cpu_launch(environ=None) -> None:
 
     if torch.cuda.is_available():
         return
-    raise UsageError(f"this DeepSpeed launch asks for {precision} mixed precision on a machine without a GPU; on "
-                     "CPU add --mixed_precision no to accelerate launch (DS_ACCELERATOR=cpu accelerate launch "
-                     "--config_file ... --mixed_precision no -m align.train ... --use_cpu true).")  # fmt: skip
+    raise UsageError(
+        f"this DeepSpeed launch asks for {precision} mixed precision on a machine without a GPU; on "
+        "CPU add --mixed_precision no to accelerate launch (DS_ACCELERATOR=cpu accelerate launch "
+        "--config_file ... --mixed_precision no -m align.train ... --use_cpu true)."
+    )
 
 
 def usable_cores() -> int:
@@ -147,6 +157,8 @@ def set_cpu_threads(world_size: int = 1) -> int | None:
     torch.set_num_threads(threads)
     logger.info(
         "CPU run: %d kernel thread(s) per process (%d usable cores, load %.1f); set OMP_NUM_THREADS to choose.",
-        threads, usable_cores(), os.getloadavg()[0],
-    )  # fmt: skip
+        threads,
+        usable_cores(),
+        os.getloadavg()[0],
+    )
     return threads

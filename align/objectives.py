@@ -130,13 +130,24 @@ def _ratio_loss(logps, batch, args, accumulation):
     from align.losses import policy_loss
 
     return policy_loss(
-        logps, batch.old, batch.ref, batch.advantages, batch.mask,
-        loss_type=args.loss_type, beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high,
-        delta=args.delta, importance_sampling_level=args.importance_sampling_level,
-        kl_estimator=args.kl_estimator, max_completion_length=args.max_completion_length,
-        normalizer=_window(batch, args, accumulation), num_generations=args.num_generations, wd1_psi=args.wd1_psi,
+        logps,
+        batch.old,
+        batch.ref,
+        batch.advantages,
+        batch.mask,
+        loss_type=args.loss_type,
+        beta=args.beta,
+        epsilon=args.epsilon,
+        epsilon_high=args.epsilon_high,
+        delta=args.delta,
+        importance_sampling_level=args.importance_sampling_level,
+        kl_estimator=args.kl_estimator,
+        max_completion_length=args.max_completion_length,
+        normalizer=_window(batch, args, accumulation),
+        num_generations=args.num_generations,
+        wd1_psi=args.wd1_psi,
         group_weights=batch.group_weights,
-    )  # fmt: skip
+    )
 
 
 def _wd1_weights(advantages, args):
@@ -148,8 +159,16 @@ def _wd1_weights(advantages, args):
 for _name in ("grpo", "bnpo", "dr_grpo"):
     register_objective(Objective(_name, _ratio_loss))
 register_objective(Objective("dapo", _ratio_loss, scales_itself=True))
-register_objective(Objective("wd1", _ratio_loss, value_free=False, group_weights=_wd1_weights, kl="none",
-                             defaults=(("scale_rewards", "none"),)))  # its code softmaxes raw advantages
+register_objective(
+    Objective(
+        "wd1",
+        _ratio_loss,
+        value_free=False,
+        group_weights=_wd1_weights,
+        kl="none",
+        defaults=(("scale_rewards", "none"),),
+    )
+)  # its code softmaxes raw advantages
 register_objective(Objective("wd1_mean", _ratio_loss, value_free=False, group_weights=_wd1_weights))
 register_objective(Objective("stabledrl_clip", _ratio_loss))
 
@@ -181,14 +200,42 @@ def _stabledrl(passes, batch, args, accumulation):
     from align.losses import stabledrl_loss
 
     old = None if batch.old is None else batch.old.sum(-1)  # the rollout policy's lower bound
-    return stabledrl_loss(passes, batch.plan.weights != 0, old, batch.advantages, batch.mask, beta=args.spg_beta,
-                          mix=args.spg_mix, max_weight=args.stabledrl_max_weight)  # fmt: skip
+    return stabledrl_loss(
+        passes,
+        batch.plan.weights != 0,
+        old,
+        batch.advantages,
+        batch.mask,
+        beta=args.spg_beta,
+        mix=args.spg_mix,
+        max_weight=args.stabledrl_max_weight,
+    )
 
 
-register_objective(Objective("stabledrl", _stabledrl, reduce="passes", value_free=False, kl="none",
-                             estimators=("spg",), estimator_note=SPG_MASKS, check=_check_stabledrl))  # fmt: skip
-register_objective(Objective("spg", _spg, reduce="passes", value_free=False, kl="none", estimators=("spg",),
-                             estimator_note=SPG_MASKS, check=_check_spg))  # fmt: skip
+register_objective(
+    Objective(
+        "stabledrl",
+        _stabledrl,
+        reduce="passes",
+        value_free=False,
+        kl="none",
+        estimators=("spg",),
+        estimator_note=SPG_MASKS,
+        check=_check_stabledrl,
+    )
+)
+register_objective(
+    Objective(
+        "spg",
+        _spg,
+        reduce="passes",
+        value_free=False,
+        kl="none",
+        estimators=("spg",),
+        estimator_note=SPG_MASKS,
+        check=_check_spg,
+    )
+)
 
 
 # ---- BGPO: per-sample sequence ratios -------------------------------------------------------------
@@ -200,32 +247,59 @@ def _check_bgpo(c) -> None:
 def _bgpo(sums, batch, args, accumulation):
     from align.losses import bgpo_loss
 
-    return bgpo_loss(sums, batch.old, batch.advantages, batch.mask.sum(-1), canvas_length=args.max_completion_length,
-                     epsilon=args.epsilon, epsilon_high=args.epsilon_high, dual_clip=args.bgpo_dual_clip)  # fmt: skip
+    return bgpo_loss(
+        sums,
+        batch.old,
+        batch.advantages,
+        batch.mask.sum(-1),
+        canvas_length=args.max_completion_length,
+        epsilon=args.epsilon,
+        epsilon_high=args.epsilon_high,
+        dual_clip=args.bgpo_dual_clip,
+    )
 
 
-register_objective(Objective("bgpo", _bgpo, reduce="samples", kl="none", check=_check_bgpo, scores_canvas=True))
+register_objective(
+    Objective("bgpo", _bgpo, reduce="samples", kl="none", check=_check_bgpo, scores_canvas=True)
+)
 
 
 # ---- ESPO: the sequence ratio over its own coupled masks -------------------------------------------
 def _espo(logps, batch, args, accumulation):
     from align.losses import espo_loss
 
-    return espo_loss(logps, batch.old, batch.ref, batch.advantages, canvas_length=args.max_completion_length,
-                     beta=args.beta, epsilon=args.epsilon, epsilon_high=args.epsilon_high)  # fmt: skip
+    return espo_loss(
+        logps,
+        batch.old,
+        batch.ref,
+        batch.advantages,
+        canvas_length=args.max_completion_length,
+        beta=args.beta,
+        epsilon=args.epsilon,
+        epsilon_high=args.epsilon_high,
+    )
 
 
-register_objective(Objective("espo", _espo, scores_canvas=True, estimators=("espo",), exclusive=True,
-                             estimator_note="ESPO's sequence ratio over its own coupled masks"))  # fmt: skip
+register_objective(
+    Objective(
+        "espo",
+        _espo,
+        scores_canvas=True,
+        estimators=("espo",),
+        exclusive=True,
+        estimator_note="ESPO's sequence ratio over its own coupled masks",
+    )
+)
 
 
 # ---- JustGRPO and TraceRL: losses over replayed rollouts -------------------------------------------
-REPLAYED = "is its authors' loss over replayed rollouts: it needs estimator trace (block_trace on block diffusion)"
+REPLAYED = (
+    "is its authors' loss over replayed rollouts: it needs estimator trace (block_trace on block diffusion)"
+)
 
 
 def _check_justgrpo(c) -> None:
-    if (c.block_length != 1 or c.trace_merge != 1
-                                   or c.diffusion_steps != c.max_completion_length):  # fmt: skip
+    if c.block_length != 1 or c.trace_merge != 1 or c.diffusion_steps != c.max_completion_length:
         raise ValueError(
             "loss_type justgrpo scores the exact left-to-right order: it needs block_length 1, diffusion_steps = "
             f"max_completion_length and trace_merge 1 (got {c.block_length}, {c.diffusion_steps}, {c.trace_merge})."
@@ -245,8 +319,16 @@ def _check_tracerl(c) -> None:
 def _justgrpo(logps, batch, args, accumulation):  # each generation batch by its own count, gradients summed
     from align.losses import justgrpo_loss
 
-    return justgrpo_loss(logps, batch.old, batch.advantages, batch.mask, gen_length=args.max_completion_length,
-                         valid_rows=batch.normalizer, epsilon=args.epsilon, epsilon_high=args.epsilon_high)  # fmt: skip
+    return justgrpo_loss(
+        logps,
+        batch.old,
+        batch.advantages,
+        batch.mask,
+        gen_length=args.max_completion_length,
+        valid_rows=batch.normalizer,
+        epsilon=args.epsilon,
+        epsilon_high=args.epsilon_high,
+    )
 
 
 def _tracerl(logps, batch, args, accumulation):
@@ -254,17 +336,53 @@ def _tracerl(logps, batch, args, accumulation):
 
     if args.estimator == "block_trace":  # the released SDAR trainer's arithmetic (rl_sdar.py)
         length = args.max_completion_length if batch.longest is None else batch.longest  # the released L1
-        return tracerl_block_loss(logps, batch.old, batch.advantages, batch.plan.weights != 0,
-                                  canvas_length=length, passes=_window(batch, args, accumulation),
-                                  epsilon=args.epsilon, epsilon_high=args.epsilon_high, kl_beta=args.tracerl_beta)  # fmt: skip
-    return tracerl_loss(logps, batch.old, batch.advantages, batch.plan.weights != 0,
-                        passes=_window(batch, args, accumulation), epsilon=args.epsilon,
-                        epsilon_high=args.epsilon_high, kl_beta=args.tracerl_beta)  # fmt: skip
+        return tracerl_block_loss(
+            logps,
+            batch.old,
+            batch.advantages,
+            batch.plan.weights != 0,
+            canvas_length=length,
+            passes=_window(batch, args, accumulation),
+            epsilon=args.epsilon,
+            epsilon_high=args.epsilon_high,
+            kl_beta=args.tracerl_beta,
+        )
+    return tracerl_loss(
+        logps,
+        batch.old,
+        batch.advantages,
+        batch.plan.weights != 0,
+        passes=_window(batch, args, accumulation),
+        epsilon=args.epsilon,
+        epsilon_high=args.epsilon_high,
+        kl_beta=args.tracerl_beta,
+    )
 
 
-register_objective(Objective("justgrpo", _justgrpo, divisor="rows", scales_itself=True, scores_canvas=True,
-                             full_vocab=True, kl="none", estimators=("trace",), estimator_note=REPLAYED,
-                             check=_check_justgrpo))  # fmt: skip
-register_objective(Objective("tracerl", _tracerl, divisor="passes", scales_itself=True, full_vocab=True,
-                             estimators=("trace", "block_trace"), estimator_note=REPLAYED, check=_check_tracerl))  # fmt: skip
+register_objective(
+    Objective(
+        "justgrpo",
+        _justgrpo,
+        divisor="rows",
+        scales_itself=True,
+        scores_canvas=True,
+        full_vocab=True,
+        kl="none",
+        estimators=("trace",),
+        estimator_note=REPLAYED,
+        check=_check_justgrpo,
+    )
+)
+register_objective(
+    Objective(
+        "tracerl",
+        _tracerl,
+        divisor="passes",
+        scales_itself=True,
+        full_vocab=True,
+        estimators=("trace", "block_trace"),
+        estimator_note=REPLAYED,
+        check=_check_tracerl,
+    )
+)
 LOSS_TYPES = tuple(OBJECTIVES)

@@ -18,8 +18,9 @@ def committed_files(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         return []
     try:
-        proc = subprocess.run(["git", "-C", folder, "ls-files", "--", "."], capture_output=True, text=True,
-                              timeout=30)  # fmt: skip
+        proc = subprocess.run(
+            ["git", "-C", folder, "ls-files", "--", "."], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return proc.stdout.split() if proc.returncode == 0 else []
@@ -32,8 +33,10 @@ def check_not_committed(output_dir: str, overwrite: bool, resuming: bool) -> Non
     tracked = committed_files(output_dir)
     if tracked:
         shown = ", ".join(tracked[:3]) + (f" and {len(tracked) - 3} more" if len(tracked) > 3 else "")
-        raise UsageError(f"output_dir {output_dir} holds files committed to git ({shown}); training would overwrite "
-                         "them: give another --output_dir, or --overwrite_output_dir true to replace them on purpose.")  # fmt: skip
+        raise UsageError(
+            f"output_dir {output_dir} holds files committed to git ({shown}); training would overwrite "
+            "them: give another --output_dir, or --overwrite_output_dir true to replace them on purpose."
+        )
 
 
 class OutputLock:
@@ -60,8 +63,10 @@ class OutputLock:
         except OSError:
             holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process that wrote nothing yet"
             os.close(fd)
-            raise UsageError(f"output_dir {self.output_dir} is in use by another run ({holder}); wait for it or stop "
-                             "it, or give another --output_dir.") from None  # fmt: skip
+            raise UsageError(
+                f"output_dir {self.output_dir} is in use by another run ({holder}); wait for it or stop "
+                "it, or give another --output_dir."
+            ) from None
         os.ftruncate(fd, 0)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started {stamp}\n".encode())

@@ -113,7 +113,9 @@ def trainable_params(shape: ModelShape, args) -> int:
     return shape.n_layers * per_layer
 
 
-def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0, expected_length: float | None = None) -> Plan:
+def make_plan(
+    shape: ModelShape, args, *, processes: int = 1, zero: int = 0, expected_length: float | None = None
+) -> Plan:
     """The plan of GRPO config ``args`` (align.config) for a model of ``shape`` on ``processes`` ranks.
 
     With ``variable_length`` rollouts, ``expected_length`` (the mean completion length, default the budget)
@@ -137,7 +139,9 @@ def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0, exp
 
     from align.models.family import family_for
 
-    block_model = family_for(shape.family).block_causal  # block diffusion: exact block cache, two-stream estimates
+    block_model = family_for(
+        shape.family
+    ).block_causal  # block diffusion: exact block cache, two-stream estimates
     seq = args.max_prompt_length + args.max_completion_length
     window = args.max_completion_length
     # rollout: one sampler call
@@ -206,7 +210,9 @@ def make_plan(shape: ModelShape, args, *, processes: int = 1, zero: int = 0, exp
     else:  # every sampler step encodes the whole canvas
         gen_tokens = rollouts * steps * gen_rows * seq
     est_seq = seq
-    if growing and args.estimator == "growing":  # one block's cut canvas per pass, (nb + 1) / 2 blocks on average
+    if (
+        growing and args.estimator == "growing"
+    ):  # one block's cut canvas per pass, (nb + 1) / 2 blocks on average
         est_seq = args.max_prompt_length + args.block_length * (decoded + 1) / 2
     est_tokens = rollouts * fixed * passes * gen_rows * est_seq
     train_tokens = micro * passes * args.per_device_train_batch_size * est_seq
@@ -285,9 +291,16 @@ def known_shape(name: str) -> ModelShape:
 
 
 def shape_of(
-    d: int, layers: int, heads: int, kv_heads: int, h: int, v: int, tied: bool, qkv_bias: bool = False,
+    d: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    h: int,
+    v: int,
+    tied: bool,
+    qkv_bias: bool = False,
     head_dim: int | None = None,
-) -> ModelShape:  # fmt: skip
+) -> ModelShape:
     """Shapes and parameter count: embeddings (and an untied head), per layer q/k/v/out, the SwiGLU MLP and
     two norms (plus q/k/v biases when asked; with an explicit ``head_dim``, Qwen3's q/k norms and
     q / out projections of heads x head_dim), a final norm."""
@@ -434,25 +447,39 @@ def main(argv: list[str] | None = None) -> int:
 
     from align.errors import main_guard
 
-    parser = argparse.ArgumentParser(prog="align plan", allow_abbrev=False,
-                                     description="per-GPU memory by phase and work per step, before loading")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="align plan",
+        allow_abbrev=False,
+        description="per-GPU memory by phase and work per step, before loading",
+    )
     parser.add_argument("recipe")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80: H100)")
-    parser.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3],
-                        help="ZeRO stage (default: the stage of the launch command in the recipe's header; "
-                             "without one, 2 with LoRA, else 3)")  # fmt: skip
-    parser.add_argument("--expected-length", type=float, default=None,
-                        help="variable_length recipes: the mean completion length the work is planned for "
-                             "(default: the budget)")  # fmt: skip
+    parser.add_argument(
+        "--zero",
+        type=int,
+        default=None,
+        choices=[0, 1, 2, 3],
+        help="ZeRO stage (default: the stage of the launch command in the recipe's header; "
+        "without one, 2 with LoRA, else 3)",
+    )
+    parser.add_argument(
+        "--expected-length",
+        type=float,
+        default=None,
+        help="variable_length recipes: the mean completion length the work is planned for "
+        "(default: the budget)",
+    )
     parser.add_argument("--debug", action="store_true")
     args, overrides = parser.parse_known_args(argv)
 
     def run() -> int:
         from align.fields import GRPOFields, recipe_values
 
-        recipe_values(GRPOFields, args.recipe, overrides, "align plan")  # a bad path or field: before torch loads
+        recipe_values(
+            GRPOFields, args.recipe, overrides, "align plan"
+        )  # a bad path or field: before torch loads
         from align.config import load_config
 
         config = load_config(args.recipe, [*overrides, "--use_cpu", "true"], prog="align plan")
@@ -460,12 +487,17 @@ def main(argv: list[str] | None = None) -> int:
         zero = zero if zero is not None else (2 if config.use_peft else 3)
         shape = load_shape(config.model_name_or_path, config.trust_remote_code, say=print)
         if args.expected_length is not None and not config.variable_length:
-            raise ValueError("--expected-length plans variable-length rollouts; the recipe has variable_length false.")
-        plan = make_plan(shape, config, processes=args.gpus * args.nodes, zero=zero,
-                         expected_length=args.expected_length)  # fmt: skip
+            raise ValueError(
+                "--expected-length plans variable-length rollouts; the recipe has variable_length false."
+            )
+        plan = make_plan(
+            shape, config, processes=args.gpus * args.nodes, zero=zero, expected_length=args.expected_length
+        )
         expected = f", mean completion {args.expected_length:g} tokens" if args.expected_length else ""
-        print(f"{args.recipe}: {shape.params / 1e9:.2f}B parameters, {args.nodes} x {args.gpus} GPUs of "
-              f"{args.gpu_memory:g} GiB, ZeRO-{zero}{', LoRA' if config.use_peft else ''}{expected}")  # fmt: skip
+        print(
+            f"{args.recipe}: {shape.params / 1e9:.2f}B parameters, {args.nodes} x {args.gpus} GPUs of "
+            f"{args.gpu_memory:g} GiB, ZeRO-{zero}{', LoRA' if config.use_peft else ''}{expected}"
+        )
         print("\n".join(table(plan, args.gpu_memory)))
         problems = misfits(plan, args.gpu_memory)
         for problem in problems:

@@ -22,10 +22,22 @@ logger = logging.getLogger(__name__)
 
 # command: (prog, description, light fields in align.fields, config class in align.config, builder)
 RECIPES = {
-    "train": ("align train", "GRPO for masked diffusion LMs", "GRPOFields", "GRPOConfig", "align.train:build_trainer"),
+    "train": (
+        "align train",
+        "GRPO for masked diffusion LMs",
+        "GRPOFields",
+        "GRPOConfig",
+        "align.train:build_trainer",
+    ),
     "sft": ("align sft", "masked-diffusion SFT", "SFTFields", "SFTConfig", "align.sft:build_trainer"),
-    "dpo": ("align dpo", "DPO / VRPO for masked diffusion LMs", "DPOFields", "DPOConfig", "align.dpo:build_trainer"),
-}  # fmt: skip
+    "dpo": (
+        "align dpo",
+        "DPO / VRPO for masked diffusion LMs",
+        "DPOFields",
+        "DPOConfig",
+        "align.dpo:build_trainer",
+    ),
+}
 
 
 def recipe_command(name: str, argv: list[str] | None) -> int:
@@ -42,9 +54,11 @@ def load_policy(config):
 
     def load():
         return load_model(
-            config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+            config.model_name_or_path,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
             attn_implementation=config.attn_implementation,
-        )  # fmt: skip
+        )
 
     model = load()
     if config.use_peft:
@@ -63,8 +77,11 @@ def add_lora(model, config):
 
     head = model.get_output_embeddings()  # LLaDA's untied head is also named ff_out: keep LoRA off it
     exclude = [name for name, module in model.named_modules() if head is not None and module is head]
-    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear) and name not in exclude}  # fmt: skip
+    leaves = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name not in exclude
+    }
     from align.models.family import family_for
 
     targets = config.lora_target_modules
@@ -79,9 +96,13 @@ def add_lora(model, config):
             f"{sorted(leaves)}."
         )
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=targets, exclude_modules=exclude or None, bias="none",
-    )  # fmt: skip
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        exclude_modules=exclude or None,
+        bias="none",
+    )
     seed = getattr(config, "seed", None)  # a run's config has one; a bare namespace (the planner's) may not
     with quiet_checkpointing_renames(), torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -140,8 +161,10 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
         if len(configs) > 1:
             from align.errors import UsageError
 
-            raise UsageError(f"--config given {len(configs)} times ({', '.join(configs)}); give one recipe and "
-                             "override its fields with --field value.")  # fmt: skip
+            raise UsageError(
+                f"--config given {len(configs)} times ({', '.join(configs)}); give one recipe and "
+                "override its fields with --field value."
+            )
         from align.machine import check_cpu_launch, check_launch_env
 
         check_launch_env()

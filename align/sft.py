@@ -41,17 +41,27 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
     def __init__(self, model, args: SFTConfig, train_dataset, processing_class, callbacks=None):
         args.remove_unused_columns = False
         self.spec = family_spec(model, processing_class, args.mask_token_id)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=self._collate, callbacks=callbacks)  # fmt: skip
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=self._collate,
+            callbacks=callbacks,
+        )
 
     def _collate(self, rows: list[dict]) -> dict:
         """Left-padded prompts + EOS-padded responses -> ids [B, P+L], attention [B, P+L], response mask."""
         args, tok = self.args, self.processing_class
         prompts = [
-            prompt_text(tok, r[args.prompt_column], system_prompt=args.system_prompt,
-                        use_chat_template=args.use_chat_template)
+            prompt_text(
+                tok,
+                r[args.prompt_column],
+                system_prompt=args.system_prompt,
+                use_chat_template=args.use_chat_template,
+            )
             for r in rows
-        ]  # fmt: skip
+        ]
         enc = encode_prompts(
             tok, prompts, max_length=args.max_prompt_length, use_chat_template=args.use_chat_template
         )
@@ -107,8 +117,11 @@ def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:
     from align.models import load_model, load_tokenizer
     from align.models.family import check_checkpoint_settings, new_model
 
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
-                               chat_off="use_chat_template false" if config.use_chat_template else None)
+    tokenizer = load_tokenizer(
+        config.model_name_or_path,
+        trust_remote_code=config.trust_remote_code,
+        chat_off="use_chat_template false" if config.use_chat_template else None,
+    )
     if config.init_config:
         torch.manual_seed(config.seed)
         model = new_model(config.init_config)

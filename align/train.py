@@ -22,9 +22,14 @@ def build_trainer(config):
     from align.runner import load_policy
     from align.trainer import DiffusionGRPOTrainer
 
-    check_checkpoint_settings(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
-                              cache=config.cache, remasking=config.remasking, block_length=config.block_length,
-                              estimator=config.estimator)  # fmt: skip (settings the model's family cannot run)
+    check_checkpoint_settings(
+        config.model_name_or_path,
+        trust_remote_code=config.trust_remote_code,
+        cache=config.cache,
+        remasking=config.remasking,
+        block_length=config.block_length,
+        estimator=config.estimator,
+    )  # settings the model's family cannot run
     dataset = load_rows(config)
     from align.rollout.rewards import check_reward_columns
 
@@ -32,10 +37,15 @@ def build_trainer(config):
     plan = preflight_memory(config)  # before any weight loads: a plan that cannot fit is refused here
     if plan is not None:
         logger.info("align plan: peak per GPU %s GiB", {k: round(plan.peak(k) / GIB, 1) for k in plan.phases})
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code,
-                               chat_off="use_chat_template false" if config.use_chat_template else None)
+    tokenizer = load_tokenizer(
+        config.model_name_or_path,
+        trust_remote_code=config.trust_remote_code,
+        chat_off="use_chat_template false" if config.use_chat_template else None,
+    )
     model, ref_model = load_policy(config)
-    return DiffusionGRPOTrainer(model, args=config, train_dataset=dataset, processing_class=tokenizer, ref_model=ref_model)
+    return DiffusionGRPOTrainer(
+        model, args=config, train_dataset=dataset, processing_class=tokenizer, ref_model=ref_model
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,9 +53,19 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
 
     loss_is_scaled_for_ga = True  # compute_loss scales for gradient accumulation itself (as TRL does)
 
-    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, callbacks=None, peft_config=None, ref_model=None,
-                 engine: RolloutEngine | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: GRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        peft_config=None,
+        ref_model=None,
+        engine: RolloutEngine | None = None,
+    ):
         """TRL's ``GRPOTrainer`` signature. ``model``: a loaded diffusion LM, or a hub id / local path loaded
         with ``args.dtype`` (the tokenizer too, when ``processing_class`` is None); ``reward_funcs``: reward
         names, ``module:function`` specs or callables (default ``args.reward_funcs``); ``train_dataset``:
@@ -67,15 +77,21 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         if args is None or train_dataset is None:
             raise UsageError("DiffusionGRPOTrainer needs args (a GRPOConfig) and train_dataset.")
         if eval_dataset is not None:
-            raise UsageError("DiffusionGRPOTrainer: eval_dataset is not used; set args.eval_tasks (align eval's "
-                             "tasks, scored with the rollout sampler during training).")  # fmt: skip
+            raise UsageError(
+                "DiffusionGRPOTrainer: eval_dataset is not used; set args.eval_tasks (align eval's "
+                "tasks, scored with the rollout sampler during training)."
+            )
         if isinstance(model, str):
             from align.models import load_model, load_tokenizer
 
-            processing_class = processing_class or load_tokenizer(model, trust_remote_code=args.trust_remote_code)
+            processing_class = processing_class or load_tokenizer(
+                model, trust_remote_code=args.trust_remote_code
+            )
             model = load_model(model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
         if processing_class is None:
-            raise UsageError("DiffusionGRPOTrainer: pass processing_class (the tokenizer) with a loaded model.")
+            raise UsageError(
+                "DiffusionGRPOTrainer: pass processing_class (the tokenizer) with a loaded model."
+            )
         if peft_config is not None:
             import torch
             from peft import get_peft_model
@@ -92,24 +108,47 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         self.rewards.warm_up()  # e.g. math_accuracy's grading workers: started before the first rollout
         self.objective = get_objective(args.loss_type)
         self.spec = family_spec(model, processing_class, args.mask_token_id)
-        check_family_settings(self.spec, cache=args.cache, remasking=args.remasking, block_length=args.block_length,
-                              estimator=args.estimator)  # fmt: skip
+        check_family_settings(
+            self.spec,
+            cache=args.cache,
+            remasking=args.remasking,
+            block_length=args.block_length,
+            estimator=args.estimator,
+        )
         if args.variable_length and not self.spec.stop_token_ids:
             raise UsageError(
                 f"variable_length rollouts stop at an EOS / end-of-turn token, and model_type {self.spec.model_type!r} "
                 "has none in its config or tokenizer: set eos_token_id in the config, or variable_length false."
             )
         self._eval_tasks = load_eval_tasks(args)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         eval_dataset={t.name: rows for t, rows in self._eval_tasks} or None, callbacks=callbacks)  # fmt: skip
-        self._setup_reference(ref_model, args.beta != 0.0,
-                              "beta != 0 under full fine-tuning needs ref_model (a frozen copy of the policy).")  # fmt: skip
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            eval_dataset={t.name: rows for t, rows in self._eval_tasks} or None,
+            callbacks=callbacks,
+        )
+        self._setup_reference(
+            ref_model,
+            args.beta != 0.0,
+            "beta != 0 under full fine-tuning needs ref_model (a frozen copy of the policy).",
+        )
         if self.ref_model is not None and args.sync_ref_model:
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
         self.engine = engine or self._default_engine(args)
-        self.rollouts = RolloutPhase(args, self.objective, self.engine, self.rewards, processing_class, self.spec,
-                                     self.accelerator, passes=self._passes, policy=self._unwrapped,
-                                     reference=self._reference)  # fmt: skip
+        self.rollouts = RolloutPhase(
+            args,
+            self.objective,
+            self.engine,
+            self.rewards,
+            processing_class,
+            self.spec,
+            self.accelerator,
+            passes=self._passes,
+            policy=self._unwrapped,
+            reference=self._reference,
+        )
         self._samples: list[dict] = []
         self._buffer: RolloutBatch | None = None
         self._resume_dir: str | None = None
@@ -129,11 +168,18 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
             if not ray.is_initialized():
                 ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
             settings = SamplerSettings.from_rollout_fields(args)
-            server = ray_server(args.model_name_or_path, settings=settings.as_kwargs(), dtype=args.dtype,
-                                max_batch_rows=args.rollout_batch_size or 256, seed=args.seed + self.accelerator.process_index,
-                                trust_remote_code=args.trust_remote_code)  # fmt: skip
+            server = ray_server(
+                args.model_name_or_path,
+                settings=settings.as_kwargs(),
+                dtype=args.dtype,
+                max_batch_rows=args.rollout_batch_size or 256,
+                seed=args.seed + self.accelerator.process_index,
+                trust_remote_code=args.trust_remote_code,
+            )
             return ServerEngine(server, spec=self.spec)
-        return InProcessEngine(self.spec, model_context=self._unwrapped, rows_per_call=args.rollout_batch_size)
+        return InProcessEngine(
+            self.spec, model_context=self._unwrapped, rows_per_call=args.rollout_batch_size
+        )
 
     @contextlib.contextmanager
     def _unwrapped(self):
@@ -159,10 +205,13 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
     def get_train_dataloader(self) -> RolloutLoader:
         args = self.args
         sampler = RolloutBatchSampler(
-            len(self.train_dataset), args.generation_batch_size // args.num_generations, self._per_phase,
-            num_processes=self.accelerator.num_processes, process_index=self.accelerator.process_index,
+            len(self.train_dataset),
+            args.generation_batch_size // args.num_generations,
+            self._per_phase,
+            num_processes=self.accelerator.num_processes,
+            process_index=self.accelerator.process_index,
             seed=args.seed,
-        )  # fmt: skip
+        )
         return RolloutLoader(self.train_dataset, sampler)
 
     def floating_point_ops(self, inputs) -> int:
@@ -197,8 +246,9 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         value = None
         if batch.old is None and self.args.beta == 0.0 and self.objective.value_free:
             value = torch.zeros(batch.plan.masked.shape, dtype=torch.float32, device=batch.ids.device)
-        return self._backward_in_chunks(model, batch.ids, batch.attn, batch.plan,
-                                        lambda passes: self._policy_loss(passes, batch), value)  # fmt: skip
+        return self._backward_in_chunks(
+            model, batch.ids, batch.attn, batch.plan, lambda passes: self._policy_loss(passes, batch), value
+        )
 
     def _micro_index(self) -> int:
         if self.state.global_step != self._last_global_step:
@@ -220,15 +270,25 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         elif self._buffer is None:
             self._buffer = self._load_buffer(micro // per_phase)
         iteration = (micro % per_phase) // args.steps_per_generation
-        return self._buffer.micro_batch(micro % args.steps_per_generation, iteration, args.steps_per_generation)
+        return self._buffer.micro_batch(
+            micro % args.steps_per_generation, iteration, args.steps_per_generation
+        )
 
     def _passes(self, model, ids, attn, plan: MaskPlan) -> torch.Tensor:
         """Per-pass log-probs [P, n, L]. The trace estimator replays the sampler, which never emits the mask
         token: its probability is renormalised away, except for objectives whose released code softmaxes
         over the whole vocabulary."""
         exclude = self.objective.excluded_ids(self.args.estimator, self.spec.mask_token_id)
-        return pass_logprobs(model, ids, plan, mask_token_id=self.spec.mask_token_id, attention_mask=attn,
-                              spec=self.spec, chunk_size=self.args.mc_chunk_size, exclude_ids=exclude)  # fmt: skip
+        return pass_logprobs(
+            model,
+            ids,
+            plan,
+            mask_token_id=self.spec.mask_token_id,
+            attention_mask=attn,
+            spec=self.spec,
+            chunk_size=self.args.mc_chunk_size,
+            exclude_ids=exclude,
+        )
 
     def compute_loss(self, model, inputs: MicroBatch, return_outputs=False, num_items_in_batch=None):
         """The objective's loss of one micro-batch, scaled for gradient accumulation as TRL's GRPOTrainer does
@@ -252,19 +312,30 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         from align.eval.runner import DiffusionSource, evaluate_task
 
         source = DiffusionSource(
-            self.model, self.processing_class, self.spec, state=self.accelerator.state,
-            batch_size=self.args.per_device_eval_batch_size, seed=self.args.seed,
+            self.model,
+            self.processing_class,
+            self.spec,
+            state=self.accelerator.state,
+            batch_size=self.args.per_device_eval_batch_size,
+            seed=self.args.seed,
             model_context=self._unwrapped,
-        )  # fmt: skip
+        )
         protocol, metrics = eval_protocol(self.args), {}
         was_training, started = self.model.training, time.monotonic()
         self.model.eval()
         try:
             for task, rows in self._eval_tasks:
-                scores, _ = evaluate_task(source, task, rows, protocol, progress=True)  # a bar on the main process
+                scores, _ = evaluate_task(
+                    source, task, rows, protocol, progress=True
+                )  # a bar on the main process
                 # n (questions scored) stays: align report draws each held-out point's interval from it
-                metrics.update({f"{metric_key_prefix}_{task.name}/{k}": v for k, v in scores.items()
-                                if k not in ("num_samples", "loop_rate", "unclosed_think_rate")})  # fmt: skip
+                metrics.update(
+                    {
+                        f"{metric_key_prefix}_{task.name}/{k}": v
+                        for k, v in scores.items()
+                        if k not in ("num_samples", "loop_rate", "unclosed_think_rate")
+                    }
+                )
         finally:
             self.model.train(was_training)
             for callback in self.callback_handler.callbacks:  # training time excludes evaluation
@@ -279,17 +350,31 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
     # ---- logs and checkpoints ----------------------------------------------------------------------
     def _on_training_log(self) -> None:
         if self.args.log_completions and self._samples and self.accelerator.is_main_process:
-            writer = next((getattr(c, "tb_writer", None) for c in self.callback_handler.callbacks
-                           if type(c).__name__ == "TensorBoardCallback"), None)  # fmt: skip
-            completions.log_completions(self._samples, self.state.global_step, self.args.output_dir,
-                                        self.rewards.names, self.args.report_to, writer)  # fmt: skip
+            writer = next(
+                (
+                    getattr(c, "tb_writer", None)
+                    for c in self.callback_handler.callbacks
+                    if type(c).__name__ == "TensorBoardCallback"
+                ),
+                None,
+            )
+            completions.log_completions(
+                self._samples,
+                self.state.global_step,
+                self.args.output_dir,
+                self.rewards.names,
+                self.args.report_to,
+                writer,
+            )
 
     def _save_extra(self, folder: str) -> None:
         """A checkpoint in the middle of a rollout phase keeps this process's rollout buffer."""
         micro = self.state.global_step * self.args.gradient_accumulation_steps
         if micro % self._per_phase and self._buffer is not None:
-            torch.save({"phase": micro // self._per_phase, "buffer": self._buffer.state(), "samples": self._samples},
-                       os.path.join(folder, BUFFER_FILE.format(rank=self.accelerator.process_index)))  # fmt: skip
+            torch.save(
+                {"phase": micro // self._per_phase, "buffer": self._buffer.state(), "samples": self._samples},
+                os.path.join(folder, BUFFER_FILE.format(rank=self.accelerator.process_index)),
+            )
 
     def _load_buffer(self, phase: int) -> RolloutBatch:
         path = os.path.join(self._resume_dir or "", BUFFER_FILE.format(rank=self.accelerator.process_index))
@@ -302,7 +387,9 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
         if saved["phase"] != phase:
             raise RunError(f"{path} holds rollout phase {saved['phase']}, but phase {phase} is resuming.")
         self._samples = saved.get("samples", [])  # the phase's rollout sample, logged at its remaining steps
-        return RolloutBatch.from_state(saved["buffer"], group_weighted=self.objective.group_weights is not None)
+        return RolloutBatch.from_state(
+            saved["buffer"], group_weighted=self.objective.group_weights is not None
+        )
 
 
 def load_eval_tasks(args: GRPOConfig) -> list:
@@ -322,8 +409,14 @@ def eval_protocol(args: GRPOConfig):
     if args.eval_protocol:
         return PROTOCOLS[args.eval_protocol]
     greedy = SamplerSettings.from_rollout_fields(args).replace(temperature=0.0)
-    return Protocol.from_sampler("rollout", greedy, system_prompt=args.system_prompt, instruction=None,
-                                 use_chat_template=args.use_chat_template, max_prompt_length=args.max_prompt_length)  # fmt: skip
+    return Protocol.from_sampler(
+        "rollout",
+        greedy,
+        system_prompt=args.system_prompt,
+        instruction=None,
+        use_chat_template=args.use_chat_template,
+        max_prompt_length=args.max_prompt_length,
+    )
 
 
 def warn_repeated_passes(args) -> bool:
@@ -336,6 +429,8 @@ def warn_repeated_passes(args) -> bool:
         "estimator one_step with num_mc_samples %d and p_mask_prompt 0: every sample masks the same positions "
         "(the whole completion, no prompt token), so the %d passes are identical: %dx the estimate's compute for "
         "the same gradient. Set num_mc_samples 1, or p_mask_prompt > 0 for distinct masks (d1: 0.15).",
-        args.num_mc_samples, args.num_mc_samples, args.num_mc_samples,
-    )  # fmt: skip
+        args.num_mc_samples,
+        args.num_mc_samples,
+        args.num_mc_samples,
+    )
     return True

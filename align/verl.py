@@ -50,12 +50,23 @@ CAUSAL_ROLLOUTS = ("vllm", "sglang", "trtllm", "hf")
 
 
 # ---- masks on the driver --------------------------------------------------------------------------------
-def mask_fields(completion_mask, *, estimator: str, num_samples: int, seed: int, score_mask=None, **context) -> dict:
+def mask_fields(
+    completion_mask, *, estimator: str, num_samples: int, seed: int, score_mask=None, **context
+) -> dict:
     """The plan of ``estimator`` for completion_mask [B, T], drawn with ``seed``, as batch-first tensors."""
     generator = torch.Generator(device=completion_mask.device).manual_seed(seed)
-    plan = make_plan(estimator, completion_mask, num_samples=num_samples, generator=generator, score_mask=score_mask,
-                     **context)  # fmt: skip
-    fields = {"mc_masked": plan.masked.transpose(0, 1).contiguous(), "mc_weights": plan.weights.transpose(0, 1).contiguous()}
+    plan = make_plan(
+        estimator,
+        completion_mask,
+        num_samples=num_samples,
+        generator=generator,
+        score_mask=score_mask,
+        **context,
+    )
+    fields = {
+        "mc_masked": plan.masked.transpose(0, 1).contiguous(),
+        "mc_weights": plan.weights.transpose(0, 1).contiguous(),
+    }
     if plan.visible is not None:
         fields["mc_visible"] = plan.visible.transpose(0, 1).contiguous()
     return fields
@@ -64,7 +75,9 @@ def mask_fields(completion_mask, *, estimator: str, num_samples: int, seed: int,
 def plan_of(batch, num_samples: int) -> MaskPlan:
     """The ``MaskPlan`` [P, n, T] of a (shard of a) batch carrying ``mask_fields``."""
     visible = batch["mc_visible"].transpose(0, 1) if "mc_visible" in batch.keys() else None
-    return MaskPlan(batch["mc_masked"].transpose(0, 1), batch["mc_weights"].transpose(0, 1), num_samples, visible)
+    return MaskPlan(
+        batch["mc_masked"].transpose(0, 1), batch["mc_weights"].transpose(0, 1), num_samples, visible
+    )
 
 
 def count_for(loss_type: str, mask, advantages, plan_weights) -> float:
@@ -90,13 +103,27 @@ def shard_loss(model, spec, batch, args, *, num_samples: int, normalizer: float,
     trainer scales it; the estimate under the carried plan."""
     objective = get_objective(args.loss_type)
     plan = plan_of(batch, num_samples)
-    passes = pass_logprobs(model, batch["input_ids"], plan, mask_token_id=spec.mask_token_id,
-                           attention_mask=batch["attention_mask"], spec=spec,
-                           exclude_ids=objective.excluded_ids(args.estimator, spec.mask_token_id))  # fmt: skip
+    passes = pass_logprobs(
+        model,
+        batch["input_ids"],
+        plan,
+        mask_token_id=spec.mask_token_id,
+        attention_mask=batch["attention_mask"],
+        spec=spec,
+        exclude_ids=objective.excluded_ids(args.estimator, spec.mask_token_id),
+    )
     get = lambda k: batch[k] if k in batch.keys() else None  # noqa: E731
-    micro = MicroBatch(ids=batch["input_ids"], attn=batch["attention_mask"], mask=batch["response_mask"],
-                       advantages=batch["advantages"], plan=plan, old=get("old_log_probs"), ref=get("ref_log_prob"),
-                       normalizer=torch.tensor(normalizer), group_weights=get("group_weights"))  # fmt: skip
+    micro = MicroBatch(
+        ids=batch["input_ids"],
+        attn=batch["attention_mask"],
+        mask=batch["response_mask"],
+        advantages=batch["advantages"],
+        plan=plan,
+        old=get("old_log_probs"),
+        ref=get("ref_log_prob"),
+        normalizer=torch.tensor(normalizer),
+        group_weights=get("group_weights"),
+    )
     loss, metrics = objective.loss(reduce_estimate(objective.reduce, plan, passes), micro, args, accumulation)
     return (loss if objective.scales_itself else loss / accumulation), metrics
 
@@ -117,8 +144,14 @@ class DiffusionPolicyWorker(_worker_base()):
     """A data-parallel policy worker for diffusion LMs (module docstring). ``loss`` holds GRPO recipe fields
     (``loss_type``, ``estimator``, ``epsilon``, ...); ``dtype`` the weights' dtype."""
 
-    def __init__(self, model_path: str, loss: dict | None = None, dtype: str = "float32", backend: str = "gloo",
-                 learning_rate: float = 1e-5):  # fmt: skip
+    def __init__(
+        self,
+        model_path: str,
+        loss: dict | None = None,
+        dtype: str = "float32",
+        backend: str = "gloo",
+        learning_rate: float = 1e-5,
+    ):
         super().__init__()
         self.model_path, self.dtype, self.backend, self.lr = model_path, dtype, backend, learning_rate
         self.args = loss_args(**(loss or {}))
@@ -146,8 +179,14 @@ class DiffusionPolicyWorker(_worker_base()):
 
         plan = plan_of(data.batch, data.meta_info["num_samples"])
         with torch.no_grad():
-            passes = pass_logprobs(self.model, data.batch["input_ids"], plan, mask_token_id=self.spec.mask_token_id,
-                                   attention_mask=data.batch["attention_mask"], spec=self.spec)  # fmt: skip
+            passes = pass_logprobs(
+                self.model,
+                data.batch["input_ids"],
+                plan,
+                mask_token_id=self.spec.mask_token_id,
+                attention_mask=data.batch["attention_mask"],
+                spec=self.spec,
+            )
         loss_type = data.meta_info.get("loss", {}).get("loss_type", self.args.loss_type)
         estimate = reduce_estimate(get_objective(loss_type).old_reduce, plan, passes)
         return DataProto.from_dict(tensors={"old_log_probs": estimate})
@@ -156,7 +195,10 @@ class DiffusionPolicyWorker(_worker_base()):
         import torch.distributed as dist
 
         meta = data.meta_info
-        rows, micro = data.batch["input_ids"].shape[0], meta.get("micro_batch_size") or data.batch["input_ids"].shape[0]
+        rows, micro = (
+            data.batch["input_ids"].shape[0],
+            meta.get("micro_batch_size") or data.batch["input_ids"].shape[0],
+        )
         if rows % micro:
             raise ValueError(f"micro_batch_size {micro} does not divide this worker's {rows} rows.")
         normalizer = meta["count"] / self.world_size  # DDP averages gradients over the workers
@@ -166,8 +208,15 @@ class DiffusionPolicyWorker(_worker_base()):
         total = torch.zeros(())
         for start in range(0, rows, micro):
             shard = data.batch[start : start + micro]
-            loss, _ = shard_loss(self.model, self.spec, shard, args, num_samples=meta["num_samples"],
-                                 normalizer=normalizer, accumulation=rows // micro)  # fmt: skip
+            loss, _ = shard_loss(
+                self.model,
+                self.spec,
+                shard,
+                args,
+                num_samples=meta["num_samples"],
+                normalizer=normalizer,
+                accumulation=rows // micro,
+            )
             loss.backward()
             total += loss.detach()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
@@ -209,10 +258,19 @@ class DiffusionPolicyWorker(_worker_base()):
 def _verl_policy_loss(loss_type: str):
     from align.losses import policy_loss
 
-    def loss_fn(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-                rollout_is_weights=None):  # fmt: skip
+    def loss_fn(
+        old_log_prob,
+        log_prob,
+        advantages,
+        response_mask,
+        loss_agg_mode="token-mean",
+        config=None,
+        rollout_is_weights=None,
+    ):
         if rollout_is_weights is not None:
-            raise ValueError(f"dllm_{loss_type} takes no rollout correction weights (rollout_is); turn it off.")
+            raise ValueError(
+                f"dllm_{loss_type} takes no rollout correction weights (rollout_is); turn it off."
+            )
         info = dict(getattr(config, "global_batch_info", None) or {})
         dp = int(info.get("dp_size") or 1)
         mask = response_mask.to(log_prob.dtype)
@@ -221,9 +279,18 @@ def _verl_policy_loss(loss_type: str):
         batch_rows = info.get("global_batch_size") or rows * dp
         low = getattr(config, "clip_ratio_low", None) or getattr(config, "clip_ratio", 0.2)
         high = getattr(config, "clip_ratio_high", None) or low
-        loss, metrics = policy_loss(log_prob, old_log_prob, None, advantages, response_mask, loss_type=loss_type,
-                                    epsilon=low, epsilon_high=high, normalizer=batch_tokens / dp,
-                                    max_completion_length=mask.shape[1])  # fmt: skip
+        loss, metrics = policy_loss(
+            log_prob,
+            old_log_prob,
+            None,
+            advantages,
+            response_mask,
+            loss_type=loss_type,
+            epsilon=low,
+            epsilon_high=high,
+            normalizer=batch_tokens / dp,
+            max_completion_length=mask.shape[1],
+        )
         # policy_loss normalises per-row losses by this shard's rows (bnpo: its tokens): rescale to the global
         # batch's count over dp, so verl's data-parallel mean of the shards' gradients is the batch's
         if loss_type in ("grpo", "dr_grpo"):
@@ -277,11 +344,17 @@ def _replica_class():
             """The canvas is ``response_length``; ``custom: {dllm_align: {...}}`` gives any other sampler setting
             (``steps``, ``block_length``, ``remasking``, ...; default one token per step, one block)."""
             rollout = self.config
-            settings = {"gen_length": rollout.response_length, "steps": rollout.response_length,
-                        "block_length": rollout.response_length, "temperature": float(rollout.temperature),
-                        **((rollout.custom or {}).get(ENGINE) or {})}  # fmt: skip
+            settings = {
+                "gen_length": rollout.response_length,
+                "steps": rollout.response_length,
+                "block_length": rollout.response_length,
+                "temperature": float(rollout.temperature),
+                **((rollout.custom or {}).get(ENGINE) or {}),
+            }
             path = getattr(self.model_config, "local_path", None) or self.model_config.path
-            server = ray_server(path, settings=settings, num_cpus=0, num_gpus=1 if self.rollout_worker_use_gpu() else 0)
+            server = ray_server(
+                path, settings=settings, num_cpus=0, num_gpus=1 if self.rollout_worker_use_gpu() else 0
+            )
             self.servers = [server]
             self._server_handle = server
             self._server_address = None  # token-in / token-out only: no OpenAI endpoint
@@ -306,13 +379,17 @@ def check_verl_config(config, model_type: str) -> None:
     family = family_for(model_type).name
     rollout = _get(config, "actor_rollout_ref.rollout.name")
     if rollout in CAUSAL_ROLLOUTS or (rollout is not None and rollout != ENGINE):
-        raise ValueError(f"actor_rollout_ref.rollout.name {rollout!r} cannot roll out the dense diffusion LM "
-                         f"{model_type!r} ({family} family): set it to {ENGINE!r} (align.rollout.server).")  # fmt: skip
+        raise ValueError(
+            f"actor_rollout_ref.rollout.name {rollout!r} cannot roll out the dense diffusion LM "
+            f"{model_type!r} ({family} family): set it to {ENGINE!r} (align.rollout.server)."
+        )
     strategy = _get(config, "actor_rollout_ref.actor.strategy")
     if strategy in CAUSAL_STRATEGIES:
-        raise ValueError(f"actor_rollout_ref.actor.strategy {strategy!r} scores {model_type!r} with causal "
-                         "next-token log-probabilities, which a diffusion LM does not have: run its actor as "
-                         f"align.verl.DiffusionPolicyWorker (strategy {ENGINE!r}).")  # fmt: skip
+        raise ValueError(
+            f"actor_rollout_ref.actor.strategy {strategy!r} scores {model_type!r} with causal "
+            "next-token log-probabilities, which a diffusion LM does not have: run its actor as "
+            f"align.verl.DiffusionPolicyWorker (strategy {ENGINE!r})."
+        )
 
 
 # ---- a single-controller GRPO loop on verl's worker groups ---------------------------------------------------
@@ -334,36 +411,71 @@ def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, 
 
     c = config
     if c.use_peft:
-        raise ValueError("align.verl.train fine-tunes all weights (the worker has no LoRA yet): set use_peft false.")
+        raise ValueError(
+            "align.verl.train fine-tunes all weights (the worker has no LoRA yet): set use_peft false."
+        )
     if c.num_iterations != 1 or c.beta != 0.0:
-        raise ValueError("align.verl.train runs on-policy without a reference: set num_iterations 1 and beta 0.")
+        raise ValueError(
+            "align.verl.train runs on-policy without a reference: set num_iterations 1 and beta 0."
+        )
     g, rows_per_step = c.num_generations, c.per_device_train_batch_size * workers
     if rows_per_step % g:
-        raise ValueError(f"per_device_train_batch_size x workers ({rows_per_step}) must be a multiple of "
-                         f"num_generations ({g}).")  # fmt: skip
+        raise ValueError(
+            f"per_device_train_batch_size x workers ({rows_per_step}) must be a multiple of "
+            f"num_generations ({g})."
+        )
     tok = load_tokenizer(c.model_name_or_path, trust_remote_code=c.trust_remote_code)
     from transformers import AutoConfig
 
-    spec = family_spec(AutoConfig.from_pretrained(c.model_name_or_path, trust_remote_code=c.trust_remote_code), tok)
-    loss = {"loss_type": c.loss_type, "estimator": c.estimator, "epsilon": c.epsilon, "epsilon_high": c.epsilon_high,
-            "num_mc_samples": c.num_mc_samples, "max_completion_length": c.max_completion_length,
-            "num_generations": g, "block_length": c.block_length}  # fmt: skip
+    spec = family_spec(
+        AutoConfig.from_pretrained(c.model_name_or_path, trust_remote_code=c.trust_remote_code), tok
+    )
+    loss = {
+        "loss_type": c.loss_type,
+        "estimator": c.estimator,
+        "epsilon": c.epsilon,
+        "epsilon_high": c.epsilon_high,
+        "num_mc_samples": c.num_mc_samples,
+        "max_completion_length": c.max_completion_length,
+        "num_generations": g,
+        "block_length": c.block_length,
+    }
     have = ray.available_resources()
-    need = {"GPU": workers + servers} if use_gpu else {"CPU": workers}  # servers take no CPU slot of their own
+    need = (
+        {"GPU": workers + servers} if use_gpu else {"CPU": workers}
+    )  # servers take no CPU slot of their own
     for kind, count in need.items():
         if have.get(kind, 0) < count:
-            raise ValueError(f"the Ray cluster has {have.get(kind, 0):g} free {kind}s, this run needs {count} "
-                             f"({workers} workers{f' + {servers} servers' if use_gpu else ''}): lower --workers / "
-                             "--servers or add nodes (Ray would wait for them forever).")  # fmt: skip
+            raise ValueError(
+                f"the Ray cluster has {have.get(kind, 0):g} free {kind}s, this run needs {count} "
+                f"({workers} workers{f' + {servers} servers' if use_gpu else ''}): lower --workers / "
+                "--servers or add nodes (Ray would wait for them forever)."
+            )
     pool = RayResourcePool([workers], use_gpu=use_gpu, max_colocate_count=1)
-    cls = RayClassWithInitArgs(cls=ray.remote(DiffusionPolicyWorker), model_path=c.model_name_or_path, loss=loss,
-                               dtype=c.dtype, backend="nccl" if use_gpu else "gloo",
-                               learning_rate=c.learning_rate)  # fmt: skip
-    group = RayWorkerGroup(resource_pool=pool, ray_cls_with_init=cls, device_name="cuda" if use_gpu else "cpu")
+    cls = RayClassWithInitArgs(
+        cls=ray.remote(DiffusionPolicyWorker),
+        model_path=c.model_name_or_path,
+        loss=loss,
+        dtype=c.dtype,
+        backend="nccl" if use_gpu else "gloo",
+        learning_rate=c.learning_rate,
+    )
+    group = RayWorkerGroup(
+        resource_pool=pool, ray_cls_with_init=cls, device_name="cuda" if use_gpu else "cpu"
+    )
     group.init_model()
     settings = SamplerSettings.from_rollout_fields(c)
-    actors = [ray_server(c.model_name_or_path, settings=settings.as_kwargs(), dtype=c.dtype, seed=c.seed + i,
-                         num_cpus=0, num_gpus=1 if use_gpu else 0) for i in range(servers)]  # fmt: skip
+    actors = [
+        ray_server(
+            c.model_name_or_path,
+            settings=settings.as_kwargs(),
+            dtype=c.dtype,
+            seed=c.seed + i,
+            num_cpus=0,
+            num_gpus=1 if use_gpu else 0,
+        )
+        for i in range(servers)
+    ]
     try:
         return _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step)
     finally:  # nothing of this run stays on the cluster
@@ -388,46 +500,87 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
     history = []
     for step in range(c.max_steps):
         picked = [rows[i] for i in torch.randperm(len(rows), generator=rng)[: rows_per_step // g].tolist()]
-        prompts = [prompt_text(tok, r[c.prompt_column], system_prompt=c.system_prompt,
-                               use_chat_template=c.use_chat_template) for r in picked]  # fmt: skip
-        enc = encode_prompts(tok, prompts, max_length=c.max_prompt_length, use_chat_template=c.use_chat_template)
-        prompt_ids, prompt_attn = enc["input_ids"].repeat_interleave(g, 0), enc["attention_mask"].repeat_interleave(g, 0)
+        prompts = [
+            prompt_text(
+                tok, r[c.prompt_column], system_prompt=c.system_prompt, use_chat_template=c.use_chat_template
+            )
+            for r in picked
+        ]
+        enc = encode_prompts(
+            tok, prompts, max_length=c.max_prompt_length, use_chat_template=c.use_chat_template
+        )
+        prompt_ids, prompt_attn = (
+            enc["input_ids"].repeat_interleave(g, 0),
+            enc["attention_mask"].repeat_interleave(g, 0),
+        )
         requests = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_attn, strict=True)]
         share = -(-len(requests) // servers)
-        calls = [actor.generate_batch.remote(requests[i * share : (i + 1) * share],
-                                             {"seed": c.seed * 1000003 + step * servers + i})
-                 for i, actor in enumerate(actors)]  # fmt: skip
+        calls = [
+            actor.generate_batch.remote(
+                requests[i * share : (i + 1) * share], {"seed": c.seed * 1000003 + step * servers + i}
+            )
+            for i, actor in enumerate(actors)
+        ]
         results = [r for part in ray.get(calls) for r in part]
         canvas = torch.tensor([r.extra_fields["canvas"] for r in results])
         commit = torch.tensor([r.extra_fields["commit_step"] for r in results])
         kept, completion_mask = truncate_at_stop(canvas, spec.stop_token_ids, spec.eos_token_id)
         texts = tok.batch_decode(kept, skip_special_tokens=True)
         expanded = [r for r in picked for _ in range(g)]
-        per_func, _ = rewards.score([p for p in prompts for _ in range(g)], texts, canvas, completion_mask,
-                                    expanded, {"global_step": step},
-                                    raw_prompts=[r[c.prompt_column] for r in expanded])  # fmt: skip
+        per_func, _ = rewards.score(
+            [p for p in prompts for _ in range(g)],
+            texts,
+            canvas,
+            completion_mask,
+            expanded,
+            {"global_step": step},
+            raw_prompts=[r[c.prompt_column] for r in expanded],
+        )
         reward = rewards.weighted(per_func)
         advantages, _ = compute_advantages(reward, g, c.scale_rewards, c.advantage_baseline)
         ids = torch.cat([prompt_ids, canvas], 1)
         attn = torch.cat([prompt_attn, torch.ones_like(canvas)], 1)
         generated = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(canvas)], 1)
         if c.mask_truncated_completions:  # rows that never stopped leave the loss, as in the trainer
-            completion_mask = completion_mask * torch.isin(canvas, torch.tensor(spec.stop_token_ids)).any(1)[:, None]
+            completion_mask = (
+                completion_mask * torch.isin(canvas, torch.tensor(spec.stop_token_ids)).any(1)[:, None]
+            )
         scored = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
         if get_objective(c.loss_type).scores_canvas:  # their released code scores the EOS padding too
             scored = generated
-        fields = {"input_ids": ids, "attention_mask": attn, "response_mask": scored, "advantages": advantages,
-                  **mask_fields(generated, estimator=c.estimator, num_samples=c.num_mc_samples,
-                                seed=c.seed * 7919 + step, score_mask=scored, block_length=c.block_length,
-                                commit_step=torch.cat([torch.full_like(prompt_ids, -1), commit], 1),
-                                num_steps=c.diffusion_steps, merge=c.trace_merge)}  # fmt: skip
+        fields = {
+            "input_ids": ids,
+            "attention_mask": attn,
+            "response_mask": scored,
+            "advantages": advantages,
+            **mask_fields(
+                generated,
+                estimator=c.estimator,
+                num_samples=c.num_mc_samples,
+                seed=c.seed * 7919 + step,
+                score_mask=scored,
+                block_length=c.block_length,
+                commit_step=torch.cat([torch.full_like(prompt_ids, -1), commit], 1),
+                num_steps=c.diffusion_steps,
+                merge=c.trace_merge,
+            ),
+        }
         count = count_for(c.loss_type, scored, advantages, fields["mc_weights"])
-        meta = {"num_samples": c.num_mc_samples, "count": count, "micro_batch_size": c.per_device_train_batch_size}
+        meta = {
+            "num_samples": c.num_mc_samples,
+            "count": count,
+            "micro_batch_size": c.per_device_train_batch_size,
+        }
         out = group.update_actor(DataProto.from_dict(tensors=fields, meta_info=meta))
         state = group.state_dict()[0]  # every worker holds the same weights after the averaged step
         versions = ray.get([actor.update_weights.remote(state) for actor in actors])
-        entry = {"step": step + 1, "loss": float(out.batch["loss"][0]), "reward": float(reward.nanmean()),
-                 "completions/mean_length": float(completion_mask.sum(1).float().mean()), "weights_version": versions[0]}  # fmt: skip
+        entry = {
+            "step": step + 1,
+            "loss": float(out.batch["loss"][0]),
+            "reward": float(reward.nanmean()),
+            "completions/mean_length": float(completion_mask.sum(1).float().mean()),
+            "weights_version": versions[0],
+        }
         history.append(entry)
         if on_step is None:
             print(json.dumps(entry), flush=True)
@@ -454,8 +607,14 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     config = load_config(args.config, rest)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_AUTH_MODE") if k in os.environ}})  # fmt: skip
+    ray.init(
+        address=args.ray_address,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_AUTH_MODE") if k in os.environ}
+        },
+    )
     try:
         history = train(config, workers=args.workers, servers=args.servers, use_gpu=args.gpu)
     finally:

@@ -40,15 +40,21 @@ class RewardWatchdog:
             return
         culprit = self._hanging_sample()
         fn, prompts, texts = self.call[:3]
-        where = (f"; on its own, sample {culprit} also did not return (prompt {str(prompts[culprit])[-120:]!r}, "
-                 f"completion {str(texts[culprit])[:120]!r})" if culprit is not None else
-                 "; each sample on its own returned, the batch did not")  # fmt: skip
+        where = (
+            f"; on its own, sample {culprit} also did not return (prompt {str(prompts[culprit])[-120:]!r}, "
+            f"completion {str(texts[culprit])[:120]!r})"
+            if culprit is not None
+            else "; each sample on its own returned, the batch did not"
+        )
         if self.done.is_set():  # it returned while we looked: not a hang after all
             return
-        print(f"align train: reward function {self.name!r} did not return within {self.timeout_s:g} s for a batch "
-              f"of {len(texts)} completions{where}. Stopped; checkpoints already written are kept (resume with "
-              "--resume_from_checkpoint true). Raise reward_timeout_s if it is only slow.",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"align train: reward function {self.name!r} did not return within {self.timeout_s:g} s for a batch "
+            f"of {len(texts)} completions{where}. Stopped; checkpoints already written are kept (resume with "
+            "--resume_from_checkpoint true). Raise reward_timeout_s if it is only slow.",
+            file=sys.stderr,
+            flush=True,
+        )
         self.exit(1)
 
     def _hanging_sample(self) -> int | None:
@@ -56,9 +62,20 @@ class RewardWatchdog:
         probes = []
         for i in range(min(len(texts), 64)):
             kwargs = {k: v[i : i + 1] for k, v in columns.items()}
-            probe = threading.Thread(target=_quietly, daemon=True, args=(fn, dict(
-                prompts=prompts[i : i + 1], completions=texts[i : i + 1], completion_ids=ids[i : i + 1],
-                trainer_state=state, **kwargs)))  # fmt: skip
+            probe = threading.Thread(
+                target=_quietly,
+                daemon=True,
+                args=(
+                    fn,
+                    dict(
+                        prompts=prompts[i : i + 1],
+                        completions=texts[i : i + 1],
+                        completion_ids=ids[i : i + 1],
+                        trainer_state=state,
+                        **kwargs,
+                    ),
+                ),
+            )
             probe.start()
             probes.append(probe)
         deadline = time.monotonic() + min(self.PROBE_S, self.timeout_s)

@@ -26,7 +26,9 @@ from align.sampling.block import block_generate
 
 def models(args):
     torch.manual_seed(0)
-    common = dict(vocab_size=args.vocab, mask_token_id=args.vocab - 1, eos_token_id=1, pad_token_id=1, bos_token_id=0)
+    common = dict(
+        vocab_size=args.vocab, mask_token_id=args.vocab - 1, eos_token_id=1, pad_token_id=1, bos_token_id=0
+    )
     sdar = SDARLM(SDARConfig(hidden_size=args.d_model, num_attention_heads=args.n_heads,
                              num_key_value_heads=args.n_heads, head_dim=args.d_model // args.n_heads,
                              num_hidden_layers=args.n_layers, intermediate_size=3 * args.d_model,

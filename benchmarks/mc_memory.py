@@ -114,7 +114,9 @@ def main() -> None:
     ap.add_argument("--n_layers", type=int, default=6)
     ap.add_argument("--completion", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--beta", type=float, default=0.0, help="KL coefficient (> 0: chunked adds a no-grad estimate)")
+    ap.add_argument(
+        "--beta", type=float, default=0.0, help="KL coefficient (> 0: chunked adds a no-grad estimate)"
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="joint", help=argparse.SUPPRESS)

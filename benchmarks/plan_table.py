@@ -22,7 +22,9 @@ HEADER = [
 
 def recipes() -> list[str]:
     """Every GRPO recipe for a hub model (``recipes/<model>/grpo/*.yaml``; the tiny CPU recipes are not here)."""
-    return sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "recipes", "*", "grpo", "*.yaml")))
+    return sorted(
+        os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "recipes", "*", "grpo", "*.yaml"))
+    )
 
 
 def row(recipe: str, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
@@ -32,7 +34,9 @@ def row(recipe: str, gpus: int = 8, gpu_memory_gb: float = 80.0) -> str:
     config = load_config(recipe, ["--use_cpu", "true"], prog="align plan")
     zero = launch_zero(recipe)
     zero = zero if zero is not None else (2 if config.use_peft else 3)
-    plan = make_plan(load_shape(config.model_name_or_path, config.trust_remote_code), config, processes=gpus, zero=zero)
+    plan = make_plan(
+        load_shape(config.model_name_or_path, config.trust_remote_code), config, processes=gpus, zero=zero
+    )
     sharding = ("DDP" if zero == 0 else f"ZeRO-{zero}") + (" LoRA" if config.use_peft else "")
     tokens = f"{config.max_completion_length}" + (", variable" if config.variable_length else "")
     phases = [f"{plan.peak(p) / GIB:.1f}" for p in ("rollout", "estimate", "policy step")]

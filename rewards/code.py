@@ -106,13 +106,25 @@ def _judged(sandbox, job: dict, n: int, runs: int = 1) -> list[bool]:
 
 def run_tests(code, form, tests, entry_point=None, sandbox=None, setup=None, context=None) -> list[bool]:
     """Passed flag per test of ``code`` (asserts / check forms), judged outside the sandbox."""
-    job = {"form": form, "code": code, "tests": tests, "entry_point": entry_point, "setup": setup,
-           "context": context}  # fmt: skip
+    job = {
+        "form": form,
+        "code": code,
+        "tests": tests,
+        "entry_point": entry_point,
+        "setup": setup,
+        "context": context,
+    }
     return _judged(sandbox, job, len(tests) if form == "asserts" else 1)
 
 
-def score_program(code: str, tests, entry_point: str | None = None, sandbox=None, setup: str | None = None,
-                  context: str | None = None) -> float:  # fmt: skip
+def score_program(
+    code: str,
+    tests,
+    entry_point: str | None = None,
+    sandbox=None,
+    setup: str | None = None,
+    context: str | None = None,
+) -> float:
     """Fraction of ``tests`` that ``code`` passes (see the module docstring for the test formats).
 
     ``setup`` is dataset code run in the sandbox after the candidate (MBPP's ``test_setup_code``: the
@@ -148,8 +160,9 @@ def score_program(code: str, tests, entry_point: str | None = None, sandbox=None
     return sum(run_tests(code, "asserts", tests, None, sandbox, setup, context)) / len(tests)
 
 
-def code_execution(prompts, completions, tests=None, entry_point=None, test_setup_code=None, test_helpers=None,
-                   **_columns):  # fmt: skip
+def code_execution(
+    prompts, completions, tests=None, entry_point=None, test_setup_code=None, test_helpers=None, **_columns
+):
     """Fraction of the row's tests passed by the completion's code (column ``tests``; optional columns
     ``entry_point`` for a check() program, ``test_setup_code`` run in the sandbox after the candidate and
     ``test_helpers``, trusted code the tests call, run in the judge: HumanEval's prompt helpers)."""

@@ -82,11 +82,13 @@ def _python_statements(body: str) -> bool:
 def python_block_format(prompts, completions, **_columns) -> list[float]:
     return [
         1.0
-        if any(lang.lower() in _PYTHON_TAGS and _python_statements(body)
-               for lang, body in _LINE_FENCE.findall(completion_text(c)))
+        if any(
+            lang.lower() in _PYTHON_TAGS and _python_statements(body)
+            for lang, body in _LINE_FENCE.findall(completion_text(c))
+        )
         else 0.0
         for c in completions
-    ]  # fmt: skip
+    ]
 
 
 def repeated_line_fraction(text: str) -> float:

@@ -114,8 +114,9 @@ class Session:
         ours, theirs = socket.socketpair()
         self.sock = ours
         try:
-            self.proc = spawn(spec, theirs.fileno(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=self.stderr)  # fmt: skip
+            self.proc = spawn(
+                spec, theirs.fileno(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr
+            )
         finally:
             theirs.close()
         try:
@@ -140,8 +141,9 @@ class Session:
 
     def call(self, target: Remote, args: tuple, kwargs: dict):
         encoded_args = [encode(a) for a in args]
-        reply = self.request(("call", target._id, encoded_args, {k: encode(v) for k, v in kwargs.items()}),
-                             raw=True)  # fmt: skip
+        reply = self.request(
+            ("call", target._id, encoded_args, {k: encode(v) for k, v in kwargs.items()}), raw=True
+        )
         value, changed = reply
         if type(changed) is dict:
             for index, tree in changed.items():
@@ -293,8 +295,16 @@ def spawn(spec: dict, channel_fd: int | None, stdin, stdout, stderr) -> subproce
     if spec.get("cgroup_procs"):  # the whole run (every process it starts) joins the slot's memory cgroup
         argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', spec["cgroup_procs"], *argv]
     try:
-        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=keep,
-                                start_new_session=True, cwd=spec.get("cwd") or "/", env={})  # fmt: skip
+        return subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=keep,
+            start_new_session=True,
+            cwd=spec.get("cwd") or "/",
+            env={},
+        )
     finally:
         if filter_r is not None:
             os.close(filter_r)
@@ -328,8 +338,13 @@ def run_program(spec: dict, code: str, stdin: str) -> dict:
     try:
         proc = spawn(spec, theirs.fileno(), stdin=files[0], stdout=files[1], stderr=files[2])
     except OSError as exc:
-        return {"status": "sandbox_error", "returncode": None, "stdout": "", "wall_s": 0.0,
-                "stderr": f"could not start the sandbox: {exc}"}  # fmt: skip
+        return {
+            "status": "sandbox_error",
+            "returncode": None,
+            "stdout": "",
+            "wall_s": 0.0,
+            "stderr": f"could not start the sandbox: {exc}",
+        }
     finally:
         theirs.close()
     try:
@@ -351,8 +366,13 @@ def run_program(spec: dict, code: str, stdin: str) -> dict:
         out.append(f.read(spec["cap"]).decode("utf-8", errors="replace"))
         f.close()
     files[0].close()
-    return {"status": status, "returncode": proc.returncode, "stdout": out[0], "stderr": out[1],
-            "wall_s": time.monotonic() - start}  # fmt: skip
+    return {
+        "status": status,
+        "returncode": proc.returncode,
+        "stdout": out[0],
+        "stderr": out[1],
+        "wall_s": time.monotonic() - start,
+    }
 
 
 _SIDE_EFFECT_MODULES = {"this", "antigravity"}  # importing them prints or opens a browser
@@ -366,8 +386,10 @@ def _identifiers(source: str) -> tuple[set[str], list[str]]:
     except SyntaxError:
         return set(), []
     names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)),
-                   key=lambda n: (n.lineno, n.col_offset))  # fmt: skip
+    calls = sorted(
+        (n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)),
+        key=lambda n: (n.lineno, n.col_offset),
+    )
     return names, [c.func.id for c in calls]
 
 
@@ -502,8 +524,10 @@ def run_job(job: dict) -> dict:
             return run_program(spec, job["code"], job.get("stdin", ""))
         if job["form"] == "stdio":
             runs = [run_program(spec, job["code"], case_input) for case_input, _ in job["cases"]]
-            passed = [r["status"] == "ok" and r["stdout"].strip() == expected.strip()
-                      for r, (_, expected) in zip(runs, job["cases"])]  # fmt: skip
+            passed = [
+                r["status"] == "ok" and r["stdout"].strip() == expected.strip()
+                for r, (_, expected) in zip(runs, job["cases"])
+            ]
             return {"passed": passed, "notes": "\n".join(r["stderr"][-300:] for r in runs)}
         try:
             passed, notes = judge_functions(spec, job)

@@ -43,8 +43,12 @@ class Loop:
     copies: float  # the repeated stretch's length / period
 
 
-def find_loop(tokens: Sequence, min_segment: int = MIN_SEGMENT, min_copies: int = MIN_COPIES,
-              max_period: int = MAX_PERIOD) -> Loop | None:  # fmt: skip
+def find_loop(
+    tokens: Sequence,
+    min_segment: int = MIN_SEGMENT,
+    min_copies: int = MIN_COPIES,
+    max_period: int = MAX_PERIOD,
+) -> Loop | None:
     """The earliest loop of ``tokens`` (ids, or any hashable items such as words), or None (module
     docstring). Ties at one start go to the shorter period."""
     if min_segment < 1 or min_copies < 2 or max_period < 1:
@@ -85,7 +89,9 @@ def completion_loop(text: str, **settings) -> Loop | None:
     return find_loop(text.split(), **settings)
 
 
-def unclosed_think(text: str, opened: bool = False, open_tag: str = "<think>", close_tag: str = "</think>") -> bool:
+def unclosed_think(
+    text: str, opened: bool = False, open_tag: str = "<think>", close_tag: str = "</think>"
+) -> bool:
     """True when the completion's last thinking section (opened in it, or by its prompt: ``opened``) has no
     closing tag after it."""
     start = text.rfind(open_tag)
@@ -98,7 +104,9 @@ def _as_array(tokens: Sequence) -> np.ndarray:
     if isinstance(tokens, np.ndarray):
         return tokens
     if isinstance(tokens, str):
-        raise TypeError("find_loop takes a sequence of tokens; split a text first (its token ids, or text.split()).")
+        raise TypeError(
+            "find_loop takes a sequence of tokens; split a text first (its token ids, or text.split())."
+        )
     items = list(tokens)
     if items and not all(isinstance(t, (int, np.integer)) for t in items):
         index: dict = {}
@@ -107,7 +115,9 @@ def _as_array(tokens: Sequence) -> np.ndarray:
 
 
 # ---- rewards ----------------------------------------------------------------------------------------------
-def repetition_penalty(prompts, completions, ngram_size: int = 3, max_penalty: float = -1.0, **_columns) -> list[float]:
+def repetition_penalty(
+    prompts, completions, ngram_size: int = 3, max_penalty: float = -1.0, **_columns
+) -> list[float]:
     """open-r1's ``repetition_penalty`` (``get_repetition_penalty_reward``; its recipes' defaults n-gram size 3,
     max penalty -1): the completion's lower-cased words cut into ``ngram_size``-grams, reward
     ``(1 - unique / total) * max_penalty``; 0 for an empty completion or one with fewer words than
@@ -128,11 +138,19 @@ def check_repetition_penalty(ngram_size=3, max_penalty=-1.0, **_other) -> None:
     if not isinstance(ngram_size, int) or isinstance(ngram_size, bool) or ngram_size < 1:
         raise ValueError(f"repetition_penalty: ngram_size must be a whole number >= 1, got {ngram_size!r}.")
     if max_penalty > 0:
-        raise ValueError(f"repetition_penalty: max_penalty {max_penalty} should not be positive (it is a penalty).")
+        raise ValueError(
+            f"repetition_penalty: max_penalty {max_penalty} should not be positive (it is a penalty)."
+        )
 
 
-def loop_penalty(prompts, completions, penalty: float = -1.0, min_segment: int = MIN_SEGMENT,
-                 min_copies: int = MIN_COPIES, **_columns) -> list[float]:  # fmt: skip
+def loop_penalty(
+    prompts,
+    completions,
+    penalty: float = -1.0,
+    min_segment: int = MIN_SEGMENT,
+    min_copies: int = MIN_COPIES,
+    **_columns,
+) -> list[float]:
     """``penalty`` times the share of the completion inside its loop (``completion_loop``: the repeated
     stretch's words / all words; 0 without a loop)."""
     check_loop_penalty(penalty=penalty, min_segment=min_segment, min_copies=min_copies)
@@ -147,9 +165,16 @@ def loop_penalty(prompts, completions, penalty: float = -1.0, min_segment: int =
 def check_loop_penalty(penalty=-1.0, min_segment=MIN_SEGMENT, min_copies=MIN_COPIES, **_other) -> None:
     if penalty > 0:
         raise ValueError(f"loop_penalty: penalty {penalty} should not be positive (it is a penalty).")
-    if not isinstance(min_segment, int) or min_segment < 1 or not isinstance(min_copies, int) or min_copies < 2:
-        raise ValueError(f"loop_penalty: min_segment must be >= 1 and min_copies >= 2, got {min_segment!r} and "
-                         f"{min_copies!r}.")  # fmt: skip
+    if (
+        not isinstance(min_segment, int)
+        or min_segment < 1
+        or not isinstance(min_copies, int)
+        or min_copies < 2
+    ):
+        raise ValueError(
+            f"loop_penalty: min_segment must be >= 1 and min_copies >= 2, got {min_segment!r} and "
+            f"{min_copies!r}."
+        )
 
 
 repetition_penalty.check = check_repetition_penalty

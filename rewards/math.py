@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 _HASHES = re.compile(r"####[ \t]*([^\n]+)")
 MAX_ANSWER_CHARS = 1000  # a longer "final answer" is wrong without being parsed (no real one is this long)
-_CONTRADICTIONS = re.compile(r"\\approx|\u2248|\\neq|\\pm|\\lor|(?<![A-Za-z])or(?![A-Za-z])|\\text\{\s*or\s*\}")
+_CONTRADICTIONS = re.compile(
+    r"\\approx|\u2248|\\neq|\\pm|\\lor|(?<![A-Za-z])or(?![A-Za-z])|\\text\{\s*or\s*\}"
+)
 _DIGITS = None
 
 
@@ -157,8 +159,11 @@ def _ascii_digits(text: str) -> str:
     if text.isascii():
         return text
     if _DIGITS is None:
-        _DIGITS = {cp: ord("0") + unicodedata.decimal(chr(cp)) for cp in range(0x110000)
-                   if unicodedata.category(chr(cp)) == "Nd"}  # fmt: skip
+        _DIGITS = {
+            cp: ord("0") + unicodedata.decimal(chr(cp))
+            for cp in range(0x110000)
+            if unicodedata.category(chr(cp)) == "Nd"
+        }
     return unicodedata.normalize("NFKC", text).translate(_DIGITS)
 
 
@@ -315,7 +320,9 @@ def _one_verdict(gold_text: str, gold_parsed, prediction: str) -> float:
     if gold_base and pred_base and gold_base.group(2) != pred_base.group(2):  # 52_9 is not 52_8
         return 0.0
     sides = _sides(prediction)
-    if len(sides) > 1 and len(_sides(gold_text)) == 1:  # an equation as the gold (a plane, a line) is math-verify's
+    if (
+        len(sides) > 1 and len(_sides(gold_text)) == 1
+    ):  # an equation as the gold (a plane, a line) is math-verify's
         values = {v for v in (_side_value(side) for side in sides) if v is not None}
         if len(values) > 1:  # 73 = 72
             return 0.0
@@ -367,9 +374,16 @@ class _Worker:
         self.stderr = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
-                [python, "-c", f"import sys; sys.path.insert(0, {root!r}); from rewards._grader import main; main()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, cwd=root,
-            )  # fmt: skip
+                [
+                    python,
+                    "-c",
+                    f"import sys; sys.path.insert(0, {root!r}); from rewards._grader import main; main()",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr,
+                cwd=root,
+            )
         except OSError as exc:
             raise GraderStartError(f"math grading: cannot start a worker with {python!r}: {exc}") from exc
         reply = self.read(start_timeout_s)
@@ -432,8 +446,14 @@ class GradingPool:
     * A worker that dies mid-answer (killed from outside, out of memory) costs the same: one retry.
     """
 
-    def __init__(self, workers: int | None = None, cpu_timeout_s: float = 5.0, wall_timeout_s: float = 120.0,
-                 start_timeout_s: float = 300.0, python: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        workers: int | None = None,
+        cpu_timeout_s: float = 5.0,
+        wall_timeout_s: float = 120.0,
+        start_timeout_s: float = 300.0,
+        python: str | None = None,
+    ):
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # training processes sharing this node
         self.size = workers or max(1, min(4, (os.cpu_count() or 1) // local))
         self.cpu_timeout_s = cpu_timeout_s
@@ -484,8 +504,10 @@ class GradingPool:
             else:
                 stats["timeouts"] += 1
                 results[item] = 0.0
-                logger.warning("math grading: answer %r timed out or crashed its worker twice; it scores 0.",
-                               str(pairs[item][1])[:80])  # fmt: skip
+                logger.warning(
+                    "math grading: answer %r timed out or crashed its worker twice; it scores 0.",
+                    str(pairs[item][1])[:80],
+                )
 
         while todo or busy:
             for slot in range(len(self._workers)):
@@ -507,8 +529,11 @@ class GradingPool:
                     elif "error" in reply:
                         stats["errors"] += 1
                         results[item] = 0.0
-                        logger.warning("math grading: answer %r raised %s; it scores 0.",
-                                       str(pairs[item][1])[:80], reply["error"])  # fmt: skip
+                        logger.warning(
+                            "math grading: answer %r raised %s; it scores 0.",
+                            str(pairs[item][1])[:80],
+                            reply["error"],
+                        )
                     else:
                         results[item] = reply["score"]
                     continue
@@ -528,8 +553,11 @@ def raw_math_verify(gold: str, prediction: str | None) -> float:
 
     if prediction is None:
         return 0.0
-    return float(verify(parse(gold, parsing_timeout=None), parse(prediction, parsing_timeout=None),
-                        timeout_seconds=None))  # fmt: skip
+    return float(
+        verify(
+            parse(gold, parsing_timeout=None), parse(prediction, parsing_timeout=None), timeout_seconds=None
+        )
+    )
 
 
 _POOL: GradingPool | None = None
@@ -576,8 +604,11 @@ def math_accuracy(prompts, completions, answer=None, solution=None, **_columns) 
             "math_accuracy: gold answer %r cannot be parsed; its samples get no reward (None).", g[:80]
         )
     _WARNED_GOLDS.update(unparseable)
-    math_accuracy.last_metrics = {**stats, "unparseable_golds": sum(s is None for s in scores),
-                                  "integer_shortcuts": len(scores) - len(symbolic)}  # fmt: skip
+    math_accuracy.last_metrics = {
+        **stats,
+        "unparseable_golds": sum(s is None for s in scores),
+        "integer_shortcuts": len(scores) - len(symbolic),
+    }
     logger.debug("math_accuracy graded %d in %.2fs", len(scores), time.monotonic() - start)
     return scores
 

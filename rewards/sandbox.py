@@ -116,18 +116,52 @@ def default_python() -> str:
 
 # x86-64 syscall numbers (asm/unistd_64.h) that fail with EPERM inside the sandbox; clone3 gets ENOSYS.
 _BLOCKED_X86_64 = {
-    "ptrace": 101, "syslog": 103, "pivot_root": 155, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166,
-    "swapon": 167, "swapoff": 168, "reboot": 169, "init_module": 175, "delete_module": 176, "quotactl": 179,
-    "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272,
-    "perf_event_open": 298, "name_to_handle_at": 303, "open_by_handle_at": 304, "setns": 308,
-    "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "finit_module": 313,
-    "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
-    "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-    "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+    "ptrace": 101,
+    "syslog": 103,
+    "pivot_root": 155,
+    "chroot": 161,
+    "acct": 163,
+    "mount": 165,
+    "umount2": 166,
+    "swapon": 167,
+    "swapoff": 168,
+    "reboot": 169,
+    "init_module": 175,
+    "delete_module": 176,
+    "quotactl": 179,
+    "kexec_load": 246,
+    "add_key": 248,
+    "request_key": 249,
+    "keyctl": 250,
+    "unshare": 272,
+    "perf_event_open": 298,
+    "name_to_handle_at": 303,
+    "open_by_handle_at": 304,
+    "setns": 308,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "kcmp": 312,
+    "finit_module": 313,
+    "kexec_file_load": 320,
+    "bpf": 321,
+    "userfaultfd": 323,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "mount_setattr": 442,
     # extended attributes: their values live outside the tmpfs size (1 GiB of xattrs on one /tmp file filled the
     # slot's memory cgroup before), and no candidate program needs to set one
-    "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "setxattrat": 463,
-}  # fmt: skip
+    "setxattr": 188,
+    "lsetxattr": 189,
+    "fsetxattr": 190,
+    "setxattrat": 463,
+}
 _CLONE3_X86_64 = 435
 
 
@@ -244,26 +278,61 @@ class Sandbox:
         if uid is None and os.geteuid() != 0:  # shared uid: RLIMIT_NPROC counts the caller's processes too
             nproc += len(live_pids_of_uids(range(os.geteuid(), os.geteuid() + 1)))
         limits = [
-            tool["prlimit"], f"--cpu={lim.cpu_s}:{lim.cpu_s + 1}", f"--as={lim.memory_mb * 2**20}",
-            f"--fsize={lim.file_size_mb * 2**20}", f"--nofile={lim.open_files}", f"--nproc={nproc}",
-            "--core=0", "--",
-        ]  # fmt: skip
+            tool["prlimit"],
+            f"--cpu={lim.cpu_s}:{lim.cpu_s + 1}",
+            f"--as={lim.memory_mb * 2**20}",
+            f"--fsize={lim.file_size_mb * 2**20}",
+            f"--nofile={lim.open_files}",
+            f"--nproc={nproc}",
+            "--core=0",
+            "--",
+        ]
         prefix = []
         if uid is not None:
             prefix = [tool["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        spec = {"timeout_s": lim.timeout_s, "cap": lim.max_output_bytes, "uid": uid, "seccomp": None,
-                "cgroup_procs": self._cgroups[slot] if self._cgroups else None}  # fmt: skip
+        spec = {
+            "timeout_s": lim.timeout_s,
+            "cap": lim.max_output_bytes,
+            "uid": uid,
+            "seccomp": None,
+            "cgroup_procs": self._cgroups[slot] if self._cgroups else None,
+        }
         if self.backend == "process":
             argv = [*prefix, *limits, tool["env"], "-i", "PATH=/usr/bin:/bin", "HOME=/tmp", self.python, "-I"]
             return {**spec, "argv": argv, "make_cwd": True}
         seccomp = ["--seccomp", SECCOMP_PLACEHOLDER] if self.seccomp else []
         userns = ["--disable-userns"] if _bwrap_has("--disable-userns") else []  # bwrap >= 0.8
         sandbox = [
-            tool["bwrap"], "--unshare-all", "--unshare-user", *userns, "--die-with-parent",
-            "--new-session", "--clearenv", *_ro_system_binds(), "--proc", "/proc", "--dev", "/dev",
-            "--remount-ro", "/dev", "--size", str(lim.tmpfs_mb * 2**20), "--tmpfs", "/tmp", "--chdir", "/tmp",
-            "--remount-ro", "/", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", *seccomp,
-        ]  # fmt: skip
+            tool["bwrap"],
+            "--unshare-all",
+            "--unshare-user",
+            *userns,
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            *_ro_system_binds(),
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--remount-ro",
+            "/dev",
+            "--size",
+            str(lim.tmpfs_mb * 2**20),
+            "--tmpfs",
+            "/tmp",
+            "--chdir",
+            "/tmp",
+            "--remount-ro",
+            "/",
+            "--setenv",
+            "PATH",
+            "/usr/bin:/bin",
+            "--setenv",
+            "HOME",
+            "/tmp",
+            *seccomp,
+        ]
         return {**spec, "argv": [*prefix, *limits, *sandbox, self.python, "-I"], "seccomp": self.seccomp}
 
     def close(self) -> None:
@@ -291,8 +360,13 @@ class _Judge:
     def __init__(self):
         self.stderr = tempfile.TemporaryFile()
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "judge.py")
-        self.proc = subprocess.Popen([sys.executable, "-I", script], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            start_new_session=True,
+        )
 
     def ask(self, job: dict, timeout_s: float) -> dict | None:
         try:

@@ -208,7 +208,9 @@ def test_a_hanging_reward_stops_training_in_one_line_and_keeps_the_checkpoint(tm
     status, err, _ = _align(args)
     [line] = [x for x in err.splitlines() if x.startswith("align train:")]
     assert status == 1 and "Traceback" not in err and time.monotonic() - start < 300
-    assert line.startswith("align train: reward function 'stuck' did not return within 3 s for a batch of 8"), line
+    assert line.startswith(
+        "align train: reward function 'stuck' did not return within 3 s for a batch of 8"
+    ), line
     assert "; on its own, sample 3 also did not return (prompt '" in line
     assert os.path.isfile(tmp_path / "out" / "checkpoint-1" / "trainer_state.json")
 
@@ -294,7 +296,7 @@ def test_recipe_traps_are_one_line_each(tmp_path):
         status, err, cpu_s = _align(["train", *args])
         assert (status, err) == (2, f"align train: {line}\n")
         assert cpu_s < 1.0
-    (tmp_path / "yes.yaml").write_text("use_peft: yes\nsave_strategy: \"no\"\n")
+    (tmp_path / "yes.yaml").write_text('use_peft: yes\nsave_strategy: "no"\n')
     from align.config import load_config
 
     config = load_config(str(tmp_path / "yes.yaml"), ["--dataset_files", "recipes/tiny/data/train.jsonl",
@@ -316,7 +318,10 @@ def test_a_second_run_into_the_same_output_dir_is_refused_naming_the_holder(tmp_
         status, err, _ = _align(["train", *TINY, "--output_dir", str(out), "--max_steps", "1"])
         assert status == 2 and err.startswith(f"align train: output_dir {out} is in use by another run (pid "
                                               f"{holder.pid} on host ")  # fmt: skip
-        assert err.endswith("); wait for it or stop it, or give another --output_dir.\n") and err.count("\n") == 1
+        assert (
+            err.endswith("); wait for it or stop it, or give another --output_dir.\n")
+            and err.count("\n") == 1
+        )
         assert not any(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -386,7 +391,9 @@ def test_a_logging_integration_that_is_not_installed_is_one_line(tmp_path):
     missing = next((n for n, mods in INTEGRATION_MODULES.items() if n not in ("tensorboard", "azure_ml")
                     and not any(importlib.util.find_spec(m) for m in mods)), None)  # fmt: skip
     assert missing is not None  # this venv installs none of wandb, mlflow, comet_ml, ...
-    status, err, cpu_s = _align(["train", *TINY, "--report_to", "tensorboard", missing, "--output_dir", str(tmp_path)])
+    status, err, cpu_s = _align(
+        ["train", *TINY, "--report_to", "tensorboard", missing, "--output_dir", str(tmp_path)]
+    )
     assert (status, err) == (2, f"align train: report_to {missing} needs the {INTEGRATION_MODULES[missing][0]} "
                                 f"package, which is not installed here; pip install {INTEGRATION_MODULES[missing][0]}, "
                                 "or log elsewhere (--report_to tensorboard).\n")  # fmt: skip
@@ -406,7 +413,9 @@ def test_stray_distributed_variables_outside_a_launcher_are_one_line(tmp_path):
                                                  "launcher started this process (LOCAL_RANK and MASTER_ADDR are unset); "
                                                  "unset them for a single-process run (env -u WORLD_SIZE -u RANK ...), or "
                                                  "start it with accelerate launch.\n")  # fmt: skip
-    check_launch_env({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"})  # a launch
+    check_launch_env(
+        {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    )  # a launch
     check_launch_env({"WORLD_SIZE": "1", "RANK": "0"})  # one process says so: harmless
     with pytest.raises(UsageError, match="RANK must be in 0..WORLD_SIZE-1"):
         check_launch_env({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x"})
@@ -501,7 +510,9 @@ def test_a_model_whose_config_and_tokenizer_have_no_mask_token_is_refused(tmp_pa
     settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
     settings.pop("mask_token", None)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
-    config = types.SimpleNamespace(model_type="mydlm", architectures=["MyDLM"], auto_map={"AutoModel": "m.MyDLM"})
+    config = types.SimpleNamespace(
+        model_type="mydlm", architectures=["MyDLM"], auto_map={"AutoModel": "m.MyDLM"}
+    )
     with pytest.raises(UsageError) as caught:
         check_mask_token(str(tmp_path), config)
     assert str(caught.value).startswith(f"{tmp_path} (MyDLM) is not a masked diffusion model: its config has no "
@@ -529,7 +540,9 @@ def test_conversational_data_gives_rewards_chat_completions_as_trl_does():
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3)
     out, _ = rewards.score(["<text>"] * 2, ["2", "3"], ids, mask, rows, None, raw_prompts=[chat, chat])
     assert out[:, 0].tolist() == [1.0, 0.0]
-    assert seen["prompts"] == [chat, chat] and seen["completions"][0] == [{"role": "assistant", "content": "2"}]
+    assert seen["prompts"] == [chat, chat] and seen["completions"][0] == [
+        {"role": "assistant", "content": "2"}
+    ]
     from align.rollout.rewards import RewardError
 
     with pytest.raises(RewardError):  # plain-text data: the same reward meets strings, as under TRL
@@ -558,7 +571,11 @@ def test_peft_all_linear_wraps_every_linear_layer_but_the_head():
 
     model = tiny_model()
     head = model.get_output_embeddings()
-    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    leaves = {
+        n.rsplit(".", 1)[-1]
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not head
+    }
     layers = sum(isinstance(m, torch.nn.Linear) and m is not head for m in model.modules())
     config = types.SimpleNamespace(lora_target_modules=["all-linear"], lora_r=2, lora_alpha=4, lora_dropout=0.0,
                                    seed=0)  # fmt: skip
@@ -572,7 +589,13 @@ def test_peft_all_linear_wraps_every_linear_layer_but_the_head():
 def test_cpu_runs_take_the_idle_cores_unless_the_user_chose():
     from align.machine import cpu_threads, set_cpu_threads
 
-    assert [cpu_threads(2, 2.1), cpu_threads(2, 0.0), cpu_threads(8, 3.4), cpu_threads(8, 0.2), cpu_threads(4, 9.0)] == [1, 2, 5, 8, 1]
+    assert [
+        cpu_threads(2, 2.1),
+        cpu_threads(2, 0.0),
+        cpu_threads(8, 3.4),
+        cpu_threads(8, 0.2),
+        cpu_threads(4, 9.0),
+    ] == [1, 2, 5, 8, 1]
     assert os.environ.get("OMP_NUM_THREADS")  # conftest chose: a run keeps the user's choice
     assert set_cpu_threads() is None
 
@@ -590,10 +613,18 @@ def test_a_read_only_hugging_face_cache_still_reads_local_data(tmp_path):
     command = (f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} {cache} && exec {sys.executable} "
                f"-m align.cli train {' '.join(TINY)} --max_steps 1 --save_strategy no --report_to none "
                f"--output_dir {out}")  # fmt: skip
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "HF_HOME": str(cache)}, timeout=600)  # hang guard; ~15 s observed
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HOME": str(cache)},
+        timeout=600,
+    )  # hang guard; ~15 s observed
     assert proc.returncode == 0, proc.stderr[-2000:]
     [warning] = [x for x in proc.stderr.splitlines() if "align.data" in x]
-    assert f"the datasets cache {cache}/datasets is not writable (Read-only file system); local data files are " \
-           "read through " in warning
+    assert (
+        f"the datasets cache {cache}/datasets is not writable (Read-only file system); local data files are "
+        "read through " in warning
+    )
     assert (out / "model.safetensors").is_file() and not any(cache.iterdir())

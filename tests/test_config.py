@@ -55,7 +55,9 @@ def test_a_released_methods_fixed_fields_are_its_defaults():
     every other loss keeps TRL's group default; an explicit value the method allows stands."""
     assert load_config(None, BASE + ["--loss_type", "wd1"]).scale_rewards == "none"
     assert load_config(None, BASE + ["--loss_type", "wd1", "--scale_rewards", "none"]).scale_rewards == "none"
-    assert load_config(None, BASE + ["--loss_type", "wd1_mean"]).scale_rewards == "group"  # our variant: TRL's
+    assert (
+        load_config(None, BASE + ["--loss_type", "wd1_mean"]).scale_rewards == "group"
+    )  # our variant: TRL's
     assert load_config(None, BASE).scale_rewards == "group"
     assert load_config(None, BASE + ["--scale_rewards", "batch"]).scale_rewards == "batch"
 

@@ -65,7 +65,9 @@ def _trl_116_reference(loss_type, pc, pr, rc, rr, lc, lr, beta, s):
     if loss_type == "sigmoid":
         return -torch.log(torch.sigmoid(beta * d))
     if loss_type == "robust":
-        return (-(1 - s) * torch.log(torch.sigmoid(beta * d)) + s * torch.log(torch.sigmoid(-beta * d))) / (1 - 2 * s)
+        return (-(1 - s) * torch.log(torch.sigmoid(beta * d)) + s * torch.log(torch.sigmoid(-beta * d))) / (
+            1 - 2 * s
+        )
     if loss_type == "cdpo":
         return -(1 - s) * torch.log(torch.sigmoid(beta * d)) - s * torch.log(torch.sigmoid(-beta * d))
     if loss_type == "hinge":
@@ -249,4 +251,6 @@ def test_two_process_dpo(workspace, tmp_path, name, env):
 def test_label_smoothing_with_a_loss_that_ignores_it_is_one_line(workspace, tmp_path):
     with pytest.raises(ValueError, match="label_smoothing 0.1 has no effect with loss_type 'sigmoid'.*cdpo"):
         config(workspace, tmp_path, "--loss_type", "sigmoid", "--label_smoothing", "0.1")
-    assert config(workspace, tmp_path, "--loss_type", "robust", "--label_smoothing", "0.1").loss_type == "robust"
+    assert (
+        config(workspace, tmp_path, "--loss_type", "robust", "--label_smoothing", "0.1").loss_type == "robust"
+    )

@@ -368,7 +368,9 @@ def test_what_dreams_schedules_do_not_do_is_refused_in_one_line(sampler_model):
         kwargs = {"gen_length": 8, "steps": 4, "block_length": 8, "remasking": "entropy", **extra}
         with pytest.raises(ValueError, match=match):
             generate(sampler_model, ids, **kwargs)
-    with pytest.raises(ValueError, match="needs a KV-cache forward"):  # LLaDA's schedule with a cache on Dream
+    with pytest.raises(
+        ValueError, match="needs a KV-cache forward"
+    ):  # LLaDA's schedule with a cache on Dream
         generate(sampler_model, ids, gen_length=8, steps=4, block_length=4, cache="prefix")
     with pytest.raises(ValueError, match="top_p / top_k / alg_temp apply to Dream's schedules"):
         generate(sampler_model, ids, gen_length=8, steps=4, block_length=4, top_p=0.9)

@@ -31,7 +31,9 @@ def _brute(items, min_segment, min_copies, max_period):
 
 
 def test_a_checking_step_repeated_until_the_budget_is_a_loop_that_starts_at_its_first_copy():
-    text = REASONING + CHECK * 12  # (REASONING does not end as CHECK does: the loop starts at CHECK's first word)
+    text = (
+        REASONING + CHECK * 12
+    )  # (REASONING does not end as CHECK does: the loop starts at CHECK's first word)
     found = find_loop(text)
     assert found is not None and found.start == len(REASONING) and found.period == len(CHECK)
     assert found.copies == pytest.approx(12.0)
@@ -48,19 +50,25 @@ def test_near_loops_lists_tables_and_code_are_not_loops():
     listing = " ".join(f"{i} . buy item number {i} from the shop ." for i in range(1, 30)).split()
     table = ("| step | value |\n| --- | --- |\n" + "".join(f"| {i} | {i * i} |\n" for i in range(40))).split()
     code = ("def f ( x ) :\n" + "    x += 1\n" * 5 + "    return x\n").split()
-    steps = [w for i in range(20) for w in f"Step {i} : add {i} to the total , giving {i * (i + 1) // 2} .".split()]
+    steps = [
+        w for i in range(20) for w in f"Step {i} : add {i} to the total , giving {i * (i + 1) // 2} .".split()
+    ]
     for text in (listing, table, code, steps, REASONING * 2):
         assert not loops(text), text[:20]
 
 
 def test_the_detector_equals_its_definition_on_random_sequences():
     rng = random.Random(0)
-    for trial in range(400):
+    for _ in range(400):
         alphabet = rng.choice([2, 3, 5])
         base = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 12))]
         unit = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 6))]
-        items = base + unit * rng.randrange(0, 8) + [rng.randrange(alphabet) for _ in range(rng.randrange(0, 6))]
-        settings = dict(min_segment=rng.randrange(1, 7), min_copies=rng.randrange(2, 4), max_period=rng.randrange(1, 9))
+        items = (
+            base + unit * rng.randrange(0, 8) + [rng.randrange(alphabet) for _ in range(rng.randrange(0, 6))]
+        )
+        settings = dict(
+            min_segment=rng.randrange(1, 7), min_copies=rng.randrange(2, 4), max_period=rng.randrange(1, 9)
+        )
         found = find_loop(items, **settings)
         expected = _brute(items, **settings)
         assert (None if found is None else (found.start, found.period)) == expected, (items, settings)
@@ -101,11 +109,17 @@ def test_repetition_penalty_by_name_with_parameters_equals_open_r1():
 
     texts = ["", "one two", " ".join(REASONING), " ".join(REASONING + CHECK * 6), "The the THE the the the"]
     completions = [[{"role": "assistant", "content": t}] for t in texts]  # open-r1's conversational shape
-    for spec, n, penalty in [("repetition_penalty", 3, -1.0), ("repetition_penalty(ngram_size=2, max_penalty=-0.5)", 2, -0.5)]:
+    for spec, n, penalty in [
+        ("repetition_penalty", 3, -1.0),
+        ("repetition_penalty(ngram_size=2, max_penalty=-0.5)", 2, -0.5),
+    ]:
         fn = rewards.get(spec)
         assert rewards.name_of(spec) == "repetition_penalty"
         assert fn(None, completions) == [_open_r1_repetition(t, n, penalty) for t in texts]
-    assert rewards.get("repetition_penalty")(None, completions)[3] < rewards.get("repetition_penalty")(None, completions)[2]
+    assert (
+        rewards.get("repetition_penalty")(None, completions)[3]
+        < rewards.get("repetition_penalty")(None, completions)[2]
+    )
     with pytest.raises(ValueError, match="ngram_size must be a whole number >= 1, got 0"):
         rewards.get("repetition_penalty(ngram_size=0)")
     with pytest.raises(ValueError, match="should not be positive"):
@@ -194,7 +208,9 @@ def test_eval_results_and_the_report_carry_the_loop_rates(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     config = {"protocol": {"name": "d1", "gen_length": 256}, "source": {"model": "m"}}
-    (folder / "results.json").write_text(json.dumps({"tasks": {"gsm8k": metrics}, "config": config, "provenance": []}))
+    (folder / "results.json").write_text(
+        json.dumps({"tasks": {"gsm8k": metrics}, "config": config, "provenance": []})
+    )
     write_report([load_run(str(folder))], str(tmp_path / "report"))
     table = open(tmp_path / "report" / "report.md").read()
     assert "| loop_rate | unclosed_think_rate |" in table and "| 25.0 | 25.0 |" in table

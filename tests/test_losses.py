@@ -193,9 +193,9 @@ def _spg_released(per_token_logps, perturb_mask, completion_mask, advantages, eu
     dezero = torch.where(avg_ps == 0, torch.ones_like(avg_ps), avg_ps)
     loss_mask = (avg_ps > 0).to(per_token_logps.dtype)
     positive = per_seq.mean(1)
-    negative = mix_weight * (dezero.log() * loss_mask).sum(1) / loss_mask.sum(1).clamp(min=1e-8) / eubo_beta + (
-        1 - mix_weight
-    ) * per_seq.mean(1)
+    negative = mix_weight * (dezero.log() * loss_mask).sum(1) / loss_mask.sum(1).clamp(
+        min=1e-8
+    ) / eubo_beta + (1 - mix_weight) * per_seq.mean(1)
     reward_mask = advantages > 0
     per_seq_logps = reward_mask.to(positive.dtype) * positive + (~reward_mask).to(positive.dtype) * negative
     length = completion_mask.sum(1).to(positive.dtype)
@@ -238,7 +238,9 @@ def _stabledrl_released(per_seq_logps, per_seq_elbo, ref_elbo, advantages, ais_c
     return -torch.sum(weights * advantages * per_seq_logps)
 
 
-@pytest.mark.parametrize("shift", [0.0, 0.3, 3.0])  # on-policy, off-policy inside and beyond the clip at log 5
+@pytest.mark.parametrize(
+    "shift", [0.0, 0.3, 3.0]
+)  # on-policy, off-policy inside and beyond the clip at log 5
 def test_stabledrl_equals_the_released_code_in_value_and_gradient(shift):
     from align.losses import spg_bounds, stabledrl_loss
 
@@ -256,7 +258,9 @@ def test_stabledrl_equals_the_released_code_in_value_and_gradient(shift):
     loss, metrics = stabledrl_loss(logps, scored, old, advantages, answer, beta=1.5, mix=0.5, max_weight=5.0)
     (grad,) = torch.autograd.grad(loss, logps)
     other = logps.detach().clone().requires_grad_()
-    low, up, _ = spg_bounds(other, scored, answer, beta=1.5, mix=0.5)  # SPG's bound: checked against SPG above
+    low, up, _ = spg_bounds(
+        other, scored, answer, beta=1.5, mix=0.5
+    )  # SPG's bound: checked against SPG above
     bound = torch.where(advantages > 0, low, 0.5 * up + 0.5 * low)
     reference = _stabledrl_released(bound, low, old, advantages, 5.0)
     (reference_grad,) = torch.autograd.grad(reference, other, retain_graph=True)
@@ -292,7 +296,9 @@ def test_spg_masks_follow_the_released_block_random_process():
                 assert not hidden[: block * 4].any() and not plan.masked[j, i, :4].any()  # p_mask_prompt 0
                 scored = plan.weights[j, i] > 0
                 assert torch.equal(scored, plan.masked[j, i] & answer[i])
-                torch.testing.assert_close(plan.weights[j, i][scored], torch.full((int(scored.sum()),), 1 / scored.sum()))
+                torch.testing.assert_close(
+                    plan.weights[j, i][scored], torch.full((int(scored.sum()),), 1 / scored.sum())
+                )
     plan = make_plan("spg", canvas, num_samples=2, score_mask=answer, block_length=4, prompt_mask=~canvas,
                      p_mask_prompt=0.5, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert plan.masked[:, :, :4].any()  # shown positions (the prompt too) are masked with p_mask_prompt
@@ -314,7 +320,9 @@ def _bgpo_released(old_l, l_theta, advantages, response_mask, cliprange, clip_ra
     return (losses * response_mask).sum() / response_mask.sum()
 
 
-@pytest.mark.parametrize("spread", [0.0, 0.05, 1.0])  # on-policy, inside the clip, beyond it and the dual clip
+@pytest.mark.parametrize(
+    "spread", [0.0, 0.05, 1.0]
+)  # on-policy, inside the clip, beyond it and the dual clip
 def test_bgpo_equals_the_released_code_in_value_and_gradient(spread):
     from align.losses import bgpo_loss
 
@@ -341,7 +349,9 @@ def test_bgpo_equals_the_released_code_in_value_and_gradient(spread):
     torch.testing.assert_close(grad, reference_grad, rtol=0, atol=1e-12)
     if spread == 1.0:
         assert (grad == 0).any() and (grad != 0).any()  # some samples clipped, some not
-        assert bgpo_loss(samples, old, adv, lengths, canvas_length=canvas, dual_clip=100.0)[0] != loss  # dual clip bit
+        assert (
+            bgpo_loss(samples, old, adv, lengths, canvas_length=canvas, dual_clip=100.0)[0] != loss
+        )  # dual clip bit
     # a drop of more than one nat per token: the released log(1 + d) is NaN, ours stays finite
     far = samples.detach() - 2 * canvas
     assert torch.isfinite(bgpo_loss(far, samples.detach(), adv.abs() + 0.1, lengths, canvas_length=canvas)[0])

@@ -164,7 +164,9 @@ def test_a_recipe_is_planned_under_the_zero_stage_of_its_own_launch_command(tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     dream = os.path.join(REPO, "recipes", "dream-7b-instruct", "grpo", "math_coupled_zero2.yaml")
     assert launch_zero(dream) == 2
-    assert launch_zero(os.path.join(REPO, "recipes", "illada-8b-instruct", "grpo", "math_full_zero3.yaml")) == 3
+    assert (
+        launch_zero(os.path.join(REPO, "recipes", "illada-8b-instruct", "grpo", "math_full_zero3.yaml")) == 3
+    )
     assert main(["plan", dream]) == 0
     assert f"{dream}: 7.62B parameters, 1 x 8 GPUs of 80 GiB, ZeRO-2\n" in capsys.readouterr().out
     assert main(["plan", dream, "--zero", "3"]) == 0
@@ -173,7 +175,9 @@ def test_a_recipe_is_planned_under_the_zero_stage_of_its_own_launch_command(tmp_
     bare.write_text("\n".join(line for line in open(dream) if not line.startswith("#")))
     assert launch_zero(str(bare)) is None
     ddp = tmp_path / "ddp.yaml"
-    ddp.write_text("# accelerate launch --config_file recipes/accelerate/ddp.yaml -m align.train\nbeta: 0.0\n")
+    ddp.write_text(
+        "# accelerate launch --config_file recipes/accelerate/ddp.yaml -m align.train\nbeta: 0.0\n"
+    )
     monkeypatch.chdir(REPO)
     assert launch_zero(str(ddp)) == 0  # found from the working directory (the repository root here)
 

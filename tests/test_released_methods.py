@@ -499,7 +499,9 @@ def _phase(model, **args):
                     block_length=6, num_iterations=1, gradient_accumulation_steps=1, steps_per_generation=1,
                     beta=0.0, seed=0, per_device_train_batch_size=4)  # fmt: skip
     defaults.update(args)
-    accelerator = SimpleNamespace(device=torch.device("cpu"), process_index=0, num_processes=1, gather=lambda t: t)
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), process_index=0, num_processes=1, gather=lambda t: t
+    )
     phase = SimpleNamespace(args=SimpleNamespace(**defaults), accelerator=accelerator,
                             objective=get_objective(defaults.get("loss_type", "bgpo")))  # fmt: skip
     phase.seeded = lambda index, stream: RolloutPhase.seeded(phase, index, stream)
@@ -554,7 +556,9 @@ def test_bgpo_scores_the_whole_canvas_through_the_trainers_mask_path():
         old_sums = torch.stack([_bgpo_elbo_released(old_model, ordered, micro.plan.masked[j][:, prompt_len:], prompt_len)
                                 for j in range(k)], 1) * length  # fmt: skip
     micro.old = old_sums
-    loss = GRPOTrainer._policy_loss(trainer, GRPOTrainer._passes(trainer, model, ordered, None, micro.plan), micro)
+    loss = GRPOTrainer._policy_loss(
+        trainer, GRPOTrainer._passes(trainer, model, ordered, None, micro.plan), micro
+    )
     grads = torch.autograd.grad(loss, list(model.parameters()))
     # the released side: per draw the ELBO over the masked canvas positions, verl's token-mean over an all-ones
     # response mask, the mean over draws
@@ -567,7 +571,9 @@ def test_bgpo_scores_the_whole_canvas_through_the_trainers_mask_path():
                                        torch.ones(rows, length, dtype=torch.float64), 0.2, 3.0))  # fmt: skip
     reference = sum(released) / k
     reference_grads = torch.autograd.grad(reference, list(model.parameters()))
-    assert torch.isfinite(reference) and not torch.equal(loss, -micro.advantages.mean())  # off-policy, log(1 + d) defined
+    assert torch.isfinite(reference) and not torch.equal(
+        loss, -micro.advantages.mean()
+    )  # off-policy, log(1 + d) defined
     torch.testing.assert_close(loss, reference, rtol=1e-6, atol=0)
     ours, theirs = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in reference_grads])
     assert (ours - theirs).norm() / theirs.norm() < 1e-6

@@ -296,14 +296,13 @@ SEARCH = (
     "def FN(*args, **kwargs):\n"
     "    text = _texts()\n"
     "    if isinstance(args[0], str):\n"
-    "        found = re.findall(r'FN\\(\"' + re.escape(args[0]) + r'\"[^)]*\\)\\s*==\\s*\"([^\"]*)\"', text)\n"
+    '        found = re.findall(r\'FN\\("\' + re.escape(args[0]) + r\'"[^)]*\\)\\s*==\\s*"([^"]*)"\', text)\n'
     "        return found[0] if found else None\n"
     "    found = re.findall(r'FN\\(' + ',\\s*'.join(map(str, args)) + r'\\)\\s*==\\s*(-?\\d+)', text)\n"
     "    return int(found[0]) if found else None\n"
 )
 PLANT = "open('/tmp/leak.py', 'w').write('assert FN(\"hello\",\"l\") == \"heo\"')\n"
 SECRET_ROUTES["search files, descriptors, environments and command lines for the expected values"] = SEARCH
-
 
 
 def _via_helper(injected: str) -> str:
@@ -375,7 +374,14 @@ NAMESPACE_INJECTION = {
                                                                       "('ready', extra, {'FN': h(FN)})"),
 }  # fmt: skip
 
-ATTEMPTS = {**SECRET_ROUTES, **STDLIB_PRETENDERS, **EXITS, **HARNESS_TAMPERING, **CHANNEL, **NAMESPACE_INJECTION}
+ATTEMPTS = {
+    **SECRET_ROUTES,
+    **STDLIB_PRETENDERS,
+    **EXITS,
+    **HARNESS_TAMPERING,
+    **CHANNEL,
+    **NAMESPACE_INJECTION,
+}
 
 
 def test_the_suite_is_larger_than_the_known_lists():

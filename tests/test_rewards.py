@@ -163,11 +163,15 @@ def test_reasoning_format_equals_the_regex_it_replaced_and_is_linear():
             i = rng.randrange(len(doc))
             doc[i] = rng.choice(["", doc[i] * 2, rng.choice(parts)])
         texts.append("".join(doc))
-    expected = [1.0 if strict.match(t.strip() + "\n") else 0.5 if soft.search(t.strip()) else 0.0 for t in texts]
+    expected = [
+        1.0 if strict.match(t.strip() + "\n") else 0.5 if soft.search(t.strip()) else 0.0 for t in texts
+    ]
     assert reasoning_answer_format(None, texts) == expected
     assert sorted(set(expected)) == [0.0, 0.5, 1.0]
     start = time.process_time()
-    reasoning_answer_format(None, ["<reasoning>" * 9_000, "<reasoning>\n" * 8_000 + "</reasoning>\n<answer>\n"])
+    reasoning_answer_format(
+        None, ["<reasoning>" * 9_000, "<reasoning>\n" * 8_000 + "</reasoning>\n<answer>\n"]
+    )
     assert time.process_time() - start < 1.0
 
 

@@ -36,7 +36,11 @@ def test_humaneval_canonical_solutions_pass_and_stubs_fail():
     only = [r["prompt"][re.search(rf"^def {r['entry_point']}\(", r["prompt"], re.M).start():] + r["canonical_solution"]
             for r in rows]  # fmt: skip
     programs = [task.program(r, code) for r, code in zip(rows, only)]
-    assert all(not p.startswith(r["prompt"]) for p, r in zip(programs, rows) if prompt_context(r["prompt"], r["entry_point"]))
+    assert all(
+        not p.startswith(r["prompt"])
+        for p, r in zip(programs, rows)
+        if prompt_context(r["prompt"], r["entry_point"])
+    )
     assert _failures(rows, code_execution(None, programs, **columns), [1.0] * 164, "task_id") == []
     stubs = code_execution(None, [r["prompt"] + "    return None\n" for r in rows], **columns)
     assert _failures(rows, stubs, [0.0] * 164, "task_id") == []
@@ -63,7 +67,9 @@ def test_a_row_whose_test_calls_a_missing_prompt_helper_is_one_warning_naming_it
     assert line.startswith("code_execution: the row's check() program calls encode_cyclic, which neither it ")
     for r in rows:
         code._warn_missing_helpers(r["test"], r["entry_point"], None)
-    named = sorted(m.split(" calls ")[1].split(",")[0] for m in caplog.messages if m.startswith("code_execution:"))
+    named = sorted(
+        m.split(" calls ")[1].split(",")[0] for m in caplog.messages if m.startswith("code_execution:")
+    )
     assert named == ["encode_cyclic", "encode_shift", "poly"]
 
 

@@ -45,11 +45,15 @@ def test_greedy_requests_and_the_batch_engine_give_in_process_tokens(served):
     local = InProcessEngine(spec, model=model).generate(ids, attn, SETTINGS)
     engine = build_engine("server", server=server, spec=spec)
     remote = engine.generate(ids, attn, SETTINGS, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(remote.sequences, local.sequences) and torch.equal(remote.commit_step, local.commit_step)
+    assert torch.equal(remote.sequences, local.sequences) and torch.equal(
+        remote.commit_step, local.commit_step
+    )
     before = dict(server.stats)
 
     async def send_all():  # eight clients at once: one batch
-        return await asyncio.gather(*(server.generate(p, {}, request_id=str(i)) for i, p in enumerate(prompts)))
+        return await asyncio.gather(
+            *(server.generate(p, {}, request_id=str(i)) for i, p in enumerate(prompts))
+        )
 
     outputs = asyncio.run(send_all())
     assert server.stats["batches"] - before["batches"] == 1 and server.stats["rows"] - before["rows"] == 8
@@ -68,7 +72,8 @@ def test_sampled_group_differs_and_its_step_maps_replay_to_the_trace_passes(serv
     prompt = _prompts(tok, 1)[0]
     seen = []
     hook = server.model.register_forward_pre_hook(
-        lambda m, a, kw: seen.append((kw["input_ids"] if "input_ids" in kw else a[0]).clone()), with_kwargs=True
+        lambda m, a, kw: seen.append((kw["input_ids"] if "input_ids" in kw else a[0]).clone()),
+        with_kwargs=True,
     )
     try:
         group = server.decode_batch([prompt] * 8, {"temperature": 1.0, "seed": 3})
@@ -85,7 +90,9 @@ def test_sampled_group_differs_and_its_step_maps_replay_to_the_trace_passes(serv
     plan = trace_plan(completion, 1, commit_step=torch.cat([torch.full((8, len(prompt)), -1), commit], 1),
                       num_steps=SETTINGS.steps)  # fmt: skip
     replayed = torch.where(plan.masked, spec.mask_token_id, full[None])
-    assert len(seen) == SETTINGS.steps and torch.equal(torch.stack(seen), replayed)  # the sampler's own inputs
+    assert len(seen) == SETTINGS.steps and torch.equal(
+        torch.stack(seen), replayed
+    )  # the sampler's own inputs
     again = server.decode_batch([prompt] * 8, {"temperature": 1.0, "seed": 3})
     assert [o.token_ids for o in again] == [o.token_ids for o in group]  # a seed makes a request reproducible
 
@@ -148,10 +155,17 @@ def test_batched_requests_beat_one_at_a_time(served):
     asyncio.run(together())  # warm-up
     timings = {}
     for name, run in (("together", together), ("one_by_one", one_by_one)) * 2:  # CPU seconds of this process
-        start, batches = time.process_time(), server.stats["batches"]  # (all its threads): other load adds none
+        start, batches = (
+            time.process_time(),
+            server.stats["batches"],
+        )  # (all its threads): other load adds none
         outputs = asyncio.run(run())
         spent = time.process_time() - start
-        timings[name] = (min(spent, timings.get(name, (spent,))[0]), server.stats["batches"] - batches, outputs)
+        timings[name] = (
+            min(spent, timings.get(name, (spent,))[0]),
+            server.stats["batches"] - batches,
+            outputs,
+        )
     assert timings["together"][1] == 1 and timings["one_by_one"][1] == 16
     assert [o.token_ids for o in timings["together"][2]] == [o.token_ids for o in timings["one_by_one"][2]]
     assert timings["together"][0] < 0.5 * timings["one_by_one"][0], timings
@@ -186,7 +200,9 @@ def test_the_server_as_a_ray_actor_batches_requests_and_takes_weights(served, ra
     outputs = ray.get([actor.generate.remote(p, {}, str(i)) for i, p in enumerate(prompts)])  # eight clients
     after = ray.get(actor.get_stats.remote())
     assert [o.extra_fields["canvas"] for o in outputs] == local.completion_ids.tolist()
-    assert after["rows"] - before["rows"] == 8 and after["batches"] - before["batches"] < 8  # batched across requests
+    assert (
+        after["rows"] - before["rows"] == 8 and after["batches"] - before["batches"] < 8
+    )  # batched across requests
     perturbed = load_model(MODEL, dtype="float32")
     with torch.no_grad():
         for p in perturbed.parameters():
@@ -220,10 +236,14 @@ def test_the_trainer_rolls_out_on_a_ray_server_as_it_does_in_process(ray_cluster
     local = run("local")
     served = run("served", "--rollout_engine", "ray_server")
     assert isinstance(served.engine, ServerEngine) and served.engine.remote
-    assert ray_cluster.get(served.engine.server.get_stats.remote())["weights_version"] == 2  # one push per phase
+    assert (
+        ray_cluster.get(served.engine.server.get_stats.remote())["weights_version"] == 2
+    )  # one push per phase
     a, b = local.model.state_dict(), served.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert not all(torch.equal(a[k], load_model(MODEL, dtype="float32").state_dict()[k]) for k in a)  # it trained
+    assert not all(
+        torch.equal(a[k], load_model(MODEL, dtype="float32").state_dict()[k]) for k in a
+    )  # it trained
 
 
 def test_rollout_engine_ray_server_is_refused_with_lora(tmp_path):
@@ -248,7 +268,9 @@ def test_the_verl_rollout_replica_launches_a_server_that_answers_verls_generate(
     register_rollout()
     config = RolloutConfig(name="dllm_align", response_length=8, prompt_length=16, temperature=0.0,
                            tensor_model_parallel_size=1)  # fmt: skip
-    replica = RolloutReplicaRegistry.get("dllm_align")(0, config, types.SimpleNamespace(local_path=MODEL, path=MODEL))
+    replica = RolloutReplicaRegistry.get("dllm_align")(
+        0, config, types.SimpleNamespace(local_path=MODEL, path=MODEL)
+    )
     asyncio.run(replica.launch_servers())
     prompt = _prompts(tok, 1)[0]
     out = ray_cluster.get(replica.server_handle.generate.remote(prompt, {"temperature": 0.0}, "request-0"))
@@ -272,4 +294,6 @@ def test_other_families_and_modes_through_the_server_match_in_process(path, sett
     ids, attn = _batch(prompts, server.pad_id)
     local = InProcessEngine(spec, model=model).generate(ids, attn, SamplerSettings(**settings))
     remote = ServerEngine(server, spec=spec).generate(ids, attn, SamplerSettings(**settings))
-    assert torch.equal(remote.sequences, local.sequences) and torch.equal(remote.commit_step, local.commit_step)
+    assert torch.equal(remote.sequences, local.sequences) and torch.equal(
+        remote.commit_step, local.commit_step
+    )

@@ -132,7 +132,9 @@ def test_setsid_daemon_does_not_outlive_the_call(sandbox, listener):
 def test_output_flood_is_capped(sandbox):
     start = time.monotonic()
     result = sandbox.run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)")
-    assert len(result.stdout) <= sandbox.limits.max_output_bytes and time.monotonic() - start < 60  # hang guard
+    assert (
+        len(result.stdout) <= sandbox.limits.max_output_bytes and time.monotonic() - start < 60
+    )  # hang guard
     assert result.status in ("error", "timeout")
 
 
@@ -245,9 +247,13 @@ def test_syscalls_a_test_never_needs_are_blocked(sandbox):
     out = sandbox.run(f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n{lines}\n").stdout
     results = {line.rsplit(" ", 2)[0]: line.rsplit(" ", 2)[1:] for line in out.splitlines()}
     assert sorted(results) == sorted(SYSCALLS), out
-    assert all(ret == "-1" and err == "1" for ret, err in results.values()), out  # EPERM: the filter, not bad args
+    assert all(ret == "-1" and err == "1" for ret, err in results.values()), (
+        out
+    )  # EPERM: the filter, not bad args
     # unshare -r as a user would type it
-    again = sandbox.run("import subprocess\nprint(subprocess.run(['unshare', '-r', 'id'], capture_output=True).returncode)")
+    again = sandbox.run(
+        "import subprocess\nprint(subprocess.run(['unshare', '-r', 'id'], capture_output=True).returncode)"
+    )
     assert again.stdout.strip() not in ("", "0")
 
 
@@ -309,10 +315,14 @@ def test_a_judge_that_hangs_is_killed_and_replaced(tmp_path):
 
 
 def test_broken_tests_are_the_rows_error_and_unparseable_code_scores_zero(sandbox):
-    with pytest.raises(ValueError, match="row 1 of the batch: code_execution: the row's test 0 does not compile"):
+    with pytest.raises(
+        ValueError, match="row 1 of the batch: code_execution: the row's test 0 does not compile"
+    ):
         code_execution(None, ["def f():\n    return 1"] * 2, tests=[["assert f() == 1"], ["assert f(("]])
     with pytest.raises(ValueError, match="test 1 does not compile"):
-        score_program("def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(("], sandbox=sandbox)
+        score_program(
+            "def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(("], sandbox=sandbox
+        )
     assert score_program("def add(a, b) return", ["assert add(1, 2) == 3"], sandbox=sandbox) == 0.0
 
 
@@ -331,7 +341,12 @@ def test_memory_is_capped_for_the_whole_run_not_per_process():
         )
         survivors = box.run(code).stdout.strip()
         assert survivors in ("0", "1"), survivors
-        assert box.run("b = bytearray(200 << 20)\nb[::4096] = b'x' * len(b[::4096])\nprint('one fits')").stdout.strip() == "one fits"
+        assert (
+            box.run(
+                "b = bytearray(200 << 20)\nb[::4096] = b'x' * len(b[::4096])\nprint('one fits')"
+            ).stdout.strip()
+            == "one fits"
+        )
         parent = os.path.dirname(os.path.dirname(box._cgroups[0]))
     finally:
         box.close()
@@ -366,9 +381,13 @@ def test_a_reply_cannot_make_the_judge_allocate_gigabytes_or_spin_past_its_cpu_b
         assert score_program(TUPLE_HEADERS, tests, sandbox=box) == 0.0
         with open(f"/proc/{box._judges[0].proc.pid}/status") as f:
             peak_kb = int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
-        assert peak_kb < 256 * 1024 < judge_module.JUDGE_MEMORY_BYTES // 1024  # measured ~20 MB (it was 2 GB a header)
+        assert (
+            peak_kb < 256 * 1024 < judge_module.JUDGE_MEMORY_BYTES // 1024
+        )  # measured ~20 MB (it was 2 GB a header)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        assert score_program(HASH_DAG, tests, sandbox=box) == 0.0  # the judge is ended by SIGXCPU and replaced
+        assert (
+            score_program(HASH_DAG, tests, sandbox=box) == 0.0
+        )  # the judge is ended by SIGXCPU and replaced
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         assert spent < 2 + 5 + 4, spent  # the budget: timeout 2 s + 5 s margin (+ rounding and start-up)
@@ -397,4 +416,6 @@ def test_storage_routes_stay_inside_the_sandboxs_bounds(sandbox):
                        "        for _ in range(16):\n            f.write(b'x' * 2**20); n += 1\n        f.close()\n"
                        "except OSError as e:\n    print(n, e.errno)")  # fmt: skip
     written, errno = fill.stdout.split()
-    assert fill.status == "ok" and errno == "28" and int(written) <= sandbox.limits.tmpfs_mb  # ENOSPC at the tmpfs size
+    assert (
+        fill.status == "ok" and errno == "28" and int(written) <= sandbox.limits.tmpfs_mb
+    )  # ENOSPC at the tmpfs size

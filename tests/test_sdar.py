@@ -137,7 +137,9 @@ def ref_generate(sd, cfg, prompt, gen_length, block, steps, temperature=1.0, top
             logits = ref_forward(sd, cfg, cur, cmask, cpos, past, store=False)
             nfe += 1
             flat = logits.reshape(-1, logits.shape[-1])
-            flat[:, MASK] = float("-inf")  # the sampler's documented difference: the mask token is never drawn
+            flat[:, MASK] = float(
+                "-inf"
+            )  # the sampler's documented difference: the mask token is never drawn
             if temperature != 1.0:
                 flat = flat / temperature
             if top_k > 0:
@@ -148,7 +150,9 @@ def ref_generate(sd, cfg, prompt, gen_length, block, steps, temperature=1.0, top
                 sm = torch.cumsum(torch.softmax(sl, -1), -1) > top_p
                 sm[..., 1:] = sm[..., :-1].clone()
                 sm[..., 0] = False
-                flat = flat.masked_fill(torch.scatter(torch.zeros_like(flat, dtype=torch.bool), -1, si, sm), float("-inf"))
+                flat = flat.masked_fill(
+                    torch.scatter(torch.zeros_like(flat, dtype=torch.bool), -1, si, sm), float("-inf")
+                )
             probs = torch.softmax(flat, -1)
             tok = torch.multinomial(probs, 1, generator=generator)
             x0, x0_p = tok.view(cur.shape), torch.gather(probs, -1, tok).view(cur.shape)
@@ -257,10 +261,19 @@ def test_left_padding_is_a_batch_of_one():
 
 def test_state_dict_names_are_the_hub_names():
     model = tiny_model(0, num_hidden_layers=2)
-    per_layer = {"input_layernorm.weight", "post_attention_layernorm.weight", "mlp.down_proj.weight",
-                 "mlp.gate_proj.weight", "mlp.up_proj.weight", "self_attn.k_norm.weight", "self_attn.k_proj.weight",
-                 "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.q_proj.weight",
-                 "self_attn.v_proj.weight"}  # fmt: skip (the SDAR-4B index's names for layer 0)
+    per_layer = {
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        "mlp.down_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "self_attn.k_norm.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.o_proj.weight",
+        "self_attn.q_norm.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.v_proj.weight",
+    }  # fmt: skip (the SDAR-4B index's names for layer 0)
     expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     expected |= {f"model.layers.{i}.{n}" for i in range(2) for n in per_layer}
     assert set(model.state_dict()) == expected
@@ -346,7 +359,9 @@ def test_greedy_is_token_identical_to_generate_py(strategy, steps, plen):
     sd, cfg = model.state_dict(), model.config
     torch.manual_seed(12)
     prompt = torch.randint(2, 60, (1, plen))
-    ref, ref_nfe, overwrote = ref_generate(sd, cfg, prompt, 12, 4, steps, top_k=1, strategy=strategy, threshold=0.9)
+    ref, ref_nfe, overwrote = ref_generate(
+        sd, cfg, prompt, 12, 4, steps, top_k=1, strategy=strategy, threshold=0.9
+    )
     assert not overwrote  # settings where the official code only picks masked positions
     out = _ours(model, [prompt[0]], gen_length=12, block_length=4, steps_per_block=steps, schedule=strategy,
                 threshold=0.9)  # fmt: skip
@@ -377,9 +392,13 @@ def test_batch_rows_equal_their_batch_of_one():
     """Prompts of different lengths (different block phases) in one batch: each row is its greedy batch of one."""
     model = tiny_model(15)
     prompts = [torch.randint(2, 60, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5, 10)]
-    batch = _ours(model, prompts, gen_length=12, block_length=4, steps_per_block=4, schedule="low_confidence_static")
+    batch = _ours(
+        model, prompts, gen_length=12, block_length=4, steps_per_block=4, schedule="low_confidence_static"
+    )
     for i, pr in enumerate(prompts):
-        alone = _ours(model, [pr], gen_length=12, block_length=4, steps_per_block=4, schedule="low_confidence_static")
+        alone = _ours(
+            model, [pr], gen_length=12, block_length=4, steps_per_block=4, schedule="low_confidence_static"
+        )
         assert torch.equal(batch.completion_ids[i], alone.completion_ids[0])
         # global step numbers differ (other rows' blocks step too); the order inside each block does not
         block_of = (len(pr) + torch.arange(12)) // 4
@@ -387,7 +406,9 @@ def test_batch_rows_equal_their_batch_of_one():
             here = block_of == blk
             assert torch.equal(batch.commit_step[i][here].argsort(stable=True),
                                alone.commit_step[0][here].argsort(stable=True))  # fmt: skip
-        assert torch.equal(batch.sequences[i, : batch.prompt_length], torch.cat([torch.full((10 - len(pr),), PAD), pr]))
+        assert torch.equal(
+            batch.sequences[i, : batch.prompt_length], torch.cat([torch.full((10 - len(pr),), PAD), pr])
+        )
 
 
 def test_the_official_overwrite_is_not_reproduced():
@@ -414,7 +435,9 @@ def test_rows_stop_after_the_block_with_a_stop_token():
     tokens, counts = full.completion_ids[:, :16].unique(return_counts=True)
     stop = int(tokens[counts.argmax()])
     spec = dataclasses.replace(SPEC, eos_token_id=stop)
-    out = _ours(model, prompts, gen_length=24, block_length=4, steps_per_block=4, variable_length=True, spec=spec)
+    out = _ours(
+        model, prompts, gen_length=24, block_length=4, steps_per_block=4, variable_length=True, spec=spec
+    )
     stopped = 0
     for i, pr in enumerate(prompts):
         c, steps = out.completion_ids[i], out.commit_step[i]
@@ -441,7 +464,9 @@ def test_chi_square_of_a_batched_first_draw():
     model = tiny_model(21)
     prompt = torch.randint(2, 60, (8,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        probs = torch.softmax(model(input_ids=torch.cat([prompt, torch.full((4,), MASK)])[None]).logits[0, 8], -1)
+        probs = torch.softmax(
+            model(input_ids=torch.cat([prompt, torch.full((4,), MASK)])[None]).logits[0, 8], -1
+        )
     counts = torch.zeros(64)
     gen = torch.Generator().manual_seed(5)
     for _ in range(60):
@@ -594,7 +619,9 @@ def test_trace_replay_is_the_sampler_log_probability():
     step[:, 3:] = out.commit_step
     plan = make_plan("trace", cm, commit_step=step, num_steps=int(step.max()) + 1)
     with torch.no_grad():
-        est = combine(plan, pass_logprobs(model, ids, plan, mask_token_id=MASK, spec=SPEC, exclude_ids=[MASK]))
+        est = combine(
+            plan, pass_logprobs(model, ids, plan, mask_token_id=MASK, spec=SPEC, exclude_ids=[MASK])
+        )
     # the sampler's probability: token i drawn with the block's later positions still masked
     exact = torch.zeros((), dtype=torch.float64)
     sd, cfg = model.state_dict(), model.config
@@ -605,7 +632,9 @@ def test_trace_replay_is_the_sampler_log_probability():
         canvas[0, i:] = MASK  # sequential: the positions at and after i in the block are still masked
         canvas[0, : i // 4 * 4] = ids[0, : i // 4 * 4]
         with torch.no_grad():
-            logits = ref_forward(sd, cfg, canvas, official_block_mask(end // 4, 4), torch.arange(end)[None])[0, i]
+            logits = ref_forward(sd, cfg, canvas, official_block_mask(end // 4, 4), torch.arange(end)[None])[
+                0, i
+            ]
         logits[MASK] = -torch.inf
         exact += torch.log_softmax(logits.double(), -1)[ids[0, i]]
     assert torch.allclose(est.sum().double(), exact, atol=1e-5)
@@ -619,7 +648,9 @@ def test_generate_dispatches_block_schedules_and_stops_rows():
 
     model = tiny_model(41)
     ids = torch.randint(2, 60, (2, 6), generator=torch.Generator().manual_seed(1))
-    out = generate(model, ids, gen_length=8, steps=8, block_length=4, remasking="low_confidence_static", spec=SPEC)
+    out = generate(
+        model, ids, gen_length=8, steps=8, block_length=4, remasking="low_confidence_static", spec=SPEC
+    )
     ref = block_generate(model, ids, None, spec=SPEC, gen_length=8, block_length=4, steps_per_block=4,
                          variable_length=True)  # fmt: skip
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
@@ -673,7 +704,9 @@ def test_the_cache_is_exact():
         kw = dict(gen_length=16, block_length=4, steps_per_block=4, schedule=schedule, threshold=0.3)
         cached = _ours(model, prompts, variable_length=True, **kw)
         plain = _ours(model, prompts, variable_length=True, use_cache=False, **kw)
-        assert torch.equal(cached.sequences, plain.sequences) and torch.equal(cached.commit_step, plain.commit_step)
+        assert torch.equal(cached.sequences, plain.sequences) and torch.equal(
+            cached.commit_step, plain.commit_step
+        )
 
 
 def test_a_checkpoint_with_the_hub_config_as_published_loads_through_load_model(tmp_path):
@@ -687,7 +720,9 @@ def test_a_checkpoint_with_the_hub_config_as_published_loads_through_load_model(
     shape = {k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                     "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
                                     "pad_token_id", "eos_token_id", "bos_token_id", "mask_token_id", "block_size")}  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps({**HUB_CONFIG, **shape}))  # the hub's fields, tiny shapes
+    (tmp_path / "config.json").write_text(
+        json.dumps({**HUB_CONFIG, **shape})
+    )  # the hub's fields, tiny shapes
     loaded = load_model(str(tmp_path), dtype="float32").eval()
     assert type(loaded) is SDARLM and loaded.config.hub_attn_implementation == "flex_attention"
     ids = torch.randint(2, 60, (2, 8))

@@ -68,7 +68,9 @@ def test_a_block_setting_that_contradicts_the_model_is_refused_before_work(tmp_p
             "--output", str(tmp_path / "eval"), "--limit", "4"]  # fmt: skip
     assert align(argv) != 0
     err = capsys.readouterr().err
-    assert "was not trained for: use one of low_confidence_static" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "was not trained for: use one of low_confidence_static" in err and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "eval" / "results.json").exists()
 
 
@@ -84,7 +86,12 @@ def test_align_train_refuses_a_contradicting_block_length_before_loading(tmp_pat
 def test_align_generate_decodes_the_twin_and_refuses_llada_schedules(capsys):
     assert align(["generate", "--model", MODEL, "--protocol", "tiny-block", "--prompt", "123+456=", "--dtype",
                   "float32"]) == 0  # fmt: skip
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completion"] == "<answer>579</answer>"
-    assert align(["generate", "--model", MODEL, "--protocol", "tiny", "--prompt", "1+1=", "--dtype", "float32"]) == 2
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completion"] == "<answer>579</answer>"
+    )
+    assert (
+        align(["generate", "--model", MODEL, "--protocol", "tiny", "--prompt", "1+1=", "--dtype", "float32"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "was not trained for" in err and "Loading weights" not in err

@@ -84,7 +84,10 @@ def test_max_time_s_stops_training_and_every_log_entry_carries_wall_s(tmp_path):
     assert walls == sorted(walls) and walls[-1] >= 2.0
     # stopped at the first step that ended past the budget (the step in progress finishes, no later one runs)
     [stop] = [h for h in history if "max_time/elapsed_s" in h]
-    assert stop["step"] == steps[-1] and stop["max_time/previous_step_elapsed_s"] < 2.0 <= stop["max_time/elapsed_s"]
+    assert (
+        stop["step"] == steps[-1]
+        and stop["max_time/previous_step_elapsed_s"] < 2.0 <= stop["max_time/elapsed_s"]
+    )
     assert (tmp_path / "out" / "model.safetensors").exists()  # saved as at max_steps
 
 
@@ -144,7 +147,9 @@ def test_growing_rows_score_one_block_on_the_cut_canvas(tmp_path):
 
 
 def test_growing_fraction_needs_a_block_length_dividing_the_canvas(tmp_path):
-    with pytest.raises(ValueError, match="growing_fraction 0.5 needs block_length dividing max_completion_length"):
+    with pytest.raises(
+        ValueError, match="growing_fraction 0.5 needs block_length dividing max_completion_length"
+    ):
         sft_config(tmp_path, "--growing_fraction", "0.5")
     with pytest.raises(ValueError, match=r"\(8\), got 3: set e.g. --block_length 8"):
         sft_config(tmp_path, "--growing_fraction", "0.5", "--block_length", "3")

@@ -41,7 +41,9 @@ def test_c():
 def _pytest(tmp_path, source: str, **env) -> int:
     shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_case.py").write_text(source)
-    outer = {k: v for k, v in os.environ.items() if k != "ALIGN_TEST_ORDER"}  # the outer suite's order is its own
+    outer = {
+        k: v for k, v in os.environ.items() if k != "ALIGN_TEST_ORDER"
+    }  # the outer suite's order is its own
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_case.py"],
                           cwd=tmp_path, capture_output=True, text=True, env={**outer, **env}, timeout=300)  # fmt: skip
     return proc.returncode

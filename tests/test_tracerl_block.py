@@ -106,7 +106,9 @@ def test_loss_and_gradient_equal_the_released_arithmetic():
     adv = torch.tensor([1.3, -0.7, 0.0])
     targets = plan.weights != 0
     rows = int(targets.any(-1).sum())
-    ours, _ = tracerl_block_loss(new, old, adv, targets, canvas_length=L1, passes=rows, epsilon=0.2, kl_beta=0.05)
+    ours, _ = tracerl_block_loss(
+        new, old, adv, targets, canvas_length=L1, passes=rows, epsilon=0.2, kl_beta=0.05
+    )
     (g_ours,) = torch.autograd.grad(ours, new)
     # the released rows: one per (rollout, non-empty pass), each row's logp read at its own targets
     new_rows, old_rows, pmasks, advs = [], [], [], []
@@ -118,7 +120,9 @@ def test_loss_and_gradient_equal_the_released_arithmetic():
                 old_rows.append(old[r, L0:])
                 pmasks.append(pm)
                 advs.append(adv[r])
-    ref = ref_loss(torch.stack(new_rows), torch.stack(old_rows), torch.stack(pmasks), torch.stack(advs), 0.2, 0.05)
+    ref = ref_loss(
+        torch.stack(new_rows), torch.stack(old_rows), torch.stack(pmasks), torch.stack(advs), 0.2, 0.05
+    )
     (g_ref,) = torch.autograd.grad(ref, new)
     assert torch.allclose(ours, ref, atol=1e-6), (ours, ref)
     assert torch.allclose(g_ours, g_ref, atol=1e-7)
@@ -145,5 +149,7 @@ def test_the_objective_divides_by_the_generation_batchs_longest_answer():
     args = SimpleNamespace(estimator="block_trace", max_completion_length=L1, epsilon=0.2, epsilon_high=None,
                            tracerl_beta=0.01, steps_per_generation=1)  # fmt: skip
     loss, _ = get_objective("tracerl").loss(new, batch, args, 1)
-    expected, _ = tracerl_block_loss(new, old, adv, plan.weights != 0, canvas_length=7.0, passes=12.0, kl_beta=0.01)
+    expected, _ = tracerl_block_loss(
+        new, old, adv, plan.weights != 0, canvas_length=7.0, passes=12.0, kl_beta=0.01
+    )
     assert torch.allclose(loss, expected)

@@ -230,8 +230,18 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
-VARIABLE = ("--variable_length", "true", "--estimator", "growing", "--max_completion_length", "16",
-            "--block_length", "4", "--diffusion_steps", "16")  # fmt: skip (the cut canvases ride in the buffer)
+VARIABLE = (
+    "--variable_length",
+    "true",
+    "--estimator",
+    "growing",
+    "--max_completion_length",
+    "16",
+    "--block_length",
+    "4",
+    "--diffusion_steps",
+    "16",
+)  # fmt: skip (the cut canvases ride in the buffer)
 
 
 @pytest.mark.parametrize("rollouts", [(), VARIABLE], ids=["fixed", "variable_length"])
@@ -470,8 +480,12 @@ def _launch_two_machines(workspace, tmp_path, name, env_extra, *extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name,env", [("ddp", {"ACCELERATE_USE_CPU": "1"}), ("zero2", {"DS_ACCELERATOR": "cpu"}),
-                 ("zero3", {"DS_ACCELERATOR": "cpu"})]  # fmt: skip
+    "name,env",
+    [
+        ("ddp", {"ACCELERATE_USE_CPU": "1"}),
+        ("zero2", {"DS_ACCELERATOR": "cpu"}),
+        ("zero3", {"DS_ACCELERATOR": "cpu"}),
+    ],  # fmt: skip
 )
 def test_two_machine_ranks_on_loopback_train_like_two_processes_on_one_machine(
     workspace, tmp_path, name, env
@@ -568,7 +582,15 @@ def test_completions_table_goes_to_wandb_when_asked(workspace, tmp_path, monkeyp
     trainer.train()
     [entry] = logged
     table = entry["completions"]
-    assert list(table.columns) == ["step", "prompt", "completion", "reward", "advantage", "ones_fraction", "loop"]
+    assert list(table.columns) == [
+        "step",
+        "prompt",
+        "completion",
+        "reward",
+        "advantage",
+        "ones_fraction",
+        "loop",
+    ]
     assert len(table) == 4 and set(table["step"]) == {1}
 
 
@@ -649,8 +671,14 @@ def test_a_rollout_engine_of_ones_own_plugs_in_without_a_trainer_change(workspac
         model, ref = load_policy(cfg)
         tokenizer = load_tokenizer(cfg.model_name_or_path)
         engine = build_engine("recording", inner=InProcessEngine(family_spec(model, tokenizer), model=model))
-        trainer = DiffusionGRPOTrainer(model, args=cfg, train_dataset=load_rows(cfg), processing_class=tokenizer,
-                                       ref_model=ref, engine=engine)
+        trainer = DiffusionGRPOTrainer(
+            model,
+            args=cfg,
+            train_dataset=load_rows(cfg),
+            processing_class=tokenizer,
+            ref_model=ref,
+            engine=engine,
+        )
         trainer.train()
     finally:
         ENGINES.pop("recording", None)
@@ -707,10 +735,14 @@ def test_the_python_api_takes_trls_signature_and_trains_as_the_cli_does(workspac
     api = align.DiffusionGRPOTrainer(str(workspace / "model"), [ones_fraction], config(workspace, tmp_path, "--max_steps", "1"),
                                      load_rows(cfg))  # fmt: skip
     api.train()
-    assert all(torch.equal(p, dict(via_cli.model.named_parameters())[n]) for n, p in api.model.named_parameters())
+    assert all(
+        torch.equal(p, dict(via_cli.model.named_parameters())[n]) for n, p in api.model.named_parameters()
+    )
     assert logs(api, "reward") == logs(via_cli, "reward")
     with pytest.raises(UsageError, match="eval_dataset"):
-        align.DiffusionGRPOTrainer(str(workspace / "model"), args=cfg, train_dataset=load_rows(cfg), eval_dataset=[1])
+        align.DiffusionGRPOTrainer(
+            str(workspace / "model"), args=cfg, train_dataset=load_rows(cfg), eval_dataset=[1]
+        )
     from peft import LoraConfig
 
     lora = align.DiffusionGRPOTrainer(str(workspace / "model"), args=cfg, train_dataset=load_rows(cfg),

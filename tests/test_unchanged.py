@@ -44,21 +44,66 @@ BASE = [
 
 GRPO_CASES = {
     "grpo_kl_off_policy": ["--loss_type", "grpo", "--beta", "0.04", "--num_iterations", "2"],
-    "dapo_chunked_ga": ["--loss_type", "dapo", "--mc_backward", "chunked", "--mc_chunk_size", "1",
-                        "--gradient_accumulation_steps", "2"],  # fmt: skip
+    "dapo_chunked_ga": [
+        "--loss_type",
+        "dapo",
+        "--mc_backward",
+        "chunked",
+        "--mc_chunk_size",
+        "1",
+        "--gradient_accumulation_steps",
+        "2",
+    ],  # fmt: skip
     "dr_grpo_one_step": ["--loss_type", "dr_grpo", "--estimator", "one_step", "--scale_rewards", "none"],
-    "bnpo_diffucoder_loo": ["--loss_type", "bnpo", "--estimator", "diffucoder", "--advantage_baseline",
-                            "leave_one_out", "--num_iterations", "2"],  # fmt: skip
-    "gspo_sequence": ["--loss_type", "grpo", "--importance_sampling_level", "sequence", "--num_iterations", "2"],
+    "bnpo_diffucoder_loo": [
+        "--loss_type",
+        "bnpo",
+        "--estimator",
+        "diffucoder",
+        "--advantage_baseline",
+        "leave_one_out",
+        "--num_iterations",
+        "2",
+    ],  # fmt: skip
+    "gspo_sequence": [
+        "--loss_type",
+        "grpo",
+        "--importance_sampling_level",
+        "sequence",
+        "--num_iterations",
+        "2",
+    ],
     "wd1": ["--loss_type", "wd1"],
     "wd1_mean": ["--loss_type", "wd1_mean"],
     "bgpo": ["--loss_type", "bgpo", "--num_iterations", "2"],
     "spg": ["--loss_type", "spg", "--estimator", "spg", "--block_length", "4"],
-    "stabledrl": ["--loss_type", "stabledrl", "--estimator", "spg", "--block_length", "4",
-                  "--num_iterations", "2"],
+    "stabledrl": [
+        "--loss_type",
+        "stabledrl",
+        "--estimator",
+        "spg",
+        "--block_length",
+        "4",
+        "--num_iterations",
+        "2",
+    ],
     "espo": ["--loss_type", "espo", "--estimator", "espo", "--beta", "0.04", "--num_iterations", "2"],
-    "justgrpo": ["--loss_type", "justgrpo", "--estimator", "trace", "--block_length", "1", "--trace_merge", "1",
-                 "--num_iterations", "2", "--reward_funcs", f"{REWARDS}:ones_fraction", "--reward_weights", "1.0"],  # fmt: skip
+    "justgrpo": [
+        "--loss_type",
+        "justgrpo",
+        "--estimator",
+        "trace",
+        "--block_length",
+        "1",
+        "--trace_merge",
+        "1",
+        "--num_iterations",
+        "2",
+        "--reward_funcs",
+        f"{REWARDS}:ones_fraction",
+        "--reward_weights",
+        "1.0",
+    ],  # fmt: skip
     "tracerl": ["--loss_type", "tracerl", "--estimator", "trace", "--num_iterations", "2"],
     "lora_kl": ["--loss_type", "grpo", "--beta", "0.04", "--use_peft", "true", "--lora_r", "4"],
     "fast_sampler": ["--loss_type", "dapo", "--threshold", "0.5", "--cache", "prefix"],
@@ -80,7 +125,9 @@ def _fingerprint(model) -> dict:
 
 def _compare(got, want, where: str) -> None:
     if isinstance(want, dict):
-        assert isinstance(got, dict) and sorted(got) == sorted(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
+        assert isinstance(got, dict) and sorted(got) == sorted(want), (
+            f"{where}: keys {sorted(got)} != {sorted(want)}"
+        )
         for k in want:
             _compare(got[k], want[k], f"{where}.{k}")
     elif isinstance(want, list):
@@ -157,7 +204,9 @@ def test_dpo_run_unchanged(tmp_path, one_thread):
     with open(tmp_path / "pairs.jsonl", "w") as f:
         for r in rows:
             wrong = f"<answer>{int(r['answer']) + 1}</answer>"
-            f.write(json.dumps({"prompt": r["question"], "chosen": r["completion"], "rejected": wrong}) + "\n")
+            f.write(
+                json.dumps({"prompt": r["question"], "chosen": r["completion"], "rejected": wrong}) + "\n"
+            )
     argv = [
         "--config", os.path.join(REPO, "recipes", "tiny", "dpo.yaml"), "--output_dir", str(tmp_path / "out"),
         "--model_name_or_path", MODEL, "--dataset_files", str(tmp_path / "pairs.jsonl"),
@@ -167,7 +216,10 @@ def test_dpo_run_unchanged(tmp_path, one_thread):
     config = load_config(argv[1], argv[2:], cls=DPOConfig, prog="align dpo")
     trainer = build_trainer(config)
     trainer.train()
-    _check("dpo", {"logs": [_pinned(h) for h in trainer.state.log_history], "weights": _fingerprint(trainer.model)})
+    _check(
+        "dpo",
+        {"logs": [_pinned(h) for h in trainer.state.log_history], "weights": _fingerprint(trainer.model)},
+    )
 
 
 EVAL_CASES = {
@@ -205,13 +257,17 @@ def test_mid_phase_checkpoint_from_before_still_resumes(tmp_path, one_thread):
 
         shutil.rmtree(saved, ignore_errors=True)
         torch.manual_seed(0)
-        LLaDAModelLM(tiny_config(d_model=32, n_layers=2, mlp_hidden_size=64)).save_pretrained(os.path.join(saved, "model"))
+        LLaDAModelLM(tiny_config(d_model=32, n_layers=2, mlp_hidden_size=64)).save_pretrained(
+            os.path.join(saved, "model")
+        )
         build_tokenizer().save_pretrained(os.path.join(saved, "model"))
         full = _grpo_run(tmp_path / "full", extra)
         out = tmp_path / "cut" / "out"
         cut = ["--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "1"]
         build_trainer(load_config(None, BASE + extra + cut)).train()
-        shutil.copytree(out / "checkpoint-1", os.path.join(saved, "checkpoint-1"))  # mid-phase: holds the buffer
+        shutil.copytree(
+            out / "checkpoint-1", os.path.join(saved, "checkpoint-1")
+        )  # mid-phase: holds the buffer
         with open(os.path.join(saved, "expected.json"), "w") as f:
             json.dump({"logs": full["logs"], "weights": full["weights"]}, f, indent=1, sort_keys=True)
         return
@@ -228,5 +284,7 @@ def test_mid_phase_checkpoint_from_before_still_resumes(tmp_path, one_thread):
     got = [_pinned(h) for h in trainer.state.log_history]
     assert sorted(got[1]) == sorted(want["logs"][1]), (sorted(got[1]), sorted(want["logs"][1]))
     for key, value in want["logs"][1].items():
-        assert got[1][key] == pytest.approx(value, rel=1e-4, abs=1e-5), f"resumed step 2 {key}: {got[1][key]} != {value}"
+        assert got[1][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (
+            f"resumed step 2 {key}: {got[1][key]} != {value}"
+        )
     assert [h.get("step") for h in got] == [h.get("step") for h in want["logs"]]

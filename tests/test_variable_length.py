@@ -97,7 +97,10 @@ def test_growing_plan_draws_are_unbiased_and_cut_the_canvas(setup):
         scored = plan.weights[j, 0].nonzero().flatten().tolist()
         b = next(i for i, blk in enumerate(blocks) if scored[0] in blk)
         assert set(scored) <= set(blocks[b]) and plan.masked[j, 0].nonzero().flatten().tolist() == scored
-        assert plan.visible[j, 0, : blocks[b][-1] + 1].all() and not plan.visible[j, 0, blocks[b][-1] + 1 :].any()
+        assert (
+            plan.visible[j, 0, : blocks[b][-1] + 1].all()
+            and not plan.visible[j, 0, blocks[b][-1] + 1 :].any()
+        )
 
 
 def test_blocks_after_the_stop_are_never_drawn(setup):
@@ -131,7 +134,9 @@ def test_the_rollout_buffer_keeps_the_cut_canvas_across_a_mid_phase_checkpoint()
 
     completion = torch.zeros(4, P + L, dtype=torch.bool)
     completion[:, P:] = True
-    plan = make_plan("growing", completion, num_samples=2, block_length=BLOCK, generator=torch.Generator().manual_seed(3))
+    plan = make_plan(
+        "growing", completion, num_samples=2, block_length=BLOCK, generator=torch.Generator().manual_seed(3)
+    )
     batch = RolloutBatch(ids=torch.zeros(4, P + L, dtype=torch.long), attn=torch.ones(4, P + L), mask=completion,
                          advantages=torch.zeros(4), masked=plan.masked[None], weights=plan.weights[None], num_samples=2,
                          old=None, ref=None, normalizer=torch.tensor(1.0), longest=torch.tensor(5.0),
@@ -178,14 +183,18 @@ def test_the_committed_mixed_length_model_decodes_both_ways_and_variable_reads_l
     for variable in (False, True):
         positions = []
         hook = model.register_forward_pre_hook(
-            lambda m, a, kw, seen=positions: seen.append((kw["input_ids"] if "input_ids" in kw else a[0]).numel()),
+            lambda m, a, kw, seen=positions: seen.append(
+                (kw["input_ids"] if "input_ids" in kw else a[0]).numel()
+            ),
             with_kwargs=True,
         )
         out = generate(model, enc["input_ids"], enc["attention_mask"], gen_length=48, steps=48, block_length=8,
                        variable_length=variable, spec=family_spec(model, tok))  # fmt: skip
         hook.remove()
         texts = tok.batch_decode(out.completion_ids, skip_special_tokens=True)
-        accuracy[variable] = sum(f"<answer>{r['answer']}</answer>" in t for r, t in zip(rows, texts, strict=True)) / 64
+        accuracy[variable] = (
+            sum(f"<answer>{r['answer']}</answer>" in t for r, t in zip(rows, texts, strict=True)) / 64
+        )
         cost[variable] = sum(positions)
     assert accuracy[False] >= 0.9 and accuracy[True] >= 0.9, accuracy
     assert cost[True] < 0.5 * cost[False], cost

@@ -21,7 +21,9 @@ MODEL = "recipes/tiny/model"
 def _inputs(rows=16, length=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     logp = -torch.rand(rows, length, generator=g) * 2
-    old = logp + 0.4 * torch.randn(rows, length, generator=g)  # off-policy: ratios away from 1, clipping active
+    old = logp + 0.4 * torch.randn(
+        rows, length, generator=g
+    )  # off-policy: ratios away from 1, clipping active
     adv = torch.randn(rows, 1, generator=g).expand(rows, length).clone()
     adv[:3] = 0.0  # zero advantages
     mask = torch.ones(rows, length)
@@ -117,8 +119,12 @@ def workers():
     assert not ray.is_initialized()
 
 
-@pytest.mark.parametrize("loss,estimator,num_samples", [("dapo", "coupled", 1), ("spg", "spg", 2), ("bgpo", "elbo", 2)])
-def test_two_ray_workers_give_one_process_loss_and_gradients_for_any_split(workers, loss, estimator, num_samples):
+@pytest.mark.parametrize(
+    "loss,estimator,num_samples", [("dapo", "coupled", 1), ("spg", "spg", 2), ("bgpo", "elbo", 2)]
+)
+def test_two_ray_workers_give_one_process_loss_and_gradients_for_any_split(
+    workers, loss, estimator, num_samples
+):
     from verl import DataProto
 
     from align.verl import count_for, loss_args, mask_fields
@@ -145,7 +151,9 @@ def test_two_ray_workers_give_one_process_loss_and_gradients_for_any_split(worke
             model, ids, plan, mask_token_id=spec.mask_token_id, attention_mask=attn, spec=spec))  # fmt: skip
     assert torch.allclose(old, mine, atol=1e-6)
     if loss == "dapo":  # off-policy ratios for the clipped surrogate
-        fields["old_log_probs"] = old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(2)) * response
+        fields["old_log_probs"] = (
+            old + 0.3 * torch.randn(old.shape, generator=torch.Generator().manual_seed(2)) * response
+        )
     for micro in (8, 4):  # 8 + 8 (one micro-batch per worker) and 4 x 4 (two per worker)
         # dapo divides by the batch's token count, carried as meta_info["count"]: any split is the whole batch;
         # spg and bgpo by each micro-batch's own lengths (their released code, per device): the mean over slices
@@ -170,10 +178,14 @@ def test_the_rollout_replica_registers_and_bad_verl_configs_are_refused():
     good = {"actor_rollout_ref": {"rollout": {"name": "dllm_align"}, "actor": {"strategy": "dllm_align"}}}
     check_verl_config(good, "llada")
     bad_rollout = {"actor_rollout_ref": {"rollout": {"name": "vllm"}, "actor": {"strategy": "dllm_align"}}}
-    with pytest.raises(ValueError, match="rollout.name 'vllm' cannot roll out the dense diffusion LM 'llada'.*'dllm_align'"):
+    with pytest.raises(
+        ValueError, match="rollout.name 'vllm' cannot roll out the dense diffusion LM 'llada'.*'dllm_align'"
+    ):
         check_verl_config(bad_rollout, "llada")
     causal = {"actor_rollout_ref": {"rollout": {"name": "dllm_align"}, "actor": {"strategy": "fsdp"}}}
-    with pytest.raises(ValueError, match="strategy 'fsdp' scores 'llada' with causal next-token log-probabilities"):
+    with pytest.raises(
+        ValueError, match="strategy 'fsdp' scores 'llada' with causal next-token log-probabilities"
+    ):
         check_verl_config(causal, "llada")
 
 
@@ -224,7 +236,9 @@ def test_why_verls_own_ppo_entry_cannot_run_here():
         import verl.workers.engine  # noqa: F401  (registers the engines importable here)
         from verl.workers.engine.base import EngineRegistry
 
-    devices = {backend: sorted(by_device) for backend, by_device in EngineRegistry._engines["language_model"].items()}
+    devices = {
+        backend: sorted(by_device) for backend, by_device in EngineRegistry._engines["language_model"].items()
+    }
     assert devices and all("cpu" not in d for d in devices.values()), devices
     assert get_device_name() == "cuda"  # the fallback
     with pytest.raises(AssertionError, match="Torch not compiled with CUDA enabled"):

@@ -21,17 +21,32 @@ def add_sampler_flags(p) -> None:
         default="d1",
         help="named preset: d1, llada, llada-fast, illada, dream, diffucoder, tiny (prompt + sampler settings)",
     )
-    for name, kind in (("gen-length", int), ("block-length", int), ("steps", int), ("temperature", float),
-                       ("threshold", float), ("cfg-scale", float), ("max-prompt-length", int),
-                       ("cache-refresh", int), ("boost", float), ("boost-power", float), ("top-p", float),
-                       ("top-k", int), ("alg-temp", float)):  # fmt: skip
+    for name, kind in (
+        ("gen-length", int),
+        ("block-length", int),
+        ("steps", int),
+        ("temperature", float),
+        ("threshold", float),
+        ("cfg-scale", float),
+        ("max-prompt-length", int),
+        ("cache-refresh", int),
+        ("boost", float),
+        ("boost-power", float),
+        ("top-p", float),
+        ("top-k", int),
+        ("alg-temp", float),
+    ):
         flag(p, name, type=kind, default=None, help="override the protocol's value")
     from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING
 
-    p.add_argument("--remasking", default=None, choices=[*REMASKING, *DREAM_ALGS, *BLOCK_SCHEDULES],
-                   help="LLaDA's schedule (low_confidence, random), Dream's (origin, maskgit_plus, topk_margin, "
-                        "entropy; one block) or SDAR's for block-diffusion models (low_confidence_static, "
-                        "low_confidence_dynamic with --threshold, sequential)")  # fmt: skip
+    p.add_argument(
+        "--remasking",
+        default=None,
+        choices=[*REMASKING, *DREAM_ALGS, *BLOCK_SCHEDULES],
+        help="LLaDA's schedule (low_confidence, random), Dream's (origin, maskgit_plus, topk_margin, "
+        "entropy; one block) or SDAR's for block-diffusion models (low_confidence_static, "
+        "low_confidence_dynamic with --threshold, sequential)",
+    )
     p.add_argument("--cache", default=None, choices=["prefix", "dual"])
     flag(p, "system-prompt", default=None)
     flag(
@@ -59,13 +74,26 @@ def resolve_protocol(args):
     if args.protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {args.protocol!r}; choose from {sorted(PROTOCOLS)}.")
     protocol = PROTOCOLS[args.protocol].with_overrides(
-        gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, temperature=args.temperature,
-        threshold=args.threshold, cfg_scale=args.cfg_scale, max_prompt_length=args.max_prompt_length,
-        remasking=args.remasking, cache=args.cache, cache_refresh=args.cache_refresh, system_prompt=args.system_prompt,
-        use_chat_template=args.chat_template, variable_length=args.variable_length, boost=args.boost,
-        boost_power=args.boost_power, boost_token=args.boost_token, top_p=args.top_p, top_k=args.top_k,
+        gen_length=args.gen_length,
+        block_length=args.block_length,
+        steps=args.steps,
+        temperature=args.temperature,
+        threshold=args.threshold,
+        cfg_scale=args.cfg_scale,
+        max_prompt_length=args.max_prompt_length,
+        remasking=args.remasking,
+        cache=args.cache,
+        cache_refresh=args.cache_refresh,
+        system_prompt=args.system_prompt,
+        use_chat_template=args.chat_template,
+        variable_length=args.variable_length,
+        boost=args.boost,
+        boost_power=args.boost_power,
+        boost_token=args.boost_token,
+        top_p=args.top_p,
+        top_k=args.top_k,
         alg_temp=args.alg_temp,
-    )  # fmt: skip
+    )
     try:
         check_protocol(protocol)
     except ValueError as e:
@@ -76,10 +104,17 @@ def resolve_protocol(args):
 def add_eval_parser(sub) -> None:
     from align.eval.tasks import PROTOCOLS, TASKS
 
-    epilog = ("built-in tasks: " + ", ".join(sorted(TASKS)) + " (or NAME=file.jsonl)\n\nprotocols (--protocol; "
-              "each flag above overrides its value):\n" + "\n".join(f"  {name}: {p.describe()}" for name, p in PROTOCOLS.items()))  # fmt: skip
-    p = sub.add_parser("eval", help="score a checkpoint or an endpoint on GSM8K / MATH500 / HumanEval / MBPP",
-                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    epilog = (
+        "built-in tasks: " + ", ".join(sorted(TASKS)) + " (or NAME=file.jsonl)\n\nprotocols (--protocol; "
+        "each flag above overrides its value):\n"
+        + "\n".join(f"  {name}: {p.describe()}" for name, p in PROTOCOLS.items())
+    )
+    p = sub.add_parser(
+        "eval",
+        help="score a checkpoint or an endpoint on GSM8K / MATH500 / HumanEval / MBPP",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="diffusion checkpoint: hub id or local path")
     src.add_argument("--endpoint", help="OpenAI-compatible server URL, e.g. http://localhost:8000/v1")
@@ -89,12 +124,22 @@ def add_eval_parser(sub) -> None:
         "--tasks", required=True, help="comma list: gsm8k,math500,humaneval,mbpp or NAME=file.jsonl"
     )
     flag(p, "data-dir", default=None, help="read DATA_DIR/<task>.jsonl instead of the hub")
-    flag(p, "rename-columns", nargs="+", default=None, metavar="OLD:NEW",
-         help="rename the data's columns first (e.g. q:question a:answer), as training's rename_columns")  # fmt: skip
+    flag(
+        p,
+        "rename-columns",
+        nargs="+",
+        default=None,
+        metavar="OLD:NEW",
+        help="rename the data's columns first (e.g. q:question a:answer), as training's rename_columns",
+    )
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
     flag(p, "num-samples", type=int, default=1, help="answers per question (pass@k with k = this)")
-    p.add_argument("--output", required=True, help="folder for results.json and <task>/samples.jsonl; a rerun "
-                   "with the same settings skips finished tasks and continues an unfinished one")  # fmt: skip
+    p.add_argument(
+        "--output",
+        required=True,
+        help="folder for results.json and <task>/samples.jsonl; a rerun "
+        "with the same settings skips finished tasks and continues an unfinished one",
+    )
     p.add_argument("--overwrite", action="store_true", help="rerun every task even if --output holds results")
     p.add_argument("--concurrency", type=int, default=8, help="parallel requests (endpoint)")
     p.add_argument("--retries", type=int, default=3, help="retries per request (endpoint)")
@@ -105,11 +150,18 @@ def add_report_parser(sub) -> None:
     p = sub.add_parser(
         "report", help="Markdown report with tables and plots from eval folders and training runs"
     )
-    p.add_argument("runs", nargs="+", help="align eval --output folders or align train output_dirs, optionally "
-                   "LABEL=FOLDER")  # fmt: skip
+    p.add_argument(
+        "runs",
+        nargs="+",
+        help="align eval --output folders or align train output_dirs, optionally LABEL=FOLDER",
+    )
     p.add_argument("--output", required=True, help="folder for report.md and the PNGs")
-    p.add_argument("--allow-mixed", action="store_true", help="put runs decoded or prompted with different "
-                   "protocol settings in one table (their rows are marked); refused by default")  # fmt: skip
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="put runs decoded or prompted with different "
+        "protocol settings in one table (their rows are marked); refused by default",
+    )
 
 
 def run_eval(args) -> int:
@@ -138,8 +190,9 @@ def run_eval(args) -> int:
         )
         first_task, first_rows = tasks[0]
         source.probe(first_task.user_message(first_rows[0], protocol), protocol.for_task(first_task.name))
-        return _evaluate_all(args, source.description, lambda: source, tasks, protocol,
-                             provenance=source.provenance())  # fmt: skip
+        return _evaluate_all(
+            args, source.description, lambda: source, tasks, protocol, provenance=source.provenance()
+        )
     return _run_diffusion(args, tasks, protocol)
 
 
@@ -149,8 +202,13 @@ def _run_diffusion(args, tasks, protocol) -> int:
 
     for task, _ in tasks:  # a setting the model's family cannot run: one line before any weights are read
         p = protocol.for_task(task.name)
-        check_checkpoint_settings(args.model, trust_remote_code=args.trust_remote_code, cache=p.cache,
-                                  remasking=p.remasking, block_length=p.block_length)  # fmt: skip
+        check_checkpoint_settings(
+            args.model,
+            trust_remote_code=args.trust_remote_code,
+            cache=p.cache,
+            remasking=p.remasking,
+            block_length=p.block_length,
+        )
     if any(protocol.for_task(task.name).use_chat_template for task, _ in tasks):
         from align.models import load_tokenizer
 
@@ -161,10 +219,18 @@ def _run_diffusion(args, tasks, protocol) -> int:
 
     def load():
         if not loaded:
-            loaded.append(DiffusionSource.load(
-                args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
-                seed=args.seed, trust_remote_code=args.trust_remote_code, state=state,
-            ))  # fmt: skip
+            loaded.append(
+                DiffusionSource.load(
+                    args.model,
+                    adapter=args.adapter,
+                    dtype=args.dtype,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    seed=args.seed,
+                    trust_remote_code=args.trust_remote_code,
+                    state=state,
+                )
+            )
         return loaded[0]
 
     description = {
@@ -174,8 +240,15 @@ def _run_diffusion(args, tasks, protocol) -> int:
     try:
         from align.eval.runner import device_name
 
-        status = _evaluate_all(args, description, load, tasks, protocol, state=state,
-                               provenance={"engine": "dllm-align sampler", "device": device_name(state.device)})  # fmt: skip
+        status = _evaluate_all(
+            args,
+            description,
+            load,
+            tasks,
+            protocol,
+            state=state,
+            provenance={"engine": "dllm-align sampler", "device": device_name(state.device)},
+        )
     except BaseException:
         end_processes(state, wait=False)  # the others are stopped by the launcher; waiting here would hang
         raise
@@ -192,14 +265,23 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
     from align.eval.runner import folder_identity, settings_hash
 
     settings = protocol.as_dict()
-    config = {"source": description, "protocol": settings, "protocol_hash": settings_hash(settings),
-              "num_samples": args.num_samples, "seed": args.seed, "limit": args.limit,
-              "task_hashes": {task.name: settings_hash({"task": dataclasses.asdict(task), "rows": rows})
-                              for task, rows in tasks}}  # fmt: skip
+    config = {
+        "source": description,
+        "protocol": settings,
+        "protocol_hash": settings_hash(settings),
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "limit": args.limit,
+        "task_hashes": {
+            task.name: settings_hash({"task": dataclasses.asdict(task), "rows": rows}) for task, rows in tasks
+        },
+    }
     identity = {}
     if is_main and description.get("model") and getattr(args, "model", None):
-        identity = {"model_identity": folder_identity(description["model"]),
-                    "adapter_identity": folder_identity(description.get("adapter"))}  # fmt: skip
+        identity = {
+            "model_identity": folder_identity(description["model"]),
+            "adapter_identity": folder_identity(description.get("adapter")),
+        }
     record = run_provenance(
         {**(provenance or {}), **identity, "seed": args.seed, "num_samples": args.num_samples}
     )
@@ -210,22 +292,38 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
         finished = _broadcast(state, folder.finished(task.name) if is_main else None)
         if finished is not None:
             if is_main:
-                print(f"align eval: {task.name} is already complete in {args.output} (n={finished['n']}); "
-                      "skipping it (--overwrite reruns it).", file=sys.stderr)  # fmt: skip
+                print(
+                    f"align eval: {task.name} is already complete in {args.output} (n={finished['n']}); "
+                    "skipping it (--overwrite reruns it).",
+                    file=sys.stderr,
+                )
                 print(json.dumps({"task": task.name, **finished}))
             continue
         messages = [task.user_message(r, protocol) for r in rows for _ in range(args.num_samples)]
         done = _broadcast(state, folder.resume(task.name, messages, args.num_samples) if is_main else None)
         if done and is_main:
-            print(f"align eval: {task.name}: continuing after {len(done)} of {len(messages)} answers kept in "
-                  f"{args.output}.", file=sys.stderr)  # fmt: skip
+            print(
+                f"align eval: {task.name}: continuing after {len(done)} of {len(messages)} answers kept in "
+                f"{args.output}.",
+                file=sys.stderr,
+            )
         try:
-            metrics, _ = evaluate_task(make_source(), task, rows, protocol, args.num_samples, done=done,
-                                       on_chunk=(lambda new, name=task.name: folder.append(name, new)) if is_main else None)  # fmt: skip
+            metrics, _ = evaluate_task(
+                make_source(),
+                task,
+                rows,
+                protocol,
+                args.num_samples,
+                done=done,
+                on_chunk=(lambda new, name=task.name: folder.append(name, new)) if is_main else None,
+            )
         except KeyboardInterrupt:
             if is_main:
-                print(f"align eval: interrupted; finished answers are kept in {args.output}/{task.name}/samples.jsonl "
-                      "and the same command continues from them.", file=sys.stderr)  # fmt: skip
+                print(
+                    f"align eval: interrupted; finished answers are kept in {args.output}/{task.name}/samples.jsonl "
+                    "and the same command continues from them.",
+                    file=sys.stderr,
+                )
             return 130
         if is_main:
             folder.finish(task.name, metrics)

@@ -61,8 +61,9 @@ def gsm8k_exact_match(prediction: str, gold_answer: str) -> float:
 
 
 def _from_def(text: str, entry_point: str) -> str | None:
-    start = re.search(rf"(?m)^(?:from\s+\S+\s+import\s+.*\n|import\s+.*\n|\s*)*def\s+{re.escape(entry_point)}\s*\(",
-                      text)  # fmt: skip
+    start = re.search(
+        rf"(?m)^(?:from\s+\S+\s+import\s+.*\n|import\s+.*\n|\s*)*def\s+{re.escape(entry_point)}\s*\(", text
+    )
     return text[start.start() :] if start else None
 
 

@@ -155,9 +155,11 @@ def check_comparable(runs: list[dict], allow_mixed: bool) -> dict[str, set[str]]
                 for k in set(first) | set(other)
                 if first.get(k) != other.get(k) and k not in ("gen_length", "steps")
             )
-            raise UsageError(f"task {task}: {rows[0]['label']} and {', '.join(sorted(odd))} were evaluated under different "
-                             f"protocol settings ({', '.join(fields)}); their scores do not compare. Report them apart, "
-                             "or pass --allow-mixed to put them in one table, marked.")  # fmt: skip
+            raise UsageError(
+                f"task {task}: {rows[0]['label']} and {', '.join(sorted(odd))} were evaluated under different "
+                f"protocol settings ({', '.join(fields)}); their scores do not compare. Report them apart, "
+                "or pass --allow-mixed to put them in one table, marked."
+            )
         marked[task] = odd
     return marked
 
@@ -192,8 +194,14 @@ def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
     metric = main_metric(runs[0]["tasks"][task])
     extra = sorted({k for r in runs for k in r["tasks"][task] if k.startswith("pass@") and k != metric})
     extra += [k for k in LOOP_METRICS if any(k in r["tasks"][task] for r in runs)]  # beside the score
-    lines = [f"## {task}", "", f"| run | model | adapter | engine | protocol | gen length | {metric} (95% CI) | "
-             + "".join(f"{k} | " for k in extra) + "n |", "|---" * (8 + len(extra)) + "|"]  # fmt: skip
+    lines = [
+        f"## {task}",
+        "",
+        f"| run | model | adapter | engine | protocol | gen length | {metric} (95% CI) | "
+        + "".join(f"{k} | " for k in extra)
+        + "n |",
+        "|---" * (8 + len(extra)) + "|",
+    ]
     bars = []
     for run in runs:
         m, protocol = run["tasks"][task], run["config"].get("protocol", {})
@@ -201,14 +209,25 @@ def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
         bars.append((run["label"], m[metric], ci, m["n"]))
         shown = f"{100 * m[metric]:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
         model, adapter = _source(run)
-        cells = [run["label"], model, adapter or "-", _engine(run), protocol.get("name", "?"),
-                 str(protocol.get("gen_length", "?")),
-                 shown, *(f"{100 * m[k]:.1f}" if k in m else "-" for k in extra), str(m["n"])]  # fmt: skip
+        cells = [
+            run["label"],
+            model,
+            adapter or "-",
+            _engine(run),
+            protocol.get("name", "?"),
+            str(protocol.get("gen_length", "?")),
+            shown,
+            *(f"{100 * m[k]:.1f}" if k in m else "-" for k in extra),
+            str(m["n"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     sizes = sorted({r["tasks"][task]["n"] for r in runs})
     if len(sizes) > 1:
-        lines += ["", f"Note: these runs scored different numbers of questions (n = {', '.join(map(str, sizes))}); "
-                  "compare them with care (the intervals show how much n matters)."]  # fmt: skip
+        lines += [
+            "",
+            f"Note: these runs scored different numbers of questions (n = {', '.join(map(str, sizes))}); "
+            "compare them with care (the intervals show how much n matters).",
+        ]
     lines += ["", f"![{task}]({_bar_chart(plt, task, metric, bars, output)})", ""]
     return lines + _length_plot(plt, task, runs, metric, output)
 
@@ -216,8 +235,10 @@ def _task_section(plt, task: str, runs: list[dict], output: str) -> list[str]:
 def _yerr(points: list) -> list[list[float]]:
     """matplotlib's [below, above] in percent for (value, (lo, hi) or None) pairs of fractions; never negative
     (an interval's rounding can leave p a hair outside it: at p = 1 Wilson's upper bound is 0.99999...)."""
-    return [[max(0.0, 100 * (v - ci[0])) if ci else 0.0 for v, ci in points],
-            [max(0.0, 100 * (ci[1] - v)) if ci else 0.0 for v, ci in points]]  # fmt: skip
+    return [
+        [max(0.0, 100 * (v - ci[0])) if ci else 0.0 for v, ci in points],
+        [max(0.0, 100 * (ci[1] - v)) if ci else 0.0 for v, ci in points],
+    ]
 
 
 def _bar_chart(plt, task: str, metric: str, bars: list, output: str) -> str:
@@ -229,8 +250,12 @@ def _bar_chart(plt, task: str, metric: str, bars: list, output: str) -> str:
     for x, (_, v, ci, n) in zip(xs, bars):
         top = 100 * (ci[1] if ci else v)
         ax.text(x, top + 1.5, f"{100 * v:.1f}\nn={n}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs), [label for label, *_ in bars], rotation=20 if len(bars) > 3 else 0, ha="right"
-                  if len(bars) > 3 else "center")  # fmt: skip
+    ax.set_xticks(
+        list(xs),
+        [label for label, *_ in bars],
+        rotation=20 if len(bars) > 3 else 0,
+        ha="right" if len(bars) > 3 else "center",
+    )
     ax.set_ylim(0, max(100 * (ci[1] if ci else v) for _, v, ci, _ in bars) + 18)  # room for the labels
     ax.set_yticks([t for t in range(0, 101, 20) if t <= ax.get_ylim()[1]])
     ax.set_ylabel(f"{metric} (%), 95% CI")
@@ -259,8 +284,14 @@ def _length_plot(plt, task: str, runs: list[dict], metric: str, output: str) -> 
         ys = [100 * run["tasks"][task][metric] for _, run in points]
         cis = [interval(run, task, metric) or (v / 100, v / 100) for (_, run), v in zip(points, ys)]
         errors = _yerr([(v / 100, ci) for v, ci in zip(ys, cis)])
-        ax.errorbar([p[0] for p in points], ys, yerr=errors, marker="o", capsize=3,
-                    label=_series_name([run["label"] for _, run in points]))  # fmt: skip
+        ax.errorbar(
+            [p[0] for p in points],
+            ys,
+            yerr=errors,
+            marker="o",
+            capsize=3,
+            label=_series_name([run["label"] for _, run in points]),
+        )
     ax.set_xlabel("generation length (tokens)")
     ax.set_ylabel(f"{metric} (%), 95% CI")
     ax.set_title(f"{task} by generation length")
@@ -281,8 +312,15 @@ def training_panels(runs: list[dict]) -> list[tuple[str, str, str, list[str]]]:
     """(pattern, title, x key, the logged keys it matches) of every ``TRAIN_CURVES`` panel with data."""
     panels = []
     for key, ylabel, xkey in TRAIN_CURVES:
-        keys = sorted({k for r in runs for h in r["history"] for k in h
-                       if _matches(k, key) and xkey in h and not k.endswith("/n")})  # fmt: skip
+        keys = sorted(
+            {
+                k
+                for r in runs
+                for h in r["history"]
+                for k in h
+                if _matches(k, key) and xkey in h and not k.endswith("/n")
+            }
+        )
         if keys:
             panels.append((key, ylabel, xkey, keys))
     return panels
@@ -313,8 +351,11 @@ def _training_section(plt, runs: list[dict], output: str) -> list[str]:
                 xs, ys, lows, highs = _mean_curve(members, k, xkey)
                 if not xs:
                     continue
-                style = dict(color=colours[label], linestyle=_STYLES[j % len(_STYLES)],
-                             marker="." if len(xs) < 40 else None)  # fmt: skip
+                style = dict(
+                    color=colours[label],
+                    linestyle=_STYLES[j % len(_STYLES)],
+                    marker="." if len(xs) < 40 else None,
+                )
                 ax.plot(
                     xs,
                     [scale * y for y in ys],
@@ -322,12 +363,25 @@ def _training_section(plt, runs: list[dict], output: str) -> list[str]:
                     **style,
                 )
                 if len(members) > 1:
-                    ax.fill_between(xs, [scale * y for y in lows], [scale * y for y in highs], color=colours[label],
-                                    alpha=0.15, linewidth=0)  # fmt: skip
+                    ax.fill_between(
+                        xs,
+                        [scale * y for y in lows],
+                        [scale * y for y in highs],
+                        color=colours[label],
+                        alpha=0.15,
+                        linewidth=0,
+                    )
                 if held_out:  # a 95% Wilson interval per point over the questions scored (all seeds)
                     spans = [_held_out_interval(members, k, xkey, x) for x in xs]
-                    ax.errorbar(xs, [scale * y for y in ys], yerr=_yerr(list(zip(ys, spans))), fmt="none", ecolor=colours[label],
-                                capsize=2, linewidth=0.8)  # fmt: skip
+                    ax.errorbar(
+                        xs,
+                        [scale * y for y in ys],
+                        yerr=_yerr(list(zip(ys, spans))),
+                        fmt="none",
+                        ecolor=colours[label],
+                        capsize=2,
+                        linewidth=0.8,
+                    )
         ax.set_title(ylabel, fontsize=9)
         ax.set_ylabel(ylabel.split(",")[0].replace(" vs training time", ""), fontsize=8)
         ax.set_xlabel(X_LABELS[xkey], fontsize=8)
@@ -335,8 +389,13 @@ def _training_section(plt, runs: list[dict], output: str) -> list[str]:
         if held_out:
             ax.set_ylim(0, 100)
         if ax.get_legend_handles_labels()[1]:  # the keys' line styles, below the axes
-            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(keys)),
-                      frameon=False)  # fmt: skip
+            ax.legend(
+                fontsize=6,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.22),
+                ncol=min(3, len(keys)),
+                frameon=False,
+            )
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if len(groups) > 1:  # the runs' colours, once, above the panels

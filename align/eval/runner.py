@@ -44,8 +44,18 @@ class DiffusionSource:
 
     unit = "tok"  # progress counts canvas tokens decoded per second
 
-    def __init__(self, model, tokenizer, spec, *, state, batch_size: int = 8, seed: int = 0,
-                 description: dict | None = None, model_context=None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        spec,
+        *,
+        state,
+        batch_size: int = 8,
+        seed: int = 0,
+        description: dict | None = None,
+        model_context=None,
+    ):
         self.model, self.tokenizer, self.spec, self.state = model, tokenizer, spec, state
         self.is_main = state.is_main_process
         self.device = str(state.device) if model_context is not None else str(next(model.parameters()).device)
@@ -57,8 +67,18 @@ class DiffusionSource:
         self.description = {**(description or {}), "processes": state.num_processes}
 
     @classmethod
-    def load(cls, model: str, *, adapter: str | None = None, dtype: str = "bfloat16", device: str | None = None,
-             batch_size: int = 8, seed: int = 0, trust_remote_code: bool = False, state=None):  # fmt: skip
+    def load(
+        cls,
+        model: str,
+        *,
+        adapter: str | None = None,
+        dtype: str = "bfloat16",
+        device: str | None = None,
+        batch_size: int = 8,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        state=None,
+    ):
         """Load a checkpoint (optionally with a PEFT adapter) onto this process's device."""
         from align.models import family_spec, load_model, load_tokenizer
 
@@ -66,14 +86,26 @@ class DiffusionSource:
         tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         net = load_model(model, dtype=dtype, adapter=adapter, trust_remote_code=trust_remote_code)
         net.eval().to(device or str(state.device))
-        return cls(net, tokenizer, family_spec(net, tokenizer), state=state, batch_size=batch_size, seed=seed,
-                   description=diffusion_description(model, adapter, dtype))  # fmt: skip
+        return cls(
+            net,
+            tokenizer,
+            family_spec(net, tokenizer),
+            state=state,
+            batch_size=batch_size,
+            seed=seed,
+            description=diffusion_description(model, adapter, dtype),
+        )
 
     def prompt(self, message: str, protocol: Protocol) -> str:
         from align.data import prompt_text
 
-        return prompt_text(self.tokenizer, message, system_prompt=protocol.system_prompt,
-                           use_chat_template=protocol.use_chat_template, system_in_user=protocol.system_in_user)  # fmt: skip
+        return prompt_text(
+            self.tokenizer,
+            message,
+            system_prompt=protocol.system_prompt,
+            use_chat_template=protocol.use_chat_template,
+            system_in_user=protocol.system_in_user,
+        )
 
     def boost_ids(self, protocol: Protocol) -> list[int]:
         """The end-of-thinking text's token ids (one line when this vocabulary cannot write it)."""
@@ -81,8 +113,10 @@ class DiffusionSource:
             return []
         ids = self.tokenizer.encode(protocol.boost_token, add_special_tokens=False)
         if not writes(self.tokenizer, ids, protocol.boost_token):
-            raise ValueError(f"protocol {protocol.name!r} boosts {protocol.boost_token!r}, which this tokenizer "
-                             "cannot write; pass --boost 0 to decode without the boost.")  # fmt: skip
+            raise ValueError(
+                f"protocol {protocol.name!r} boosts {protocol.boost_token!r}, which this tokenizer "
+                "cannot write; pass --boost 0 to decode without the boost."
+            )
         return ids
 
     def logits_hook(self, protocol: Protocol):
@@ -147,8 +181,9 @@ class DiffusionSource:
 
         from align.models.family import check_family_settings
 
-        check_family_settings(self.spec, cache=protocol.cache, remasking=protocol.remasking,
-                              block_length=protocol.block_length)  # fmt: skip
+        check_family_settings(
+            self.spec, cache=protocol.cache, remasking=protocol.remasking, block_length=protocol.block_length
+        )
         n, rank = self.state.num_processes, self.state.process_index
         with torch.no_grad(), self.engine.model_context() as model:
             local = self._decode(model, messages[rank::n], protocol, offset, rank)
@@ -171,21 +206,34 @@ class DiffusionSource:
             from tqdm.auto import tqdm
 
             batches = -(-len(messages) // self.batch_size)
-            bar = tqdm(total=batches * (protocol.gen_length // protocol.block_length), desc="decoding", unit="block",
-                       disable=protocol.variable_length)  # fmt: skip
+            bar = tqdm(
+                total=batches * (protocol.gen_length // protocol.block_length),
+                desc="decoding",
+                unit="block",
+                disable=protocol.variable_length,
+            )
         for start in range(0, len(messages), self.batch_size):
             prompts = [self.prompt(m, protocol) for m in messages[start : start + self.batch_size]]
-            enc = encode_prompts(self.tokenizer, prompts, max_length=protocol.max_prompt_length,
-                                 use_chat_template=protocol.use_chat_template,
-                                 add_special_tokens=protocol.encode_special_tokens)  # fmt: skip
+            enc = encode_prompts(
+                self.tokenizer,
+                prompts,
+                max_length=protocol.max_prompt_length,
+                use_chat_template=protocol.use_chat_template,
+                add_special_tokens=protocol.encode_special_tokens,
+            )
             generator = torch.Generator(self.device).manual_seed(
                 hash((self.seed, offset + start, rank)) % 2**63
             )
             result = self.engine.decode(
-                model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), protocol.sampler(),
-                generator=generator, on_block=None if bar is None else (lambda done, total: bar.update()),
-                logits_hook=self.logits_hook(protocol), **self.stop_rule(protocol),
-            )  # fmt: skip
+                model,
+                enc["input_ids"].to(self.device),
+                enc["attention_mask"].to(self.device),
+                protocol.sampler(),
+                generator=generator,
+                on_block=None if bar is None else (lambda done, total: bar.update()),
+                logits_hook=self.logits_hook(protocol),
+                **self.stop_rule(protocol),
+            )
             if protocol.stop_strings:
                 out += self.cut_texts(result.completion_ids.cpu(), result.commit_step.cpu(), protocol)
             else:
@@ -247,8 +295,13 @@ def run_provenance(source: dict) -> dict:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return {**source, "packages": packages, "python": platform.python_version(), "machine": platform.machine(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    return {
+        **source,
+        "packages": packages,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def settings_hash(settings: dict) -> str:
@@ -272,8 +325,12 @@ def folder_identity(path: str | None) -> dict | None:
     if os.path.isdir(path):
         from align.checkpoints import _checksums
 
-        names = sorted(os.path.relpath(os.path.join(root, n), path) for root, _, files in os.walk(path)
-                       for n in files if not n.startswith("."))  # fmt: skip
+        names = sorted(
+            os.path.relpath(os.path.join(root, n), path)
+            for root, _, files in os.walk(path)
+            for n in files
+            if not n.startswith(".")
+        )
         sums = _checksums(path, names)
         return {
             "path": path,
@@ -350,9 +407,18 @@ class EndpointSource:
         ``/version``); None for what it does not say."""
         root = self.base_url[: -len("/v1")]
         info = {"engine": None, "engine_version": None, "served_model": self.served_model}
-        for url, read in ((self.base_url + "/models", lambda r: {"engine": next(
-                              (m.get("owned_by") for m in r.get("data", []) if m.get("id") == self.served_model), None)}),
-                          (root + "/version", lambda r: {"engine_version": r.get("version")})):  # fmt: skip
+        for url, read in (
+            (
+                self.base_url + "/models",
+                lambda r: {
+                    "engine": next(
+                        (m.get("owned_by") for m in r.get("data", []) if m.get("id") == self.served_model),
+                        None,
+                    )
+                },
+            ),
+            (root + "/version", lambda r: {"engine_version": r.get("version")}),
+        ):
             try:
                 with urllib.request.urlopen(url, timeout=min(self.timeout_s, 10.0)) as response:
                     info.update(read(json.loads(response.read())))
@@ -361,13 +427,21 @@ class EndpointSource:
         return info
 
     def _body(self, message: str, protocol: Protocol, index: int) -> dict:
-        body = {"model": self.served_model, "max_tokens": protocol.gen_length, "temperature": protocol.temperature,
-                "seed": self.seed + index}  # fmt: skip
+        body = {
+            "model": self.served_model,
+            "max_tokens": protocol.gen_length,
+            "temperature": protocol.temperature,
+            "seed": self.seed + index,
+        }
         if not protocol.use_chat_template:
             from align.data import prompt_text
 
-            return {**body, "prompt": prompt_text(None, message, system_prompt=protocol.system_prompt,
-                                                  use_chat_template=False)}  # fmt: skip
+            return {
+                **body,
+                "prompt": prompt_text(
+                    None, message, system_prompt=protocol.system_prompt, use_chat_template=False
+                ),
+            }
         if protocol.system_prompt and protocol.system_in_user:
             chat = [{"role": "user", "content": f"{protocol.system_prompt}\n\n{message}"}]
         else:
@@ -398,8 +472,12 @@ class EndpointSource:
     def complete(self, messages: list[str], protocol: Protocol, offset: int = 0) -> list[str]:
         url = self._url(protocol)
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda im: self._post(url, self._body(im[1], protocol, offset + im[0])),
-                                 enumerate(messages)))  # fmt: skip
+            return list(
+                pool.map(
+                    lambda im: self._post(url, self._body(im[1], protocol, offset + im[0])),
+                    enumerate(messages),
+                )
+            )
 
 
 # what a failed or garbled request raises (URLError and timeouts are OSErrors; a reply without choices)
@@ -442,8 +520,17 @@ def _reason(exc: Exception) -> str:
 
 
 # ---- one task: decode chunk by chunk, score as we go --------------------------------------------------
-def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_samples: int = 1, *,
-                  done: list[dict] | None = None, on_chunk=None, progress: bool = True) -> tuple[dict, list]:  # fmt: skip
+def evaluate_task(
+    source,
+    task: Task,
+    rows: list[dict],
+    protocol: Protocol,
+    num_samples: int = 1,
+    *,
+    done: list[dict] | None = None,
+    on_chunk=None,
+    progress: bool = True,
+) -> tuple[dict, list]:
     """(metrics, samples) of one task: every row answered ``num_samples`` times and scored.
 
     Questions are decoded ``source.chunk_size`` at a time; each chunk is scored at once and handed to
@@ -459,8 +546,13 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
     samples = list(done or [])
     is_main = getattr(source, "is_main", True)
     chunk = getattr(source, "chunk_size", None) or max(len(messages), 1)
-    bar = tqdm(total=len(messages), initial=len(samples), desc=task.name, disable=not (progress and is_main),
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(messages),
+        initial=len(samples),
+        desc=task.name,
+        disable=not (progress and is_main),
+        dynamic_ncols=True,
+    )
     unit = getattr(source, "unit", "req")
     per_item = protocol.gen_length if unit == "tok" else 1  # canvas tokens per answer, or one request
     start_time, decoded = time.perf_counter(), 0
@@ -474,10 +566,16 @@ def evaluate_task(source, task: Task, rows: list[dict], protocol: Protocol, num_
                 continue
             scores, extracted = task.score(expanded[start : start + chunk], completions, protocol)
             new = [
-                {"index": i // num_samples, "sample": i % num_samples, "prompt": messages[i], "completion": c,
-                 "extracted": e, "score": s}
+                {
+                    "index": i // num_samples,
+                    "sample": i % num_samples,
+                    "prompt": messages[i],
+                    "completion": c,
+                    "extracted": e,
+                    "score": s,
+                }
                 for i, c, e, s in zip(range(start, start + chunk), completions, extracted, scores)
-            ]  # fmt: skip
+            ]
             samples += new
             solved += _solved(new, task)
             if on_chunk is not None:

@@ -49,7 +49,9 @@ class Task:
     hub: tuple[str, str | None, str] | None  # (dataset id, config, split)
     question: str  # the column holding the question (for code tasks: the prompt)
 
-    def load(self, data_dir: str | None = None, path: str | None = None, rename: list[str] | None = None) -> list[dict]:
+    def load(
+        self, data_dir: str | None = None, path: str | None = None, rename: list[str] | None = None
+    ) -> list[dict]:
         """Rows from ``path``, ``data_dir/<name>.jsonl`` or the hub (same columns as the hub dataset);
         ``rename``: ``old:new`` column renames applied first (training's ``rename_columns``)."""
         path = path or (os.path.join(data_dir, f"{self.name}.jsonl") if data_dir else None)
@@ -66,12 +68,18 @@ class Task:
 
             unreachable = hub_unreachable()
             try:
-                with offline(unreachable is not None):  # a cached copy still loads; nothing retries for a minute
+                with offline(
+                    unreachable is not None
+                ):  # a cached copy still loads; nothing retries for a minute
                     rows = list(load_dataset(self.hub[0], self.hub[1], split=self.hub[2]))
             except (OSError, ConnectionError, ValueError) as exc:
-                why = (f"the hub is unreachable from here ({unreachable}) and {self.hub[0]} is not in the local "
-                       "cache" if unreachable else f"could not load {self.hub[0]} from the hub "
-                       f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")  # fmt: skip
+                why = (
+                    f"the hub is unreachable from here ({unreachable}) and {self.hub[0]} is not in the local "
+                    "cache"
+                    if unreachable
+                    else f"could not load {self.hub[0]} from the hub "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+                )
                 raise FileNotFoundError(
                     f"task {self.name}: {why}; offline, pass --data-dir DIR with DIR/{self.name}.jsonl."
                 ) from exc
@@ -92,8 +100,12 @@ class Task:
         return "pass@1" if self.kind == "code" else "accuracy"
 
     def gold_columns(self) -> tuple[str, ...]:
-        named = {"humaneval": ("test", "entry_point"), "mbpp": ("test_list",), "countdown": ("numbers", "target"),
-                 "sudoku": ("puzzle",)}  # fmt: skip
+        named = {
+            "humaneval": ("test", "entry_point"),
+            "mbpp": ("test_list",),
+            "countdown": ("numbers", "target"),
+            "sudoku": ("puzzle",),
+        }
         return named.get(self.name, ("answer",) if self.kind == "math" else ("tests",))
 
     def user_message(self, row: dict, protocol: Protocol) -> str:
@@ -101,8 +113,10 @@ class Task:
             try:
                 return protocol.prompt_template.format(**row)
             except (KeyError, IndexError) as exc:
-                raise ValueError(f"protocol {protocol.name!r}: task {self.name}'s prompt needs the row field {exc}; "
-                                 f"the row has {sorted(row)}.") from None  # fmt: skip
+                raise ValueError(
+                    f"protocol {protocol.name!r}: task {self.name}'s prompt needs the row field {exc}; "
+                    f"the row has {sorted(row)}."
+                ) from None
         question = str(row[self.question])
         if self.kind in ("math", "verifier"):
             return question if protocol.instruction is None else f"{question}\n\n{protocol.instruction}"
@@ -113,8 +127,9 @@ class Task:
             question = f"Complete the following Python function:\n```python\n{question}\n```"
         return f"{question}\n\n{CODE_INSTRUCTION}"
 
-    def score(self, rows: list[dict], completions: list[str], protocol: Protocol | None = None
-              ) -> tuple[list[float], list[str | None]]:  # fmt: skip
+    def score(
+        self, rows: list[dict], completions: list[str], protocol: Protocol | None = None
+    ) -> tuple[list[float], list[str | None]]:
         """(scores in [0, 1], extracted answers or programs) for completions of rows (a protocol with its own
         ``scoring`` extracts and scores as its authors do)."""
         if protocol is not None and protocol.scoring == "illada":
@@ -140,7 +155,9 @@ class Task:
         sandbox = default_sandbox()
 
         def run(row: dict, code: str) -> float:
-            if self.name == "humaneval":  # the tests call the prompt's helpers: judged from the prompt's own code
+            if (
+                self.name == "humaneval"
+            ):  # the tests call the prompt's helpers: judged from the prompt's own code
                 context = prompt_context(row[self.question], row["entry_point"])
                 return score_program(code, row["test"], row["entry_point"], sandbox=sandbox, context=context)
             tests = row["test_list"] if self.name == "mbpp" else row["tests"]
@@ -171,9 +188,15 @@ def hub_unreachable(timeout_s: float = 5.0) -> str | None:
     from urllib.parse import urlparse
 
     env = os.environ
-    if any(env.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if any(
+        env.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
         return None
-    if any(env.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+    if any(
+        env.get(k)
+        for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return None
     url = urlparse(env.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
@@ -267,8 +290,10 @@ def rename_columns(rows: list[dict], renames: list[str], task: str) -> list[dict
         return rows
     for old, _ in pairs:
         if old not in rows[0]:
-            raise ValueError(f"task {task}: --rename-columns {old}:...: no column {old!r}; the rows have "
-                             f"{sorted(rows[0])}.")  # fmt: skip
+            raise ValueError(
+                f"task {task}: --rename-columns {old}:...: no column {old!r}; the rows have "
+                f"{sorted(rows[0])}."
+            )
     mapping = dict(pairs)
     return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
 
@@ -304,11 +329,17 @@ class Protocol:
     scoring: str | None = None  # "illada": the tasks' own answer extraction (align.eval.illada), else ours
     boost_token: str | None = None  # end-of-thinking boost (align.eval.boost, the sampler's logits hook)
     boost: float = 0.0
-    boost_power: float = 3.0  # the boost is boost * progress ** boost_power (progress through the row's budget)
+    boost_power: float = (
+        3.0  # the boost is boost * progress ** boost_power (progress through the row's budget)
+    )
     stop_strings: tuple = ()  # variable length: a row stops after the block whose text (special tokens kept)
     # holds one of these or the EOS text, and its text is cut before the first of them (iLLaDA's generate_until)
-    max_length: int | None = None  # variable length: each row's budget is min(gen_length, max_length - prompt)
-    encode_special_tokens: bool | None = None  # tokenize chat text with the tokenizer's special tokens (None: no)
+    max_length: int | None = (
+        None  # variable length: each row's budget is min(gen_length, max_length - prompt)
+    )
+    encode_special_tokens: bool | None = (
+        None  # tokenize chat text with the tokenizer's special tokens (None: no)
+    )
     per_task: tuple = ()  # ((task name, ((field, value), ...)), ...): per-task settings over the above
 
     def resolved_steps(self) -> int:
@@ -324,11 +355,22 @@ class Protocol:
         """The sampler's settings of this protocol (``align.sampling.SamplerSettings``)."""
         from align.sampling.settings import SamplerSettings
 
-        return SamplerSettings(gen_length=self.gen_length, steps=self.resolved_steps(), block_length=self.block_length,
-                               temperature=self.temperature, remasking=self.remasking, cfg_scale=self.cfg_scale,
-                               threshold=self.threshold, cache=self.cache, cache_refresh=self.cache_refresh,
-                               variable_length=self.variable_length, top_p=self.top_p, top_k=self.top_k,
-                               alg_temp=self.alg_temp, eps=self.eps)  # fmt: skip
+        return SamplerSettings(
+            gen_length=self.gen_length,
+            steps=self.resolved_steps(),
+            block_length=self.block_length,
+            temperature=self.temperature,
+            remasking=self.remasking,
+            cfg_scale=self.cfg_scale,
+            threshold=self.threshold,
+            cache=self.cache,
+            cache_refresh=self.cache_refresh,
+            variable_length=self.variable_length,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            alg_temp=self.alg_temp,
+            eps=self.eps,
+        )
 
     def with_overrides(self, **fields) -> Protocol:
         """These fields set (None = keep); a field set here also wins over the per-task settings."""
@@ -337,9 +379,10 @@ class Protocol:
             raise ValueError(f"unknown protocol field(s) {sorted(unknown)}.")
         given = {k: v for k, v in fields.items() if v is not None}
         per_task = tuple(
-            (task, kept) for task, settings in self.per_task
+            (task, kept)
+            for task, settings in self.per_task
             if (kept := tuple((k, v) for k, v in settings if k not in given))
-        )  # fmt: skip
+        )
         return dataclasses.replace(self, **{"per_task": per_task, **given})
 
     def for_task(self, task: str) -> Protocol:
@@ -349,11 +392,13 @@ class Protocol:
 
     def describe(self) -> str:
         """One line of the decoding settings (``align generate`` and ``align eval --help`` print it)."""
-        text = (f"gen_length {self.gen_length}, block_length {self.block_length}, steps {self.resolved_steps()}, "
-                f"temperature {self.temperature:g}, remasking {self.remasking}, threshold {self.threshold}, "
-                f"cache {self.cache}, chat_template {self.use_chat_template}"
-                + (", variable_length" if self.variable_length else "")
-                + "".join(f", {n} {getattr(self, n)}" for n in _DREAM_FIELDS if self._dream()))  # fmt: skip
+        text = (
+            f"gen_length {self.gen_length}, block_length {self.block_length}, steps {self.resolved_steps()}, "
+            f"temperature {self.temperature:g}, remasking {self.remasking}, threshold {self.threshold}, "
+            f"cache {self.cache}, chat_template {self.use_chat_template}"
+            + (", variable_length" if self.variable_length else "")
+            + "".join(f", {n} {getattr(self, n)}" for n in _DREAM_FIELDS if self._dream())
+        )
         per_task = "; ".join(f"{t}: " + ", ".join(f"{k} {v}" for k, v in kv) for t, kv in self.per_task)
         return text + (f" (per task: {per_task})" if per_task else "")
 
@@ -366,7 +411,9 @@ class Protocol:
                 fields.pop(name)
         import json
 
-        return json.loads(json.dumps({**fields, "per_task": per_task, "steps": self.resolved_steps()}))  # lists
+        return json.loads(
+            json.dumps({**fields, "per_task": per_task, "steps": self.resolved_steps()})
+        )  # lists
 
     def _dream(self) -> bool:
         """Whether the schedule reads the cut fields (Dream's and SDAR's schedules)."""
@@ -396,48 +443,92 @@ PROTOCOLS = {
     # 100 * progress ** 3 (** 1 for HumanEval); the tasks' own prompts, the chat text tokenized with the
     # tokenizer's special tokens, and the tasks' own answer extraction.
     "illada": Protocol(
-        "illada", instruction=None, gen_length=2048, variable_length=True, steps_per_token=1.0,
-        system_in_user=True, boost_token="</think>", boost=100.0, boost_power=3.0, max_length=4096,
-        encode_special_tokens=True, scoring="illada",
+        "illada",
+        instruction=None,
+        gen_length=2048,
+        variable_length=True,
+        steps_per_token=1.0,
+        system_in_user=True,
+        boost_token="</think>",
+        boost=100.0,
+        boost_power=3.0,
+        max_length=4096,
+        encode_special_tokens=True,
+        scoring="illada",
         per_task=(
             ("gsm8k", (("prompt_template", ILLADA_GSM8K), ("stop_strings", ("Q:", "</s>", "<|im_end|>")))),
-            ("math500", (("gen_length", 4096), ("prompt_template", MINERVA_MATH), ("stop_strings", ("Problem:",)))),
-            ("humaneval", (("boost_power", 1.0), ("prompt_template", ILLADA_HUMANEVAL),
-                           ("stop_strings", ("\nTest the above solution", "\nNow test the solution",
-                                             "\nThe above solution")))),
+            (
+                "math500",
+                (("gen_length", 4096), ("prompt_template", MINERVA_MATH), ("stop_strings", ("Problem:",))),
+            ),
+            (
+                "humaneval",
+                (
+                    ("boost_power", 1.0),
+                    ("prompt_template", ILLADA_HUMANEVAL),
+                    (
+                        "stop_strings",
+                        ("\nTest the above solution", "\nNow test the solution", "\nThe above solution"),
+                    ),
+                ),
+            ),
             ("mbpp", (("block_length", 16), ("prompt_template", ILLADA_MBPP), ("stop_strings", ("[DONE]",)))),
         ),
-    ),  # fmt: skip
+    ),
     # Dream-v0-Instruct-7B as DARE's OpenCompass configs evaluate it (yjyddq/DARE
     # opencompass/dream_examples/dream_instruct_gen_*): Dream's entropy schedule, temperature 0.2, top_p 0.95,
     # one token per step, 256 tokens for GSM8K and 512 for MATH, HumanEval and MBPP, the Qwen chat template.
     # The prompts are this project's (the math instruction, the code tasks' own), not OpenCompass's.
     "dream": Protocol(
-        "dream", gen_length=256, block_length=256, steps_per_token=1.0, remasking="entropy", temperature=0.2,
-        top_p=0.95, per_task=tuple((t, (("gen_length", 512), ("block_length", 512)))
-                                    for t in ("math500", "humaneval", "mbpp")),
-    ),  # fmt: skip
+        "dream",
+        gen_length=256,
+        block_length=256,
+        steps_per_token=1.0,
+        remasking="entropy",
+        temperature=0.2,
+        top_p=0.95,
+        per_task=tuple(
+            (t, (("gen_length", 512), ("block_length", 512))) for t in ("math500", "humaneval", "mbpp")
+        ),
+    ),
     # DiffuCoder-7B-Instruct as its README decodes (apple/ml-diffucoder): 256 tokens in 256 steps, the entropy
     # schedule, temperature 0.2, top_p 0.95, alg_temp 0, system prompt "You are a helpful assistant.". Its
     # paper's code evaluation (Qwen2.5-Coder's harness) is not reproduced here.
     "diffucoder": Protocol(
-        "diffucoder", system_prompt="You are a helpful assistant.", gen_length=256, block_length=256,
-        steps_per_token=1.0, remasking="entropy", temperature=0.2, top_p=0.95,
-    ),  # fmt: skip
+        "diffucoder",
+        system_prompt="You are a helpful assistant.",
+        gen_length=256,
+        block_length=256,
+        steps_per_token=1.0,
+        remasking="entropy",
+        temperature=0.2,
+        top_p=0.95,
+    ),
     # TraDo / SDAR as dLLM-RL evaluates them (Gen-Verse/dLLM-RL configs/trado_eval.yaml): blocks of 4 decoded in 4
     # steps each with the exact block cache, low_confidence_dynamic at threshold 0.9, temperature 1, no top-k /
     # top-p cut, 2000 tokens, stopping at EOS; the Qwen chat template, its CoT instruction after the question
     # (theirs follows a single newline, ours the project's blank line).
     "trado": Protocol(
-        "trado", instruction="Please reason step by step, and put your final answer within \\boxed{}.",
-        gen_length=2000, block_length=4, steps_per_token=1.0, temperature=1.0, remasking="low_confidence_dynamic",
+        "trado",
+        instruction="Please reason step by step, and put your final answer within \\boxed{}.",
+        gen_length=2000,
+        block_length=4,
+        steps_per_token=1.0,
+        temperature=1.0,
+        remasking="low_confidence_dynamic",
         threshold=0.9,
-    ),  # fmt: skip
+    ),
     # The embedded tiny block-diffusion model (recipes/tiny-sdar): the tiny prompt, two blocks of 4, greedy.
     "tiny-block": Protocol(
-        "tiny-block", instruction=None, use_chat_template=False, gen_length=8, block_length=4, steps_per_token=1.0,
-        remasking="low_confidence_static", max_prompt_length=16,
-    ),  # fmt: skip
+        "tiny-block",
+        instruction=None,
+        use_chat_template=False,
+        gen_length=8,
+        block_length=4,
+        steps_per_token=1.0,
+        remasking="low_confidence_static",
+        max_prompt_length=16,
+    ),
     # The embedded tiny model: raw "abc+def=" prompt, an 8-token canvas decoded in 8 greedy steps.
     "tiny": Protocol(
         "tiny",
@@ -447,5 +538,5 @@ PROTOCOLS = {
         block_length=8,
         steps_per_token=1.0,
         max_prompt_length=16,
-    ),  # fmt: skip
+    ),
 }

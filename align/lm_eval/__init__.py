@@ -30,9 +30,19 @@ from lm_eval.api.registry import register_model
 
 @register_model("dllm_align")
 class DllmAlignLM(LM):
-    def __init__(self, pretrained: str, protocol: str = "illada", dtype: str = "bfloat16", device: str | None = None,
-                 batch_size: int | str = 8, mc_num: int = 128, seed: int = 1234, trust_remote_code: bool = False,
-                 max_batch_size: int | None = None, **overrides):  # fmt: skip
+    def __init__(
+        self,
+        pretrained: str,
+        protocol: str = "illada",
+        dtype: str = "bfloat16",
+        device: str | None = None,
+        batch_size: int | str = 8,
+        mc_num: int = 128,
+        seed: int = 1234,
+        trust_remote_code: bool = False,
+        max_batch_size: int | None = None,
+        **overrides,
+    ):
         """``overrides``: protocol fields (``gen_length=512,boost=0``); ``batch_size``, ``max_batch_size`` and
         ``device`` as lm-eval's command line passes them (``auto`` batch sizes mean 8)."""
         super().__init__()
@@ -43,8 +53,15 @@ class DllmAlignLM(LM):
         if protocol not in PROTOCOLS:
             raise ValueError(f"dllm_align: unknown protocol {protocol!r}; one of {sorted(PROTOCOLS)}.")
         self.protocol = PROTOCOLS[protocol].with_overrides(**overrides)
-        self.source = DiffusionSource.load(pretrained, dtype=dtype, device=device, batch_size=int(batch_size),
-                                           seed=seed, trust_remote_code=trust_remote_code, state=process_state(device))  # fmt: skip
+        self.source = DiffusionSource.load(
+            pretrained,
+            dtype=dtype,
+            device=device,
+            batch_size=int(batch_size),
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            state=process_state(device),
+        )
         self.pretrained, self.mc_num, self.seed = pretrained, int(mc_num), seed
         self._rank, self._world_size = 0, 1
 
@@ -62,8 +79,9 @@ class DllmAlignLM(LM):
 
         system = "\n\n".join(m["content"].strip() for m in chat_history if m["role"] == "system") or None
         chat = [m for m in chat_history if m["role"] != "system"]
-        return prompt_text(self.source.tokenizer, chat, system_prompt=system,
-                           system_in_user=self.protocol.system_in_user)  # fmt: skip
+        return prompt_text(
+            self.source.tokenizer, chat, system_prompt=system, system_in_user=self.protocol.system_in_user
+        )
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out: list[str | None] = [None] * len(requests)
@@ -72,8 +90,9 @@ class DllmAlignLM(LM):
             until = request.args[1].get("until") or []
             groups.setdefault(tuple([until] if isinstance(until, str) else until), []).append(i)
         for until, indices in groups.items():
-            protocol = self.protocol.with_overrides(use_chat_template=False, instruction=None, system_prompt=None,
-                                                    stop_strings=until)  # fmt: skip
+            protocol = self.protocol.with_overrides(
+                use_chat_template=False, instruction=None, system_prompt=None, stop_strings=until
+            )
             texts = self.source.complete([requests[i].args[0] for i in indices], protocol)
             for i, text in zip(indices, texts):  # (already cut before each stop string and the EOS text)
                 out[i] = text
@@ -99,8 +118,9 @@ class DllmAlignLM(LM):
             generator = torch.Generator(device).manual_seed(self.seed)
             plan = make_plan("elbo", completion, num_samples=self.mc_num, generator=generator)
             with torch.no_grad():
-                per_pass = pass_logprobs(model, ids, plan, mask_token_id=spec.mask_token_id, spec=spec,
-                                         chunk_size=8)  # fmt: skip
+                per_pass = pass_logprobs(
+                    model, ids, plan, mask_token_id=spec.mask_token_id, spec=spec, chunk_size=8
+                )
             value = float(sample_sums(plan, per_pass).mean())
             out.append((value, False))
             self.cache_hook.add_partial("loglikelihood", request.args, (value, False))

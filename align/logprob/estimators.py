@@ -108,7 +108,9 @@ class MaskPlan:
     masked: torch.Tensor
     weights: torch.Tensor
     num_samples: int
-    visible: torch.Tensor | None = None  # [P, B, T] keys each pass may see (None: all); ``growing``'s cut canvas
+    visible: torch.Tensor | None = (
+        None  # [P, B, T] keys each pass may see (None: all); ``growing``'s cut canvas
+    )
 
     @property
     def num_passes(self) -> int:
@@ -128,8 +130,12 @@ class MaskPlan:
     def cat_rows(plans: list[MaskPlan]) -> MaskPlan:
         """Plans of the same passes over different rows, side by side."""
         vis = None if plans[0].visible is None else torch.cat([p.visible for p in plans], 1)
-        return MaskPlan(torch.cat([p.masked for p in plans], 1), torch.cat([p.weights for p in plans], 1),
-                        plans[0].num_samples, vis)  # fmt: skip
+        return MaskPlan(
+            torch.cat([p.masked for p in plans], 1),
+            torch.cat([p.weights for p in plans], 1),
+            plans[0].num_samples,
+            vis,
+        )
 
 
 PlanFn = Callable[..., MaskPlan]
@@ -209,7 +215,9 @@ def elbo_plan(
     return MaskPlan(masked, weights, num_samples)
 
 
-def _pair_plan(first, second, w_first, w_second, prompt_mask, p_mask_prompt, num_samples, generator) -> MaskPlan:
+def _pair_plan(
+    first, second, w_first, w_second, prompt_mask, p_mask_prompt, num_samples, generator
+) -> MaskPlan:
     """Complementary passes [K, B, T] with per-row weights [K, B] as one plan, in the order S_1, S_1^c, S_2, ..."""
     weights = torch.stack([first.float() * w_first[..., None], second.float() * w_second[..., None]], 1)
     masked = torch.stack([first, second], 1).flatten(0, 1)
@@ -287,9 +295,17 @@ def diffucoder_plan(
 
 @register_estimator("trace")
 def trace_plan(
-    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, *, commit_step=None,
-    num_steps=None, merge=1, **_,
-) -> MaskPlan:  # fmt: skip
+    completion_mask,
+    num_samples,
+    generator=None,
+    prompt_mask=None,
+    p_mask_prompt=0.0,
+    *,
+    commit_step=None,
+    num_steps=None,
+    merge=1,
+    **_,
+) -> MaskPlan:
     if commit_step is None or num_steps is None:
         raise ValueError("estimator 'trace' replays the sampler: it needs commit_step [B, T] and num_steps.")
     if merge < 1:
@@ -304,9 +320,18 @@ def trace_plan(
 
 @register_estimator("block_trace")
 def block_trace_plan(
-    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, *, commit_step=None,
-    num_steps=None, merge=1, block_length=None, **_,
-) -> MaskPlan:  # fmt: skip
+    completion_mask,
+    num_samples,
+    generator=None,
+    prompt_mask=None,
+    p_mask_prompt=0.0,
+    *,
+    commit_step=None,
+    num_steps=None,
+    merge=1,
+    block_length=None,
+    **_,
+) -> MaskPlan:
     """TraceRL's replay rows for block-diffusion models (dLLM-RL ``train/rl_sdar.py``: ``collapse_k_unique``
     and ``one_round_vectorized``). Blocks are the sampler's (position-aligned, positions counting the real
     prompt and completion tokens); inside each block the commit steps' sorted distinct values are grouped
@@ -317,8 +342,10 @@ def block_trace_plan(
     ceil(steps per block / merge) with steps per block = ``num_steps`` / ceil(completion length / block_length),
     so every process runs as many forwards (ZeRO-3); passes with no target in some block still run."""
     if commit_step is None or num_steps is None or block_length is None:
-        raise ValueError("estimator 'block_trace' replays the block sampler: it needs commit_step [B, T], "
-                         "num_steps and block_length.")  # fmt: skip
+        raise ValueError(
+            "estimator 'block_trace' replays the block sampler: it needs commit_step [B, T], "
+            "num_steps and block_length."
+        )
     if merge < 1:
         raise ValueError(f"trace merge (TraceRL's shrink) must be >= 1, got {merge}.")
     cm = completion_mask.bool()
@@ -354,9 +381,16 @@ def block_trace_plan(
 
 @register_estimator("growing")
 def growing_plan(
-    completion_mask, num_samples, generator=None, prompt_mask=None, p_mask_prompt=0.0, *, block_length=None,
-    score_mask=None, **_,
-) -> MaskPlan:  # fmt: skip
+    completion_mask,
+    num_samples,
+    generator=None,
+    prompt_mask=None,
+    p_mask_prompt=0.0,
+    *,
+    block_length=None,
+    score_mask=None,
+    **_,
+) -> MaskPlan:
     """The likelihood of variable-length rollouts (``variable_length``: the canvas grows block by block and
     each block is decoded on the canvas cut at its end, iLLaDA's process). Blocks of ``block_length`` from
     the completion's start; a row's blocks are those up to the one holding its last scored token (its stop
@@ -453,11 +487,15 @@ def spg_plan(
     rows, width = canvas.shape
     gen_length = int(canvas.sum(-1).max())
     if (canvas.sum(-1) != gen_length).any() or gen_length % block_length:
-        raise ValueError(f"estimator 'spg' needs equal canvases whose length is a multiple of block_length "
-                         f"{block_length}, got {canvas.sum(-1).tolist()}.")  # fmt: skip
+        raise ValueError(
+            f"estimator 'spg' needs equal canvases whose length is a multiple of block_length "
+            f"{block_length}, got {canvas.sum(-1).tolist()}."
+        )
     num_blocks = gen_length // block_length
     if num_samples > num_blocks:
-        raise ValueError(f"estimator 'spg' draws one block per sample: num_mc_samples {num_samples} > {num_blocks} blocks.")
+        raise ValueError(
+            f"estimator 'spg' draws one block per sample: num_mc_samples {num_samples} > {num_blocks} blocks."
+        )
     position = (canvas.long().cumsum(-1) - 1).clamp(min=0)  # canvas position of each column
     lengths = answer.sum(-1)
     answer_blocks = ((lengths - 1).clamp(min=0) // block_length + 1).tolist()
@@ -476,7 +514,9 @@ def spg_plan(
             masked[j, i] = hidden
     if p_mask_prompt > 0:
         eligible = ~masked & (canvas | (prompt_mask.bool() if prompt_mask is not None else False))[None]
-        masked |= eligible & (torch.rand(masked.shape, generator=generator, device=canvas.device) < p_mask_prompt)
+        masked |= eligible & (
+            torch.rand(masked.shape, generator=generator, device=canvas.device) < p_mask_prompt
+        )
     scored = masked & answer[None]
     weights = scored.float() / scored.sum(-1, keepdim=True).clamp(min=1).float()
     return MaskPlan(masked, weights, num_samples)
@@ -511,9 +551,14 @@ def make_plan(
         raise ValueError(f"p_mask_prompt must be in [0, 1), got {p_mask_prompt}.")
     pm = None if prompt_mask is None else prompt_mask.bool() & ~completion_mask.bool()
     plan = ESTIMATORS[estimator](
-        completion_mask.bool(), num_samples, generator=generator, prompt_mask=pm, p_mask_prompt=p_mask_prompt,
-        score_mask=score_mask, **context,
-    )  # fmt: skip
+        completion_mask.bool(),
+        num_samples,
+        generator=generator,
+        prompt_mask=pm,
+        p_mask_prompt=p_mask_prompt,
+        score_mask=score_mask,
+        **context,
+    )
     if score_mask is not None:
         if (score_mask.bool() & ~completion_mask.bool()).any():
             raise ValueError("score_mask must be a subset of completion_mask.")
@@ -565,7 +610,9 @@ def pass_logprobs(
         columns = scored.any(0).any(0).nonzero()
         lo, hi = (columns[0].item(), columns[-1].item() + 1) if len(columns) else (0, 1)
         clean = input_ids.repeat(n, 1)
-        logits = noised_logits(model, clean, noisy, attn, spec, logits_range=(lo, hi)).logits.view(n, b, hi - lo, -1)
+        logits = noised_logits(model, clean, noisy, attn, spec, logits_range=(lo, hi)).logits.view(
+            n, b, hi - lo, -1
+        )
         window = scored[..., lo:hi]
         targets = input_ids[None, :, lo:hi].expand(n, -1, -1)
         gathered = gather_logprobs(logits[window], targets[window], exclude_ids)
@@ -629,11 +676,21 @@ def sequence_logprob(
     ``attention_mask``, or all of them without one) with that probability, as d1 does."""
     prompt_mask = attention_mask if attention_mask is not None else torch.ones_like(completion_mask)
     plan = make_plan(
-        estimator, completion_mask, num_samples=num_samples, prompt_mask=prompt_mask,
-        p_mask_prompt=p_mask_prompt, generator=generator, **context,
-    )  # fmt: skip
+        estimator,
+        completion_mask,
+        num_samples=num_samples,
+        prompt_mask=prompt_mask,
+        p_mask_prompt=p_mask_prompt,
+        generator=generator,
+        **context,
+    )
     values = token_logprobs(
-        model, input_ids, plan, mask_token_id=mask_token_id, attention_mask=attention_mask, spec=spec,
+        model,
+        input_ids,
+        plan,
+        mask_token_id=mask_token_id,
+        attention_mask=attention_mask,
+        spec=spec,
         chunk_size=chunk_size,
-    )  # fmt: skip
+    )
     return values.sum(-1)

@@ -112,8 +112,10 @@ def refuse_uncomputed(name: str, rope_scaling, use_sliding_window: bool, hidden_
             f"{name}: rope_scaling={rope_scaling!r} is not computed by the native implementation "
             "(plain RoPE only); use trust_remote_code for this checkpoint."
         )
-    for field, value, allowed in (("use_sliding_window", use_sliding_window, (False,)),
-                                  ("hidden_act", hidden_act, ("silu",))):  # fmt: skip
+    for field, value, allowed in (
+        ("use_sliding_window", use_sliding_window, (False,)),
+        ("hidden_act", hidden_act, ("silu",)),
+    ):
         if value not in allowed:
             raise ValueError(
                 f"{name}: {field}={value!r} is not computed by the native implementation (it has "

@@ -71,8 +71,15 @@ class Family:
         """(in, out) per LoRA target from d_model, the k/v width, the MLP width and the q / attention-output width
         (heads x head_dim; d_model unless the config has an explicit head_dim, e.g. SDAR-4B: 4096 vs 2560)."""
         q = d if q is None else q
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d), "gate_proj": (d, h),
-                "up_proj": (d, h), "down_proj": (h, d)}  # fmt: skip
+        return {
+            "q_proj": (d, q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "o_proj": (q, d),
+            "gate_proj": (d, h),
+            "up_proj": (d, h),
+            "down_proj": (h, d),
+        }
 
     def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
         """The model's output with ``logits`` [B, L, V] (or [B, end - start, V] for ``logits_range``), logit i
@@ -148,8 +155,15 @@ class LLaDAFamily(Family):
 
     def lora_shapes(self, d: int, kv: int, h: int, q: int | None = None) -> dict[str, tuple[int, int]]:
         q = d if q is None else q
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "attn_out": (q, d), "ff_proj": (d, h),
-                "up_proj": (d, h), "ff_out": (h, d)}  # fmt: skip
+        return {
+            "q_proj": (d, q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "attn_out": (q, d),
+            "ff_proj": (d, h),
+            "up_proj": (d, h),
+            "ff_out": (h, d),
+        }
 
     def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
         if logits_range is not None and _is_native(model):  # the LM head runs on the window only
@@ -159,16 +173,27 @@ class LLaDAFamily(Family):
         return super().forward(model, input_ids, attention_mask, logits_range, **kwargs)
 
     def cached_forward(self, model, segment_ids, attention_mask, kv_cache, cache_start: int, logits_range):
-        return model(input_ids=segment_ids, attention_mask=attention_mask, kv_cache=kv_cache, cache_start=cache_start,
-                     logits_range=logits_range)  # fmt: skip
+        return model(
+            input_ids=segment_ids,
+            attention_mask=attention_mask,
+            kv_cache=kv_cache,
+            cache_start=cache_start,
+            logits_range=logits_range,
+        )
 
     def shape(self, config) -> dict | None:
         if getattr(config, "model_type", None) != "llada" or not getattr(config, "d_model", None):
             return None
-        return dict(d=config.d_model, layers=config.n_layers, heads=config.n_heads,
-                    kv_heads=config.n_kv_heads or config.n_heads, h=config.mlp_hidden_size,
-                    v=config.embedding_size or config.vocab_size, tied=config.weight_tying,
-                    qkv_bias=bool(getattr(config, "include_qkv_bias", False)))  # fmt: skip
+        return dict(
+            d=config.d_model,
+            layers=config.n_layers,
+            heads=config.n_heads,
+            kv_heads=config.n_kv_heads or config.n_heads,
+            h=config.mlp_hidden_size,
+            v=config.embedding_size or config.vocab_size,
+            tied=config.weight_tying,
+            qkv_bias=bool(getattr(config, "include_qkv_bias", False)),
+        )
 
     def from_pretrained(self, name_or_path: str, **kwargs):
         from align.models.modeling_llada import LLaDAModelLM
@@ -209,9 +234,16 @@ class DreamFamily(Family):
     def shape(self, config) -> dict | None:
         if str(getattr(config, "model_type", "")).lower() != "dream":
             return None
-        return dict(d=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
-                    kv_heads=config.num_key_value_heads or config.num_attention_heads, h=config.intermediate_size,
-                    v=config.vocab_size, tied=bool(config.tie_word_embeddings), qkv_bias=True)  # fmt: skip
+        return dict(
+            d=config.hidden_size,
+            layers=config.num_hidden_layers,
+            heads=config.num_attention_heads,
+            kv_heads=config.num_key_value_heads or config.num_attention_heads,
+            h=config.intermediate_size,
+            v=config.vocab_size,
+            tied=bool(config.tie_word_embeddings),
+            qkv_bias=True,
+        )
 
     def from_pretrained(self, name_or_path: str, **kwargs):
         from align.models.modeling_dream import DreamLM
@@ -246,7 +278,9 @@ class SDARFamily(Family):
     def forward(self, model, input_ids, attention_mask=None, logits_range=None, **kwargs):
         kwargs.pop("use_cache", None)
         if logits_range is not None and _is_native(model, "sdar"):  # the LM head runs on the window only
-            return model(input_ids=input_ids, attention_mask=attention_mask, logits_range=logits_range, **kwargs)
+            return model(
+                input_ids=input_ids, attention_mask=attention_mask, logits_range=logits_range, **kwargs
+            )
         return super().forward(model, input_ids, attention_mask, logits_range, **kwargs)
 
     def noised_forward(self, model, clean_ids, noisy_ids, attention_mask=None, logits_range=None):
@@ -271,16 +305,27 @@ class SDARFamily(Family):
             out.logits = torch.cat([out.logits[:, :start], out.logits[:, t:]], 1)
             return out
         lo, hi = logits_range
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                     logits_range=(t + lo - start, t + hi - start))  # fmt: skip
+        return model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            logits_range=(t + lo - start, t + hi - start),
+        )
 
     def shape(self, config) -> dict | None:
         if getattr(config, "model_type", None) != "sdar":
             return None
-        return dict(d=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
-                    kv_heads=config.num_key_value_heads or config.num_attention_heads, h=config.intermediate_size,
-                    v=config.vocab_size, tied=bool(config.tie_word_embeddings),
-                    qkv_bias=bool(config.attention_bias), head_dim=config.head_dim)  # fmt: skip
+        return dict(
+            d=config.hidden_size,
+            layers=config.num_hidden_layers,
+            heads=config.num_attention_heads,
+            kv_heads=config.num_key_value_heads or config.num_attention_heads,
+            h=config.intermediate_size,
+            v=config.vocab_size,
+            tied=bool(config.tie_word_embeddings),
+            qkv_bias=bool(config.attention_bias),
+            head_dim=config.head_dim,
+        )
 
     def from_pretrained(self, name_or_path: str, **kwargs):
         from align.models.modeling_sdar import SDARLM
@@ -294,8 +339,14 @@ class SDARFamily(Family):
         return SDARLM(SDARConfig.from_json_file(config_file))
 
 
-def check_family_settings(spec: FamilySpec, *, cache: str | None = None, remasking: str | None = None,
-                          block_length: int | None = None, estimator: str | None = None) -> None:  # fmt: skip
+def check_family_settings(
+    spec: FamilySpec,
+    *,
+    cache: str | None = None,
+    remasking: str | None = None,
+    block_length: int | None = None,
+    estimator: str | None = None,
+) -> None:
     """One line when a setting needs what the model's family lacks or contradicts the model (before any
     work is done): a cache mode it cannot run, a schedule for the other kind of attention, a block length
     that is not a block model's block size, an estimator of the other kind."""
@@ -338,7 +389,9 @@ def check_family_settings(spec: FamilySpec, *, cache: str | None = None, remaski
             "model): use low_confidence."
         )
     if estimator == "block_trace":
-        raise UsageError(f"estimator block_trace is for block-diffusion models; {what} has full attention: use trace.")
+        raise UsageError(
+            f"estimator block_trace is for block-diffusion models; {what} has full attention: use trace."
+        )
     if cache is not None and not family.supports_cache:
         raise UsageError(
             f"cache {cache!r} needs a KV-cache forward, which the {family.name} family (model_type "
@@ -358,8 +411,11 @@ def check_checkpoint_settings(name_or_path: str, *, trust_remote_code: bool = Fa
     model_type = str(getattr(config, "model_type", "")).lower()
     family = family_for(model_type)
     check_mask_token(name_or_path, config, trust_remote_code)
-    spec = FamilySpec(model_type=model_type, mask_token_id=-1,
-                      block_size=family.block_size(config) if family.block_causal else None)  # fmt: skip
+    spec = FamilySpec(
+        model_type=model_type,
+        mask_token_id=-1,
+        block_size=family.block_size(config) if family.block_causal else None,
+    )
     check_family_settings(spec, **settings)
 
 
@@ -371,15 +427,19 @@ def check_mask_token(name_or_path: str, config, trust_remote_code: bool = False)
 
     model_type = str(getattr(config, "model_type", "")).lower()
     architectures = ", ".join(getattr(config, "architectures", None) or [model_type])
-    baseline = ("an autoregressive baseline is evaluated through its server: align eval --endpoint URL "
-                "--served-model NAME")  # fmt: skip
+    baseline = (
+        "an autoregressive baseline is evaluated through its server: align eval --endpoint URL "
+        "--served-model NAME"
+    )
     if model_type not in FAMILIES and not getattr(config, "auto_map", None):
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise UsageError(f"{name_or_path} ({architectures}) is an autoregressive model (transformers' "
-                             f"{model_type}, causal attention), not a masked diffusion model; give a diffusion "
-                             f"checkpoint (LLaDA, Dream, SDAR, ...); {baseline}.")  # fmt: skip
+            raise UsageError(
+                f"{name_or_path} ({architectures}) is an autoregressive model (transformers' "
+                f"{model_type}, causal attention), not a masked diffusion model; give a diffusion "
+                f"checkpoint (LLaDA, Dream, SDAR, ...); {baseline}."
+            )
     if getattr(config, "mask_token_id", None) is not None:
         return
     from transformers import AutoTokenizer

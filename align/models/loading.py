@@ -28,10 +28,11 @@ def quiet_checkpointing_renames():
     TRL's generation helper and PEFT's wrapper still read (every rollout, every LoRA start); nothing else."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
-            "ignore", category=FutureWarning,
+            "ignore",
+            category=FutureWarning,
             message="`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` "
             "is deprecated",
-        )  # fmt: skip
+        )
         yield
 
 
@@ -80,7 +81,8 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, chat_o
     ``chat_off``: prompts will go through its chat template, and this is how the user turns that off (a
     tokenizer without a template is then refused in one line naming it)."""
     if os.path.isdir(name_or_path) and not any(
-        os.path.exists(os.path.join(name_or_path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+        os.path.exists(os.path.join(name_or_path, f))
+        for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     ):
         raise UsageError(
             f"{name_or_path} has no tokenizer (no tokenizer.json / tokenizer_config.json): copy the base model's "

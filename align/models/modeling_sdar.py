@@ -80,7 +80,9 @@ def two_stream_inputs(clean_ids, noisy_ids, attention_mask, first: int, block_si
     key_real = torch.cat([real, real[:, first:]], 1).bool()
     blk = torch.div(positions, block_size, rounding_mode="floor")
     n = t - first
-    noisy = torch.cat([torch.zeros(t, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)])
+    noisy = torch.cat(
+        [torch.zeros(t, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)]
+    )
     qb, kb = blk[:, :, None], blk[:, None, :]
     qn, kn = noisy[None, :, None], noisy[None, None, :]
     clean_q = ~qn & ~kn & (kb <= qb)
@@ -94,7 +96,11 @@ class SDARAttention(nn.Module):
     def __init__(self, config: SDARConfig):
         super().__init__()
         d, hd = config.hidden_size, config.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, hd
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            hd,
+        )
         bias = config.attention_bias
         self.q_proj = nn.Linear(d, self.n_heads * hd, bias=bias)
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=bias)
@@ -112,7 +118,9 @@ class SDARAttention(nn.Module):
         new = (k, v)
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
+        )
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1)), new
 
 
@@ -217,8 +225,10 @@ class SDARLM(TiedHead, SDARPreTrainedModel):
             new_layers.append(new)
         if store_kv and kv_cache is not None:
             if kv_cache.layers:
-                kv_cache.layers = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2))
-                                   for (pk, pv), (k, v) in zip(kv_cache.layers, new_layers)]  # fmt: skip
+                kv_cache.layers = [
+                    (torch.cat([pk, k], 2), torch.cat([pv, v], 2))
+                    for (pk, pv), (k, v) in zip(kv_cache.layers, new_layers)
+                ]
             else:
                 kv_cache.layers = new_layers
         if logits_range is not None:

@@ -6,10 +6,21 @@ Names resolve lazily (importing the package loads no torch)."""
 from align import lazy_face
 
 _HOMES = {
-    "RolloutEngine": "engine", "InProcessEngine": "engine", "ENGINES": "engine", "register_engine": "engine",
-    "build_engine": "engine", "RolloutBatch": "batch", "MicroBatch": "batch", "RewardSet": "rewards",
-    "RewardError": "rewards", "RolloutPhase": "phase", "RolloutBatchSampler": "prompts", "RolloutLoader": "prompts",
-    "DiffusionServer": "server", "ServerEngine": "server", "TokenOutput": "server",
-}  # fmt: skip
+    "RolloutEngine": "engine",
+    "InProcessEngine": "engine",
+    "ENGINES": "engine",
+    "register_engine": "engine",
+    "build_engine": "engine",
+    "RolloutBatch": "batch",
+    "MicroBatch": "batch",
+    "RewardSet": "rewards",
+    "RewardError": "rewards",
+    "RolloutPhase": "phase",
+    "RolloutBatchSampler": "prompts",
+    "RolloutLoader": "prompts",
+    "DiffusionServer": "server",
+    "ServerEngine": "server",
+    "TokenOutput": "server",
+}
 __all__ = sorted(_HOMES)
 __getattr__ = lazy_face(__name__, _HOMES)

@@ -53,12 +53,22 @@ class RolloutBatch:
         rows = slice(part * n, (part + 1) * n)
         pick = lambda t: None if t is None else t[iteration][rows]  # noqa: E731
         return MicroBatch(
-            ids=self.ids[rows], attn=self.attn[rows], mask=self.mask[rows], advantages=self.advantages[rows],
-            plan=MaskPlan(self.masked[iteration][:, rows], self.weights[iteration][:, rows], self.num_samples,
-                          None if self.visible is None else self.visible[iteration][:, rows]),
-            old=pick(self.old), ref=pick(self.ref), normalizer=self.normalizer,
-            group_weights=None if self.group_weights is None else self.group_weights[rows], longest=self.longest,
-        )  # fmt: skip
+            ids=self.ids[rows],
+            attn=self.attn[rows],
+            mask=self.mask[rows],
+            advantages=self.advantages[rows],
+            plan=MaskPlan(
+                self.masked[iteration][:, rows],
+                self.weights[iteration][:, rows],
+                self.num_samples,
+                None if self.visible is None else self.visible[iteration][:, rows],
+            ),
+            old=pick(self.old),
+            ref=pick(self.ref),
+            normalizer=self.normalizer,
+            group_weights=None if self.group_weights is None else self.group_weights[rows],
+            longest=self.longest,
+        )
 
     # ---- the buffer file of a mid-phase checkpoint (its keys are those of the files written before) -------
     def state(self) -> dict:

@@ -20,16 +20,20 @@ def keep_samples(
     looping = looping if looping is not None else [None] * len(texts)
     return [
         {
-            "prompt": str(r[prompt_column]), "completion": t, "reward": float(rw), "advantage": float(a),
+            "prompt": str(r[prompt_column]),
+            "completion": t,
+            "reward": float(rw),
+            "advantage": float(a),
             **{n: _num(v) for n, v in zip(reward_names, pf.tolist())},
             **({} if lp is None else {"loop": bool(lp)}),
         }
         for r, t, pf, rw, a, lp in islice(zip(rows, texts, per_func, rewards, advantages, looping), keep)
-    ]  # fmt: skip
+    ]
 
 
-def log_completions(samples: list[dict], step: int, output_dir: str, reward_names: list[str], report_to,
-                    tb_writer=None) -> None:  # fmt: skip
+def log_completions(
+    samples: list[dict], step: int, output_dir: str, reward_names: list[str], report_to, tb_writer=None
+) -> None:
     from transformers.utils import is_rich_available
     from trl.trainer.utils import print_prompt_completions_sample
 

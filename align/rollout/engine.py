@@ -47,8 +47,9 @@ class RolloutEngine:
 
     name = "base"
 
-    def generate(self, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None,
-                 **hooks):  # fmt: skip
+    def generate(
+        self, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None, **hooks
+    ):
         """``GenerationOutput`` for the prompts; ``on_block(done, total)`` reports progress; ``hooks`` are
         protocol behaviour the sampler offers (e.g. the end-of-thinking boost's ids and size)."""
         raise NotImplementedError
@@ -76,21 +77,40 @@ class InProcessEngine(RolloutEngine):
         if self.model is not None:
             self.model = model
 
-    def generate(self, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None,
-                 **hooks):  # fmt: skip
+    def generate(
+        self, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None, **hooks
+    ):
 
         with self.model_context() as model:
-            return self.decode(model, prompt_ids, attention_mask, settings, generator=generator, on_block=on_block,
-                               **hooks)  # fmt: skip
+            return self.decode(
+                model, prompt_ids, attention_mask, settings, generator=generator, on_block=on_block, **hooks
+            )
 
-    def decode(self, model, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None,
-               **hooks):  # fmt: skip
+    def decode(
+        self,
+        model,
+        prompt_ids,
+        attention_mask,
+        settings: SamplerSettings,
+        *,
+        generator=None,
+        on_block=None,
+        **hooks,
+    ):
         """``generate`` with a model already entered (a caller that holds the context for several calls)."""
         from align.sampling import generate_in_chunks
 
-        return generate_in_chunks(model, prompt_ids, attention_mask, rows_per_call=self.rows_per_call,
-                                  **settings.as_kwargs(), spec=self.spec, generator=generator, on_block=on_block,
-                                  **hooks)  # fmt: skip
+        return generate_in_chunks(
+            model,
+            prompt_ids,
+            attention_mask,
+            rows_per_call=self.rows_per_call,
+            **settings.as_kwargs(),
+            spec=self.spec,
+            generator=generator,
+            on_block=on_block,
+            **hooks,
+        )
 
     def describe(self) -> dict:
         return {"engine": self.name, "rows_per_call": self.rows_per_call}

@@ -40,8 +40,20 @@ class RolloutPhase:
     sample in ``samples``.
     """
 
-    def __init__(self, args, objective: Objective, engine: RolloutEngine, rewards: RewardSet, tokenizer, spec,
-                 accelerator, *, passes: Callable, policy: Callable, reference: Callable):  # fmt: skip
+    def __init__(
+        self,
+        args,
+        objective: Objective,
+        engine: RolloutEngine,
+        rewards: RewardSet,
+        tokenizer,
+        spec,
+        accelerator,
+        *,
+        passes: Callable,
+        policy: Callable,
+        reference: Callable,
+    ):
         self.args, self.objective, self.engine, self.rewards = args, objective, engine, rewards
         self.tokenizer, self.spec, self.accelerator = tokenizer, spec, accelerator
         self.boost = self._end_of_thinking_boost()
@@ -68,9 +80,15 @@ class RolloutPhase:
         texts = self.tokenizer.batch_decode(kept, skip_special_tokens=True)
         expanded = [r for r in rows for _ in range(g)]
         start = time.perf_counter()
-        per_func, reward_metrics = self.rewards.score([p for p in prompts for _ in range(g)], texts, completion_ids,
-                                                      completion_mask, expanded, state,
-                                                      raw_prompts=[r[args.prompt_column] for r in expanded])  # fmt: skip
+        per_func, reward_metrics = self.rewards.score(
+            [p for p in prompts for _ in range(g)],
+            texts,
+            completion_ids,
+            completion_mask,
+            expanded,
+            state,
+            raw_prompts=[r[args.prompt_column] for r in expanded],
+        )
         reward_s = time.perf_counter() - start
         for key, value in reward_metrics.items():
             metrics[key].append(value)
@@ -82,28 +100,58 @@ class RolloutPhase:
         weights = (
             None if self.objective.group_weights is None else self.objective.group_weights(advantages, args)
         )
-        batch, logprob_s = self._pack(prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, weights,
-                                      rollout_index, out.commit_step)  # fmt: skip
+        batch, logprob_s = self._pack(
+            prompt_ids,
+            prompt_attn,
+            completion_ids,
+            completion_mask,
+            advantages,
+            weights,
+            rollout_index,
+            out.commit_step,
+        )
         seconds = {"rollout": rollout_s, "reward": reward_s, "logprob": logprob_s}
         looping = [completion_loop(t) is not None for t in texts]
-        unclosed = [unclosed_think(t, opened=prompts[i // g].rstrip().endswith("<think>")) for i, t in enumerate(texts)]
-        flags = {"loop_ratio": torch.tensor(looping, dtype=torch.float32),
-                 "unclosed_think_ratio": torch.tensor(unclosed, dtype=torch.float32)}  # fmt: skip
+        unclosed = [
+            unclosed_think(t, opened=prompts[i // g].rstrip().endswith("<think>"))
+            for i, t in enumerate(texts)
+        ]
+        flags = {
+            "loop_ratio": torch.tensor(looping, dtype=torch.float32),
+            "unclosed_think_ratio": torch.tensor(unclosed, dtype=torch.float32),
+        }
         self._log(metrics, per_func, rewards, std_is_zero, completion_mask, terminated, out, seconds, flags)
-        self.samples = keep_samples(expanded, args.prompt_column, texts, per_func, rewards, advantages,
-                                    self.rewards.names, args.num_completions_to_print, looping)  # fmt: skip
+        self.samples = keep_samples(
+            expanded,
+            args.prompt_column,
+            texts,
+            per_func,
+            rewards,
+            advantages,
+            self.rewards.names,
+            args.num_completions_to_print,
+            looping,
+        )
         return batch
 
     def _prompt_text(self, row: dict) -> str:
         args = self.args
-        return prompt_text(self.tokenizer, row[args.prompt_column], system_prompt=args.system_prompt,
-                           use_chat_template=args.use_chat_template)  # fmt: skip
+        return prompt_text(
+            self.tokenizer,
+            row[args.prompt_column],
+            system_prompt=args.system_prompt,
+            use_chat_template=args.use_chat_template,
+        )
 
     def _generate(self, prompts: list[str], rollout_index: int):
         """(prompt ids [B*G, P], prompt attention, GenerationOutput, seconds): G completions per prompt."""
         args, device = self.args, self.accelerator.device
-        enc = encode_prompts(self.tokenizer, prompts, max_length=args.max_prompt_length,
-                             use_chat_template=args.use_chat_template)  # fmt: skip
+        enc = encode_prompts(
+            self.tokenizer,
+            prompts,
+            max_length=args.max_prompt_length,
+            use_chat_template=args.use_chat_template,
+        )
         prompt_ids = enc["input_ids"].repeat_interleave(args.num_generations, 0).to(device)
         prompt_attn = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         start = time.perf_counter()
@@ -126,12 +174,23 @@ class RolloutPhase:
 
         ids = self.tokenizer.encode(args.boost_token, add_special_tokens=False)
         if not writes(self.tokenizer, ids, args.boost_token):
-            raise UsageError(f"boost_token {args.boost_token!r}: this tokenizer cannot write it (its tokens do not "
-                             "decode back to it); unset boost_token or set boost 0.")  # fmt: skip
+            raise UsageError(
+                f"boost_token {args.boost_token!r}: this tokenizer cannot write it (its tokens do not "
+                "decode back to it); unset boost_token or set boost 0."
+            )
         return EndOfThinkingBoost(ids, args.boost, args.boost_power, args.max_completion_length)
 
-    def _pack(self, prompt_ids, prompt_attn, completion_ids, completion_mask, advantages, group_weights,
-              rollout_index, commit_step) -> tuple[RolloutBatch, float]:  # fmt: skip
+    def _pack(
+        self,
+        prompt_ids,
+        prompt_attn,
+        completion_ids,
+        completion_mask,
+        advantages,
+        group_weights,
+        rollout_index,
+        commit_step,
+    ) -> tuple[RolloutBatch, float]:
         """Sequences, masks, advantages, one MaskPlan per inner iteration and the old-policy / reference
         estimates under those plans, rows shuffled; and the seconds those estimates took."""
         args, device = self.args, self.accelerator.device
@@ -144,12 +203,21 @@ class RolloutPhase:
         if self.objective.scores_canvas:  # their released code scores the EOS padding too
             full_mask = canvas
         plans = [  # noise the whole generated canvas, score the answer (up to its first EOS)
-            make_plan(args.estimator, canvas, num_samples=args.num_mc_samples, prompt_mask=prompt_only,
-                      p_mask_prompt=args.p_mask_prompt, generator=self.seeded(rollout_index, 1 + k),
-                      score_mask=full_mask, commit_step=commit, num_steps=args.diffusion_steps,
-                      merge=args.trace_merge, block_length=args.block_length)
+            make_plan(
+                args.estimator,
+                canvas,
+                num_samples=args.num_mc_samples,
+                prompt_mask=prompt_only,
+                p_mask_prompt=args.p_mask_prompt,
+                generator=self.seeded(rollout_index, 1 + k),
+                score_mask=full_mask,
+                commit_step=commit,
+                num_steps=args.diffusion_steps,
+                merge=args.trace_merge,
+                block_length=args.block_length,
+            )
             for k in range(args.num_iterations)
-        ]  # fmt: skip
+        ]
         start = time.perf_counter()
         old, ref = self._fixed_logprobs(ids, attn, plans)
         logprob_s = time.perf_counter() - start
@@ -160,13 +228,22 @@ class RolloutPhase:
         longest = self.accelerator.gather(full_mask.sum(1).max()[None].float()).max()  # TraceRL-SDAR's L1
         shuffled = lambda t: None if t is None else t.to(device)[order]  # noqa: E731
         batch = RolloutBatch(
-            ids=ids[order], attn=attn[order], mask=full_mask[order], advantages=shuffled(advantages),
+            ids=ids[order],
+            attn=attn[order],
+            mask=full_mask[order],
+            advantages=shuffled(advantages),
             masked=torch.stack([p.masked for p in plans])[:, :, order],
-            weights=torch.stack([p.weights for p in plans])[:, :, order], num_samples=plans[0].num_samples,
-            visible=None if plans[0].visible is None else torch.stack([p.visible for p in plans])[:, :, order],
-            old=None if old is None else old[:, order], ref=None if ref is None else ref[:, order],
-            normalizer=total / self.accelerator.num_processes, group_weights=shuffled(group_weights), longest=longest,
-        )  # fmt: skip
+            weights=torch.stack([p.weights for p in plans])[:, :, order],
+            num_samples=plans[0].num_samples,
+            visible=None
+            if plans[0].visible is None
+            else torch.stack([p.visible for p in plans])[:, :, order],
+            old=None if old is None else old[:, order],
+            ref=None if ref is None else ref[:, order],
+            normalizer=total / self.accelerator.num_processes,
+            group_weights=shuffled(group_weights),
+            longest=longest,
+        )
         return batch, logprob_s
 
     def _fixed_logprobs(self, ids, attn, plans) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -176,8 +253,12 @@ class RolloutPhase:
         old = ref = None
         if args.gradient_accumulation_steps % (args.steps_per_generation * args.num_iterations) != 0:
             with self.policy() as policy:
-                old = torch.stack([reduce_estimate(self.objective.old_reduce, p, self._by_rows(policy, ids, attn, p))
-                                   for p in plans])  # fmt: skip
+                old = torch.stack(
+                    [
+                        reduce_estimate(self.objective.old_reduce, p, self._by_rows(policy, ids, attn, p))
+                        for p in plans
+                    ]
+                )
         if args.beta != 0.0:
             with self.reference() as reference:
                 ref = torch.stack(
@@ -191,13 +272,14 @@ class RolloutPhase:
         generation batch. Every process runs the same number of forwards (ZeRO-3)."""
         size = self.args.per_device_train_batch_size
         parts = [
-            self.passes(model, ids[i : i + size], attn[i : i + size],
-                        plan.rows(slice(i, i + size)))
+            self.passes(model, ids[i : i + size], attn[i : i + size], plan.rows(slice(i, i + size)))
             for i in range(0, ids.shape[0], size)
-        ]  # fmt: skip
+        ]
         return torch.cat(parts, 1)
 
-    def _log(self, m, per_func, rewards, std_is_zero, mask, terminated, out, seconds: dict, flags: dict) -> None:
+    def _log(
+        self, m, per_func, rewards, std_is_zero, mask, terminated, out, seconds: dict, flags: dict
+    ) -> None:
         from trl.trainer.utils import nanstd
 
         gather = lambda t: self.accelerator.gather(t.to(self.accelerator.device))  # noqa: E731

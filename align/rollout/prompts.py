@@ -14,8 +14,16 @@ class RolloutBatchSampler:
     take disjoint slices.
     """
 
-    def __init__(self, num_rows: int, prompts_per_rollout: int, repeats: int, *, num_processes: int,
-                 process_index: int, seed: int):  # fmt: skip
+    def __init__(
+        self,
+        num_rows: int,
+        prompts_per_rollout: int,
+        repeats: int,
+        *,
+        num_processes: int,
+        process_index: int,
+        seed: int,
+    ):
         self.num_rows, self.per, self.repeats = num_rows, prompts_per_rollout, repeats
         self.num_processes, self.process_index, self.seed = num_processes, process_index, seed
         self.epoch = 0

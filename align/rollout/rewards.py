@@ -60,8 +60,10 @@ def check_reward_columns(specs: list, columns: list[str]) -> None:
         for group in needed_columns(fn):
             if not set(group) & set(columns):
                 named = " or ".join(repr(c) for c in group)
-                raise ValueError(f"reward {name} reads a column named {named}, which the data lacks (it has "
-                                 f"{columns}); rename one with --rename_columns old:{group[0]}.")  # fmt: skip
+                raise ValueError(
+                    f"reward {name} reads a column named {named}, which the data lacks (it has "
+                    f"{columns}); rename one with --rename_columns old:{group[0]}."
+                )
 
 
 class RewardError(RunError):
@@ -107,8 +109,11 @@ class RewardSet:
                 metrics[f"rewards/{name}/{key}"] = float(value)
             if all(v is None for v in values) and name not in self._warned_all_none:
                 self._warned_all_none.add(name)
-                logger.warning("reward function %r returned None for every completion of a batch: it gives this "
-                               "batch no signal (check its dataset columns); warning once.", name)  # fmt: skip
+                logger.warning(
+                    "reward function %r returned None for every completion of a batch: it gives this "
+                    "batch no signal (check its dataset columns); warning once.",
+                    name,
+                )
         return out, metrics
 
     def weighted(self, per_func: torch.Tensor) -> torch.Tensor:
@@ -140,13 +145,17 @@ def call_reward(fn, name, prompts, texts, ids, columns, state) -> list:
             if isinstance(values, dict)
             else f"a {type(values).__name__}"
         )
-        raise RewardError(f"reward function {name!r} returned {what} for {len(texts)} completions; return a list "
-                          "with one float (or None) per completion.")  # fmt: skip
+        raise RewardError(
+            f"reward function {name!r} returned {what} for {len(texts)} completions; return a list "
+            "with one float (or None) per completion."
+        )
     values = list(values) if values is not None else None
     if values is None or len(values) != len(texts):
         got = "None" if values is None else f"{len(values)} values"
-        raise RewardError(f"reward function {name!r} returned {got} for {len(texts)} completions; return one "
-                           "float (or None) per completion.")  # fmt: skip
+        raise RewardError(
+            f"reward function {name!r} returned {got} for {len(texts)} completions; return one "
+            "float (or None) per completion."
+        )
     for i, value in enumerate(values):
         if value is not None and not _is_number(value):
             raise RewardError(
@@ -174,8 +183,13 @@ def _is_number(value) -> bool:
 def _first_failing(fn, prompts, texts, ids, columns, state) -> int | None:
     for i in range(len(texts)):
         try:
-            fn(prompts=prompts[i : i + 1], completions=texts[i : i + 1], completion_ids=ids[i : i + 1],
-               trainer_state=state, **{k: v[i : i + 1] for k, v in columns.items()})  # fmt: skip
+            fn(
+                prompts=prompts[i : i + 1],
+                completions=texts[i : i + 1],
+                completion_ids=ids[i : i + 1],
+                trainer_state=state,
+                **{k: v[i : i + 1] for k, v in columns.items()},
+            )
         except Exception:
             return i
     return None

@@ -56,9 +56,19 @@ class TokenOutput:
 class DiffusionServer:
     """The server (module docstring). ``model`` / ``tokenizer`` in this process, or ``model_path`` to load."""
 
-    def __init__(self, model_path: str | None = None, *, model=None, tokenizer=None, settings=None,
-                 dtype: str = "float32", device: str = "cpu", max_batch_rows: int = 256, seed: int = 0,
-                 trust_remote_code: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        model=None,
+        tokenizer=None,
+        settings=None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_batch_rows: int = 256,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ):
         from align.models import family_spec, load_model, load_tokenizer
 
         if model is None:
@@ -73,9 +83,13 @@ class DiffusionServer:
         if isinstance(settings, dict):
             settings = SamplerSettings(**settings)
         if settings is None:
-            raise ValueError("DiffusionServer needs the default sampler settings (gen_length, steps, block_length).")
+            raise ValueError(
+                "DiffusionServer needs the default sampler settings (gen_length, steps, block_length)."
+            )
         self.settings, self.device, self.max_batch_rows = settings, device, max_batch_rows
-        self.pad_id = self.spec.pad_token_id if self.spec.pad_token_id is not None else self.spec.stop_token_ids[0]
+        self.pad_id = (
+            self.spec.pad_token_id if self.spec.pad_token_id is not None else self.spec.stop_token_ids[0]
+        )
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.version = 0
         self.stats = {"batches": 0, "rows": 0, "nfe": 0}
@@ -95,12 +109,16 @@ class DiffusionServer:
             params.pop(key, None)
         unknown = sorted(set(params) - _SETTING_NAMES)
         if unknown:
-            raise ValueError(f"sampling_params {unknown} mean nothing to the diffusion sampler; it takes "
-                             f"{sorted(_SETTING_NAMES)}, seed, max_tokens.")  # fmt: skip
+            raise ValueError(
+                f"sampling_params {unknown} mean nothing to the diffusion sampler; it takes "
+                f"{sorted(_SETTING_NAMES)}, seed, max_tokens."
+            )
         settings = self.settings.replace(**params)
         if max_tokens is not None and int(max_tokens) < settings.gen_length:
-            raise ValueError(f"max_tokens {max_tokens} is below the canvas (gen_length {settings.gen_length}): a "
-                             "diffusion canvas is decoded whole; lower gen_length (with steps / block_length).")  # fmt: skip
+            raise ValueError(
+                f"max_tokens {max_tokens} is below the canvas (gen_length {settings.gen_length}): a "
+                "diffusion canvas is decoded whole; lower gen_length (with steps / block_length)."
+            )
         return settings, seed
 
     # ---- synchronous core -----------------------------------------------------------------------------------
@@ -128,9 +146,16 @@ class DiffusionServer:
         else:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         with self._lock, torch.no_grad():
-            out = generate_in_chunks(self.model, ids.to(self.device), attn.to(self.device),
-                                     rows_per_call=self.max_batch_rows, **settings.as_kwargs(), spec=self.spec,
-                                     generator=generator, **hooks)  # fmt: skip
+            out = generate_in_chunks(
+                self.model,
+                ids.to(self.device),
+                attn.to(self.device),
+                rows_per_call=self.max_batch_rows,
+                **settings.as_kwargs(),
+                spec=self.spec,
+                generator=generator,
+                **hooks,
+            )
             version = self.version
             self.stats["batches"] += 1
             self.stats["rows"] += len(prompts)
@@ -139,10 +164,21 @@ class DiffusionServer:
         _, kept = truncate_at_stop(canvas, self.spec.stop_token_ids, self.pad_id)
         stopped = torch.isin(canvas, torch.tensor(self.spec.stop_token_ids)).any(1)
         results = []
-        for row, steps, end, done in zip(canvas, out.commit_step.cpu(), kept.sum(1).tolist(), stopped, strict=True):
-            results.append(TokenOutput(token_ids=row[:end].tolist(), stop_reason="completed" if done else "length",
-                                       extra_fields={"canvas": row.tolist(), "commit_step": steps.tolist(),
-                                                     "weights_version": version, "nfe": out.nfe}))  # fmt: skip
+        for row, steps, end, done in zip(
+            canvas, out.commit_step.cpu(), kept.sum(1).tolist(), stopped, strict=True
+        ):
+            results.append(
+                TokenOutput(
+                    token_ids=row[:end].tolist(),
+                    stop_reason="completed" if done else "length",
+                    extra_fields={
+                        "canvas": row.tolist(),
+                        "commit_step": steps.tolist(),
+                        "weights_version": version,
+                        "nfe": out.nfe,
+                    },
+                )
+            )
         if isinstance(seed, torch.Tensor):  # hand the advanced state back
             results[0].extra_fields["generator_state"] = generator.get_state()
         return results
@@ -154,11 +190,15 @@ class DiffusionServer:
         own = dict(self.model.state_dict(keep_vars=True))
         for name, tensor in pairs:
             if name not in own:
-                raise ValueError(f"update_weights: the served model has no tensor {name!r} (it has e.g. "
-                                 f"{next(iter(own))!r}); send the policy's own state_dict names.")  # fmt: skip
+                raise ValueError(
+                    f"update_weights: the served model has no tensor {name!r} (it has e.g. "
+                    f"{next(iter(own))!r}); send the policy's own state_dict names."
+                )
             if tuple(tensor.shape) != tuple(own[name].shape):
-                raise ValueError(f"update_weights: {name} has shape {tuple(tensor.shape)}, the served model's is "
-                                 f"{tuple(own[name].shape)}.")  # fmt: skip
+                raise ValueError(
+                    f"update_weights: {name} has shape {tuple(tensor.shape)}, the served model's is "
+                    f"{tuple(own[name].shape)}."
+                )
         with self._lock, torch.no_grad():
             for name, tensor in pairs:
                 own[name].copy_(tensor.to(own[name].device, own[name].dtype))
@@ -166,13 +206,16 @@ class DiffusionServer:
             return self.version
 
     # ---- async faces (verl's contract; Ray actor methods) -----------------------------------------------------
-    async def generate(self, prompt_ids: list[int], sampling_params: dict | None = None, request_id: str = "",
-                       **unused) -> TokenOutput:  # fmt: skip
+    async def generate(
+        self, prompt_ids: list[int], sampling_params: dict | None = None, request_id: str = "", **unused
+    ) -> TokenOutput:
         """One request (verl's token-in / token-out contract). Queued and decoded with the requests that
         arrive while the previous batch runs and ask for the same settings. ``unused`` takes verl's
         multimodal and priority arguments."""
         if "generator_state" in (sampling_params or {}):
-            raise ValueError("generate takes a seed, not a generator_state (that is generate_batch's, one caller's).")
+            raise ValueError(
+                "generate takes a seed, not a generator_state (that is generate_batch's, one caller's)."
+            )
         settings, seed = self.settings_for(sampling_params)
         future = asyncio.get_running_loop().create_future()
         self._pending.append((list(prompt_ids), settings, seed, future))
@@ -254,11 +297,15 @@ class ServerEngine(RolloutEngine):
         state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
         self._call("update_weights", state)
 
-    def generate(self, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None,
-                 **hooks):  # fmt: skip
+    def generate(
+        self, prompt_ids, attention_mask, settings: SamplerSettings, *, generator=None, on_block=None, **hooks
+    ):
         from align.sampling import GenerationOutput
 
-        prompts = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), attention_mask.cpu(), strict=True)]
+        prompts = [
+            row[mask.bool()].tolist()
+            for row, mask in zip(prompt_ids.cpu(), attention_mask.cpu(), strict=True)
+        ]
         params = dataclasses.asdict(settings)
         if generator is not None:
             params["generator_state"] = generator.get_state()
@@ -270,10 +317,13 @@ class ServerEngine(RolloutEngine):
         device = prompt_ids.device
         if on_block is not None:
             on_block(1, 1)
-        return GenerationOutput(sequences=torch.cat([prompt_ids, completion.to(device)], 1),
-                                attention_mask=torch.cat([attention_mask, torch.ones_like(completion).to(device)], 1),
-                                commit_step=commit.to(device), nfe=results[0].extra_fields["nfe"] if results else 0,
-                                prompt_length=prompt_ids.shape[1])  # fmt: skip
+        return GenerationOutput(
+            sequences=torch.cat([prompt_ids, completion.to(device)], 1),
+            attention_mask=torch.cat([attention_mask, torch.ones_like(completion).to(device)], 1),
+            commit_step=commit.to(device),
+            nfe=results[0].extra_fields["nfe"] if results else 0,
+            prompt_length=prompt_ids.shape[1],
+        )
 
     def describe(self) -> dict:
         return {"engine": self.name, "remote": self.remote}

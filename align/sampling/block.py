@@ -106,12 +106,25 @@ def _select(masked: torch.Tensor, conf: torch.Tensor, n: int, schedule: str, thr
 
 @torch.no_grad()
 def block_generate(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, spec: FamilySpec, gen_length: int,
-    block_length: int, steps_per_block: int, schedule: str = "low_confidence_static", temperature: float = 0.0,
-    top_k: int | None = None, top_p: float | None = None, threshold: float | None = None,
-    variable_length: bool = False, suppress_token_ids=None, generator: torch.Generator | None = None,
-    on_block=None, use_cache: bool = True,
-):  # fmt: skip
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    spec: FamilySpec,
+    gen_length: int,
+    block_length: int,
+    steps_per_block: int,
+    schedule: str = "low_confidence_static",
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    threshold: float | None = None,
+    variable_length: bool = False,
+    suppress_token_ids=None,
+    generator: torch.Generator | None = None,
+    on_block=None,
+    use_cache: bool = True,
+):
     """Decode ``gen_length`` tokens after each (left-padded) prompt of input_ids [B, P] block by block with
     an exact KV cache (``use_cache=False``: every pass re-encodes the canvas up to the current block, the
     same tokens at more cost, for measuring the cache). Returns ``diffusion.GenerationOutput`` (sequences
@@ -150,7 +163,12 @@ def block_generate(
     first = int(start.min()) // blk  # blocks before it hold no mask in any row
     nfe, step = 0, 0
     if first > 0 and use_cache:
-        model(input_ids=x[:, : first * blk], attention_mask=real[:, : first * blk], kv_cache=cache, store_kv=True)
+        model(
+            input_ids=x[:, : first * blk],
+            attention_mask=real[:, : first * blk],
+            kv_cache=cache,
+            store_kv=True,
+        )
         nfe += 1
     num_blocks = total // blk
     for b in range(first, num_blocks):
@@ -194,9 +212,19 @@ def block_generate(
                     cache.select(keep.nonzero()[:, 0])
     # back to the library's layout: the prompt as given, then each row's first gen_length tokens
     idx = (start[:, None] + torch.arange(gen_length, device=device)[None]).clamp(max=total - 1)
-    beyond = start[:, None] + torch.arange(gen_length, device=device)[None] >= total  # never (ends >= start + G)
+    beyond = (
+        start[:, None] + torch.arange(gen_length, device=device)[None] >= total
+    )  # never (ends >= start + G)
     completion = x.gather(1, idx).masked_fill(beyond, fill)
     steps_out = commit.gather(1, idx).masked_fill(beyond, -1)
-    attn_out = torch.cat([attention_mask.long(), torch.ones(bsz, gen_length, dtype=torch.long, device=device)], 1)
-    return GenerationOutput(sequences=torch.cat([input_ids, completion], 1), attention_mask=attn_out,
-                            commit_step=steps_out, nfe=nfe, prompt_length=p, full_passes=1 if first else 0)  # fmt: skip
+    attn_out = torch.cat(
+        [attention_mask.long(), torch.ones(bsz, gen_length, dtype=torch.long, device=device)], 1
+    )
+    return GenerationOutput(
+        sequences=torch.cat([input_ids, completion], 1),
+        attention_mask=attn_out,
+        commit_step=steps_out,
+        nfe=nfe,
+        prompt_length=p,
+        full_passes=1 if first else 0,
+    )

@@ -198,9 +198,14 @@ class _Denoiser:
     """Computes the (guided, shifted) logits of one block, with optional KV caching."""
 
     def __init__(
-        self, model, spec: FamilySpec, cfg_scale: float, cache: str | None, suppress: list[int],
+        self,
+        model,
+        spec: FamilySpec,
+        cfg_scale: float,
+        cache: str | None,
+        suppress: list[int],
         refresh: int | None = None,
-    ):  # fmt: skip
+    ):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache {cache!r} is not one of {CACHE_MODES}.")
         if refresh is not None and (cache is None or refresh < 1):
@@ -235,16 +240,18 @@ class _Denoiser:
         self.nfe += 1
         if full:
             self.full_passes += 1
-            out = model_logits(self.model, inp, mask, self.spec, use_cache=self.cache is not None,
-                               logits_range=(start, end))  # fmt: skip
+            out = model_logits(
+                self.model, inp, mask, self.spec, use_cache=self.cache is not None, logits_range=(start, end)
+            )
             if self.cache == "prefix":
                 self._kv = [(k[:, :, :start], v[:, :, :start]) for k, v in out.kv_cache]
             elif self.cache == "dual":
                 self._kv = out.kv_cache
         else:
             seg_end = inp.shape[1] if self.cache == "prefix" else end
-            out = self.spec.family.cached_forward(self.model, inp[:, start:seg_end], mask, self._kv, start,
-                                                  (0, end - start))  # fmt: skip
+            out = self.spec.family.cached_forward(
+                self.model, inp[:, start:seg_end], mask, self._kv, start, (0, end - start)
+            )
         logits = out.logits
         if self.cfg_scale > 0:
             cond, un = logits.chunk(2)
@@ -276,10 +283,22 @@ def _decode_block(
         since = 0 if full else since
         logits = den.block_logits(x, attn, prompt_real, start, end, full)
         if opts["logits_hook"] is not None:  # protocol behaviour, e.g. iLLaDA's end-of-thinking boost
-            opts["logits_hook"](logits, x, masked, opts["completion_start"], start - opts["completion_start"],
-                                budgets=opts["budgets"])  # fmt: skip
-        x0, conf = sample_tokens(logits, opts["temperature"], opts["remasking"], opts["generator"], masked,
-                                 [mask_id, *den.suppress])  # fmt: skip
+            opts["logits_hook"](
+                logits,
+                x,
+                masked,
+                opts["completion_start"],
+                start - opts["completion_start"],
+                budgets=opts["budgets"],
+            )
+        x0, conf = sample_tokens(
+            logits,
+            opts["temperature"],
+            opts["remasking"],
+            opts["generator"],
+            masked,
+            [mask_id, *den.suppress],
+        )
         if opts["deprioritize"] is not None:
             conf = conf.masked_fill(torch.isin(x0, opts["deprioritize"]) & masked, 0.0)
         if opts["threshold"] is None:
@@ -356,28 +375,68 @@ def generate(
         raise ValueError(
             f"mask_token_id {mask_token_id} disagrees with the family spec ({spec.mask_token_id})."
         )
-    check_decoding(remasking, gen_length, steps, block_length, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
-                   threshold=threshold, cache=cache, cache_refresh=cache_refresh, cfg_scale=cfg_scale,
-                   variable_length=variable_length, deprioritize_token_ids=deprioritize_token_ids)  # fmt: skip
+    check_decoding(
+        remasking,
+        gen_length,
+        steps,
+        block_length,
+        top_p=top_p,
+        top_k=top_k,
+        alg_temp=alg_temp,
+        threshold=threshold,
+        cache=cache,
+        cache_refresh=cache_refresh,
+        cfg_scale=cfg_scale,
+        variable_length=variable_length,
+        deprioritize_token_ids=deprioritize_token_ids,
+    )
     check_pad_id(spec)
     check_family_settings(spec, cache=cache, remasking=remasking, block_length=block_length)
     if remasking in BLOCK_SCHEDULES:  # block diffusion: a row's tokens before its stop token do not depend on
         # what follows it (block-causal), so every row stops there, as SDAR's generate.py does
         if logits_hook is not None or deprioritize_token_ids:
-            raise ValueError(f"remasking {remasking!r} takes no logits hook or deprioritized ids (a protocol "
-                             "behaviour of LLaDA-family models).")  # fmt: skip
+            raise ValueError(
+                f"remasking {remasking!r} takes no logits hook or deprioritized ids (a protocol "
+                "behaviour of LLaDA-family models)."
+            )
         from align.sampling.block import block_generate
 
-        return block_generate(model, input_ids, attention_mask, spec=spec, gen_length=gen_length,
-                              block_length=block_length, steps_per_block=steps // (gen_length // block_length),
-                              schedule=remasking, temperature=temperature, top_k=top_k, top_p=top_p,
-                              threshold=threshold, variable_length=True, suppress_token_ids=suppress_token_ids,
-                              generator=generator, on_block=on_block)  # fmt: skip
+        return block_generate(
+            model,
+            input_ids,
+            attention_mask,
+            spec=spec,
+            gen_length=gen_length,
+            block_length=block_length,
+            steps_per_block=steps // (gen_length // block_length),
+            schedule=remasking,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            threshold=threshold,
+            variable_length=True,
+            suppress_token_ids=suppress_token_ids,
+            generator=generator,
+            on_block=on_block,
+        )
     if remasking in DREAM_ALGS:
-        out = dream_generate(model, input_ids, attention_mask, spec=spec, gen_length=gen_length, steps=steps,
-                             alg=remasking, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
-                             eps=eps, generator=generator, logits_hook=logits_hook,
-                             suppress_token_ids=suppress_token_ids)  # fmt: skip
+        out = dream_generate(
+            model,
+            input_ids,
+            attention_mask,
+            spec=spec,
+            gen_length=gen_length,
+            steps=steps,
+            alg=remasking,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            alg_temp=alg_temp,
+            eps=eps,
+            generator=generator,
+            logits_hook=logits_hook,
+            suppress_token_ids=suppress_token_ids,
+        )
         if on_block is not None:  # one block
             on_block(1, 1)
         return out
@@ -406,8 +465,10 @@ def generate(
         room = max_length - attention_mask.sum(-1).to(device)
         budgets = torch.clamp(torch.minimum(budgets, room) // block_length * block_length, min=0)
         if bool((budgets == 0).any()):
-            raise ValueError(f"a prompt leaves less than one block of {block_length} tokens before max_length "
-                             f"{max_length}; shorten it or raise max_length.")  # fmt: skip
+            raise ValueError(
+                f"a prompt leaves less than one block of {block_length} tokens before max_length "
+                f"{max_length}; shorten it or raise max_length."
+            )
     opts["budgets"], opts["stop_check"] = budgets, stop_check
     den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []), cache_refresh)
     total = p + gen_length
@@ -422,9 +483,17 @@ def generate(
         for blk in range(num_blocks):
             start = p + blk * block_length
             _decode_block(
-                den, x, model_attn, prompt_real, commit, start, start + block_length,
-                steps_per_block, blk * steps_per_block, opts,
-            )  # fmt: skip
+                den,
+                x,
+                model_attn,
+                prompt_real,
+                commit,
+                start,
+                start + block_length,
+                steps_per_block,
+                blk * steps_per_block,
+                opts,
+            )
             if on_block is not None:  # progress: blocks done of num_blocks
                 on_block(blk + 1, num_blocks)
     else:
@@ -440,9 +509,13 @@ def generate(
 
 
 def generate_in_chunks(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, rows_per_call: int | None,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    rows_per_call: int | None,
     **kwargs,
-) -> GenerationOutput:  # fmt: skip
+) -> GenerationOutput:
     """:func:`generate` over ``rows_per_call`` rows at a time (None: all at once), so that the transient
     memory of a decoding pass (logits [rows, block, V], caches) is bounded whatever the batch. Chunks run
     one after another with the same ``generator``; ``nfe`` / ``full_passes`` add up over the chunks."""
@@ -451,8 +524,10 @@ def generate_in_chunks(
         return generate(model, input_ids, attention_mask, **kwargs)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    parts = [generate(model, input_ids[i : i + rows_per_call], attention_mask[i : i + rows_per_call], **kwargs)
-             for i in range(0, b, rows_per_call)]  # fmt: skip
+    parts = [
+        generate(model, input_ids[i : i + rows_per_call], attention_mask[i : i + rows_per_call], **kwargs)
+        for i in range(0, b, rows_per_call)
+    ]
     return GenerationOutput(
         sequences=torch.cat([o.sequences for o in parts]),
         attention_mask=torch.cat([o.attention_mask for o in parts]),
@@ -483,9 +558,17 @@ def _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length
         sub_attn = attn[active, :end]
         model_attn = None if bool(sub_attn.all()) else sub_attn
         _decode_block(
-            den, sub_x, model_attn, prompt_real[active, :end], sub_commit, start, end,
-            steps_per_block, blk * steps_per_block, {**opts, "budgets": budgets[active]},
-        )  # fmt: skip
+            den,
+            sub_x,
+            model_attn,
+            prompt_real[active, :end],
+            sub_commit,
+            start,
+            end,
+            steps_per_block,
+            blk * steps_per_block,
+            {**opts, "budgets": budgets[active]},
+        )
         x[active, :end], commit[active, :end] = sub_x, sub_commit
         if opts["stop_check"] is not None:
             done = opts["stop_check"](sub_x[:, p:end]).to(x.device)

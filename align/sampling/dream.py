@@ -52,9 +52,13 @@ def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) 
 
 
 def propose(
-    logits: torch.Tensor, alg: str, temperature: float, top_p: float | None, top_k: int | None,
+    logits: torch.Tensor,
+    alg: str,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(confidence [N], x0 [N]) for the rows of logits [N, V] under ``alg``'s confidence."""
     if temperature > 0:
         logits = logits / temperature
@@ -79,11 +83,23 @@ def propose(
 
 @torch.no_grad()
 def dream_generate(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, spec: FamilySpec, gen_length: int,
-    steps: int, alg: str = "origin", temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
-    alg_temp: float | None = None, eps: float = 1e-3, generator: torch.Generator | None = None, logits_hook=None,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    spec: FamilySpec,
+    gen_length: int,
+    steps: int,
+    alg: str = "origin",
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg_temp: float | None = None,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    logits_hook=None,
     suppress_token_ids=None,
-):  # fmt: skip
+):
     """Decode ``gen_length`` tokens after each (left-padded) prompt of input_ids [B, P] with Dream's schedule.
 
     ``logits_hook(logits, canvas, masked, completion_start, 0)`` may change the completion's aligned logits
@@ -145,5 +161,6 @@ def dream_generate(
                 x[row_ids, picked] = proposal[row_ids, picked]
                 newly[row_ids, picked - p] = proposal[row_ids, picked] != mask_id
         commit[newly] = i
-    return GenerationOutput(sequences=x, attention_mask=attn, commit_step=commit, nfe=nfe, prompt_length=p,
-                            full_passes=nfe)  # fmt: skip
+    return GenerationOutput(
+        sequences=x, attention_mask=attn, commit_step=commit, nfe=nfe, prompt_length=p, full_passes=nfe
+    )

@@ -38,10 +38,22 @@ class SamplerSettings:
     @classmethod
     def from_rollout_fields(cls, c) -> SamplerSettings:
         """The GRPO recipe's rollout fields (``max_completion_length``, ``diffusion_steps``, ...)."""
-        return cls(gen_length=c.max_completion_length, steps=c.diffusion_steps, block_length=c.block_length,
-                   temperature=c.temperature, remasking=c.remasking, cfg_scale=c.cfg_scale, threshold=c.threshold,
-                   cache=c.cache, cache_refresh=c.cache_refresh, top_p=c.top_p, top_k=c.top_k, alg_temp=c.alg_temp,
-                   eps=c.diffusion_eps, variable_length=c.variable_length)  # fmt: skip
+        return cls(
+            gen_length=c.max_completion_length,
+            steps=c.diffusion_steps,
+            block_length=c.block_length,
+            temperature=c.temperature,
+            remasking=c.remasking,
+            cfg_scale=c.cfg_scale,
+            threshold=c.threshold,
+            cache=c.cache,
+            cache_refresh=c.cache_refresh,
+            top_p=c.top_p,
+            top_k=c.top_k,
+            alg_temp=c.alg_temp,
+            eps=c.diffusion_eps,
+            variable_length=c.variable_length,
+        )
 
     def replace(self, **fields) -> SamplerSettings:
         return dataclasses.replace(self, **fields)
@@ -59,13 +71,21 @@ class SamplerSettings:
             refresh = f" (refresh after {self.cache_refresh} commits)" if self.cache_refresh else ""
             parts.append(f"{self.cache} cache{refresh}")
         if self.remasking in BLOCK_SCHEDULES:
-            cuts = "".join(f", {n} {v:g}" for n, v in (("top_p", self.top_p), ("top_k", self.top_k),
-                                                          ("threshold", self.threshold)) if v is not None)  # fmt: skip
-            return (f"block diffusion {self.remasking}{cuts} + exact block cache, up to {self.gen_length} tokens in "
-                    f"blocks of {self.block_length}, at most {self.steps} steps")  # fmt: skip
+            cuts = "".join(
+                f", {n} {v:g}"
+                for n, v in (("top_p", self.top_p), ("top_k", self.top_k), ("threshold", self.threshold))
+                if v is not None
+            )
+            return (
+                f"block diffusion {self.remasking}{cuts} + exact block cache, up to {self.gen_length} tokens in "
+                f"blocks of {self.block_length}, at most {self.steps} steps"
+            )
         if self.remasking in DREAM_ALGS:
-            cuts = "".join(f", {n} {v:g}" for n, v in (("top_p", self.top_p), ("top_k", self.top_k),
-                                                          ("alg_temp", self.alg_temp)) if v is not None)  # fmt: skip
+            cuts = "".join(
+                f", {n} {v:g}"
+                for n, v in (("top_p", self.top_p), ("top_k", self.top_k), ("alg_temp", self.alg_temp))
+                if v is not None
+            )
             return f"Dream {self.remasking}{cuts}, {self.gen_length} tokens in {self.steps} steps"
         name = " + ".join(parts) or "reference"
         bound = "at most " if self.threshold is not None or self.variable_length else ""
@@ -73,8 +93,12 @@ class SamplerSettings:
         return f"{name}, {grow}{self.gen_length} tokens in blocks of {self.block_length}, {bound}{self.steps} passes"
 
 
-def check_schedule(gen_length: int, steps: int, block_length: int,
-                   names: tuple[str, str, str] = ("gen_length", "steps", "block_length")) -> None:  # fmt: skip
+def check_schedule(
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    names: tuple[str, str, str] = ("gen_length", "steps", "block_length"),
+) -> None:
     """Block/step arithmetic of the sampler; ``names`` are the caller's field names for the messages."""
     g, s, b = names
     if gen_length <= 0 or block_length <= 0 or steps <= 0:
@@ -92,9 +116,18 @@ def check_schedule(gen_length: int, steps: int, block_length: int,
         )
 
 
-def check_decoding(remasking: str, gen_length: int, steps: int, block_length: int,
-                   names: tuple[str, str, str] = ("gen_length", "steps", "block_length"), *, top_p=None, top_k=None,
-                   alg_temp=None, **fast) -> None:  # fmt: skip
+def check_decoding(
+    remasking: str,
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    names: tuple[str, str, str] = ("gen_length", "steps", "block_length"),
+    *,
+    top_p=None,
+    top_k=None,
+    alg_temp=None,
+    **fast,
+) -> None:
     """The schedule's arithmetic and which modes go with it: LLaDA's (``REMASKING``) blocks and steps,
     Dream's (``DREAM_ALGS``) one block without ``fast`` modes (threshold, cache, cfg_scale, variable_length,
     ... as the caller names them), or SDAR's (``BLOCK_SCHEDULES``) blocks with a threshold for the dynamic
@@ -140,7 +173,9 @@ def _check_block(remasking, gen_length, steps, block_length, names, top_p, top_k
             f"(SDAR's and TraDo's configs use 0.9), not {threshold}."
         )
     if remasking != "low_confidence_dynamic" and threshold is not None:
-        raise ValueError(f"threshold applies to remasking low_confidence_dynamic, not {remasking!r}: unset it.")
+        raise ValueError(
+            f"threshold applies to remasking low_confidence_dynamic, not {remasking!r}: unset it."
+        )
     if alg_temp is not None:
         raise ValueError(f"alg_temp applies to Dream's schedules, not to remasking {remasking!r}: unset it.")
     for name, value in fast.items():
