@@ -297,3 +297,48 @@ def test_other_families_and_modes_through_the_server_match_in_process(path, sett
     assert torch.equal(remote.sequences, local.sequences) and torch.equal(
         remote.commit_step, local.commit_step
     )
+
+
+def test_cancelled_callers_strand_no_other_request(served):
+    """40 requests sent together, 10 of them cancelled by their callers (5 before the batch starts, 5 while it
+    decodes): the other 30 are answered, each with the tokens it gets alone."""
+    _, tok, _, server = served
+    prompts = (_prompts(tok, 8) * 5)[:40]
+
+    async def scenario():
+        tasks = [asyncio.create_task(server.generate(p)) for p in prompts]
+        await asyncio.sleep(0)
+        for t in tasks[:5]:
+            t.cancel()
+        await asyncio.sleep(0.05)  # the batch is decoding in its thread now
+        for t in tasks[5:10]:
+            t.cancel()
+        return await asyncio.wait_for(asyncio.gather(*tasks[10:]), timeout=300)  # hang guard; ~2 s observed
+
+    answered = asyncio.run(scenario())
+    alone = [o.token_ids for o in server.decode_batch(prompts[10:])]
+    assert len(answered) == 30 and [o.token_ids for o in answered] == alone
+
+
+def test_a_malformed_request_is_refused_alone(served):
+    """In a batch of good requests, an out-of-range id, an empty prompt, a non-integer id and an over-long
+    prompt are each refused with their own line; the good ones are answered as if alone."""
+    _, tok, _, server = served
+    good = _prompts(tok, 3)
+    vocab = server.model.get_input_embeddings().num_embeddings
+    context = server.model.config.max_sequence_length
+    bad = {
+        "outside the vocabulary": [1, vocab + 7, 2],
+        "non-empty prompt_ids": [],
+        "outside the vocabulary 0": [1, 2.5],
+        "exceeds the model's context": [1] * context,
+    }
+
+    async def scenario():
+        calls = [server.generate(p) for p in good] + [server.generate(p) for p in bad.values()]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert [o.token_ids for o in results[:3]] == [o.token_ids for o in server.decode_batch(good)]
+    for (message, _), error in zip(bad.items(), results[3:], strict=True):
+        assert isinstance(error, ValueError) and message in str(error), error

@@ -217,8 +217,9 @@ class DiffusionServer:
                 "generate takes a seed, not a generator_state (that is generate_batch's, one caller's)."
             )
         settings, seed = self.settings_for(sampling_params)
+        prompt = self.check_prompt(prompt_ids, settings)  # a bad request is refused alone, before any batch
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((list(prompt_ids), settings, seed, future))
+        self._pending.append((prompt, settings, seed, future))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run_pending())
         return await future
@@ -226,6 +227,9 @@ class DiffusionServer:
     async def _run_pending(self) -> None:
         await asyncio.sleep(0)  # let the requests sent together reach the queue
         while self._pending:
+            self._pending = [r for r in self._pending if not r[3].done()]  # cancelled callers leave the queue
+            if not self._pending:
+                break
             key = self._pending[0][1:3]
             group = [r for r in self._pending if r[1:3] == key][: self.max_batch_rows]
             for r in group:
@@ -233,11 +237,41 @@ class DiffusionServer:
             try:
                 results = await asyncio.to_thread(self._decode, [r[0] for r in group], key[0], key[1], {})
             except Exception as error:  # every request of the batch learns why
-                for r in group:
-                    r[3].set_exception(error)
-                continue
+                results = [error] * len(group)
             for r, result in zip(group, results, strict=True):
-                r[3].set_result(result)
+                if r[3].done():  # its caller cancelled or went away while the batch ran: only it misses out
+                    continue
+                if isinstance(result, Exception):
+                    r[3].set_exception(result)
+                else:
+                    r[3].set_result(result)
+
+    def check_prompt(self, prompt_ids, settings: SamplerSettings) -> list[int]:
+        """A request's prompt as a list of ids, or a one-line ValueError (empty, not whole numbers, an id
+        outside the vocabulary: on a GPU an out-of-range index would poison the device for every later batch;
+        longer than the model's context with the canvas)."""
+        import numbers
+
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise ValueError("every request needs a non-empty prompt_ids.")
+        vocab = self.model.get_input_embeddings().num_embeddings
+        bad = [
+            t
+            for t in prompt
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab
+        ]
+        if bad:
+            raise ValueError(f"prompt_ids hold {len(bad)} id(s) outside the vocabulary 0..{vocab - 1} (e.g. "
+                             f"{bad[0]!r}); send the served tokenizer's ids.")  # fmt: skip
+        config = self.model.config
+        context = getattr(config, "max_sequence_length", None) or getattr(
+            config, "max_position_embeddings", None
+        )
+        if context and len(prompt) + settings.gen_length > context:
+            raise ValueError(f"prompt of {len(prompt)} ids + gen_length {settings.gen_length} exceeds the model's "
+                             f"context of {context}; shorten the prompt.")  # fmt: skip
+        return [int(t) for t in prompt]
 
     async def generate_batch(self, prompts: list[list[int]], sampling_params: dict | None = None, hooks=None):
         return await asyncio.to_thread(self.decode_batch, prompts, sampling_params, hooks=hooks)
