@@ -120,8 +120,22 @@ def test_pushed_weights_change_outputs_and_the_originals_restore_them(served):
 def test_bad_requests_and_updates_are_refused_in_one_line(served):
     _, tok, _, server = served
     prompt = _prompts(tok, 1)
-    with pytest.raises(ValueError, match=r"sampling_params \['repetition_penalty'\] mean nothing"):
+    with pytest.raises(
+        ValueError, match=r"sampling_params repetition_penalty 1.1 would change the distribution"
+    ):
         server.decode_batch(prompt, {"repetition_penalty": 1.1})
+    with pytest.raises(ValueError, match=r"sampling_params \['best_of'\] mean nothing"):
+        server.decode_batch(prompt, {"best_of": 2})
+    verls_defaults = {
+        "repetition_penalty": 1.0,
+        "top_p": 1.0,
+        "top_k": -1,
+        "temperature": 0.0,
+        "logprobs": False,
+    }
+    assert [o.token_ids for o in server.decode_batch(prompt, verls_defaults)] == [
+        o.token_ids for o in server.decode_batch(prompt, {"temperature": 0.0})
+    ]  # verl's agent loop sends its "off" values with every request
     with pytest.raises(ValueError, match="max_tokens 4 is below the canvas"):
         server.decode_batch(prompt, {"max_tokens": 4})
     assert server.decode_batch(prompt, {"max_tokens": 64, "logprobs": 1})[0].log_probs is None

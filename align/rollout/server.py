@@ -23,7 +23,9 @@ pushes the policy's weights before each rollout phase.
 sampling_params: any ``SamplerSettings`` field by name (``temperature``, ``steps``, ``remasking``, ...), a
 ``seed`` (else the server's own generator; ``generator_state``: a generator's state to draw with), and vLLM / verl names that have a meaning here: ``max_tokens``
 (must be at least the canvas: a diffusion canvas is not cut short), ``logprobs`` (none are returned: a
-diffusion LM has no left-to-right token log-probabilities; the estimators compute likelihoods). Any other
+diffusion LM has no left-to-right token log-probabilities; the estimators compute likelihoods), and the
+penalties / nucleus settings verl's agent loop always sends, at their off values (``repetition_penalty`` 1.0,
+``top_p`` 1.0, ``top_k`` -1, ...: dropped; another value of a penalty is refused, naming it). Any other
 key is refused in one line naming it.
 """
 
@@ -41,6 +43,11 @@ from align.sampling.settings import SamplerSettings
 
 _SETTING_NAMES = {f.name for f in dataclasses.fields(SamplerSettings)}
 _IGNORED = {"logprobs", "detokenize", "skip_special_tokens", "spaces_between_special_tokens"}
+# vLLM / verl sampling names and the values that switch them off (verl's agent loop always sends these): an off
+# value means nothing to the diffusion sampler and is dropped; any other value is refused, naming it
+_OFF = {"repetition_penalty": (1.0,), "presence_penalty": (0.0,), "frequency_penalty": (0.0,), "min_p": (0.0,),
+        "top_p": (1.0,), "top_k": (-1, 0)}  # fmt: skip
+_HONOURED = {"top_p", "top_k"}  # SamplerSettings fields (Dream's schedules) when not off
 
 
 @dataclass
@@ -107,6 +114,17 @@ class DiffusionServer:
         max_tokens = params.pop("max_tokens", params.pop("max_new_tokens", None))
         for key in _IGNORED:
             params.pop(key, None)
+        for key, off in _OFF.items():
+            if key in params and params[key] in off:
+                params.pop(key)
+        changing = sorted(k for k in set(params) & set(_OFF) if k not in _HONOURED)
+        if changing:
+            shown = ", ".join(f"{k} {params[k]!r}" for k in changing)
+            offs = ", ".join(f"{k} {_OFF[k][0]!r}" for k in changing)
+            raise ValueError(
+                f"sampling_params {shown} would change the distribution in a way the diffusion sampler cannot "
+                f"honour; send the off value ({offs}) or leave it out."
+            )
         unknown = sorted(set(params) - _SETTING_NAMES)
         if unknown:
             raise ValueError(
