@@ -444,14 +444,15 @@ class GRPOFields(ModelDataFields):
     scale_rewards: str | None = _help(
         "loss",
         "Advantage scaling: group, batch or none (mean-centring only); default group (TRL's), or what a "
-        "released method's code fixes (wd1: none).",
+        "released method's code fixes (wd1, spg, espo: none).",
         default=None,
     )
-    advantage_baseline: str = _help(
+    advantage_baseline: str | None = _help(
         "loss",
         "group_mean (TRL) or leave_one_out (DiffuCoder, ESPO: r minus the mean of the other G - 1 "
-        "rewards of its group); scale_rewards divides either by the group's std.",
-        default="group_mean",
+        "rewards of its group); scale_rewards divides either by the group's std. Default group_mean, or what a "
+        "released method's code fixes (espo: leave_one_out).",
+        default=None,
     )
     wd1_psi: float = _help(
         "loss", "Temperature of wd1's advantage softmax (1 = wd1's released code).", default=1.0
@@ -600,7 +601,7 @@ def resolve_method_defaults(c) -> None:
 
     objective = OBJECTIVES.get(c.loss_type)
     fixed = {} if objective is None else dict(objective.defaults)
-    for name, general in (("scale_rewards", "group"),):
+    for name, general in (("scale_rewards", "group"), ("advantage_baseline", "group_mean")):
         value, wanted = getattr(c, name), fixed.get(name)
         if value is None:
             setattr(c, name, wanted if wanted is not None else general)

@@ -234,6 +234,7 @@ register_objective(
         estimators=("spg",),
         estimator_note=SPG_MASKS,
         check=_check_spg,
+        defaults=(("scale_rewards", "none"),),  # spg_trainer.py l. 718-721: the group mean only
     )
 )
 
@@ -288,6 +289,7 @@ register_objective(
         estimators=("espo",),
         exclusive=True,
         estimator_note="ESPO's sequence ratio over its own coupled masks",
+        defaults=(("scale_rewards", "none"), ("advantage_baseline", "leave_one_out")),  # as coupled-GRPO's
     )
 )
 

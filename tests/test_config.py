@@ -60,6 +60,16 @@ def test_a_released_methods_fixed_fields_are_its_defaults():
     )  # our variant: TRL's
     assert load_config(None, BASE).scale_rewards == "group"
     assert load_config(None, BASE + ["--scale_rewards", "batch"]).scale_rewards == "batch"
+    spg = load_config(None, BASE + ["--loss_type", "spg", "--estimator", "spg", "--beta", "0"])
+    espo = load_config(None, BASE + ["--loss_type", "espo", "--estimator", "espo"])
+    assert (spg.scale_rewards, spg.advantage_baseline) == ("none", "group_mean")  # SPG: the group mean only
+    assert (espo.scale_rewards, espo.advantage_baseline) == ("none", "leave_one_out")  # as coupled-GRPO's
+    with pytest.raises(
+        ValueError, match="^loss_type espo runs with advantage_baseline leave_one_out, as its"
+    ):
+        load_config(
+            None, BASE + ["--loss_type", "espo", "--estimator", "espo", "--advantage_baseline", "group_mean"]
+        )
 
 
 def test_malformed_and_unknown_yaml_fields(tmp_path):
