@@ -21,6 +21,7 @@ import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+from rewards import pyast
 from rewards.math import completion_text
 from rewards.sandbox import default_sandbox
 
@@ -64,7 +65,7 @@ def _warn_missing_helpers(test: str, entry_point: str, context: str | None) -> N
 
     from rewards.judge import _bound_by
 
-    nodes = list(ast.walk(ast.parse(test)))
+    nodes = list(ast.walk(pyast.parse(test)))
     called = {n.func.id for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     bound = {n.name for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     bound |= {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}

@@ -18,9 +18,9 @@
 
 from __future__ import annotations
 
-import ast
 import re
 
+from rewards import pyast
 from rewards.math import completion_text
 
 _THINK_ANSWER = re.compile(r"^\s*(?:<think>)?(?:(?!</?think>).)*</think>\s*<answer>(.*?)</answer>\s*$", re.S)
@@ -74,7 +74,7 @@ _PYTHON_TAGS = ("python", "py", "python3", "")
 
 def _python_statements(body: str) -> bool:
     try:
-        return bool(ast.parse(body).body)
+        return bool(pyast.parse(body).body)
     except (SyntaxError, ValueError):
         return False
 

@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 
+from rewards import pyast
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PLAIN = (type(None), bool, int, float, complex, str, bytes)
 MAX_MESSAGE_BYTES = 8 << 20
@@ -382,7 +384,7 @@ def _identifiers(source: str) -> tuple[set[str], list[str]]:
     """(every name the source mentions, the names it calls in source order); nothing for code that does not
     parse (the caller refuses tests that do not compile)."""
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except SyntaxError:
         return set(), []
     names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
@@ -408,7 +410,7 @@ def _bound_by(source: str) -> set[str]:
     """The names a source binds at module level (assignments, defs, classes, imports, loop and ``with``
     targets), read with ``ast`` here; nothing for a source that does not parse."""
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except SyntaxError:
         return set()
     bound, todo = set(), [tree]

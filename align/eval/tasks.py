@@ -234,7 +234,9 @@ def prompt_context(prompt: str, entry_point: str) -> str:
     """The prompt's top-level code except ``entry_point``'s own definition: imports, helper functions,
     constants. A prompt that does not parse contributes its import lines."""
     try:
-        tree = ast.parse(prompt)
+        from rewards import pyast  # (threads score in parallel: one parse at a time)
+
+        tree = pyast.parse(prompt)
     except SyntaxError:
         return "\n".join(line for line in prompt.splitlines() if re.match(r"(from\s+\S+\s+)?import\s", line))
     lines = prompt.splitlines(keepends=True)
