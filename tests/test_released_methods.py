@@ -274,7 +274,9 @@ def test_wd1_equals_the_released_code_and_wd1_mean_is_the_token_mean():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
     from align.fields import resolve_method_defaults
 
-    recipe = SimpleNamespace(loss_type="wd1", scale_rewards=None, advantage_baseline=None)  # a wd1 recipe leaving them unset
+    recipe = SimpleNamespace(
+        loss_type="wd1", scale_rewards=None, advantage_baseline=None
+    )  # a wd1 recipe leaving them unset
     resolve_method_defaults(recipe)
     advantages, _ = compute_advantages(rewards, 6, recipe.scale_rewards)
     weights = wd1_weights(advantages.double(), 6, 1.0)
