@@ -30,7 +30,7 @@ def _generate(args) -> int:
     check_device(args.device)
     if args.adapter:
         check_model_path(args.adapter, "--adapter", adapter=True)
-    from align.models.family import check_checkpoint_settings
+    from align.sampling.family_checks import check_checkpoint_settings
 
     check_checkpoint_settings(
         args.model,

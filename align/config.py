@@ -2,9 +2,9 @@
 
 ``GRPOConfig`` (TRL's GRPO names and semantics plus the diffusion, model and data fields) and
 ``SFTConfig`` extend ``TrainingArguments`` (output_dir, learning_rate, batch sizes, logging/saving,
-``report_to``, seed, bf16, ...). Every project field is documented once, in ``align.fields``, which also
-holds the cross-field checks that ``__post_init__`` runs here and that the command line runs before
-importing this module. ``load_config`` reads a recipe YAML and applies ``--field value`` overrides (the
+``report_to``, seed, bf16, ...). Every project field is documented once, in ``align.fields``; the
+cross-field checks that ``__post_init__`` runs here and that the command line runs before importing this
+module are ``align.checks``. ``load_config`` reads a recipe YAML and applies ``--field value`` overrides (the
 command line wins; exact names only).
 
 Batch sizes are per device and count completions (TRL's meaning): one rollout phase generates
@@ -18,21 +18,16 @@ from dataclasses import dataclass
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from align.fields import (
-    DPOFields,
-    GRPOFields,
-    ModelDataFields,
-    SFTFields,
-    check_dpo,
+from align.checks import (
     check_grpo,
     check_model_data,
-    check_sft,
-    recipe_values,
     resolve_eval,
     resolve_generation_batch,
     resolve_mc_backward,
     resolve_method_defaults,
 )
+from align.fields import DPOFields, GRPOFields, ModelDataFields, SFTFields, check_dpo, check_sft
+from align.recipe import recipe_values
 
 
 @dataclass
@@ -97,7 +92,7 @@ def load_config(
     path: str | None = None, overrides: list[str] | None = None, cls=None, prog: str = "align train"
 ):
     """``cls`` (default GRPOConfig) from a recipe YAML plus ``--field value`` overrides; unknown fields and
-    values of the wrong type are errors (``align.fields.recipe_values``)."""
+    values of the wrong type are errors (``align.recipe.recipe_values``)."""
     cls = cls or GRPOConfig
     values = recipe_values(cls, path, list(overrides or []), prog)
     parser = HfArgumentParser(cls, allow_abbrev=False)

@@ -258,8 +258,8 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
 def build_trainer(config: DPOConfig) -> DiffusionDPOTrainer:
     from align.data import load_rows
     from align.models import load_tokenizer
-    from align.models.family import check_checkpoint_settings
     from align.runner import load_policy
+    from align.sampling.family_checks import check_checkpoint_settings
 
     check_checkpoint_settings(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     dataset = load_rows(config)

@@ -96,7 +96,7 @@ def _file_identity(path: str) -> str:
 def run_fields(config, spec=None) -> dict:
     """{field: value} of what ``config`` (a GRPO, SFT or DPO config) computes; ``spec`` is the model's family
     spec (its mask id and family name)."""
-    from align.fields import our_fields
+    from align.recipe import our_fields
 
     names = [n for n in our_fields(type(config)) if n not in OPERATIONAL]
     fields = {n: _plain(getattr(config, n)) for n in names}

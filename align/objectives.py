@@ -17,7 +17,7 @@ gradient does not depend on the estimate's value, so ``mc_backward: chunked`` sk
 ``scores_canvas`` (the EOS padding is scored too), ``full_vocab`` (the replayed softmax keeps the mask
 token), ``kl`` (``reference``: beta may be > 0; ``none``: beta must be 0), ``estimators`` (the only ones it
 runs with, ``estimator_note`` says why; ``exclusive``: that estimator runs with this objective only) and
-``check`` (its own config checks, one-line ValueErrors, run by ``align.fields``) and ``defaults`` (recipe
+``check`` (its own config checks, one-line ValueErrors, run by ``align.checks``) and ``defaults`` (recipe
 fields its released code fixes: unset, they take that value; set otherwise, the recipe is refused).
 
 A new loss: write its arithmetic in ``align.losses`` and register one entry here; its test goes beside
@@ -49,7 +49,7 @@ class Objective:
     estimator_note: str = ""
     exclusive: bool = False
     check: Callable | None = None
-    defaults: tuple[tuple[str, object], ...] = ()  # recipe fields its released code fixes (align.fields)
+    defaults: tuple[tuple[str, object], ...] = ()  # recipe fields its released code fixes (align.checks)
 
     def divisor_count(self, mask, advantages, weights):
         """This objective's divisor of one generation batch on one process (float scalar tensor): the scored
@@ -90,7 +90,7 @@ def get_objective(name: str) -> Objective:
 
 
 def check_objective(c) -> None:
-    """The objective's requirements on a GRPO config (``align.fields.check_grpo`` calls this)."""
+    """The objective's requirements on a GRPO config (``align.checks.check_grpo`` calls this)."""
     objective = get_objective(c.loss_type)
     if objective.kl == "none" and c.beta != 0.0:
         raise ValueError(f"loss_type {c.loss_type} has no KL term; set beta 0 (it is {c.beta}).")
@@ -222,6 +222,7 @@ register_objective(
         estimators=("spg",),
         estimator_note=SPG_MASKS,
         check=_check_stabledrl,
+        defaults=(("scale_rewards", "none"),),  # networks/llada_svpo.py l. 917-919: the group mean only
     )
 )
 register_objective(
@@ -373,6 +374,7 @@ register_objective(
         estimators=("trace",),
         estimator_note=REPLAYED,
         check=_check_justgrpo,
+        defaults=(("scale_rewards", "group"), ("advantage_baseline", "group_mean")),  # grpo.py l. 58-61
     )
 )
 register_objective(
@@ -385,6 +387,9 @@ register_objective(
         estimators=("trace", "block_trace"),
         estimator_note=REPLAYED,
         check=_check_tracerl,
+        # reward/rl_reward.py l. 74-79: the group z-score (its std the population one: advantages 1/1.07 of ours
+        # at G 8; its accuracy-band filter and truncation-as-wrong are not reproduced, README)
+        defaults=(("scale_rewards", "group"), ("advantage_baseline", "group_mean")),
     )
 )
 LOSS_TYPES = tuple(OBJECTIVES)

@@ -32,7 +32,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from align.fields import passes_per_estimate
+from align.checks import passes_per_estimate
 
 GIB = 1024**3
 
@@ -475,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     def run() -> int:
-        from align.fields import GRPOFields, recipe_values
+        from align.fields import GRPOFields
+        from align.recipe import recipe_values
 
         recipe_values(
             GRPOFields, args.recipe, overrides, "align plan"

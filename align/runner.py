@@ -145,7 +145,7 @@ def recipe_main(prog: str, description: str, fields, config_class: str, build, a
     ``ALIGN_DEBUG=1`` shows tracebacks.
     """
     from align.errors import main_guard
-    from align.fields import preflight, recipe_values, render_help
+    from align.recipe import preflight, recipe_values, render_help
 
     parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
     parser.add_argument("--config", action="append", default=None)

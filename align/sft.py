@@ -115,7 +115,8 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
 
 def build_trainer(config: SFTConfig) -> DiffusionSFTTrainer:
     from align.models import load_model, load_tokenizer
-    from align.models.family import check_checkpoint_settings, new_model
+    from align.models.family import new_model
+    from align.sampling.family_checks import check_checkpoint_settings
 
     tokenizer = load_tokenizer(
         config.model_name_or_path,

@@ -17,9 +17,9 @@ logger = logging.getLogger(__name__)
 def build_trainer(config):
     from align.data import load_rows
     from align.models import load_tokenizer
-    from align.models.family import check_checkpoint_settings
     from align.plan import GIB, preflight_memory
     from align.runner import load_policy
+    from align.sampling.family_checks import check_checkpoint_settings
     from align.trainer import DiffusionGRPOTrainer
 
     check_checkpoint_settings(

@@ -31,7 +31,6 @@ from align.logprob import pass_logprobs
 from align.logprob.estimators import MaskPlan
 from align.mc_backward import ChunkedBackwardMixin
 from align.models import family_spec
-from align.models.family import check_family_settings
 from align.models.loading import quiet_checkpointing_renames
 from align.objectives import get_objective, reduce_estimate
 from align.policy_trainer import PolicyTrainerMixin
@@ -41,6 +40,7 @@ from align.rollout.engine import InProcessEngine, RolloutEngine
 from align.rollout.phase import RolloutPhase
 from align.rollout.prompts import RolloutBatchSampler, RolloutLoader
 from align.rollout.rewards import RewardSet, check_reward_columns
+from align.sampling.family_checks import check_family_settings
 
 logger = logging.getLogger(__name__)
 

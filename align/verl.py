@@ -28,6 +28,10 @@ What it holds:
 * ``register_rollout``: the dense-diffusion rollout server (``align.rollout.server``) as verl rollout replica
   ``dllm_align``; ``check_verl_config`` refuses a verl config that would score a diffusion model with causal
   log-probabilities or roll it out with an engine that cannot decode it, in one line naming the supported one.
+* ``train`` (``python -m align.verl``): a single-controller GRPO loop over rollout servers and these workers
+  whose rollout rules are the trainer's own stages (``align.rollout.stages``: prompts, the stop cut, rewards,
+  advantages with wd1's group weights and ``mask_truncated_completions``, canvas, plans drawn from the
+  trainer's seeds), so a verl step sees the batch the trainer's step would.
 
 Not covered: verl's FSDP / Megatron engines (they register for CUDA / NPU devices only; on GPUs the worker here
 runs under plain data parallelism, each worker holding the whole model), its PPO entry end to end on CPU.
@@ -63,6 +67,12 @@ def mask_fields(
         score_mask=score_mask,
         **context,
     )
+    return plan_fields(plan)
+
+
+def plan_fields(plan: MaskPlan) -> dict:
+    """A MaskPlan [P, B, T] as the batch-first tensors a DataProto carries (``mc_masked``, ``mc_weights``,
+    ``mc_visible``): verl splits a batch along its first dimension."""
     fields = {
         "mc_masked": plan.masked.transpose(0, 1).contiguous(),
         "mc_weights": plan.weights.transpose(0, 1).contiguous(),
@@ -87,7 +97,8 @@ def count_for(loss_type: str, mask, advantages, plan_weights) -> float:
 
 def loss_args(**overrides) -> types.SimpleNamespace:
     """The GRPO recipe fields an objective reads, at their defaults, with ``overrides`` (loss_type, beta, ...)."""
-    from align.fields import GRPOFields, our_fields
+    from align.fields import GRPOFields
+    from align.recipe import our_fields
 
     values = {name: f.default for name, f in our_fields(GRPOFields).items()}
     unknown = sorted(set(overrides) - set(values))
@@ -489,31 +500,19 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
     import ray
     from verl import DataProto
 
-    from align.data import encode_prompts, load_rows, prompt_text
-    from align.losses import compute_advantages
+    from align.data import load_rows
+    from align.rollout import stages
     from align.rollout.rewards import RewardSet
-    from align.sampling import truncate_at_stop
 
     rewards = RewardSet(c.reward_funcs, c.reward_weights, c.reward_timeout_s)
+    objective = get_objective(c.loss_type)
     rows = load_rows(c)
     rng = torch.Generator().manual_seed(c.seed)
     history = []
     for step in range(c.max_steps):
         picked = [rows[i] for i in torch.randperm(len(rows), generator=rng)[: rows_per_step // g].tolist()]
-        prompts = [
-            prompt_text(
-                tok, r[c.prompt_column], system_prompt=c.system_prompt, use_chat_template=c.use_chat_template
-            )
-            for r in picked
-        ]
-        enc = encode_prompts(
-            tok, prompts, max_length=c.max_prompt_length, use_chat_template=c.use_chat_template
-        )
-        prompt_ids, prompt_attn = (
-            enc["input_ids"].repeat_interleave(g, 0),
-            enc["attention_mask"].repeat_interleave(g, 0),
-        )
-        requests = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_attn, strict=True)]
+        prompts = stages.prompt_batch(tok, picked, c)
+        requests = [row[m.bool()].tolist() for row, m in zip(prompts.ids, prompts.attn, strict=True)]
         share = -(-len(requests) // servers)
         calls = [
             actor.generate_batch.remote(
@@ -522,50 +521,25 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
             for i, actor in enumerate(actors)
         ]
         results = [r for part in ray.get(calls) for r in part]
-        canvas = torch.tensor([r.extra_fields["canvas"] for r in results])
+        completion = torch.tensor([r.extra_fields["canvas"] for r in results])
         commit = torch.tensor([r.extra_fields["commit_step"] for r in results])
-        kept, completion_mask = truncate_at_stop(canvas, spec.stop_token_ids, spec.eos_token_id)
-        texts = tok.batch_decode(kept, skip_special_tokens=True)
-        expanded = [r for r in picked for _ in range(g)]
-        per_func, _ = rewards.score(
-            [p for p in prompts for _ in range(g)],
-            texts,
-            canvas,
-            completion_mask,
-            expanded,
-            {"global_step": step},
-            raw_prompts=[r[c.prompt_column] for r in expanded],
-        )
-        reward = rewards.weighted(per_func)
-        advantages, _ = compute_advantages(reward, g, c.scale_rewards, c.advantage_baseline)
-        ids = torch.cat([prompt_ids, canvas], 1)
-        attn = torch.cat([prompt_attn, torch.ones_like(canvas)], 1)
-        generated = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(canvas)], 1)
-        if c.mask_truncated_completions:  # rows that never stopped leave the loss, as in the trainer
-            completion_mask = (
-                completion_mask * torch.isin(canvas, torch.tensor(spec.stop_token_ids)).any(1)[:, None]
-            )
-        scored = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
-        if get_objective(c.loss_type).scores_canvas:  # their released code scores the EOS padding too
-            scored = generated
+        decoded = [r.extra_fields.get("decoded") for r in results]
+        decoded = None if None in decoded else torch.tensor(decoded)
+        done = stages.cut(completion, spec, tok, decoded)
+        _, _, reward = stages.score(rewards, prompts, picked, done, c, {"global_step": step})
+        adv = stages.advantages(reward, done, c, objective)
+        canvas = stages.canvas(prompts, completion, adv.mask, commit, objective)
+        [plan] = stages.plans(canvas, c, [stages.seeded(c.seed, step, 0, 1)])  # the trainer's draw
         fields = {
-            "input_ids": ids,
-            "attention_mask": attn,
-            "response_mask": scored,
-            "advantages": advantages,
-            **mask_fields(
-                generated,
-                estimator=c.estimator,
-                num_samples=c.num_mc_samples,
-                seed=c.seed * 7919 + step,
-                score_mask=scored,
-                block_length=c.block_length,
-                commit_step=torch.cat([torch.full_like(prompt_ids, -1), commit], 1),
-                num_steps=c.diffusion_steps,
-                merge=c.trace_merge,
-            ),
+            "input_ids": canvas.ids,
+            "attention_mask": canvas.attn,
+            "response_mask": canvas.scored,
+            "advantages": adv.advantages,
+            **plan_fields(plan),
         }
-        count = count_for(c.loss_type, scored, advantages, fields["mc_weights"])
+        if adv.group_weights is not None:  # wd1's, computed while the groups were contiguous
+            fields["group_weights"] = adv.group_weights
+        count = float(objective.divisor_count(canvas.scored, adv.advantages, plan.weights))
         meta = {
             "num_samples": c.num_mc_samples,
             "count": count,
@@ -578,7 +552,7 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
             "step": step + 1,
             "loss": float(out.batch["loss"][0]),
             "reward": float(reward.nanmean()),
-            "completions/mean_length": float(completion_mask.sum(1).float().mean()),
+            "completions/mean_length": float(adv.mask.sum(1).float().mean()),
             "weights_version": versions[0],
         }
         history.append(entry)

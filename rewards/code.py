@@ -15,6 +15,7 @@ the sandbox, and only plain data crosses between them.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import re
@@ -85,6 +86,23 @@ def _warn_missing_helpers(test: str, entry_point: str, context: str | None) -> N
             "test_helpers (align.eval.tasks.prompt_context builds them from a HumanEval prompt).",
             ", ".join(missing),
         )
+
+
+def prompt_context(prompt: str, entry_point: str) -> str:
+    """The prompt's top-level code except ``entry_point``'s own definition: imports, helper functions,
+    constants. A prompt that does not parse contributes its import lines."""
+    try:
+        tree = pyast.parse(prompt)  # (threads score in parallel: one parse at a time)
+    except SyntaxError:
+        return "\n".join(line for line in prompt.splitlines() if re.match(r"(from\s+\S+\s+)?import\s", line))
+    lines = prompt.splitlines(keepends=True)
+    keep = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            continue
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        keep.append("".join(lines[first - 1 : node.end_lineno]).rstrip())
+    return "\n".join(keep)
 
 
 def _check_tests(tests, form: str) -> None:

@@ -77,6 +77,38 @@ def find_loop(
     return best
 
 
+def trailing_loop(
+    tokens: Sequence,
+    since: int = 0,
+    min_segment: int = MIN_SEGMENT,
+    min_copies: int = MIN_COPIES,
+    max_period: int = MAX_PERIOD,
+) -> Loop | None:
+    """The loop ``tokens`` end in (its repeated stretch reaches their last token) if it was already a loop
+    ``since`` tokens before the end (``find_loop``'s definition on ``tokens[:-since]`` with the stretch going
+    on to the end), or None. Ties go to the shorter period. A rollout row that has looped for K blocks of
+    ``b`` tokens: ``trailing_loop(ids, since=(K - 1) * b)``. Reads only the last ``since`` +
+    ``min_copies * (min_segment + max_period)`` tokens (the loop's start and copies count within them)."""
+    if since < 0:
+        raise ValueError(f"trailing_loop needs since >= 0, got {since}.")
+    items = _as_array(tokens)
+    offset = max(len(items) - (since + min_copies * (min_segment + max_period)), 0)
+    items = items[offset:]
+    n = len(items)
+    for period in range(1, min(max_period, n // min_copies) + 1):
+        segment = period * -(-min_segment // period)
+        needed = min_copies * segment - period + since  # equal pairs in a row, counted back from the end
+        if needed + period > n:
+            continue
+        unequal = np.flatnonzero(items[n - needed :] != items[n - needed - period : n - period])
+        if len(unequal) == 0:
+            run = needed  # at least; count the rest of the run for the loop's extent
+            differ = np.flatnonzero(items[period : n - needed] != items[: n - needed - period])
+            run += n - needed - period - (int(differ[-1]) + 1 if len(differ) else 0)
+            return Loop(start=offset + n - run - period, period=period, copies=(run + period) / period)
+    return None
+
+
 def loops(tokens: Sequence, **settings) -> bool:
     """Whether ``tokens`` loop (``find_loop`` is not None)."""
     return find_loop(tokens, **settings) is not None

@@ -228,7 +228,8 @@ def test_a_missing_prompt_column_is_one_line(tmp_path):
 
 
 def test_both_flag_spellings_and_yaml_resume_true(tmp_path):
-    from align.fields import GRPOFields, recipe_values
+    from align.fields import GRPOFields
+    from align.recipe import recipe_values
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("resume_from_checkpoint: true\ndataset_files: [a.jsonl]\n")

@@ -64,6 +64,15 @@ def test_a_released_methods_fixed_fields_are_its_defaults():
     espo = load_config(None, BASE + ["--loss_type", "espo", "--estimator", "espo"])
     assert (spg.scale_rewards, spg.advantage_baseline) == ("none", "group_mean")  # SPG: the group mean only
     assert (espo.scale_rewards, espo.advantage_baseline) == ("none", "leave_one_out")  # as coupled-GRPO's
+    stabledrl = load_config(None, BASE + ["--loss_type", "stabledrl", "--estimator", "spg", "--beta", "0"])
+    assert stabledrl.scale_rewards == "none"  # networks/llada_svpo.py l. 917-919: rewards - group mean
+    replay = ["--loss_type", "tracerl", "--estimator", "trace", "--beta", "0"]
+    assert load_config(None, BASE + replay).scale_rewards == "group"  # rl_reward.py's group z-score
+    with pytest.raises(ValueError, match="^loss_type tracerl runs with scale_rewards group, as its"):
+        load_config(None, BASE + replay + ["--scale_rewards", "none"])
+    left_to_right = ["--loss_type", "justgrpo", "--estimator", "trace", "--block_length", "1"]
+    with pytest.raises(ValueError, match="^loss_type justgrpo runs with scale_rewards group, as its"):
+        load_config(None, BASE + left_to_right + ["--scale_rewards", "batch"])
     with pytest.raises(
         ValueError, match="^loss_type espo runs with advantage_baseline leave_one_out, as its"
     ):
@@ -112,7 +121,8 @@ def test_a_parsed_config_does_not_change_how_later_commands_convert_values():
     import dataclasses
 
     from align.config import SFTConfig, load_config
-    from align.fields import GRPOFields, our_fields, recipe_values
+    from align.fields import GRPOFields
+    from align.recipe import our_fields, recipe_values
 
     load_config(
         None,

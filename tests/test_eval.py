@@ -548,8 +548,8 @@ def test_humaneval_function_only_replies_get_the_prompts_imports_and_helpers():
     """Chat models restate the function alone; all 164 canonical solutions sent so must pass."""
     import ast
 
-    from align.eval.tasks import prompt_context
     from rewards import benchdata
+    from rewards.code import prompt_context
 
     rows = benchdata.load("humaneval")
     replies = []

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from rewards.loops import MIN_COPIES, MIN_SEGMENT, find_loop, loops, unclosed_think
+from rewards.loops import MIN_COPIES, MIN_SEGMENT, find_loop, loops, trailing_loop, unclosed_think
 
 REASONING = (
     "We need the total cost. Each notebook costs 3 dollars and she buys 12 , so that is 36 dollars . The pens "
@@ -72,6 +72,50 @@ def test_the_detector_equals_its_definition_on_random_sequences():
         found = find_loop(items, **settings)
         expected = _brute(items, **settings)
         assert (None if found is None else (found.start, found.period)) == expected, (items, settings)
+
+
+def _brute_trailing(items, since, min_segment, min_copies, max_period):
+    """trailing_loop's definition read literally: the shortest period p for which items[:len - since] ends in
+    min_copies segments of p's length, each token equal to the one p before it, and so does every token after."""
+    n = len(items)
+    for p in range(1, max_period + 1):
+        first = n - since - min_copies * p * -(-min_segment // p)  # where the loop had to start by n - since
+        if first >= 0 and all(items[j] == items[j - p] for j in range(first + p, n)):
+            return p
+    return None
+
+
+def test_the_trailing_loop_equals_its_definition_and_since_counts_blocks():
+    rng = random.Random(1)
+    for _ in range(600):
+        alphabet = rng.choice([2, 3, 5, 40])
+        items = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 30))]
+        items += [rng.randrange(alphabet) for _ in range(rng.randrange(1, 7))] * rng.randrange(0, 12)
+        items += [rng.randrange(alphabet) for _ in range(rng.choice([0, 0, 1, 3]))]
+        since = rng.randrange(0, 12)
+        settings = dict(
+            min_segment=rng.randrange(1, 9), min_copies=rng.randrange(2, 4), max_period=rng.randrange(1, 12)
+        )
+        found = trailing_loop(items, since, **settings)
+        assert (None if found is None else found.period) == _brute_trailing(items, since, **settings), (
+            items,
+            since,
+        )
+    # a checking step repeated to the end: a loop once 3 copies are written, K - 1 blocks later for K blocks
+    text = REASONING + CHECK * 3
+    assert trailing_loop(text) is not None and trailing_loop(text, since=1) is None
+    assert (
+        trailing_loop(text + CHECK[:10], since=10) is not None
+        and trailing_loop(text + CHECK[:10], since=11) is None
+    )
+    assert (
+        trailing_loop(REASONING + CHECK * 6 + REASONING) is None
+    )  # it looped, then moved on: not looping now
+    assert trailing_loop(REASONING) is None and trailing_loop([]) is None
+    long = list(range(5000)) + [7, 8, 9] * 40  # reads only the tail, whatever the length
+    assert trailing_loop(long).period == 3 and trailing_loop(long).start == 5000
+    with pytest.raises(ValueError, match="since >= 0"):
+        trailing_loop(long, since=-1)
 
 
 def test_ids_words_and_bad_settings():

@@ -272,7 +272,7 @@ def test_wd1_equals_the_released_code_and_wd1_mean_is_the_token_mean():
     both = torch.cat([logps, logps2]).detach().requires_grad_()
     masks = torch.cat([mask, mask2])
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
-    from align.fields import resolve_method_defaults
+    from align.checks import resolve_method_defaults
 
     recipe = SimpleNamespace(
         loss_type="wd1", scale_rewards=None, advantage_baseline=None

@@ -11,9 +11,8 @@ import shutil
 
 import pytest
 
-from align.eval.tasks import prompt_context
 from rewards import benchdata
-from rewards.code import score_program
+from rewards.code import prompt_context, score_program
 from rewards.sandbox import Sandbox, SandboxLimits
 
 pytestmark = pytest.mark.skipif(

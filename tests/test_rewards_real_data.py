@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from align.eval.tasks import TASKS, prompt_context
+from align.eval.tasks import TASKS
 from rewards import benchdata
-from rewards.code import code_execution
+from rewards.code import code_execution, prompt_context
 from rewards.math import last_boxed, math_accuracy
 
 pytestmark = pytest.mark.slow

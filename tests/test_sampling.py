@@ -225,8 +225,8 @@ def test_end_of_thinking_boost_grows_with_progress_and_stops_once_written(cache)
     is checked against the authors' code in tests/test_illada_protocol.py.)"""
     from transformers import AutoTokenizer
 
-    from align.eval.boost import EndOfThinkingBoost
     from align.models import LLaDAModelLM
+    from align.sampling.boost import EndOfThinkingBoost
 
     model = LLaDAModelLM.from_pretrained("recipes/tiny/model").eval()  # the committed model: varied tokens
     tokenizer = AutoTokenizer.from_pretrained("recipes/tiny/model")

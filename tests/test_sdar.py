@@ -677,7 +677,7 @@ def test_block_settings_that_contradict_the_model_are_one_line(kwargs, match):
 
 def test_family_checks_name_both_values():
     from align.errors import UsageError
-    from align.models.family import check_family_settings
+    from align.sampling.family_checks import check_family_settings
 
     model = tiny_model(45, block_size=8)
     spec = family_spec(model)

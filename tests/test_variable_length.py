@@ -74,7 +74,9 @@ def enumerated(model, ids, completion, scored_upto=L):
     return float((plan.weights * values.double()).sum())
 
 
-@pytest.mark.parametrize("scored_upto", [L, 3])  # the whole canvas; an answer stopping inside block 2
+# the whole canvas; an answer stopping inside block 2; a row cut at block 2's end without a stop token (a loop
+# stopped early, a spent budget: GenerationOutput.decoded)
+@pytest.mark.parametrize("scored_upto", [L, 3, 4])
 def test_growing_is_exactly_the_cut_canvas_block_elbo(setup, scored_upto):
     model, ids, completion = setup
     exact = exact_growing(model, ids, scored_upto)
@@ -198,3 +200,132 @@ def test_the_committed_mixed_length_model_decodes_both_ways_and_variable_reads_l
         cost[variable] = sum(positions)
     assert accuracy[False] >= 0.9 and accuracy[True] >= 0.9, accuracy
     assert cost[True] < 0.5 * cost[False], cost
+
+
+def _forcing_hook(prompts, table):
+    """A logits hook writing table[i, position] at every completion position of the row whose prompt is
+    prompts[i] (the model's own logits lose; the sampler hands the hook its active rows only)."""
+
+    def hook(logits, canvas, masked, completion_start, block_offset, **_):
+        rows = [
+            next(i for i, p in enumerate(prompts) if torch.equal(c[:completion_start], p)) for c in canvas
+        ]
+        forced = table[rows, block_offset : block_offset + logits.shape[1], None]
+        logits.scatter_add_(-1, forced, torch.full_like(logits[..., :1], 1e4))
+
+    return hook
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_a_row_looping_for_k_blocks_leaves_the_batch_and_keeps_what_it_wrote(blocks):
+    """loop_stop_blocks K: row 0 writes "5 6 7" over and over, row 1 a sequence that never repeats. Row 0 leaves
+    after the first block at whose end its ids had ended in a loop for K blocks (rewards/loops.py: 16-token
+    segments of period 3 are 18 tokens, 3 copies = 51 equal pairs, + (K - 1) blocks), its tokens up to there as
+    the uncut run wrote them, EOS filler after, never committed; row 1 runs its whole budget. The completion mask
+    ends where it stopped (no stop token: truncated) and the growing plan never draws a block after it."""
+    from conftest import EOS_ID
+
+    from align.models import family_spec
+    from align.rollout.loop_stop import LoopStop
+    from align.sampling import generate, truncate_at_stop
+
+    model, gen, block = tiny_model(seed=5), 96, 8
+    table = torch.stack(
+        [torch.tensor([5, 6, 7] * (gen // 3)), torch.randperm(36)[torch.arange(gen) % 36] + 2]
+    )
+    table[1, 36:72] = table[1, 36:72].roll(5)  # no stretch of 36 repeats either
+    ids = torch.randint(2, 38, (2, 3), generator=torch.Generator().manual_seed(1))
+    settings = dict(gen_length=gen, steps=gen, block_length=block, variable_length=True,
+                    logits_hook=_forcing_hook(ids, table), spec=family_spec(model))  # fmt: skip
+    free = generate(model, ids, **settings)
+    out = generate(model, ids, **settings, stop_check=LoopStop([EOS_ID], blocks, block))
+    needed = 3 * 18 - 3 + (blocks - 1) * block  # equal pairs (token, token 3 later) the loop must hold
+    expected = next(e for e in range(block, gen + 1, block) if e - 3 >= needed)
+    assert out.decoded.tolist() == [expected, gen] and expected == (56 if blocks == 1 else 64)
+    assert torch.equal(free.completion_ids[0, :expected], table[0, :expected])
+    assert torch.equal(out.completion_ids[0, :expected], table[0, :expected])
+    assert (out.completion_ids[0, expected:] == EOS_ID).all() and (out.commit_step[0, expected:] == -1).all()
+    assert torch.equal(out.completion_ids[1], free.completion_ids[1]) and free.decoded.tolist() == [gen, gen]
+    _, mask = truncate_at_stop(out.completion_ids, [EOS_ID], EOS_ID, out.decoded)
+    assert mask[0].tolist() == [1] * expected + [0] * (gen - expected) and mask[1].all()
+    plan = make_plan("growing", mask[:1].bool().expand(256, -1), num_samples=2, block_length=block,
+                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert not plan.masked[..., expected:].any() and plan.masked[..., expected - block : expected].any()
+
+
+def test_loop_stop_settings_are_one_line():
+    from align.config import GRPOConfig, load_config
+
+    base = ["--use_cpu", "true", "--max_completion_length", "32", "--diffusion_steps", "32"]
+    with pytest.raises(
+        ValueError, match="set variable_length true and estimator growing, or loop_stop_blocks 0"
+    ):
+        load_config("recipes/tiny/grpo.yaml", base + ["--loop_stop_blocks", "2"], cls=GRPOConfig)
+    grow = base + ["--variable_length", "true", "--estimator", "growing"]
+    with pytest.raises(ValueError, match="loop_stop_blocks must be >= 0"):
+        load_config("recipes/tiny/grpo.yaml", grow + ["--loop_stop_blocks", "-1"], cls=GRPOConfig)
+    assert (
+        load_config(
+            "recipes/tiny/grpo.yaml", grow + ["--loop_stop_blocks", "2"], cls=GRPOConfig
+        ).loop_stop_blocks
+        == 2
+    )
+
+
+def test_the_trainer_stops_looping_rollouts_and_scores_what_they_wrote(tmp_path):
+    """loop_stop_blocks 1 through the trainer's own rollout phase (the in-process engine, a logits hook forcing
+    the tokens): the 4 rollouts of one prompt write "5 6 7" over and over and leave after 56 of 64 tokens, the
+    4 of the other write 64 tokens that never repeat. One GRPO step logs completions/loop_stopped_ratio 0.5,
+    the mean completion length (the scored mask) (4 x 56 + 4 x 64) / 8, every row truncated, and loop_penalty
+    by name scores each looping row's text -1."""
+    from test_cli import save_tiny_checkpoint
+
+    from align.config import load_config
+    from align.data import load_rows
+    from align.models import family_spec, load_model, load_tokenizer
+    from align.rollout.engine import InProcessEngine
+    from align.trainer import DiffusionGRPOTrainer
+
+    save_tiny_checkpoint(tmp_path / "m")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "w3 w4", "answer": "w5"}\n{"question": "w6 w7", "answer": "w5"}\n' * 4)
+    tok = load_tokenizer(str(tmp_path / "m"))
+    looping_prompt = tok.convert_tokens_to_ids("w3")
+    loop, plain = (
+        torch.tensor([5, 6, 7] * 22),
+        torch.randperm(36, generator=torch.Generator().manual_seed(0)) + 2,
+    )
+
+    def forcing(logits, canvas, masked, completion_start, block_offset, **_):
+        for r in range(len(logits)):
+            pattern = (
+                loop if (canvas[r, :completion_start] == looping_prompt).any() else torch.cat([plain, plain])
+            )
+            forced = pattern[block_offset : block_offset + logits.shape[1]]
+            logits[r, torch.arange(len(forced)), forced] += 1e4
+
+    class Forced(InProcessEngine):
+        def generate(self, *args, **hooks):
+            return super().generate(*args, logits_hook=forcing, **hooks)
+
+    args = load_config(None, [
+        "--model_name_or_path", str(tmp_path / "m"), "--dataset_files", str(data), "--output_dir", str(tmp_path / "out"),
+        "--use_chat_template", "false", "--max_completion_length", "64", "--block_length", "8", "--diffusion_steps", "64",
+        "--variable_length", "true", "--estimator", "growing", "--loop_stop_blocks", "1", "--num_generations", "4",
+        "--per_device_train_batch_size", "8", "--max_steps", "1", "--logging_steps", "1", "--dtype", "float32",
+        "--reward_funcs", "loop_penalty", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "true",
+        "--log_completions", "true", "--num_completions_to_print", "8",
+    ])  # fmt: skip
+    model = load_model(args.model_name_or_path, dtype="float32")
+    engine = Forced(family_spec(model, tok), model=model)
+    trainer = DiffusionGRPOTrainer(
+        model, args=args, train_dataset=load_rows(args), processing_class=tok, engine=engine
+    )
+    trainer.train()
+    [logged] = [h for h in trainer.state.log_history if "completions/loop_stopped_ratio" in h]
+    assert logged["completions/loop_stopped_ratio"] == 0.5 and logged["completions/loop_ratio"] == 0.5
+    assert (
+        logged["completions/mean_length"] == (4 * 56 + 4 * 64) / 8
+        and logged["completions/clipped_ratio"] == 1.0
+    )
+    assert logged["rewards/loop_penalty/mean"] == -0.5

@@ -69,7 +69,7 @@ def resolve_protocol(args):
     """The named protocol with the command line's overrides applied."""
     from align.errors import UsageError
     from align.eval import PROTOCOLS
-    from align.fields import check_protocol
+    from align.eval.tasks import check_protocol
 
     if args.protocol not in PROTOCOLS:
         raise UsageError(f"unknown protocol {args.protocol!r}; choose from {sorted(PROTOCOLS)}.")
@@ -203,7 +203,7 @@ def _run_diffusion(args, tasks, protocol) -> int:
 
     from align.eval.runner import DiffusionSource, diffusion_description, end_processes, process_state
     from align.machine import set_cpu_threads
-    from align.models.family import check_checkpoint_settings
+    from align.sampling.family_checks import check_checkpoint_settings
 
     if args.device == "cpu" or not torch.cuda.is_available():  # the idle cores, as a CPU training run takes
         set_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -118,8 +118,7 @@ def score(task, rows: list[dict], completions: list[str]) -> tuple[list[float], 
     if task.name in ("humaneval", "mbpp"):
         from concurrent.futures import ThreadPoolExecutor
 
-        from align.eval.tasks import prompt_context
-        from rewards.code import score_program
+        from rewards.code import prompt_context, score_program
         from rewards.sandbox import default_sandbox
 
         sandbox = default_sandbox()

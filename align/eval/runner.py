@@ -107,26 +107,23 @@ class DiffusionSource:
             system_in_user=protocol.system_in_user,
         )
 
-    def boost_ids(self, protocol: Protocol) -> list[int]:
-        """The end-of-thinking text's token ids (one line when this vocabulary cannot write it)."""
-        if not protocol.boost_token or protocol.boost == 0.0:
-            return []
-        ids = self.tokenizer.encode(protocol.boost_token, add_special_tokens=False)
-        if not writes(self.tokenizer, ids, protocol.boost_token):
-            raise ValueError(
-                f"protocol {protocol.name!r} boosts {protocol.boost_token!r}, which this tokenizer "
-                "cannot write; pass --boost 0 to decode without the boost."
-            )
-        return ids
-
     def logits_hook(self, protocol: Protocol):
-        """The protocol's sampler hook: iLLaDA's end-of-thinking boost when it boosts a token, else None."""
-        ids = self.boost_ids(protocol)
-        if not ids:
-            return None
-        from align.eval.boost import EndOfThinkingBoost
+        """The protocol's sampler hook: iLLaDA's end-of-thinking boost when it boosts a token, else None (one
+        line when this vocabulary cannot write the token)."""
+        from align.sampling.boost import end_of_thinking_boost
 
-        return EndOfThinkingBoost(ids, protocol.boost, protocol.boost_power, protocol.gen_length)
+        unwritable = ValueError(
+            f"protocol {protocol.name!r} boosts {protocol.boost_token!r}, which this tokenizer cannot write; pass "
+            "--boost 0 to decode without the boost."
+        )
+        return end_of_thinking_boost(
+            self.tokenizer,
+            protocol.boost_token,
+            protocol.boost,
+            protocol.boost_power,
+            protocol.gen_length,
+            unwritable=unwritable,
+        )
 
     def stop_strings(self, protocol: Protocol) -> list[str]:
         """The protocol's stop strings and the tokenizer's EOS text (iLLaDA's ``generate_until``)."""
@@ -179,7 +176,7 @@ class DiffusionSource:
         ZeRO-3 gathering the weights is collective)."""
         import torch
 
-        from align.models.family import check_family_settings
+        from align.sampling.family_checks import check_family_settings
 
         check_family_settings(
             self.spec, cache=protocol.cache, remasking=protocol.remasking, block_length=protocol.block_length
@@ -198,7 +195,7 @@ class DiffusionSource:
         import torch
 
         from align.data import encode_prompts
-        from align.sampling import truncate_at_stop
+        from align.rollout.stages import cut
 
         out = []
         bar = None
@@ -236,21 +233,12 @@ class DiffusionSource:
             )
             if protocol.stop_strings:
                 out += self.cut_texts(result.completion_ids.cpu(), result.commit_step.cpu(), protocol)
-            else:
-                kept, _ = truncate_at_stop(
-                    result.completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
-                )
-                out += self.tokenizer.batch_decode(kept, skip_special_tokens=True)
+            else:  # the trainer's cut (align.rollout.stages)
+                out += cut(result.completion_ids, self.spec, self.tokenizer, result.decoded).texts
             self.forward_passes = result.nfe  # of the last batch (``align generate`` reports it)
         if bar is not None:
             bar.close()
         return out
-
-
-def writes(tokenizer, ids: list[int], text: str) -> bool:
-    """Whether ``ids`` (the tokenizer's encoding of ``text``) decode back to ``text``: a vocabulary without
-    its pieces maps them to an unknown or other token."""
-    return bool(ids) and tokenizer.decode(ids, skip_special_tokens=False).strip() == text.strip()
 
 
 def process_state(device: str | None = None):

@@ -11,7 +11,6 @@ Not covered: few-shot prompting (all protocols here are zero-shot) and lm-eval-h
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import os
 import re
@@ -148,7 +147,7 @@ class Task:
             columns = {c: [r[c] for r in rows] for c in self.gold_columns()}
             scores = get(self.name)(None, completions, **columns)
             return [0.0 if s is None else float(s) for s in scores], [last_answer(c) for c in completions]
-        from rewards.code import extract_code, score_program
+        from rewards.code import extract_code, prompt_context, score_program
         from rewards.sandbox import default_sandbox
 
         programs = [self.program(row, extract_code(c)) for row, c in zip(rows, completions)]
@@ -174,6 +173,8 @@ class Task:
             prompt, entry = row[self.question], row["entry_point"]
             if not re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry)}\s*\(", code, re.M):
                 return prompt + code
+            from rewards.code import prompt_context
+
             context = prompt_context(prompt, entry)
             return f"{context}\n\n{code}" if context else code
         if self.name == "mbpp" and row.get("test_imports"):
@@ -228,25 +229,6 @@ class offline:
         for module, value in self.saved:
             module.HF_HUB_OFFLINE = value
         return False
-
-
-def prompt_context(prompt: str, entry_point: str) -> str:
-    """The prompt's top-level code except ``entry_point``'s own definition: imports, helper functions,
-    constants. A prompt that does not parse contributes its import lines."""
-    try:
-        from rewards import pyast  # (threads score in parallel: one parse at a time)
-
-        tree = pyast.parse(prompt)
-    except SyntaxError:
-        return "\n".join(line for line in prompt.splitlines() if re.match(r"(from\s+\S+\s+)?import\s", line))
-    lines = prompt.splitlines(keepends=True)
-    keep = []
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
-            continue
-        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
-        keep.append("".join(lines[first - 1 : node.end_lineno]).rstrip())
-    return "\n".join(keep)
 
 
 TASKS = {
@@ -329,7 +311,7 @@ class Protocol:
     )
     prompt_template: str | None = None  # the user message as a task's own prompt: str.format over the row
     scoring: str | None = None  # "illada": the tasks' own answer extraction (align.eval.illada), else ours
-    boost_token: str | None = None  # end-of-thinking boost (align.eval.boost, the sampler's logits hook)
+    boost_token: str | None = None  # end-of-thinking boost (align.sampling.boost, the sampler's logits hook)
     boost: float = 0.0
     boost_power: float = (
         3.0  # the boost is boost * progress ** boost_power (progress through the row's budget)
@@ -422,6 +404,36 @@ class Protocol:
         from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS
 
         return self.remasking in DREAM_ALGS + BLOCK_SCHEDULES
+
+
+def check_protocol(protocol) -> None:
+    """A decoding protocol's sampler settings (``align eval`` / ``align generate`` before loading), with
+    each task's own settings."""
+    for task, _ in getattr(protocol, "per_task", ()):
+        try:
+            check_protocol(protocol.for_task(task))
+        except ValueError as e:
+            raise ValueError(f"{e} (protocol {protocol.name!r}, task {task})") from None
+    from align.sampling.settings import check_decoding
+
+    check_decoding(
+        protocol.remasking,
+        protocol.gen_length,
+        protocol.resolved_steps(),
+        protocol.block_length,
+        ("--gen-length", "--steps", "--block-length"),
+        top_p=protocol.top_p,
+        top_k=protocol.top_k,
+        alg_temp=protocol.alg_temp,
+        threshold=protocol.threshold,
+        cache=protocol.cache,
+        cfg_scale=protocol.cfg_scale,
+        variable_length=protocol.variable_length,
+    )
+    if protocol.cache_refresh is not None and (protocol.cache is None or protocol.cache_refresh < 1):
+        raise ValueError(
+            f"--cache-refresh {protocol.cache_refresh} needs --cache prefix or dual and a value >= 1."
+        )
 
 
 _DREAM_FIELDS = ("top_p", "top_k", "alg_temp", "eps")

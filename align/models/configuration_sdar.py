@@ -6,9 +6,9 @@ config, and the authors' callers pass them by hand:
 
 * the mask id: the tokenizer's ``mask_token`` (``<|MASK|>``, 151669 on the hub), read by
   ``align.models.family.family_spec`` like every family's; ``mask_token_id`` here overrides it;
-* the block size: ``block_size`` here when a config sets it, else the family's trained block size
-  (``SDARFamily.default_block_size``, 4: SDAR and TraDo were trained with blocks of 4), the one place the
-  number is written.
+* the block size: ``block_size`` here when a config sets it, else the trained block size
+  (``TRAINED_BLOCK_SIZE``, 4: SDAR and TraDo were trained with blocks of 4), the one place the number is
+  written.
 
 ``attn_implementation`` ("flex_attention" on the hub) is kept as ``hub_attn_implementation`` and not
 passed on (transformers would refuse it for this class): the native model computes the same block-causal
@@ -20,6 +20,8 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from align.models.configuration_llada import refuse_pad_as_mask, refuse_uncomputed
+
+TRAINED_BLOCK_SIZE = 4  # SDAR's and TraDo's training block (the hub configs do not carry it)
 
 
 class SDARConfig(PretrainedConfig):

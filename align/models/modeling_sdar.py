@@ -30,7 +30,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from align.models.configuration_sdar import SDARConfig
+from align.models.configuration_sdar import TRAINED_BLOCK_SIZE, SDARConfig
 from align.models.modeling_dream import DreamMLP, TiedHead, _rotate, init_weights, rotary
 from align.models.modeling_llada import LLaDAOutput, LLaDARMSNorm
 
@@ -179,9 +179,7 @@ class SDARLM(TiedHead, SDARPreTrainedModel):
 
     @property
     def block_size(self) -> int:
-        from align.models.family import SDARFamily
-
-        return self.config.block_size or SDARFamily.default_block_size
+        return self.config.block_size or TRAINED_BLOCK_SIZE
 
     def forward(
         self,

@@ -1,6 +1,7 @@
 """The rollout wing: engines that generate (``engine``), the dense-diffusion rollout server (``server``), the
 typed rollout batch (``batch``), the reward set (``rewards``), the completions log (``completions``), the
-prompts each process rolls out (``prompts``) and one rollout phase of the GRPO trainer (``phase``).
+prompts each process rolls out (``prompts``), every rollout rule once (``stages``) and one rollout phase of the
+GRPO trainer (``phase``).
 Names resolve lazily (importing the package loads no torch)."""
 
 from align import lazy_face

@@ -1,4 +1,5 @@
-"""One rollout phase of the GRPO trainer::
+"""One rollout phase of the GRPO trainer: the stages of ``align.rollout.stages`` around its engine and its
+no-grad estimates::
 
     prompts -> engine.generate (G per prompt) -> completion mask up to the first EOS -> decode -> rewards
     (weighted, None skipped) -> group advantages (and the objective's group weights) -> per inner iteration
@@ -16,16 +17,14 @@ from collections.abc import Callable
 
 import torch
 
-from align.data import encode_prompts, prompt_text
-from align.logprob import make_plan
 from align.logprob.estimators import MaskPlan
-from align.losses import compute_advantages
 from align.objectives import Objective, reduce_estimate
+from align.rollout import stages
 from align.rollout.batch import RolloutBatch
 from align.rollout.completions import keep_samples
 from align.rollout.engine import RolloutEngine
+from align.rollout.loop_stop import LoopStop
 from align.rollout.rewards import RewardSet
-from align.sampling import truncate_at_stop
 from align.sampling.settings import SamplerSettings
 from rewards.loops import completion_loop, unclosed_think
 
@@ -59,126 +58,97 @@ class RolloutPhase:
         self.boost = self._end_of_thinking_boost()
         self.passes, self.policy, self.reference = passes, policy, reference
         self.settings = SamplerSettings.from_rollout_fields(args)
-        self.stop_ids = torch.tensor(spec.stop_token_ids, dtype=torch.long)
         self.samples: list[dict] = []
 
     def seeded(self, rollout_index: int, stream: int) -> torch.Generator:
         """A generator for one (rollout, process, stream): resumed runs draw exactly what the original drew."""
-        seed = hash((self.args.seed, rollout_index, self.accelerator.process_index, stream)) % (2**63)
-        return torch.Generator(self.accelerator.device).manual_seed(seed)
+        return stages.seeded(
+            self.args.seed, rollout_index, self.accelerator.process_index, stream, self.accelerator.device
+        )
 
     @torch.no_grad()
     def run(self, rows: list[dict], rollout_index: int, state, metrics) -> RolloutBatch:
         args, g = self.args, self.args.num_generations
-        prompts = [self._prompt_text(row) for row in rows]
-        prompt_ids, prompt_attn, out, rollout_s = self._generate(prompts, rollout_index)
-        completion_ids = out.completion_ids
-        kept, completion_mask = truncate_at_stop(
-            completion_ids, self.spec.stop_token_ids, self.spec.eos_token_id
-        )
-        terminated = torch.isin(completion_ids, self.stop_ids.to(completion_ids.device)).any(1).long()
-        texts = self.tokenizer.batch_decode(kept, skip_special_tokens=True)
-        expanded = [r for r in rows for _ in range(g)]
+        prompts = stages.prompt_batch(self.tokenizer, rows, args, self.accelerator.device)
+        out, rollout_s = self._generate(prompts, rollout_index)
+        done = stages.cut(out.completion_ids, self.spec, self.tokenizer, out.decoded)
         start = time.perf_counter()
-        per_func, reward_metrics = self.rewards.score(
-            [p for p in prompts for _ in range(g)],
-            texts,
-            completion_ids,
-            completion_mask,
-            expanded,
-            state,
-            raw_prompts=[r[args.prompt_column] for r in expanded],
-        )
+        per_func, reward_metrics, rewards = stages.score(self.rewards, prompts, rows, done, args, state)
         reward_s = time.perf_counter() - start
         for key, value in reward_metrics.items():
             metrics[key].append(value)
-        rewards = self.rewards.weighted(per_func)
-        advantages, std_is_zero = compute_advantages(rewards, g, args.scale_rewards, args.advantage_baseline)
-        if args.mask_truncated_completions:
-            completion_mask = completion_mask * terminated[:, None]
-        # group weights (wd1's) are computed here, while the groups are contiguous: the buffer is shuffled
-        weights = (
-            None if self.objective.group_weights is None else self.objective.group_weights(advantages, args)
-        )
+        adv = stages.advantages(rewards, done, args, self.objective)
         batch, logprob_s = self._pack(
-            prompt_ids,
-            prompt_attn,
-            completion_ids,
-            completion_mask,
-            advantages,
-            weights,
+            prompts.ids,
+            prompts.attn,
+            done.ids,
+            adv.mask,
+            adv.advantages,
+            adv.group_weights,
             rollout_index,
             out.commit_step,
         )
         seconds = {"rollout": rollout_s, "reward": reward_s, "logprob": logprob_s}
-        looping = [completion_loop(t) is not None for t in texts]
+        looping = [completion_loop(t) is not None for t in done.texts]
         unclosed = [
-            unclosed_think(t, opened=prompts[i // g].rstrip().endswith("<think>"))
-            for i, t in enumerate(texts)
+            unclosed_think(t, opened=prompts.texts[i // g].rstrip().endswith("<think>"))
+            for i, t in enumerate(done.texts)
         ]
         flags = {
             "loop_ratio": torch.tensor(looping, dtype=torch.float32),
             "unclosed_think_ratio": torch.tensor(unclosed, dtype=torch.float32),
         }
-        self._log(metrics, per_func, rewards, std_is_zero, completion_mask, terminated, out, seconds, flags)
+        if getattr(args, "loop_stop_blocks", 0):  # rows cut early for looping (no stop token, budget left)
+            early = (
+                out.decoded.to(done.terminated.device) < args.max_completion_length
+            ) & ~done.terminated.bool()
+            flags["loop_stopped_ratio"] = early.float().cpu()
+        self._log(metrics, per_func, rewards, adv.std_is_zero, adv.mask, done.terminated, out, seconds, flags)
         self.samples = keep_samples(
-            expanded,
+            [r for r in rows for _ in range(g)],
             args.prompt_column,
-            texts,
+            done.texts,
             per_func,
             rewards,
-            advantages,
+            adv.advantages,
             self.rewards.names,
             args.num_completions_to_print,
             looping,
         )
         return batch
 
-    def _prompt_text(self, row: dict) -> str:
+    def _generate(self, prompts: stages.Prompts, rollout_index: int):
+        """(GenerationOutput, seconds): the engine decodes G completions per prompt."""
         args = self.args
-        return prompt_text(
-            self.tokenizer,
-            row[args.prompt_column],
-            system_prompt=args.system_prompt,
-            use_chat_template=args.use_chat_template,
-        )
-
-    def _generate(self, prompts: list[str], rollout_index: int):
-        """(prompt ids [B*G, P], prompt attention, GenerationOutput, seconds): G completions per prompt."""
-        args, device = self.args, self.accelerator.device
-        enc = encode_prompts(
-            self.tokenizer,
-            prompts,
-            max_length=args.max_prompt_length,
-            use_chat_template=args.use_chat_template,
-        )
-        prompt_ids = enc["input_ids"].repeat_interleave(args.num_generations, 0).to(device)
-        prompt_attn = enc["attention_mask"].repeat_interleave(args.num_generations, 0).to(device)
         start = time.perf_counter()
         hooks = {} if self.boost is None else {"logits_hook": self.boost}
+        if getattr(args, "loop_stop_blocks", 0):
+            hooks["stop_check"] = LoopStop(self.spec.stop_token_ids, args.loop_stop_blocks, args.block_length)
         out = self.engine.generate(
-            prompt_ids, prompt_attn, self.settings, generator=self.seeded(rollout_index, 0), **hooks
+            prompts.ids, prompts.attn, self.settings, generator=self.seeded(rollout_index, 0), **hooks
         )
-        return prompt_ids, prompt_attn, out, time.perf_counter() - start
+        return out, time.perf_counter() - start
 
     def _end_of_thinking_boost(self):
         """iLLaDA's end-of-thinking boost for rollouts (``boost_token`` / ``boost`` / ``boost_power``: the illada
         eval protocol's rule), or None. The rollouts are then drawn with the boosted logits; the estimators score
         the model's own ones."""
-        args = self.args
-        if not getattr(args, "boost_token", None) or args.boost == 0.0:
-            return None
         from align.errors import UsageError
-        from align.eval.boost import EndOfThinkingBoost
-        from align.eval.runner import writes
+        from align.sampling.boost import end_of_thinking_boost
 
-        ids = self.tokenizer.encode(args.boost_token, add_special_tokens=False)
-        if not writes(self.tokenizer, ids, args.boost_token):
-            raise UsageError(
-                f"boost_token {args.boost_token!r}: this tokenizer cannot write it (its tokens do not "
-                "decode back to it); unset boost_token or set boost 0."
-            )
-        return EndOfThinkingBoost(ids, args.boost, args.boost_power, args.max_completion_length)
+        args = self.args
+        unwritable = UsageError(
+            f"boost_token {args.boost_token!r}: this tokenizer cannot write it (its tokens do not decode back to "
+            "it); unset boost_token or set boost 0."
+        )
+        return end_of_thinking_boost(
+            self.tokenizer,
+            getattr(args, "boost_token", None),
+            args.boost,
+            args.boost_power,
+            args.max_completion_length,
+            unwritable=unwritable,
+        )
 
     def _pack(
         self,
@@ -194,30 +164,11 @@ class RolloutPhase:
         """Sequences, masks, advantages, one MaskPlan per inner iteration and the old-policy / reference
         estimates under those plans, rows shuffled; and the seconds those estimates took."""
         args, device = self.args, self.accelerator.device
-        ids = torch.cat([prompt_ids, completion_ids], 1)
-        attn = torch.cat([prompt_attn, torch.ones_like(completion_ids)], 1)
-        full_mask = torch.cat([torch.zeros_like(prompt_attn), completion_mask], 1)
-        prompt_only = torch.cat([prompt_attn, torch.zeros_like(completion_ids)], 1)
-        canvas = torch.cat([torch.zeros_like(prompt_attn), torch.ones_like(completion_ids)], 1)
-        commit = torch.cat([torch.full_like(prompt_ids, -1), commit_step], 1)  # for the trace estimator
-        if self.objective.scores_canvas:  # their released code scores the EOS padding too
-            full_mask = canvas
-        plans = [  # noise the whole generated canvas, score the answer (up to its first EOS)
-            make_plan(
-                args.estimator,
-                canvas,
-                num_samples=args.num_mc_samples,
-                prompt_mask=prompt_only,
-                p_mask_prompt=args.p_mask_prompt,
-                generator=self.seeded(rollout_index, 1 + k),
-                score_mask=full_mask,
-                commit_step=commit,
-                num_steps=args.diffusion_steps,
-                merge=args.trace_merge,
-                block_length=args.block_length,
-            )
-            for k in range(args.num_iterations)
-        ]
+        prompts = stages.Prompts([], prompt_ids, prompt_attn)
+        c = stages.canvas(prompts, completion_ids, completion_mask, commit_step, self.objective)
+        ids, attn, full_mask = c.ids, c.attn, c.scored
+        generators = [self.seeded(rollout_index, 1 + k) for k in range(args.num_iterations)]
+        plans = stages.plans(c, args, generators)  # noise the generated canvas, score c.scored
         start = time.perf_counter()
         old, ref = self._fixed_logprobs(ids, attn, plans)
         logprob_s = time.perf_counter() - start

@@ -57,7 +57,9 @@ class TokenOutput:
     token_ids: list[int]
     log_probs: list[float] | None = None
     stop_reason: str | None = None  # "completed" (a stop token) or "length" (the canvas filled)
-    extra_fields: dict = field(default_factory=dict)  # commit_step, weights_version, nfe (of its batch)
+    extra_fields: dict = field(
+        default_factory=dict
+    )  # commit_step, weights_version, nfe (of its batch), decoded
 
 
 class DiffusionServer:
@@ -179,11 +181,13 @@ class DiffusionServer:
             self.stats["rows"] += len(prompts)
             self.stats["nfe"] += out.nfe
         canvas = out.completion_ids.cpu()
-        _, kept = truncate_at_stop(canvas, self.spec.stop_token_ids, self.pad_id)
-        stopped = torch.isin(canvas, torch.tensor(self.spec.stop_token_ids)).any(1)
+        decoded = None if out.decoded is None else out.decoded.cpu()
+        _, kept = truncate_at_stop(canvas, self.spec.stop_token_ids, self.pad_id, decoded)
+        stopped = (torch.isin(canvas, torch.tensor(self.spec.stop_token_ids)) & kept.bool()).any(1)
+        written = [None] * len(canvas) if decoded is None else decoded.tolist()
         results = []
-        for row, steps, end, done in zip(
-            canvas, out.commit_step.cpu(), kept.sum(1).tolist(), stopped, strict=True
+        for row, steps, end, done, wrote in zip(
+            canvas, out.commit_step.cpu(), kept.sum(1).tolist(), stopped, written, strict=True
         ):
             results.append(
                 TokenOutput(
@@ -194,6 +198,7 @@ class DiffusionServer:
                         "commit_step": steps.tolist(),
                         "weights_version": version,
                         "nfe": out.nfe,
+                        "decoded": wrote,
                     },
                 )
             )
@@ -367,6 +372,8 @@ class ServerEngine(RolloutEngine):
         completion = torch.tensor([r.extra_fields["canvas"] for r in results], dtype=torch.long)
         commit = torch.tensor([r.extra_fields["commit_step"] for r in results], dtype=torch.long)
         device = prompt_ids.device
+        decoded = [r.extra_fields.get("decoded") for r in results]
+        decoded = None if None in decoded else torch.tensor(decoded, dtype=torch.long, device=device)
         if on_block is not None:
             on_block(1, 1)
         return GenerationOutput(
@@ -375,6 +382,7 @@ class ServerEngine(RolloutEngine):
             commit_step=commit.to(device),
             nfe=results[0].extra_fields["nfe"] if results else 0,
             prompt_length=prompt_ids.shape[1],
+            decoded=decoded,
         )
 
     def describe(self) -> dict:

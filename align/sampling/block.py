@@ -127,10 +127,10 @@ def block_generate(
 ):
     """Decode ``gen_length`` tokens after each (left-padded) prompt of input_ids [B, P] block by block with
     an exact KV cache (``use_cache=False``: every pass re-encodes the canvas up to the current block, the
-    same tokens at more cost, for measuring the cache). Returns ``diffusion.GenerationOutput`` (sequences
+    same tokens at more cost, for measuring the cache). Returns ``output.GenerationOutput`` (sequences
     [B, P + gen_length])."""
     from align.models.modeling_sdar import BlockKVCache
-    from align.sampling.diffusion import GenerationOutput
+    from align.sampling.output import GenerationOutput
 
     if schedule not in BLOCK_SCHEDULES:
         raise ValueError(f"remasking {schedule!r} is not one of the block schedules {BLOCK_SCHEDULES}.")

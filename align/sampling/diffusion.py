@@ -48,55 +48,17 @@ Not covered: Fast-dLLM's KV caches for full-attention models other than the nati
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from align.errors import RunError
-from align.models.family import FamilySpec, check_family_settings, family_spec, model_logits
+from align.models.family import FamilySpec, family_spec, model_logits
 from align.sampling.dream import dream_generate
+from align.sampling.family_checks import check_family_settings
+from align.sampling.output import GenerationOutput, truncate_at_stop  # noqa: F401 (truncate_at_stop: re-exported)
 from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
 
 CACHE_MODES = (None, "prefix", "dual")
-
-
-@dataclass
-class GenerationOutput:
-    """Result of :func:`generate`.
-
-    sequences:      [B, P + G] prompt (as given, left-padded) followed by the generated tokens.
-    attention_mask: [B, P + G] the prompt mask extended with ones.
-    commit_step:    [B, G] global step at which each generated token was committed (-1: never, i.e. the
-                    EOS padding after a variable-length row finished). Feeds trace-replay estimators.
-    nfe:            model forward calls (a CFG call runs the doubled batch once and counts once).
-    prompt_length:  P.
-    full_passes:    calls that encoded the whole canvas (all of them without a cache; with one, the block
-                    starts and the ``cache_refresh`` re-encodings); the rest ran on the block (and suffix).
-    """
-
-    sequences: torch.Tensor
-    attention_mask: torch.Tensor
-    commit_step: torch.Tensor
-    nfe: int
-    prompt_length: int
-    full_passes: int = 0
-
-    @property
-    def completion_ids(self) -> torch.Tensor:
-        return self.sequences[:, self.prompt_length :]
-
-
-def truncate_at_stop(
-    completion_ids: torch.Tensor, stop_ids, fill_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids [B, L] with everything after the first stop token set to ``fill_id``, keep mask [B, L]).
-
-    The keep mask is 1 up to and including the first stop token (all ones when there is none), the
-    completion mask GRPO scores; decode the returned ids with ``skip_special_tokens`` to get the text.
-    """
-    is_stop = torch.isin(completion_ids, torch.as_tensor(list(stop_ids), device=completion_ids.device))
-    before = is_stop.long().cumsum(1) - is_stop.long() == 0  # no stop token strictly before this position
-    return torch.where(before, completion_ids, fill_id), before.long()
 
 
 def num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
@@ -356,7 +318,7 @@ def generate(
     completion_start, block_offset)`` may change a block's logits [B, block, V] in place before each step
     samples (``masked`` [B, block]: the block's still-masked positions; ``block_offset``: where the block
     starts in the completion): protocol behaviour such as iLLaDA's end-of-thinking boost
-    (``align.eval.boost``) lives there, not in the sampler; it also gets ``budgets`` [B], each row's generation
+    (``align.sampling.boost``) lives there, not in the sampler; it also gets ``budgets`` [B], each row's generation
     budget. Returns a :class:`GenerationOutput`.
 
     Variable-length decoding only: ``stop_check(completions [R, n]) -> [R] bool`` decides after each block
@@ -478,7 +440,7 @@ def generate(
     commit = torch.full((b, total), -1, dtype=torch.long, device=device)
     prompt_real = torch.zeros(b, total, dtype=torch.bool, device=device)
     prompt_real[:, :p] = attention_mask.bool()
-    if not variable_length:
+    if not variable_length:  # the variable-length branch is after this one
         model_attn = None if bool(attention_mask.all()) else attn
         for blk in range(num_blocks):
             start = p + blk * block_length
@@ -496,8 +458,11 @@ def generate(
             )
             if on_block is not None:  # progress: blocks done of num_blocks
                 on_block(blk + 1, num_blocks)
-    else:
-        _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length, steps_per_block, opts)
+    decoded = None
+    if variable_length:
+        decoded = _generate_variable_length(
+            den, x, attn, prompt_real, commit, p, block_length, steps_per_block, opts
+        )
     return GenerationOutput(
         sequences=x,
         attention_mask=attn,
@@ -505,6 +470,7 @@ def generate(
         nfe=den.nfe,
         prompt_length=p,
         full_passes=den.full_passes,
+        decoded=decoded,
     )
 
 
@@ -535,6 +501,7 @@ def generate_in_chunks(
         nfe=sum(o.nfe for o in parts),
         prompt_length=parts[0].prompt_length,
         full_passes=sum(o.full_passes for o in parts),
+        decoded=None if parts[0].decoded is None else torch.cat([o.decoded for o in parts]),
     )
 
 
@@ -542,7 +509,8 @@ def _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length
     """Grow the canvas block by block for the rows that have not emitted a stop token yet (in place).
 
     Each block is decoded on the canvas cut at the block's end (no future masks), like iLLaDA. Rows that
-    finish are filled with EOS after their last block and leave the batch.
+    finish are filled with EOS after their last block and leave the batch. Returns [B] the completion
+    tokens each row decoded.
     """
     spec = den.spec
     stop = torch.tensor(spec.stop_token_ids, dtype=torch.long, device=x.device)
@@ -551,6 +519,7 @@ def _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length
     fill = spec.eos_token_id if spec.eos_token_id is not None else int(stop[0])
     active = torch.arange(x.shape[0], device=x.device)
     budgets = opts["budgets"]
+    decoded = budgets.clone()
     num_blocks = int(budgets.max()) // block_length
     for blk in range(num_blocks):
         start, end = p + blk * block_length, p + (blk + 1) * block_length
@@ -577,6 +546,8 @@ def _generate_variable_length(den, x, attn, prompt_real, commit, p, block_length
         done = done | (budgets[active] <= end - p)  # the row's budget is spent
         if done.any():
             x[active[done], end:] = fill
+            decoded[active[done]] = end - p
             active = active[~done]
         if not len(active):
             break
+    return decoded

@@ -104,9 +104,9 @@ def dream_generate(
 
     ``logits_hook(logits, canvas, masked, completion_start, 0)`` may change the completion's aligned logits
     [B, G, V] in place before a step proposes (as in ``diffusion.generate``); ``suppress_token_ids`` get
-    logit -inf. Returns ``diffusion.GenerationOutput`` (``commit_step``: the step each token was committed,
+    logit -inf. Returns ``output.GenerationOutput`` (``commit_step``: the step each token was committed,
     -1 for one never committed, e.g. a mask token proposed at the last step)."""
-    from align.sampling.diffusion import GenerationOutput
+    from align.sampling.output import GenerationOutput
 
     b, p = input_ids.shape
     device, mask_id, total = input_ids.device, spec.mask_token_id, p + gen_length

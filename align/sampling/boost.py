@@ -68,3 +68,20 @@ class EndOfThinkingBoost:
         progress = ((offset + 1).double() / budgets[rows].double()).clamp_(0.0, 1.0)
         increment = (self.boost * progress.pow(self.power)).to(logits.dtype)
         logits[rows, first, token] += increment
+
+
+def writes(tokenizer, ids: list[int], text: str) -> bool:
+    """Whether ``ids`` (the tokenizer's encoding of ``text``) decode back to ``text``: a vocabulary without
+    its pieces maps them to an unknown or other token."""
+    return bool(ids) and tokenizer.decode(ids, skip_special_tokens=False).strip() == text.strip()
+
+
+def end_of_thinking_boost(tokenizer, text, boost: float, power: float, budget: int, *, unwritable: Exception):
+    """The one builder of the boost hook (GRPO rollouts, ``align eval`` / ``align generate``): None when off (no
+    text, or boost 0); ``unwritable`` raised when this tokenizer cannot write ``text``."""
+    if not text or boost == 0.0:
+        return None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if not writes(tokenizer, ids, text):
+        raise unwritable
+    return EndOfThinkingBoost(ids, boost, power, budget)
