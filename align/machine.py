@@ -146,6 +146,16 @@ def cpu_threads(cores: int | None = None, load_1min: float | None = None) -> int
     return max(1, min(cores, cores - int(load_1min + 0.5)))
 
 
+def threads_for_cpu_run(cpu_asked: bool) -> int | None:
+    """When this process computes on CPU (asked, or no CUDA): ``set_cpu_threads`` shared by the processes of
+    this machine's launch (``LOCAL_WORLD_SIZE``); the count set, or None (a GPU run, or the user's choice)."""
+    import torch
+
+    if cpu_asked or not torch.cuda.is_available():
+        return set_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return None
+
+
 def set_cpu_threads(world_size: int = 1) -> int | None:
     """Choose and set torch's thread count for a CPU run unless the user chose (``OMP_NUM_THREADS``); returns
     the count set, or None when the user's choice stands. Several processes on one machine share its cores."""

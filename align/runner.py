@@ -223,12 +223,9 @@ def exit_process(code: int) -> None:
 def _choose_cpu_threads(config) -> None:
     """A run on CPU takes the cores that are not busy (``align.machine.set_cpu_threads``) unless
     OMP_NUM_THREADS says otherwise; processes of one launch share the machine's cores."""
-    import torch
+    from align.machine import threads_for_cpu_run
 
-    if config.use_cpu or not torch.cuda.is_available():
-        from align.machine import set_cpu_threads
-
-        set_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads_for_cpu_run(config.use_cpu)
 
 
 def _quiet_cpu_deepspeed() -> None:

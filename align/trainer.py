@@ -328,12 +328,13 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
                 scores, _ = evaluate_task(
                     source, task, rows, protocol, progress=True
                 )  # a bar on the main process
-                # n (questions scored) stays: align report draws each held-out point's interval from it
+                # n (questions scored) stays: align report draws each held-out point's interval from it; so do
+                # the loop rates (rewards/loops.py), beside the score
                 metrics.update(
                     {
                         f"{metric_key_prefix}_{task.name}/{k}": v
                         for k, v in scores.items()
-                        if k not in ("num_samples", "loop_rate", "unclosed_think_rate")
+                        if k != "num_samples"
                     }
                 )
         finally:

@@ -128,6 +128,10 @@ def get(spec: str | RewardFn) -> RewardFn:
     return fn
 
 
+# a reward's arguments the trainer passes itself (TRL's), never a spec parameter nor a data column
+PASSED_BY_TRAINER = frozenset({"prompts", "completions", "completion_ids", "trainer_state"})
+
+
 def _with_params(fn: RewardFn, target: str, params: dict) -> RewardFn:
     import functools
 
@@ -136,10 +140,10 @@ def _with_params(fn: RewardFn, target: str, params: dict) -> RewardFn:
         for p in inspect.signature(fn).parameters.values()
         if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
-    unknown = sorted(set(params) - named - {"prompts", "completions", "completion_ids", "trainer_state"})
-    if unknown or set(params) & {"prompts", "completions", "completion_ids", "trainer_state"}:
-        bad = unknown or sorted(set(params) & {"prompts", "completions", "completion_ids", "trainer_state"})
-        options = sorted(named - {"prompts", "completions", "completion_ids", "trainer_state"})
+    unknown = sorted(set(params) - named - PASSED_BY_TRAINER)
+    if unknown or set(params) & PASSED_BY_TRAINER:
+        bad = unknown or sorted(set(params) & PASSED_BY_TRAINER)
+        options = sorted(named - PASSED_BY_TRAINER)
         raise ValueError(
             f"reward {target}: no parameter {', '.join(bad)}; its parameters are {', '.join(options)}."
         )

@@ -587,8 +587,10 @@ def test_peft_all_linear_wraps_every_linear_layer_but_the_head():
     assert len(wrapped_layers) == layers  # every linear layer but the head
 
 
-def test_cpu_runs_take_the_idle_cores_unless_the_user_chose():
-    from align.machine import cpu_threads, set_cpu_threads
+def test_cpu_runs_take_the_idle_cores_unless_the_user_chose(monkeypatch):
+    import torch
+
+    from align.machine import cpu_threads, set_cpu_threads, threads_for_cpu_run
 
     assert [
         cpu_threads(2, 2.1),
@@ -598,7 +600,14 @@ def test_cpu_runs_take_the_idle_cores_unless_the_user_chose():
         cpu_threads(4, 9.0),
     ] == [1, 2, 5, 8, 1]
     assert os.environ.get("OMP_NUM_THREADS")  # conftest chose: a run keeps the user's choice
-    assert set_cpu_threads() is None
+    assert set_cpu_threads() is None and threads_for_cpu_run(True) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(10**6))  # a launch's processes share the cores: one each here
+    before = torch.get_num_threads()
+    try:
+        assert threads_for_cpu_run(True) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_read_only_hugging_face_cache_still_reads_local_data(tmp_path):

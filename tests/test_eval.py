@@ -402,7 +402,8 @@ def test_report_series_intervals_and_training_curves(tmp_path):
     # a training output_dir: curves from trainer_state.json (or the newest checkpoint's)
     history = [{"step": s, "reward": 0.1 * s, "rewards/math_accuracy/mean": 0.1 * s, "rewards/fmt/mean": 0.5,
                 "kl": 0.01 * s, "completions/mean_length": 8.0, "rollout/tokens_per_s": 100.0} for s in (1, 2, 3)]  # fmt: skip
-    history.append({"step": 3, "eval_tiny/accuracy": 0.4})
+    history.append({"step": 3, "eval_tiny/accuracy": 0.4, "eval_tiny/n": 10, "eval_tiny/loop_rate": 0.1,
+                    "eval_tiny/unclosed_think_rate": 0.0})  # fmt: skip
     os.makedirs(tmp_path / "grpo" / "checkpoint-3")
     (tmp_path / "grpo" / "checkpoint-3" / "trainer_state.json").write_text(
         json.dumps({"log_history": history})
@@ -416,6 +417,8 @@ def test_report_series_intervals_and_training_curves(tmp_path):
         ("reward", "step"), ("rewards/*/mean", "step"), ("kl", "step"), ("completions/mean_length", "step"),
         ("rollout/tokens_per_s", "step"), ("eval_*", "step"),
     ]  # fmt: skip
+    [held_out] = [keys for p, _, _, keys in report.training_panels([run]) if p == "eval_*"]
+    assert list(held_out) == ["eval_tiny/accuracy"]  # the count and the loop rates are not score curves
     # with wall_s logged, held-out scores are also drawn against training time; seeds sharing a label are
     # drawn as their mean per step with a min-max band
     timed = [dict(h, wall_s=2.0 * h["step"]) for h in history]

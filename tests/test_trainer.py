@@ -546,6 +546,10 @@ def test_eval_during_training_logs_scores_and_keeps_the_best_checkpoint(tmp_path
         h["step"]: h["eval_tiny/accuracy"] for h in trainer.state.log_history if "eval_tiny/accuracy" in h
     }
     assert sorted(scores) == [2, 4, 6]
+    loops = {
+        h["step"]: h["eval_tiny/loop_rate"] for h in trainer.state.log_history if "eval_tiny/accuracy" in h
+    }
+    assert sorted(loops) == [2, 4, 6]  # the loop rates are logged beside the score
     best = max(scores, key=lambda s: (scores[s], -s))  # the Trainer keeps the first of equal scores
     assert trainer.state.best_model_checkpoint == str(out / f"checkpoint-{best}")
     assert trainer.state.best_metric == scores[best]
@@ -557,7 +561,8 @@ def test_eval_during_training_logs_scores_and_keeps_the_best_checkpoint(tmp_path
     capsys.readouterr()
     assert main(["eval", "--model", str(out / f"checkpoint-{step}"), "--tasks", f"tiny={tiny}/data/test.jsonl",
                  "--protocol", "tiny", "--limit", "60", "--dtype", "float32", "--output", str(tmp_path / "e")]) == 0  # fmt: skip
-    assert json.load(open(tmp_path / "e" / "results.json"))["tasks"]["tiny"]["accuracy"] == scores[step]
+    results = json.load(open(tmp_path / "e" / "results.json"))["tasks"]["tiny"]
+    assert results["accuracy"] == scores[step] and results["loop_rate"] == loops[step]
 
 
 def test_eval_fields_without_tasks_are_refused(workspace, tmp_path):

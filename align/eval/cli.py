@@ -197,16 +197,12 @@ def run_eval(args) -> int:
 
 
 def _run_diffusion(args, tasks, protocol) -> int:
-    import os
-
-    import torch
 
     from align.eval.runner import DiffusionSource, diffusion_description, end_processes, process_state
-    from align.machine import set_cpu_threads
+    from align.machine import threads_for_cpu_run
     from align.sampling.family_checks import check_checkpoint_settings
 
-    if args.device == "cpu" or not torch.cuda.is_available():  # the idle cores, as a CPU training run takes
-        set_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads_for_cpu_run(args.device == "cpu")  # the idle cores, as a CPU training run takes
 
     for task, _ in tasks:  # a setting the model's family cannot run: one line before any weights are read
         p = protocol.for_task(task.name)

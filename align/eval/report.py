@@ -318,7 +318,7 @@ def training_panels(runs: list[dict]) -> list[tuple[str, str, str, list[str]]]:
                 for r in runs
                 for h in r["history"]
                 for k in h
-                if _matches(k, key) and xkey in h and not k.endswith("/n")
+                if _matches(k, key) and xkey in h and not k.endswith(("/n", *(f"/{m}" for m in LOOP_METRICS)))
             }
         )
         if keys:

@@ -31,7 +31,7 @@ from align.watchdog import RewardWatchdog
 
 logger = logging.getLogger(__name__)
 
-RESERVED = ("prompts", "completions", "completion_ids", "trainer_state")  # reward arguments, not columns
+RESERVED = reward_registry.PASSED_BY_TRAINER  # reward arguments, not columns
 
 
 def needed_columns(fn) -> list[tuple[str, ...]]:
