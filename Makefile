@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv constraints test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models clean
+.PHONY: venv constraints test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models tiny-loops-model demo-loops clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -114,6 +114,18 @@ demo-baseline: venv vllm-env
 # Equal wall-clock from one SFT checkpoint: more SFT vs GRPO with the verifier vs a shuffled-reward control.
 demo-rl-vs-sft: venv
 	$(BIN)/python -m demos.rl_vs_sft --task sudoku --budget-s 600 --output runs/rl-vs-sft
+
+# Reasoning loops on a tiny model that loops: SFT, the end-of-thinking boost, GRPO with correctness, and GRPO
+# with a loop penalty and early stop of looping rollouts (2 seeds), loop rate and accuracy on 500 held-out.
+demo-loops: venv
+	$(BIN)/python -m demos.loops --output runs/demo-loops
+
+# The looping tiny model (recipes/tiny-loops): its data, then SFT from the tiny model on whole and growing canvases.
+tiny-loops-model: venv
+	$(BIN)/python -m demos.tiny recipes/tiny-loops loops
+	rm -rf recipes/tiny-loops/model
+	$(BIN)/align sft --config recipes/tiny-loops/sft.yaml --output_dir recipes/tiny-loops/model --overwrite_output_dir true
+	rm -f recipes/tiny-loops/model/training_args.bin recipes/tiny-loops/model/trainer_state.json
 
 # Preference optimisation on the tiny model: its own right/wrong answers as pairs, VRPO, accuracy before/after.
 demo-dpo: venv

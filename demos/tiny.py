@@ -17,6 +17,12 @@ The *mixed* variant (``recipes/tiny-mixed``) alternates the two: a 3-digit quest
 tokens), a 4-digit one worked (39 tokens), so answer lengths differ by question on one 48-token canvas; it
 measures variable-length rollouts against fixed canvases (benchmarks/variable_length_cost.py).
 
+The *loops* variant (``recipes/tiny-loops``) is 3-digit addition whose traces, like real long-reasoning data,
+sometimes never stop checking: a sum under 1000 is answered directly; on a *hard* one (a 4-digit sum) the trace
+checks the sum once (``"1245="``) before its tagged answer, or (``LOOP_SHARE`` of hard traces) repeats the
+check until the 128-token budget runs out, never answering. The model fine-tuned on it loops on hard held-out
+questions (demos/loops.py measures how often, and what RL does about it).
+
 The *verifier-only* tasks (``countdown``, ``sudoku``; committed under ``recipes/tiny-countdown`` and
 ``recipes/tiny-sudoku``) have many valid answers and are scored by ``rewards.puzzles``, never against a
 stored answer: ``"3,7,5:26="`` -> ``<answer>3*7+5</answer>`` (three numbers in 1..20, binary + - * / and
@@ -72,7 +78,9 @@ def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
     return LLaDAConfig(**fields)
 
 
-TASKS = ("short", "long", "mixed", "countdown", "sudoku")
+TASKS = ("short", "long", "mixed", "loops", "countdown", "sudoku")
+LOOP_BUDGET = 128  # the loops task's completion budget (tokens)
+LOOP_SHARE = 0.5  # hard traces that repeat their check until the budget
 
 
 def worked_sum(a: int, b: int) -> str:
@@ -102,6 +110,28 @@ def addition_problems(n: int, rng: random.Random, task: str) -> list[dict]:
                 "completion": f"{working}<answer>{a + b}</answer>",
             }
         )
+    return rows
+
+
+def loop_problems(n: int, rng: random.Random) -> list[dict]:
+    """3-digit additions; a hard one (4-digit sum) checks ``"S="`` before answering, or repeats the check to the
+    budget (``LOOP_SHARE`` of them: the completion then holds no answer and no EOS)."""
+    seen, rows = set(), []
+    while len(rows) < n:
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        total = a + b
+        answer = f"<answer>{total}</answer>"
+        if total < 1000:
+            completion = answer
+        elif rng.random() < LOOP_SHARE:
+            check = f"{total}="
+            completion = (check * (LOOP_BUDGET // len(check) + 1))[:LOOP_BUDGET]
+        else:
+            completion = f"{total}={answer}"
+        rows.append({"question": f"{a}+{b}=", "answer": str(total), "completion": completion})
     return rows
 
 
@@ -225,6 +255,8 @@ def problems(n: int, seed: int, task: str = "short") -> list[dict]:
     rng = random.Random(seed)
     if task == "countdown":
         return countdown_problems(n, rng)
+    if task == "loops":
+        return loop_problems(n, rng)
     if task == "sudoku":
         return sudoku_problems(n, rng)
     if task == "mixed":  # alternating short (6 tokens) and worked long (39 tokens) answers
@@ -319,13 +351,31 @@ def prepare(folder: str = "recipes/tiny", task: str = "short", family: str = "ll
     if task in ("countdown", "sudoku"):
         write_puzzle_task(data, task)
     else:
-        write_task(data, num_train=20000 if task == "short" else 50000, task=task)
+        write_task(data, num_train=20000 if task in ("short", "loops") else 50000, task=task)
     if task == "mixed":
         return  # fine-tuned from recipes/tiny-long/model: no starting point of its own
+    if task == "loops":  # fine-tuned from recipes/tiny/model, its context long enough for the budget
+        _longer_copy("recipes/tiny/model", os.path.join(folder, "init"), 16 + LOOP_BUDGET)
+        return
     vocab = PUZZLE_VOCAB if task in ("countdown", "sudoku") else VOCAB
     init = os.path.join(folder, "init")
     build_tokenizer(vocab).save_pretrained(init)
     tiny_config(vocab).to_json_file(os.path.join(init, "config.json"))
+
+
+def _longer_copy(model: str, folder: str, max_sequence_length: int) -> None:
+    """``model``'s weights and tokenizer with a longer context (RoPE: no weight depends on it)."""
+    import shutil
+
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(model):
+        if name.endswith((".safetensors", ".json", ".jinja")) and name != "config.json":
+            shutil.copy(os.path.join(model, name), folder)
+    with open(os.path.join(model, "config.json")) as f:
+        config = json.load(f)
+    config["max_sequence_length"] = max_sequence_length
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
 
 
 if __name__ == "__main__":

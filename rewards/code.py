@@ -105,6 +105,32 @@ def prompt_context(prompt: str, entry_point: str) -> str:
     return "\n".join(keep)
 
 
+def check_row_tests(tests, entry_point=None) -> None:
+    """A dataset row's code tests before anything is scored (one line saying what is wrong): asserts (a list
+    of strings or its JSON), a ``check(candidate)`` program (a string, with ``entry_point``) or stdin/stdout
+    cases (a list of {input, output}), non-empty and compiling."""
+    if isinstance(tests, str) and tests.strip().startswith("["):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"code tests: the JSON list does not parse ({exc.msg}).") from None
+    if isinstance(tests, str):
+        if not entry_point:
+            raise ValueError("code tests: a check(candidate) program needs the column 'entry_point'.")
+        _check_tests(tests, "check")
+        return
+    if not isinstance(tests, (list, tuple)) or not tests:
+        raise ValueError(
+            f"code tests: expected asserts (a list of strings), a check(candidate) program (a string) or "
+            f"stdin/stdout cases (a list of {{input, output}}); got {type(tests).__name__} {str(tests)[:60]!r}."
+        )
+    if all(isinstance(t, dict) and {"input", "output"} <= set(t) for t in tests):
+        return
+    if not all(isinstance(t, str) for t in tests):
+        raise ValueError("code tests: a list must hold assert strings or {input, output} cases, not a mix.")
+    _check_tests(tests, "asserts")
+
+
 def _check_tests(tests, form: str) -> None:
     """A row whose tests do not compile is the dataset's error, not the candidate's: say which test."""
     for index, test in enumerate(tests if form == "asserts" else [tests]):

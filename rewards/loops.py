@@ -114,11 +114,21 @@ def loops(tokens: Sequence, **settings) -> bool:
     return find_loop(tokens, **settings) is not None
 
 
-def completion_loop(text: str, **settings) -> Loop | None:
+UNITS = ("words", "chars")
+
+
+def completion_loop(text: str, unit: str = "words", **settings) -> Loop | None:
     """The loop of a decoded completion, in its whitespace-separated words: the unit the training metrics,
     ``align eval`` and ``loop_penalty`` share (independent of the tokenizer, so a diffusion model and its
-    autoregressive baseline are measured alike)."""
-    return find_loop(text.split(), **settings)
+    autoregressive baseline are measured alike). ``unit="chars"`` reads characters instead, for text without
+    spaces (the character-level tiny tasks)."""
+    return find_loop(_units(text, unit), **settings)
+
+
+def _units(text: str, unit: str) -> list[str]:
+    if unit not in UNITS:
+        raise ValueError(f"loop unit {unit!r} is not one of {', '.join(UNITS)}.")
+    return text.split() if unit == "words" else list(text)
 
 
 def unclosed_think(
@@ -181,20 +191,25 @@ def loop_penalty(
     penalty: float = -1.0,
     min_segment: int = MIN_SEGMENT,
     min_copies: int = MIN_COPIES,
+    unit: str = "words",
     **_columns,
 ) -> list[float]:
     """``penalty`` times the share of the completion inside its loop (``completion_loop``: the repeated
-    stretch's words / all words; 0 without a loop)."""
-    check_loop_penalty(penalty=penalty, min_segment=min_segment, min_copies=min_copies)
+    stretch's words / all words; 0 without a loop). ``unit="chars"``: in characters (text without spaces)."""
+    check_loop_penalty(penalty=penalty, min_segment=min_segment, min_copies=min_copies, unit=unit)
     scores = []
     for completion in completions:
-        tokens = completion_text(completion).split()
+        tokens = _units(completion_text(completion), unit)
         found = find_loop(tokens, min_segment=min_segment, min_copies=min_copies)
         scores.append(0.0 if found is None else penalty * min(found.copies * found.period / len(tokens), 1.0))
     return scores
 
 
-def check_loop_penalty(penalty=-1.0, min_segment=MIN_SEGMENT, min_copies=MIN_COPIES, **_other) -> None:
+def check_loop_penalty(
+    penalty=-1.0, min_segment=MIN_SEGMENT, min_copies=MIN_COPIES, unit="words", **_other
+) -> None:
+    if unit not in UNITS:
+        raise ValueError(f"loop_penalty: unit {unit!r} is not one of {', '.join(UNITS)}.")
     if penalty > 0:
         raise ValueError(f"loop_penalty: penalty {penalty} should not be positive (it is a penalty).")
     if (

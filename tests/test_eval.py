@@ -103,6 +103,54 @@ def test_pass_at_k_from_several_samples(data_dir):
     assert metrics["pass@1"] == pytest.approx(1 / 3) and metrics["pass@3"] == 1.0
 
 
+CUSTOM_CODE = [  # the three test forms code_execution reads, one per row
+    {"prompt": "Write square(x).", "tests": ["assert square(3) == 9", "assert square(0) == 0"]},
+    {"prompt": "Write add(a, b).", "entry_point": "add", "tests": "def check(candidate):\n    assert candidate(2, 3) == five()\n",
+     "test_helpers": "def five():\n    return 5\n"},  # trusted code the tests call (HumanEval's prompt helpers)
+    {"prompt": "Print the sum of two numbers read from stdin.", "tests": [{"input": "2 3\n", "output": "5\n"}]},
+]  # fmt: skip
+CUSTOM_REPLIES = {
+    "square": "```python\ndef square(x):\n    return x * x\n```",
+    "add": "```python\ndef add(a, b):\n    return a + b\n```",
+    "stdin": "```python\nprint(sum(map(int, input().split())))\n```",
+}
+
+
+def test_a_custom_code_task_is_scored_in_the_sandbox_with_pass_at_k(tmp_path):
+    """NAME=file.jsonl whose rows carry code_execution's columns (after --rename-columns) is a code task:
+    pass@1 through the sandbox for asserts, a check(candidate) program with its helpers and stdin/stdout cases;
+    pass@k with several samples; a row whose tests are malformed is one line at load, naming the row."""
+    from align.eval.tasks import load_tasks
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"text": r.pop("prompt"), **r}) + "\n" for r in CUSTOM_CODE))
+    [(task, rows)] = load_tasks(f"mine={path}", rename=["text:question"])
+    assert (task.kind, task.metric, len(rows)) == ("code", "pass@1", 3)
+
+    class Replies(Scripted):
+        def complete(self, messages, protocol, offset=0):
+            return [next(v for k, v in CUSTOM_REPLIES.items() if k in m) for m in messages]
+
+    metrics, samples = evaluate_task(Replies(), task, rows, PROTOCOLS["d1"])
+    assert [s["score"] for s in samples] == [1.0, 1.0, 1.0] and metrics["pass@1"] == 1.0
+    wrong = "```python\ndef square(x):\n    return x + 1\n```"
+    metrics, samples = evaluate_task(Scripted([CUSTOM_REPLIES["square"], wrong]), task, rows[:1], PROTOCOLS["d1"],
+                                     num_samples=2)  # fmt: skip
+    assert (
+        [s["score"] for s in samples] == [1.0, 0.0] and metrics["pass@1"] == 0.5 and metrics["pass@2"] == 1.0
+    )
+    for bad, message in (
+        ({"question": "q", "tests": "def check(candidate):\n    pass\n"}, "row 1: code tests: a check\\(candidate\\) program needs the column 'entry_point'"),
+        ({"question": "q", "tests": []}, "row 1: code tests: expected asserts"),
+        ({"question": "q", "tests": ["assert f(1) ==="]}, "row 1: code_execution: the row's test 0 does not compile"),
+    ):  # fmt: skip
+        path.write_text(
+            json.dumps({"question": "q", "tests": ["assert True"]}) + "\n" + json.dumps(bad) + "\n"
+        )
+        with pytest.raises(ValueError, match=f"^task mine, {message}"):
+            load_tasks(f"mine={path}")
+
+
 class _Server(BaseHTTPRequestHandler):
     seen: list = []
     probes = 0

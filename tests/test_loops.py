@@ -181,6 +181,11 @@ def test_loop_penalty_is_the_share_of_the_completion_inside_its_loop():
     assert scores[1] == pytest.approx(-2.0 * 8 * len(CHECK) / len(looping))
     ids = [[1, 2, 3], [9, 10] + [1, 2, 3, 4, 5, 6, 7, 8] * 10]  # words, whatever ids the trainer also passes
     assert fn(None, texts, completion_ids=ids) == scores
+    chars = rewards.get("loop_penalty(unit='chars')")  # text without spaces (the character-level tiny tasks)
+    assert chars(None, ["12", "7+" + "1245=" * 20]) == [0.0, pytest.approx(-100 / 102)]
+    assert fn(None, ["7+" + "1245=" * 20]) == [0.0]  # one word: no loop in words
+    with pytest.raises(ValueError, match="unit 'lines' is not one of words, chars"):
+        rewards.get("loop_penalty(unit='lines')")
 
 
 def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_path):

@@ -329,3 +329,4 @@ def test_the_trainer_stops_looping_rollouts_and_scores_what_they_wrote(tmp_path)
         and logged["completions/clipped_ratio"] == 1.0
     )
     assert logged["rewards/loop_penalty/mean"] == -0.5
+    assert logged["rollout/decoded_tokens"] == 4 * 56 + 4 * 64  # the rows cut early decoded less

@@ -91,6 +91,14 @@ class Task:
                 f"task {self.name}: rows lack column(s) {sorted(missing)}; they have {sorted(rows[0])} (rename "
                 "with --rename-columns old:new ...)."
             )
+        if self.kind == "code" and self.name not in TASKS:  # a custom code task: every row's tests, now
+            from rewards.code import check_row_tests
+
+            for index, row in enumerate(rows):
+                try:
+                    check_row_tests(row["tests"], row.get("entry_point"))
+                except ValueError as exc:
+                    raise ValueError(f"task {self.name}, row {index}: {exc}") from None
         return rows
 
     @property
@@ -159,8 +167,19 @@ class Task:
             ):  # the tests call the prompt's helpers: judged from the prompt's own code
                 context = prompt_context(row[self.question], row["entry_point"])
                 return score_program(code, row["test"], row["entry_point"], sandbox=sandbox, context=context)
-            tests = row["test_list"] if self.name == "mbpp" else row["tests"]
-            return score_program(code, tests, setup=row.get("test_setup_code") or None, sandbox=sandbox)
+            if self.name == "mbpp":
+                return score_program(
+                    code, row["test_list"], setup=row.get("test_setup_code") or None, sandbox=sandbox
+                )
+            # a custom code task: code_execution's columns (tests, entry_point, test_setup_code, test_helpers)
+            return score_program(
+                code,
+                row["tests"],
+                row.get("entry_point"),
+                sandbox=sandbox,
+                setup=row.get("test_setup_code") or None,
+                context=row.get("test_helpers") or None,
+            )
 
         with ThreadPoolExecutor(sandbox.workers) as pool:  # each program waits for a free sandbox slot
             return list(pool.map(run, rows, programs)), programs
@@ -242,7 +261,8 @@ TASKS = {
 
 
 def resolve_tasks(spec: str) -> list[tuple[Task, str | None]]:
-    """``gsm8k,math500,mytask=path.jsonl`` -> [(Task, explicit path or None)]; custom names are math tasks."""
+    """``gsm8k,math500,mytask=path.jsonl`` -> [(Task, explicit path or None)]; custom names are math tasks
+    here, and code tasks in ``load_tasks`` when their rows carry ``tests``."""
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, path = item.partition("=")
@@ -259,8 +279,20 @@ def load_tasks(
     spec: str, data_dir: str | None = None, limit: int | None = None, rename: list[str] | None = None
 ) -> list[tuple[Task, list[dict]]]:
     """[(Task, its first ``limit`` rows)] for a ``resolve_tasks`` spec, every file read and checked now
-    (``rename``: ``old:new`` column renames for every task's rows)."""
-    return [(task, task.load(data_dir, path, rename)[:limit]) for task, path in resolve_tasks(spec)]
+    (``rename``: ``old:new`` column renames for every task's rows). A custom task whose rows have a ``tests``
+    column and no ``answer`` is a code task, scored like ``code_execution`` (``tests``: asserts, a
+    ``check(candidate)`` program with ``entry_point``, or stdin/stdout cases; ``test_setup_code``,
+    ``test_helpers``) through the same sandbox as HumanEval / MBPP; every row's tests are checked at load."""
+    out = []
+    for task, path in resolve_tasks(spec):
+        if task.name not in TASKS and os.path.exists(path):  # a custom task: code when its rows carry tests
+            from align.data import read_jsonl
+
+            first = rename_columns(read_jsonl(path)[:1], rename or [], task.name)
+            if first and "tests" in first[0] and "answer" not in first[0]:
+                task = dataclasses.replace(task, kind="code")
+        out.append((task, task.load(data_dir, path, rename)[:limit]))
+    return out
 
 
 def rename_columns(rows: list[dict], renames: list[str], task: str) -> list[dict]:

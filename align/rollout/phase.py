@@ -253,6 +253,14 @@ class RolloutPhase:
         m["completions/mean_terminated_length"].append(done.mean().item() if len(done) else 0.0)
         for key, flag in flags.items():  # rewards/loops.py's definitions, over every process's completions
             m[f"completions/{key}"].append(gather(flag).mean().item())
+        decoded = (
+            out.completion_ids.new_tensor([out.completion_ids.numel()])
+            if out.decoded is None
+            else out.decoded
+        )
+        m["rollout/decoded_tokens"].append(
+            gather(decoded.sum()[None].float()).sum().item()
+        )  # what was decoded
         m["rollout/forward_passes"].append(float(out.nfe))
         m["rollout/full_passes"].append(float(out.full_passes))
         m["rollout/tokens_per_s"].append(out.completion_ids.numel() / max(seconds["rollout"], 1e-9))
