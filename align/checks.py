@@ -4,9 +4,8 @@ says what to set."""
 
 from __future__ import annotations
 
-import math
-
 from align.fields import ESTIMATOR_NAMES, PROTOCOL_NAMES
+from align.logprob.kinds import KINDS
 from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, check_objective
 from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
 
@@ -154,7 +153,7 @@ def check_grpo(c) -> None:
             f"boost_token is iLLaDA's end-of-thinking boost for LLaDA's schedule, not remasking {c.remasking!r}: "
             "unset boost_token or set boost 0."
         )
-    if c.remasking not in BLOCK_SCHEDULES and c.variable_length != (c.estimator == "growing"):
+    if c.remasking not in BLOCK_SCHEDULES and c.variable_length != (KINDS[c.estimator].canvas == "growing"):
         raise ValueError(
             "variable_length rollouts are scored by estimator growing (each block on the canvas cut at its end, "
             "as they were decoded); a fixed-canvas estimator would noise blocks the sampler never wrote: set "
@@ -181,16 +180,8 @@ def check_grpo(c) -> None:
 
 
 def passes_per_estimate(c) -> int:
-    """Forward passes of one estimate under the config's estimator."""
-    k = c.num_mc_samples
-    per_block = max(1, c.diffusion_steps // max(1, c.max_completion_length // c.block_length))
-    return {
-        "coupled": 2 * k,
-        "espo": 2 * k,
-        "diffucoder": 3 * k,
-        "trace": math.ceil(c.diffusion_steps / c.trace_merge),
-        "block_trace": math.ceil(per_block / c.trace_merge),
-    }.get(c.estimator, k)
+    """Forward passes of one estimate under the config's estimator (its declaration, align.logprob.kinds)."""
+    return KINDS[c.estimator].passes(c)
 
 
 def resolve_mc_backward(c) -> None:

@@ -11,26 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from align.logprob.kinds import DPO_ESTIMATORS, ESTIMATOR_NAMES
 from align.objectives import LOSS_TYPES  # noqa: F401 (the loss names, beside the estimators' and protocols')
 
-# The vocabularies the checks use; the estimator registry and the loss module are tested to agree.
-ESTIMATOR_NAMES = (
-    "block_trace",
-    "blockwise",
-    "coupled",
-    "diffucoder",
-    "elbo",
-    "espo",
-    "growing",
-    "one_step",
-    "spg",
-    "trace",
-)
+# The vocabularies the checks use (the estimators' from their declarations, align.logprob.kinds).
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
-# trace replays a rollout; spg, diffucoder and espo are their methods' GRPO estimators
-DPO_ESTIMATORS = tuple(
-    n for n in ESTIMATOR_NAMES if n not in ("trace", "block_trace", "growing", "spg", "diffucoder", "espo")
-)
 PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny", "tiny-block", "trado")
 BUILTIN_REWARDS = (
     "answer_tag_format",

@@ -66,7 +66,9 @@ class Objective:
     def excluded_ids(self, estimator: str, mask_token_id: int) -> list[int]:
         """Token ids renormalised away from the estimate: a trace replay never emits the mask token, except
         for objectives whose released code softmaxes over the whole vocabulary."""
-        replay = estimator in ("trace", "block_trace") and not self.full_vocab
+        from align.logprob.kinds import KINDS
+
+        replay = estimator in KINDS and KINDS[estimator].replays and not self.full_vocab
         return [mask_token_id] if replay else []
 
     @property

@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass, field
 
 from align.checks import passes_per_estimate
+from align.logprob.kinds import KINDS
 
 GIB = 1024**3
 
@@ -211,8 +212,8 @@ def make_plan(
         gen_tokens = rollouts * steps * gen_rows * seq
     est_seq = seq
     if (
-        growing and args.estimator == "growing"
-    ):  # one block's cut canvas per pass, (nb + 1) / 2 blocks on average
+        growing and KINDS[args.estimator].canvas == "growing"
+    ):  # one block's cut canvas per pass, (nb + 1) / 2 blocks
         est_seq = args.max_prompt_length + args.block_length * (decoded + 1) / 2
     est_tokens = rollouts * fixed * passes * gen_rows * est_seq
     train_tokens = micro * passes * args.per_device_train_batch_size * est_seq

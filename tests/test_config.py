@@ -50,6 +50,44 @@ def test_cross_field_errors_state_the_arithmetic(extra, message):
         load_config(None, BASE + extra)
 
 
+def test_each_estimators_declaration_is_what_its_plan_does():
+    """align.logprob.kinds: the declared passes of one estimate equal the passes the registered plan draws; the
+    declared canvas, replay and attention are what the checks refuse (one line each)."""
+    import types
+
+    from align.errors import UsageError
+    from align.logprob import make_plan
+    from align.logprob.kinds import DPO_ESTIMATORS, KINDS
+    from align.models.family import FamilySpec
+    from align.sampling.family_checks import check_family_settings
+
+    c = types.SimpleNamespace(num_mc_samples=2, diffusion_steps=8, trace_merge=2, max_completion_length=8,
+                              block_length=4)  # fmt: skip
+    completion = torch.zeros(2, 11, dtype=torch.bool)
+    completion[:, 3:] = True
+    commit = torch.full((2, 11), -1)
+    commit[:, 3:] = torch.tensor(
+        [[0, 1, 2, 3, 4, 5, 6, 7], [3, 2, 1, 0, 7, 6, 5, 4]]
+    )  # a step group per block too
+    for name, kind in KINDS.items():
+        plan = make_plan(name, completion, num_samples=2, generator=torch.Generator().manual_seed(0), commit_step=commit,
+                         num_steps=c.diffusion_steps, merge=c.trace_merge, block_length=c.block_length)  # fmt: skip
+        assert plan.masked.shape[0] == kind.passes(c), name
+        assert (plan.visible is not None) == (kind.canvas == "growing"), name
+    assert set(DPO_ESTIMATORS) == {"blockwise", "coupled", "elbo", "one_step"}
+    llada, sdar = (
+        FamilySpec(model_type="llada", mask_token_id=5),
+        FamilySpec(model_type="sdar", mask_token_id=5),
+    )
+    for name, kind in KINDS.items():
+        for spec, refused in ((llada, kind.attention == "block"), (sdar, kind.attention == "full")):
+            if refused:
+                with pytest.raises(UsageError, match=f"estimator {name} "):
+                    check_family_settings(spec, estimator=name)
+            else:
+                check_family_settings(spec, estimator=name)
+
+
 def test_a_released_methods_fixed_fields_are_its_defaults():
     """wd1's code softmaxes raw (mean-centred) advantages: under loss_type wd1 an unset scale_rewards is none;
     every other loss keeps TRL's group default; an explicit value the method allows stands."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from align.logprob.kinds import KINDS
 from align.sampling.settings import BLOCK_SCHEDULES
 
 if TYPE_CHECKING:
@@ -44,15 +45,15 @@ def check_family_settings(
                 f"block_length {block_length} contradicts the model's block size {size} ({what}): set block_length "
                 f"{size}."
             )
-        if estimator == "growing":
+        kind = KINDS.get(estimator)
+        if kind is not None and kind.attention == "full":  # its declaration (align.logprob.kinds)
             raise UsageError(
-                f"estimator growing cuts a full-attention canvas at each block; {what} is block-causal, so every "
-                "estimator already conditions each block on clean earlier blocks only: use elbo, coupled or block_trace."
-            )
-        if estimator == "trace":
-            raise UsageError(
-                f"estimator trace replays one pass per sampler step over the whole canvas; for {what} use "
+                f"estimator {estimator} replays one pass per sampler step over the whole canvas; for {what} use "
                 "estimator block_trace (TraceRL's block rows: every block's next step in one pass)."
+                if kind.replays
+                else f"estimator {estimator} cuts a full-attention canvas at each block; {what} is block-causal, so "
+                "every estimator already conditions each block on clean earlier blocks only: use elbo, coupled or "
+                "block_trace."
             )
         return
     if remasking in BLOCK_SCHEDULES:
@@ -60,9 +61,9 @@ def check_family_settings(
             f"remasking {remasking!r} is a block-diffusion schedule; {what} has full attention (no block-causal "
             "model): use low_confidence."
         )
-    if estimator == "block_trace":
+    if estimator in KINDS and KINDS[estimator].attention == "block":
         raise UsageError(
-            f"estimator block_trace is for block-diffusion models; {what} has full attention: use trace."
+            f"estimator {estimator} is for block-diffusion models; {what} has full attention: use trace."
         )
     if cache is not None and not family.supports_cache:
         raise UsageError(
