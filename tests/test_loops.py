@@ -263,3 +263,22 @@ def test_eval_results_and_the_report_carry_the_loop_rates(tmp_path):
     write_report([load_run(str(folder))], str(tmp_path / "report"))
     table = open(tmp_path / "report" / "report.md").read()
     assert "| loop_rate | unclosed_think_rate |" in table and "| 25.0 | 25.0 |" in table
+
+
+def test_the_looping_tiny_task_loops_where_it_says():
+    """demos/tiny.py's loops task: every trace that repeats its check fills the 128-token budget, loops in
+    characters (rewards/loops.py) and holds no answer; every other trace answers and does not loop; about
+    LOOP_SHARE of the hard (4-digit sum) traces loop, no easy one does."""
+    from demos.tiny import LOOP_BUDGET, LOOP_SHARE, build_tokenizer, problems
+    from rewards.loops import completion_loop
+
+    rows = problems(2000, 3, "loops")
+    tok = build_tokenizer()
+    hard = [r for r in rows if int(r["answer"]) >= 1000]
+    looping = [r for r in rows if completion_loop(r["completion"], unit="chars") is not None]
+    assert all("<answer>" not in r["completion"] for r in looping)
+    assert all(
+        len(tok(r["completion"], add_special_tokens=False)["input_ids"]) == LOOP_BUDGET for r in looping
+    )
+    assert all(f"<answer>{r['answer']}</answer>" in r["completion"] for r in rows if r not in looping)
+    assert all(r in hard for r in looping) and abs(len(looping) / len(hard) - LOOP_SHARE) < 0.05
