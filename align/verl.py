@@ -25,6 +25,8 @@ What it holds:
   dapo, grpo, bnpo, dr_grpo) under verl's policy-loss registry as ``dllm_<name>``, normalised by verl's global
   batch info (``dp_size``, ``batch_num_tokens``, ``global_batch_size``) so the data-parallel average of the
   shards' gradients is the whole batch's gradient, as verl's own losses are.
+* registered at import (verl's plug-in routes import this module in each of its processes: the ``verl.plugins``
+  entry point ``dllm_align`` of the installed package, or ``VERL_USE_EXTERNAL_MODULES=align.verl``):
 * ``register_rollout``: the dense-diffusion rollout server (``align.rollout.server``) as verl rollout replica
   ``dllm_align``; ``check_verl_config`` refuses a verl config that would score a diffusion model with causal
   log-probabilities or roll it out with an engine that cannot decode it, in one line naming the supported one.
@@ -594,6 +596,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     return 0 if history else 1
+
+
+# verl's plug-in routes (the ``verl.plugins`` entry point ``dllm_align``; ``VERL_USE_EXTERNAL_MODULES=align.verl``)
+# import this module in every process verl starts: registering at import reaches all of them, no call of ours.
+register_rollout()
+register_policy_losses()
 
 
 if __name__ == "__main__":

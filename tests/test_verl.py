@@ -5,6 +5,8 @@ Ray is started and stopped here."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -187,6 +189,33 @@ def test_the_rollout_replica_registers_and_bad_verl_configs_are_refused():
         ValueError, match="strategy 'fsdp' scores 'llada' with causal next-token log-probabilities"
     ):
         check_verl_config(causal, "llada")
+
+
+PROBE = (
+    "import verl\n"
+    "from verl.workers.rollout.replica import RolloutReplicaRegistry\n"
+    "from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY\n"
+    "print(RolloutReplicaRegistry.get('dllm_align').__name__, sorted(k for k in POLICY_LOSS_REGISTRY if k.startswith('dllm_')))\n"
+)
+
+
+@pytest.mark.parametrize("route", ["entry_point", "external_modules"])
+def test_verl_reaches_our_pieces_through_its_own_plugin_routes(tmp_path, route):
+    """A fresh interpreter that only imports verl (outside the checkout, as verl's TaskRunner and workers do):
+    the installed package's ``verl.plugins`` entry point, or ``VERL_USE_EXTERNAL_MODULES=align.verl`` with
+    entry-point discovery off, registers the rollout replica and the policy losses; no call of ours."""
+    env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "auto" if route == "entry_point" else "none"}
+    if route == "external_modules":
+        env["VERL_USE_EXTERNAL_MODULES"] = "align.verl"
+    else:
+        env.pop("VERL_USE_EXTERNAL_MODULES", None)
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        out.stdout.split("\n")[-2]
+        == "DiffusionReplica ['dllm_bnpo', 'dllm_dapo', 'dllm_dr_grpo', 'dllm_grpo']"
+    )
 
 
 def test_the_single_controller_grpo_loop_trains_two_steps_on_cpu(workers, tmp_path):
