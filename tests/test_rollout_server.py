@@ -356,3 +356,38 @@ def test_a_malformed_request_is_refused_alone(served):
     assert [o.token_ids for o in results[:3]] == [o.token_ids for o in server.decode_batch(good)]
     for (message, _), error in zip(bad.items(), results[3:], strict=True):
         assert isinstance(error, ValueError) and message in str(error), error
+
+
+def test_verls_result_type_and_its_weight_sync_lifecycle(served):
+    """Results are verl's own TokenOutput (every field its agent loop reads: num_preempted 0). abort_all_requests
+    answers the queued requests "aborted" with no tokens and holds new ones until resume_generation, which
+    then decode as if alone; with reject_request they are refused in one line; the cache and profile calls
+    are explicit no-ops."""
+    from verl.workers.rollout.replica import TokenOutput
+
+    _, tok, _, server = served
+    prompts = _prompts(tok, 6)
+    alone = [o.token_ids for o in server.decode_batch(prompts[3:])]
+
+    async def scenario():
+        queued = [asyncio.create_task(server.generate(p)) for p in prompts[:3]]
+        await asyncio.sleep(0)  # in the queue, not yet in a batch
+        assert await server.abort_all_requests() == 3
+        held = [asyncio.create_task(server.generate(p)) for p in prompts[3:]]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in held)  # waiting for the weight sync to end
+        for call in (server.clear_kv_cache(), server.release_kv_cache(), server.resume_kv_cache(),
+                     server.start_profile(), server.stop_profile()):  # fmt: skip
+            assert await call is None
+        await server.resume_generation()
+        answered = await asyncio.wait_for(asyncio.gather(*held), timeout=300)  # hang guard; ~1 s observed
+        await server.abort_all_requests(reject_request=True)
+        with pytest.raises(RuntimeError, match="paused .* retry later"):
+            await server.generate(prompts[0])
+        await server.resume_generation()
+        return [await t for t in queued], answered
+
+    aborted, answered = asyncio.run(scenario())
+    assert all(isinstance(o, TokenOutput) and o.num_preempted == 0 for o in aborted + answered)
+    assert [(o.token_ids, o.stop_reason) for o in aborted] == [([], "aborted")] * 3
+    assert [o.token_ids for o in answered] == alone

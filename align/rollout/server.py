@@ -52,14 +52,26 @@ _HONOURED = {"top_p", "top_k"}  # SamplerSettings fields (Dream's schedules) whe
 
 @dataclass
 class TokenOutput:
-    """One request's result, with verl's field names: the completion up to and including its stop token."""
+    """One request's result, with verl's field names: the completion up to and including its stop token. Where
+    verl is installed the server returns verl's own ``TokenOutput`` (``token_output``) with the same fields."""
 
     token_ids: list[int]
     log_probs: list[float] | None = None
-    stop_reason: str | None = None  # "completed" (a stop token) or "length" (the canvas filled)
+    routed_experts: object = None
+    stop_reason: str | None = None  # "completed" (a stop token), "length" (the canvas filled) or "aborted"
+    num_preempted: int | None = 0  # a diffusion batch is never preempted
     extra_fields: dict = field(
         default_factory=dict
     )  # commit_step, weights_version, nfe (of its batch), decoded
+
+
+def token_output(**fields):
+    """verl's ``TokenOutput`` (what its agent loop reads) when verl is installed, else this module's twin."""
+    try:
+        from verl.workers.rollout.replica import TokenOutput as VerlTokenOutput
+    except ImportError:
+        return TokenOutput(**fields)
+    return VerlTokenOutput(**fields)
 
 
 class DiffusionServer:
@@ -105,6 +117,8 @@ class DiffusionServer:
         self._lock = threading.Lock()  # one decode or weight update at a time
         self._pending: list = []  # (prompt, params, future) queued by generate()
         self._runner: asyncio.Task | None = None
+        self._paused: asyncio.Event | None = None  # set by abort_all_requests until resume_generation
+        self._reject = False  # abort_all_requests(reject_request=True): refuse requests while paused
 
     # ---- settings -------------------------------------------------------------------------------------------
     def settings_for(self, sampling_params: dict | None) -> tuple[SamplerSettings, int | None]:
@@ -190,9 +204,10 @@ class DiffusionServer:
             canvas, out.commit_step.cpu(), kept.sum(1).tolist(), stopped, written, strict=True
         ):
             results.append(
-                TokenOutput(
+                token_output(
                     token_ids=row[:end].tolist(),
                     stop_reason="completed" if done else "length",
+                    num_preempted=0,
                     extra_fields={
                         "canvas": row.tolist(),
                         "commit_step": steps.tolist(),
@@ -241,6 +256,12 @@ class DiffusionServer:
             )
         settings, seed = self.settings_for(sampling_params)
         prompt = self.check_prompt(prompt_ids, settings)  # a bad request is refused alone, before any batch
+        if self._paused is not None:  # between abort_all_requests and resume_generation (a weight sync)
+            if self._reject:
+                raise RuntimeError(
+                    "the server is paused (abort_all_requests with reject_request); retry later."
+                )
+            await self._paused.wait()
         future = asyncio.get_running_loop().create_future()
         self._pending.append((prompt, settings, seed, future))
         if self._runner is None or self._runner.done():
@@ -307,7 +328,45 @@ class DiffusionServer:
     async def get_stats(self) -> dict:
         return {**self.stats, "weights_version": self.version}
 
-    # verl's lifecycle calls: weights and caches stay resident on this server
+    # ---- verl's lifecycle calls around a weight sync ------------------------------------------------------
+    async def abort_all_requests(self, reject_request: bool = False) -> int:
+        """Answer every queued request now with ``stop_reason`` "aborted" (no tokens: verl's partial rollout
+        sends it again) and hold new ones until ``resume_generation`` (``reject_request``: refuse them instead);
+        a batch already decoding finishes. Returns how many were aborted."""
+        if self._paused is None:
+            self._paused = asyncio.Event()
+        self._reject = reject_request
+        queued, self._pending = self._pending, []
+        for _, _, _, future in queued:
+            if not future.done():
+                future.set_result(token_output(token_ids=[], stop_reason="aborted", num_preempted=0,
+                                               extra_fields={"weights_version": self.version}))  # fmt: skip
+        return len(queued)
+
+    async def resume_generation(self) -> None:
+        """Let the requests held since ``abort_all_requests`` join batches again."""
+        paused, self._paused, self._reject = self._paused, None, False
+        if paused is not None:
+            paused.set()
+
+    # No KV cache lives across requests here (each batch's cache is its own) and no profiler runs: explicit
+    # no-ops, so verl's weight sync and profiling calls succeed.
+    async def clear_kv_cache(self) -> None:
+        return None
+
+    async def release_kv_cache(self) -> None:
+        return None
+
+    async def resume_kv_cache(self) -> None:
+        return None
+
+    async def start_profile(self, **kwargs) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None
+
+    # weights and caches stay resident on this server
     async def resume(self, tags=None):
         return None
 
