@@ -146,6 +146,16 @@ def cpu_threads(cores: int | None = None, load_1min: float | None = None) -> int
     return max(1, min(cores, cores - int(load_1min + 0.5)))
 
 
+def actor_device(requested: str | None = None) -> str:
+    """Where a Ray actor (rollout server, verl worker) puts its model: ``requested``, else the GPU Ray gave it
+    (Ray sets the actor's CUDA_VISIBLE_DEVICES to its own GPUs, so ``cuda`` is that GPU), else the CPU."""
+    if requested:
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def threads_for_cpu_run(cpu_asked: bool) -> int | None:
     """When this process computes on CPU (asked, or no CUDA): ``set_cpu_threads`` shared by the processes of
     this machine's launch (``LOCAL_WORLD_SIZE``); the count set, or None (a GPU run, or the user's choice)."""

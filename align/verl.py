@@ -173,12 +173,19 @@ class DiffusionPolicyWorker(_worker_base()):
     def init_model(self):
         import torch.distributed as dist
 
+        from align.machine import actor_device
         from align.models import family_spec, load_model, load_tokenizer
 
+        self.device = actor_device()  # the GPU Ray gave this worker, else the CPU
+        if (self.backend == "nccl") != (self.device == "cuda"):
+            raise RuntimeError(
+                f"worker on {self.device} with backend {self.backend}: NCCL needs the model on CUDA, gloo on CPU "
+                "(run with --gpu on a GPU cluster, without it on CPUs)."
+            )
         if not dist.is_initialized():
             dist.init_process_group(self.backend, rank=self.rank, world_size=self.world_size)
         torch.set_num_threads(1)
-        self.model = load_model(self.model_path, dtype=self.dtype)
+        self.model = load_model(self.model_path, dtype=self.dtype).to(self.device)
         self.model.train()
         self.spec = family_spec(self.model, load_tokenizer(self.model_path))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr)
@@ -190,19 +197,20 @@ class DiffusionPolicyWorker(_worker_base()):
         sample [n, K] for a sample-level objective, ``meta_info["loss"]["loss_type"]`` or the worker's)."""
         from verl import DataProto
 
-        plan = plan_of(data.batch, data.meta_info["num_samples"])
+        batch = data.batch.to(self.device)
+        plan = plan_of(batch, data.meta_info["num_samples"])
         with torch.no_grad():
             passes = pass_logprobs(
                 self.model,
-                data.batch["input_ids"],
+                batch["input_ids"],
                 plan,
                 mask_token_id=self.spec.mask_token_id,
-                attention_mask=data.batch["attention_mask"],
+                attention_mask=batch["attention_mask"],
                 spec=self.spec,
             )
         loss_type = data.meta_info.get("loss", {}).get("loss_type", self.args.loss_type)
         estimate = reduce_estimate(get_objective(loss_type).old_reduce, plan, passes)
-        return DataProto.from_dict(tensors={"old_log_probs": estimate})
+        return DataProto.from_dict(tensors={"old_log_probs": estimate.cpu()})
 
     def _loss_and_grads(self, data):
         import torch.distributed as dist
@@ -218,9 +226,10 @@ class DiffusionPolicyWorker(_worker_base()):
         # the shard is one generation batch stepped once: its micro-batches are the accumulation window
         args = loss_args(**{**vars(self.args), **meta.get("loss", {}), "steps_per_generation": rows // micro})
         self.model.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
+        batch = data.batch.to(self.device)
         for start in range(0, rows, micro):
-            shard = data.batch[start : start + micro]
+            shard = batch[start : start + micro]
             loss, _ = shard_loss(
                 self.model,
                 self.spec,
@@ -251,7 +260,7 @@ class DiffusionPolicyWorker(_worker_base()):
         from verl import DataProto
 
         loss, flat = self._loss_and_grads(data)
-        return DataProto.from_dict(tensors={"loss": loss[None], "grad": flat[None]})
+        return DataProto.from_dict(tensors={"loss": loss[None].cpu(), "grad": flat[None].cpu()})
 
     @_register("DP_COMPUTE_PROTO")
     def update_actor(self, data):
@@ -260,7 +269,7 @@ class DiffusionPolicyWorker(_worker_base()):
 
         loss, _ = self._loss_and_grads(data)
         self.optimizer.step()
-        return DataProto.from_dict(tensors={"loss": loss[None]})
+        return DataProto.from_dict(tensors={"loss": loss[None].cpu()})
 
     @_register("ONE_TO_ALL")
     def state_dict(self):

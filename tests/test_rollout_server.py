@@ -391,3 +391,26 @@ def test_verls_result_type_and_its_weight_sync_lifecycle(served):
     assert all(isinstance(o, TokenOutput) and o.num_preempted == 0 for o in aborted + answered)
     assert [(o.token_ids, o.stop_reason) for o in aborted] == [([], "aborted")] * 3
     assert [o.token_ids for o in answered] == alone
+
+
+def test_the_server_and_verls_worker_put_the_model_on_the_gpu_ray_gave_them(monkeypatch):
+    """Under a faked GPU assignment (Ray sets an actor's CUDA_VISIBLE_DEVICES; torch then sees CUDA) the server
+    and verl's worker choose CUDA, on a CPU-only host the CPU, and an explicit device stands; a worker whose
+    backend contradicts its device (NCCL on CPU) is one line."""
+    import inspect
+
+    from align.machine import actor_device
+    from align.verl import DiffusionPolicyWorker
+
+    assert inspect.signature(DiffusionServer).parameters["device"].default is None  # the actor's own device
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert actor_device() == "cuda" and actor_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert actor_device() == "cpu"
+    worker = DiffusionPolicyWorker.__new__(
+        DiffusionPolicyWorker
+    )  # verl's Worker base needs Ray's env to init
+    worker.backend, worker.model_path, worker.dtype = "nccl", MODEL, "float32"
+    with pytest.raises(RuntimeError, match="worker on cpu with backend nccl: NCCL needs the model on CUDA"):
+        worker.init_model()

@@ -85,13 +85,15 @@ class DiffusionServer:
         tokenizer=None,
         settings=None,
         dtype: str = "float32",
-        device: str = "cpu",
+        device: str | None = None,
         max_batch_rows: int = 256,
         seed: int = 0,
         trust_remote_code: bool = False,
     ):
+        from align.machine import actor_device
         from align.models import family_spec, load_model, load_tokenizer
 
+        device = actor_device(device)  # None: the GPU Ray gave this actor, else the CPU
         if model is None:
             if model_path is None:
                 raise ValueError("DiffusionServer needs a model_path or a model.")
