@@ -41,14 +41,35 @@ runs under plain data parallelism, each worker holding the whole model), its PPO
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import types
 
-import torch
 
-from align.logprob.estimators import MaskPlan, make_plan, pass_logprobs
-from align.objectives import get_objective, reduce_estimate
-from align.rollout.batch import MicroBatch
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m align.verl",
+        description="GRPO on verl's single controller: rollout servers + data-parallel policy workers on Ray. "
+        "Any GRPO recipe field can follow as --field value (align train --help lists them).",
+    )
+    parser.add_argument("--config", required=True, help="a GRPO recipe (YAML)")
+    parser.add_argument("--workers", type=int, default=2, help="policy workers (data parallel)")
+    parser.add_argument("--servers", type=int, default=1, help="rollout servers")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker and per server")
+    parser.add_argument("--ray_address", default=None, help="a running cluster (default: start one)")
+    return parser
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):  # before torch, Ray and verl load
+    _parser().print_help()
+    raise SystemExit(0)
+
+import torch  # noqa: E402
+
+from align.logprob.estimators import MaskPlan, make_plan, pass_logprobs  # noqa: E402
+from align.objectives import get_objective, reduce_estimate  # noqa: E402
+from align.rollout.batch import MicroBatch  # noqa: E402
 
 ENGINE = "dllm_align"  # the rollout replica and actor strategy names this module registers
 CAUSAL_STRATEGIES = ("fsdp", "fsdp2", "megatron", "veomni", "torchtitan")
@@ -575,21 +596,16 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m align.verl --config RECIPE.yaml [--workers N --servers M --gpu] [--field value ...]``."""
-    import argparse
+    """``python -m align.verl --config RECIPE.yaml [--workers N --servers M --gpu] [--field value ...]``: trains,
+    prints each step, and writes the trained policy to ``OUTPUT_DIR/final`` (model + tokenizer: what
+    ``align eval`` and ``align train`` load)."""
     import os
 
     import ray
 
     from align.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m align.verl")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--servers", type=int, default=1)
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker and per server")
-    parser.add_argument("--ray_address", default=None)
-    args, rest = parser.parse_known_args(argv)
+    args, rest = _parser().parse_known_args(argv)
     config = load_config(args.config, rest)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
@@ -600,11 +616,49 @@ def main(argv: list[str] | None = None) -> int:
             "env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "RAY_AUTH_MODE") if k in os.environ}
         },
     )
+    last = {}
+
+    def on_step(entry, state):
+        print(json.dumps(entry), flush=True)
+        last["state"] = state
+
     try:
-        history = train(config, workers=args.workers, servers=args.servers, use_gpu=args.gpu)
+        history = train(config, workers=args.workers, servers=args.servers, use_gpu=args.gpu, on_step=on_step)
     finally:
         ray.shutdown()
-    return 0 if history else 1
+    if not history:
+        return 1
+    print(f"python -m align.verl: the trained policy is in {save_final(config, last['state'], history)}")
+    return 0
+
+
+def save_final(config, state: dict, history: list[dict]) -> str:
+    """The trained policy (model, tokenizer, ``history.json``) as ``OUTPUT_DIR/final``, written beside it first and
+    renamed into place: a kill leaves the previous one or none, never half of one."""
+    import os
+    import shutil
+
+    from align.models import load_model, load_tokenizer
+
+    final = os.path.join(config.output_dir, "final")
+    partial, old = final + ".partial", final + ".old"
+    shutil.rmtree(partial, ignore_errors=True)
+    model = load_model(
+        config.model_name_or_path, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+    )
+    model.load_state_dict(state)
+    model.save_pretrained(partial)
+    load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code).save_pretrained(
+        partial
+    )
+    with open(os.path.join(partial, "history.json"), "w") as f:
+        json.dump(history, f)
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 # verl's plug-in routes (the ``verl.plugins`` entry point ``dllm_align``; ``VERL_USE_EXTERNAL_MODULES=align.verl``)

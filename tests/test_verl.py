@@ -272,3 +272,27 @@ def test_why_verls_own_ppo_entry_cannot_run_here():
     assert get_device_name() == "cuda"  # the fallback
     with pytest.raises(AssertionError, match="Torch not compiled with CUDA enabled"):
         get_device_id()
+
+
+def test_python_m_align_verl_answers_help_without_torch_and_saves_the_trained_policy(tmp_path):
+    """``python -m align.verl --help`` lists its options without importing torch, Ray or verl; ``save_final``
+    writes the trained weights where align eval loads them (renamed into place: an older one is replaced)."""
+    from align.config import load_config
+    from align.verl import save_final
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "align.verl", "--help"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--config" in out.stdout and "--workers" in out.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not {"torch", "ray", "verl"} & imported
+    config = load_config("recipes/tiny/grpo.yaml", ["--output_dir", str(tmp_path), "--report_to", "none"])
+    state = {k: v + 1.0 for k, v in load_model(MODEL, dtype="float32").state_dict().items()}
+    for _ in range(2):  # the second replaces the first
+        final = save_final(config, state, [{"step": 1}])
+    saved = load_model(final, dtype="float32").state_dict()
+    assert (
+        all(torch.equal(saved[k], state[k]) for k in state) and load_tokenizer(final).mask_token == "<|mask|>"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["final"] and json.load(
+        open(os.path.join(final, "history.json"))
+    ) == [{"step": 1}]
