@@ -54,6 +54,8 @@ other loss types and f-divergences.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +63,6 @@ from trl.trainer.utils import nanstd
 
 from align.logprob.estimators import MaskPlan, eubo_token_values
 
-RATIO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "wd1", "wd1_mean", "stabledrl_clip")  # policy_loss's
 SCALE_REWARDS = ("group", "batch", "none")  # compute_advantages' (the recipe checks keep torch-free copies)
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")  # dpo_loss's
 
@@ -129,6 +130,82 @@ def wd1_weights(advantages: torch.Tensor, num_generations: int, psi: float) -> t
     return w.view(-1)
 
 
+# ---- the ratio losses: each is a per-token term and an aggregation, declared once -------------------------
+# a per-token term: (ratio [B, T] or [B, 1], advantages [B, T] or [B, 1], logps, mask, settings) -> [B, T]
+def _clipped_term(ratio, adv, logps, mask, s):
+    """PPO's clipped surrogate (TRL's), with ``delta``'s two-sided cap of the unclipped ratio."""
+    clipped = torch.clamp(ratio, 1 - s["epsilon"], 1 + s["epsilon_high"])
+    capped = ratio if s["delta"] is None else torch.clamp(ratio, max=s["delta"])
+    return -torch.min(capped * adv, clipped * adv)
+
+
+def _self_normalised_clip_term(ratio, adv, logps, mask, s):
+    """Our StableDRL variant: the clipped ratio over its masked mean (stabledrl_clip)."""
+    clipped = torch.clamp(ratio, 1 - s["epsilon"], 1 + s["epsilon_high"])
+    return -(clipped / _masked_mean(clipped, mask)) * adv
+
+
+def _wd1_term(ratio, adv, logps, mask, s):
+    """wd1: the group weights times the log-probabilities (no ratio)."""
+    weights = s["group_weights"]
+    if weights is None:
+        if s["num_generations"] is None:
+            raise ValueError(
+                f"loss_type {s['loss_type']!r} needs group_weights or num_generations to form the groups."
+            )
+        weights = wd1_weights(adv[:, 0], s["num_generations"], s["wd1_psi"])
+    return -weights.to(logps.dtype)[:, None] * logps
+
+
+# an aggregation: (per_token [B, T], mask, settings) -> scalar
+def _group_sums(
+    per_token, mask, s
+):  # wd1's released code: token sums, weighted over each group, mean over groups
+    return (per_token * mask).sum() * s["num_generations"] / per_token.shape[0]
+
+
+def _sequence_means(per_token, mask, s):  # grpo: each answer's token mean, mean over answers
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+def _sequence_means_per_group(per_token, mask, s):  # wd1_mean: the sum of a group's weights, mean over groups
+    return _sequence_means(per_token, mask, s) * s["num_generations"]
+
+
+def _token_mean(per_token, mask, s):  # bnpo: this batch's token mean
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _constant_length(per_token, mask, s):  # dr_grpo: / (rows x max_completion_length)
+    if s["max_completion_length"] is None:
+        raise ValueError("loss_type 'dr_grpo' needs max_completion_length.")
+    return (per_token * mask).sum() / (per_token.shape[0] * s["max_completion_length"])
+
+
+def _global_tokens(per_token, mask, s):  # dapo: / the global batch's token count (default: this batch's)
+    norm = mask.sum() if s["normalizer"] is None else s["normalizer"]
+    return (per_token * mask).sum() / torch.as_tensor(norm, dtype=per_token.dtype).clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class RatioLoss:
+    term: Callable
+    aggregate: Callable
+    clips: bool = True  # reports TRL's clip_ratio metrics (wd1 has no ratio to clip)
+
+
+RATIO_LOSSES = {
+    "grpo": RatioLoss(_clipped_term, _sequence_means),
+    "bnpo": RatioLoss(_clipped_term, _token_mean),
+    "dr_grpo": RatioLoss(_clipped_term, _constant_length),
+    "dapo": RatioLoss(_clipped_term, _global_tokens),
+    "wd1": RatioLoss(_wd1_term, _group_sums, clips=False),
+    "wd1_mean": RatioLoss(_wd1_term, _sequence_means_per_group, clips=False),
+    "stabledrl_clip": RatioLoss(_self_normalised_clip_term, _sequence_means),
+}
+RATIO_LOSS_TYPES = tuple(RATIO_LOSSES)  # policy_loss's
+
+
 def policy_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor | None,
@@ -149,7 +226,8 @@ def policy_loss(
     wd1_psi: float = 1.0,
     group_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss (scalar) and detached metrics for per-token log-probs [B, T].
+    """Loss (scalar) and detached metrics for per-token log-probs [B, T]: the loss type's per-token term (plus
+    ``beta`` times the KL) aggregated its way (``RATIO_LOSSES``).
 
     old_logps: [B, T] or None (on-policy: ``logps.detach()``); ref_logps: [B, T], needed when beta > 0;
     advantages: [B] or [B, T]; mask: [B, T] completion mask. ``normalizer`` is the token count of the
@@ -157,7 +235,7 @@ def policy_loss(
     (``wd1_weights`` computed where the rows were still grouped; the trainer does this before shuffling its
     buffer), or contiguous groups of ``num_generations`` rows in this batch.
     """
-    if loss_type not in RATIO_LOSS_TYPES:
+    if loss_type not in RATIO_LOSSES:
         raise ValueError(
             f"loss_type {loss_type!r} is not one of {RATIO_LOSS_TYPES} (the others have their own functions)."
         )
@@ -167,8 +245,12 @@ def policy_loss(
         )
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps (the reference model's estimates).")
+    kind = RATIO_LOSSES[loss_type]
     mask = mask.to(logps.dtype)
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    settings = {"loss_type": loss_type, "epsilon": epsilon, "epsilon_high": epsilon_high, "delta": delta,
+                "max_completion_length": max_completion_length, "normalizer": normalizer,
+                "num_generations": num_generations, "wd1_psi": wd1_psi, "group_weights": group_weights}  # fmt: skip
     old_logps = logps.detach() if old_logps is None else old_logps
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
     log_ratio = logps - old_logps
@@ -176,45 +258,13 @@ def policy_loss(
         log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0))[:, None]
     ratio = torch.exp(log_ratio)
     metrics: dict[str, torch.Tensor] = {}
-
-    if loss_type == "stabledrl_clip":
-        clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-        per_token = -(clipped / _masked_mean(clipped, mask)) * adv
-    elif loss_type in ("wd1", "wd1_mean"):
-        if group_weights is None and num_generations is None:
-            raise ValueError(
-                f"loss_type {loss_type!r} needs group_weights or num_generations to form the groups."
-            )
-        if group_weights is None:
-            group_weights = wd1_weights(adv[:, 0], num_generations, wd1_psi)
-        weights = group_weights.to(logps.dtype)[:, None]
-        per_token = -weights * logps
-    else:
-        clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-        capped = ratio if delta is None else torch.clamp(ratio, max=delta)
-        per_token = -torch.min(capped * adv, clipped * adv)
+    per_token = kind.term(ratio, adv, logps, mask, settings)
     if beta != 0.0:
         per_token_kl = kl_penalty(logps, ref_logps, kl_estimator)
         per_token = per_token + beta * per_token_kl
         metrics["kl"] = _masked_mean(per_token_kl, mask).detach()
-
-    if loss_type == "wd1":  # the released code: token sums, weighted over each group, mean over groups
-        loss = (per_token * mask).sum() * num_generations / per_token.shape[0]
-    elif loss_type in ("grpo", "wd1_mean", "stabledrl_clip"):
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-        if loss_type == "wd1_mean":
-            loss = loss * num_generations  # sum of group weights, averaged over groups
-    elif loss_type == "bnpo":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
-    elif loss_type == "dr_grpo":
-        if max_completion_length is None:
-            raise ValueError("loss_type 'dr_grpo' needs max_completion_length.")
-        loss = (per_token * mask).sum() / (per_token.shape[0] * max_completion_length)
-    else:  # dapo
-        norm = mask.sum() if normalizer is None else normalizer
-        loss = (per_token * mask).sum() / torch.as_tensor(norm, dtype=per_token.dtype).clamp(min=1.0)
-
-    if loss_type not in ("wd1", "wd1_mean"):
+    loss = kind.aggregate(per_token, mask, settings)
+    if kind.clips:
         low = ((ratio < 1 - epsilon) & (adv < 0)).float()
         high = ((ratio > 1 + epsilon_high) & (adv > 0)).float()
         metrics["clip_ratio/low_mean"] = _masked_mean(low, mask).detach()
