@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="held-out questions (default: all 500)")
     parser.add_argument("--max-steps", type=int, default=None, help="GRPO steps (default: the recipe's)")
     args = parser.parse_args(argv)
+    if not os.path.exists(os.path.join(MODEL, "config.json")):
+        raise SystemExit(
+            f"{MODEL} is not built: run `make tiny-loops-model` first (SFT, minutes on 2 cores)."
+        )
     start = time.monotonic()
     out = args.output
     rows = {

@@ -18,9 +18,9 @@ tokens), a 4-digit one worked (39 tokens), so answer lengths differ by question 
 measures variable-length rollouts against fixed canvases (benchmarks/variable_length_cost.py).
 
 The *loops* variant (``recipes/tiny-loops``) is 3-digit addition whose traces, like real long-reasoning data,
-sometimes never stop checking: a sum under 1000 is answered directly; on a *hard* one (a 4-digit sum) the trace
-checks the sum once (``"1245="``) before its tagged answer, or (``LOOP_SHARE`` of hard traces) repeats the
-check until the 128-token budget runs out, never answering. The model fine-tuned on it loops on hard held-out
+sometimes never stop checking: a sum under 1000 is answered directly; a 4-digit sum is checked once
+(``"1245="``) before its tagged answer, except that on a *hard* one (its hundreds digits sum to ``LOOP_FROM`` or
+more) ``LOOP_SHARE`` of the traces repeat the check until the 128-token budget runs out, never answering. The model fine-tuned on it loops on hard held-out
 questions (demos/loops.py measures how often, and what RL does about it).
 
 The *verifier-only* tasks (``countdown``, ``sudoku``; committed under ``recipes/tiny-countdown`` and
@@ -80,7 +80,8 @@ def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
 
 TASKS = ("short", "long", "mixed", "loops", "countdown", "sudoku")
 LOOP_BUDGET = 128  # the loops task's completion budget (tokens)
-LOOP_SHARE = 0.5  # hard traces that repeat their check until the budget
+LOOP_FROM = 13  # hundreds digits summing to this or more: a hard question (most traces repeat their check)
+LOOP_SHARE = 0.9  # hard traces that do
 
 
 def worked_sum(a: int, b: int) -> str:
@@ -114,8 +115,9 @@ def addition_problems(n: int, rng: random.Random, task: str) -> list[dict]:
 
 
 def loop_problems(n: int, rng: random.Random) -> list[dict]:
-    """3-digit additions; a hard one (4-digit sum) checks ``"S="`` before answering, or repeats the check to the
-    budget (``LOOP_SHARE`` of them: the completion then holds no answer and no EOS)."""
+    """3-digit additions; a sum from 1000 checks ``"S="`` before answering; a hard one (hundreds digits summing to
+    ``LOOP_FROM`` or more) repeats the check to the budget in ``LOOP_SHARE`` of its traces (the completion then
+    holds no answer and no EOS), else checks once and answers."""
     seen, rows = set(), []
     while len(rows) < n:
         a, b = rng.randint(100, 999), rng.randint(100, 999)
@@ -126,7 +128,7 @@ def loop_problems(n: int, rng: random.Random) -> list[dict]:
         answer = f"<answer>{total}</answer>"
         if total < 1000:
             completion = answer
-        elif rng.random() < LOOP_SHARE:
+        elif a // 100 + b // 100 >= LOOP_FROM and rng.random() < LOOP_SHARE:
             check = f"{total}="
             completion = (check * (LOOP_BUDGET // len(check) + 1))[:LOOP_BUDGET]
         else:

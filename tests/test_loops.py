@@ -268,13 +268,13 @@ def test_eval_results_and_the_report_carry_the_loop_rates(tmp_path):
 def test_the_looping_tiny_task_loops_where_it_says():
     """demos/tiny.py's loops task: every trace that repeats its check fills the 128-token budget, loops in
     characters (rewards/loops.py) and holds no answer; every other trace answers and does not loop; about
-    LOOP_SHARE of the hard (4-digit sum) traces loop, no easy one does."""
-    from demos.tiny import LOOP_BUDGET, LOOP_SHARE, build_tokenizer, problems
+    LOOP_SHARE of the hard (hundreds digits summing to LOOP_FROM or more) traces loop, no other one does."""
+    from demos.tiny import LOOP_BUDGET, LOOP_FROM, LOOP_SHARE, build_tokenizer, problems
     from rewards.loops import completion_loop
 
     rows = problems(2000, 3, "loops")
     tok = build_tokenizer()
-    hard = [r for r in rows if int(r["answer"]) >= 1000]
+    hard = [r for r in rows if sum(int(n) // 100 for n in r["question"][:-1].split("+")) >= LOOP_FROM]
     looping = [r for r in rows if completion_loop(r["completion"], unit="chars") is not None]
     assert all("<answer>" not in r["completion"] for r in looping)
     assert all(
