@@ -20,7 +20,7 @@ import torch
 
 from align.models import SDARLM, LLaDAConfig, LLaDAModelLM, SDARConfig
 from align.models.family import family_spec
-from align.sampling import generate
+from align.sampling import SamplerSettings, generate
 from align.sampling.block import block_generate
 
 
@@ -74,8 +74,12 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         cached, t_cached = timed(lambda: block_generate(sdar, ids, attn, **kw))
         plain, t_plain = timed(lambda: block_generate(sdar, ids, attn, use_cache=False, **kw))
-        ref, t_llada = timed(lambda: generate(llada, ids, attn, gen_length=args.gen_length, steps=args.gen_length,
-                                              block_length=min(args.llada_block, args.gen_length)))  # fmt: skip
+        llada_settings = SamplerSettings(
+            gen_length=args.gen_length,
+            steps=args.gen_length,
+            block_length=min(args.llada_block, args.gen_length),
+        )
+        ref, t_llada = timed(lambda: generate(llada, ids, attn, llada_settings))
     assert torch.equal(cached.sequences, plain.sequences), "the block cache changed the tokens"
     result = {
         "tokens_per_s": {"block_cached": tokens / t_cached, "block_no_cache": tokens / t_plain,

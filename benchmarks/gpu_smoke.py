@@ -64,7 +64,7 @@ def peak_flops(device: str) -> float | None:
 
 
 def time_sampler(model, device: str, gen_length: int, batch: int) -> dict:
-    from align.sampling import generate
+    from align.sampling import SamplerSettings, generate
 
     prompt = torch.randint(10, 1000, (batch, 64), device=device)  # below every preset's mask id
     modes = {"reference": {}, "threshold_0.9": {"threshold": 0.9}, "dual_cache": {"cache": "dual"}}
@@ -75,8 +75,10 @@ def time_sampler(model, device: str, gen_length: int, batch: int) -> dict:
         _sync(device)
         start = time.perf_counter()
         with torch.no_grad():
-            result = generate(model, prompt, gen_length=gen_length, steps=gen_length, block_length=32,
-                              temperature=1.0, generator=torch.Generator(device).manual_seed(0), **extra)  # fmt: skip
+            settings = SamplerSettings(
+                gen_length=gen_length, steps=gen_length, block_length=32, temperature=1.0, **extra
+            )
+            result = generate(model, prompt, None, settings, generator=torch.Generator(device).manual_seed(0))
         _sync(device)
         seconds = time.perf_counter() - start
         out[name] = {

@@ -23,7 +23,7 @@ import time
 import torch
 
 from align.models import LLaDAConfig, LLaDAModelLM
-from align.sampling import generate
+from align.sampling import SamplerSettings, generate
 
 
 def build_model(args) -> LLaDAModelLM:
@@ -175,7 +175,7 @@ def fidelity(model, batches, common: dict, modes: dict[str, dict]) -> None:
         diffusion._Denoiser.block_logits = probed
         try:
             for batch in batches:
-                generate(model, batch, **common, **extra)
+                generate(model, batch, None, SamplerSettings(**common, **extra))
         finally:
             diffusion._Denoiser.block_logits = original
         cells = [f"{i}: {s[0] / s[2]:.1%} / {s[1] / s[2]:.3f}" for i, s in sorted(stats.items()) if s[2]]
@@ -215,7 +215,9 @@ def main() -> None:
     common = dict(gen_length=args.gen_length, steps=args.gen_length, block_length=args.block_length,
                   temperature=args.temperature)  # fmt: skip
     seeded = lambda: torch.Generator(args.device).manual_seed(0)  # noqa: E731
-    generate(model, batches[0], **{**common, "gen_length": args.block_length, "steps": 2})  # warm-up
+    generate(
+        model, batches[0], None, SamplerSettings(**{**common, "gen_length": args.block_length, "steps": 2})
+    )
     tokens = sum(len(b) for b in batches) * args.gen_length
 
     def run(fn):
@@ -244,7 +246,9 @@ def main() -> None:
     )
     for name, extra in parse_modes(args.modes).items():
         outs, secs = run(
-            lambda batch, extra=extra: generate(model, batch, **common, **extra, generator=seeded())
+            lambda batch, extra=extra: generate(
+                model, batch, None, SamplerSettings(**common, **extra), generator=seeded()
+            )
         )
         ids = torch.cat([o.completion_ids for o in outs])
         tps = tokens / secs

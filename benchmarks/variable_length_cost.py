@@ -26,7 +26,7 @@ import torch
 
 from align.cli import main as align
 from align.models import family_spec, load_model, load_tokenizer
-from align.sampling import generate
+from align.sampling import SamplerSettings, generate
 
 FOLDER = "recipes/tiny-mixed"
 MODEL, TEST, TRAIN = f"{FOLDER}/model", f"{FOLDER}/data/test.jsonl", f"{FOLDER}/data/train.jsonl"
@@ -50,8 +50,10 @@ def decode(budget: int, block: int, variable: bool) -> dict:
 
     hook = model.register_forward_pre_hook(count, with_kwargs=True)
     with torch.no_grad():
-        out = generate(model, enc["input_ids"], enc["attention_mask"], gen_length=budget, steps=budget,
-                       block_length=block, variable_length=variable, spec=family_spec(model, tok))  # fmt: skip
+        settings = SamplerSettings(
+            gen_length=budget, steps=budget, block_length=block, variable_length=variable
+        )
+        out = generate(model, enc["input_ids"], enc["attention_mask"], settings, spec=family_spec(model, tok))
     hook.remove()
     texts = tok.batch_decode(out.completion_ids, skip_special_tokens=True)
     right = [f"<answer>{r['answer']}</answer>" in t for r, t in zip(rows, texts, strict=True)]

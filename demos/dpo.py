@@ -33,15 +33,15 @@ def build_pairs(path: str, questions: int, samples: int = 8, seed: int = 0) -> i
 
     from align.data import encode_prompts
     from align.models import family_spec, load_model, load_tokenizer
-    from align.sampling import generate, truncate_at_stop
+    from align.sampling import SamplerSettings, generate, truncate_at_stop
 
     tokenizer, model = load_tokenizer(MODEL), load_model(MODEL, dtype="float32").eval()
     spec = family_spec(model, tokenizer)
     rows = [json.loads(line) for line in open(TRAIN)][:questions]
     enc = encode_prompts(tokenizer, [r["question"] for r in rows], max_length=16, use_chat_template=False)
     ids = enc["input_ids"].repeat_interleave(samples, 0)
-    out = generate(model, ids, gen_length=8, steps=8, block_length=8, temperature=1.0, spec=spec,
-                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    settings = SamplerSettings(gen_length=8, steps=8, block_length=8, temperature=1.0)
+    out = generate(model, ids, None, settings, spec=spec, generator=torch.Generator().manual_seed(seed))
     kept, _ = truncate_at_stop(out.completion_ids, spec.stop_token_ids, spec.eos_token_id)
     texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
     written = 0

@@ -119,3 +119,18 @@ def assert_same_training(joint, chunked, tol: float = 1e-6) -> None:
     assert worst < tol, worst
     losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (joint, chunked)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+
+
+def kw_generate(model, input_ids, attention_mask=None, *, spec=None, mask_token_id=None, generator=None,
+                on_block=None, **fields):  # fmt: skip
+    """``align.sampling.generate`` with its settings and hooks given as keywords (the tests' shorthand): the
+    SamplerHooks fields go to ``hooks``, the rest to ``SamplerSettings``."""
+    from align.models.family import family_spec
+    from align.sampling import SamplerSettings, generate
+    from align.sampling.hooks import SamplerHooks
+
+    hook_fields = {k: fields.pop(k) for k in SamplerHooks.names() if k in fields}
+    if spec is None and mask_token_id is not None:
+        spec = family_spec(model, mask_token_id=mask_token_id)
+    return generate(model, input_ids, attention_mask, SamplerSettings(**fields), spec=spec, generator=generator,
+                    hooks=SamplerHooks.of(**hook_fields), on_block=on_block)  # fmt: skip

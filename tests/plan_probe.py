@@ -27,7 +27,8 @@ def main() -> None:
 
     from align.logprob import make_plan, pass_logprobs
     from align.models import LLaDAConfig, LLaDAModelLM
-    from align.sampling import generate
+    from align.models.family import family_spec
+    from align.sampling import SamplerSettings, generate
 
     phase, shape = sys.argv[1], json.loads(sys.argv[2])
     torch.set_num_threads(1)
@@ -57,8 +58,11 @@ def main() -> None:
     def run(r: int) -> None:
         if phase == "rollout":
             with torch.no_grad():
-                generate(model, ids[:r, :prompt], attn[:r, :prompt], gen_length=completion, block_length=block,
-                         steps=completion // block * 2, temperature=1.0, mask_token_id=config.mask_token_id)  # fmt: skip
+                settings = SamplerSettings(
+                    gen_length=completion, block_length=block, steps=completion // block * 2, temperature=1.0
+                )
+                spec = family_spec(model, mask_token_id=config.mask_token_id)
+                generate(model, ids[:r, :prompt], attn[:r, :prompt], settings, spec=spec)
             return
         part = type(plan)(plan.masked[:, :r], plan.weights[:, :r], plan.num_samples)
         with torch.set_grad_enabled(phase == "policy"):

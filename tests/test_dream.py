@@ -317,7 +317,7 @@ CASES = [
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_greedy_decoding_is_token_for_token_the_hub_sampler(sampler_model, case, padded):
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     ids = torch.randint(2, MASK, (3, 5), generator=torch.Generator().manual_seed(7))
     attn = torch.ones_like(ids)
@@ -340,7 +340,7 @@ def test_greedy_decoding_is_token_for_token_the_hub_sampler(sampler_model, case,
 def test_sampled_tokens_follow_the_filtered_tempered_softmax(sampler_model, alg):
     """At T = 0.7 with top_k 6: one step on one masked position, 30,000 rows: chi-square against the softmax of
     the cut, tempered aligned logits (what the hub's Categorical draws from)."""
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     rows = 30000
     prompt = torch.randint(2, MASK, (1, 4), generator=torch.Generator().manual_seed(8))
@@ -358,7 +358,7 @@ def test_sampled_tokens_follow_the_filtered_tempered_softmax(sampler_model, alg)
 
 
 def test_what_dreams_schedules_do_not_do_is_refused_in_one_line(sampler_model):
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     ids = torch.randint(2, MASK, (1, 3))
     for extra, match in ((dict(block_length=4), "set block_length to gen_length"),

@@ -44,7 +44,7 @@ def test_coupled_grpo_with_dreams_schedule_raises_held_out_accuracy(tmp_path, ca
 def test_dreams_schedules_decode_the_twin_in_align_eval(tmp_path):
     """Greedy held-out accuracy of the twin under each of Dream's schedules (one 8-token block, 8 steps), equal to
     counting the sampler's own answers; measured 41.0% (entropy), 41.4% (maskgit_plus) on 500 questions."""
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     out = tmp_path / "eval"
     argv = ["eval", "--model", MODEL, "--tasks", f"heldout={TEST}", "--protocol", "tiny", "--remasking", "entropy",

@@ -178,7 +178,7 @@ def test_trace_replay_is_the_samplers_probability_of_tokens_and_order():
     """Run the real sampler (T = 1, random remasking, 3 allowed tokens, 3 positions, one commit per step:
     27 outputs x 6 orders) 12000 times and compare the frequency of every (output, order) with
     exp(trace estimate) / 3!; the 162 probabilities must also sum to 1."""
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     model = tiny_model(seed=5)
     with torch.no_grad():
@@ -236,7 +236,7 @@ def test_trace_merge_and_plan_shape():
 def test_left_to_right_rollouts_and_trace_give_the_exact_autoregressive_likelihood():
     """JustGRPO's setting is block_length 1 + the trace estimator: the sampler commits position k at step k,
     and the replay is sum_k log p(o_k | x, o_<k, masks after), written out here as a loop."""
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     model = tiny_model(seed=7)
     prompt = torch.tensor([[0, 9, 12, 20], [0, 5, 6, 7]])

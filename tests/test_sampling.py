@@ -6,9 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import EOS_ID, MASK_ID, VOCAB, tiny_model
+from conftest import kw_generate as generate
 from torch import nn
 
-from align.sampling import generate, num_transfer_tokens, sample_tokens
+from align.sampling import num_transfer_tokens, sample_tokens
 
 
 def reference_generate(
@@ -391,14 +392,65 @@ def test_the_long_answer_tiny_model_and_its_fast_modes():
 
 
 def test_rows_decoded_in_chunks_equal_one_call_when_greedy(model):
-    from align.sampling import generate_in_chunks
+    from align.sampling import SamplerSettings, generate_in_chunks
 
     prompt = torch.randint(2, 38, (5, 4), generator=torch.Generator().manual_seed(3))
     attn = torch.ones_like(prompt)
     attn[1, :2] = 0  # left padding
     kwargs = dict(gen_length=16, steps=16, block_length=8)
     whole = generate(model, prompt, attn, **kwargs)
-    parts = generate_in_chunks(model, prompt, attn, rows_per_call=2, **kwargs)
+    parts = generate_in_chunks(model, prompt, attn, SamplerSettings(**kwargs), rows_per_call=2)
     assert torch.equal(parts.sequences, whole.sequences) and torch.equal(parts.commit_step, whole.commit_step)
     assert parts.nfe == 3 * whole.nfe  # three calls of 2, 2 and 1 rows
-    assert generate_in_chunks(model, prompt, attn, rows_per_call=None, **kwargs).nfe == whole.nfe
+    assert (
+        generate_in_chunks(model, prompt, attn, SamplerSettings(**kwargs), rows_per_call=None).nfe
+        == whole.nfe
+    )
+
+
+def test_decoders_register_by_kind_and_generate_dispatches_through_the_table(model, monkeypatch):
+    """Each schedule has one registered decoder; block-causal attention is declared by exactly the block
+    schedules; generate calls the registered decoder's run (a spy put in the table is what runs)."""
+    import dataclasses
+
+    from align.sampling import SamplerSettings
+    from align.sampling import decoders as table
+    from align.sampling import generate as sampler_generate
+    from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING
+
+    found = table.decoders()
+    assert set(found) == {"llada_blocks", "dream", "block_diffusion"}
+    owned = [s for d in found.values() for s in d.schedules]
+    assert sorted(owned) == sorted(REMASKING + DREAM_ALGS + BLOCK_SCHEDULES)  # each schedule exactly once
+    assert {s for d in found.values() if d.attention == "block_causal" for s in d.schedules} == set(
+        BLOCK_SCHEDULES
+    )
+    calls = []
+    spy = dataclasses.replace(found["llada_blocks"], run=lambda *a, **k: calls.append(a[3]) or "spied")
+    monkeypatch.setitem(table._REGISTRY, "llada_blocks", spy)
+    settings = SamplerSettings(gen_length=8, steps=8, block_length=8)
+    assert sampler_generate(model, torch.randint(2, 38, (1, 4)), None, settings) == "spied"
+    assert calls == [settings]
+
+
+@pytest.mark.parametrize("remasking,hook,message", [
+    ("entropy", dict(deprioritize_token_ids=[EOS_ID]), "remasking 'entropy' \\(dream decoder\\) takes no "
+                                                       "deprioritize_token_ids"),
+    ("entropy", dict(stop_check=lambda c: None), "takes no stop_check"),
+    ("low_confidence", dict(max_length=64), "set variable_length"),
+])  # fmt: skip
+def test_a_hook_the_decoder_does_not_honour_is_refused_in_one_line(model, remasking, hook, message):
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.randint(2, 38, (1, 4)), gen_length=8, steps=4, block_length=8, remasking=remasking,
+                 **hook)  # fmt: skip
+
+
+def test_generate_stays_a_dispatcher():
+    """generate is a dispatcher through the decoder table: at most 8 parameters and 40 lines."""
+    import inspect
+
+    from align.sampling import generate as sampler_generate
+
+    source, _ = inspect.getsourcelines(inspect.unwrap(sampler_generate))
+    assert len(inspect.signature(sampler_generate).parameters) <= 8
+    assert len(source) <= 40, len(source)

@@ -644,7 +644,7 @@ def test_trace_replay_is_the_sampler_log_probability():
 
 
 def test_generate_dispatches_block_schedules_and_stops_rows():
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     model = tiny_model(41)
     ids = torch.randint(2, 60, (2, 6), generator=torch.Generator().manual_seed(1))
@@ -665,7 +665,7 @@ def test_generate_dispatches_block_schedules_and_stops_rows():
     (dict(remasking="low_confidence_static", block_length=4, alg_temp=0.5), "alg_temp applies"),
 ])  # fmt: skip
 def test_block_settings_that_contradict_the_model_are_one_line(kwargs, match):
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     model = tiny_model(43)
     ids = torch.randint(2, 60, (1, 4))

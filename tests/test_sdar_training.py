@@ -44,7 +44,7 @@ def test_tracerl_with_trados_schedule_raises_held_out_accuracy(tmp_path, capsys)
 
 def test_align_eval_counts_the_block_samplers_own_answers(tmp_path):
     """align eval --protocol tiny-block equals decoding the questions with the block sampler directly."""
-    from align.sampling import generate
+    from conftest import kw_generate as generate
 
     out = tmp_path / "eval"
     argv = ["eval", "--model", MODEL, "--tasks", f"heldout={TEST}", "--protocol", "tiny-block", "--dtype", "float32",

@@ -173,8 +173,9 @@ def test_the_committed_mixed_length_model_decodes_both_ways_and_variable_reads_l
     (rows x keys over the forward calls, counted at the model) of the fixed 48-token canvas."""
     import json
 
+    from conftest import kw_generate as generate
+
     from align.models import family_spec, load_model, load_tokenizer
-    from align.sampling import generate
 
     path = "recipes/tiny-mixed/model"
     model, tok = load_model(path, dtype="float32").eval(), load_tokenizer(path)
@@ -224,10 +225,11 @@ def test_a_row_looping_for_k_blocks_leaves_the_batch_and_keeps_what_it_wrote(blo
     the uncut run wrote them, EOS filler after, never committed; row 1 runs its whole budget. The completion mask
     ends where it stopped (no stop token: truncated) and the growing plan never draws a block after it."""
     from conftest import EOS_ID
+    from conftest import kw_generate as generate
 
     from align.models import family_spec
     from align.rollout.loop_stop import LoopStop
-    from align.sampling import generate, truncate_at_stop
+    from align.sampling import truncate_at_stop
 
     model, gen, block = tiny_model(seed=5), 96, 8
     table = torch.stack(

@@ -99,17 +99,18 @@ class InProcessEngine(RolloutEngine):
     ):
         """``generate`` with a model already entered (a caller that holds the context for several calls)."""
         from align.sampling import generate_in_chunks
+        from align.sampling.hooks import SamplerHooks
 
         return generate_in_chunks(
             model,
             prompt_ids,
             attention_mask,
+            settings,
             rows_per_call=self.rows_per_call,
-            **settings.as_kwargs(),
             spec=self.spec,
             generator=generator,
+            hooks=SamplerHooks.of(**hooks),
             on_block=on_block,
-            **hooks,
         )
 
     def describe(self) -> dict:

@@ -165,6 +165,7 @@ class DiffusionServer:
 
     def _decode(self, prompts, settings: SamplerSettings, seed, hooks) -> list[TokenOutput]:
         from align.sampling import generate_in_chunks, truncate_at_stop
+        from align.sampling.hooks import SamplerHooks
 
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every request needs a non-empty prompt_ids.")
@@ -186,11 +187,11 @@ class DiffusionServer:
                 self.model,
                 ids.to(self.device),
                 attn.to(self.device),
+                settings,
                 rows_per_call=self.max_batch_rows,
-                **settings.as_kwargs(),
                 spec=self.spec,
                 generator=generator,
-                **hooks,
+                hooks=SamplerHooks.of(**hooks),
             )
             version = self.version
             self.stats["batches"] += 1

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from align.errors import RunError
 from align.models.family import FamilySpec
+from align.sampling.decoders import Decoder, register
 from align.sampling.settings import BLOCK_SCHEDULES
 
 
@@ -228,3 +229,37 @@ def block_generate(
         prompt_length=p,
         full_passes=1 if first else 0,
     )
+
+
+def _decode_blocks_causal(model, input_ids, attention_mask, s, *, spec, generator, hooks, on_block):
+    """A row's tokens before its stop token do not depend on what follows it (block-causal), so every row
+    stops there, as SDAR's generate.py does (``variable_length`` always)."""
+    return block_generate(
+        model,
+        input_ids,
+        attention_mask,
+        spec=spec,
+        gen_length=s.gen_length,
+        block_length=s.block_length,
+        steps_per_block=s.steps // (s.gen_length // s.block_length),
+        schedule=s.remasking,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        threshold=s.threshold,
+        variable_length=True,
+        suppress_token_ids=hooks.suppress_token_ids,
+        generator=generator,
+        on_block=on_block,
+    )
+
+
+register(
+    Decoder(
+        kind="block_diffusion",
+        schedules=BLOCK_SCHEDULES,
+        attention="block_causal",
+        hooks=frozenset({"suppress_token_ids"}),
+        run=_decode_blocks_causal,
+    )
+)

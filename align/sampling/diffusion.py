@@ -35,12 +35,10 @@ reproduces reference decoding. ``cache_refresh=k`` bounds the staleness: the who
 grows the canvas block by block until every row has emitted EOS or ``gen_length`` is reached (iLLaDA);
 finished rows stop costing compute.
 
-Dream's own ``diffusion_generate`` schedules live beside this in ``align.sampling.dream`` (``generate``
-dispatches to them for ``remasking`` origin / maskgit_plus / topk_margin / entropy).
-
-Block-diffusion models (block-causal attention: SDAR, TraDo) decode with SDAR's own schedules and an
-exact block cache in ``align.sampling.block`` (``generate`` dispatches to it for ``remasking``
-low_confidence_static / low_confidence_dynamic / sequential, the only schedules such a family accepts).
+``generate`` dispatches through the decoder registry (``align.sampling.decoders``): this module registers
+LLaDA's blocks; Dream's own ``diffusion_generate`` schedules register in ``align.sampling.dream`` (origin /
+maskgit_plus / topk_margin / entropy); block-diffusion models (block-causal attention: SDAR, TraDo) decode
+with SDAR's schedules and an exact block cache registered in ``align.sampling.block``.
 
 Not covered: Fast-dLLM's KV caches for full-attention models other than the native LLaDA class.
 """
@@ -53,10 +51,11 @@ import torch
 
 from align.errors import RunError
 from align.models.family import FamilySpec, family_spec, model_logits
-from align.sampling.dream import dream_generate
+from align.sampling.decoders import Decoder, check_hooks, decoder_for, register
 from align.sampling.family_checks import check_family_settings
+from align.sampling.hooks import NO_HOOKS, SamplerHooks
 from align.sampling.output import GenerationOutput, truncate_at_stop  # noqa: F401 (truncate_at_stop: re-exported)
-from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
+from align.sampling.settings import REMASKING, SamplerSettings, check_decoding
 
 CACHE_MODES = (None, "prefix", "dual")
 
@@ -285,165 +284,108 @@ def generate(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    settings: SamplerSettings | None = None,
     *,
-    gen_length: int,
-    steps: int,
-    block_length: int,
-    mask_token_id: int | None = None,
-    temperature: float = 0.0,
-    remasking: str = "low_confidence",
-    cfg_scale: float = 0.0,
-    threshold: float | None = None,
-    cache: str | None = None,
-    cache_refresh: int | None = None,
-    on_block=None,
-    variable_length: bool = False,
-    suppress_token_ids: list[int] | None = None,
-    deprioritize_token_ids: list[int] | None = None,
-    logits_hook=None,
-    stop_check=None,
-    max_length: int | None = None,
     spec: FamilySpec | None = None,
     generator: torch.Generator | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    alg_temp: float | None = None,
-    eps: float = 1e-3,
+    hooks: SamplerHooks | None = None,
+    on_block=None,
 ) -> GenerationOutput:
-    """Decode ``gen_length`` tokens after each (left-padded) prompt of input_ids [B, P].
+    """Decode ``settings.gen_length`` tokens after each (left-padded) prompt of input_ids [B, P] with the
+    decoder registered for ``settings.remasking`` (``align.sampling.decoders``): LLaDA's blocks here, Dream's
+    schedules (``align.sampling.dream``), block diffusion (``align.sampling.block``).
 
-    ``suppress_token_ids`` get logit -inf (e.g. forbid EOS); ``deprioritize_token_ids`` get confidence 0
-    so they are committed last (e.g. EOS/EoT). With ``variable_length`` ``gen_length`` is the budget and
-    ``steps`` counts steps per ``gen_length`` as in fixed mode. ``logits_hook(logits, canvas, masked,
-    completion_start, block_offset)`` may change a block's logits [B, block, V] in place before each step
-    samples (``masked`` [B, block]: the block's still-masked positions; ``block_offset``: where the block
-    starts in the completion): protocol behaviour such as iLLaDA's end-of-thinking boost
-    (``align.sampling.boost``) lives there, not in the sampler; it also gets ``budgets`` [B], each row's generation
-    budget. Returns a :class:`GenerationOutput`.
-
-    Variable-length decoding only: ``stop_check(completions [R, n]) -> [R] bool`` decides after each block
-    which rows are done (default: a stop token id was written; a protocol may decode the text and look for
-    its stop strings instead); ``max_length`` (the model's context) gives each row the budget
-    ``min(gen_length, max_length - its prompt length)`` rounded down to whole blocks, as iLLaDA's evaluation
-    does; a row stops when its budget is spent.
-
-    ``remasking`` one of Dream's schedules (``origin``, ``maskgit_plus``, ``topk_margin``, ``entropy``)
-    decodes with ``align.sampling.dream`` instead (its ``top_p``, ``top_k``, ``alg_temp``, ``eps``; one
-    block, so ``block_length == gen_length``), on any family.
+    ``hooks`` (``align.sampling.hooks.SamplerHooks``) add what is not a setting: a logits hook (protocol
+    behaviour such as iLLaDA's end-of-thinking boost, ``align.sampling.boost``), a variable-length stop check
+    and context length, suppressed and deprioritized ids; a decoder refuses a hook it does not honour.
+    ``on_block(done, total)`` reports progress. Returns a :class:`GenerationOutput`.
     """
-    if spec is None:
-        spec = family_spec(model, mask_token_id=mask_token_id)
-    elif mask_token_id is not None and mask_token_id != spec.mask_token_id:
-        raise ValueError(
-            f"mask_token_id {mask_token_id} disagrees with the family spec ({spec.mask_token_id})."
+    if settings is None:
+        raise TypeError(
+            "generate needs settings: align.sampling.SamplerSettings(gen_length=, steps=, block_length=)."
         )
+    spec = family_spec(model) if spec is None else spec
+    hooks = NO_HOOKS if hooks is None else hooks
+    check_settings(settings, spec)
+    decoder = decoder_for(settings.remasking)
+    check_hooks(decoder, settings.remasking, hooks)
+    return decoder.run(
+        model,
+        input_ids,
+        attention_mask,
+        settings,
+        spec=spec,
+        generator=generator,
+        hooks=hooks,
+        on_block=on_block,
+    )
+
+
+def check_settings(s: SamplerSettings, spec: FamilySpec) -> None:
+    """What ``generate`` checks before decoding, one line each: the schedule's arithmetic and modes, the pad id,
+    and whether the family can run them."""
+    fast = dict(threshold=s.threshold, cache=s.cache, cache_refresh=s.cache_refresh, cfg_scale=s.cfg_scale)
     check_decoding(
-        remasking,
-        gen_length,
-        steps,
-        block_length,
-        top_p=top_p,
-        top_k=top_k,
-        alg_temp=alg_temp,
-        threshold=threshold,
-        cache=cache,
-        cache_refresh=cache_refresh,
-        cfg_scale=cfg_scale,
-        variable_length=variable_length,
-        deprioritize_token_ids=deprioritize_token_ids,
+        s.remasking,
+        s.gen_length,
+        s.steps,
+        s.block_length,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        alg_temp=s.alg_temp,
+        variable_length=s.variable_length,
+        **fast,
     )
     check_pad_id(spec)
-    check_family_settings(spec, cache=cache, remasking=remasking, block_length=block_length)
-    if remasking in BLOCK_SCHEDULES:  # block diffusion: a row's tokens before its stop token do not depend on
-        # what follows it (block-causal), so every row stops there, as SDAR's generate.py does
-        if logits_hook is not None or deprioritize_token_ids:
-            raise ValueError(
-                f"remasking {remasking!r} takes no logits hook or deprioritized ids (a protocol "
-                "behaviour of LLaDA-family models)."
-            )
-        from align.sampling.block import block_generate
+    check_family_settings(spec, cache=s.cache, remasking=s.remasking, block_length=s.block_length)
 
-        return block_generate(
-            model,
-            input_ids,
-            attention_mask,
-            spec=spec,
-            gen_length=gen_length,
-            block_length=block_length,
-            steps_per_block=steps // (gen_length // block_length),
-            schedule=remasking,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            threshold=threshold,
-            variable_length=True,
-            suppress_token_ids=suppress_token_ids,
-            generator=generator,
-            on_block=on_block,
-        )
-    if remasking in DREAM_ALGS:
-        out = dream_generate(
-            model,
-            input_ids,
-            attention_mask,
-            spec=spec,
-            gen_length=gen_length,
-            steps=steps,
-            alg=remasking,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            alg_temp=alg_temp,
-            eps=eps,
-            generator=generator,
-            logits_hook=logits_hook,
-            suppress_token_ids=suppress_token_ids,
-        )
-        if on_block is not None:  # one block
-            on_block(1, 1)
-        return out
+
+def _decode_llada_blocks(
+    model, input_ids, attention_mask, s: SamplerSettings, *, spec, generator, hooks, on_block
+):
+    """LLaDA's semi-autoregressive blocks (fixed canvas, or grown block by block with ``variable_length``)."""
     device = input_ids.device
     b, p = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    num_blocks = gen_length // block_length
-    steps_per_block = steps // num_blocks
+    num_blocks = s.gen_length // s.block_length
+    steps_per_block = s.steps // num_blocks
+    deprioritize = torch.tensor(hooks.deprioritize_token_ids, dtype=torch.long, device=device)
     opts = {
-        "temperature": temperature,
-        "remasking": remasking,
+        "temperature": s.temperature,
+        "remasking": s.remasking,
         "generator": generator,
-        "threshold": threshold,
-        "deprioritize": torch.tensor(deprioritize_token_ids or [], dtype=torch.long, device=device),
+        "threshold": s.threshold,
+        "deprioritize": deprioritize if len(deprioritize) else None,
+        "logits_hook": hooks.logits_hook,
+        "completion_start": p,
     }
-    if not len(opts["deprioritize"]):
-        opts["deprioritize"] = None
-    opts["logits_hook"], opts["completion_start"] = logits_hook, p
-    if (stop_check is not None or max_length is not None) and not variable_length:
+    if (hooks.stop_check is not None or hooks.max_length is not None) and not s.variable_length:
         raise ValueError(
             "stop_check and max_length decide when variable-length rows stop; set variable_length."
         )
-    budgets = torch.full((b,), gen_length, dtype=torch.long, device=device)
-    if max_length is not None:
-        room = max_length - attention_mask.sum(-1).to(device)
-        budgets = torch.clamp(torch.minimum(budgets, room) // block_length * block_length, min=0)
+    budgets = torch.full((b,), s.gen_length, dtype=torch.long, device=device)
+    if hooks.max_length is not None:
+        room = hooks.max_length - attention_mask.sum(-1).to(device)
+        budgets = torch.clamp(torch.minimum(budgets, room) // s.block_length * s.block_length, min=0)
         if bool((budgets == 0).any()):
             raise ValueError(
-                f"a prompt leaves less than one block of {block_length} tokens before max_length "
-                f"{max_length}; shorten it or raise max_length."
+                f"a prompt leaves less than one block of {s.block_length} tokens before max_length "
+                f"{hooks.max_length}; shorten it or raise max_length."
             )
-    opts["budgets"], opts["stop_check"] = budgets, stop_check
-    den = _Denoiser(model, spec, cfg_scale, cache, list(suppress_token_ids or []), cache_refresh)
-    total = p + gen_length
+    opts["budgets"], opts["stop_check"] = budgets, hooks.stop_check
+    den = _Denoiser(model, spec, s.cfg_scale, s.cache, list(hooks.suppress_token_ids), s.cache_refresh)
+    total = p + s.gen_length
     x = torch.full((b, total), spec.mask_token_id, dtype=torch.long, device=device)
     x[:, :p] = input_ids
-    attn = torch.cat([attention_mask.long(), torch.ones(b, gen_length, dtype=torch.long, device=device)], 1)
+    attn = torch.cat([attention_mask.long(), torch.ones(b, s.gen_length, dtype=torch.long, device=device)], 1)
     commit = torch.full((b, total), -1, dtype=torch.long, device=device)
     prompt_real = torch.zeros(b, total, dtype=torch.bool, device=device)
     prompt_real[:, :p] = attention_mask.bool()
-    if not variable_length:  # the variable-length branch is after this one
+    if not s.variable_length:  # the variable-length branch is after this one
         model_attn = None if bool(attention_mask.all()) else attn
         for blk in range(num_blocks):
-            start = p + blk * block_length
+            start = p + blk * s.block_length
             _decode_block(
                 den,
                 x,
@@ -451,7 +393,7 @@ def generate(
                 prompt_real,
                 commit,
                 start,
-                start + block_length,
+                start + s.block_length,
                 steps_per_block,
                 blk * steps_per_block,
                 opts,
@@ -459,9 +401,9 @@ def generate(
             if on_block is not None:  # progress: blocks done of num_blocks
                 on_block(blk + 1, num_blocks)
     decoded = None
-    if variable_length:
+    if s.variable_length:
         decoded = _generate_variable_length(
-            den, x, attn, prompt_real, commit, p, block_length, steps_per_block, opts
+            den, x, attn, prompt_real, commit, p, s.block_length, steps_per_block, opts
         )
     return GenerationOutput(
         sequences=x,
@@ -474,24 +416,39 @@ def generate(
     )
 
 
+register(
+    Decoder(
+        kind="llada_blocks",
+        schedules=REMASKING,
+        attention="full",
+        hooks=frozenset(SamplerHooks.names()),
+        run=_decode_llada_blocks,
+    )
+)
+
+
 def generate_in_chunks(
     model,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None,
+    settings: SamplerSettings,
     *,
     rows_per_call: int | None,
-    **kwargs,
+    **call,
 ) -> GenerationOutput:
     """:func:`generate` over ``rows_per_call`` rows at a time (None: all at once), so that the transient
     memory of a decoding pass (logits [rows, block, V], caches) is bounded whatever the batch. Chunks run
-    one after another with the same ``generator``; ``nfe`` / ``full_passes`` add up over the chunks."""
+    one after another with the same ``generator``; ``nfe`` / ``full_passes`` add up over the chunks. ``call``:
+    generate's keywords (spec, generator, hooks, on_block)."""
     b = input_ids.shape[0]
     if rows_per_call is None or rows_per_call >= b:
-        return generate(model, input_ids, attention_mask, **kwargs)
+        return generate(model, input_ids, attention_mask, settings, **call)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     parts = [
-        generate(model, input_ids[i : i + rows_per_call], attention_mask[i : i + rows_per_call], **kwargs)
+        generate(
+            model, input_ids[i : i + rows_per_call], attention_mask[i : i + rows_per_call], settings, **call
+        )
         for i in range(0, b, rows_per_call)
     ]
     return GenerationOutput(

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 
 from align.errors import RunError
 from align.models.family import FamilySpec, model_logits
+from align.sampling.decoders import Decoder, register
+from align.sampling.settings import DREAM_ALGS
 
 
 def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
@@ -164,3 +166,37 @@ def dream_generate(
     return GenerationOutput(
         sequences=x, attention_mask=attn, commit_step=commit, nfe=nfe, prompt_length=p, full_passes=nfe
     )
+
+
+def _decode_dream(model, input_ids, attention_mask, s, *, spec, generator, hooks, on_block):
+    out = dream_generate(
+        model,
+        input_ids,
+        attention_mask,
+        spec=spec,
+        gen_length=s.gen_length,
+        steps=s.steps,
+        alg=s.remasking,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        alg_temp=s.alg_temp,
+        eps=s.eps,
+        generator=generator,
+        logits_hook=hooks.logits_hook,
+        suppress_token_ids=hooks.suppress_token_ids,
+    )
+    if on_block is not None:  # one block
+        on_block(1, 1)
+    return out
+
+
+register(
+    Decoder(
+        kind="dream",
+        schedules=DREAM_ALGS,
+        attention="full",
+        hooks=frozenset({"logits_hook", "suppress_token_ids"}),
+        run=_decode_dream,
+    )
+)
