@@ -414,3 +414,57 @@ def test_the_server_and_verls_worker_put_the_model_on_the_gpu_ray_gave_them(monk
     worker.backend, worker.model_path, worker.dtype = "nccl", MODEL, "float32"
     with pytest.raises(RuntimeError, match="worker on cpu with backend nccl: NCCL needs the model on CUDA"):
         worker.init_model()
+
+
+def test_a_seeded_request_gets_its_own_tokens_whatever_is_queued_with_it(served):
+    """Sampled (T = 1) requests with seeds, sent together with unseeded ones: each seeded request's tokens are
+    the ones it gets sent alone; two with the same seed and prompt agree."""
+    _, tok, _, server = served
+    prompts = _prompts(tok, 4)
+    sampled = {"temperature": 1.0}
+    seeded = [(p, {**sampled, "seed": 11 + i % 2}) for i, p in enumerate(prompts)] + [
+        (prompts[0], {**sampled, "seed": 11})
+    ]
+
+    async def together():
+        calls = [server.generate(p, sampled) for p in prompts] + [server.generate(p, sp) for p, sp in seeded]
+        return await asyncio.wait_for(asyncio.gather(*calls), timeout=300)  # hang guard; ~1 s observed
+
+    got = [o.token_ids for o in asyncio.run(together())[len(prompts) :]]
+
+    async def alone(p, sp):
+        return (await server.generate(p, sp)).token_ids
+
+    assert got == [asyncio.run(alone(p, sp)) for p, sp in seeded]
+    assert got[0] == got[-1]
+
+
+def test_a_weight_update_applies_between_batches_in_arrival_order(served):
+    """Requests sent before an update are decoded with the old weights, those sent after with the new, however
+    the sends interleave with the batch loop; each result names its weights version."""
+    model, tok, _, server = served
+    prompts = _prompts(tok, 6)
+    perturbed = load_model(MODEL, dtype="float32")
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    old_state, new_state = dict(model.state_dict()), dict(perturbed.state_dict())
+    server.load_weights(old_state)
+    before = [o.token_ids for o in server.decode_batch(prompts[:3])]
+    old_version = server.version
+
+    async def interleaved():
+        first = [asyncio.create_task(server.generate(p)) for p in prompts[:3]]
+        update = asyncio.create_task(server.update_weights(new_state))
+        second = [asyncio.create_task(server.generate(p)) for p in prompts[3:]]
+        return await asyncio.wait_for(asyncio.gather(*first, update, *second), timeout=300)  # hang guard
+
+    (*results,) = asyncio.run(interleaved())
+    old, version, new = results[:3], results[3], results[4:]
+    assert version == old_version + 1
+    assert [o.token_ids for o in old] == before
+    assert {o.extra_fields["weights_version"] for o in old} == {old_version}
+    assert {o.extra_fields["weights_version"] for o in new} == {version}
+    after = [o.token_ids for o in server.decode_batch(prompts[3:])]  # the new weights, alone
+    assert [o.token_ids for o in new] == after
+    server.load_weights(old_state)  # the module's server back on the committed weights

@@ -11,9 +11,11 @@ weights version it was decoded with and its batch's forward calls (``nfe``).
 
 Two faces: ``generate(prompt_ids, sampling_params, request_id)`` (async, one request: verl's server
 contract, the field names of its ``TokenOutput``) and ``generate_batch(prompts, sampling_params)`` (async,
-one call for many rows: what ``ServerEngine`` sends). ``update_weights(named_tensors)`` copies weights in
-between batches (never during one); a name the model lacks or a shape it disagrees with is refused before
-any weight changes. ``decode_batch`` / ``load_weights`` are the same, synchronous, in the caller's thread.
+one call for many rows: what ``ServerEngine`` sends). ``update_weights(named_tensors)`` joins the same queue
+and copies weights between batches in arrival order: requests sent before it are decoded with the old weights,
+requests sent after it with the new (each result names its ``weights_version``); a name the model lacks or a
+shape it disagrees with is refused before any weight changes. A request with a ``seed`` decodes alone (its own
+generator over its own canvas), so its tokens do not depend on what else was queued. ``decode_batch`` / ``load_weights`` are the same, synchronous, in the caller's thread.
 
 Under Ray (``ray_server(...)``: the class as a Ray actor, made on demand) the same methods are remote; the
 actor is async, so ``generate`` calls from many clients overlap and batch. ``ServerEngine`` (registered as
@@ -117,7 +119,7 @@ class DiffusionServer:
         self.version = 0
         self.stats = {"batches": 0, "rows": 0, "nfe": 0}
         self._lock = threading.Lock()  # one decode or weight update at a time
-        self._pending: list = []  # (prompt, params, future) queued by generate()
+        self._pending: list = []  # _Request (generate) and _Update (update_weights), in arrival order
         self._runner: asyncio.Task | None = None
         self._paused: asyncio.Event | None = None  # set by abort_all_requests until resume_generation
         self._reject = False  # abort_all_requests(reject_request=True): refuse requests while paused
@@ -265,33 +267,60 @@ class DiffusionServer:
                     "the server is paused (abort_all_requests with reject_request); retry later."
                 )
             await self._paused.wait()
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((prompt, settings, seed, future))
+        return await self._enqueue(
+            _Request(prompt, settings, seed, asyncio.get_running_loop().create_future())
+        )
+
+    async def _enqueue(self, entry):
+        self._pending.append(entry)
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run_pending())
-        return await future
+        return await entry.future
+
+    def _next_batch(self) -> list:
+        """The queue's head: a weight update alone, or the requests that batch with the first one. Requests
+        batch only with requests queued before the next update (an update never jumps a request, nor a
+        request an update), and a seeded request decodes alone: its own generator over its own canvas, so
+        its tokens do not depend on batch-mates."""
+        head = self._pending[0]
+        if isinstance(head, _Update) or head.seed is not None:
+            return [head]
+        group = []
+        for entry in self._pending:
+            if isinstance(entry, _Update) or len(group) == self.max_batch_rows:
+                break
+            if entry.seed is None and entry.settings == head.settings:
+                group.append(entry)
+        return group
 
     async def _run_pending(self) -> None:
         await asyncio.sleep(0)  # let the requests sent together reach the queue
         while self._pending:
-            self._pending = [r for r in self._pending if not r[3].done()]  # cancelled callers leave the queue
+            self._pending = [r for r in self._pending if not r.future.done()]  # cancelled callers leave
             if not self._pending:
                 break
-            key = self._pending[0][1:3]
-            group = [r for r in self._pending if r[1:3] == key][: self.max_batch_rows]
+            group = self._next_batch()
             for r in group:
                 self._pending.remove(r)
             try:
-                results = await asyncio.to_thread(self._decode, [r[0] for r in group], key[0], key[1], {})
+                if isinstance(group[0], _Update):
+                    results = [await asyncio.to_thread(self.load_weights, group[0].weights)]
+                else:
+                    head = group[0]
+                    results = await asyncio.to_thread(
+                        self._decode, [r.prompt for r in group], head.settings, head.seed, {}
+                    )
             except Exception as error:  # every request of the batch learns why
                 results = [error] * len(group)
             for r, result in zip(group, results, strict=True):
-                if r[3].done():  # its caller cancelled or went away while the batch ran: only it misses out
+                if (
+                    r.future.done()
+                ):  # its caller cancelled or went away while the batch ran: only it misses out
                     continue
                 if isinstance(result, Exception):
-                    r[3].set_exception(result)
+                    r.future.set_exception(result)
                 else:
-                    r[3].set_result(result)
+                    r.future.set_result(result)
 
     def check_prompt(self, prompt_ids, settings: SamplerSettings) -> list[int]:
         """A request's prompt as a list of ids, or a one-line ValueError (empty, not whole numbers, an id
@@ -326,7 +355,7 @@ class DiffusionServer:
     async def update_weights(self, weights, wire_format: str = "named_tensors", **unused) -> int:
         if wire_format != "named_tensors":
             raise ValueError(f"update_weights takes wire_format 'named_tensors', not {wire_format!r}.")
-        return await asyncio.to_thread(self.load_weights, weights)
+        return await self._enqueue(_Update(weights, asyncio.get_running_loop().create_future()))
 
     async def get_stats(self) -> dict:
         return {**self.stats, "weights_version": self.version}
@@ -339,11 +368,12 @@ class DiffusionServer:
         if self._paused is None:
             self._paused = asyncio.Event()
         self._reject = reject_request
-        queued, self._pending = self._pending, []
-        for _, _, _, future in queued:
-            if not future.done():
-                future.set_result(token_output(token_ids=[], stop_reason="aborted", num_preempted=0,
-                                               extra_fields={"weights_version": self.version}))  # fmt: skip
+        queued = [r for r in self._pending if isinstance(r, _Request)]
+        self._pending = [r for r in self._pending if isinstance(r, _Update)]  # queued updates still apply
+        for r in queued:
+            if not r.future.done():
+                r.future.set_result(token_output(token_ids=[], stop_reason="aborted", num_preempted=0,
+                                                 extra_fields={"weights_version": self.version}))  # fmt: skip
         return len(queued)
 
     async def resume_generation(self) -> None:
@@ -381,6 +411,20 @@ class DiffusionServer:
 
     async def sleep(self):
         return None
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    settings: SamplerSettings
+    seed: object  # None (the server's generator), an int seed
+    future: asyncio.Future
+
+
+@dataclass
+class _Update:
+    weights: object  # named tensors (update_weights)
+    future: asyncio.Future
 
 
 def ray_server(*args, num_cpus: float = 1, num_gpus: float = 0, **kwargs):
