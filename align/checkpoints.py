@@ -192,6 +192,30 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def publish(staged: str, final: str, step: int) -> None:
+    """The last act of a save: every file synced, the manifest (sizes, checksums) written, the staged folder
+    renamed to ``final`` (``OUTPUT_DIR/checkpoint-N``): a kill before the rename leaves no checkpoint-N."""
+    _fsync_tree(staged)
+    manifest = os.path.join(staged, MANIFEST)
+    files = _files(staged)
+    with open(manifest + ".tmp", "w") as f:
+        json.dump({"step": step, "files": files, "checksums": _checksums(staged, files)}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(manifest + ".tmp", manifest)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    _fsync_dir(os.path.dirname(final) or ".")
+
+
+def rotate(run_dir: str, limit: int, best: str | None = None) -> None:
+    """Keep the newest ``limit`` checkpoints (and ``best``), after a new one is in place."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    rotate_checkpoints(output_dir=run_dir, save_total_limit=limit, best_model_checkpoint=best, use_mtime=True)
+
+
 class _StopOnSignal(TrainerCallback):
     """Turns a signal into "save and stop" at the end of the current optimizer step, the same step on every
     rank (the request is all-reduced there)."""
@@ -262,30 +286,9 @@ class SafeCheckpointMixin:
                 # the Trainer found the best checkpoint in the staging folder: name it where it will be
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
                 self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-            _fsync_tree(staged)
-            manifest = os.path.join(staged, MANIFEST)
-            files = _files(staged)
-            with open(manifest + ".tmp", "w") as f:
-                json.dump(
-                    {"step": self.state.global_step, "files": files, "checksums": _checksums(staged, files)},
-                    f,
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(manifest + ".tmp", manifest)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(staged, final)
-            _fsync_dir(run_dir)
+            publish(staged, final, self.state.global_step)
             if limit is not None:
-                from transformers.trainer_utils import rotate_checkpoints
-
-                rotate_checkpoints(
-                    output_dir=run_dir,
-                    save_total_limit=limit,
-                    best_model_checkpoint=self.state.best_model_checkpoint,
-                    use_mtime=True,
-                )
+                rotate(run_dir, limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
     def _run_fields(self) -> dict:

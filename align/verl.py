@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import types
 
@@ -296,6 +298,28 @@ class DiffusionPolicyWorker(_worker_base()):
     def state_dict(self):
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
+    @_register("ONE_TO_ALL")
+    def optimizer_state(self):
+        """The optimizer's state on the CPU (every worker's is the same: gradients are averaged)."""
+        return _to_cpu(self.optimizer.state_dict())
+
+    @_register("ONE_TO_ALL")
+    def load_state(self, model_state, optimizer_state):
+        """A checkpoint's weights and optimizer state, on every worker (resume)."""
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        return self.world_size
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
 
 # ---- verl's policy-loss registry --------------------------------------------------------------------------
 def _verl_policy_loss(loss_type: str):
@@ -444,7 +468,13 @@ def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, 
     (``align.config.GRPOConfig``): its model, data, rollout, estimator, loss and reward fields;
     ``per_device_train_batch_size`` rows per worker per step, on-policy (one update per rollout).
     ``on_step(entry, state_dict)`` sees each step's log and weights (default: print the log). Returns the
-    logs. Ray must be started (``ray.init``) by the caller."""
+    logs of the steps this call ran. Ray must be started (``ray.init``) by the caller.
+
+    Checkpoints as ``align train`` writes them (``save_strategy steps``, ``save_steps``, ``save_total_limit``):
+    ``OUTPUT_DIR/checkpoint-N``, staged then renamed, with a manifest, checksums and the run fingerprint; the
+    weights load with ``align eval``, ``optimizer.pt`` and ``driver.pt`` (the prompt sampler's state) resume.
+    ``resume_from_checkpoint`` (true: the newest complete one) goes on from one, refusing a changed recipe
+    as ``align train`` does (``allow_changed``), and gives the steps the uninterrupted run would have."""
     import ray
     from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
@@ -473,6 +503,7 @@ def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, 
     spec = family_spec(
         AutoConfig.from_pretrained(c.model_name_or_path, trust_remote_code=c.trust_remote_code), tok
     )
+    run = _Run(c, spec, tok, workers, servers)  # a refused resume leaves nothing on the cluster
     loss = {
         "loss_type": c.loss_type,
         "estimator": c.estimator,
@@ -520,7 +551,8 @@ def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, 
         for i in range(servers)
     ]
     try:
-        return _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step)
+        run.resume(group, actors)
+        return _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step, run)
     finally:  # nothing of this run stays on the cluster
         for actor in [*actors, *group.workers]:
             ray.kill(actor)
@@ -528,7 +560,7 @@ def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, 
             ray.util.remove_placement_group(pg)
 
 
-def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> list[dict]:
+def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step, run) -> list[dict]:
     import ray
     from verl import DataProto
 
@@ -540,8 +572,10 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
     objective = get_objective(c.loss_type)
     rows = load_rows(c)
     rng = torch.Generator().manual_seed(c.seed)
+    if run.driver is not None:
+        rng.set_state(run.driver["rng"])
     history = []
-    for step in range(c.max_steps):
+    for step in range(run.start_step, c.max_steps):
         picked = [rows[i] for i in torch.randperm(len(rows), generator=rng)[: rows_per_step // g].tolist()]
         prompts = stages.prompt_batch(tok, picked, c)
         requests = [row[m.bool()].tolist() for row, m in zip(prompts.ids, prompts.attn, strict=True)]
@@ -592,7 +626,98 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step) -> l
             print(json.dumps(entry), flush=True)
         else:
             on_step(entry, state)
+        if run.due(step + 1):
+            run.save(step + 1, state, group.optimizer_state()[0], rng.get_state(), entry)
     return history
+
+
+class _Run:
+    """The checkpoints of one ``train`` call: where it starts (a resumed checkpoint) and what it saves."""
+
+    def __init__(self, config, spec, tokenizer, workers: int, servers: int):
+        from align import checkpoints, fingerprint
+
+        self.config, self.tokenizer, self.start_step, self.driver = config, tokenizer, 0, None
+        # the data-parallel split decides the rows per step: a change of workers or servers is a recipe change
+        self.fields = {
+            **fingerprint.run_fields(config, spec),
+            "verl_workers": workers,
+            "verl_servers": servers,
+        }
+        self.path = checkpoints.resolve_resume(config.output_dir, config.resume_from_checkpoint, print)
+        self.accepted = []
+        if self.path is not None:
+            self.accepted = fingerprint.check_resume(self.path, self.fields, config.allow_changed, print)
+        self._model = None
+
+    def resume(self, group, actors) -> None:
+        """The checkpoint's weights and optimizer on every worker, its weights on every server."""
+        if self.path is None:
+            return
+        import ray
+
+        from align.models import load_model
+
+        c = self.config
+        self.driver = torch.load(os.path.join(self.path, "driver.pt"), weights_only=True)
+        self.start_step = int(self.driver["step"])
+        model = load_model(self.path, dtype=c.dtype, trust_remote_code=c.trust_remote_code)
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        optimizer = torch.load(os.path.join(self.path, "optimizer.pt"), weights_only=True)
+        group.load_state(state, optimizer)
+        ray.get([actor.update_weights.remote(state) for actor in actors])
+        print(f"python -m align.verl: resumed {self.path} at step {self.start_step}", flush=True)
+
+    def due(self, step: int) -> bool:
+        c = self.config
+        return (
+            str(getattr(c.save_strategy, "value", c.save_strategy)) == "steps"
+            and step % int(c.save_steps) == 0
+        )
+
+    def save(self, step: int, state: dict, optimizer: dict, rng_state, entry: dict) -> str:
+        from align import checkpoints, fingerprint
+
+        c = self.config
+        name = f"checkpoint-{step}"
+        staged, final = (
+            os.path.join(c.output_dir, checkpoints.STAGING, name),
+            os.path.join(c.output_dir, name),
+        )
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            model = self._model_for_io()
+            model.load_state_dict(state)
+            model.save_pretrained(staged)
+            self.tokenizer.save_pretrained(staged)
+            torch.save(optimizer, os.path.join(staged, "optimizer.pt"))
+            torch.save({"step": step, "rng": rng_state}, os.path.join(staged, "driver.pt"))
+            with open(os.path.join(staged, "log.json"), "w") as f:
+                json.dump(entry, f)
+            fingerprint.write(staged, self.fields, self.accepted, step)
+            checkpoints.publish(staged, final, step)
+        except OSError as exc:
+            complete, _ = checkpoints.checkpoints(c.output_dir)
+            raise RuntimeError(
+                f"saving {name} failed ({exc.strerror or exc}: {exc.filename or staged}); nothing was renamed, the "
+                f"newest complete checkpoint is {complete[-1] if complete else 'none'}: free space and resume with "
+                "--resume_from_checkpoint true."
+            ) from exc
+        if c.save_total_limit:
+            checkpoints.rotate(c.output_dir, c.save_total_limit)
+        print(f"python -m align.verl: saved {final}", flush=True)
+        return final
+
+    def _model_for_io(self):
+        """One CPU copy of the policy on the driver, for writing and reading weights in the model's format."""
+        if self._model is None:
+            from align.models import load_model
+
+            c = self.config
+            self._model = load_model(
+                c.model_name_or_path, dtype=c.dtype, trust_remote_code=c.trust_remote_code
+            )
+        return self._model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     if not history:
+        print(
+            f"python -m align.verl: no step ran (max_steps {config.max_steps} was reached before this run)."
+        )
         return 1
     print(f"python -m align.verl: the trained policy is in {save_final(config, last['state'], history)}")
     return 0
