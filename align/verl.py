@@ -387,10 +387,77 @@ def register_policy_losses() -> list[str]:
 
 # ---- rollout replica and config checks ----------------------------------------------------------------------
 def register_rollout() -> None:
-    """The dense-diffusion rollout server as verl's rollout replica ``dllm_align``."""
+    """The dense-diffusion rollout server as verl's rollout replica ``dllm_align``, and its ``BaseRollout``
+    adapter (what verl's hybrid actor-rollout worker builds by ``get_rollout_class("dllm_align", "async")``)."""
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     RolloutReplicaRegistry.register(ENGINE, _replica_class)
+    _ROLLOUT_REGISTRY[(ENGINE, "async")] = f"{__name__}.DiffusionRolloutAdapter"
+
+
+def server_name(replica_rank: int) -> str:
+    """The Ray actor name of replica ``replica_rank``'s server (verl's ``{name}_server_{replica}_{node}``)."""
+    return f"{ENGINE}_server_{replica_rank}_0"
+
+
+def _rollout_base():
+    from verl.workers.rollout.base import BaseRollout
+
+    return BaseRollout
+
+
+class DiffusionRolloutAdapter(_rollout_base()):
+    """verl's per-worker client of a ``dllm_align`` replica in the hybrid (colocated) mode: the trainer's weight
+    sync reaches the replica's ``DiffusionServer`` through it. Rank 0 of each replica's ranks holds the server
+    (found by name, ``server_name``); every rank drains the weights generator (verl gathers full tensors with
+    collectives, so every rank must take part) and rank 0 sends them as named tensors. Weights and the
+    per-batch cache stay resident, so ``resume`` / ``release`` do nothing. Generation goes through the replica's
+    server (verl's agent loop), not through this adapter: ``generate_sequences`` says so."""
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+        import os
+
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", "0"))
+        c = self.config
+        world = c.tensor_model_parallel_size * c.data_parallel_size * c.pipeline_model_parallel_size
+        self.replica_rank = rank // world if replica_rank == -1 else replica_rank
+        self.rollout_rank = rank % world
+        self.server_handle = None
+
+    def _server(self):
+        if self.rollout_rank != 0:
+            return None
+        if self.server_handle is None:
+            import ray
+
+            self.server_handle = ray.get_actor(server_name(self.replica_rank))
+        return self.server_handle
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    async def update_weights(self, weights, wire_format: str = "named_tensors", global_steps=None, **kwargs):
+        if wire_format != "named_tensors":
+            raise ValueError(
+                f"the dllm_align rollout takes wire_format 'named_tensors', not {wire_format!r}: set "
+                "rollout.checkpoint_engine to send full tensors."
+            )
+        server = self._server()
+        named = {name: tensor.detach().cpu() for name, tensor in weights}  # every rank drains the generator
+        if server is not None:
+            return await server.update_weights.remote(named)
+        return None
+
+    def generate_sequences(self, prompts):
+        raise NotImplementedError(
+            "the dllm_align rollout generates through its replica's server (verl's agent loop, async mode), "
+            "not through the worker's generate_sequences."
+        )
 
 
 def _replica_class():
@@ -420,7 +487,11 @@ def _replica_class():
             }
             path = getattr(self.model_config, "local_path", None) or self.model_config.path
             server = ray_server(
-                path, settings=settings, num_cpus=0, num_gpus=1 if self.rollout_worker_use_gpu() else 0
+                path,
+                settings=settings,
+                num_cpus=0,
+                num_gpus=1 if self.rollout_worker_use_gpu() else 0,
+                name=server_name(self.replica_rank),
             )
             self.servers = [server]
             self._server_handle = server

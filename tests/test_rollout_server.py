@@ -269,7 +269,7 @@ def test_rollout_engine_ray_server_is_refused_with_lora(tmp_path):
                            "--use_cpu", "true", "--reward_funcs", "math_accuracy"])  # fmt: skip
 
 
-def test_the_verl_rollout_replica_launches_a_server_that_answers_verls_generate(served, ray_cluster):
+def test_the_verl_rollout_replica_launches_a_server_and_its_adapter_syncs_weights(served, ray_cluster):
     pytest.importorskip("verl")
     import types
 
@@ -289,6 +289,37 @@ def test_the_verl_rollout_replica_launches_a_server_that_answers_verls_generate(
     prompt = _prompts(tok, 1)[0]
     out = ray_cluster.get(replica.server_handle.generate.remote(prompt, {"temperature": 0.0}, "request-0"))
     assert out.token_ids == server.decode_batch([prompt])[0].token_ids and out.stop_reason == "completed"
+    # verl's hybrid worker side: the BaseRollout adapter its registry names, pushing a weight sync by generator
+    from verl.workers.rollout.base import get_rollout_class
+
+    adapter_class = get_rollout_class("dllm_align", "async")
+    perturbed = load_model(MODEL, dtype="float32")
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    drained = []
+
+    def named():  # a generator, as verl's weight sync hands one to every rank
+        for item in perturbed.state_dict().items():
+            drained.append(item[0])
+            yield item
+
+    follower = adapter_class(config, types.SimpleNamespace(path=MODEL), None, replica_rank=0)
+    follower.rollout_rank = 1  # a rank without the server: drains the generator, sends nothing
+    assert asyncio.run(follower.update_weights(named())) is None and len(drained) == len(
+        perturbed.state_dict()
+    )
+    leader = adapter_class(config, types.SimpleNamespace(path=MODEL), None)
+    assert asyncio.run(leader.update_weights(named())) == 1
+    with pytest.raises(ValueError, match="takes wire_format 'named_tensors', not 'delta_flush'"):
+        asyncio.run(leader.update_weights(named(), wire_format="delta_flush"))
+    after = ray_cluster.get(replica.server_handle.generate.remote(prompt, {"temperature": 0.0}, "request-1"))
+    original = {k: v.clone() for k, v in server.model.state_dict().items()}
+    server.load_weights(perturbed.state_dict())
+    expected = server.decode_batch([prompt])[0].token_ids
+    server.load_weights(original)
+    assert after.token_ids == expected and after.extra_fields["weights_version"] == 1
+    asyncio.run(leader.resume(["weights"])), asyncio.run(leader.release())  # resident: nothing to do
     ray_cluster.kill(replica.server_handle)
 
 

@@ -196,6 +196,8 @@ PROBE = (
     "import verl\n"
     "from verl.workers.rollout.replica import RolloutReplicaRegistry\n"
     "from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY\n"
+    "from verl.workers.rollout.base import get_rollout_class\n"
+    "print(get_rollout_class('dllm_align', 'async').__name__)\n"
     "print(RolloutReplicaRegistry.get('dllm_align').__name__, sorted(k for k in POLICY_LOSS_REGISTRY if k.startswith('dllm_')))\n"
 )
 
@@ -204,7 +206,8 @@ PROBE = (
 def test_verl_reaches_our_pieces_through_its_own_plugin_routes(tmp_path, route):
     """A fresh interpreter that only imports verl (outside the checkout, as verl's TaskRunner and workers do):
     the installed package's ``verl.plugins`` entry point, or ``VERL_USE_EXTERNAL_MODULES=align.verl`` with
-    entry-point discovery off, registers the rollout replica and the policy losses; no call of ours."""
+    entry-point discovery off, registers the rollout replica, its BaseRollout adapter and the policy losses; no
+    call of ours."""
     env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "auto" if route == "entry_point" else "none"}
     if route == "external_modules":
         env["VERL_USE_EXTERNAL_MODULES"] = "align.verl"
@@ -217,6 +220,7 @@ def test_verl_reaches_our_pieces_through_its_own_plugin_routes(tmp_path, route):
         out.stdout.split("\n")[-2]
         == "DiffusionReplica ['dllm_bnpo', 'dllm_dapo', 'dllm_dr_grpo', 'dllm_grpo']"
     )
+    assert out.stdout.split("\n")[-3] == "DiffusionRolloutAdapter"  # the hybrid worker's BaseRollout
 
 
 def test_the_single_controller_grpo_loop_trains_two_steps_on_cpu(workers, tmp_path):

@@ -427,11 +427,15 @@ class _Update:
     future: asyncio.Future
 
 
-def ray_server(*args, num_cpus: float = 1, num_gpus: float = 0, **kwargs):
-    """A ``DiffusionServer`` as a Ray actor (Ray must be initialised); arguments as ``DiffusionServer``."""
+def ray_server(*args, num_cpus: float = 1, num_gpus: float = 0, name: str | None = None, **kwargs):
+    """A ``DiffusionServer`` as a Ray actor (Ray must be initialised); arguments as ``DiffusionServer``;
+    ``name``: a named actor (``ray.get_actor(name)`` finds it: verl's rollout adapter does)."""
     import ray
 
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(DiffusionServer).remote(*args, **kwargs)
+    actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(DiffusionServer)
+    if name is not None:
+        actor = actor.options(name=name)
+    return actor.remote(*args, **kwargs)
 
 
 @register_engine("server")
