@@ -454,3 +454,64 @@ def test_generate_stays_a_dispatcher():
     source, _ = inspect.getsourcelines(inspect.unwrap(sampler_generate))
     assert len(inspect.signature(sampler_generate).parameters) <= 8
     assert len(source) <= 40, len(source)
+
+
+EOT_ID = 2  # the tiny vocabulary's stand-in for LLaDA's <|eot_id|> (126348; EOS_ID stands for 126081)
+
+
+def reference_generate_eos_rules(model, prompt, gen_length, steps, block_length, logits_eos_inf,
+                                 confidence_eos_eot_inf):  # fmt: skip
+    """LLaDA's generate.py at T = 0 with its two end-of-text rules (the flags its OpenCompass evaluation sets),
+    written out for one row: ``logits_eos_inf`` sets the EOS logit to -inf before the choice;
+    ``confidence_eos_eot_inf`` sets the EOS and EoT logits to -inf after the choice (at T = 0 the noised logits
+    are the logits themselves, so both land there) and before the confidence softmax. As in the reference
+    above, the mask token's logit is -inf (the sampler's documented difference) and ties in the top-k go to the
+    lower position."""
+    p = prompt.shape[1]
+    x = torch.cat([prompt, torch.full((1, gen_length), MASK_ID)], 1)
+    spb = steps // (gen_length // block_length)
+    for nb in range(gen_length // block_length):
+        s, e = p + nb * block_length, p + (nb + 1) * block_length
+        n = int((x[0, s:e] == MASK_ID).sum())
+        counts = [n // spb + (1 if i < n % spb else 0) for i in range(spb)]
+        for i in range(spb):
+            logits = model(x).logits[0].clone()
+            logits[:, MASK_ID] = -math.inf
+            if logits_eos_inf:
+                logits[:, EOS_ID] = -math.inf
+            x0 = logits.argmax(-1)
+            if confidence_eos_eot_inf:
+                logits[:, EOS_ID] = logits[:, EOT_ID] = -math.inf
+            conf = logits.softmax(-1).gather(-1, x0[:, None])[:, 0]
+            candidates = [j for j in range(s, e) if x[0, j] == MASK_ID]
+            order = sorted(candidates, key=lambda j: -conf[j].item())
+            for j in order[: counts[i]]:
+                x[0, j] = x0[j]
+    return x
+
+
+@pytest.mark.parametrize("gen_length,steps,block_length", [(16, 16, 16), (16, 8, 8), (12, 12, 4)])
+def test_llada_end_of_text_rules_equal_its_generate(gen_length, steps, block_length):
+    """confidence_excluded_ids is LLaDA's confidence_eos_eot_inf and suppress_token_ids its logits_eos_inf, on a
+    model whose EOS and EoT rows are scaled up so that they are chosen; deprioritizing the same ids (confidence 0
+    without renormalising the others) decodes differently on these inputs."""
+    model = tiny_model(3)
+    with torch.no_grad():
+        weight = model.model.transformer.ff_out.weight
+        weight[EOS_ID] *= 2.6
+        weight[EOT_ID] *= 2.2
+    kwargs = dict(gen_length=gen_length, steps=steps, block_length=block_length)
+    differs = changed = 0
+    for seed in range(4):
+        prompt = torch.randint(3, 38, (1, 5), generator=torch.Generator().manual_seed(seed))
+        confidence = generate(model, prompt, **kwargs, confidence_excluded_ids=(EOS_ID, EOT_ID)).sequences
+        ref = reference_generate_eos_rules(model, prompt, gen_length, steps, block_length, False, True)
+        assert torch.equal(confidence, ref), seed
+        suppressed = generate(model, prompt, **kwargs, suppress_token_ids=(EOS_ID,)).sequences
+        assert torch.equal(suppressed, reference_generate_eos_rules(model, prompt, gen_length, steps, block_length,
+                                                                    True, False)), seed  # fmt: skip
+        deprioritized = generate(model, prompt, **kwargs, deprioritize_token_ids=(EOS_ID, EOT_ID)).sequences
+        plain = generate(model, prompt, **kwargs).sequences
+        differs += not torch.equal(deprioritized, ref)
+        changed += not torch.equal(plain, ref)  # the rule had work to do
+    assert differs >= 1 and changed >= 1, (differs, changed)

@@ -79,6 +79,7 @@ def sample_tokens(
     generator: torch.Generator | None = None,
     masked: torch.Tensor | None = None,
     excluded_ids: list[int] | tuple[int, ...] = (),
+    confidence_excluded_ids: list[int] | tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Propose tokens and confidences for the ``masked`` positions of logits [B, S, V].
 
@@ -96,6 +97,10 @@ def sample_tokens(
       (PyTorch accumulates it in double on CPU); tests/test_sampling.py checks the distribution with a
       chi-square test. The confidence is the untempered float32 softmax probability of x0.
     * ``random`` remasking: the confidence is a uniform draw per position.
+    * ``confidence_excluded_ids`` (LLaDA's ``confidence_eos_eot_inf``): after x0 is chosen, the confidence
+      softmax gives these ids logit -inf (a chosen one has confidence 0, the others are renormalised). At
+      T > 0 the authors' code excludes only EoT (its EOS assignment lands on the Gumbel-noised copy, after
+      the choice); here every listed id is excluded at any temperature.
     """
     b, s, _ = logits.shape
     if masked is None:
@@ -115,7 +120,12 @@ def sample_tokens(
     else:
         picked = rows.argmax(-1)
     if remasking == "low_confidence":
-        probs = probs if temperature == 1.0 else torch.softmax(rows, dim=-1)
+        if len(confidence_excluded_ids):
+            rows = rows.clone()  # the proposals above saw these ids; the confidence does not
+            rows[:, list(confidence_excluded_ids)] = -math.inf
+            probs = torch.softmax(rows, dim=-1)
+        elif temperature != 1.0:
+            probs = torch.softmax(rows, dim=-1)
         picked_conf = probs.gather(-1, picked[:, None])[:, 0].double()
     elif remasking == "random":
         picked_conf = torch.rand(picked.shape, generator=generator, device=logits.device, dtype=torch.float64)
@@ -259,6 +269,7 @@ def _decode_block(
             opts["generator"],
             masked,
             [mask_id, *den.suppress],
+            opts["confidence_excluded"],
         )
         if opts["deprioritize"] is not None:
             conf = conf.masked_fill(torch.isin(x0, opts["deprioritize"]) & masked, 0.0)
@@ -359,6 +370,7 @@ def _decode_llada_blocks(
         "deprioritize": deprioritize if len(deprioritize) else None,
         "logits_hook": hooks.logits_hook,
         "completion_start": p,
+        "confidence_excluded": hooks.confidence_excluded_ids,
     }
     if (hooks.stop_check is not None or hooks.max_length is not None) and not s.variable_length:
         raise ValueError(

@@ -22,6 +22,11 @@ class SamplerHooks:
     max_length: int | None = None  # the model's context: variable-length budgets shrink to fit each prompt
     suppress_token_ids: tuple[int, ...] = ()  # logit -inf: never emitted
     deprioritize_token_ids: tuple[int, ...] = ()  # confidence 0: committed last
+    # LLaDA's confidence_eos_eot_inf (its generate.py, used by its OpenCompass evaluation): the token is chosen
+    # from the logits as they are, then these ids get logit -inf in the confidence softmax, so a chosen one has
+    # confidence 0 and every other token's confidence is renormalised without them (not deprioritize_token_ids,
+    # which leaves the other confidences as they are)
+    confidence_excluded_ids: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, **hooks) -> SamplerHooks:
@@ -29,7 +34,7 @@ class SamplerHooks:
         unknown = set(hooks) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown sampler hooks {sorted(unknown)}; the sampler takes {cls.names()}.")
-        ids = ("suppress_token_ids", "deprioritize_token_ids")
+        ids = ("suppress_token_ids", "deprioritize_token_ids", "confidence_excluded_ids")
         given = {k: tuple(v) if k in ids else v for k, v in hooks.items() if v is not None}
         return cls(**given)
 
