@@ -698,7 +698,8 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step, run)
         else:
             on_step(entry, state)
         if run.due(step + 1):
-            run.save(step + 1, state, group.optimizer_state()[0], rng.get_state(), entry)
+            optimizer = ray.get(group.workers[0].optimizer_state.remote())  # every worker's is the same
+            run.save(step + 1, state, optimizer, rng.get_state(), entry)
     return history
 
 
