@@ -631,7 +631,9 @@ def train(config, *, workers: int = 2, servers: int = 1, use_gpu: bool = False, 
             ray.util.remove_placement_group(pg)
 
 
-def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step, run) -> list[dict]:
+def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step, run=None) -> list[dict]:
+    """The training steps (``train``); ``run`` (a ``_Run``): where they start and what they save (None: from
+    step 0, nothing saved)."""
     import ray
     from verl import DataProto
 
@@ -643,10 +645,10 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step, run)
     objective = get_objective(c.loss_type)
     rows = load_rows(c)
     rng = torch.Generator().manual_seed(c.seed)
-    if run.driver is not None:
+    if run is not None and run.driver is not None:
         rng.set_state(run.driver["rng"])
     history = []
-    for step in range(run.start_step, c.max_steps):
+    for step in range(0 if run is None else run.start_step, c.max_steps):
         picked = [rows[i] for i in torch.randperm(len(rows), generator=rng)[: rows_per_step // g].tolist()]
         prompts = stages.prompt_batch(tok, picked, c)
         requests = [row[m.bool()].tolist() for row, m in zip(prompts.ids, prompts.attn, strict=True)]
@@ -697,7 +699,7 @@ def _steps(c, group, actors, tok, spec, g, rows_per_step, servers, on_step, run)
             print(json.dumps(entry), flush=True)
         else:
             on_step(entry, state)
-        if run.due(step + 1):
+        if run is not None and run.due(step + 1):
             optimizer = ray.get(group.workers[0].optimizer_state.remote())  # every worker's is the same
             run.save(step + 1, state, optimizer, rng.get_state(), entry)
     return history
