@@ -209,6 +209,16 @@ def publish(staged: str, final: str, step: int) -> None:
     _fsync_dir(os.path.dirname(final) or ".")
 
 
+def save_failed(run_dir: str, name: str, staged: str, exc: OSError) -> RunError:
+    """The one line for a save the disk refused: what failed, that nothing was renamed, where to resume."""
+    complete, _ = checkpoints(run_dir)
+    last = complete[-1] if complete else "none"
+    return RunError(
+        f"saving {name} failed ({exc.strerror or exc}: {exc.filename or staged}); nothing was renamed, the "
+        f"newest complete checkpoint is {last}: free space and resume with --resume_from_checkpoint true."
+    )
+
+
 def rotate(run_dir: str, limit: int, best: str | None = None) -> None:
     """Keep the newest ``limit`` checkpoints (and ``best``), after a new one is in place."""
     from transformers.trainer_utils import rotate_checkpoints
@@ -268,12 +278,7 @@ class SafeCheckpointMixin:
                     staged, self._run_fields(), getattr(self, "_accepted_changes", []), self.state.global_step
                 )
         except OSError as exc:
-            complete, _ = checkpoints(run_dir)
-            last = complete[-1] if complete else "none"
-            raise RunError(
-                f"saving {name} failed ({exc.strerror or exc}: {exc.filename or staged}); nothing was renamed, the "
-                f"newest complete checkpoint is {last}: free space and resume with --resume_from_checkpoint true."
-            ) from exc
+            raise save_failed(run_dir, name, staged, exc) from exc
         finally:
             self._staging = False
             self.args.save_total_limit = limit

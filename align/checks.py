@@ -7,7 +7,7 @@ from __future__ import annotations
 from align.fields import ESTIMATOR_NAMES, PROTOCOL_NAMES
 from align.logprob.kinds import KINDS
 from align.objectives import ADVANTAGE_BASELINES, LOSS_TYPES, SCALE_REWARDS, check_objective
-from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, check_decoding
+from align.sampling.settings import BLOCK_SCHEDULES, DREAM_ALGS, REMASKING, SamplerSettings
 
 
 def check_model_data(c) -> None:
@@ -134,20 +134,7 @@ def check_grpo(c) -> None:
             f"{c.per_device_train_batch_size} x steps_per_generation {c.steps_per_generation}) is not divisible by "
             f"num_generations {c.num_generations}; each prompt's group must fit in one rollout batch."
         )
-    check_decoding(
-        c.remasking,
-        c.max_completion_length,
-        c.diffusion_steps,
-        c.block_length,
-        ("max_completion_length", "diffusion_steps", "block_length"),
-        top_p=c.top_p,
-        top_k=c.top_k,
-        alg_temp=c.alg_temp,
-        threshold=c.threshold,
-        cache=c.cache,
-        cfg_scale=c.cfg_scale,
-        variable_length=c.variable_length,
-    )
+    SamplerSettings.from_rollout_fields(c).check(("max_completion_length", "diffusion_steps", "block_length"))
     if c.boost_token and c.boost != 0.0 and c.remasking not in REMASKING:
         raise ValueError(
             f"boost_token is iLLaDA's end-of-thinking boost for LLaDA's schedule, not remasking {c.remasking!r}: "
@@ -189,3 +176,12 @@ def resolve_mc_backward(c) -> None:
     the passes), joint otherwise (one chunk: the two are the same computation)."""
     if c.mc_backward == "auto":
         c.mc_backward = "chunked" if passes_per_estimate(c) > c.mc_chunk_size else "joint"
+
+
+def resolve_and_check_grpo(c) -> None:
+    """GRPO's derived fields and checks, in order, after the model/data checks: the config's ``__post_init__``
+    and the recipe preflight both run exactly this."""
+    resolve_generation_batch(c)
+    resolve_method_defaults(c)
+    check_grpo(c)
+    resolve_mc_backward(c)

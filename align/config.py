@@ -18,14 +18,7 @@ from dataclasses import dataclass
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from align.checks import (
-    check_grpo,
-    check_model_data,
-    resolve_eval,
-    resolve_generation_batch,
-    resolve_mc_backward,
-    resolve_method_defaults,
-)
+from align.checks import check_model_data, resolve_and_check_grpo, resolve_eval
 from align.fields import DPOFields, GRPOFields, ModelDataFields, SFTFields, check_dpo, check_sft
 from align.recipe import recipe_values
 
@@ -68,10 +61,7 @@ class GRPOConfig(GRPOFields, ModelDataConfig):
     def __post_init__(self):
         resolve_eval(self)
         ModelDataConfig.__post_init__(self)
-        resolve_generation_batch(self)
-        resolve_method_defaults(self)
-        check_grpo(self)
-        resolve_mc_backward(self)
+        resolve_and_check_grpo(self)
 
 
 def _to_argv(values: dict) -> list[str]:

@@ -197,3 +197,24 @@ def encode_prompts(
         max_length=max_length,
         add_special_tokens=special,
     )
+
+
+def row_prompt(tokenizer, row: dict, args) -> str:
+    """A recipe row's prompt text: its ``prompt_column`` with the recipe's ``system_prompt`` and
+    ``use_chat_template`` (GRPO rollouts, SFT and DPO alike)."""
+    return prompt_text(
+        tokenizer,
+        row[args.prompt_column],
+        system_prompt=args.system_prompt,
+        use_chat_template=args.use_chat_template,
+    )
+
+
+def encode_rows(tokenizer, rows: list[dict], args) -> tuple[list[str], dict]:
+    """The prompt texts of ``rows`` (``row_prompt``) and their left-padded encoding (``encode_prompts`` at the
+    recipe's ``max_prompt_length``)."""
+    texts = [row_prompt(tokenizer, row, args) for row in rows]
+    enc = encode_prompts(
+        tokenizer, texts, max_length=args.max_prompt_length, use_chat_template=args.use_chat_template
+    )
+    return texts, enc

@@ -38,7 +38,7 @@ from transformers import Trainer
 
 from align.checkpoints import SafeCheckpointMixin
 from align.config import DPOConfig
-from align.data import encode_prompts, prompt_text
+from align.data import encode_prompts, row_prompt
 from align.logprob import combine, make_plan, pass_logprobs
 from align.logprob.estimators import MaskPlan
 from align.losses import dpo_loss
@@ -80,12 +80,7 @@ def prepare_pairs(rows, tokenizer, args: DPOConfig, spec) -> list[dict]:
         if max(len(v) for v in ids.values()) > args.max_completion_length:
             too_long.append(i)
             continue
-        prompt = prompt_text(
-            tokenizer,
-            row[args.prompt_column],
-            system_prompt=args.system_prompt,
-            use_chat_template=args.use_chat_template,
-        )
+        prompt = row_prompt(tokenizer, row, args)
         pairs.append({"index": i, "prompt": prompt, "chosen": ids["chosen"], "rejected": ids["rejected"]})
     if too_long:
         shown = ", ".join(map(str, too_long[:10])) + (", ..." if len(too_long) > 10 else "")

@@ -18,14 +18,7 @@ import os
 import types
 from dataclasses import dataclass
 
-from align.checks import (
-    check_grpo,
-    check_model_data,
-    resolve_eval,
-    resolve_generation_batch,
-    resolve_mc_backward,
-    resolve_method_defaults,
-)
+from align.checks import check_model_data, resolve_and_check_grpo, resolve_eval
 from align.fields import BUILTIN_REWARDS, GROUP_OF_HELP, GROUPS, check_dpo, check_sft
 
 
@@ -320,10 +313,7 @@ def preflight(cls, values: dict[str, object]) -> None:
         resolve_eval(view)
     check_model_data(view)
     if hasattr(view, "reward_funcs"):
-        resolve_generation_batch(view)
-        resolve_method_defaults(view)
-        check_grpo(view)
-        resolve_mc_backward(view)
+        resolve_and_check_grpo(view)
         check_reward_specs(view.reward_funcs)
     if hasattr(view, "chosen_column"):
         check_dpo(view)

@@ -28,7 +28,7 @@ from transformers import Trainer
 
 from align.checkpoints import SafeCheckpointMixin
 from align.config import SFTConfig
-from align.data import encode_prompts, load_rows, prompt_text
+from align.data import encode_rows, load_rows
 from align.logprob.estimators import gather_logprobs, growing_plan
 from align.models import family_spec
 from align.models.family import noised_logits
@@ -53,18 +53,7 @@ class DiffusionSFTTrainer(SafeCheckpointMixin, Trainer):
     def _collate(self, rows: list[dict]) -> dict:
         """Left-padded prompts + EOS-padded responses -> ids [B, P+L], attention [B, P+L], response mask."""
         args, tok = self.args, self.processing_class
-        prompts = [
-            prompt_text(
-                tok,
-                r[args.prompt_column],
-                system_prompt=args.system_prompt,
-                use_chat_template=args.use_chat_template,
-            )
-            for r in rows
-        ]
-        enc = encode_prompts(
-            tok, prompts, max_length=args.max_prompt_length, use_chat_template=args.use_chat_template
-        )
+        _, enc = encode_rows(tok, rows, args)
         length = args.max_completion_length
         response = torch.full((len(rows), length), self.spec.eos_token_id, dtype=torch.long)
         end_of_turn = (

@@ -416,8 +416,6 @@ class DiffusionRolloutAdapter(_rollout_base()):
     server (verl's agent loop), not through this adapter: ``generate_sequences`` says so."""
 
     def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
-        import os
-
         super().__init__(config, model_config, device_mesh)
         rank = int(os.environ.get("RANK", "0"))
         c = self.config
@@ -448,10 +446,11 @@ class DiffusionRolloutAdapter(_rollout_base()):
                 "rollout.checkpoint_engine to send full tensors."
             )
         server = self._server()
-        named = {name: tensor.detach().cpu() for name, tensor in weights}  # every rank drains the generator
-        if server is not None:
-            return await server.update_weights.remote(named)
-        return None
+        if server is None:  # verl gathers the tensors with collectives: this rank takes part, keeps nothing
+            for _ in weights:
+                pass
+            return None
+        return await server.update_weights.remote({name: tensor.detach().cpu() for name, tensor in weights})
 
     def generate_sequences(self, prompts):
         raise NotImplementedError(
@@ -771,19 +770,14 @@ class _Run:
             fingerprint.write(staged, self.fields, self.accepted, step)
             checkpoints.publish(staged, final, step)
         except OSError as exc:
-            complete, _ = checkpoints.checkpoints(c.output_dir)
-            raise RuntimeError(
-                f"saving {name} failed ({exc.strerror or exc}: {exc.filename or staged}); nothing was renamed, the "
-                f"newest complete checkpoint is {complete[-1] if complete else 'none'}: free space and resume with "
-                "--resume_from_checkpoint true."
-            ) from exc
+            raise checkpoints.save_failed(c.output_dir, name, staged, exc) from exc
         if c.save_total_limit:
             checkpoints.rotate(c.output_dir, c.save_total_limit)
         print(f"python -m align.verl: saved {final}", flush=True)
         return final
 
     def _model_for_io(self):
-        """One CPU copy of the policy on the driver, for writing and reading weights in the model's format."""
+        """One CPU copy of the policy on the driver, loaded once, to write checkpoints in the model's format."""
         if self._model is None:
             from align.models import load_model
 
@@ -798,8 +792,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m align.verl --config RECIPE.yaml [--workers N --servers M --gpu] [--field value ...]``: trains,
     prints each step, and writes the trained policy to ``OUTPUT_DIR/final`` (model + tokenizer: what
     ``align eval`` and ``align train`` load)."""
-    import os
-
     import ray
 
     from align.config import load_config
@@ -837,9 +829,6 @@ def main(argv: list[str] | None = None) -> int:
 def save_final(config, state: dict, history: list[dict]) -> str:
     """The trained policy (model, tokenizer, ``history.json``) as ``OUTPUT_DIR/final``, written beside it first and
     renamed into place: a kill leaves the previous one or none, never half of one."""
-    import os
-    import shutil
-
     from align.models import load_model, load_tokenizer
 
     final = os.path.join(config.output_dir, "final")

@@ -446,22 +446,7 @@ def check_protocol(protocol) -> None:
             check_protocol(protocol.for_task(task))
         except ValueError as e:
             raise ValueError(f"{e} (protocol {protocol.name!r}, task {task})") from None
-    from align.sampling.settings import check_decoding
-
-    check_decoding(
-        protocol.remasking,
-        protocol.gen_length,
-        protocol.resolved_steps(),
-        protocol.block_length,
-        ("--gen-length", "--steps", "--block-length"),
-        top_p=protocol.top_p,
-        top_k=protocol.top_k,
-        alg_temp=protocol.alg_temp,
-        threshold=protocol.threshold,
-        cache=protocol.cache,
-        cfg_scale=protocol.cfg_scale,
-        variable_length=protocol.variable_length,
-    )
+    protocol.sampler().check(("--gen-length", "--steps", "--block-length"))
     if protocol.cache_refresh is not None and (protocol.cache is None or protocol.cache_refresh < 1):
         raise ValueError(
             f"--cache-refresh {protocol.cache_refresh} needs --cache prefix or dual and a value >= 1."

@@ -313,9 +313,8 @@ class DiffusionServer:
             except Exception as error:  # every request of the batch learns why
                 results = [error] * len(group)
             for r, result in zip(group, results, strict=True):
-                if (
-                    r.future.done()
-                ):  # its caller cancelled or went away while the batch ran: only it misses out
+                # a caller that cancelled or went away while the batch ran: only it misses out
+                if r.future.done():
                     continue
                 if isinstance(result, Exception):
                     r.future.set_exception(result)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from align.data import encode_prompts, prompt_text
+from align.data import encode_rows
 from align.logprob import make_plan
 from align.logprob.estimators import MaskPlan
 from align.losses import compute_advantages
@@ -46,18 +46,7 @@ class Prompts:
 def prompt_batch(tokenizer, rows: list[dict], args, device=None) -> Prompts:
     """The prompts of ``rows`` (``prompt_column``, ``system_prompt``, ``use_chat_template``,
     ``max_prompt_length``), each repeated ``num_generations`` times."""
-    texts = [
-        prompt_text(
-            tokenizer,
-            row[args.prompt_column],
-            system_prompt=args.system_prompt,
-            use_chat_template=args.use_chat_template,
-        )
-        for row in rows
-    ]
-    enc = encode_prompts(
-        tokenizer, texts, max_length=args.max_prompt_length, use_chat_template=args.use_chat_template
-    )
+    texts, enc = encode_rows(tokenizer, rows, args)
     g = args.num_generations
     ids, attn = enc["input_ids"].repeat_interleave(g, 0), enc["attention_mask"].repeat_interleave(g, 0)
     if device is not None:

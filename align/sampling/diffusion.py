@@ -55,7 +55,7 @@ from align.sampling.decoders import Decoder, check_hooks, decoder_for, register
 from align.sampling.family_checks import check_family_settings
 from align.sampling.hooks import NO_HOOKS, SamplerHooks
 from align.sampling.output import GenerationOutput, truncate_at_stop  # noqa: F401 (truncate_at_stop: re-exported)
-from align.sampling.settings import REMASKING, SamplerSettings, check_decoding
+from align.sampling.settings import REMASKING, SamplerSettings
 
 CACHE_MODES = (None, "prefix", "dual")
 
@@ -335,18 +335,7 @@ def generate(
 def check_settings(s: SamplerSettings, spec: FamilySpec) -> None:
     """What ``generate`` checks before decoding, one line each: the schedule's arithmetic and modes, the pad id,
     and whether the family can run them."""
-    fast = dict(threshold=s.threshold, cache=s.cache, cache_refresh=s.cache_refresh, cfg_scale=s.cfg_scale)
-    check_decoding(
-        s.remasking,
-        s.gen_length,
-        s.steps,
-        s.block_length,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        alg_temp=s.alg_temp,
-        variable_length=s.variable_length,
-        **fast,
-    )
+    s.check()
     check_pad_id(spec)
     check_family_settings(spec, cache=s.cache, remasking=s.remasking, block_length=s.block_length)
 

@@ -55,6 +55,25 @@ class SamplerSettings:
             variable_length=c.variable_length,
         )
 
+    def check(self, names: tuple[str, str, str] = ("gen_length", "steps", "block_length")) -> None:
+        """The schedule's arithmetic and the modes that go with it (``check_decoding``), one line each; ``names``:
+        the caller's names for gen_length, steps and block_length (a recipe's, a CLI's)."""
+        check_decoding(
+            self.remasking,
+            self.gen_length,
+            self.steps,
+            self.block_length,
+            names,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            alg_temp=self.alg_temp,
+            threshold=self.threshold,
+            cache=self.cache,
+            cache_refresh=self.cache_refresh,
+            cfg_scale=self.cfg_scale,
+            variable_length=self.variable_length,
+        )
+
     def replace(self, **fields) -> SamplerSettings:
         return dataclasses.replace(self, **fields)
 
