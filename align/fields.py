@@ -16,7 +16,18 @@ from align.objectives import LOSS_TYPES  # noqa: F401 (the loss names, beside th
 
 # The vocabularies the checks use (the estimators' from their declarations, align.logprob.kinds).
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "cdpo")
-PROTOCOL_NAMES = ("d1", "diffucoder", "dream", "illada", "llada", "llada-fast", "tiny", "tiny-block", "trado")
+PROTOCOL_NAMES = (
+    "d1",
+    "diffucoder",
+    "dream",
+    "illada",
+    "llada",
+    "llada-fast",
+    "llada-opencompass",
+    "tiny",
+    "tiny-block",
+    "trado",
+)
 BUILTIN_REWARDS = (
     "answer_tag_format",
     "code_execution",
@@ -499,7 +510,7 @@ class GRPOFields(ModelDataFields):
     )
     eval_protocol: str | None = _help(
         "evaluation",
-        "Decoding protocol for eval_tasks (d1, llada, llada-fast, illada, tiny); default: the rollouts' own prompt format "
+        "Decoding protocol for eval_tasks (d1, llada, llada-fast, llada-opencompass, illada, tiny, ...); default: the rollouts' own prompt format "
         "and sampler settings, greedy.",
         default=None,
     )

@@ -19,7 +19,7 @@ def add_sampler_flags(p) -> None:
     p.add_argument(
         "--protocol",
         default="d1",
-        help="named preset: d1, llada, llada-fast, illada, dream, diffucoder, tiny (prompt + sampler settings)",
+        help="named preset: d1, llada, llada-fast, llada-opencompass, illada, dream, diffucoder, tiny (prompt + sampler settings)",
     )
     for name, kind in (
         ("gen-length", int),
@@ -189,7 +189,8 @@ def run_eval(args) -> int:
             args.endpoint, args.served_model, args.concurrency, args.retries, seed=args.seed
         )
         first_task, first_rows = tasks[0]
-        source.probe(first_task.user_message(first_rows[0], protocol), protocol.for_task(first_task.name))
+        first = protocol.for_task(first_task.name)
+        source.probe(first_task.messages(first_rows[0], first), first)
         return _evaluate_all(
             args, source.description, lambda: source, tasks, protocol, provenance=source.provenance()
         )
@@ -303,7 +304,8 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
                 )
                 print(json.dumps({"task": task.name, **finished}))
             continue
-        messages = [task.user_message(r, protocol) for r in rows for _ in range(args.num_samples)]
+        own = protocol.for_task(task.name)  # the prompts evaluate_task writes (the task's own settings)
+        messages = [task.messages(r, own) for r in rows for _ in range(args.num_samples)]
         done = _broadcast(state, folder.resume(task.name, messages, args.num_samples) if is_main else None)
         if done and is_main:
             print(

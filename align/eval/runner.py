@@ -96,7 +96,7 @@ class DiffusionSource:
             description=diffusion_description(model, adapter, dtype),
         )
 
-    def prompt(self, message: str, protocol: Protocol) -> str:
+    def prompt(self, message: str | list[dict], protocol: Protocol) -> str:
         from align.data import prompt_text
 
         return prompt_text(
@@ -124,6 +124,25 @@ class DiffusionSource:
             protocol.gen_length,
             unwritable=unwritable,
         )
+
+    def end_of_text_rules(self, protocol: Protocol) -> dict:
+        """The sampler hooks of LLaDA's end-of-text rules (``logits_eos_inf``, ``confidence_eos_eot_inf``) with
+        this family's EOS and EoT ids; one line when the model lacks one."""
+        rules = {}
+        eos, eot = self.spec.eos_token_id, self.spec.eot_token_id
+        for flag, ids, hook in (
+            ("logits_eos_inf", (eos,), "suppress_token_ids"),
+            ("confidence_eos_eot_inf", (eos, eot), "confidence_excluded_ids"),
+        ):
+            if getattr(protocol, flag):
+                if None in ids:
+                    raise ValueError(
+                        f"protocol {protocol.name!r} sets {flag}, but this model has no "
+                        f"{'EOS' if ids[0] is None else 'EoT'} token id (config eos_token_id, tokenizer "
+                        "<|eot_id|>); use a protocol without it."
+                    )
+                rules[hook] = ids
+        return rules
 
     def stop_strings(self, protocol: Protocol) -> list[str]:
         """The protocol's stop strings and the tokenizer's EOS text (iLLaDA's ``generate_until``)."""
@@ -230,8 +249,11 @@ class DiffusionSource:
                 on_block=None if bar is None else (lambda done, total: bar.update()),
                 logits_hook=self.logits_hook(protocol),
                 **self.stop_rule(protocol),
+                **self.end_of_text_rules(protocol),
             )
-            if protocol.stop_strings:
+            if protocol.whole_canvas:
+                out += self.tokenizer.batch_decode(result.completion_ids.cpu(), skip_special_tokens=True)
+            elif protocol.stop_strings:
                 out += self.cut_texts(result.completion_ids.cpu(), result.commit_step.cpu(), protocol)
             else:  # the trainer's cut (align.rollout.stages)
                 out += cut(result.completion_ids, self.spec, self.tokenizer, result.decoded).texts
@@ -430,12 +452,11 @@ class EndpointSource:
                     None, message, system_prompt=protocol.system_prompt, use_chat_template=False
                 ),
             }
+        chat = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
         if protocol.system_prompt and protocol.system_in_user:
-            chat = [{"role": "user", "content": f"{protocol.system_prompt}\n\n{message}"}]
-        else:
-            chat = (
-                [{"role": "system", "content": protocol.system_prompt}] if protocol.system_prompt else []
-            ) + [{"role": "user", "content": message}]
+            chat[0] = {**chat[0], "content": f"{protocol.system_prompt}\n\n{chat[0]['content']}"}
+        elif protocol.system_prompt:
+            chat = [{"role": "system", "content": protocol.system_prompt}, *chat]
         return {**body, "messages": chat}
 
     def _request(self, url: str, body: dict, timeout_s: float) -> str:
@@ -529,7 +550,7 @@ def evaluate_task(
     from tqdm.auto import tqdm
 
     protocol = protocol.for_task(task.name)
-    messages = [task.user_message(r, protocol) for r in rows for _ in range(num_samples)]
+    messages = [task.messages(r, protocol) for r in rows for _ in range(num_samples)]
     expanded = [r for r in rows for _ in range(num_samples)]
     samples = list(done or [])
     is_main = getattr(source, "is_main", True)

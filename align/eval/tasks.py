@@ -17,6 +17,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from align.eval import opencompass
+
 D1_FORMAT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
 MATH_INSTRUCTION = "Solve the problem step by step and put the final answer in \\boxed{}."
 CODE_INSTRUCTION = "Write a Python solution in one fenced ```python block."
@@ -115,10 +117,27 @@ class Task:
         }
         return named.get(self.name, ("answer",) if self.kind == "math" else ("tests",))
 
+    def messages(self, row: dict, protocol: Protocol) -> str | list[dict]:
+        """A row's prompt: its user message, or with the protocol's few-shot turns the chat of those turns and
+        the user message (turns of one role in a row merged with a newline, as OpenCompass merges them)."""
+        message = self.user_message(row, protocol)
+        if not protocol.few_shot:
+            return message
+        chat = []
+        for role, content in (*protocol.few_shot, ("user", message)):
+            if chat and chat[-1]["role"] == role:
+                chat[-1]["content"] += "\n" + content
+            else:
+                chat.append({"role": role, "content": content})
+        return chat
+
     def user_message(self, row: dict, protocol: Protocol) -> str:
+        """The user turn: the protocol's ``prompt_template`` formatted with the row (``{NAME_lines}``: a list
+        column joined by newlines), else the task's question with the protocol's instruction."""
         if protocol.prompt_template is not None:
+            lines = {f"{k}_lines": "\n".join(map(str, v)) for k, v in row.items() if isinstance(v, list)}
             try:
-                return protocol.prompt_template.format(**row)
+                return protocol.prompt_template.format(**row, **lines)
             except (KeyError, IndexError) as exc:
                 raise ValueError(
                     f"protocol {protocol.name!r}: task {self.name}'s prompt needs the row field {exc}; "
@@ -139,10 +158,11 @@ class Task:
     ) -> tuple[list[float], list[str | None]]:
         """(scores in [0, 1], extracted answers or programs) for completions of rows (a protocol with its own
         ``scoring`` extracts and scores as its authors do)."""
-        if protocol is not None and protocol.scoring == "illada":
-            from align.eval import illada
+        if protocol is not None and protocol.scoring in ("illada", "opencompass"):
+            import importlib
 
-            return illada.score(self, rows, completions)  # (other tasks come back here without a protocol)
+            authors = importlib.import_module(f"align.eval.{protocol.scoring}")
+            return authors.score(self, rows, completions)  # (other tasks come back here without a protocol)
         if self.kind == "math":
             from rewards.math import extract_answer, math_accuracy
 
@@ -356,6 +376,14 @@ class Protocol:
     encode_special_tokens: bool | None = (
         None  # tokenize chat text with the tokenizer's special tokens (None: no)
     )
+    # chat turns before the user message, ((role, text), ...): few-shot examples as OpenCompass renders them
+    few_shot: tuple = ()
+    # LLaDA's generate.py end-of-text rules (its OpenCompass evaluation sets them per task): the EOS logit -inf
+    # before the choice; the EOS and EoT logits -inf in the confidence softmax after it (the family's ids)
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    whole_canvas: bool = False  # the completion is the whole canvas decoded without special tokens (LLaDA's
+    # OpenCompass model), not the text before the first stop token
     per_task: tuple = ()  # ((task name, ((field, value), ...)), ...): per-task settings over the above
 
     def resolved_steps(self) -> int:
@@ -413,9 +441,13 @@ class Protocol:
             f"temperature {self.temperature:g}, remasking {self.remasking}, threshold {self.threshold}, "
             f"cache {self.cache}, chat_template {self.use_chat_template}"
             + (", variable_length" if self.variable_length else "")
+            + (f", {len(self.few_shot) // 2}-shot" if self.few_shot else "")
+            + (", logits_eos_inf" if self.logits_eos_inf else "")
+            + (", confidence_eos_eot_inf" if self.confidence_eos_eot_inf else "")
             + "".join(f", {n} {getattr(self, n)}" for n in _DREAM_FIELDS if self._dream())
         )
-        per_task = "; ".join(f"{t}: " + ", ".join(f"{k} {v}" for k, v in kv) for t, kv in self.per_task)
+        shown = lambda k, v: f"{len(v) // 2}-shot" if k == "few_shot" else f"{k} {v}"  # noqa: E731
+        per_task = "; ".join(f"{t}: " + ", ".join(shown(k, v) for k, v in kv) for t, kv in self.per_task)
         return text + (f" (per task: {per_task})" if per_task else "")
 
     def as_dict(self) -> dict:
@@ -424,6 +456,9 @@ class Protocol:
         fields = dataclasses.asdict(self)
         if not self._dream() and all(dict(kv).keys().isdisjoint(_DREAM_FIELDS) for _, kv in self.per_task):
             for name in _DREAM_FIELDS:  # as before Dream's schedules existed, so older eval folders resume
+                fields.pop(name)
+        for name, default in _LATER_FIELDS.items():  # likewise for fields added since, while unused
+            if fields[name] == default and all(name not in dict(kv) for _, kv in self.per_task):
                 fields.pop(name)
         import json
 
@@ -447,6 +482,15 @@ def check_protocol(protocol) -> None:
         except ValueError as e:
             raise ValueError(f"{e} (protocol {protocol.name!r}, task {task})") from None
     protocol.sampler().check(("--gen-length", "--steps", "--block-length"))
+    if protocol.scoring not in SCORINGS:
+        raise ValueError(
+            f"protocol {protocol.name!r}: scoring {protocol.scoring!r} is not one of {SCORINGS}."
+        )
+    if protocol.few_shot and not protocol.use_chat_template:
+        raise ValueError(
+            f"protocol {protocol.name!r} has few-shot chat turns, which need the chat template; drop "
+            "--no-chat-template (or the few-shot turns)."
+        )
     if protocol.cache_refresh is not None and (protocol.cache is None or protocol.cache_refresh < 1):
         raise ValueError(
             f"--cache-refresh {protocol.cache_refresh} needs --cache prefix or dual and a value >= 1."
@@ -454,6 +498,13 @@ def check_protocol(protocol) -> None:
 
 
 _DREAM_FIELDS = ("top_p", "top_k", "alg_temp", "eps")
+_LATER_FIELDS = {
+    "few_shot": (),
+    "logits_eos_inf": False,
+    "confidence_eos_eot_inf": False,
+    "whole_canvas": False,
+}
+SCORINGS = (None, "illada", "opencompass")
 
 PROTOCOLS = {
     # d1: zero-shot <reasoning>/<answer> prompt, block 32, steps = length / 2, greedy; lengths 128/256/512.
@@ -466,6 +517,47 @@ PROTOCOLS = {
     # reference accuracy (98.2%) at 9-11x its speed (two runs). Not a published protocol: check it on your
     # model before comparing its scores with papers' llada numbers.
     "llada-fast": Protocol("llada-fast", gen_length=256, steps_per_token=1.0, threshold=0.9, cache="prefix"),
+    # LLaDA-8B-Instruct as its authors evaluate it (the OpenCompass configs of ML-GSAI/LLaDA's EVAL.md,
+    # align/eval/opencompass.py has the details): one block of 512 tokens decoded one token per step (256 for
+    # MBPP), greedy; EOS and EoT excluded from the confidence (logits_eos_inf instead for HumanEval); the configs'
+    # prompts (GSM8K 4-shot, MBPP 3-shot, as chat turns) tokenized with the tokenizer's special tokens; the whole
+    # canvas decoded without special tokens; the configs' answer extraction and scoring.
+    "llada-opencompass": Protocol(
+        "llada-opencompass",
+        instruction=None,
+        gen_length=512,
+        block_length=512,
+        steps_per_token=1.0,
+        max_prompt_length=4096 - 512,
+        encode_special_tokens=True,
+        confidence_eos_eot_inf=True,
+        whole_canvas=True,
+        scoring="opencompass",
+        per_task=(
+            (
+                "gsm8k",
+                (("few_shot", opencompass.GSM8K_SHOTS), ("prompt_template", opencompass.GSM8K_QUESTION)),
+            ),
+            ("math500", (("prompt_template", opencompass.MATH_PROBLEM),)),
+            (
+                "humaneval",
+                (
+                    ("prompt_template", opencompass.HUMANEVAL_PROMPT),
+                    ("confidence_eos_eot_inf", False),
+                    ("logits_eos_inf", True),
+                ),
+            ),
+            (
+                "mbpp",
+                (
+                    ("gen_length", 256),
+                    ("block_length", 256),
+                    ("few_shot", opencompass.MBPP_SHOTS),
+                    ("prompt_template", opencompass.MBPP_TASK),
+                ),
+            ),
+        ),
+    ),
     # iLLaDA-8B-Instruct as its authors evaluate it (eval_illada.sh / eval_illada.py of ML-GSAI/LLaDA PR #134,
     # align/eval/illada.py has the details): variable-length decoding block by block, one token per step
     # (blocks of 32; 16 for MBPP), greedy; each row's budget min(gen_length, 4096 - its prompt) in whole blocks

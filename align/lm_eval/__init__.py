@@ -91,8 +91,12 @@ class DllmAlignLM(LM):
             groups.setdefault(tuple([until] if isinstance(until, str) else until), []).append(i)
         for until, indices in groups.items():
             protocol = self.protocol.with_overrides(
-                use_chat_template=False, instruction=None, system_prompt=None, stop_strings=until
-            )
+                use_chat_template=False,
+                instruction=None,
+                system_prompt=None,
+                stop_strings=until,
+                whole_canvas=False,
+            )  # (lm-eval's own prompts, cut at its stop strings)
             texts = self.source.complete([requests[i].args[0] for i in indices], protocol)
             for i, text in zip(indices, texts):  # (already cut before each stop string and the EOS text)
                 out[i] = text
