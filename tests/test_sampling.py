@@ -18,9 +18,10 @@ def reference_generate(
     """LLaDA's generate.py written out plainly: one row, full canvas each step, a Python loop for top-k.
 
     At T = 0 the arithmetic is the official one (argmax and softmax in the logits' dtype). At T > 0 the
-    proposals are drawn with ``torch.multinomial`` from softmax(logits / T) for the masked positions of
-    the block, in the sampler's order, so that seeded runs compare token for token; that this draw has the
-    distribution of LLaDA's float64 Gumbel-max is tested separately (chi-square below).
+    proposals are drawn by inverse CDF from softmax(logits / T), one float64 uniform per masked position of
+    the block in the sampler's order (the first token whose prefix sum of probabilities exceeds it), so that
+    seeded runs compare token for token; that this draw has the distribution of LLaDA's float64 Gumbel-max is
+    tested separately (chi-square below).
     """
     p = prompt.shape[1]
     x = torch.cat([prompt, torch.full((1, gen_length), MASK_ID)], 1)
@@ -43,7 +44,11 @@ def reference_generate(
             candidates = [j for j in range(e - s) if x[0, s + j] == MASK_ID]
             rows = logits[candidates]
             if temperature > 0:
-                x0 = torch.multinomial((rows.float() / temperature).softmax(-1), 1, generator=gen)[:, 0]
+                probs = (rows.float() / temperature).softmax(-1).double()
+                u = torch.rand(len(probs), 1, generator=gen, dtype=torch.float64) * probs.sum(
+                    -1, keepdim=True
+                )
+                x0 = (probs.cumsum(-1) <= u).sum(-1).clamp_max(probs.shape[1] - 1)
             else:
                 x0 = rows.argmax(-1)
             if remasking == "low_confidence":
@@ -321,6 +326,38 @@ def test_sampled_tokens_follow_the_tempered_softmax(temperature):
     # a biased sampler fails the same test (the test can fail)
     skewed = torch.softmax(logits[:5] / (temperature * 1.1), -1) * 60000
     assert (((observed[:5] - skewed) ** 2) / skewed).sum().item() > 18.47
+
+
+def test_the_two_level_draw_is_the_inverse_cdf_at_a_126k_vocabulary():
+    """``draw_categorical`` (block masses, then the entry inside the block) picks, for the same uniform, the
+    token a plain float64 inverse CDF over the whole vocabulary picks: 126,464 entries (not a multiple of the
+    block), zero-weight blocks, zeros at block edges and a zero tail; zero-weight entries are never drawn, and a
+    chi-square over mass spread across block boundaries holds."""
+    from align.sampling.diffusion import draw_categorical
+
+    v, n = 126464, 400
+    gen = torch.Generator().manual_seed(1)
+    weights = torch.rand(n, v, generator=gen) ** 8
+    weights[:, 2048:5120] = 0  # whole blocks with no mass
+    weights[:, 1023::1024] = 0  # the last entry of every block
+    weights[:, 126000:] = 0  # the tail block after its first entries
+    weights[: n // 2, :60000] = 0  # rows whose mass starts late
+    ours, total = draw_categorical(weights, torch.Generator().manual_seed(9))
+    u = torch.rand(n, 1, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    w = weights.double()
+    reference = (w.cumsum(-1) <= u * w.sum(-1, keepdim=True)).sum(-1)
+    assert torch.equal(ours, reference)
+    assert torch.allclose(total, w.sum(-1), rtol=1e-6) and (weights.gather(-1, ours[:, None]) > 0).all()
+    # mass on both sides of block boundaries and in a one-entry tail block: 4 tokens, 12,000 draws
+    tokens = torch.tensor([1023, 1024, 2047, 3072])
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    spread = torch.zeros(12000, 3073)
+    spread[:, tokens] = probs
+    drawn, _ = draw_categorical(spread, torch.Generator().manual_seed(3))
+    observed = torch.stack([(drawn == t).sum() for t in tokens]).double()
+    assert observed.sum() == 12000
+    chi2 = (((observed - probs * 12000) ** 2) / (probs * 12000)).sum().item()
+    assert chi2 < 16.27, chi2  # the 0.999 quantile of chi-square with 3 degrees of freedom
 
 
 def test_only_masked_positions_get_proposals():

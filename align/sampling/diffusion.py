@@ -90,12 +90,12 @@ def sample_tokens(
     * ``temperature == 0``: x0 = argmax and the confidence is softmax(logits)[x0] in the logits' own dtype,
       the arithmetic of LLaDA's ``generate.py`` (no float64 copy), so reference mode is token-for-token the
       official sampler.
-    * ``temperature > 0``: x0 ~ softmax(logits / T), drawn by ``torch.multinomial`` from float32
-      probabilities: one uniform per position and an inverse CDF, where LLaDA draws a float64 Gumbel per
-      vocabulary entry (``argmax(exp(logits) / (-log u)^T)``, the same distribution). Float32 suffices:
-      each token's probability is off by at most one rounding of its own term of the cumulative sum
-      (PyTorch accumulates it in double on CPU); tests/test_sampling.py checks the distribution with a
-      chi-square test. The confidence is the untempered float32 softmax probability of x0.
+    * ``temperature > 0``: x0 ~ softmax(logits / T), drawn by ``draw_categorical``: one float64 uniform per
+      position and a two-level inverse CDF over the unnormalised weights, where LLaDA draws a float64 Gumbel
+      per vocabulary entry (``argmax(exp(logits) / (-log u)^T)``, the same distribution) and
+      ``torch.multinomial`` an exponential per entry (most of the sampler's CPU outside the model at a
+      126k vocabulary). tests/test_sampling.py checks the distribution with chi-square tests. The confidence
+      is the untempered float32 softmax probability of x0.
     * ``random`` remasking: the confidence is a uniform draw per position.
     * ``confidence_excluded_ids`` (LLaDA's ``confidence_eos_eot_inf``): after x0 is chosen, the confidence
       softmax gives these ids logit -inf (a chosen one has confidence 0, the others are renormalised). At
@@ -110,13 +110,13 @@ def sample_tokens(
         rows[:, list(excluded_ids)] = -math.inf
     if temperature > 0:
         rows = rows.float()
-        probs = torch.softmax(rows / temperature, dim=-1)
-        if not torch.isfinite(probs).all():  # NaN / inf logits: multinomial would fail with a cryptic message
+        probs = torch.softmax(rows / temperature if temperature != 1.0 else rows, dim=-1)
+        picked, total = draw_categorical(probs, generator)
+        if not torch.isfinite(total).all():  # NaN or +inf logits make a whole row NaN
             raise RunError(
                 "the model's next-token probabilities are not finite (NaN or inf logits): its weights have "
                 "diverged or the checkpoint is corrupt; lower learning_rate or load an earlier checkpoint."
             )
-        picked = torch.multinomial(probs, 1, generator=generator)[:, 0] if len(rows) else rows.argmax(-1)
     else:
         picked = rows.argmax(-1)
     if remasking == "low_confidence":
@@ -135,6 +135,33 @@ def sample_tokens(
     confidence = torch.full((b, s), -math.inf, dtype=torch.float64, device=logits.device)
     x0[masked], confidence[masked] = picked, picked_conf
     return x0, confidence
+
+
+_DRAW_BLOCK = 1024
+
+
+def draw_categorical(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``weights`` [N, V] (non-negative, unnormalised float32), drawn with probability
+    weight / row total by a two-level inverse CDF from one float64 uniform per row: the row's mass in blocks of
+    1,024 entries (float32 sums, float64 prefix sums), the block holding ``u * total``, then the entry inside it
+    (float64 prefix sums of that block only). One pass over the weights; zero-weight entries are never drawn.
+    Returns (indices [N] long, row totals [N] float64)."""
+    n, v = weights.shape
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=weights.device), torch.zeros(0, dtype=torch.float64)
+    full = v - v % _DRAW_BLOCK
+    masses = weights[:, :full].reshape(n, -1, _DRAW_BLOCK).sum(-1)
+    if full < v:
+        masses = torch.cat([masses, weights[:, full:].sum(-1, keepdim=True)], -1)
+    cum = masses.double().cumsum(-1)  # [N, blocks]
+    u = torch.rand(n, 1, generator=generator, dtype=torch.float64, device=weights.device) * cum[:, -1:]
+    block = torch.searchsorted(cum, u, right=True).clamp_max(cum.shape[1] - 1)  # the first block past u
+    before = torch.where(block > 0, cum.gather(-1, (block - 1).clamp_min(0)), torch.zeros_like(u))
+    index = block * _DRAW_BLOCK + torch.arange(_DRAW_BLOCK, device=weights.device)  # [N, block size]
+    inside = weights.gather(-1, index.clamp_max(v - 1)).double() * (index < v)
+    within = torch.searchsorted(inside.cumsum(-1), u - before, right=True)
+    last = (inside > 0).cumsum(-1).argmax(-1, keepdim=True)  # the block's last drawable entry (rounding)
+    return index.gather(-1, torch.minimum(within, last))[:, 0], cum[:, -1]
 
 
 def select_transfer(
