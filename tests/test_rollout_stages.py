@@ -165,7 +165,8 @@ def test_eval_decodes_the_text_the_trainer_rewards(tmp_path):
     runner = DiffusionSource(model, tok, spec, state=state, batch_size=8)
     runner.engine = Decoded()
     protocol = SimpleNamespace(max_prompt_length=None, use_chat_template=False, encode_special_tokens=True,
-                               sampler=lambda: None, stop_strings=(), gen_length=L, block_length=L, variable_length=False)  # fmt: skip
+                               sampler=lambda: None, stop_strings=(), gen_length=L, block_length=L, variable_length=False,
+                               logits_eos_inf=False, confidence_eos_eot_inf=False, whole_canvas=False)  # fmt: skip
     runner.prompt = lambda message, protocol: message
     runner.logits_hook = lambda protocol: None
     runner.stop_rule = lambda protocol: {}
