@@ -22,6 +22,7 @@ PROTOCOL_NAMES = (
     "dream",
     "illada",
     "llada",
+    "llada-1.5-opencompass",
     "llada-fast",
     "llada-opencompass",
     "tiny",

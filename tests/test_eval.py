@@ -487,7 +487,7 @@ def test_eval_input_errors_are_one_line_before_anything_loads(data_dir, tmp_path
         (["--model", tiny, "--tasks", "gsm8k", "--num-samples", "4"],
          "align eval: --num-samples > 1 needs sampling; set --temperature > 0 (greedy repeats itself)."),
         (["--model", tiny, "--tasks", "gsm8k", "--protocol", "nope"],
-         "align eval: unknown protocol 'nope'; choose from ['d1', 'diffucoder', 'dream', 'illada', 'llada', 'llada-fast', 'llada-opencompass', 'tiny', 'tiny-block', 'trado']."),
+         "align eval: unknown protocol 'nope'; choose from ['d1', 'diffucoder', 'dream', 'illada', 'llada', 'llada-1.5-opencompass', 'llada-fast', 'llada-opencompass', 'tiny', 'tiny-block', 'trado']."),
         (["--model", tiny, "--tasks", "gsm9k"],
          "align eval: unknown task 'gsm9k': use one of ['countdown', 'gsm8k', 'humaneval', 'math500', 'mbpp', 'sudoku'] or "
          "NAME=path/to/file.jsonl."),

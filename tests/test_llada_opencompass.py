@@ -192,6 +192,18 @@ def test_prompts_are_the_configs_rounds_rendered(setup):
                                               "humaneval": (512, 512, 512, True, False),
                                               "mbpp": (256, 256, 256, False, True)}  # fmt: skip
     assert all(p.temperature == 0 and p.whole_canvas and p.encode_special_tokens for p in settings.values())
+    # LLaDA 1.5: the same prompts and scoring; its table's lengths and blocks, the confidence rule everywhere
+    llada15 = {t: PROTOCOLS["llada-1.5-opencompass"].for_task(t) for t in settings}
+    assert {t: (p.gen_length, p.block_length, p.resolved_steps(), p.logits_eos_inf, p.confidence_eos_eot_inf)
+            for t, p in llada15.items()} == {"gsm8k": (256, 16, 256, False, True),
+                                             "math500": (1024, 128, 1024, False, True),
+                                             "humaneval": (512, 32, 512, False, True),
+                                             "mbpp": (512, 32, 512, False, True)}  # fmt: skip
+    assert all(
+        (p.few_shot, p.prompt_template, p.scoring, p.whole_canvas)
+        == (settings[t].few_shot, settings[t].prompt_template, "opencompass", True)
+        for t, p in llada15.items()
+    )
 
 
 # ---------------------------------------------------------------- decoding

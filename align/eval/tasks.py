@@ -663,3 +663,22 @@ PROTOCOLS = {
         max_prompt_length=16,
     ),
 }
+
+
+def _llada_15(base: Protocol) -> Protocol:
+    """LLaDA 1.5 (GSAI-ML/LLaDA-1.5) as its authors evaluate it (the same OpenCompass configs, EVAL.md's table):
+    ``llada-opencompass``'s prompts and scoring, blocks decoded one token per step, EOS and EoT excluded from the
+    confidence on every task; GSM8K 256 tokens in blocks of 16, MATH 1024 / 128, HumanEval and MBPP 512 / 32."""
+    lengths = {"gsm8k": (256, 16), "math500": (1024, 128), "humaneval": (512, 32), "mbpp": (512, 32)}
+    per_task = tuple(
+        (task, (*(kv for kv in settings if kv[0] not in _DECODING), ("gen_length", lengths[task][0]),
+                ("block_length", lengths[task][1])))
+        for task, settings in base.per_task
+    )  # fmt: skip
+    return dataclasses.replace(
+        base, name="llada-1.5-opencompass", per_task=per_task, confidence_eos_eot_inf=True
+    )
+
+
+_DECODING = ("gen_length", "block_length", "logits_eos_inf", "confidence_eos_eot_inf")
+PROTOCOLS["llada-1.5-opencompass"] = _llada_15(PROTOCOLS["llada-opencompass"])
