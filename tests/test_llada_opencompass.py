@@ -551,12 +551,19 @@ def test_code_scores_as_their_execution_on_real_rows():
     assert scores == [1.0] * 6
     scores, _ = oc.score(TASKS["humaneval"], he[:2], ["```python\ndef nothing():\n    pass\n```"] * 2)
     assert scores == [0.0, 0.0]
+    # a right function whose reply goes on with top-level code that raises fails, as in their single exec
+    raising = (
+        f"```python\n{he[0]['prompt']}{he[0]['canonical_solution']}\nprint({he[0]['entry_point']}())\n```"
+    )
+    assert oc.score(TASKS["humaneval"], he[:1], [raising])[0] == [0.0]
 
     mbpp = benchdata.load("mbpp")[:12]
-    replies = [f"[BEGIN]\n '{r['code']}' \n[DONE]" for r in mbpp] + [
-        f"[BEGIN]\n{r['code'].replace('return', 'return None and')}\n[DONE]" for r in mbpp[:4]
-    ]
-    rows = mbpp + mbpp[:4]
+    replies = (
+        [f"[BEGIN]\n '{r['code']}' \n[DONE]" for r in mbpp]
+        + [f"[BEGIN]\n{r['code'].replace('return', 'return None and')}\n[DONE]" for r in mbpp[:4]]
+        + [f"[BEGIN]\n{mbpp[0]['code']}\n{tail}\n[DONE]" for tail in ("assert 1 == 2", "print(undefined)")]
+    )  # right code, then top-level code that raises: 0 for them (one exec) and for us
+    rows = mbpp + mbpp[:4] + [mbpp[0], mbpp[0]]
     scores, programs = oc.score(TASKS["mbpp"], rows, replies)
 
     def theirs(row, reply):
@@ -565,7 +572,7 @@ def test_code_scores_as_their_execution_on_real_rows():
         return float(done.returncode == 0)
 
     assert scores == [theirs(r, c) for r, c in zip(rows, replies)]
-    assert sum(scores[:12]) >= 10 and scores[12:] == [0.0] * 4, scores
+    assert sum(scores[:12]) >= 10 and scores[12:] == [0.0] * 6, scores
 
 
 FRAGMENTS = {
@@ -663,3 +670,20 @@ def test_align_eval_sends_the_few_shot_chat_scores_their_way_and_resumes(tmp_pat
         assert "gsm8k: continuing after 2 of 2 answers" in capsys.readouterr().err and seen == []
     finally:
         server.shutdown()
+
+
+def test_math_rows_with_only_a_solution_load_with_its_boxed_answer(tmp_path):
+    """MATH's own rows (``problem``, ``solution``), given with ``--data-dir`` as math500.jsonl: the gold answer is
+    the solution's last boxed answer, for the project's scoring and the authors'."""
+    from align.eval.tasks import load_tasks
+    from rewards import benchdata
+
+    rows = [{"problem": r["problem"], "solution": r["solution"]} for r in benchdata.load("math500")[:20]]
+    (tmp_path / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [(task, loaded)] = load_tasks("math500", str(tmp_path))
+    assert [r["answer"] for r in loaded] == [ref_boxed(r["solution"]) for r in rows] and all(
+        r["answer"] for r in loaded
+    )
+    replies = [f"So the answer is $\\boxed{{{r['answer']}}}$." for r in loaded]
+    assert task.score(loaded, replies)[0] == [1.0] * 20
+    assert task.score(loaded, replies, PROTOCOLS["llada-opencompass"])[0] == [1.0] * 20

@@ -118,6 +118,7 @@ def score(task, rows: list[dict], completions: list[str]) -> tuple[list[float], 
     if task.name in ("humaneval", "mbpp"):
         from concurrent.futures import ThreadPoolExecutor
 
+        from align.eval.opencompass import runs_cleanly
         from rewards.code import prompt_context, score_program
         from rewards.sandbox import default_sandbox
 
@@ -130,6 +131,8 @@ def score(task, rows: list[dict], completions: list[str]) -> tuple[list[float], 
             programs = [mbpp_code(c, mbpp_entry_point(r["test_list"])) for r, c in zip(rows, completions)]
 
         def run(row: dict, program: str) -> float:
+            if not runs_cleanly(program, sandbox):  # their code_eval runs program and tests as one
+                return 0.0
             if task.name == "humaneval":
                 context = prompt_context(row["prompt"], row["entry_point"])
                 return score_program(

@@ -24,9 +24,18 @@ Scoring (the configs' postprocessors and evaluators):
 * MBPP: the code between ``[BEGIN]`` and ``[DONE]`` (their twenty fallback patterns in order), run with the
   row's asserts; a pass is every assert passing.
 
-Not reproduced: their programs run under ``exec`` in a subprocess with a 3 s (HumanEval) or 9 s (MBPP) limit;
-ours run in the project's sandbox with its limits. Their MATH data is OpenCompass's ``math.json``; here the
-``math500`` task is MATH-500 unless ``--data-dir`` gives other rows (``problem`` and ``solution`` columns).
+Code runs in the project's sandbox, where theirs runs ``exec`` in a subprocess (3 s HumanEval, 9 s MBPP): the
+program first runs alone and any exception in its own top-level code fails it (as in their single ``exec``),
+then the judge runs the tests. Not reproduced: their time limits (ours are the sandbox's); values a tested
+function returns cross to the judge as plain data only (a returned ``Fraction`` or ``Decimal`` stays opaque and
+compares unequal, where their ``==`` could pass); their MBPP patterns run under the ``regex`` module, here
+``re`` (``\\s`` differs on the control characters 0x1c-0x1f). Decoding differs from theirs only where theirs is
+undefined or unused: ties in confidence go to the lower position (``torch.topk``'s order is unspecified) and the
+mask token is never proposed (their sampler can propose it); batches are left-padded with an attention mask
+(theirs decode one prompt at a time: ``--batch-size 1`` does the same) and prompts beyond 3,584 tokens are cut
+from the left (theirs are never cut). Their MATH data is OpenCompass's ``math.json``; here the ``math500``
+task is MATH-500 unless ``--data-dir`` gives other rows (``problem`` and ``solution``; a missing ``answer`` is
+the solution's last boxed answer).
 """
 
 from __future__ import annotations
@@ -399,6 +408,8 @@ def score(task, rows: list[dict], completions: list[str]) -> tuple[list[float], 
         programs = [mbpp_code(c) for c in completions]
 
     def run(row: dict, program: str) -> float:
+        if not runs_cleanly(program, sandbox):
+            return 0.0
         if task.name == "humaneval":
             context = prompt_context(row["prompt"], row["entry_point"])
             return score_program(program, row["test"], row["entry_point"], sandbox=sandbox, context=context)
@@ -406,3 +417,10 @@ def score(task, rows: list[dict], completions: list[str]) -> tuple[list[float], 
 
     with ThreadPoolExecutor(sandbox.workers) as pool:
         return list(pool.map(run, rows, programs)), programs
+
+
+def runs_cleanly(program: str, sandbox) -> bool:
+    """Whether the program's own top-level code runs to its end in the sandbox (a plain run, no tests): their
+    evaluators execute program and tests as one, so an exception anywhere fails the sample, where the judge
+    runs the tests against whatever the program defined before it failed."""
+    return sandbox.run(program).status == "ok"

@@ -87,6 +87,10 @@ class Task:
         rows = rename_columns(rows, rename or [], self.name)
         if self.name == "mbpp" and rows and "text" not in rows[0] and "prompt" in rows[0]:
             rows = [{**r, "text": r["prompt"]} for r in rows]  # the sanitized config names the task "prompt"
+        if self.name == "math500" and rows and "answer" not in rows[0] and "solution" in rows[0]:
+            from align.eval.opencompass import boxed_answer  # MATH's own rows: the solution's boxed answer
+
+            rows = [{**r, "answer": boxed_answer(str(r["solution"])) or ""} for r in rows]
         missing = {self.question, *self.gold_columns()} - set(rows[0] if rows else {})
         if rows and missing:
             raise ValueError(
