@@ -25,10 +25,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_illada_protocol import NoMaskLM  # the mask-token logit at -1e4 on both sides (MASK is 5 there too)
 
 from align.eval.runner import DiffusionSource, process_state
 from align.eval.tasks import PROTOCOLS, TASKS, check_protocol
-from align.models import LLaDAConfig, LLaDAModelLM, family_spec
+from align.models import LLaDAConfig, family_spec
 
 BOS, EOS, EOT, MASK = 0, 1, 2, 5
 SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
@@ -62,16 +63,6 @@ def build_tokenizer():
                                   pad_token="<|endoftext|>", mask_token="<|mdm_mask|>", padding_side="left")  # fmt: skip
     tok.chat_template = CHAT_TEMPLATE
     return tok
-
-
-class NoMaskLM(LLaDAModelLM):
-    """The tiny model with its mask-token logit at -1e4 (the project's sampler never emits the mask token; the
-    official one could): a property of the model both sides share."""
-
-    def forward(self, *args, **kwargs):
-        out = super().forward(*args, **kwargs)
-        out.logits[..., MASK] = -1e4
-        return out
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,9 @@ def sample_tokens(
 _DRAW_BLOCK = 1024
 
 
-def draw_categorical(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_categorical(
+    weights: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One index per row of ``weights`` [N, V] (non-negative, unnormalised float32), drawn with probability
     weight / row total by a two-level inverse CDF from one float64 uniform per row: the row's mass in blocks of
     1,024 entries (float32 sums, float64 prefix sums), the block holding ``u * total``, then the entry inside it
@@ -148,7 +150,8 @@ def draw_categorical(weights: torch.Tensor, generator: torch.Generator | None = 
     Returns (indices [N] long, row totals [N] float64)."""
     n, v = weights.shape
     if n == 0:
-        return torch.zeros(0, dtype=torch.long, device=weights.device), torch.zeros(0, dtype=torch.float64)
+        empty = torch.zeros(0, device=weights.device)
+        return empty.long(), empty.double()
     full = v - v % _DRAW_BLOCK
     masses = weights[:, :full].reshape(n, -1, _DRAW_BLOCK).sum(-1)
     if full < v:
