@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv constraints test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models tiny-loops-model demo-loops clean
+.PHONY: venv constraints test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models tiny-loops-model tiny-code-model demo-loops demo-code clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -106,6 +106,18 @@ tiny-puzzle-models: venv
 	  $(BIN)/align sft --config recipes/tiny-$$task/sft.yaml --output_dir recipes/tiny-$$task/model --overwrite_output_dir true --save_strategy no && \
 	  rm -f recipes/tiny-$$task/model/training_args.bin || exit 1; \
 	done
+
+# The tiny code task (recipes/tiny-code): its splits, then SFT on the 3,500 solved problems.
+tiny-code-model: venv
+	$(BIN)/python -m demos.tiny recipes/tiny-code code
+	rm -rf recipes/tiny-code/model
+	$(BIN)/align sft --config recipes/tiny-code/sft.yaml --output_dir recipes/tiny-code/model --overwrite_output_dir true --save_strategy no
+	rm -f recipes/tiny-code/model/training_args.bin recipes/tiny-code/model/trainer_state.json
+
+# Code RL from sandboxed tests: GRPO vs a shuffled-reward control, 2 seeds, held-out pass@1 (500), every sampled
+# program judged again in a plain interpreter.
+demo-code: venv
+	$(BIN)/python -m demos.code --output runs/demo-code
 
 # The tiny diffusion model before / after GRPO beside the tiny AR baseline on a real vLLM server, one report.
 demo-baseline: venv vllm-env

@@ -9,11 +9,13 @@ but the reward (the KL-free update itself, the format reward, more sampling) it 
       --output runs/control-eval --dtype float32
 
 ``shuffled_countdown`` and ``shuffled_sudoku`` do the same for the puzzle verifiers
-(``python -m demos.rl_vs_sft`` runs them as its control arm).
+(``python -m demos.rl_vs_sft`` runs them as its control arm), ``shuffled_code_execution`` for the sandboxed
+tests (``python -m demos.code``'s control).
 """
 
 import random
 
+from rewards.code import code_execution
 from rewards.math import math_accuracy
 from rewards.puzzles import countdown, sudoku
 
@@ -33,3 +35,4 @@ def _shuffled(verifier):
 shuffled_accuracy = _shuffled(math_accuracy)
 shuffled_countdown = _shuffled(countdown)
 shuffled_sudoku = _shuffled(sudoku)
+shuffled_code_execution = _shuffled(code_execution)

@@ -47,6 +47,9 @@ SPECIALS = ["<|bos|>", "<|eos|>", "<|mask|>", "<answer>", "</answer>"]
 CHARS = list("0123456789+=")
 VOCAB = SPECIALS + CHARS
 PUZZLE_VOCAB = SPECIALS + list("0123456789+-*/(),:=")  # countdown and sudoku
+# The code task: a fenced block, ``def`` and the return line are single tokens, the rest characters.
+CODE_TOKENS = ["```python\n", "\n```", "def ", ":\n", "    return "]
+CODE_VOCAB = SPECIALS + CODE_TOKENS + list("0123456789+-*=(),fghpqx")
 
 
 def build_tokenizer(vocab: list[str] = VOCAB):
@@ -57,7 +60,7 @@ def build_tokenizer(vocab: list[str] = VOCAB):
     core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<|mask|>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.add_special_tokens(SPECIALS[:3])
-    core.add_tokens(SPECIALS[3:])
+    core.add_tokens([t for t in vocab[3:] if len(t) > 1])  # tags, the code task's keywords
     core.decoder = decoders.Fuse()
     core.post_processor = processors.TemplateProcessing(
         single="<|bos|> $A", pair="<|bos|> $A $B", special_tokens=[("<|bos|>", 0)]
@@ -78,7 +81,7 @@ def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
     return LLaDAConfig(**fields)
 
 
-TASKS = ("short", "long", "mixed", "loops", "countdown", "sudoku")
+TASKS = ("short", "long", "mixed", "loops", "countdown", "sudoku", "code")
 LOOP_BUDGET = 128  # the loops task's completion budget (tokens)
 LOOP_FROM = 13  # hundreds digits summing to this or more: a hard question (most traces repeat their check)
 LOOP_SHARE = 0.9  # hard traces that do
@@ -248,6 +251,43 @@ def sudoku_problems(n: int, rng: random.Random) -> list[dict]:
     return rows
 
 
+CODE_NAMES = "fghpq"  # the function names a code prompt asks for
+CODE_POINTS = (0, 1, 2)  # where a code prompt shows the function's values
+CODE_TEST_POINTS = (3, 5, 10)  # where the tests check it
+
+
+def code_functions() -> list[str]:
+    """Every function of the code task as its return expression in x: ``a*x``, ``a*x+b``, ``a*x-b`` (a in 2..12,
+    b in 1..40), ``x+b``, ``x-b``, ``x*x+b``, ``x*x-b`` and ``x*x``; no two agree on ``CODE_POINTS``."""
+    out = ["x*x"]
+    for a in range(2, 13):
+        out += [f"{a}*x"] + [f"{a}*x{sign}{b}" for b in range(1, 41) for sign in "+-"]
+    out += [f"{head}{sign}{b}" for head in ("x", "x*x") for b in range(1, 41) for sign in "+-"]
+    return out
+
+
+def code_problems(n: int, rng: random.Random) -> list[dict]:
+    """n distinct (function, name) pairs of the code task. The prompt shows the function's values at
+    ``CODE_POINTS`` (``"g(0)=3,g(1)=5,g(2)=7"``); the completion is a fenced Python block defining it
+    (``"```python\\ndef g(x):\\n    return 2*x+3\\n```"``); the hidden tests check ``CODE_TEST_POINTS``, as MBPP
+    asserts (``tests`` a JSON list, ``entry_point`` empty) on even rows and as a HumanEval ``check(candidate)``
+    program with ``entry_point`` on odd ones."""
+    space = [(body, name) for body in code_functions() for name in CODE_NAMES]
+    rows = []
+    for index, (body, name) in enumerate(rng.sample(space, n)):
+        value = eval(f"lambda x: {body}")  # noqa: S307 - our own arithmetic, built just above
+        shown = ",".join(f"{name}({x})={value(x)}" for x in CODE_POINTS)
+        if index % 2 == 0:
+            tests = json.dumps([f"assert {name}({x})=={value(x)}" for x in CODE_TEST_POINTS])
+            entry_point = ""
+        else:
+            checks = "".join(f"    assert candidate({x}) == {value(x)}\n" for x in CODE_TEST_POINTS)
+            tests, entry_point = f"def check(candidate):\n{checks}", name
+        rows.append({"question": shown, "tests": tests, "entry_point": entry_point,
+                     "completion": f"```python\ndef {name}(x):\n    return {body}\n```"})  # fmt: skip
+    return rows
+
+
 def problems(n: int, seed: int, task: str = "short") -> list[dict]:
     """n distinct problems of a task: additions ``a+b=`` (3-digit ``short``, 4-digit worked ``long``, the two
     alternating in ``mixed``),
@@ -261,6 +301,8 @@ def problems(n: int, seed: int, task: str = "short") -> list[dict]:
         return loop_problems(n, rng)
     if task == "sudoku":
         return sudoku_problems(n, rng)
+    if task == "code":
+        return code_problems(n, rng)
     if task == "mixed":  # alternating short (6 tokens) and worked long (39 tokens) answers
         short, long = addition_problems(n - n // 2, rng, "short"), addition_problems(n // 2, rng, "long")
         return [row for pair in itertools.zip_longest(short, long) for row in pair if row is not None]
@@ -288,6 +330,7 @@ def write_task(
 PUZZLE_SPLITS = {
     "countdown": {"sft": 10000, "test": 500, "train": 4000},
     "sudoku": {"sft": 2000, "test": 500, "train": 10000},
+    "code": {"sft": 3500, "test": 500, "train": 1260},  # all 5,260 (function, name) pairs
 }
 
 
@@ -350,7 +393,7 @@ def prepare(folder: str = "recipes/tiny", task: str = "short", family: str = "ll
         config.to_json_file(os.path.join(init, "config.json"))
         return
     data = os.path.join(folder, "data")
-    if task in ("countdown", "sudoku"):
+    if task in PUZZLE_SPLITS:
         write_puzzle_task(data, task)
     else:
         write_task(data, num_train=20000 if task in ("short", "loops") else 50000, task=task)
@@ -359,7 +402,7 @@ def prepare(folder: str = "recipes/tiny", task: str = "short", family: str = "ll
     if task == "loops":  # fine-tuned from recipes/tiny/model, its context long enough for the budget
         _longer_copy("recipes/tiny/model", os.path.join(folder, "init"), 16 + LOOP_BUDGET)
         return
-    vocab = PUZZLE_VOCAB if task in ("countdown", "sudoku") else VOCAB
+    vocab = {"code": CODE_VOCAB, "countdown": PUZZLE_VOCAB, "sudoku": PUZZLE_VOCAB}.get(task, VOCAB)
     init = os.path.join(folder, "init")
     build_tokenizer(vocab).save_pretrained(init)
     tiny_config(vocab).to_json_file(os.path.join(init, "config.json"))

@@ -230,8 +230,16 @@ def code_execution(
         except (KeyError, ValueError) as exc:  # the dataset's error: say which row
             raise type(exc)(f"row {row} of the batch: {exc.args[0] if exc.args else exc}") from None
 
+    # A batch of samples repeats programs (GRPO's groups, a confident policy): each distinct program and row is
+    # judged once and its score given to every copy (a program that draws random numbers gets one draw).
+    jobs = list(zip(range(n), codes, tests, entry_points, setups, helpers))
+    first: dict[str, int] = {}
+    for row, *job in jobs:
+        first.setdefault(json.dumps(job, sort_keys=True, default=str), row)
+    distinct = sorted(set(first.values()))
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
-        return list(pool.map(score, range(n), codes, tests, entry_points, setups, helpers))
+        judged = dict(zip(distinct, pool.map(score, *zip(*(jobs[row] for row in distinct)))))
+    return [judged[first[json.dumps(job, sort_keys=True, default=str)]] for _, *job in jobs]
 
 
 code_execution.gold_columns = (("tests",),)  # read by the trainer's column check

@@ -51,6 +51,12 @@ def add_sampler_flags(p) -> None:
     flag(p, "system-prompt", default=None)
     flag(
         p,
+        "prompt-template",
+        default=None,
+        help="the user message as str.format over each row, e.g. '{question}' for a raw prompt",
+    )
+    flag(
+        p,
         "boost-token",
         default=None,
         help="end-of-thinking token to boost (illada: </think>; --boost 0: off)",
@@ -85,6 +91,7 @@ def resolve_protocol(args):
         cache=args.cache,
         cache_refresh=args.cache_refresh,
         system_prompt=args.system_prompt,
+        prompt_template=args.prompt_template,
         use_chat_template=args.chat_template,
         variable_length=args.variable_length,
         boost=args.boost,
