@@ -17,7 +17,6 @@ point it at another model's output. Every step is a public command; this file ch
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -26,6 +25,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import torch
 
 from align.cli import main as align
 
@@ -93,7 +94,7 @@ def rejudge(pairs: list[tuple[str, dict, float]]) -> tuple[int, list[dict]]:
     bad = [
         {"question": row["question"], "completion": c, "sandboxed": s, "plain": plain[(plain_program(c), row["question"])]}
         for c, row, s in pairs
-        if abs(plain[(plain_program(c), row["question"])] - s) > 1e-9
+        if abs(plain[(plain_program(c), row["question"])] - s) > 1e-6  # logged rewards went through float32
     ]  # fmt: skip
     return len(distinct), bad
 
@@ -118,32 +119,46 @@ def step_costs(run: str) -> dict:
     }
 
 
-def train(arm: str, seed: int, run: str, overrides: list[str]) -> None:
+ALIGN = "import sys; from align.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def start_training(arm: str, seed: int, run: str, overrides: list[str]) -> subprocess.Popen | None:
+    """``align train`` for one arm in its own process (one kernel thread, like the evaluations here: the tiny
+    model gains nothing from a second, and the figures do not depend on how many arms run at once); None when
+    the run already finished."""
     if os.path.exists(os.path.join(run, "model.safetensors")):
         print(f"demo-code: reusing the finished run in {run} (delete it to train again)", file=sys.stderr)
-        return
+        return None
     command = ["train", "--config", CONFIG, "--output_dir", run, "--report_to", "none", "--seed", str(seed),
                "--overwrite_output_dir", "true", *overrides]  # fmt: skip
     if arm == "control":
         command += ["--reward_funcs", CONTROL_REWARD, "python_block_format"]
     os.makedirs(run, exist_ok=True)
-    with open(os.path.join(run, "console.log"), "w") as log, contextlib.redirect_stdout(log):
-        failed = align(command) != 0  # (every step's 128 logged samples: a table per step on the console)
-    if failed:
-        raise SystemExit(
-            f"align train failed for the {arm} arm, seed {seed} (its console: {run}/console.log)"
-        )
+    with open(os.path.join(run, "console.log"), "w") as log:  # every step's samples: a table per step
+        return subprocess.Popen(
+            [sys.executable, "-c", ALIGN, *command], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+
+
+def finish_training(runs: dict[str, subprocess.Popen | None]) -> None:
+    for run, proc in runs.items():
+        if proc is not None and proc.wait() != 0:
+            raise SystemExit(f"align train failed in {run} (its console: {run}/console.log)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demos.code")
     parser.add_argument("--output", default="runs/demo-code")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--arms", default="grpo,control", help="grpo, control or both")
     parser.add_argument("--limit", type=int, default=None, help="held-out problems (default: all 500)")
     parser.add_argument(
         "--last-steps", type=int, default=10, help="training steps whose samples are re-judged"
     )
     args, overrides = parser.parse_known_args(argv)  # the rest: --field value pairs for both arms' recipe
+    if not set(args.arms.split(",")) <= {"grpo", "control"}:
+        parser.error(f"--arms {args.arms!r}: a comma list of grpo and control")
     start = time.monotonic()
     with open(TRAIN) as f:
         train_rows = {r["question"]: r for r in map(json.loads, f)}
@@ -161,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"arm": label, "pass@1": score, "wilson95": [low, high], "n": len(samples)})
         return score
 
+    torch.set_num_threads(1)
     before = held_out("start", MODEL)
     costs = {}
     for seed in map(int, args.seeds.split(",")):
-        for arm in ("grpo", "control"):
-            run = os.path.join(args.output, f"{arm}-seed{seed}")
-            train(arm, seed, run, overrides)
+        arms = {arm: os.path.join(args.output, f"{arm}-seed{seed}") for arm in args.arms.split(",")}
+        finish_training({run: start_training(arm, seed, run, overrides) for arm, run in arms.items()})
+        for arm, run in arms.items():  # the seed's arms trained side by side, one core each
             held_out(f"{arm}-seed{seed}", run)
             if arm == "grpo":  # the control's logged scores are shuffled: only the real judge's are compared
                 samples = last_step_samples(run, args.last_steps)
@@ -175,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 checks["programs"] += n
                 checks["disagreements"] += bad
-                distinct = len({(s["step"], s["completion"], s["prompt"]) for s in samples}) / args.last_steps
-                costs[seed] = {**step_costs(run), "distinct_programs_per_step": distinct}
+                steps = len({s["step"] for s in samples})
+                distinct = len({(s["step"], s["completion"], s["prompt"]) for s in samples}) / steps
+                costs[seed] = {**step_costs(run), "programs_per_step": len(samples) / steps,
+                               "distinct_programs_per_step": distinct}  # fmt: skip
     print("\n| tiny code, 500 held-out, greedy | pass@1 | Wilson 95% | change |\n|---|---|---|---|")
     for r in results:
         low, high = r["wilson95"]
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed, c in costs.items():
         print(f"seed {seed}: step {sum(c[f'{p}_s'] for p in ('rollout', 'reward', 'logprob', 'update')):.2f} s, "
               f"reward {c['reward_s']:.2f} s ({100 * c['reward_share']:.0f}%), "
-              f"{c['distinct_programs_per_step']:.0f} distinct of 128 programs judged per step, "
+              f"{c['distinct_programs_per_step']:.0f} distinct of {c['programs_per_step']:.0f} programs judged per step, "
               f"{c['distinct_programs_per_step'] / c['reward_s']:.0f} distinct programs/s")  # fmt: skip
     bad = checks["disagreements"]
     print(f"re-judged {checks['programs']} distinct (program, problem) pairs in a plain interpreter: "
