@@ -210,7 +210,8 @@ def code_execution(
 ):
     """Fraction of the row's tests passed by the completion's code (column ``tests``; optional columns
     ``entry_point`` for a check() program, ``test_setup_code`` run in the sandbox after the candidate and
-    ``test_helpers``, trusted code the tests call, run in the judge: HumanEval's prompt helpers)."""
+    ``test_helpers``, trusted code the tests call, run in the judge: HumanEval's prompt helpers). After each
+    call ``code_execution.last_metrics`` counts why programs scored 0 (see ``_reasons``)."""
     if tests is None:
         raise KeyError(
             "code_execution needs a column named 'tests' (asserts, a check() program, or io cases)."
@@ -239,7 +240,29 @@ def code_execution(
     distinct = sorted(set(first.values()))
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
         judged = dict(zip(distinct, pool.map(score, *zip(*(jobs[row] for row in distinct)))))
+    code_execution.last_metrics = _reasons(completions, codes, entry_points, tests, len(distinct))
     return [judged[first[json.dumps(job, sort_keys=True, default=str)]] for _, *job in jobs]
+
+
+def _reasons(completions, codes, entry_points, tests, distinct: int) -> dict[str, float]:
+    """The call's counters, logged as ``rewards/code_execution/<key>``: completions without a fenced block (their
+    raw text was run), programs that do not compile (0 without a run), check() rows whose program does not
+    define the entry point (0), and the distinct programs the sandbox ran."""
+    from rewards.judge import _bound_by
+
+    texts = [completion_text(c) for c in completions]
+    broken = [_compile_error(code, "<completion>") is not None for code in codes]
+    missing = [
+        bool(entry) and isinstance(test, str) and not test.lstrip().startswith("[") and not bad
+        and entry not in _bound_by(code)
+        for code, entry, test, bad in zip(codes, entry_points, tests, broken)
+    ]  # fmt: skip
+    return {
+        "no_code_block": float(sum(_FENCE.search(t) is None for t in texts)),
+        "compile_errors": float(sum(broken)),
+        "entry_point_missing": float(sum(missing)),
+        "programs_run": float(distinct),
+    }
 
 
 code_execution.gold_columns = (("tests",),)  # read by the trainer's column check

@@ -95,6 +95,19 @@ def test_a_batch_judges_each_distinct_program_once_and_gives_every_copy_its_scor
     assert len(calls) == 4  # (right, row 0), (wrong, row 0), (row 1's program, row 1), (right, row 1)
 
 
+def test_why_programs_scored_0_is_counted_in_the_training_metrics():
+    """``code_execution.last_metrics`` (logged as rewards/code_execution/<key>): a completion with no fenced block
+    (its raw text is run), one that does not compile, one that defines another name than the entry point."""
+    check = "def check(candidate):\n    assert candidate(1) == 1\n"
+    completions = ["def f(x):\n    return 1", "```python\ndef f(:\n```", "```python\ndef g(x):\n    return 1\n```",
+                   "```python\ndef f(x):\n    return 1\n```"]  # fmt: skip
+    scores = get("code_execution")(None, completions, tests=[check] * 4, entry_point=["f"] * 4)
+    assert scores == [1.0, 0.0, 0.0, 1.0]
+    assert get("code_execution").last_metrics == {
+        "no_code_block": 1.0, "compile_errors": 1.0, "entry_point_missing": 1.0, "programs_run": 4.0
+    }  # fmt: skip
+
+
 def test_a_custom_code_task_evaluates_with_a_raw_prompt_and_pass_at_k(tmp_path):
     """``align eval`` on the held-out file with ``--prompt-template '{question}'`` (the model sees the row's
     question only), greedy and with several samples: pass@1 and pass@k from the sandbox's verdicts."""
