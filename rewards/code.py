@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from rewards import pyast
@@ -220,7 +221,8 @@ def code_execution(
     entry_points = entry_point if entry_point is not None else [None] * n
     setups = test_setup_code if test_setup_code is not None else [None] * n
     helpers = test_helpers if test_helpers is not None else [None] * n
-    codes = [extract_code(completion_text(c)) for c in completions]
+    texts = [completion_text(c) for c in completions]
+    codes = [extract_code(t) for t in texts]
     sandbox = default_sandbox()
 
     def score(row, code, test, entry, setup, context):
@@ -234,34 +236,38 @@ def code_execution(
     # A batch of samples repeats programs (GRPO's groups, a confident policy): each distinct program and row is
     # judged once and its score given to every copy (a program that draws random numbers gets one draw).
     jobs = list(zip(range(n), codes, tests, entry_points, setups, helpers))
+    keys = [json.dumps(job[1:], sort_keys=True, default=str) for job in jobs]
     first: dict[str, int] = {}
-    for row, *job in jobs:
-        first.setdefault(json.dumps(job, sort_keys=True, default=str), row)
-    distinct = sorted(set(first.values()))
+    for row, key in enumerate(keys):
+        first.setdefault(key, row)
+    distinct = list(first.values())
     with ThreadPoolExecutor(sandbox.workers) as pool:  # each program still waits for a free sandbox slot
         judged = dict(zip(distinct, pool.map(score, *zip(*(jobs[row] for row in distinct)))))
-    code_execution.last_metrics = _reasons(completions, codes, entry_points, tests, len(distinct))
-    return [judged[first[json.dumps(job, sort_keys=True, default=str)]] for _, *job in jobs]
+    copies = Counter(keys)
+    code_execution.last_metrics = _reasons(texts, [(jobs[r], copies[keys[r]]) for r in distinct])
+    return [judged[first[key]] for key in keys]
 
 
-def _reasons(completions, codes, entry_points, tests, distinct: int) -> dict[str, float]:
+def _reasons(texts: list[str], distinct: list[tuple[tuple, int]]) -> dict[str, float]:
     """The call's counters, logged as ``rewards/code_execution/<key>``: completions without a fenced block (their
     raw text was run), programs that do not compile (0 without a run), check() rows whose program does not
-    define the entry point (0), and the distinct programs the sandbox ran."""
+    define the entry point (0), and the distinct programs the sandbox ran. ``distinct``: (job, its copies), each
+    distinct job read once."""
     from rewards.judge import _bound_by
 
-    texts = [completion_text(c) for c in completions]
-    broken = [_compile_error(code, "<completion>") is not None for code in codes]
-    missing = [
-        bool(entry) and isinstance(test, str) and not test.lstrip().startswith("[") and not bad
-        and entry not in _bound_by(code)
-        for code, entry, test, bad in zip(codes, entry_points, tests, broken)
-    ]  # fmt: skip
+    broken = missing = run = 0
+    for (_, code, test, entry, _, _), count in distinct:
+        if _compile_error(code, "<completion>") is not None:
+            broken += count
+            continue
+        run += 1
+        check_form = isinstance(test, str) and not test.lstrip().startswith("[")
+        missing += count * bool(entry and check_form and entry not in _bound_by(code))
     return {
         "no_code_block": float(sum(_FENCE.search(t) is None for t in texts)),
-        "compile_errors": float(sum(broken)),
-        "entry_point_missing": float(sum(missing)),
-        "programs_run": float(distinct),
+        "compile_errors": float(broken),
+        "entry_point_missing": float(missing),
+        "programs_run": float(run),
     }
 
 

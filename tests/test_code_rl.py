@@ -100,11 +100,11 @@ def test_why_programs_scored_0_is_counted_in_the_training_metrics():
     (its raw text is run), one that does not compile, one that defines another name than the entry point."""
     check = "def check(candidate):\n    assert candidate(1) == 1\n"
     completions = ["def f(x):\n    return 1", "```python\ndef f(:\n```", "```python\ndef g(x):\n    return 1\n```",
-                   "```python\ndef f(x):\n    return 1\n```"]  # fmt: skip
-    scores = get("code_execution")(None, completions, tests=[check] * 4, entry_point=["f"] * 4)
-    assert scores == [1.0, 0.0, 0.0, 1.0]
-    assert get("code_execution").last_metrics == {
-        "no_code_block": 1.0, "compile_errors": 1.0, "entry_point_missing": 1.0, "programs_run": 4.0
+                   "```python\ndef f(x):\n    return 1\n```", "```python\ndef f(:\n```"]  # fmt: skip
+    scores = get("code_execution")(None, completions, tests=[check] * 5, entry_point=["f"] * 5)
+    assert scores == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert get("code_execution").last_metrics == {  # the program that does not compile is never run
+        "no_code_block": 1.0, "compile_errors": 2.0, "entry_point_missing": 1.0, "programs_run": 3.0
     }  # fmt: skip
 
 
