@@ -84,7 +84,7 @@ def _warn_missing_helpers(test: str, entry_point: str, context: str | None) -> N
         logger.warning(
             "code_execution: the row's check() program calls %s, which neither it nor a test_helpers column "
             "defines; every program scores 0 on such rows until the dataset carries the prompt's helpers in "
-            "test_helpers (align.eval.tasks.prompt_context builds them from a HumanEval prompt).",
+            "test_helpers (rewards.code.prompt_context builds them from a HumanEval prompt).",
             ", ".join(missing),
         )
 

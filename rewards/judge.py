@@ -241,6 +241,8 @@ class Session:
         kill_group(self.proc)
 
     def stderr_text(self, cap: int) -> str:
+        if self.stderr.closed:
+            return ""
         self.stderr.seek(0)
         return self.stderr.read(cap).decode("utf-8", errors="replace")
 
@@ -283,8 +285,11 @@ def _copy_back(original, new) -> None:
         original.update(new)
 
 
-def spawn(spec: dict, channel_fd: int | None, stdin, stdout, stderr) -> subprocess.Popen:
-    """Start the sandboxed interpreter (``spec["argv"]`` + the stub + the channel fd) in its own group."""
+def spawn(spec: dict, channel_fd: int | None, stdin, stdout, stderr):
+    """Start the sandboxed interpreter (``spec["argv"]`` + the stub + the channel fd) in its own group, or, for a
+    warm slot (``spec["warm"]``), fork the program from the slot's resident sandbox."""
+    if spec.get("warm"):
+        return warm_slot(spec).start(stdin, stdout, stderr, channel_fd)
     argv, keep = list(spec["argv"]), [] if channel_fd is None else [channel_fd]
     filter_r = None
     if spec.get("seccomp"):
@@ -322,7 +327,10 @@ def _stub_source() -> str:
     return _STUB[0]
 
 
-def kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc) -> None:
+    if isinstance(proc, WarmProcess):
+        proc.kill()
+        return
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -375,6 +383,212 @@ def run_program(spec: dict, code: str, stdin: str) -> dict:
         "stderr": out[1],
         "wall_s": time.monotonic() - start,
     }
+
+
+class WarmSlot:
+    """A slot's resident sandbox (``rewards/_zygote.py``): one bwrap sandbox started once, which forks each
+    program in new mount, IPC and PID namespaces (its own ``/tmp``, ``/proc`` and System V objects), with its
+    limits, no capability and the seccomp filter set in the program's own process. The program's start-up
+    costs a fork instead of bwrap and an interpreter; nothing of one program reaches the next (the module's
+    docstring says why). The slot's own processes are recorded when it starts: after each program, any
+    other process of the slot's cgroup (or uid) is a leftover and is killed, and the slot is rebuilt."""
+
+    def __init__(self, spec: dict):
+        self.key = (tuple(spec["argv"]), repr(spec["warm"]), spec.get("cgroup_procs"), spec.get("uid"))
+        self.spec = spec
+        self.stderr = tempfile.TemporaryFile()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(os.path.join(_HERE, "_zygote.py")) as f:
+            source = f.read()
+        argv = [*spec["argv"], "-c", source, str(theirs.fileno())]
+        if spec.get("cgroup_procs"):
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', spec["cgroup_procs"], *argv]
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                pass_fds=[theirs.fileno()], start_new_session=True, cwd="/", env={},
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        self.sock = ours
+        try:
+            self._ask(("init", spec["warm"], _stub_source()), WARM_START_S, expect="ready")
+        except OSError:
+            self.close()
+            raise
+        self.own = set(self._slot_pids())
+        self.memory = held_memory(spec.get("cgroup_procs"))
+
+    def _ask(self, message: tuple, wait_s: float, fds: tuple = (), expect: str = "") -> tuple:
+        """Send one message (with descriptors) and read its reply within ``wait_s``; OSError when the
+        resident process does not answer as the protocol says (the caller rebuilds the slot)."""
+        try:
+            socket.send_fds(self.sock, [marshal.dumps(message)], list(fds)) if fds else self.sock.send(
+                marshal.dumps(message)
+            )
+            self.sock.settimeout(wait_s)
+            reply = marshal.loads(self.sock.recv(1 << 16))
+        except (OSError, ValueError, EOFError, TypeError) as exc:
+            raise OSError(f"the warm sandbox did not answer ({exc}; {self.stderr_tail()!r})") from None
+        if type(reply) is not tuple or not reply or reply[0] != expect:
+            raise OSError(f"the warm sandbox answered {str(reply)[:200]} ({self.stderr_tail()!r})")
+        return reply
+
+    def start(self, stdin, stdout, stderr, channel_fd: int | None) -> WarmProcess:
+        descriptors, opened = [], []
+        for stream in (stdin, stdout, stderr):
+            if stream is None or stream == subprocess.DEVNULL:
+                opened.append(os.open(os.devnull, os.O_RDWR))
+                descriptors.append(opened[-1])
+            else:
+                descriptors.append(stream if type(stream) is int else stream.fileno())
+        if channel_fd is None:
+            opened.append(os.open(os.devnull, os.O_RDWR))
+            channel_fd = opened[-1]
+        try:
+            reply = self._ask(("start",), WARM_REPLY_S, fds=(*descriptors, channel_fd), expect="started")
+        except OSError:
+            self.close()
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)
+        return WarmProcess(self, reply[1])
+
+    def end(self, pid: int, wait_s: float) -> tuple[int, bool]:
+        """(status, timed out) of the program once its whole PID namespace is gone; leftovers are killed."""
+        try:
+            _, status, timed_out, settled = self._ask(
+                ("end", wait_s), wait_s + 2 * WARM_REPLY_S, expect="ended"
+            )
+        except (OSError, ValueError):
+            self.close()
+            return -signal.SIGKILL, False
+        if not settled or set(self._slot_pids()) - self.own:  # nothing of a program may outlive it: rebuild
+            self.close()
+        settle_memory(self.spec.get("cgroup_procs"), self.memory if _WARM is self else 0)
+        return status, timed_out
+
+    def _slot_pids(self) -> list[int]:
+        if self.spec.get("cgroup_procs"):
+            try:
+                with open(self.spec["cgroup_procs"]) as f:
+                    return [int(line) for line in f if line.strip()]
+            except OSError:
+                return []
+        if self.spec.get("uid") is not None:
+            return live_pids_of_uids(range(self.spec["uid"], self.spec["uid"] + 1))
+        return []
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.sock.fileno() >= 0
+
+    def close(self) -> None:
+        global _WARM
+        self.sock.close()
+        kill_group(self.proc)
+        deadline = time.monotonic() + 5.0
+        while (
+            pids := self._slot_pids()
+        ) and time.monotonic() < deadline:  # the cgroup / uid is this slot's only
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.005)
+        if _WARM is self:
+            _WARM = None
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-300:].decode(errors="replace").strip()
+
+
+class WarmProcess:
+    """A program forked by a ``WarmSlot``: the parts of ``subprocess.Popen`` the judge uses."""
+
+    def __init__(self, slot: WarmSlot, pid: int):
+        self.slot, self.pid, self.returncode = slot, pid, None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode, timed_out = self.slot.end(self.pid, 3600.0 if timeout is None else timeout)
+            if timed_out:
+                raise subprocess.TimeoutExpired("warm sandbox program", timeout)
+        return self.returncode
+
+    def poll(self):
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self.returncode, _ = self.slot.end(self.pid, 0.0)
+
+
+WARM_START_S = 30.0  # the resident sandbox's own start-up
+WARM_REPLY_S = 10.0  # a fork or a kill-and-reap by the resident process, beyond a program's own time
+_WARM: WarmSlot | None = None
+
+
+def warm_slot(spec: dict) -> WarmSlot:
+    """This judge's resident sandbox for ``spec`` (started, or restarted when it died or the spec changed)."""
+    global _WARM
+    key = (tuple(spec["argv"]), repr(spec["warm"]), spec.get("cgroup_procs"), spec.get("uid"))
+    if _WARM is not None and (_WARM.key != key or not _WARM.alive()):
+        _WARM.close()
+    if _WARM is None:
+        _WARM = WarmSlot(spec)
+    return _WARM
+
+
+MEMORY_SETTLE_S = (
+    5.0  # memory a program left in flight (descriptors sent and never received) is freed within ~1 s
+)
+MEMORY_MARGIN_BYTES = 16 << 20
+
+
+def held_memory(cgroup_procs: str | None) -> int:
+    """Anonymous and shared-memory (tmpfs, memfd) bytes charged to a slot's memory cgroup; page cache is not
+    counted (the kernel reclaims it under the cap)."""
+    if not cgroup_procs:
+        return 0
+    try:
+        with open(os.path.join(os.path.dirname(cgroup_procs), "memory.stat")) as f:
+            stat = dict(line.split() for line in f if line.count(" ") == 1)
+    except OSError:
+        return 0
+    return int(stat.get("rss", 0)) + int(stat.get("shmem", 0))
+
+
+def settle_memory(cgroup_procs: str | None, baseline: int, wait_s: float = MEMORY_SETTLE_S) -> bool:
+    """Wait (up to ``wait_s``) until the slot's cgroup holds no more than ``baseline`` plus a margin: a program's
+    memory that outlives it (memfd pages sent in flight over a unix socket) would otherwise count against the
+    next program's cap. Whether it settled."""
+    deadline = time.monotonic() + wait_s
+    while cgroup_procs and held_memory(cgroup_procs) > baseline + MEMORY_MARGIN_BYTES:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def live_pids_of_uids(uids: range) -> list[int]:
+    """Pids whose real uid is in ``uids``, zombies excluded (they cannot act and are reaped by init)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("Uid", "-1").split()[0]) in uids and not fields.get("State", "").strip().startswith(
+            "Z"
+        ):
+            pids.append(int(entry))
+    return pids
 
 
 _SIDE_EFFECT_MODULES = {"this", "antigravity"}  # importing them prints or opens a browser
@@ -496,6 +710,7 @@ def judge_functions(spec: dict, job: dict) -> tuple[list[bool], str]:
     finally:
         notes.append(session.stderr_text(2000))
         session.close()
+        session.stderr.close()  # a Session is in a cycle with its handles: the file must not wait for the GC
 
 
 JUDGE_MEMORY_BYTES = 1 << 30  # the judge's address space: a reply cannot make it allocate more (MemoryError)

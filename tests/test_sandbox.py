@@ -19,11 +19,106 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    box = Sandbox(backend="bwrap", workers=2, limits=SandboxLimits(timeout_s=3, cpu_s=3, memory_mb=512))
+@pytest.fixture(scope="module", params=["warm", "cold"])
+def sandbox(request):
+    """Every hostile program here runs in warm slots (one resident sandbox per slot forking each program into
+    namespaces of its own, the default) and in cold ones (a bwrap sandbox and an interpreter per program)."""
+    box = Sandbox(
+        backend="bwrap",
+        workers=2,
+        limits=SandboxLimits(timeout_s=3, cpu_s=3, memory_mb=512),
+        warm=request.param == "warm",
+    )
+    assert box.warm == (request.param == "warm")
     yield box
     box.close()
+
+
+LEAVE_TRACES = r"""
+import ctypes, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+open("/tmp/trace", "w").write("left by the previous program")
+os.environ["TRACE"] = "1"; os.putenv("TRACE", "1")
+shm = libc.shmget(4711, 4096, 0o1666)  # IPC_CREAT | 0666: a System V segment outlives its creator
+queue = libc.msgget(4712, 0o1666)
+server = socket.socket(socket.AF_UNIX); server.bind("\0trace-4711"); server.listen(1)
+if os.fork() == 0:  # a daemon holding the socket, out of the program's session
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(30)
+    os._exit(0)
+os.chmod("/dev/pts", 0)  # the slot's devpts would stay unusable
+a, b = socket.socketpair()
+for i in range(58):  # 928 MiB of memfd pages, sent in flight in a cycle: they outlive the program for a while
+    held = os.memfd_create(f"m{i}"); os.write(held, b"\1" * (16 << 20))
+    socket.send_fds(a, [b"x"], [held]); os.close(held)
+name = socket.socket(socket.AF_UNIX); name.bind("\0inflight-4711"); name.listen(1)
+socket.send_fds(a, [b"y"], [name.fileno(), a.fileno(), b.fileno()])
+print(shm >= 0, queue >= 0, flush=True)
+"""
+
+FIND_TRACES = r"""
+import socket
+found = []
+try:  # first: what the kernel frees late is looked for at once
+    socket.socket(socket.AF_UNIX).bind("\0inflight-4711")
+except OSError:
+    found.append("abstract name")
+held = bytearray(300 << 20); held[::4096] = b"x" * len(held[::4096])  # killed if the memory left is still held
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+if os.path.exists("/tmp/trace"): found.append("file")
+if "TRACE" in os.environ: found.append("env")
+if libc.shmget(4711, 0, 0) >= 0: found.append("shm")
+if libc.msgget(4712, 0) >= 0: found.append("msg")
+try:
+    socket.socket(socket.AF_UNIX).connect("\0trace-4711"); found.append("socket")
+except OSError:
+    pass
+others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid()))
+if others: found.append(f"processes {others}")
+try:
+    os.close(os.openpty()[0])
+except OSError:
+    found.append("pty")
+print(found)
+"""
+
+
+def test_nothing_one_program_leaves_reaches_the_next_in_the_same_slot(sandbox):
+    """A file in /tmp, an environment variable, System V shared memory and a message queue (they outlive their
+    creator), an abstract unix socket held by a setsid daemon, a devpts made unusable, an abstract name and 928
+    MiB of memfd pages left in flight in a unix socket (the kernel frees those up to a second after the program):
+    none of it is there for the next program in the slot (one slot: the next program surely reuses it), whose
+    /proc shows only its own init and itself, which opens a pty, binds the name and gets 300 MiB of its 1,104."""
+    box = Sandbox(
+        backend="bwrap",
+        workers=1,
+        limits=SandboxLimits(timeout_s=10, cpu_s=10, memory_mb=1024),
+        warm=sandbox.warm,
+    )
+    try:
+        assert box.run(LEAVE_TRACES).stdout.split() == ["True", "True"]  # each trace was really made
+        assert box.run(FIND_TRACES).stdout.strip() == "[]"
+    finally:
+        box.close()
+
+
+def test_a_program_holds_no_privilege_and_cannot_reach_the_resident_process(sandbox):
+    """No capability (none in the bounding set either), no_new_privs, the seccomp filter on; signals to every pid
+    it can name (its own namespace only) leave the slot working."""
+    code = (
+        "import os, signal\nstatus = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)\n"
+        "print([status[k].strip() for k in ('CapEff', 'CapPrm', 'CapBnd', 'CapAmb', 'NoNewPrivs', 'Seccomp')])\n"
+        "for pid in range(-1, 4000):\n    try:\n        os.kill(pid, signal.SIGKILL) if pid not in (0, os.getpid()) else None\n"
+        "    except OSError:\n        pass\n"
+    )  # fmt: skip
+    result = sandbox.run(code)
+    capabilities = result.stdout.strip()
+    assert capabilities.startswith("['0000000000000000', '0000000000000000'"), capabilities
+    if sandbox.warm:  # bwrap keeps the bounding set of a cold run; a warm program drops it too
+        assert capabilities == str(["0000000000000000"] * 4 + ["1", "2"]), capabilities
+    assert [sandbox.run("print(7)").stdout.strip() for _ in range(3)] == ["7"] * 3
 
 
 @pytest.fixture
@@ -126,7 +221,28 @@ def test_setsid_daemon_does_not_outlive_the_call(sandbox, listener):
     assert not accepted(listener)
     if os.geteuid() == 0:
         base = sandbox._uid_base
-        assert live_pids_of_uids(range(base, base + sandbox.workers * UIDS_PER_SLOT)) == []
+        assert (
+            program_processes(sandbox, live_pids_of_uids(range(base, base + sandbox.workers * UIDS_PER_SLOT)))
+            == []
+        )
+
+
+def program_processes(sandbox, pids: list[int]) -> list[int]:
+    """The pids that belong to a program: all of them for cold slots; for warm slots, every process in a PID
+    namespace below the slot's sandbox (a warm slot itself is bwrap, its init and the resident process: at most
+    three processes per slot, none deeper than the sandbox's own namespace)."""
+    if not sandbox.warm:
+        return pids
+    depth = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                depth[pid] = len(next(line for line in f if line.startswith("NSpid:")).split()) - 1
+        except (OSError, StopIteration):
+            continue
+    resident = [pid for pid, d in depth.items() if d <= 2]
+    assert len(resident) <= 3 * sandbox.workers, resident
+    return [pid for pid, d in depth.items() if d > 2]
 
 
 def test_output_flood_is_capped(sandbox):
@@ -419,3 +535,37 @@ def test_storage_routes_stay_inside_the_sandboxs_bounds(sandbox):
     assert (
         fill.status == "ok" and errno == "28" and int(written) <= sandbox.limits.tmpfs_mb
     )  # ENOSPC at the tmpfs size
+
+
+def test_a_slot_waits_for_what_the_kernel_frees_after_a_program(tmp_path):
+    """What a program leaves in flight in a unix socket (descriptors sent and never received) is freed by the
+    kernel up to a second after it: the judge waits until the slot's memory cgroup holds no more than the slot
+    itself (anonymous and shared memory, not page cache), the resident process until the network namespace
+    holds no socket; each gives up after its bound (the slot is then rebuilt)."""
+    import threading
+
+    from rewards import _zygote
+    from rewards.judge import MEMORY_MARGIN_BYTES, held_memory, settle_memory
+
+    stat = tmp_path / "memory.stat"
+    stat.write_text(f"cache {1 << 30}\nrss {64 << 20}\nshmem {900 << 20}\n")
+    procs = str(tmp_path / "cgroup.procs")
+    assert held_memory(procs) == 964 << 20  # page cache is not counted
+    threading.Timer(0.3, lambda: stat.write_text(f"cache {1 << 30}\nrss {8 << 20}\nshmem 0\n")).start()
+    start = time.monotonic()
+    assert settle_memory(procs, 8 << 20)
+    assert time.monotonic() - start >= 0.25
+    stat.write_text(f"rss {(8 << 20) + MEMORY_MARGIN_BYTES + 1}\nshmem 0\n")  # one byte over: it gives up
+    assert not settle_memory(procs, 8 << 20, wait_s=0.2)
+    assert settle_memory(None, 0)  # no cgroup: nothing to wait for
+    tables = tmp_path / "net"
+    tables.mkdir()
+    header = "Num       RefCount Protocol Flags    Type St Inode Path\n"
+    (tables / "unix").write_text(header + "0000: 00000002 00000000 00010000 0001 01 4711 @inflight-4711\n")
+    (tables / "tcp").write_text("  sl  local_address rem_address\n")
+    threading.Timer(0.3, lambda: (tables / "unix").write_text(header)).start()
+    start = time.monotonic()
+    assert _zygote._network_settles(3.0, str(tables))
+    assert time.monotonic() - start >= 0.25
+    (tables / "tcp").write_text("  sl  local_address rem_address\n   0: 0100007F:1F90 00000000:0000 0A\n")
+    assert not _zygote._network_settles(0.2, str(tables))
