@@ -4,6 +4,7 @@ Every reference solution must score 1.0 and every simple wrong variant 0.0; ever
 the ways models write it must score 1.0 and a wrong answer 0.0.
 """
 
+import os
 import re
 import shutil
 
@@ -160,3 +161,14 @@ def test_integer_shortcut_agrees_with_the_symbolic_check_on_gsm8k():
     assert shortcut >= 2 * 1300 and disagree == 0, (shortcut, disagree)
     assert integer_verdict("#### 7", "7.0") is None and integer_verdict("\\frac{1}{2}", "1") is None
     assert integer_verdict("#### 1,000", "$1000$") == 1.0 and integer_verdict("#### 5", None) == 0.0
+
+
+def test_the_reward_benchmark_script_starts():
+    """``benchmarks/rewards_speed.py`` (the README's reward figures) imports what it uses: it once imported a helper
+    from a module it had moved out of, and nothing noticed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "benchmarks/rewards_speed.py", "--help"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "--against" in done.stdout, done.stderr[-500:]
