@@ -387,14 +387,14 @@ def run_program(spec: dict, code: str, stdin: str) -> dict:
 
 class WarmSlot:
     """A slot's resident sandbox (``rewards/_zygote.py``): one bwrap sandbox started once, which forks each
-    program in new mount, IPC and PID namespaces (its own ``/tmp``, ``/proc`` and System V objects), with its
-    limits, no capability and the seccomp filter set in the program's own process. The program's start-up
+    program in new mount, IPC, PID and network namespaces (its own ``/tmp``, ``/proc``, devpts, loopback and
+    System V objects), with its limits, no capability and the seccomp filter set before its code is read. The program's start-up
     costs a fork instead of bwrap and an interpreter; nothing of one program reaches the next (the module's
     docstring says why). The slot's own processes are recorded when it starts: after each program, any
     other process of the slot's cgroup (or uid) is a leftover and is killed, and the slot is rebuilt."""
 
     def __init__(self, spec: dict):
-        self.key = (tuple(spec["argv"]), repr(spec["warm"]), spec.get("cgroup_procs"), spec.get("uid"))
+        self.key = _warm_key(spec)
         self.spec = spec
         self.stderr = tempfile.TemporaryFile()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -416,7 +416,7 @@ class WarmSlot:
         except OSError:
             self.close()
             raise
-        self.own = set(self._slot_pids())
+        self.own = set(slot_pids(spec.get("uid"), spec.get("cgroup_procs")))
         self.memory = held_memory(spec.get("cgroup_procs"))
 
     def _ask(self, message: tuple, wait_s: float, fds: tuple = (), expect: str = "") -> tuple:
@@ -462,21 +462,12 @@ class WarmSlot:
         except (OSError, ValueError):
             self.close()
             return -signal.SIGKILL, False
-        if set(self._slot_pids()) - self.own:  # nothing of a program may outlive it: rebuild the slot
+        if (
+            set(slot_pids(self.spec.get("uid"), self.spec.get("cgroup_procs"))) - self.own
+        ):  # nothing of a program may outlive it: rebuild the slot
             self.close()
         settle_memory(self.spec.get("cgroup_procs"), self.memory if _WARM is self else 0)
         return status, timed_out
-
-    def _slot_pids(self) -> list[int]:
-        if self.spec.get("cgroup_procs"):
-            try:
-                with open(self.spec["cgroup_procs"]) as f:
-                    return [int(line) for line in f if line.strip()]
-            except OSError:
-                return []
-        if self.spec.get("uid") is not None:
-            return live_pids_of_uids(range(self.spec["uid"], self.spec["uid"] + 1))
-        return []
 
     def alive(self) -> bool:
         return self.proc.poll() is None and self.sock.fileno() >= 0
@@ -485,16 +476,9 @@ class WarmSlot:
         global _WARM
         self.sock.close()
         kill_group(self.proc)
-        deadline = time.monotonic() + 5.0
-        while (
-            pids := self._slot_pids()
-        ) and time.monotonic() < deadline:  # the cgroup / uid is this slot's only
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(0.005)
+        kill_slot_processes(
+            self.spec.get("uid"), self.spec.get("cgroup_procs")
+        )  # the cgroup / uid is the slot's
         if _WARM is self:
             _WARM = None
 
@@ -529,20 +513,22 @@ WARM_REPLY_S = 10.0  # a fork or a kill-and-reap by the resident process, beyond
 _WARM: WarmSlot | None = None
 
 
+def _warm_key(spec: dict) -> tuple:
+    return tuple(spec["argv"]), repr(spec["warm"]), spec.get("cgroup_procs"), spec.get("uid")
+
+
 def warm_slot(spec: dict) -> WarmSlot:
     """This judge's resident sandbox for ``spec`` (started, or restarted when it died or the spec changed)."""
     global _WARM
-    key = (tuple(spec["argv"]), repr(spec["warm"]), spec.get("cgroup_procs"), spec.get("uid"))
-    if _WARM is not None and (_WARM.key != key or not _WARM.alive()):
+    if _WARM is not None and (_WARM.key != _warm_key(spec) or not _WARM.alive()):
         _WARM.close()
     if _WARM is None:
         _WARM = WarmSlot(spec)
     return _WARM
 
 
-MEMORY_SETTLE_S = (
-    5.0  # memory a program left in flight (descriptors sent and never received) is freed within ~1 s
-)
+# memory a program left in flight (descriptors sent and never received) is freed within ~1 s
+MEMORY_SETTLE_S = 5.0
 MEMORY_MARGIN_BYTES = 16 << 20
 
 
@@ -569,6 +555,34 @@ def settle_memory(cgroup_procs: str | None, baseline: int, wait_s: float = MEMOR
             return False
         time.sleep(0.01)
     return True
+
+
+def slot_pids(uid: int | None, cgroup_procs: str | None) -> list[int]:
+    """A slot's processes: its memory cgroup's ``cgroup.procs`` (every process a run starts joins it and cannot
+    leave it: the files are root's and not in the sandbox), else those of its uid (every process's status in
+    /proc is read: 7 ms of CPU on a quiet machine), else none."""
+    if cgroup_procs:
+        try:
+            with open(cgroup_procs) as f:
+                return [int(line) for line in f if line.strip()]
+        except OSError:
+            return []
+    return live_pids_of_uids(range(uid, uid + 1)) if uid is not None else []
+
+
+def kill_slot_processes(uid: int | None, cgroup_procs: str | None, wait_s: float = 5.0) -> list[int]:
+    """SIGKILL the slot's processes until none is left; those still there after ``wait_s`` (normally none)."""
+    deadline = time.monotonic() + wait_s
+    while pids := slot_pids(uid, cgroup_procs):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if time.monotonic() > deadline:
+            return pids
+        time.sleep(0.005)
+    return []
 
 
 def live_pids_of_uids(uids: range) -> list[int]:

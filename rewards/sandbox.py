@@ -68,7 +68,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from rewards.judge import SECCOMP_PLACEHOLDER, frame, kill_group, live_pids_of_uids, settle_memory
+from rewards.judge import (
+    SECCOMP_PLACEHOLDER,
+    frame,
+    kill_group,
+    kill_slot_processes,
+    live_pids_of_uids,
+    settle_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -416,9 +423,8 @@ WARM_CAPS = (
     "CAP_NET_ADMIN",
     "CAP_SETPCAP",
 )  # the resident process's, in its user namespace only
-WARM_RESIDENT_MB = (
-    16  # a warm slot's resident interpreter (7.5 MiB measured), in the slot's memory cgroup too
-)
+# a warm slot's resident interpreter (7.5 MiB measured), in the slot's memory cgroup too
+WARM_RESIDENT_MB = 16
 WARM_OWN_PROCESSES = 4  # bwrap, its init, the resident process and the namespace helper count against nproc
 JUDGE_MARGIN_S = 30.0  # judge start-up and the tests' own work, beyond the sandbox's wall timeout
 JUDGE_CPU_MARGIN_S = 5.0  # the judge's own CPU per program beyond the sandbox's timeout (tests, decoding)
@@ -545,31 +551,12 @@ def _claim_uid_block():
 
 
 def _kill_uid_leftovers(uid: int | None, cgroup_procs: str | None = None) -> None:
-    """A slot's uid is used by one program at a time: anything still running under it is a leftover. With
-    the slot's memory cgroup (every process a run starts joins it and cannot leave it: the cgroup files are
-    root's and not in the sandbox), its ``cgroup.procs`` lists them; without one, every process's status in
-    /proc is read (7 ms of CPU per program on a quiet machine)."""
+    """A slot's uid is used by one program at a time (or, warm, by the slot's own processes between them):
+    anything still running under it, or in its memory cgroup, is a leftover."""
     if uid is None:
         return
-    deadline = time.monotonic() + 5.0
-    while pids := (_cgroup_pids(cgroup_procs) if cgroup_procs else live_pids_of_uids(range(uid, uid + 1))):
-        for pid in pids:
-            try:
-                os.kill(pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if time.monotonic() > deadline:
-            logger.warning("sandbox: processes %s of uid %d survived SIGKILL for 5 s", pids, uid)
-            return
-        time.sleep(0.005)
-
-
-def _cgroup_pids(procs_file: str) -> list[int]:
-    try:
-        with open(procs_file) as f:
-            return [int(line) for line in f if line.strip()]
-    except OSError:
-        return []
+    if survivors := kill_slot_processes(uid, cgroup_procs):
+        logger.warning("sandbox: processes %s of uid %d survived SIGKILL for 5 s", survivors, uid)
 
 
 _DEFAULT: Sandbox | None = None
