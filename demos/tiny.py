@@ -30,7 +30,10 @@ brackets, each number at most once) and ``"1030001020030300="`` -> ``<answer>123
 (4x4 Sudoku, 0 = blank, 6-10 blanks; the SFT answers come from a weak solver, ``greedy_fill``, right on
 58% of puzzles). Their vocabulary (``PUZZLE_VOCAB``) adds ``- * / ( ) , :``. Their
 data comes in three disjoint splits (``PUZZLE_SPLITS``): ``sft`` (one solution per problem), ``train`` (RL
-prompts, no solution) and ``test``. Not covered: anything beyond these tasks.
+prompts, no solution) and ``test``. The *code* task (``recipes/tiny-code``, ``code_problems``) is split the
+same way; its SFT solutions come from a weak teacher (``weak_code_teacher``) that writes ``+`` for ``-`` on 2/3
+of the functions subtracting a constant, and only the hidden tests know better. Not covered: anything beyond
+these tasks.
 """
 
 from __future__ import annotations
@@ -334,11 +337,30 @@ PUZZLE_SPLITS = {
 }
 
 
+CODE_SLIP_SHARE = 2 / 3  # of the functions subtracting a constant, those the SFT teacher writes with +
+
+
+def weak_code_teacher(rows: list[dict], seed: int = 7) -> list[dict]:
+    """The code task's SFT completions as a weak teacher writes them: on ``CODE_SLIP_SHARE`` of the functions that
+    subtract a constant (``9*x-28``) it flips the sign (``9*x+28``), though the prompt shows ``g(0)=-28`` and every
+    test catches it. Rows are copied; the tests stay right, so RL can learn what SFT taught wrong."""
+    rng, out = random.Random(seed), []
+    for row in rows:
+        body = row["completion"].split("return ")[1].split("\n")[0]
+        if "-" in body and rng.random() < CODE_SLIP_SHARE:
+            slipped = body.replace("-", "+")
+            row = {**row, "completion": row["completion"].replace(f"return {body}", f"return {slipped}")}
+        out.append(row)
+    return out
+
+
 def write_puzzle_task(folder: str, task: str, splits: dict[str, int] | None = None, seed: int = 0) -> dict:
     """Write one JSONL file per split of a verifier-only task (``sft`` keeps its ``completion`` column,
-    the RL prompts in ``train`` do not); returns their paths."""
+    the RL prompts in ``train`` do not; the code task's comes from ``weak_code_teacher``); returns their paths."""
     splits = splits or PUZZLE_SPLITS[task]
     rows = problems(sum(splits.values()), seed, task)
+    if task == "code":
+        rows[: splits["sft"]] = weak_code_teacher(rows[: splits["sft"]])
     os.makedirs(folder, exist_ok=True)
     paths, start = {}, 0
     for name, count in splits.items():

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from demos import code as demo
-from demos.tiny import CODE_VOCAB, build_tokenizer, code_problems, write_puzzle_task
+from demos.tiny import CODE_VOCAB, build_tokenizer, code_problems, weak_code_teacher, write_puzzle_task
 from rewards import get
 from rewards.code import check_row_tests
 
@@ -76,6 +76,36 @@ def test_the_splits_are_disjoint_the_vocabulary_spells_every_completion_and_held
         assert tokenizer.mask_token_id not in ids  # nothing unknown
         assert tokenizer.decode(ids, skip_special_tokens=True) == row["question"] + row["completion"]
         assert len(tokenizer(row["completion"], add_special_tokens=False)["input_ids"]) <= 16  # canvas: 20
+
+
+def test_the_weak_teacher_flips_the_sign_of_two_thirds_of_the_subtracting_functions_and_every_test_catches_it(
+    tmp_path,
+):
+    """The SFT split of the code task comes from a teacher that writes ``+b`` for ``-b`` on about 2/3 of the
+    functions subtracting a constant and copies every other row as is; each slipped program fails its own hidden
+    tests (in the sandbox and in a plain interpreter) while the true one passes; the committed split is what
+    ``write_puzzle_task`` writes."""
+    rows = code_problems(3500, random.Random(0))
+    taught = weak_code_teacher(rows)
+    changed = [(r, t) for r, t in zip(rows, taught) if r != t]
+    subtracting = [r for r in rows if "-" in r["completion"].split("return ")[1]]
+    assert all(r["completion"] == t["completion"] for r, t in zip(rows, taught) if r not in subtracting)
+    assert 0.6 < len(changed) / len(subtracting) < 0.73, (len(changed), len(subtracting))
+    for right, slipped in changed:
+        assert {**right, "completion": None} == {**slipped, "completion": None}
+        assert slipped["completion"] == right["completion"].replace("-", "+")
+    sample = changed[:16]
+    programs = [r["completion"] for r, _ in sample] + [t["completion"] for _, t in sample]
+    tests = [r["tests"] for r, _ in sample] * 2
+    entry = [r["entry_point"] for r, _ in sample] * 2
+    scores = get("code_execution")(None, programs, tests=tests, entry_point=entry)
+    assert scores == [1.0] * 16 + [0.0] * 16
+    plain = [demo.plain_score(demo.plain_program(p), r) for p, r in zip(programs, [r for r, _ in sample] * 2)]
+    assert plain == scores
+    paths = write_puzzle_task(str(tmp_path), "code")
+    for name, path in paths.items():
+        committed = os.path.join(REPO, "recipes/tiny-code/data", f"{name}.jsonl")
+        assert open(path).read() == open(committed).read(), name
 
 
 def test_a_batch_judges_each_distinct_program_once_and_gives_every_copy_its_score(monkeypatch):
