@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from align.cli import main as align
+from demos.runs import finish, start_align
 
 CONFIG = "recipes/tiny-code/grpo.yaml"
 MODEL = "recipes/tiny-code/model"
@@ -119,32 +120,14 @@ def step_costs(run: str) -> dict:
     }
 
 
-ALIGN = "import sys; from align.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
 def start_training(arm: str, seed: int, run: str, overrides: list[str]) -> subprocess.Popen | None:
-    """``align train`` for one arm in its own process (one kernel thread, like the evaluations here: the tiny
-    model gains nothing from a second, and the figures do not depend on how many arms run at once); None when
-    the run already finished."""
-    if os.path.exists(os.path.join(run, "model.safetensors")):
-        print(f"demo-code: reusing the finished run in {run} (delete it to train again)", file=sys.stderr)
-        return None
+    """``align train`` for one arm in its own process (demos.runs.start_align); None when the run already
+    finished."""
     command = ["train", "--config", CONFIG, "--output_dir", run, "--report_to", "none", "--seed", str(seed),
                "--overwrite_output_dir", "true", *overrides]  # fmt: skip
     if arm == "control":
         command += ["--reward_funcs", CONTROL_REWARD, "python_block_format"]
-    os.makedirs(run, exist_ok=True)
-    with open(os.path.join(run, "console.log"), "w") as log:  # every step's samples: a table per step
-        return subprocess.Popen(
-            [sys.executable, "-c", ALIGN, *command], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )  # fmt: skip
-
-
-def finish_training(runs: dict[str, subprocess.Popen | None]) -> None:
-    for run, proc in runs.items():
-        if proc is not None and proc.wait() != 0:
-            raise SystemExit(f"align train failed in {run} (its console: {run}/console.log)")
+    return start_align(command, run, "demo-code")  # every step's samples go to its console: a table per step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = {}
     for seed in map(int, args.seeds.split(",")):
         arms = {arm: os.path.join(args.output, f"{arm}-seed{seed}") for arm in args.arms.split(",")}
-        finish_training({run: start_training(arm, seed, run, overrides) for arm, run in arms.items()})
+        finish({run: start_training(arm, seed, run, overrides) for arm, run in arms.items()})
         for arm, run in arms.items():  # the seed's arms trained side by side, one core each
             held_out(f"{arm}-seed{seed}", run)
             if arm == "grpo":  # the control's logged scores are shuffled: only the real judge's are compared

@@ -173,8 +173,8 @@ def test_wilson_interval_matches_its_closed_form():
 @pytest.mark.slow
 def test_the_code_demo_prints_the_figures_the_readme_quotes(tmp_path, capsys, monkeypatch):
     """The GRPO arm of ``make demo-code``'s seed 0 from the committed model (the control and seed 1 are left to
-    the demo: ~10 more minutes each): the start and GRPO rows of the held-out table the README quotes, GRPO above
-    the start, and no disagreement between the sandboxed judge and the plain interpreter on anything the run
+    the demo: ~10 more minutes each): the start and GRPO rows of the held-out table the README quotes, GRPO at
+    least 10 points above the start, and no disagreement between the sandboxed judge and the plain interpreter on anything the run
     sampled in its last 10 steps or answered on the held-out set."""
     monkeypatch.chdir(REPO)
     assert demo.main(["--output", str(tmp_path / "demo"), "--seeds", "0", "--arms", "grpo"]) == 0
@@ -184,4 +184,4 @@ def test_the_code_demo_prints_the_figures_the_readme_quotes(tmp_path, capsys, mo
     assert len(rows) == 2 and all(row in readme for row in rows), rows
     result = json.loads(printed[-1])
     assert result["disagreements"] == 0 and result["rejudged"] > 500
-    assert result["grpo-seed0"] >= result["start"] + 0.05
+    assert result["grpo-seed0"] >= result["start"] + 0.10
