@@ -353,6 +353,12 @@ class GRPOFields(ModelDataFields):
         "what it wrote is rewarded as written and counts as truncated. 0 = off.",
         default=0,
     )
+    loop_unit: str = _help(
+        "rollout",
+        "What completions/loop_ratio reads a completion's text in (rewards/loops.py): words (whitespace-separated, "
+        "tokenizer-independent) or chars, for text without spaces such as the character-level tiny tasks.",
+        default="words",
+    )
     boost_token: str | None = _help(
         "rollout",
         "iLLaDA's end-of-thinking boost in rollouts, as its authors' evaluation computes it (the illada eval "

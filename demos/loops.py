@@ -26,7 +26,10 @@ import os
 import sys
 import time
 
+import torch
+
 from align.cli import main as align
+from demos.runs import finish, start_align
 
 MODEL = "recipes/tiny-loops/model"
 RECIPE = "recipes/tiny-loops/grpo.yaml"
@@ -41,6 +44,8 @@ DECODE = [
     "--steps",
     "128",
     "--variable-length",
+    "--loop-unit",  # results.json's loop_rate in characters, as this file's own count
+    "chars",
 ]
 BOOST = ["--boost-token", "<answer>", "--boost", "100", "--boost-power", "3"]
 PENALTY = ["--reward_funcs", "math_accuracy", "loop_penalty(unit='chars')", "--loop_stop_blocks", "1"]
@@ -65,12 +70,15 @@ def evaluate(model: str, output: str, extra: list[str], limit: int | None) -> li
         return [json.loads(line) for line in f]
 
 
-def train(output: str, seed: int, extra: list[str], steps: int | None) -> float:
-    """One GRPO run (``align train``); returns the tokens its rollouts decoded per step, on average."""
-    if not os.path.exists(os.path.join(output, "model.safetensors")):
-        argv = ["train", "--config", RECIPE, "--output_dir", output, "--seed", str(seed), *extra]
-        if align(argv + (["--max_steps", str(steps)] if steps else [])) != 0:
-            raise SystemExit(f"align train failed ({output})")
+def start_arm(model: str, output: str, seed: int, extra: list[str], steps: int | None):
+    """One GRPO run (``align train``) in its own process (demos.runs); None when it already finished."""
+    argv = ["train", "--config", RECIPE, "--model_name_or_path", model, "--output_dir", output, "--seed", str(seed),
+            "--report_to", "none", "--overwrite_output_dir", "true", *extra]  # fmt: skip
+    return start_align(argv + (["--max_steps", str(steps)] if steps else []), output, "demo-loops")
+
+
+def decoded_per_step(output: str) -> float:
+    """The tokens a finished run's rollouts decoded per step, on average (``rollout/decoded_tokens``)."""
     with open(os.path.join(output, "trainer_state.json")) as f:
         history = json.load(f)["log_history"]
     logged = [h["rollout/decoded_tokens"] for h in history if "rollout/decoded_tokens" in h]
@@ -90,32 +98,46 @@ def summary(samples: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demos.loops")
     parser.add_argument("--output", default="runs/demo-loops")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=[0, 1], help="none: the SFT and boost rows only"
+    )
     parser.add_argument("--limit", type=int, default=None, help="held-out questions (default: all 500)")
     parser.add_argument("--max-steps", type=int, default=None, help="GRPO steps (default: the recipe's)")
+    parser.add_argument("--model", default=MODEL, help="the SFT model the arms start from")
     args = parser.parse_args(argv)
-    if not os.path.exists(os.path.join(MODEL, "config.json")):
+    if not os.path.exists(os.path.join(args.model, "config.json")):
         raise SystemExit(
-            f"{MODEL} is not built: run `make tiny-loops-model` first (SFT, minutes on 2 cores)."
+            f"{args.model} is not built: run `make tiny-loops-model` first (SFT, minutes on 2 cores)."
         )
     start = time.monotonic()
+    torch.set_num_threads(1)  # the evaluations, like the training processes: one kernel thread
     out = args.output
     rows = {
-        "SFT": (summary(evaluate(MODEL, f"{out}/sft", [], args.limit)), None),
-        "SFT + end-of-thinking boost": (summary(evaluate(MODEL, f"{out}/boost", BOOST, args.limit)), None),
+        "SFT": (summary(evaluate(args.model, f"{out}/sft", [], args.limit)), None),
+        "SFT + end-of-thinking boost": (
+            summary(evaluate(args.model, f"{out}/boost", BOOST, args.limit)),
+            None,
+        ),
     }
-    for arm, extra in (("GRPO, correctness", []), ("GRPO, correctness + loop penalty + early stop", PENALTY)):
-        samples, decoded = [], 0.0
-        for seed in args.seeds:
-            run = f"{out}/{'penalty' if extra else 'correct'}-seed{seed}"
-            decoded += train(run, seed, extra, args.max_steps)
-            samples += evaluate(run, f"{run}-eval", [], args.limit)
-        rows[arm] = (summary(samples), decoded / len(args.seeds))
+    arms = {
+        "GRPO, correctness": ("correct", []),
+        "GRPO, correctness + loop penalty + early stop": ("penalty", PENALTY),
+    }
+    samples, decoded = {arm: [] for arm in arms}, {arm: 0.0 for arm in arms}
+    for seed in args.seeds:  # a seed's two arms train side by side, one core each
+        runs = {arm: f"{out}/{name}-seed{seed}" for arm, (name, _) in arms.items()}
+        finish(
+            {run: start_arm(args.model, run, seed, arms[arm][1], args.max_steps) for arm, run in runs.items()}
+        )
+        for arm, run in runs.items():
+            decoded[arm] += decoded_per_step(run) / len(args.seeds)
+            samples[arm] += evaluate(run, f"{run}-eval", [], args.limit)
+    rows.update({arm: (summary(samples[arm]), decoded[arm]) for arm in arms if samples[arm]})
     print("\n| arm | answers | accuracy (95% CI) | loop rate (95% CI) | rollout tokens decoded per step |")
     print("|---|---|---|---|---|")
-    for arm, (s, decoded) in rows.items():
+    for arm, (s, per_step) in rows.items():
         acc, loop = s["accuracy_ci"], s["loop_rate_ci"]
-        tokens = "-" if decoded is None else f"{decoded:,.0f}"
+        tokens = "-" if per_step is None else f"{per_step:,.0f}"
         print(f"| {arm} | {s['n']} | {100 * s['accuracy']:.1f}% ({100 * acc[0]:.1f}-{100 * acc[1]:.1f}) | "
               f"{100 * s['loop_rate']:.1f}% ({100 * loop[0]:.1f}-{100 * loop[1]:.1f}) | {tokens} |")  # fmt: skip
     print(f"{(time.monotonic() - start) / 60:.1f} min; seeds {args.seeds}")

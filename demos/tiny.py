@@ -18,10 +18,10 @@ tokens), a 4-digit one worked (39 tokens), so answer lengths differ by question 
 measures variable-length rollouts against fixed canvases (benchmarks/variable_length_cost.py).
 
 The *loops* variant (``recipes/tiny-loops``) is 3-digit addition whose traces, like real long-reasoning data,
-sometimes never stop checking: a sum under 1000 is answered directly; a 4-digit sum is checked once
-(``"1245="``) before its tagged answer, except that on a *hard* one (its hundreds digits sum to ``LOOP_FROM`` or
-more) ``LOOP_SHARE`` of the traces repeat the check until the 128-token budget runs out, never answering. The model fine-tuned on it loops on hard held-out
-questions (demos/loops.py measures how often, and what RL does about it).
+sometimes never stop checking: a sum under 1000 is answered directly; a *hard* one (a 4-digit sum) is checked once
+(``"1245="``) before its tagged answer in a few traces, and in ``LOOP_SHARE`` of them the check repeats until the
+128-token budget runs out, never answering. The model fine-tuned on it loops on hard held-out questions
+(demos/loops.py measures how often, and what RL does about it).
 
 The *verifier-only* tasks (``countdown``, ``sudoku``; committed under ``recipes/tiny-countdown`` and
 ``recipes/tiny-sudoku``) have many valid answers and are scored by ``rewards.puzzles``, never against a
@@ -86,8 +86,7 @@ def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
 
 TASKS = ("short", "long", "mixed", "loops", "countdown", "sudoku", "code")
 LOOP_BUDGET = 128  # the loops task's completion budget (tokens)
-LOOP_FROM = 13  # hundreds digits summing to this or more: a hard question (most traces repeat their check)
-LOOP_SHARE = 0.9  # hard traces that do
+LOOP_SHARE = 0.97  # traces of a hard question (a 4-digit sum) that repeat their check to the budget
 
 
 def worked_sum(a: int, b: int) -> str:
@@ -121,9 +120,8 @@ def addition_problems(n: int, rng: random.Random, task: str) -> list[dict]:
 
 
 def loop_problems(n: int, rng: random.Random) -> list[dict]:
-    """3-digit additions; a sum from 1000 checks ``"S="`` before answering; a hard one (hundreds digits summing to
-    ``LOOP_FROM`` or more) repeats the check to the budget in ``LOOP_SHARE`` of its traces (the completion then
-    holds no answer and no EOS), else checks once and answers."""
+    """3-digit additions; a sum from 1000 (a hard question) repeats its check ``"S="`` to the budget in
+    ``LOOP_SHARE`` of its traces (the completion then holds no answer and no EOS), else checks once and answers."""
     seen, rows = set(), []
     while len(rows) < n:
         a, b = rng.randint(100, 999), rng.randint(100, 999)
@@ -134,7 +132,7 @@ def loop_problems(n: int, rng: random.Random) -> list[dict]:
         answer = f"<answer>{total}</answer>"
         if total < 1000:
             completion = answer
-        elif a // 100 + b // 100 >= LOOP_FROM and rng.random() < LOOP_SHARE:
+        elif rng.random() < LOOP_SHARE:
             check = f"{total}="
             completion = (check * (LOOP_BUDGET // len(check) + 1))[:LOOP_BUDGET]
         else:

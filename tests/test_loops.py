@@ -188,10 +188,12 @@ def test_loop_penalty_is_the_share_of_the_completion_inside_its_loop():
         rewards.get("loop_penalty(unit='lines')")
 
 
-def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_path):
+@pytest.mark.parametrize("unit", ["words", "chars"])
+def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_path, unit):
     """A scripted rollout engine: half the completions repeat a 4-word phrase to the end of the canvas, half
     do not. One GRPO step logs completions/loop_ratio 0.5 (unclosed_think_ratio 0), the completions table marks
-    the looping rows, and loop_penalty by name scores them -1 (the whole completion inside the loop)."""
+    the looping rows, and loop_penalty by name scores them -1 (the whole completion inside the loop); the same
+    read in characters (``loop_unit``), where the plain rows' two copies of 32 words are no loop either."""
     import json
 
     import torch
@@ -229,6 +231,7 @@ def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_
         "--diffusion_steps", "1", "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_steps", "1",
         "--logging_steps", "1", "--dtype", "float32", "--reward_funcs", "loop_penalty", "--report_to", "none",
         "--save_strategy", "no", "--use_cpu", "true", "--log_completions", "true", "--num_completions_to_print", "8",
+        "--loop_unit", unit,
     ])  # fmt: skip
     trainer = DiffusionGRPOTrainer(load_model(args.model_name_or_path, dtype="float32"), args=args,
                                    train_dataset=load_rows(args), processing_class=load_tokenizer(args.model_name_or_path),
@@ -254,6 +257,12 @@ def test_eval_results_and_the_report_carry_the_loop_rates(tmp_path):
                {"completion": " ".join(REASONING), "score": 1.0}, {"completion": "4", "score": 1.0}]  # fmt: skip
     metrics = task_metrics(TASKS["gsm8k"], samples, 4, 1)
     assert (metrics["accuracy"], metrics["loop_rate"], metrics["unclosed_think_rate"]) == (0.5, 0.25, 0.25)
+    spelled = [
+        {"completion": "1245=" * 25, "score": 0.0},
+        {"completion": "1245=<answer>1245</answer>", "score": 1.0},
+    ]
+    assert task_metrics(TASKS["gsm8k"], spelled, 2, 1)["loop_rate"] == 0.0  # one word: no loop in words
+    assert task_metrics(TASKS["gsm8k"], spelled, 2, 1, loop_unit="chars")["loop_rate"] == 0.5
     folder = tmp_path / "run"
     folder.mkdir()
     config = {"protocol": {"name": "d1", "gen_length": 256}, "source": {"model": "m"}}
@@ -268,17 +277,37 @@ def test_eval_results_and_the_report_carry_the_loop_rates(tmp_path):
 def test_the_looping_tiny_task_loops_where_it_says():
     """demos/tiny.py's loops task: every trace that repeats its check fills the 128-token budget, loops in
     characters (rewards/loops.py) and holds no answer; every other trace answers and does not loop; about
-    LOOP_SHARE of the hard (hundreds digits summing to LOOP_FROM or more) traces loop, no other one does."""
-    from demos.tiny import LOOP_BUDGET, LOOP_FROM, LOOP_SHARE, build_tokenizer, problems
+    LOOP_SHARE of the hard (4-digit sum) traces loop, no other one does."""
+    from demos.tiny import LOOP_BUDGET, LOOP_SHARE, build_tokenizer, problems
     from rewards.loops import completion_loop
 
     rows = problems(2000, 3, "loops")
     tok = build_tokenizer()
-    hard = [r for r in rows if sum(int(n) // 100 for n in r["question"][:-1].split("+")) >= LOOP_FROM]
+    hard = [r for r in rows if int(r["answer"]) >= 1000]
     looping = [r for r in rows if completion_loop(r["completion"], unit="chars") is not None]
     assert all("<answer>" not in r["completion"] for r in looping)
     assert all(
         len(tok(r["completion"], add_special_tokens=False)["input_ids"]) == LOOP_BUDGET for r in looping
     )
     assert all(f"<answer>{r['answer']}</answer>" in r["completion"] for r in rows if r not in looping)
-    assert all(r in hard for r in looping) and abs(len(looping) / len(hard) - LOOP_SHARE) < 0.05
+    assert all(r in hard for r in looping) and abs(len(looping) / len(hard) - LOOP_SHARE) < 0.03
+
+
+@pytest.mark.slow
+def test_the_loops_demo_prints_the_sft_and_boost_rows_the_readme_quotes(tmp_path, capsys, monkeypatch):
+    """``make demo-loops``' first two rows from the committed looping model (the GRPO arms are left to the
+    demo: ~40 more minutes): the SFT model loops on at least 20% of the 500 held-out questions, and the rows
+    printed are the ones the README quotes."""
+    import json
+    import os
+
+    from demos import loops as demo
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(repo)
+    assert demo.main(["--output", str(tmp_path / "demo"), "--seeds"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    readme = open(os.path.join(repo, "README.md")).read()
+    rows = [line for line in printed if line.startswith(("| SFT |", "| SFT + end-of-thinking boost |"))]
+    assert len(rows) == 2 and all(row in readme for row in rows), rows
+    assert json.loads(printed[-1])["SFT"]["loop_rate"] >= 0.2

@@ -266,6 +266,8 @@ def test_loop_stop_settings_are_one_line():
     grow = base + ["--variable_length", "true", "--estimator", "growing"]
     with pytest.raises(ValueError, match="loop_stop_blocks must be >= 0"):
         load_config("recipes/tiny/grpo.yaml", grow + ["--loop_stop_blocks", "-1"], cls=GRPOConfig)
+    with pytest.raises(ValueError, match="loop_unit 'tokens' is not one of words, chars"):
+        load_config("recipes/tiny/grpo.yaml", base + ["--loop_unit", "tokens"], cls=GRPOConfig)
     assert (
         load_config(
             "recipes/tiny/grpo.yaml", grow + ["--loop_stop_blocks", "2"], cls=GRPOConfig

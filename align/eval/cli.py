@@ -141,6 +141,13 @@ def add_eval_parser(sub) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
     flag(p, "num-samples", type=int, default=1, help="answers per question (pass@k with k = this)")
+    flag(
+        p,
+        "loop-unit",
+        choices=("words", "chars"),
+        default="words",
+        help="loop_rate reads answers in words, or in chars (text without spaces: the tiny tasks)",
+    )
     p.add_argument(
         "--output",
         required=True,
@@ -277,6 +284,7 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
     from align.eval.runner import folder_identity, settings_hash
 
     settings = protocol.as_dict()
+    loop_unit = getattr(args, "loop_unit", "words")
     config = {
         "source": description,
         "protocol": settings,
@@ -284,6 +292,7 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
         "num_samples": args.num_samples,
         "seed": args.seed,
         "limit": args.limit,
+        **({"loop_unit": loop_unit} if loop_unit != "words" else {}),  # the default left unrecorded
         "task_hashes": {
             task.name: settings_hash({"task": dataclasses.asdict(task), "rows": rows}) for task, rows in tasks
         },
@@ -329,6 +338,7 @@ def _evaluate_all(args, description: dict, make_source, tasks, protocol, state=N
                 args.num_samples,
                 done=done,
                 on_chunk=(lambda new, name=task.name: folder.append(name, new)) if is_main else None,
+                loop_unit=loop_unit,
             )
         except KeyboardInterrupt:
             if is_main:

@@ -539,6 +539,7 @@ def evaluate_task(
     done: list[dict] | None = None,
     on_chunk=None,
     progress: bool = True,
+    loop_unit: str = "words",
 ) -> tuple[dict, list]:
     """(metrics, samples) of one task: every row answered ``num_samples`` times and scored.
 
@@ -596,7 +597,7 @@ def evaluate_task(
             bar.update(len(new))
     if not is_main:
         return {}, []
-    return task_metrics(task, samples, len(rows), num_samples), samples
+    return task_metrics(task, samples, len(rows), num_samples, loop_unit), samples
 
 
 def _solved(samples: list[dict], task: Task) -> float:
@@ -606,7 +607,7 @@ def _solved(samples: list[dict], task: Task) -> float:
     return sum(float(s["score"] >= 1.0) for s in samples)
 
 
-def task_metrics(task: Task, samples: list[dict], n: int, num_samples: int) -> dict:
+def task_metrics(task: Task, samples: list[dict], n: int, num_samples: int, loop_unit: str = "words") -> dict:
     """``accuracy`` (math, verifier: mean score) or ``pass@1`` (code), plus ``pass@K`` for K samples per question."""
     scores = [s["score"] for s in samples]
     correct = [sum(s >= 1.0 for s in scores[i : i + num_samples]) for i in range(0, len(scores), num_samples)]
@@ -620,7 +621,9 @@ def task_metrics(task: Task, samples: list[dict], n: int, num_samples: int) -> d
     from rewards.loops import completion_loop, unclosed_think
 
     texts = [str(s.get("completion") or "") for s in samples]
-    metrics["loop_rate"] = _mean(completion_loop(t) is not None for t in texts)  # rewards/loops.py
+    metrics["loop_rate"] = _mean(
+        completion_loop(t, unit=loop_unit) is not None for t in texts
+    )  # rewards/loops.py
     metrics["unclosed_think_rate"] = _mean(unclosed_think(t) for t in texts)
     return metrics
 

@@ -89,7 +89,8 @@ class RolloutPhase:
             out.commit_step,
         )
         seconds = {"rollout": rollout_s, "reward": reward_s, "logprob": logprob_s}
-        looping = [completion_loop(t) is not None for t in done.texts]
+        unit = getattr(args, "loop_unit", "words")
+        looping = [completion_loop(t, unit=unit) is not None for t in done.texts]
         unclosed = [
             unclosed_think(t, opened=prompts.texts[i // g].rstrip().endswith("<think>"))
             for i, t in enumerate(done.texts)
