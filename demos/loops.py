@@ -12,8 +12,10 @@ answers, 128 tokens at most) on the 500 held-out questions, greedy, in four arms
 
 A completion loops by ``rewards.loops``' definition read in characters (the task's text has no spaces; a
 character is a token here): 3 back-to-back copies of a segment of at least 16 characters. Each arm's accuracy
-and loop rate come with 95% Wilson intervals over its answers (the seeds' answers pooled); the GRPO arms also
-report the tokens their rollouts decoded per step (``rollout/decoded_tokens``, the run's mean). Every step is a
+and loop rate come with 95% Wilson intervals over its answers (the seeds' answers pooled), beside the share of
+answers with no closed ``</answer>`` in the budget (the boost can cut a loop into runs of fewer than 3 copies,
+which the definition no longer calls a loop, without ever closing an answer); the GRPO arms also report the
+tokens their rollouts decoded per step (``rollout/decoded_tokens``, the run's mean). Every step is a
 public command (``align eval``, ``align train``); this file chains them and reads their outputs.
 """
 
@@ -91,8 +93,11 @@ def summary(samples: list[dict]) -> dict:
     n = len(samples)
     right = sum(s["score"] > 0 for s in samples)
     looping = sum(completion_loop(str(s["completion"]), unit="chars") is not None for s in samples)
+    unanswered = sum(
+        "</answer>" not in str(s["completion"]) for s in samples
+    )  # no closed answer in the budget
     return {"n": n, "accuracy": right / n, "accuracy_ci": wilson(right, n), "loop_rate": looping / n,
-            "loop_rate_ci": wilson(looping, n)}  # fmt: skip
+            "loop_rate_ci": wilson(looping, n), "unanswered": unanswered / n}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
             decoded[arm] += decoded_per_step(run) / len(args.seeds)
             samples[arm] += evaluate(run, f"{run}-eval", [], args.limit)
     rows.update({arm: (summary(samples[arm]), decoded[arm]) for arm in arms if samples[arm]})
-    print("\n| arm | answers | accuracy (95% CI) | loop rate (95% CI) | rollout tokens decoded per step |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| arm | answers | accuracy (95% CI) | loop rate (95% CI) | no closed answer | rollout tokens per step |"
+    )
+    print("|---|---|---|---|---|---|")
     for arm, (s, per_step) in rows.items():
         acc, loop = s["accuracy_ci"], s["loop_rate_ci"]
         tokens = "-" if per_step is None else f"{per_step:,.0f}"
         print(f"| {arm} | {s['n']} | {100 * s['accuracy']:.1f}% ({100 * acc[0]:.1f}-{100 * acc[1]:.1f}) | "
-              f"{100 * s['loop_rate']:.1f}% ({100 * loop[0]:.1f}-{100 * loop[1]:.1f}) | {tokens} |")  # fmt: skip
+              f"{100 * s['loop_rate']:.1f}% ({100 * loop[0]:.1f}-{100 * loop[1]:.1f}) | "
+              f"{100 * s['unanswered']:.1f}% | {tokens} |")  # fmt: skip
     print(f"{(time.monotonic() - start) / 60:.1f} min; seeds {args.seeds}")
     print(json.dumps({arm: {**s, "decoded_tokens": d} for arm, (s, d) in rows.items()}))
     return 0
