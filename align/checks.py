@@ -151,7 +151,7 @@ def check_grpo(c) -> None:
         )
     from rewards.loops import UNITS as LOOP_UNITS  # numpy: not for --help
 
-    if getattr(c, "loop_unit", "words") not in LOOP_UNITS:
+    if c.loop_unit not in LOOP_UNITS:
         raise ValueError(f"loop_unit {c.loop_unit!r} is not one of {', '.join(LOOP_UNITS)}.")
     if c.loop_stop_blocks < 0:
         raise ValueError(f"loop_stop_blocks must be >= 0 (0 = off), got {c.loop_stop_blocks}.")

@@ -193,7 +193,9 @@ def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_
     """A scripted rollout engine: half the completions repeat a 4-word phrase to the end of the canvas, half
     do not. One GRPO step logs completions/loop_ratio 0.5 (unclosed_think_ratio 0), the completions table marks
     the looping rows, and loop_penalty by name scores them -1 (the whole completion inside the loop); the same
-    read in characters (``loop_unit``), where the plain rows' two copies of 32 words are no loop either."""
+    read in characters (``loop_unit``), where the plain rows' two copies of 32 words are no loop either. A
+    quarter of the rows end in 14 copies of a 2-word phrase: too short a stretch to loop in words (48 words
+    needed), a loop in characters (56 of 48), so the ratio tells which unit the trainer really read."""
     import json
 
     import torch
@@ -220,7 +222,8 @@ def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_
         def generate(self, prompt_ids, attention_mask, settings, *, generator=None, on_block=None, **hooks):
             rows = prompt_ids.shape[0]
             loop, plain = [5, 6, 7, 8] * (length // 4), list(range(3, 35)) * (length // 32)
-            canvas = torch.tensor([loop if i % 2 == 0 else plain for i in range(rows)])
+            spelled = list(range(3, 39)) + [5, 6] * 14  # "w3 w4" x 14: 28 words, 56 characters
+            canvas = torch.tensor([loop if i % 2 == 0 else plain if i % 4 == 1 else spelled for i in range(rows)])
             return GenerationOutput(sequences=torch.cat([prompt_ids, canvas], 1),
                                     attention_mask=torch.cat([attention_mask, torch.ones_like(canvas)], 1),
                                     commit_step=torch.zeros_like(canvas), nfe=1, prompt_length=prompt_ids.shape[1])  # fmt: skip
@@ -238,11 +241,13 @@ def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_
                                    engine=Scripted())  # fmt: skip
     trainer.train()
     [logged] = [h for h in trainer.state.log_history if "completions/loop_ratio" in h]
-    assert logged["completions/loop_ratio"] == 0.5 and logged["completions/unclosed_think_ratio"] == 0.0
-    assert logged["rewards/loop_penalty/mean"] == -0.5
+    assert logged["completions/loop_ratio"] == {"words": 0.5, "chars": 0.75}[unit]
+    assert logged["completions/unclosed_think_ratio"] == 0.0
+    assert logged["rewards/loop_penalty/mean"] == -0.5  # the reward reads words in both runs
     rows = [json.loads(line) for line in open(tmp_path / "out" / "completions.jsonl")]
-    assert len(rows) == 8 and all(r["loop"] == (r["loop_penalty"] == -1.0) for r in rows)
-    assert {r["loop"] for r in rows} == {True, False}
+    assert len(rows) == 8 and sum(r["loop"] for r in rows) == {"words": 4, "chars": 6}[unit]
+    assert all(r["loop"] for r in rows if r["loop_penalty"] == -1.0)
+    assert all(r["loop"] == (r["loop_penalty"] == -1.0) for r in rows) == (unit == "words")
 
 
 def test_eval_results_and_the_report_carry_the_loop_rates(tmp_path):

@@ -89,7 +89,7 @@ class RolloutPhase:
             out.commit_step,
         )
         seconds = {"rollout": rollout_s, "reward": reward_s, "logprob": logprob_s}
-        unit = getattr(args, "loop_unit", "words")
+        unit = args.loop_unit
         looping = [completion_loop(t, unit=unit) is not None for t in done.texts]
         unclosed = [
             unclosed_think(t, opened=prompts.texts[i // g].rstrip().endswith("<think>"))
