@@ -129,7 +129,7 @@ demo-rl-vs-sft: venv
 
 # Reasoning loops on a tiny model that loops: SFT, the end-of-thinking boost, GRPO with correctness, and GRPO
 # with a loop penalty and early stop of looping rollouts (2 seeds), loop rate and accuracy on 500 held-out.
-# Needs `make tiny-loops-model` first; no result yet (README: the SFT model does not loop enough).
+# Uses the committed recipes/tiny-loops/model (`make tiny-loops-model` rebuilds it); the table is in the README.
 demo-loops: venv
 	$(BIN)/python -m demos.loops --output runs/demo-loops
 

@@ -21,6 +21,13 @@ accuracy's mean over seeds, a 95% Wilson interval over all scored questions of a
 sampling only; the seeds' range is shown beside it), the start accuracy, steps and training seconds) and
 ``DIR/report-<task>/`` (``align report`` of the cells, seeds of a method drawn as one mean curve:
 held-out accuracy against step and against training seconds). Not covered: paired tests between methods.
+
+Efficiency: with ``target_accuracy`` (a held-out accuracy, e.g. 0.5) each cell also records the first evaluation at
+which it scored at least that: its step, the rollouts generated until then (step x completions generated
+per optimizer step: ``per_device_train_batch_size`` x ``gradient_accumulation_steps`` x ``processes`` /
+``num_iterations``, read from the cell's saved arguments; ``processes``: how many the launch starts, default
+1) and its training seconds; the table gives, per method, how many seeds reached it and the mean and range
+over those seeds (a seed that never reached it is counted as not reached, not as the budget).
 """
 
 from __future__ import annotations
@@ -32,7 +39,19 @@ import subprocess
 import sys
 import time
 
-SPEC_KEYS = {"tasks", "methods", "seeds", "budget", "eval_steps", "eval_limit", "launch", "output", "jobs"}
+SPEC_KEYS = {
+    "tasks",
+    "methods",
+    "seeds",
+    "budget",
+    "eval_steps",
+    "eval_limit",
+    "launch",
+    "output",
+    "jobs",
+    "target_accuracy",
+    "processes",
+}
 
 
 def load_spec(path: str) -> dict:
@@ -54,6 +73,14 @@ def load_spec(path: str) -> dict:
             raise ValueError(f"{path}: task {name!r} lacks {sorted(missing)} (a GRPO recipe and NAME=FILE).")
         if not os.path.isfile(task["recipe"]):
             raise FileNotFoundError(f"{path}: task {name!r}: recipe {task['recipe']} does not exist.")
+    target = spec.get("target_accuracy")
+    if target is not None and not (isinstance(target, (int, float)) and 0.0 < target <= 1.0):
+        raise ValueError(f"{path}: target_accuracy is a held-out accuracy in (0, 1], got {target!r}.")
+    processes = spec.setdefault("processes", 1)
+    if not isinstance(processes, int) or processes < 1:
+        raise ValueError(
+            f"{path}: processes (how many the launch starts) must be an integer >= 1, got {processes!r}."
+        )
     spec.setdefault("seeds", [0])
     spec.setdefault("budget", {})
     spec.setdefault("launch", [sys.executable, "-m", "align.train"])
@@ -121,37 +148,88 @@ def run_cell(command: list[str], output: str, env: dict | None = None) -> str | 
     return f"exit {code}: {lines[-1] if lines else '(no output)'}"
 
 
-def cell_result(output: str, task_name: str) -> dict:
-    """Held-out accuracy at the start and the end, steps and training seconds of a finished cell."""
+def rollouts_per_step(output: str, processes: int = 1) -> float:
+    """Completions generated per optimizer step of a finished cell, from its saved arguments."""
+    import torch
+
+    args = torch.load(os.path.join(output, "training_args.bin"), weights_only=False)
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    return per_step / getattr(args, "num_iterations", 1)
+
+
+def cell_result(output: str, task_name: str, target: float | None = None, processes: int = 1) -> dict:
+    """Held-out accuracy at the start and the end, steps and training seconds of a finished cell; with a
+    target accuracy, the first evaluation at or above it (``reached``: step, rollouts, training seconds; None
+    when no evaluation got there)."""
     with open(os.path.join(output, "trainer_state.json")) as f:
         history = json.load(f)["log_history"]
     key = f"eval_{task_name}/accuracy"
     evals = [h for h in history if key in h]
     if not evals:
         raise ValueError(f"{output}: no {key} in trainer_state.json (was eval_tasks set?).")
-    return {
+    result = {
         "start": evals[0][key],
         "final": evals[-1][key],
         "steps": max(h.get("step", 0) for h in history),
         "wall_s": max(h.get("wall_s", 0.0) for h in history),
+        "curve": [[h["step"], h[key], h.get("wall_s", 0.0)] for h in evals],
     }
+    if target is not None:
+        per_step = rollouts_per_step(output, processes)
+        first = next(((step, s) for step, acc, s in result["curve"] if acc >= target), None)
+        result["rollouts_per_step"] = per_step
+        result["reached"] = (
+            None if first is None else {"step": first[0], "rollouts": first[0] * per_step, "wall_s": first[1]}
+        )
+    return result
+
+
+def _mean_range(values: list[float], fmt: str) -> str:
+    mean = sum(values) / len(values)
+    return f"{mean:{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+def efficiency(cells: list[dict]) -> list[str]:
+    """The efficiency columns of one table row: seeds that reached the target, then the mean [range] of
+    their rollouts and training seconds to reach it ('-' when none did)."""
+    reached = [c["reached"] for c in cells if c.get("reached")]
+    if not reached:
+        return [f"0/{len(cells)}", "-", "-"]
+    return [
+        f"{len(reached)}/{len(cells)}",
+        _mean_range([r["rollouts"] for r in reached], ",.0f"),
+        _mean_range([r["wall_s"] for r in reached], ".0f"),
+    ]
 
 
 def table(spec: dict, results: dict, tasks: list, methods: list, n_questions: dict) -> list[str]:
     from align.eval.report import wilson
 
-    lines = [
-        "| task | method | held-out accuracy, mean over seeds (95% CI) | seeds' range | start | steps | "
-        "training s |",
-        "|---|---|---|---|---|---|---|",
+    target = spec.get("target_accuracy")
+    extra = (
+        []
+        if target is None
+        else [f"seeds reaching {100 * target:g}%", "rollouts to reach it", "training s to reach it"]
+    )
+    header = [
+        "task",
+        "method",
+        "held-out accuracy, mean over seeds (95% CI)",
+        "seeds' range",
+        "start",
+        "steps",
+        "training s",
+        *extra,
     ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task in tasks:
         for method in methods:
             cells = [c for c in results.values() if c["task"] == task and c["method"] == method]
             done = [c for c in cells if "final" in c]
             if not done:
                 lines.append(
-                    f"| {task} | {method} | failed: {cells[0].get('error', '?') if cells else '-'} |||||"
+                    f"| {task} | {method} | failed: {cells[0].get('error', '?') if cells else '-'} |"
+                    + "|" * (len(header) - 3)
                 )
                 continue
             n = n_questions[task]
@@ -163,6 +241,7 @@ def table(spec: dict, results: dict, tasks: list, methods: list, n_questions: di
                 f"| {task} | {method} | {100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]{note} | "
                 f"{100 * min(finals):.1f}-{100 * max(finals):.1f} | {100 * done[0]['start']:.1f} | {done[0]['steps']} | "
                 f"{sum(c['wall_s'] for c in done) / len(done):.0f} |"
+                + "".join(f" {x} |" for x in (efficiency(done) if target is not None else []))
             )
     return lines
 
@@ -217,18 +296,27 @@ def run(args) -> int:
             "task": t,
             "method": m,
             "seed": s,
-            **({"error": error} if error else cell_result(output, name)),
+            **(
+                {"error": error}
+                if error
+                else cell_result(output, name, spec.get("target_accuracy"), spec["processes"])
+            ),
         }
         results[f"{t}/{m}/{s}"] = shown
         finished[0] += 1
         status = (
             f"failed ({error})" if error else f"{100 * shown['start']:.1f}% -> {100 * shown['final']:.1f}%"
         )
-        print(
-            f"[{finished[0]}/{len(cells)}] {t} {m} seed {s}: {status}  "
-            f"({(time.monotonic() - started) / 60:.1f} min)",
-            flush=True,
-        )
+        if not error and "reached" in shown:
+            reached = shown["reached"]
+            status += f", {100 * spec['target_accuracy']:g}% " + (
+                "not reached"
+                if reached is None
+                else f"at step {reached['step']} ({reached['rollouts']:,.0f} rollouts)"
+            )
+        line = f"[{finished[0]}/{len(cells)}] {t} {m} seed {s}: {status}  ({(time.monotonic() - started) / 60:.1f} min)"
+        sys.stdout.write(line + "\n")  # one write: two cells finishing together keep their own lines
+        sys.stdout.flush()
 
     from concurrent.futures import ThreadPoolExecutor
 

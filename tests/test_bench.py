@@ -39,6 +39,52 @@ def test_bad_specs_are_refused_with_what_to_fix(tmp_path):
     path = write_spec(tmp_path, {})
     with pytest.raises(ValueError, match="'methods' must map names to settings"):
         load_spec(path)
+    for bad in (50, 0, "half"):
+        with pytest.raises(ValueError, match=r"target_accuracy is a held-out accuracy in \(0, 1\]"):
+            load_spec(write_spec(tmp_path, {"d1": {}}, target_accuracy=bad))
+    with pytest.raises(ValueError, match="processes .* must be an integer >= 1, got 0"):
+        load_spec(write_spec(tmp_path, {"d1": {}}, processes=0))
+
+
+def fake_cell(folder, accuracies, per_device=64, accumulation=1, iterations=1):
+    """A finished cell: held-out accuracies every 10 steps (3 training seconds a step) and saved arguments."""
+    from types import SimpleNamespace
+
+    import torch
+
+    folder.mkdir(parents=True)
+    history = [
+        {"eval_tiny/accuracy": a, "step": 10 * i, "wall_s": 30.0 * i} for i, a in enumerate(accuracies)
+    ]
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    args = SimpleNamespace(per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
+                           num_iterations=iterations)  # fmt: skip
+    torch.save(args, folder / "training_args.bin")
+    return str(folder)
+
+
+def test_the_efficiency_columns_count_rollouts_and_seconds_to_the_target(tmp_path):
+    from align.bench import cell_result, table
+
+    fast = cell_result(fake_cell(tmp_path / "a", [0.36, 0.49, 0.51, 0.48]), "tiny", target=0.5)
+    assert fast["reached"] == {"step": 20, "rollouts": 1280, "wall_s": 60.0} and fast["final"] == 0.48
+    # 2 processes x 16 rows x 4 accumulation steps, each rollout used twice: 64 generated per step
+    slow = cell_result(fake_cell(tmp_path / "b", [0.36, 0.4, 0.45, 0.5], 16, 4, 2), "tiny", 0.5, processes=2)
+    assert slow["rollouts_per_step"] == 64 and slow["reached"] == {
+        "step": 30,
+        "rollouts": 1920,
+        "wall_s": 90.0,
+    }
+    never = cell_result(fake_cell(tmp_path / "c", [0.36, 0.4]), "tiny", target=0.5)
+    assert never["reached"] is None
+    assert "reached" not in cell_result(str(tmp_path / "a"), "tiny")  # no target: no efficiency
+    cells = {"a": fast, "b": slow, "c": never}
+    for key, method in (("a", "x"), ("b", "x"), ("c", "y")):
+        cells[key].update(task="addition", method=method)
+    header, _, x, y = table({"target_accuracy": 0.5}, cells, ["addition"], ["x", "y"], {"addition": 100})
+    assert header.endswith("| seeds reaching 50% | rollouts to reach it | training s to reach it |")
+    assert x.endswith("| 2/2 | 1,600 [1,280-1,920] | 75 [60-90] |")
+    assert y.endswith("| 0/1 | - | - |")
 
 
 @pytest.mark.slow
@@ -46,7 +92,7 @@ def test_a_small_matrix_runs_records_a_failing_cell_and_resumes(tmp_path, capsys
     monkeypatch.chdir(REPO)
     methods = {"d1": {"estimator": "one_step", "p_mask_prompt": 0.15}, "coupled": {"estimator": "coupled"},
                "broken": {"estimator": "no_such_estimator"}}  # fmt: skip
-    spec, out = write_spec(tmp_path, methods), tmp_path / "bench"
+    spec, out = write_spec(tmp_path, methods, target_accuracy=0.99), tmp_path / "bench"
     assert (
         align(["bench", "--config", spec, "--output", str(out), "--jobs", "2"]) == 1
     )  # one failed, the rest ran
@@ -56,8 +102,10 @@ def test_a_small_matrix_runs_records_a_failing_cell_and_resumes(tmp_path, capsys
     for method in ("d1", "coupled"):
         cell = results[f"addition/{method}/0"]
         assert cell["steps"] == 2 and 0.0 <= cell["start"] <= 1.0 and 0.0 <= cell["final"] <= 1.0
+        assert cell["rollouts_per_step"] == 16 and cell["reached"] is None  # the cell's own arguments
     table = (out / "table.md").read_text()
     assert "| addition | d1 |" in table and "| addition | broken | failed: exit 2" in table
+    assert "| 0/1 | - | - |" in table
     assert (out / "report-addition" / "report.md").exists() and (
         out / "report-addition" / "training.png"
     ).exists()
