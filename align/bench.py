@@ -18,9 +18,11 @@ A finished cell (its ``trainer_state.json`` exists) is kept when the bench is ru
 resumes where it stopped; a failed cell is recorded with its log's last line and the matrix goes on.
 Results: ``DIR/results.json`` (every cell), ``DIR/table.md`` (per task and method: the final held-out
 accuracy's mean over seeds, a 95% Wilson interval over all scored questions of all seeds (question
-sampling only; the seeds' range is shown beside it), the start accuracy, steps and training seconds) and
+sampling only; the seeds' range is shown beside it), the start accuracy, steps and training seconds),
 ``DIR/report-<task>/`` (``align report`` of the cells, seeds of a method drawn as one mean curve:
-held-out accuracy against step and against training seconds). Not covered: paired tests between methods.
+held-out accuracy against step and against training seconds) and ``DIR/curves-<task>.png`` (each method's mean
+held-out accuracy against rollouts generated and against training seconds, a colour per method). Not
+covered: paired tests between methods.
 
 Efficiency: with ``target_accuracy`` (a held-out accuracy, e.g. 0.5) each cell also records the first evaluation at
 which it scored at least that: its step, the rollouts generated until then (step x completions generated
@@ -330,12 +332,57 @@ def run(args) -> int:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     _reports(out, tasks, methods, seeds, results)
+    for task in tasks:
+        curves(out, task, methods, results, spec.get("target_accuracy"))
     failed = [k for k, c in results.items() if "error" in c]
     print(
         f"{len(cells) - len(failed)}/{len(cells)} cells finished in {(time.monotonic() - started) / 60:.1f} min; "
         f"table: {out}/table.md; curves: {out}/report-<task>/report.md"
     )
     return 1 if failed else 0
+
+
+def curves(out: str, task: str, methods: list, results: dict, target: float | None) -> str | None:
+    """``DIR/curves-<task>.png``: each method's held-out accuracy (mean over its seeds at each evaluation)
+    against rollouts generated (steps when the cells do not count them) and against training seconds, one
+    colour per method, the target accuracy as a dotted line; None when no cell of the task finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    colours, drawn, by_rollouts = plt.get_cmap("tab20").colors, 0, True
+    for i, method in enumerate(methods):
+        done = [c for c in results.values() if c["task"] == task and c["method"] == method and "curve" in c]
+        if not done:
+            continue
+        steps = sorted({p[0] for c in done for p in c["curve"]})
+        at = [[p for c in done for p in c["curve"] if p[0] == step] for step in steps]
+        accuracy = [100 * sum(p[1] for p in points) / len(points) for points in at]
+        seconds = [sum(p[2] for p in points) / len(points) for points in at]
+        per_step = [c.get("rollouts_per_step") for c in done]
+        by_rollouts = by_rollouts and None not in per_step
+        x = [step * (sum(per_step) / len(per_step) if by_rollouts else 1) for step in steps]
+        style = dict(color=colours[i % len(colours)], marker=".", linewidth=1.2, label=method)
+        axes[0].plot(x, accuracy, **style)
+        axes[1].plot(seconds, accuracy, **style)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, label in zip(axes, ("rollouts generated" if by_rollouts else "step", "training seconds")):
+        if target is not None:
+            ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(label, fontsize=9)
+        ax.set_ylabel(f"held-out accuracy of {task} (%), mean over seeds", fontsize=8)
+        ax.tick_params(labelsize=8)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.tight_layout()
+    path = os.path.join(out, f"curves-{task}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _reports(out: str, tasks: list, methods: list, seeds: list, results: dict) -> None:

@@ -64,7 +64,7 @@ def fake_cell(folder, accuracies, per_device=64, accumulation=1, iterations=1):
 
 
 def test_the_efficiency_columns_count_rollouts_and_seconds_to_the_target(tmp_path):
-    from align.bench import cell_result, table
+    from align.bench import cell_result, curves, table
 
     fast = cell_result(fake_cell(tmp_path / "a", [0.36, 0.49, 0.51, 0.48]), "tiny", target=0.5)
     assert fast["reached"] == {"step": 20, "rollouts": 1280, "wall_s": 60.0} and fast["final"] == 0.48
@@ -85,6 +85,9 @@ def test_the_efficiency_columns_count_rollouts_and_seconds_to_the_target(tmp_pat
     assert header.endswith("| seeds reaching 50% | rollouts to reach it | training s to reach it |")
     assert x.endswith("| 2/2 | 1,600 [1,280-1,920] | 75 [60-90] |")
     assert y.endswith("| 0/1 | - | - |")
+    assert curves(str(tmp_path), "addition", ["x", "y"], cells, 0.5) == str(tmp_path / "curves-addition.png")
+    assert (tmp_path / "curves-addition.png").stat().st_size > 0
+    assert curves(str(tmp_path), "sudoku", ["x", "y"], cells, 0.5) is None  # no cell of that task
 
 
 @pytest.mark.slow
