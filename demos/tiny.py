@@ -86,8 +86,7 @@ def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
 
 TASKS = ("short", "long", "mixed", "loops", "countdown", "sudoku", "code")
 LOOP_BUDGET = 128  # the loops task's completion budget (tokens)
-LOOP_SHARE = 0.75  # traces of a hard question (a 4-digit sum) that repeat their check to the budget
-LOOP_CHECKS = 10  # the other hard traces check 1 to LOOP_CHECKS times (uniform) before they answer
+LOOP_SHARE = 0.97  # traces of a hard question (a 4-digit sum) that repeat their check to the budget
 
 
 def worked_sum(a: int, b: int) -> str:
@@ -122,8 +121,7 @@ def addition_problems(n: int, rng: random.Random, task: str) -> list[dict]:
 
 def loop_problems(n: int, rng: random.Random) -> list[dict]:
     """3-digit additions; a sum from 1000 (a hard question) repeats its check ``"S="`` to the budget in
-    ``LOOP_SHARE`` of its traces (the completion then holds no answer and no EOS), else checks 1 to
-    ``LOOP_CHECKS`` times and answers."""
+    ``LOOP_SHARE`` of its traces (the completion then holds no answer and no EOS), else checks once and answers."""
     seen, rows = set(), []
     while len(rows) < n:
         a, b = rng.randint(100, 999), rng.randint(100, 999)
@@ -138,7 +136,7 @@ def loop_problems(n: int, rng: random.Random) -> list[dict]:
             check = f"{total}="
             completion = (check * (LOOP_BUDGET // len(check) + 1))[:LOOP_BUDGET]
         else:
-            completion = f"{total}=" * rng.randint(1, LOOP_CHECKS) + answer
+            completion = f"{total}={answer}"
         rows.append({"question": f"{a}+{b}=", "answer": str(total), "completion": completion})
     return rows
 
