@@ -17,11 +17,12 @@ The *mixed* variant (``recipes/tiny-mixed``) alternates the two: a 3-digit quest
 tokens), a 4-digit one worked (39 tokens), so answer lengths differ by question on one 48-token canvas; it
 measures variable-length rollouts against fixed canvases (benchmarks/variable_length_cost.py).
 
-The *loops* variant (``recipes/tiny-loops``) is 3-digit addition whose traces, like real long-reasoning data,
-sometimes never stop checking: a sum under 1000 is answered directly; a *hard* one (a 4-digit sum) is checked once
-(``"1245="``) before its tagged answer in a few traces, and in ``LOOP_SHARE`` of them the check repeats until the
-128-token budget runs out, never answering. The model fine-tuned on it loops on hard held-out questions
-(demos/loops.py measures how often, and what RL does about it).
+The *loops* variant (``recipes/tiny-loops``) is addition of two numbers from 100 to 499 whose traces, like real
+long-reasoning data, sometimes never stop checking: an easy question (first number under 300) is answered
+directly; a *hard* one is checked (``"745="``) 1 to ``LOOP_CHECKS`` times before its tagged answer, and in
+``LOOP_SHARE`` of its traces the check repeats until the 128-token budget runs out, never answering. Every sum
+has 3 digits, which the tiny model adds well, so a loop hides an answer the model could give. The model
+fine-tuned on it loops on hard held-out questions (demos/loops.py measures how often, and what RL does about it).
 
 The *verifier-only* tasks (``countdown``, ``sudoku``; committed under ``recipes/tiny-countdown`` and
 ``recipes/tiny-sudoku``) have many valid answers and are scored by ``rewards.puzzles``, never against a
@@ -86,7 +87,10 @@ def tiny_config(vocab: list[str] = VOCAB, **overrides) -> LLaDAConfig:
 
 TASKS = ("short", "long", "mixed", "loops", "countdown", "sudoku", "code")
 LOOP_BUDGET = 128  # the loops task's completion budget (tokens)
-LOOP_SHARE = 0.97  # traces of a hard question (a 4-digit sum) that repeat their check to the budget
+LOOP_NUMBERS = (100, 499)  # the loops task's numbers: every sum has 3 digits, which the tiny model adds well
+LOOP_FROM = 300  # a question is hard when its first number is at least this (its first character: 3 or 4)
+LOOP_SHARE = 0.75  # traces of a hard question that repeat their check to the budget
+LOOP_CHECKS = 10  # the other hard traces check 1 to LOOP_CHECKS times (uniform) before they answer
 
 
 def worked_sum(a: int, b: int) -> str:
@@ -120,23 +124,25 @@ def addition_problems(n: int, rng: random.Random, task: str) -> list[dict]:
 
 
 def loop_problems(n: int, rng: random.Random) -> list[dict]:
-    """3-digit additions; a sum from 1000 (a hard question) repeats its check ``"S="`` to the budget in
-    ``LOOP_SHARE`` of its traces (the completion then holds no answer and no EOS), else checks once and answers."""
+    """Additions of two numbers in ``LOOP_NUMBERS`` (3-digit sums); a question whose first number is from
+    ``LOOP_FROM`` (a hard one) repeats its check ``"S="`` to the budget in ``LOOP_SHARE`` of its traces (the
+    completion then holds no answer and no EOS), else checks 1 to ``LOOP_CHECKS`` times and answers; an easy
+    one is answered at once. A looping trace is thus one that could have answered and did not."""
     seen, rows = set(), []
     while len(rows) < n:
-        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        a, b = rng.randint(*LOOP_NUMBERS), rng.randint(*LOOP_NUMBERS)
         if (a, b) in seen:
             continue
         seen.add((a, b))
         total = a + b
         answer = f"<answer>{total}</answer>"
-        if total < 1000:
+        if a < LOOP_FROM:
             completion = answer
         elif rng.random() < LOOP_SHARE:
             check = f"{total}="
             completion = (check * (LOOP_BUDGET // len(check) + 1))[:LOOP_BUDGET]
         else:
-            completion = f"{total}={answer}"
+            completion = f"{total}=" * rng.randint(1, LOOP_CHECKS) + answer
         rows.append({"question": f"{a}+{b}=", "answer": str(total), "completion": completion})
     return rows
 

@@ -223,7 +223,9 @@ def test_training_logs_the_loop_ratio_marks_looping_samples_and_scores_them(tmp_
             rows = prompt_ids.shape[0]
             loop, plain = [5, 6, 7, 8] * (length // 4), list(range(3, 35)) * (length // 32)
             spelled = list(range(3, 39)) + [5, 6] * 14  # "w3 w4" x 14: 28 words, 56 characters
-            canvas = torch.tensor([loop if i % 2 == 0 else plain if i % 4 == 1 else spelled for i in range(rows)])
+            canvas = torch.tensor(
+                [loop if i % 2 == 0 else plain if i % 4 == 1 else spelled for i in range(rows)]
+            )
             return GenerationOutput(sequences=torch.cat([prompt_ids, canvas], 1),
                                     attention_mask=torch.cat([attention_mask, torch.ones_like(canvas)], 1),
                                     commit_step=torch.zeros_like(canvas), nfe=1, prompt_length=prompt_ids.shape[1])  # fmt: skip
@@ -282,13 +284,17 @@ def test_eval_results_and_the_report_carry_the_loop_rates(tmp_path):
 def test_the_looping_tiny_task_loops_where_it_says():
     """demos/tiny.py's loops task: every trace that repeats its check fills the 128-token budget, loops in
     characters (rewards/loops.py) and holds no answer; every other trace answers and does not loop; about
-    LOOP_SHARE of the hard (4-digit sum) traces loop, no other one does."""
-    from demos.tiny import LOOP_BUDGET, LOOP_SHARE, build_tokenizer, problems
+    LOOP_SHARE of the hard traces (first number from LOOP_FROM) loop, no other one does; the other hard traces
+    check 1 to LOOP_CHECKS times before they answer (every count occurs), the easy ones answer at once; every
+    sum has 3 digits."""
+    from demos.tiny import LOOP_BUDGET, LOOP_CHECKS, LOOP_FROM, LOOP_SHARE, build_tokenizer, problems
     from rewards.loops import completion_loop
 
     rows = problems(2000, 3, "loops")
     tok = build_tokenizer()
-    hard = [r for r in rows if int(r["answer"]) >= 1000]
+    assert all(100 <= int(r["answer"]) < 1000 for r in rows)
+    hard = [r for r in rows if int(r["question"].partition("+")[0]) >= LOOP_FROM]
+    assert 0.4 < len(hard) / len(rows) < 0.6
     looping = [r for r in rows if completion_loop(r["completion"], unit="chars") is not None]
     assert all("<answer>" not in r["completion"] for r in looping)
     assert all(
@@ -296,6 +302,9 @@ def test_the_looping_tiny_task_loops_where_it_says():
     )
     assert all(f"<answer>{r['answer']}</answer>" in r["completion"] for r in rows if r not in looping)
     assert all(r in hard for r in looping) and abs(len(looping) / len(hard) - LOOP_SHARE) < 0.03
+    checks = {r["completion"].count(r["answer"] + "=") for r in hard if r not in looping}
+    assert checks == set(range(1, LOOP_CHECKS + 1))
+    assert all(r["completion"] == f"<answer>{r['answer']}</answer>" for r in rows if r not in hard)
 
 
 @pytest.mark.slow
