@@ -14,17 +14,32 @@ Batch sizes are per device and count completions (TRL's meaning): one rollout ph
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
 from align.checks import check_model_data, resolve_and_check_grpo, resolve_eval
 from align.fields import DPOFields, GRPOFields, ModelDataFields, SFTFields, check_dpo, check_sft
-from align.recipe import recipe_values
+from align.recipe import ACTIVATION_CHECKPOINTING_HELP, recipe_values
+
+# transformers before 5.2x calls activation checkpointing ``gradient_checkpointing`` (the GPU image's 5.17): the
+# recipes' name is kept there as a field of ours and passed on under the old one
+NAMES_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
 
 
 @dataclass
-class ModelDataConfig(ModelDataFields, TrainingArguments):
+class _ActivationCheckpointing:
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata={"help": ACTIVATION_CHECKPOINTING_HELP},
+    )
+
+
+_BASES = (ModelDataFields,) + (() if NAMES_ACTIVATION_CHECKPOINTING else (_ActivationCheckpointing,))
+
+
+@dataclass
+class ModelDataConfig(*_BASES, TrainingArguments):
     """Model, PEFT and data fields shared by GRPO (``GRPOConfig``) and masked-diffusion SFT (``SFTConfig``)."""
 
     def __post_init__(self):
@@ -32,6 +47,9 @@ class ModelDataConfig(ModelDataFields, TrainingArguments):
             self.ddp_find_unused_parameters is None
         ):  # every parameter gets a gradient: skip DDP's search and warning
             self.ddp_find_unused_parameters = False
+        if not NAMES_ACTIVATION_CHECKPOINTING:  # either name turns it on
+            on = bool(self.activation_checkpointing or self.gradient_checkpointing)
+            self.activation_checkpointing = self.gradient_checkpointing = on
         TrainingArguments.__post_init__(self)
         check_model_data(self)
 

@@ -60,7 +60,14 @@ def training_args_fields() -> dict[str, FieldInfo]:
         out[name] = FieldInfo(
             name, ast.unparse(node.annotation), default, " ".join(str(text).split()), "trainer"
         )
+    if out and "activation_checkpointing" not in out:  # transformers before 5.2x: align.config adds it
+        out["activation_checkpointing"] = FieldInfo(
+            "activation_checkpointing", "bool", False, ACTIVATION_CHECKPOINTING_HELP, "trainer"
+        )
     return out
+
+
+ACTIVATION_CHECKPOINTING_HELP = "recompute activations in the backward pass (less memory, more time)"
 
 
 def _literal(node):

@@ -79,6 +79,30 @@ def test_every_parameter_changes_and_reward_kl_logged(workspace, tmp_path):
     assert text.count("\n") == 1 + len([s for s in samples if s["step"] == 1])
 
 
+def test_activation_checkpointing_recomputes_the_blocks(workspace, tmp_path):
+    """The recipes' ``activation_checkpointing: true`` reaches the model (transformers before 5.2x names it
+    gradient_checkpointing: align.config passes it on): backward re-runs each block, the update is the same."""
+    params, counts = {}, {}
+    calls = []
+    for on in ("false", "true"):
+        calls.clear()
+        trainer = build_trainer(
+            config(workspace, tmp_path / on, "--max_steps", "1", "--activation_checkpointing", on)
+        )
+        assert trainer.args.activation_checkpointing is (on == "true")
+        # a hook on a block's first layer also sees its recomputation in backward (which stops early, after the
+        # last saved tensor: a hook on its last layer would not)
+        for block in trainer.model.model.transformer.blocks:
+            block.q_proj.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+        trainer.train()
+        counts[on] = sum(
+            calls
+        )  # block forwards with grad: the policy pass, plus its recomputation in backward
+        params[on] = [p.detach().clone() for p in trainer.model.parameters()]
+    assert counts["true"] == 2 * counts["false"] > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params["false"], params["true"], strict=True))
+
+
 def test_completions_table_in_the_console(workspace, tmp_path, capsys):
     build_trainer(config(workspace, tmp_path, "--log_completions", "true", "--max_steps", "1")).train()
     out = capsys.readouterr().out
