@@ -156,7 +156,7 @@ def rollouts_per_step(output: str, processes: int = 1) -> float:
 
     args = torch.load(os.path.join(output, "training_args.bin"), weights_only=False)
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
-    return per_step / getattr(args, "num_iterations", 1)
+    return per_step / args.num_iterations
 
 
 def cell_result(output: str, task_name: str, target: float | None = None, processes: int = 1) -> dict:

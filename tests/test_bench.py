@@ -85,8 +85,38 @@ def test_the_efficiency_columns_count_rollouts_and_seconds_to_the_target(tmp_pat
     assert header.endswith("| seeds reaching 50% | rollouts to reach it | training s to reach it |")
     assert x.endswith("| 2/2 | 1,600 [1,280-1,920] | 75 [60-90] |")
     assert y.endswith("| 0/1 | - | - |")
-    assert curves(str(tmp_path), "addition", ["x", "y"], cells, 0.5) == str(tmp_path / "curves-addition.png")
+    import matplotlib.figure
+
+    drawn = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):  # what each panel plots, before the file is written
+        drawn.extend(
+            [
+                [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.lines]
+                for ax in fig.axes
+            ]
+        )
+        return save(fig, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = record
+    try:
+        assert curves(str(tmp_path), "addition", ["x", "y"], cells, 0.5) == str(
+            tmp_path / "curves-addition.png"
+        )
+    finally:
+        matplotlib.figure.Figure.savefig = save
     assert (tmp_path / "curves-addition.png").stat().st_size > 0
+    by_rollouts, by_seconds = ({label: (xs, ys) for label, xs, ys in panel} for panel in drawn)
+    # method x: seeds a and b (64 rollouts per step each) averaged at steps 0-30; y: seed c alone
+    assert by_rollouts["x"][0] == [0, 640, 1280, 1920]
+    assert by_rollouts["x"][1] == pytest.approx([36.0, 44.5, 48.0, 49.0])
+    assert by_rollouts["y"] == ([0, 640], pytest.approx([36.0, 40.0]))
+    assert by_seconds["x"] == (
+        pytest.approx([0.0, 30.0, 60.0, 90.0]),
+        pytest.approx([36.0, 44.5, 48.0, 49.0]),
+    )
+    assert [ys for _, ys in by_rollouts.values()].count([50, 50]) == 1  # the target, dotted
     assert curves(str(tmp_path), "sudoku", ["x", "y"], cells, 0.5) is None  # no cell of that task
 
 
