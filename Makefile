@@ -54,7 +54,8 @@ gpu-wheels:
 # carried wheels on PYTHONPATH, as there; FLOOR_TESTS under it. Built once per gpu-image.txt (about 5 GB).
 FLOORS ?= $(HOME)/.cache/dllm-align/floors
 FLOOR_PY ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) $(PY))
-FLOOR_TESTS ?= tests/test_gpu_first_look.py tests/test_trainer.py::test_activation_checkpointing_recomputes_the_blocks
+FLOOR_TESTS ?= tests/test_gpu_first_look.py tests/test_trainer.py::test_activation_checkpointing_recomputes_the_blocks \
+  tests/test_code_rl.py::test_every_reference_program_scores_1_and_wrong_ones_do_not_in_the_sandbox_and_a_plain_interpreter
 test-floors:
 	@if ! cmp -s requirements/gpu-image.txt $(FLOORS)/.ready; then rm -rf $(FLOORS) && $(FLOOR_PY) -m venv $(FLOORS) && \
 	  $(FLOORS)/bin/pip install -q -r requirements/gpu-image.txt && \

@@ -48,9 +48,14 @@ import sys
 import tempfile
 import time
 
-from rewards import pyast
-
 _HERE = os.path.dirname(os.path.abspath(__file__))
+if __name__ == "__main__" and os.path.dirname(_HERE) not in sys.path:
+    # started as ``python -I judge.py`` from a source checkout (PYTHONPATH ignored): the package beside this file,
+    # after the standard library and site-packages (an installed project resolves there first, to this same file)
+    sys.path.append(os.path.dirname(_HERE))
+
+from rewards import pyast  # noqa: E402
+
 _PLAIN = (type(None), bool, int, float, complex, str, bytes)
 MAX_MESSAGE_BYTES = 8 << 20
 MAX_NODES = 200_000
