@@ -55,6 +55,7 @@ gpu-wheels:
 FLOORS ?= $(HOME)/.cache/dllm-align/floors
 FLOOR_PY ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) $(PY))
 FLOOR_TESTS ?= tests/test_gpu_first_look.py tests/test_trainer.py::test_activation_checkpointing_recomputes_the_blocks \
+  tests/test_trainer.py::test_gradient_accumulation_matches_one_big_micro_batch tests/test_dpo.py::test_chunked_gradient_equals_the_joint_one \
   tests/test_code_rl.py::test_every_reference_program_scores_1_and_wrong_ones_do_not_in_the_sandbox_and_a_plain_interpreter
 test-floors:
 	@if ! cmp -s requirements/gpu-image.txt $(FLOORS)/.ready; then rm -rf $(FLOORS) && $(FLOOR_PY) -m venv $(FLOORS) && \
@@ -63,7 +64,7 @@ test-floors:
 	  cp requirements/gpu-image.txt $(FLOORS)/.ready; fi
 	$(MAKE) -s gpu-wheels WHEELS=$(FLOORS)/wheels WHEEL_PY=$$($(FLOORS)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 	rm -rf $(FLOORS)/site && $(FLOORS)/bin/pip install -q --no-index --no-deps --no-compile --target $(FLOORS)/site $(FLOORS)/wheels/*.whl
-	PYTHONPATH=$(FLOORS)/site:. $(FLOORS)/bin/python -m pytest -m "not gpu" -p no:cacheprovider $(FLOOR_TESTS)
+	PYTHONPATH=$(FLOORS)/site:$(CURDIR) $(FLOORS)/bin/python -m pytest -m "not gpu" -p no:cacheprovider $(FLOOR_TESTS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

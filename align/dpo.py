@@ -98,7 +98,7 @@ def prepare_pairs(rows, tokenizer, args: DPOConfig, spec) -> list[dict]:
 
 
 class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrainerMixin, Trainer):
-    loss_is_scaled_for_ga = True  # the loss is divided by the accumulation steps here, as in align.trainer
+    """DPO / VRPO on a diffusion policy (module docstring); the loss is divided by the accumulation steps here."""
 
     def __init__(
         self, model, args: DPOConfig, train_dataset, processing_class, ref_model=None, callbacks=None
@@ -233,7 +233,9 @@ class DiffusionDPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrain
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plan, ref = self._pair_inputs(inputs)
-        return self._loss(self._estimate(model, inputs["ids"], inputs["attn"], plan), ref, inputs)
+        return self._for_training_step(
+            self._loss(self._estimate(model, inputs["ids"], inputs["attn"], plan), ref, inputs)
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.args.mc_backward != "chunked":

@@ -1,4 +1,5 @@
-"""What the GRPO and DPO trainers share: the reference model and the metric log.
+"""What the GRPO and DPO trainers share: the reference model, the metric log and the loss handed to
+``Trainer.training_step``.
 
 The reference is a frozen copy of the policy prepared like it (DeepSpeed or DDP, evaluation mode), or
 under LoRA the policy itself with its adapter disabled. Metrics are recorded per micro-step (each value
@@ -13,6 +14,18 @@ from collections import defaultdict
 
 class PolicyTrainerMixin:
     """For ``transformers.Trainer`` subclasses (call ``_setup_reference`` after ``Trainer.__init__``)."""
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the accumulation steps itself (as TRL does)
+
+    def _for_training_step(self, loss):
+        """compute_loss's value as ``Trainer.training_step`` takes it. transformers 5.2x reads
+        ``loss_is_scaled_for_ga`` and leaves the value alone; before it (5.17: the GPU image's) the step divides
+        it by the accumulation steps again, so there the value goes up by that factor and one division remains."""
+        from transformers import Trainer
+
+        if hasattr(Trainer, "loss_is_scaled_for_ga"):
+            return loss
+        return loss * self.current_gradient_accumulation_steps
 
     def _setup_reference(self, ref_model, needed: bool, missing: str) -> None:
         """Keep ``ref_model`` when a reference is ``needed`` and the policy has no adapter to disable;

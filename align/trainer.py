@@ -51,8 +51,6 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
     """GRPO trainer whose policy is a bidirectional denoiser (see the module docstring). ``engine``: the
     rollout backend (default: ``align.sampling`` in this process on the live policy)."""
 
-    loss_is_scaled_for_ga = True  # compute_loss scales for gradient accumulation itself (as TRL does)
-
     def __init__(
         self,
         model,
@@ -293,7 +291,8 @@ class DiffusionGRPOTrainer(SafeCheckpointMixin, ChunkedBackwardMixin, PolicyTrai
     def compute_loss(self, model, inputs: MicroBatch, return_outputs=False, num_items_in_batch=None):
         """The objective's loss of one micro-batch, scaled for gradient accumulation as TRL's GRPOTrainer does
         (dapo divides by the completion tokens of one accumulation window itself; see align.objectives)."""
-        return self._policy_loss(self._passes(model, inputs.ids, inputs.attn, inputs.plan), inputs)
+        loss = self._policy_loss(self._passes(model, inputs.ids, inputs.attn, inputs.plan), inputs)
+        return self._for_training_step(loss)
 
     def _policy_loss(self, passes: torch.Tensor, batch: MicroBatch) -> torch.Tensor:
         """The loss of per-pass log-probabilities [P, n, L] under the micro-batch's plan."""
