@@ -1,8 +1,9 @@
 """The project's estimators and losses inside verl (Ray single controller), for labs that run RL there.
 
 Installed with ``pip install "dllm-align[verl]" && pip install --no-deps verl==0.9.1`` (the extra holds the
-packages verl's import needs; verl's own pin says transformers < 5.11 and the project runs 5.24: every part
-used here imports and runs under it, which tests/test_verl.py checks). Nothing else in the project imports
+packages verl's import needs; verl's own pin says transformers < 5.11 and the project needs 5.17 or newer: every part
+used here imports and runs under the suite's transformers (requirements/constraints.txt), which tests/test_verl.py
+checks). Nothing else in the project imports
 this module.
 
 What it holds:
